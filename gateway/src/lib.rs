@@ -1,0 +1,12 @@
+//! The gateway: a Prometheus Pushgateway-compatible server.
+//!
+//! It stores pushed metric groups, checks every push against the whole store before
+//! accepting it, and serves the pushed groups merged with the families of any
+//! [`MetricSource`] (the tracer, in `dropgate run`) on one `/metrics`. It knows nothing
+//! about eBPF: the tracer is just another source of [`model::MetricFamily`] values.
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod source;
+
+pub use source::MetricSource;

@@ -1,0 +1,45 @@
+//! Shared helpers for dropgate's integration and end-to-end tests.
+//!
+//! Privileged tests (namespaces, BPF) and tests against real peers (pushgateway,
+//! promtool, prometheus) skip with a printed reason when they cannot run, but fail when
+//! `DROPGATE_E2E=require` is set, as `.ci/run` does: in CI a skip would hide a regression.
+
+use std::path::PathBuf;
+
+/// True when `DROPGATE_E2E=require`: every test must run, none may skip.
+#[must_use]
+pub fn e2e_required() -> bool {
+    std::env::var("DROPGATE_E2E").is_ok_and(|v| v == "require")
+}
+
+/// Decides whether a test that needs `what` may run. Returns `false` (after printing why)
+/// when `available` is false and skipping is allowed; panics when skipping is not allowed.
+#[must_use]
+pub fn may_run(test: &str, available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        !e2e_required(),
+        "{test}: needs {what}, and DROPGATE_E2E=require forbids skipping; run `cargo xtask test` as root"
+    );
+    eprintln!("SKIP {test}: needs {what} (run `cargo xtask test` as root to include it)");
+    false
+}
+
+/// Whether this process runs as root (namespaces, iptables and BPF need it).
+#[must_use]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `dropgate` binary under test: `$DROPGATE_BIN` (set by `cargo xtask test`), else the
+/// workspace's debug build.
+#[must_use]
+pub fn dropgate_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("DROPGATE_BIN") {
+        return PathBuf::from(path);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dropgate")
+}
