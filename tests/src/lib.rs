@@ -4,6 +4,10 @@
 //! promtool, prometheus) skip with a printed reason when they cannot run, but fail when
 //! `DROPGATE_E2E=require` is set, as `.ci/run` does: in CI a skip would hide a regression.
 
+pub mod http;
+pub mod netns;
+pub mod process;
+
 use std::path::PathBuf;
 
 /// True when `DROPGATE_E2E=require`: every test must run, none may skip.
@@ -30,8 +34,14 @@ pub fn may_run(test: &str, available: bool, what: &str) -> bool {
 /// Whether this process runs as root (namespaces, iptables and BPF need it).
 #[must_use]
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    // Effective uid is the second field of the `Uid:` line.
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 /// The `dropgate` binary under test: `$DROPGATE_BIN` (set by `cargo xtask test`), else the

@@ -1,1 +1,14 @@
-//! The dropgate tracer.
+//! dropgate's tracer: everything between the kernel and the gateway.
+//!
+//! - [`btf`] reads the running kernel's types (offsets, drop-reason names);
+//! - [`loader`] loads and attaches the `kfree_skb` programs with those offsets;
+//! - [`kallsyms`] and [`netns`] turn kernel numbers into names;
+//! - [`collector`] turns the in-kernel counts into metric families for the gateway.
+
+pub mod btf;
+pub mod cli;
+pub mod collector;
+pub mod kallsyms;
+pub mod loader;
+pub mod netns;
+pub mod privileges;

@@ -1,1 +1,54 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`: one entry point for setting up a fresh
+//! Debian machine, running dropgate, and running every test, so that the README's two
+//! commands and CI do exactly the same thing.
+
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "dropgate's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): nightly rust-src,
+    /// bpf-linker built against the nightly's own LLVM, and Debian packages.
+    Setup,
+    /// Set up if needed, build, and run `dropgate run` (tracer + gateway) as root.
+    Run {
+        /// Arguments passed to `dropgate run` (default: --web.listen-address 127.0.0.1:9091).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up if needed, then run every test: unit, integration, and the privileged
+    /// end-to-end tests in network namespaces (these need root).
+    Test {
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Run { args } => run::run(&args),
+        Task::Test { filter } => test::test(filter.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The motivating incident, reproduced with namespaces: a published port on a bridge
+//! network answers locally but not from another host because `ip_forward=0`, and
+//! dropgate names the drop (`IP_INADDRERRORS` in `ip_error`) with the exact count the
+//! kernel itself keeps (`InAddrErrors`).
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use dropgate_tests::{
+    dropgate_bin,
+    http::{self, sample_sum},
+    is_root, may_run,
+    netns::DockerLikeHost,
+    process::Guarded,
+};
+
+const DROPS: &str = "dropgate_packets_dropped_total";
+
+/// IDs of loaded BPF programs with one of our program names (bpftool truncates names
+/// to 15 characters, which both of ours fit in).
+fn our_bpf_programs() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["prog", "list", "--json"])
+        .output()
+        .expect("run bpftool (installed by cargo xtask setup)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Avoids a JSON dependency: each program object has "id":N ... "name":"...".
+    text.split("{\"id\":")
+        .skip(1)
+        .filter(|obj| {
+            obj.contains("\"name\":\"kfree_skb_btf\"") || obj.contains("\"name\":\"kfree_skb_tp\"")
+        })
+        .filter_map(|obj| {
+            obj.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let response = http::get(addr, "/metrics").expect("scrape dropgate's /metrics");
+    assert_eq!(response.status, 200, "GET /metrics: {}", response.body);
+    response.body
+}
+
+#[test]
+fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
+    if !may_run(
+        "incident e2e",
+        is_root(),
+        "root (namespaces, iptables, BPF)",
+    ) {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    // The container's service: dropgate's own gateway, as in the incident.
+    let _service = Guarded::spawn(
+        {
+            let mut c = topo
+                .ctr
+                .command(dropgate_bin().to_str().expect("utf-8 path"));
+            c.args(["gateway", "--web.listen-address", "0.0.0.0:80"])
+                .stdout(Stdio::null());
+            c
+        },
+        "gateway in ctr",
+    );
+    assert!(
+        topo.ctr.sh_output("for i in $(seq 100); do curl -sf -m 1 http://127.0.0.1/-/ready >/dev/null && exit 0; sleep 0.05; done; exit 1").status.success(),
+        "the container's service did not become ready"
+    );
+
+    let before_programs = our_bpf_programs();
+    let port = http::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let mut dropgate = Guarded::spawn(
+        {
+            let mut c = Command::new(dropgate_bin());
+            c.args(["run", "--web.listen-address", &addr.to_string()]);
+            c
+        },
+        "dropgate run",
+    );
+    assert!(
+        http::wait_ok(addr, "/-/ready", Duration::from_secs(20)),
+        "dropgate run did not become ready on {addr}"
+    );
+    let ours: Vec<u64> = our_bpf_programs()
+        .into_iter()
+        .filter(|id| !before_programs.contains(id))
+        .collect();
+    assert!(!ours.is_empty(), "dropgate run loaded no kfree_skb program");
+
+    let host_netns = topo.host.name.as_str();
+    let ip_error = [
+        ("netns", host_netns),
+        ("reason", "IP_INADDRERRORS"),
+        ("location", "ip_error"),
+    ];
+
+    // 1. Forwarding off: cross-host fails, local succeeds, and every drop is counted.
+    let snmp_before = topo.host.snmp("Ip", "InAddrErrors");
+    let traced_before = sample_sum(&scrape(addr), DROPS, &ip_error);
+    let from_ext = topo.curl_from_ext("/-/healthy", 3);
+    let from_host = topo.curl_from_host("/-/healthy", 3);
+    assert_eq!(
+        from_ext, None,
+        "with ip_forward=0 the request from ext must fail"
+    );
+    assert_eq!(from_host, Some(200), "the host's own request must succeed");
+    let snmp_delta = topo.host.snmp("Ip", "InAddrErrors") - snmp_before;
+    assert!(
+        snmp_delta >= 1,
+        "the kernel counted no InAddrErrors: the scenario did not drop"
+    );
+    let exposition = scrape(addr);
+    let traced = sample_sum(&exposition, DROPS, &ip_error) - traced_before;
+    eprintln!("forwarding off: InAddrErrors delta {snmp_delta}, dropgate ip_error count {traced}");
+    for line in exposition
+        .lines()
+        .filter(|l| l.starts_with(DROPS) && l.contains(host_netns))
+    {
+        eprintln!("  {line}");
+    }
+    assert_eq!(
+        traced as u64, snmp_delta,
+        "dropgate's count must equal the kernel's InAddrErrors delta"
+    );
+    let on_uplink = sample_sum(
+        &exposition,
+        DROPS,
+        &[
+            ("netns", host_netns),
+            ("reason", "IP_INADDRERRORS"),
+            ("interface", DockerLikeHost::HOST_UPLINK),
+            ("protocol", "tcp"),
+        ],
+    );
+    assert!(
+        on_uplink >= traced,
+        "the drops must be attributed to interface {} and protocol tcp",
+        DockerLikeHost::HOST_UPLINK
+    );
+
+    // 2. Forwarding on: the request from ext succeeds and no new ip_error drops appear.
+    topo.set_forwarding(true);
+    let traced_before = sample_sum(&scrape(addr), DROPS, &ip_error);
+    assert_eq!(
+        topo.curl_from_ext("/-/healthy", 5),
+        Some(200),
+        "with ip_forward=1 the request from ext must succeed"
+    );
+    let traced_after = sample_sum(&scrape(addr), DROPS, &ip_error);
+    assert_eq!(
+        traced_after as u64, traced_before as u64,
+        "no ip_error drops with forwarding on"
+    );
+
+    // 3. dropgate exits cleanly on SIGTERM and leaves no program behind.
+    let status = dropgate
+        .stop("TERM", Duration::from_secs(10))
+        .expect("dropgate exits after SIGTERM");
+    assert!(status.success(), "dropgate run exited with {status}");
+    let left: Vec<u64> = our_bpf_programs()
+        .into_iter()
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "BPF programs {left:?} still loaded after dropgate exited"
+    );
+}

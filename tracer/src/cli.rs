@@ -1,0 +1,198 @@
+//! The command line. clap stays in this file: it is turned at once into plain config
+//! values (`gateway::config::GatewayConfig`, [`TraceConfig`]) that nothing else needs
+//! clap to read. Flag names follow the pushgateway's where they overlap, so a migration
+//! is a change of binary name.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::loader::HookChoice;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dropgate",
+    version,
+    about = "Traces every packet the kernel drops, names the cause, and serves the metrics with a Pushgateway-compatible gateway",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Tracer and gateway in one process: drop metrics and pushed metrics on one
+    /// /metrics (needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN).
+    Run {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[command(flatten)]
+        trace: TraceArgs,
+    },
+    /// The gateway alone: a drop-in for the Prometheus Pushgateway (no privileges).
+    Gateway {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// Address to listen on, `host:port` or `:port` (all interfaces).
+    #[arg(long = "web.listen-address", default_value = ":9091", value_parser = parse_listen_address)]
+    pub listen_address: SocketAddr,
+    /// Prefix for all routes, e.g. `/pushgateway` behind a path-routing proxy.
+    #[arg(long = "web.route-prefix", default_value = "")]
+    pub route_prefix: String,
+    /// Enable `/api/v1/admin/*` (wipe).
+    #[arg(long = "web.enable-admin-api")]
+    pub enable_admin_api: bool,
+    /// Enable `/-/quit` (shut down over HTTP).
+    #[arg(long = "web.enable-lifecycle")]
+    pub enable_lifecycle: bool,
+    /// File to persist pushed metrics in; empty: keep them in memory only.
+    #[arg(long = "persistence.file", default_value = "")]
+    pub persistence_file: PathBuf,
+    /// Write the persistence file at most this often after a change (and on shutdown).
+    #[arg(long = "persistence.interval", default_value = "5m", value_parser = parse_duration)]
+    pub persistence_interval: Duration,
+    /// Accept pushes without checking them against the stored metrics (not recommended).
+    #[arg(long = "push.disable-consistency-check")]
+    pub disable_consistency_check: bool,
+    /// Largest accepted request body, in bytes (after decompression); larger ones get 413.
+    #[arg(long = "web.max-body-bytes", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Kernel hook: tp_btf (cheaper) with the classic tracepoint as fallback, or one of them.
+    #[arg(long = "trace.hook", value_enum, default_value_t = HookArg::Auto)]
+    pub hook: HookArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum HookArg {
+    Auto,
+    TpBtf,
+    Tracepoint,
+}
+
+impl From<HookArg> for HookChoice {
+    fn from(arg: HookArg) -> Self {
+        match arg {
+            HookArg::Auto => HookChoice::Auto,
+            HookArg::TpBtf => HookChoice::TpBtf,
+            HookArg::Tracepoint => HookChoice::Tracepoint,
+        }
+    }
+}
+
+/// `:9091` (all interfaces, as the pushgateway accepts it), `127.0.0.1:9091`, `[::1]:9091`.
+fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_owned()
+    };
+    full.parse().map_err(|_| {
+        format!("`{text}` is not an address; use host:port, e.g. 127.0.0.1:9091 or :9091")
+    })
+}
+
+/// Go-style durations as the pushgateway takes them: `300ms`, `5s`, `5m`, `1h`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration; use e.g. 30s, 5m, 1h30m");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(digits);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs_f64(seconds);
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("minutes", "5m", Some(300_000)),
+            ("seconds", "30s", Some(30_000)),
+            ("millis", "250ms", Some(250)),
+            ("compound", "1h30m", Some(5_400_000)),
+            ("fraction", "1.5s", Some(1_500)),
+            ("zero", "0", Some(0)),
+            ("no unit", "5", None),
+            ("unknown unit", "5d", None),
+            ("empty", "", Some(0)),
+        ];
+        for (name, text, want) in cases {
+            let got = parse_duration(text).ok().map(|d| d.as_millis() as u64);
+            assert_eq!(got, want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_address(":9091").expect("port only"),
+            "0.0.0.0:9091".parse().expect("addr")
+        );
+        assert_eq!(
+            parse_listen_address("127.0.0.1:19091").expect("host and port"),
+            "127.0.0.1:19091".parse().expect("addr")
+        );
+        let err = parse_listen_address("localhost").expect_err("no port");
+        assert!(err.contains("host:port"), "{err}");
+    }
+
+    #[test]
+    fn cli_parses_pushgateway_flags() {
+        let cli = Cli::try_parse_from([
+            "dropgate",
+            "gateway",
+            "--web.listen-address=127.0.0.1:1",
+            "--persistence.file=/tmp/x",
+            "--persistence.interval=1m",
+            "--web.enable-admin-api",
+            "--web.enable-lifecycle",
+            "--push.disable-consistency-check",
+            "--web.route-prefix=/pg",
+        ])
+        .expect("pushgateway's flags are accepted");
+        let Command::Gateway { gateway } = cli.command else {
+            panic!("gateway subcommand expected");
+        };
+        assert!(
+            gateway.enable_admin_api
+                && gateway.enable_lifecycle
+                && gateway.disable_consistency_check
+        );
+        assert_eq!(gateway.persistence_interval, Duration::from_mins(1));
+        assert_eq!(gateway.route_prefix, "/pg");
+    }
+}

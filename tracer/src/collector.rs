@@ -1,0 +1,292 @@
+//! Turns the kernel's per-CPU drop counts into Prometheus metric families.
+//!
+//! The kernel keeps one entry per [`DropKey`]; here they are summed over CPUs, the
+//! numbers are given names (reason from BTF, function from kallsyms, namespace and
+//! interface names), and keys that name the same series (two call sites in one
+//! function) are added together. Entries are never deleted, so every series is a true
+//! monotonic counter. Reading happens at scrape time: the counts are exact as of the
+//! scrape, with no sampling interval in between.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use tracer_common::{stat, DropCounts, DropKey, REASON_UNKNOWN};
+
+use crate::{btf::Btf, kallsyms::Kallsyms, loader::Probe, netns::Names};
+
+/// Drop reasons by number, from the running kernel's `enum skb_drop_reason`.
+pub struct ReasonNames {
+    names: HashMap<u32, String>,
+}
+
+impl ReasonNames {
+    /// Reads the enum from BTF. Kernels before 5.17 have none: every reason is `unknown`.
+    #[must_use]
+    pub fn from_btf(btf: &Btf) -> Self {
+        let names = btf
+            .enum_values("skb_drop_reason")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let short = name.strip_prefix("SKB_DROP_REASON_")?;
+                Some((u32::try_from(value).ok()?, short.to_owned()))
+            })
+            .collect();
+        Self { names }
+    }
+
+    /// The label value for a raw reason.
+    #[must_use]
+    pub fn name(&self, reason: u32) -> String {
+        if reason == REASON_UNKNOWN {
+            return "unknown".into();
+        }
+        if let Some(name) = self.names.get(&reason) {
+            return name.clone();
+        }
+        // 6.4+ put a subsystem id in the high 16 bits (mac80211, openvswitch, ...);
+        // those enums are not the core one.
+        match reason >> 16 {
+            0 => format!("REASON_{reason}"),
+            subsystem => format!("SUBSYS_{subsystem}_{}", reason & 0xffff),
+        }
+    }
+}
+
+/// Protocol label: a small closed set, so the label stays low-cardinality.
+#[must_use]
+pub fn protocol_name(ethertype: u16, l4_proto: u8) -> &'static str {
+    match (ethertype, l4_proto) {
+        (0x0800 | 0x86dd, 6) => "tcp",
+        (0x0800 | 0x86dd, 17) => "udp",
+        (0x0800, 1) => "icmp",
+        (0x86dd, 58) => "icmpv6",
+        (0x0800, 2) => "igmp",
+        (0x0800 | 0x86dd, 132) => "sctp",
+        (0x0800 | 0x86dd, 47) => "gre",
+        (0x0800, _) => "ipv4",
+        (0x86dd, _) => "ipv6",
+        (0x0806, _) => "arp",
+        (0, _) => "unknown",
+        _ => "other",
+    }
+}
+
+/// The labels of one dropped-packets series, in the exposition's order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DropLabels {
+    pub interface: String,
+    pub location: String,
+    pub netns: String,
+    pub protocol: &'static str,
+    pub reason: String,
+}
+
+/// Reads the probe's maps and names what it finds; the trace side's `MetricSource`.
+pub struct DropCollector {
+    maps: Mutex<Maps>,
+    reasons: ReasonNames,
+    kallsyms: Kallsyms,
+    names: Names,
+    hook: String,
+    kernel: String,
+}
+
+struct Maps {
+    drops: PerCpuHashMap<MapData, DropKey, DropCounts>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl DropCollector {
+    /// Takes the maps out of the probe (the programs stay attached as long as `probe`
+    /// lives) and prepares the name tables.
+    pub fn new(probe: &mut Probe, btf: &Btf, kallsyms: Kallsyms) -> anyhow::Result<Self> {
+        let drops = PerCpuHashMap::try_from(
+            probe
+                .ebpf
+                .take_map("DROPS")
+                .ok_or_else(|| anyhow::anyhow!("map DROPS missing from the object"))?,
+        )?;
+        let stats = PerCpuArray::try_from(
+            probe
+                .ebpf
+                .take_map("STATS")
+                .ok_or_else(|| anyhow::anyhow!("map STATS missing from the object"))?,
+        )?;
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            maps: Mutex::new(Maps { drops, stats }),
+            reasons: ReasonNames::from_btf(btf),
+            kallsyms,
+            names: Names::new(),
+            hook: probe.hook.to_string(),
+            kernel,
+        })
+    }
+
+    /// Current totals per series, summed over CPUs and call sites.
+    pub fn drops(&self) -> BTreeMap<DropLabels, DropCounts> {
+        let raw: Vec<(DropKey, DropCounts)> = {
+            let maps = self.maps.lock().expect("maps lock");
+            maps.drops
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(key, per_cpu)| {
+                    let total = per_cpu
+                        .iter()
+                        .fold(DropCounts::default(), |acc, c| DropCounts {
+                            packets: acc.packets + c.packets,
+                            bytes: acc.bytes + c.bytes,
+                        });
+                    (key, total)
+                })
+                .collect()
+        };
+        let mut series: BTreeMap<DropLabels, DropCounts> = BTreeMap::new();
+        for (key, counts) in raw {
+            let labels = DropLabels {
+                interface: self.names.interface(key.netns, key.ifindex),
+                location: self
+                    .kallsyms
+                    .function_at(key.location)
+                    .map_or_else(|| format!("{:#x}", key.location), str::to_owned),
+                netns: self.names.namespace(key.netns),
+                protocol: protocol_name(key.ethertype, key.l4_proto),
+                reason: self.reasons.name(key.reason),
+            };
+            let entry = series.entry(labels).or_default();
+            entry.packets += counts.packets;
+            entry.bytes += counts.bytes;
+        }
+        series
+    }
+
+    /// A counter of the `STATS` array, summed over CPUs.
+    pub fn stat(&self, index: u32) -> u64 {
+        let maps = self.maps.lock().expect("maps lock");
+        maps.stats
+            .get(&index, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
+    }
+}
+
+fn label_pairs(labels: &DropLabels) -> Vec<LabelPair> {
+    vec![
+        LabelPair::new("interface", &labels.interface),
+        LabelPair::new("location", &labels.location),
+        LabelPair::new("netns", &labels.netns),
+        LabelPair::new("protocol", labels.protocol),
+        LabelPair::new("reason", &labels.reason),
+    ]
+}
+
+fn counter_family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
+    MetricFamily {
+        name: Some(name.into()),
+        help: Some(help.into()),
+        r#type: Some(MetricType::Counter as i32),
+        metric: metrics,
+        unit: None,
+    }
+}
+
+fn counter(labels: Vec<LabelPair>, value: u64) -> Metric {
+    Metric {
+        label: labels,
+        counter: Some(Counter {
+            value: Some(value as f64),
+            ..Counter::default()
+        }),
+        ..Metric::default()
+    }
+}
+
+impl gateway::MetricSource for DropCollector {
+    fn collect(&self) -> Vec<MetricFamily> {
+        let drops = self.drops();
+        let packets = drops
+            .iter()
+            .map(|(labels, counts)| counter(label_pairs(labels), counts.packets))
+            .collect();
+        let bytes = drops
+            .iter()
+            .map(|(labels, counts)| counter(label_pairs(labels), counts.bytes))
+            .collect();
+        let info = Metric {
+            label: vec![
+                LabelPair::new("hook", &self.hook),
+                LabelPair::new("kernel", &self.kernel),
+            ],
+            gauge: Some(Gauge { value: Some(1.0) }),
+            ..Metric::default()
+        };
+        vec![
+            counter_family(
+                "dropgate_packets_dropped_total",
+                "Packets the kernel dropped (kfree_skb), by reason, dropping function, ingress interface, network namespace and protocol.",
+                packets,
+            ),
+            counter_family(
+                "dropgate_bytes_dropped_total",
+                "Bytes of the packets the kernel dropped, with the labels of dropgate_packets_dropped_total.",
+                bytes,
+            ),
+            counter_family(
+                "dropgate_tracer_events_total",
+                "Drop events the kernel program saw; the sum of dropgate_packets_dropped_total plus the uncounted.",
+                vec![counter(Vec::new(), self.stat(stat::EVENTS))],
+            ),
+            counter_family(
+                "dropgate_tracer_uncounted_total",
+                "Drop events that could not be counted because the in-kernel table was full.",
+                vec![counter(Vec::new(), self.stat(stat::MAP_FULL))],
+            ),
+            MetricFamily {
+                name: Some("dropgate_tracer_info".into()),
+                help: Some("The kernel hook the tracer runs on and the kernel release; always 1.".into()),
+                r#type: Some(MetricType::Gauge as i32),
+                metric: vec![info],
+                unit: None,
+            },
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_labels() {
+        let cases = [
+            ("tcp over ipv4", 0x0800, 6, "tcp"),
+            ("udp over ipv6", 0x86dd, 17, "udp"),
+            ("icmp", 0x0800, 1, "icmp"),
+            ("icmpv6", 0x86dd, 58, "icmpv6"),
+            ("other ipv4", 0x0800, 250, "ipv4"),
+            ("arp", 0x0806, 0, "arp"),
+            ("no protocol read", 0, 0, "unknown"),
+            ("lldp", 0x88cc, 0, "other"),
+        ];
+        for (name, ethertype, l4, want) in cases {
+            assert_eq!(protocol_name(ethertype, l4), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn reason_names_fall_back_without_inventing_names() {
+        let reasons = ReasonNames {
+            names: HashMap::from([(87, "IP_INADDRERRORS".to_owned())]),
+        };
+        assert_eq!(reasons.name(87), "IP_INADDRERRORS");
+        assert_eq!(reasons.name(REASON_UNKNOWN), "unknown");
+        assert_eq!(reasons.name(9999), "REASON_9999");
+        assert_eq!(reasons.name(0x0003_0005), "SUBSYS_3_5");
+    }
+}

@@ -1,0 +1,354 @@
+//! Loads the kernel programs, fills in the running kernel's offsets, and attaches to
+//! `kfree_skb`: `tp_btf` when the kernel allows it, the classic tracepoint otherwise.
+//!
+//! Everything is owned by the returned [`Probe`]: dropping it (or the process dying, even
+//! by SIGKILL) closes the file descriptors and the kernel unloads the programs, maps and
+//! links. Nothing is pinned.
+
+use std::{fmt, io, path::Path};
+
+use aya::{
+    programs::{BtfTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::NO_OFFSET;
+
+use crate::btf::{Btf, BtfError};
+
+/// The compiled kernel programs (built by build.rs from tracer-ebpf).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Errors starting the probe; each says what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The binary was built with `AYA_BUILD_SKIP=1`.
+    #[error("this dropgate was built without its kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask setup && cargo build`")]
+    NotBuilt,
+    /// Not running as root / without CAP_BPF and CAP_PERFMON.
+    #[error("tracing drops needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); run with sudo, or use `dropgate gateway` for the gateway alone")]
+    NotPrivileged,
+    /// The kernel's BTF could not be used.
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    /// The kernel refused to create the maps or load the programs.
+    #[error("the kernel refused to load dropgate's BPF programs: {0:#}; check that BPF is permitted (lockdown, kernel.unprivileged_bpf_disabled, seccomp of the container)")]
+    Load(#[source] anyhow::Error),
+    /// Neither hook could be attached.
+    #[error("cannot attach to kfree_skb: tp_btf failed ({tp_btf:#}) and the tracepoint failed ({tracepoint:#}); the kernel needs CONFIG_BPF_EVENTS and tracefs")]
+    Attach {
+        tp_btf: anyhow::Error,
+        tracepoint: anyhow::Error,
+    },
+}
+
+/// Which kernel hook the program runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    TpBtf,
+    Tracepoint,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::TpBtf => "tp_btf/kfree_skb",
+            Hook::Tracepoint => "tracepoint/skb/kfree_skb",
+        })
+    }
+}
+
+/// Which hook to use; `Auto` tries tp_btf first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HookChoice {
+    #[default]
+    Auto,
+    TpBtf,
+    Tracepoint,
+}
+
+/// Struct offsets of the running kernel, handed to the programs as globals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkbOffsets {
+    pub skb_len: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub skb_skb_iif: u32,
+    pub skb_protocol: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub dev_ifindex: u32,
+    pub dev_nd_net: u32,
+    pub sock_net: u32,
+    pub net_ns_inum: u32,
+}
+
+impl SkbOffsets {
+    /// Reads every offset from BTF; a missing field is an error naming it.
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        Ok(Self {
+            skb_len: btf.member_offset("sk_buff", "len")?,
+            skb_dev: btf.member_offset("sk_buff", "dev")?,
+            skb_sk: btf.member_offset("sk_buff", "sk")?,
+            skb_skb_iif: btf.member_offset("sk_buff", "skb_iif")?,
+            skb_protocol: btf.member_offset("sk_buff", "protocol")?,
+            skb_head: btf.member_offset("sk_buff", "head")?,
+            skb_network_header: btf.member_offset("sk_buff", "network_header")?,
+            dev_ifindex: btf.member_offset("net_device", "ifindex")?,
+            dev_nd_net: btf.member_offset("net_device", "nd_net")?,
+            sock_net: btf.member_offset("sock", "__sk_common.skc_net")?,
+            net_ns_inum: btf.member_offset("net", "ns.inum")?,
+        })
+    }
+
+    fn globals(&self) -> [(&'static str, u32); 11] {
+        [
+            ("SKB_LEN", self.skb_len),
+            ("SKB_DEV", self.skb_dev),
+            ("SKB_SK", self.skb_sk),
+            ("SKB_SKB_IIF", self.skb_skb_iif),
+            ("SKB_PROTOCOL", self.skb_protocol),
+            ("SKB_HEAD", self.skb_head),
+            ("SKB_NETWORK_HEADER", self.skb_network_header),
+            ("DEV_IFINDEX", self.dev_ifindex),
+            ("DEV_ND_NET", self.dev_nd_net),
+            ("SOCK_NET", self.sock_net),
+            ("NET_NS_INUM", self.net_ns_inum),
+        ]
+    }
+}
+
+/// Byte offsets of the classic tracepoint's record fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointLayout {
+    pub skbaddr: u32,
+    pub location: u32,
+    /// `NO_OFFSET` on kernels whose tracepoint has no reason (< 5.17).
+    pub reason: u32,
+    /// `NO_OFFSET` on kernels whose tracepoint has no receiving socket (< 6.11).
+    pub rx_sk: u32,
+}
+
+impl TracepointLayout {
+    /// Parses a tracefs `format` file.
+    #[must_use]
+    pub fn parse(format: &str) -> Option<Self> {
+        let field = |name: &str| {
+            format.lines().find_map(|line| {
+                let line = line.trim();
+                let decl = line.strip_prefix("field:")?.split(';').next()?;
+                if decl.rsplit([' ', '*']).next()? != name {
+                    return None;
+                }
+                let offset = line
+                    .split(';')
+                    .find_map(|part| part.trim().strip_prefix("offset:"))?;
+                offset.parse::<u32>().ok()
+            })
+        };
+        Some(Self {
+            skbaddr: field("skbaddr")?,
+            location: field("location")?,
+            reason: field("reason").unwrap_or(NO_OFFSET),
+            rx_sk: field("rx_sk").unwrap_or(NO_OFFSET),
+        })
+    }
+
+    /// Reads the layout of `skb/kfree_skb`, mounting tracefs if it is not mounted.
+    pub fn read() -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        const CANDIDATES: [&str; 2] = [
+            "/sys/kernel/tracing/events/skb/kfree_skb/format",
+            "/sys/kernel/debug/tracing/events/skb/kfree_skb/format",
+        ];
+        if !CANDIDATES.iter().any(|p| Path::new(p).exists()) {
+            mount_tracefs().context("tracefs is not mounted and mounting it failed")?;
+        }
+        let text = CANDIDATES
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .context("no skb/kfree_skb tracepoint in tracefs")?;
+        Self::parse(&text).context("the skb/kfree_skb format lacks skbaddr or location")
+    }
+}
+
+fn mount_tracefs() -> io::Result<()> {
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "mount -t tracefs exited with {status}"
+        )))
+    }
+}
+
+/// The loaded and attached probe. Dropping it detaches and unloads everything.
+pub struct Probe {
+    pub ebpf: Ebpf,
+    pub hook: Hook,
+    /// Whether the hook reports a drop reason on this kernel.
+    pub has_reason: bool,
+}
+
+/// Loads the programs with the running kernel's offsets and attaches one of them.
+pub fn load(choice: HookChoice, btf: &Btf) -> Result<Probe, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NotBuilt);
+    }
+    if !crate::privileges::can_load_bpf() {
+        return Err(LoadError::NotPrivileged);
+    }
+    crate::privileges::raise_memlock_limit();
+    let offsets = SkbOffsets::from_btf(btf)?;
+    // Parameters of the tp_btf prototype: (void *, skb, location[, reason[, rx_sk]]).
+    let btf_params = btf.typedef_fn_params("btf_trace_kfree_skb").unwrap_or(0);
+    let btf_has_reason = btf_params >= 4;
+    let layout = if choice == HookChoice::TpBtf {
+        None
+    } else {
+        match TracepointLayout::read() {
+            Ok(layout) => Some(layout),
+            Err(err) => {
+                tracing::debug!("classic tracepoint unavailable: {err:#}");
+                None
+            }
+        }
+    };
+
+    let tp = layout.unwrap_or(TracepointLayout {
+        skbaddr: NO_OFFSET,
+        location: NO_OFFSET,
+        reason: NO_OFFSET,
+        rx_sk: NO_OFFSET,
+    });
+    let has_rx_sk_flag = u8::from(btf_params >= 5);
+    let has_reason_flag = u8::from(btf_has_reason);
+    let globals = offsets.globals();
+    // The loader borrows every value until `load`, so they are all bound above it.
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &globals {
+        loader.override_global(name, value, true);
+    }
+    loader.override_global("BTF_HAS_REASON", &has_reason_flag, true);
+    loader.override_global("TP_SKBADDR", &tp.skbaddr, true);
+    loader.override_global("TP_LOCATION", &tp.location, true);
+    loader.override_global("TP_REASON", &tp.reason, true);
+    loader.override_global("TP_RX_SK", &tp.rx_sk, true);
+    loader.override_global("BTF_HAS_RX_SK", &has_rx_sk_flag, true);
+    let mut ebpf = loader.load(OBJECT).map_err(|e| load_error(e.into()))?;
+
+    let tp_btf_result = if choice == HookChoice::Tracepoint {
+        Err(anyhow::anyhow!("not tried (--hook tracepoint)"))
+    } else {
+        attach_tp_btf(&mut ebpf)
+    };
+    let tp_btf_err = match tp_btf_result {
+        Ok(()) => {
+            return Ok(Probe {
+                ebpf,
+                hook: Hook::TpBtf,
+                has_reason: btf_has_reason,
+            })
+        }
+        Err(err) => err,
+    };
+    if choice == HookChoice::TpBtf || layout.is_none() {
+        return Err(LoadError::Attach {
+            tp_btf: tp_btf_err,
+            tracepoint: anyhow::anyhow!("not available"),
+        });
+    }
+    tracing::warn!("tp_btf/kfree_skb unavailable ({tp_btf_err:#}); using the classic tracepoint");
+    attach_tracepoint(&mut ebpf).map_err(|tracepoint| LoadError::Attach {
+        tp_btf: tp_btf_err,
+        tracepoint,
+    })?;
+    Ok(Probe {
+        ebpf,
+        hook: Hook::Tracepoint,
+        has_reason: tp.reason != NO_OFFSET,
+    })
+}
+
+fn load_error(err: anyhow::Error) -> LoadError {
+    let denied = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::PermissionDenied)
+            || cause.to_string().contains("Operation not permitted")
+    });
+    if denied && !crate::privileges::can_load_bpf() {
+        LoadError::NotPrivileged
+    } else {
+        LoadError::Load(err)
+    }
+}
+
+fn attach_tp_btf(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let btf = aya::Btf::from_sys_fs()?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut("kfree_skb_btf")
+        .ok_or_else(|| anyhow::anyhow!("program kfree_skb_btf missing from the object"))?
+        .try_into()?;
+    program.load("kfree_skb", &btf)?;
+    program.attach()?;
+    Ok(())
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let program: &mut TracePoint = ebpf
+        .program_mut("kfree_skb_tp")
+        .ok_or_else(|| anyhow::anyhow!("program kfree_skb_tp missing from the object"))?
+        .try_into()?;
+    program.load()?;
+    program.attach("skb", "kfree_skb")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracepoint_layouts_of_different_kernels() {
+        let newer = "\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+                     \tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
+                     \tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;\n\
+                     \tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;\n\
+                     \tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n";
+        let v5_10 = "\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+                     \tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
+                     \tfield:unsigned short protocol;\toffset:24;\tsize:2;\tsigned:0;\n";
+        let cases = [
+            ("6.11+ with rx_sk", newer, Some((8, 16, 36, 24))),
+            (
+                "5.10 without reason",
+                v5_10,
+                Some((8, 16, NO_OFFSET, NO_OFFSET)),
+            ),
+            ("not a format file", "name: x\n", None),
+        ];
+        for (name, text, want) in cases {
+            let got =
+                TracepointLayout::parse(text).map(|l| (l.skbaddr, l.location, l.reason, l.rx_sk));
+            assert_eq!(got, want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn offsets_of_this_kernel_are_plausible() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("SKIP: no kernel BTF");
+            return;
+        };
+        let offsets = SkbOffsets::from_btf(&btf).expect("every field exists on a BTF kernel");
+        assert_eq!(offsets.skb_dev, 16);
+        assert!(offsets.skb_network_header < offsets.skb_head);
+        assert!(offsets
+            .globals()
+            .iter()
+            .all(|(_, v)| *v != NO_OFFSET && *v < 4096));
+    }
+}

@@ -1,0 +1,204 @@
+//! `cargo xtask setup`: everything a fresh Debian machine needs, installed only when
+//! missing, so a second run takes seconds.
+//!
+//! The eBPF build needs the nightly toolchain with `rust-src` (for `-Z build-std=core`)
+//! and `bpf-linker`. bpf-linker must link the *same* LLVM major that nightly rustc emits
+//! bitcode for; Debian's LLVM is older, so it is built against nightly's own
+//! `libLLVM.so` through a small prefix of symlinks that bpf-linker's build script takes
+//! as `LLVM_PREFIX` (it needs only `lib/libLLVM.so`; the binary keeps a RUNPATH to it).
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd::{self, stdout_of};
+
+/// Debian packages the build, the tests and the benches use.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "nftables",
+    "iputils-ping",
+    "bpftool",
+    "curl",
+    "python3",
+    "python3-prometheus-client",
+    "prometheus-pushgateway",
+    "prometheus",
+    "wrk",
+    "ca-certificates",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> Result<()> {
+    let started = std::time::Instant::now();
+    apt_packages()?;
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    mounts();
+    eprintln!(
+        "xtask: setup complete in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .is_none_or(|status| !status.ends_with("installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "Debian packages missing: {}; run `cargo xtask setup` as root (or `sudo apt-get install {}`)",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get install failed; the packages above are needed by the tests")
+}
+
+fn nightly_with_rust_src() -> Result<()> {
+    let toolchains = stdout_of(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup not found; install Rust with rustup (https://rustup.rs)")?;
+    if !toolchains.lines().any(|t| t.starts_with("nightly")) {
+        eprintln!("xtask: installing the nightly toolchain (for the eBPF build)");
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = stdout_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|c| c.starts_with("rust-src")) {
+        eprintln!("xtask: adding rust-src to nightly (for -Z build-std=core)");
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// The LLVM major of nightly rustc, e.g. 22 from `LLVM version: 22.1.4`.
+fn nightly_llvm_major() -> Result<u32> {
+    let verbose = stdout_of(Command::new("rustc").args(["+nightly", "-vV"]))
+        .context("`rustc +nightly -vV` failed")?;
+    verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|major| major.parse().ok())
+        .context("`rustc +nightly -vV` printed no LLVM version")
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
+        PathBuf::from,
+    )
+}
+
+fn bpf_linker() -> Result<()> {
+    let major = nightly_llvm_major()?;
+    let bin = cargo_home().join("bin/bpf-linker");
+    // A bpf-linker built for another LLVM major produces objects the verifier may reject
+    // or fails to read the bitcode, so the stamp records which LLVM it was built for.
+    let stamp = cargo_home().join(format!(
+        "dropgate/bpf-linker-{BPF_LINKER_VERSION}-llvm-{major}"
+    ));
+    if stamp.exists()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    let sysroot = PathBuf::from(
+        stdout_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+            .context("`rustc +nightly --print sysroot` failed")?,
+    );
+    let libllvm = std::fs::read_dir(sysroot.join("lib"))
+        .context("reading the nightly sysroot")?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        })
+        .with_context(|| format!("no libLLVM.so.{major}* in {}/lib", sysroot.display()))?;
+    let shim = cargo_home().join(format!("dropgate/llvm-{major}"));
+    let shim_lib = shim.join("lib");
+    std::fs::create_dir_all(&shim_lib)
+        .with_context(|| format!("creating {}", shim_lib.display()))?;
+    let soname = libllvm.file_name().expect("a file name").to_owned();
+    for link in [shim_lib.join("libLLVM.so"), shim_lib.join(&soname)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about a minute)");
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &shim),
+    )
+    .context("building bpf-linker failed")?;
+    std::fs::write(&stamp, b"").with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+/// tracefs (for the classic tracepoint's layout) and bpffs are mounted on most systems;
+/// where they are not, mount them (root only; harmless when already mounted).
+fn mounts() {
+    if !cmd::is_root() {
+        return;
+    }
+    for (fstype, target) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        let mounted = std::fs::read_to_string("/proc/mounts")
+            .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(target)));
+        if !mounted && std::path::Path::new(target).exists() {
+            let _ = Command::new("mount")
+                .args(["-t", fstype, fstype, target])
+                .status();
+        }
+    }
+}

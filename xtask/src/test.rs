@@ -1,0 +1,57 @@
+//! `cargo xtask test`: every check CI runs, in the order that fails fastest.
+//!
+//! Formatting and lints first, then the host crates' unit and integration tests (in
+//! parallel), then the end-to-end crate one test at a time: its tests create network
+//! namespaces, iptables rules and BPF programs, and must not see each other's traffic.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::{cmd, setup};
+
+/// Crates tested on the host (tracer-ebpf is for the BPF target only).
+const HOST_CRATES: &[&str] = &["gateway", "tracer", "tracer-common", "xtask"];
+
+pub fn test(filter: Option<&str>) -> Result<()> {
+    let started = Instant::now();
+    setup::setup()?;
+    if !cmd::is_root() {
+        eprintln!("xtask: not root: privileged end-to-end tests will skip (or fail with DROPGATE_E2E=require)");
+    }
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
+    let mut clippy = cmd::cargo();
+    clippy.args(["clippy", "--all-targets"]);
+    for krate in HOST_CRATES.iter().chain(&["dropgate-tests"]) {
+        clippy.args(["--package", krate]);
+    }
+    cmd::run(clippy.args(["--", "-D", "warnings"]))?;
+    // The e2e tests run the real binary.
+    cmd::run(cmd::cargo().args(["build", "--package", "tracer", "--bin", "dropgate"]))?;
+    let binary = cmd::workspace_root().join("target/debug/dropgate");
+
+    let mut unit = cmd::cargo();
+    unit.arg("test");
+    for krate in HOST_CRATES {
+        unit.args(["--package", krate]);
+    }
+    if let Some(filter) = filter {
+        unit.arg(filter);
+    }
+    cmd::run(unit.env("DROPGATE_BIN", &binary))?;
+
+    let mut e2e = cmd::cargo();
+    e2e.args(["test", "--package", "dropgate-tests", "--"]);
+    if let Some(filter) = filter {
+        e2e.arg(filter);
+    }
+    cmd::run(
+        e2e.args(["--test-threads=1", "--nocapture"])
+            .env("DROPGATE_BIN", &binary),
+    )?;
+    eprintln!(
+        "xtask: all tests passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
