@@ -40,9 +40,24 @@ pub fn is_root() -> bool {
     stdout_of(Command::new("id").arg("-u")).is_some_and(|uid| uid == "0")
 }
 
-/// `cargo` as invoked by the user (keeps the toolchain xtask runs under).
+/// `cargo` as invoked by the user (keeps the toolchain xtask runs under), with
+/// `$CARGO_HOME/bin` on `PATH` so the eBPF build finds the bpf-linker that setup installed
+/// even where that folder is not on the user's `PATH` (fresh machines, CI).
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(workspace_root());
+    let mut paths = vec![cargo_home().join("bin")];
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    if let Ok(path) = std::env::join_paths(paths) {
+        command.env("PATH", path);
+    }
     command
+}
+
+/// Cargo's home: `$CARGO_HOME`, else `~/.cargo`.
+pub fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
+        PathBuf::from,
+    )
 }

@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cmd::{self, stdout_of};
+use crate::cmd::{self, cargo_home, stdout_of};
 
 /// Debian packages the build, the tests and the benches use.
 const APT_PACKAGES: &[&str] = &[
@@ -118,13 +118,6 @@ fn nightly_llvm_major() -> Result<u32> {
         .and_then(|v| v.split('.').next())
         .and_then(|major| major.parse().ok())
         .context("`rustc +nightly -vV` printed no LLVM version")
-}
-
-fn cargo_home() -> PathBuf {
-    std::env::var_os("CARGO_HOME").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
-        PathBuf::from,
-    )
 }
 
 fn bpf_linker() -> Result<()> {
