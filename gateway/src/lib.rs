@@ -6,6 +6,8 @@
 //! about eBPF: the tracer is just another source of [`model::MetricFamily`] values.
 #![forbid(unsafe_code)]
 
+pub mod codec;
+pub mod exposition;
 pub mod model;
 pub mod source;
 
