@@ -4,16 +4,12 @@
 //! kernel itself keeps (`InAddrErrors`).
 
 use std::{
-    net::SocketAddr,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use dropgate_tests::{
-    dropgate_bin,
-    http::{self, sample_sum},
-    is_root, may_run,
-    netns::DockerLikeHost,
+    dropgate::DropgateRun, dropgate_bin, http::sample_sum, is_root, may_run, netns::DockerLikeHost,
     process::Guarded,
 };
 
@@ -27,7 +23,7 @@ fn our_bpf_programs() -> Vec<u64> {
         .output()
         .expect("run bpftool (installed by cargo xtask setup)");
     let text = String::from_utf8_lossy(&out.stdout);
-    // Avoids a JSON dependency: each program object has "id":N ... "name":"...".
+    // Avoids a JSON dependency: each program object starts with "id":N and has "name".
     text.split("{\"id\":")
         .skip(1)
         .filter(|obj| {
@@ -42,10 +38,23 @@ fn our_bpf_programs() -> Vec<u64> {
         .collect()
 }
 
-fn scrape(addr: SocketAddr) -> String {
-    let response = http::get(addr, "/metrics").expect("scrape dropgate's /metrics");
-    assert_eq!(response.status, 200, "GET /metrics: {}", response.body);
-    response.body
+/// The container's service: dropgate's own gateway, as in the incident.
+fn start_gateway_in_container(topo: &DockerLikeHost) -> Guarded {
+    let mut command = topo
+        .ctr
+        .command(dropgate_bin().to_str().expect("utf-8 path"));
+    command
+        .args(["gateway", "--web.listen-address", "0.0.0.0:80"])
+        .stdout(Stdio::null());
+    let service = Guarded::spawn(command, "gateway in ctr");
+    let ready = topo.ctr.sh_output(
+        "for i in $(seq 100); do curl -sf -m 1 http://127.0.0.1/-/ready >/dev/null && exit 0; sleep 0.05; done; exit 1",
+    );
+    assert!(
+        ready.status.success(),
+        "the container's service did not become ready"
+    );
+    service
 }
 
 #[test]
@@ -58,38 +67,9 @@ fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
         return;
     }
     let topo = DockerLikeHost::build();
-    // The container's service: dropgate's own gateway, as in the incident.
-    let _service = Guarded::spawn(
-        {
-            let mut c = topo
-                .ctr
-                .command(dropgate_bin().to_str().expect("utf-8 path"));
-            c.args(["gateway", "--web.listen-address", "0.0.0.0:80"])
-                .stdout(Stdio::null());
-            c
-        },
-        "gateway in ctr",
-    );
-    assert!(
-        topo.ctr.sh_output("for i in $(seq 100); do curl -sf -m 1 http://127.0.0.1/-/ready >/dev/null && exit 0; sleep 0.05; done; exit 1").status.success(),
-        "the container's service did not become ready"
-    );
-
+    let _service = start_gateway_in_container(&topo);
     let before_programs = our_bpf_programs();
-    let port = http::free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-    let mut dropgate = Guarded::spawn(
-        {
-            let mut c = Command::new(dropgate_bin());
-            c.args(["run", "--web.listen-address", &addr.to_string()]);
-            c
-        },
-        "dropgate run",
-    );
-    assert!(
-        http::wait_ok(addr, "/-/ready", Duration::from_secs(20)),
-        "dropgate run did not become ready on {addr}"
-    );
+    let mut dropgate = DropgateRun::start(&[]);
     let ours: Vec<u64> = our_bpf_programs()
         .into_iter()
         .filter(|id| !before_programs.contains(id))
@@ -105,7 +85,7 @@ fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
 
     // 1. Forwarding off: cross-host fails, local succeeds, and every drop is counted.
     let snmp_before = topo.host.snmp("Ip", "InAddrErrors");
-    let traced_before = sample_sum(&scrape(addr), DROPS, &ip_error);
+    let traced_before = dropgate.value(DROPS, &ip_error);
     let from_ext = topo.curl_from_ext("/-/healthy", 3);
     let from_host = topo.curl_from_host("/-/healthy", 3);
     assert_eq!(
@@ -118,7 +98,7 @@ fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
         snmp_delta >= 1,
         "the kernel counted no InAddrErrors: the scenario did not drop"
     );
-    let exposition = scrape(addr);
+    let exposition = dropgate.scrape();
     let traced = sample_sum(&exposition, DROPS, &ip_error) - traced_before;
     eprintln!("forwarding off: InAddrErrors delta {snmp_delta}, dropgate ip_error count {traced}");
     for line in exposition
@@ -131,31 +111,27 @@ fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
         traced as u64, snmp_delta,
         "dropgate's count must equal the kernel's InAddrErrors delta"
     );
-    let on_uplink = sample_sum(
-        &exposition,
-        DROPS,
-        &[
-            ("netns", host_netns),
-            ("reason", "IP_INADDRERRORS"),
-            ("interface", DockerLikeHost::HOST_UPLINK),
-            ("protocol", "tcp"),
-        ],
-    );
+    let uplink_tcp = [
+        ("netns", host_netns),
+        ("reason", "IP_INADDRERRORS"),
+        ("interface", DockerLikeHost::HOST_UPLINK),
+        ("protocol", "tcp"),
+    ];
     assert!(
-        on_uplink >= traced,
+        sample_sum(&exposition, DROPS, &uplink_tcp) >= traced,
         "the drops must be attributed to interface {} and protocol tcp",
         DockerLikeHost::HOST_UPLINK
     );
 
     // 2. Forwarding on: the request from ext succeeds and no new ip_error drops appear.
     topo.set_forwarding(true);
-    let traced_before = sample_sum(&scrape(addr), DROPS, &ip_error);
+    let traced_before = dropgate.value(DROPS, &ip_error);
     assert_eq!(
         topo.curl_from_ext("/-/healthy", 5),
         Some(200),
         "with ip_forward=1 the request from ext must succeed"
     );
-    let traced_after = sample_sum(&scrape(addr), DROPS, &ip_error);
+    let traced_after = dropgate.value(DROPS, &ip_error);
     assert_eq!(
         traced_after as u64, traced_before as u64,
         "no ip_error drops with forwarding on"
@@ -163,6 +139,7 @@ fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
 
     // 3. dropgate exits cleanly on SIGTERM and leaves no program behind.
     let status = dropgate
+        .process
         .stop("TERM", Duration::from_secs(10))
         .expect("dropgate exits after SIGTERM");
     assert!(status.success(), "dropgate run exited with {status}");

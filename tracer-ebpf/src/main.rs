@@ -15,10 +15,14 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    helpers::bpf_ktime_get_ns,
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{stat, DropCounts, DropKey, MAX_DROP_KEYS, NO_OFFSET, REASON_UNKNOWN};
+use tracer_common::{
+    stat, DropCounts, DropKey, DropSample, SampleWindow, MAX_DROP_KEYS, NO_OFFSET, REASON_UNKNOWN,
+    SAMPLE_RING_BYTES,
+};
 
 /// Offsets read from the running kernel's BTF (see tracer/src/btf.rs). Each is
 /// `NO_OFFSET` when the field does not exist there.
@@ -50,6 +54,11 @@ offsets!(
     TP_RX_SK,
 );
 
+/// Samples per second and CPU sent to userspace; 0 disables sampling. Counting is
+/// never limited: only the per-packet detail is.
+#[unsafe(no_mangle)]
+static SAMPLES_PER_SEC: u32 = 0;
+
 /// 1 when tp_btf's `kfree_skb` has a third argument (`reason`, kernels >= 5.17).
 #[unsafe(no_mangle)]
 static BTF_HAS_REASON: u8 = 0;
@@ -65,6 +74,14 @@ static DROPS: PerCpuHashMap<DropKey, DropCounts> =
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[map]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
+
+#[map]
+static SAMPLE_WINDOW: PerCpuArray<SampleWindow> = PerCpuArray::with_max_entries(1, 0);
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -165,7 +182,15 @@ fn record(skb: u64, location: u64, reason: u32, rx_sk: u64) {
         l4_proto,
         pad: 0,
     };
-    if let Some(counts) = DROPS.get_ptr_mut(&key) {
+    count(&key, len);
+    if sample_allowed() {
+        send_sample(skb, &key, len);
+    }
+}
+
+#[inline(always)]
+fn count(key: &DropKey, len: u32) {
+    if let Some(counts) = DROPS.get_ptr_mut(key) {
         // SAFETY: a per-CPU value of ours; nothing else writes this CPU's slot while the
         // program runs (tracing programs do not nest on one CPU).
         unsafe {
@@ -178,8 +203,96 @@ fn record(skb: u64, location: u64, reason: u32, rx_sk: u64) {
         packets: 1,
         bytes: u64::from(len),
     };
-    if DROPS.insert(&key, &first, 0).is_err() {
+    if DROPS.insert(key, &first, 0).is_err() {
         bump(stat::MAP_FULL);
+    }
+}
+
+/// The per-CPU rate limit: at most `SAMPLES_PER_SEC` samples in each one-second window.
+#[inline(always)]
+fn sample_allowed() -> bool {
+    // SAFETY: a read of our own static (see `global`).
+    let limit = u64::from(unsafe { core::ptr::read_volatile(&SAMPLES_PER_SEC) });
+    if limit == 0 {
+        return false;
+    }
+    let Some(window) = SAMPLE_WINDOW.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: this CPU's slot of a per-CPU array of ours (see `count`).
+    unsafe {
+        if now.wrapping_sub((*window).start_ns) >= NSEC_PER_SEC {
+            (*window).start_ns = now;
+            (*window).taken = 0;
+        }
+        if (*window).taken >= limit {
+            bump(stat::SAMPLES_SUPPRESSED);
+            return false;
+        }
+        (*window).taken += 1;
+    }
+    true
+}
+
+#[inline(always)]
+fn send_sample(skb: u64, key: &DropKey, len: u32) {
+    let Some(mut entry) = SAMPLES.reserve::<DropSample>(0) else {
+        bump(stat::SAMPLES_LOST);
+        return;
+    };
+    let mut sample = DropSample {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        location: key.location,
+        netns: key.netns,
+        ifindex: key.ifindex,
+        reason: key.reason,
+        len,
+        ethertype: key.ethertype,
+        l4_proto: key.l4_proto,
+        ..DropSample::default()
+    };
+    read_flow(skb, &mut sample);
+    entry.write(sample);
+    entry.submit(0);
+    bump(stat::SAMPLES_SENT);
+}
+
+/// Addresses and ports from the packet's headers (IPv4 and IPv6 without extension
+/// headers); leaves them zero where a header is missing.
+#[inline(always)]
+fn read_flow(skb: u64, sample: &mut DropSample) {
+    let head: u64 = read(skb, global(&SKB_HEAD)).unwrap_or(0);
+    let nh: u16 = read(skb, global(&SKB_NETWORK_HEADER)).unwrap_or(HEADER_UNSET);
+    if head == 0 || nh == HEADER_UNSET {
+        return;
+    }
+    let ip = head + u64::from(nh);
+    let l4_offset = match sample.ethertype {
+        ETH_P_IP => {
+            if let Some(addr) = read::<[u8; 4]>(ip, 12) {
+                sample.saddr[..4].copy_from_slice(&addr);
+            }
+            if let Some(addr) = read::<[u8; 4]>(ip, 16) {
+                sample.daddr[..4].copy_from_slice(&addr);
+            }
+            u64::from(read::<u8>(ip, 0).unwrap_or(0) & 0x0f) * 4
+        }
+        ETH_P_IPV6 => {
+            sample.saddr = read(ip, 8).unwrap_or([0; 16]);
+            sample.daddr = read(ip, 24).unwrap_or([0; 16]);
+            40
+        }
+        _ => return,
+    };
+    // TCP, UDP, UDP-Lite and SCTP all start with source and destination ports.
+    if matches!(sample.l4_proto, 6 | 17 | 132 | 136) && l4_offset >= 20 {
+        if let Some(ports) = read::<[u8; 4]>(ip + l4_offset, 0) {
+            sample.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            sample.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
     }
 }
 

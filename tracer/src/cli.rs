@@ -36,6 +36,70 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Print every sampled drop as it happens, one line each (or JSON lines).
+    Watch {
+        #[command(flatten)]
+        filter: WatchFilter,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Samples per second and CPU taken in the kernel.
+        #[arg(long = "trace.samples-per-sec", default_value_t = 10_000)]
+        samples_per_sec: u32,
+        /// Kernel hook.
+        #[arg(long = "trace.hook", value_enum, default_value_t = HookArg::Auto)]
+        hook: HookArg,
+        /// Docker Engine API, to name containers; empty: off.
+        #[arg(long = "docker-host", default_value = "unix:///var/run/docker.sock")]
+        docker_host: String,
+    },
+}
+
+/// Which drops `watch` prints; every given filter must match.
+#[derive(Args, Debug, Default, Clone)]
+pub struct WatchFilter {
+    /// Drop reason, e.g. IP_INADDRERRORS (case-insensitive).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Dropping function, e.g. ip_error.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Source or destination address.
+    #[arg(long)]
+    pub host: Option<std::net::IpAddr>,
+    /// Source or destination port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Protocol: tcp, udp, icmp, icmpv6, arp, ...
+    #[arg(long)]
+    pub proto: Option<String>,
+    /// Network namespace name (as printed) or inode.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Interface name.
+    #[arg(long)]
+    pub interface: Option<String>,
+}
+
+impl WatchFilter {
+    /// Whether `event` passes every filter given.
+    #[must_use]
+    pub fn matches(&self, event: &crate::samples::DropEvent) -> bool {
+        let eq = |want: &Option<String>, have: &str| {
+            want.as_ref().is_none_or(|w| w.eq_ignore_ascii_case(have))
+        };
+        eq(&self.reason, &event.reason)
+            && eq(&self.location, &event.location)
+            && eq(&self.proto, event.protocol)
+            && eq(&self.netns, &event.netns)
+            && eq(&self.interface, &event.interface)
+            && self
+                .host
+                .is_none_or(|h| event.src == Some(h) || event.dst == Some(h))
+            && self
+                .port
+                .is_none_or(|p| event.sport == p || event.dport == p)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +135,17 @@ pub struct TraceArgs {
     /// Kernel hook: tp_btf (cheaper) with the classic tracepoint as fallback, or one of them.
     #[arg(long = "trace.hook", value_enum, default_value_t = HookArg::Auto)]
     pub hook: HookArg,
+    /// Per-packet samples per second and CPU taken in the kernel (0: none). Counts are
+    /// exact regardless.
+    #[arg(long = "trace.samples-per-sec", default_value_t = 1000)]
+    pub samples_per_sec: u32,
+    /// How many recent samples `/api/v1/drops` keeps.
+    #[arg(long = "trace.recent-samples", default_value_t = 1000)]
+    pub recent_samples: usize,
+    /// Docker Engine API, to name the container behind a dropped packet; an empty value
+    /// turns it off. An unreachable engine is not an error: samples just lack the names.
+    #[arg(long = "docker-host", default_value = "unix:///var/run/docker.sock")]
+    pub docker_host: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -168,6 +243,60 @@ mod tests {
         );
         let err = parse_listen_address("localhost").expect_err("no port");
         assert!(err.contains("host:port"), "{err}");
+    }
+
+    #[test]
+    fn watch_filters_must_all_match() {
+        let event = crate::samples::DropEvent {
+            time: String::new(),
+            netns: "host".into(),
+            interface: "vh-ext".into(),
+            protocol: "tcp",
+            src: Some("10.0.0.2".parse().expect("ip")),
+            sport: 40000,
+            dst: Some("172.18.0.2".parse().expect("ip")),
+            dport: 80,
+            reason: "IP_INADDRERRORS".into(),
+            location: "ip_error".into(),
+            len: 60,
+            target: crate::enrich::Destination::default(),
+        };
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["dropgate", "watch"];
+            argv.extend(args);
+            let Command::Watch { filter, .. } =
+                Cli::try_parse_from(argv).expect("valid flags").command
+            else {
+                panic!("watch subcommand expected");
+            };
+            filter
+        };
+        let cases: [(&str, &[&str], bool); 9] = [
+            ("no filter", &[], true),
+            ("reason any case", &["--reason", "ip_inaddrerrors"], true),
+            ("other reason", &["--reason", "NO_SOCKET"], false),
+            ("destination host", &["--host", "172.18.0.2"], true),
+            ("source port", &["--port", "40000"], true),
+            ("other port", &["--port", "81"], false),
+            (
+                "protocol and netns",
+                &["--proto", "tcp", "--netns", "host"],
+                true,
+            ),
+            (
+                "one of two fails",
+                &["--proto", "udp", "--netns", "host"],
+                false,
+            ),
+            (
+                "location and interface",
+                &["--location", "ip_error", "--interface", "vh-ext"],
+                true,
+            ),
+        ];
+        for (name, args, want) in cases {
+            assert_eq!(parse(args).matches(&event), want, "case {name}");
+        }
     }
 
     #[test]

@@ -9,14 +9,16 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use tracer_common::{stat, DropCounts, DropKey, REASON_UNKNOWN};
 
-use crate::{btf::Btf, kallsyms::Kallsyms, loader::Probe, netns::Names};
+use crate::{
+    btf::Btf, enrich::Enricher, kallsyms::Kallsyms, loader::Probe, netns::Names, samples::Namer,
+};
 
 /// Drop reasons by number, from the running kernel's `enum skb_drop_reason`.
 pub struct ReasonNames {
@@ -89,9 +91,9 @@ pub struct DropLabels {
 /// Reads the probe's maps and names what it finds; the trace side's `MetricSource`.
 pub struct DropCollector {
     maps: Mutex<Maps>,
-    reasons: ReasonNames,
-    kallsyms: Kallsyms,
-    names: Names,
+    reasons: Arc<ReasonNames>,
+    kallsyms: Arc<Kallsyms>,
+    names: Arc<Names>,
     hook: String,
     kernel: String,
 }
@@ -122,12 +124,29 @@ impl DropCollector {
             .unwrap_or_default();
         Ok(Self {
             maps: Mutex::new(Maps { drops, stats }),
-            reasons: ReasonNames::from_btf(btf),
-            kallsyms,
-            names: Names::new(),
+            reasons: Arc::new(ReasonNames::from_btf(btf)),
+            kallsyms: Arc::new(kallsyms),
+            names: Arc::new(Names::new()),
             hook: probe.hook.to_string(),
             kernel,
         })
+    }
+
+    /// The namespace and interface names this collector uses.
+    #[must_use]
+    pub fn names(&self) -> Arc<Names> {
+        Arc::clone(&self.names)
+    }
+
+    /// A namer for samples that shares this collector's name tables and caches.
+    #[must_use]
+    pub fn namer(&self, enricher: Arc<Enricher>) -> Namer {
+        Namer::new(
+            Arc::clone(&self.reasons),
+            Arc::clone(&self.kallsyms),
+            Arc::clone(&self.names),
+            enricher,
+        )
     }
 
     /// Current totals per series, summed over CPUs and call sites.
@@ -246,6 +265,16 @@ impl gateway::MetricSource for DropCollector {
                 "dropgate_tracer_uncounted_total",
                 "Drop events that could not be counted because the in-kernel table was full.",
                 vec![counter(Vec::new(), self.stat(stat::MAP_FULL))],
+            ),
+            counter_family(
+                "dropgate_events_lost_total",
+                "Per-packet samples lost because the ring buffer to userspace was full (counts are unaffected).",
+                vec![counter(Vec::new(), self.stat(stat::SAMPLES_LOST))],
+            ),
+            counter_family(
+                "dropgate_samples_suppressed_total",
+                "Per-packet samples not taken because of the sampling rate limit (counts are unaffected).",
+                vec![counter(Vec::new(), self.stat(stat::SAMPLES_SUPPRESSED))],
             ),
             MetricFamily {
                 name: Some("dropgate_tracer_info".into()),

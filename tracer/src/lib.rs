@@ -8,7 +8,11 @@
 pub mod btf;
 pub mod cli;
 pub mod collector;
+pub mod enrich;
+pub mod forwarding;
 pub mod kallsyms;
 pub mod loader;
 pub mod netns;
 pub mod privileges;
+pub mod samples;
+pub mod tracer;

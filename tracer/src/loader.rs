@@ -66,6 +66,24 @@ pub enum HookChoice {
     Tracepoint,
 }
 
+/// How to load the probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub hook: HookChoice,
+    /// Per-packet samples per second and CPU sent to userspace (0: none). Counting is
+    /// exact whatever this is.
+    pub samples_per_sec: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            hook: HookChoice::Auto,
+            samples_per_sec: 1000,
+        }
+    }
+}
+
 /// Struct offsets of the running kernel, handed to the programs as globals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkbOffsets {
@@ -193,7 +211,8 @@ pub struct Probe {
 }
 
 /// Loads the programs with the running kernel's offsets and attaches one of them.
-pub fn load(choice: HookChoice, btf: &Btf) -> Result<Probe, LoadError> {
+pub fn load(options: &LoadOptions, btf: &Btf) -> Result<Probe, LoadError> {
+    let choice = options.hook;
     if OBJECT.is_empty() {
         return Err(LoadError::NotBuilt);
     }
@@ -237,6 +256,7 @@ pub fn load(choice: HookChoice, btf: &Btf) -> Result<Probe, LoadError> {
     loader.override_global("TP_REASON", &tp.reason, true);
     loader.override_global("TP_RX_SK", &tp.rx_sk, true);
     loader.override_global("BTF_HAS_RX_SK", &has_rx_sk_flag, true);
+    loader.override_global("SAMPLES_PER_SEC", &options.samples_per_sec, true);
     let mut ebpf = loader.load(OBJECT).map_err(|e| load_error(e.into()))?;
 
     let tp_btf_result = if choice == HookChoice::Tracepoint {

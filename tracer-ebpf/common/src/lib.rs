@@ -35,6 +35,31 @@ pub struct DropCounts {
     pub bytes: u64,
 }
 
+/// One sampled drop with its flow, sent to userspace through the ring buffer. Fixed size
+/// and `#[repr(C)]`: no per-event formatting or allocation in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSample {
+    /// `bpf_ktime_get_ns()`: monotonic nanoseconds since boot.
+    pub timestamp_ns: u64,
+    pub location: u64,
+    pub netns: u32,
+    pub ifindex: u32,
+    pub reason: u32,
+    /// `skb->len`.
+    pub len: u32,
+    pub ethertype: u16,
+    pub l4_proto: u8,
+    /// Explicit padding, always 0.
+    pub pad: u8,
+    /// Transport ports in host order; 0 when the protocol has none or they were unread.
+    pub sport: u16,
+    pub dport: u16,
+    /// Addresses in network order; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
 /// `reason` of a drop seen on a kernel whose `kfree_skb` has no reason argument (< 5.17).
 pub const REASON_UNKNOWN: u32 = u32::MAX;
 
@@ -47,9 +72,26 @@ pub mod stat {
     pub const EVENTS: u32 = 0;
     /// Events that could not be counted because the aggregation map was full.
     pub const MAP_FULL: u32 = 1;
+    /// Samples not taken because the per-CPU sampling rate was exhausted.
+    pub const SAMPLES_SUPPRESSED: u32 = 2;
+    /// Samples lost because the ring buffer was full (userspace too slow).
+    pub const SAMPLES_LOST: u32 = 3;
+    /// Samples written to the ring buffer.
+    pub const SAMPLES_SENT: u32 = 4;
     /// Number of slots in `STATS`.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 5;
 }
+
+/// Per-CPU state of the sampling rate limit: a one-second window and what it used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleWindow {
+    pub start_ns: u64,
+    pub taken: u64,
+}
+
+/// Size of the sample ring buffer in bytes (a power of two, a multiple of the page size).
+pub const SAMPLE_RING_BYTES: u32 = 1 << 20;
 
 /// Maximum number of distinct [`DropKey`]s held in the kernel at once.
 pub const MAX_DROP_KEYS: u32 = 16_384;
@@ -61,4 +103,6 @@ mod user {
     unsafe impl aya::Pod for super::DropKey {}
     // SAFETY: #[repr(C)], two u64 fields, no padding.
     unsafe impl aya::Pod for super::DropCounts {}
+    // SAFETY: #[repr(C)], integers and byte arrays laid out without gaps (explicit `pad`).
+    unsafe impl aya::Pod for super::DropSample {}
 }

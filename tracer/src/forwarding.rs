@@ -1,0 +1,389 @@
+//! IPv4 forwarding state of every network namespace, and every change to it.
+//!
+//! Forwarding is the setting behind the incident: Docker turns it on, a sysctl reload
+//! turns it off again, and published ports stop working for other hosts. For each
+//! namespace dropgate knows, a thread enters it, asks the kernel for the state of every
+//! interface (`RTM_GETNETCONF` dump) and then listens for `RTM_NEWNETCONF` events, so a
+//! flip is seen when it happens, not at the next poll. A listener ends when its
+//! namespace disappears, so dropgate never keeps a deleted namespace alive.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use crate::netns::Names;
+
+const RTM_NEWNETCONF: u16 = 80;
+const RTM_GETNETCONF: u16 = 82;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NETCONFA_IFINDEX: u16 = 1;
+const NETCONFA_FORWARDING: u16 = 2;
+const NETCONFA_IFINDEX_ALL: i32 = -1;
+const NETCONFA_IFINDEX_DEFAULT: i32 = -2;
+const RTNLGRP_IPV4_NETCONF: u32 = 24;
+
+/// Forwarding state of one namespace.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceForwarding {
+    /// `net.ipv4.ip_forward` (`conf/all/forwarding`), once known.
+    pub all: Option<bool>,
+    /// Per interface: name and `conf/<if>/forwarding`.
+    pub interfaces: BTreeMap<i32, (String, bool)>,
+    /// How often `all` changed while dropgate watched.
+    pub changes: u64,
+}
+
+/// An update decoded from one netlink message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetconfUpdate {
+    pub ifindex: i32,
+    pub forwarding: bool,
+}
+
+struct Listener {
+    name: String,
+    stop: Arc<AtomicBool>,
+}
+
+/// Watches forwarding in every known namespace; cheap to read at scrape time.
+pub struct ForwardingWatch {
+    state: Arc<Mutex<HashMap<u32, NamespaceForwarding>>>,
+    listeners: Mutex<HashMap<u32, Listener>>,
+    names: Arc<Names>,
+}
+
+impl ForwardingWatch {
+    /// Starts watching; a background thread picks up new namespaces every second.
+    pub fn start(names: Arc<Names>) -> Arc<Self> {
+        let watch = Arc::new(Self {
+            state: Arc::default(),
+            listeners: Mutex::default(),
+            names,
+        });
+        let weak = Arc::downgrade(&watch);
+        std::thread::Builder::new()
+            .name("forwarding-scan".into())
+            .spawn(move || {
+                while let Some(watch) = weak.upgrade() {
+                    watch.rescan();
+                    drop(watch);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .expect("spawn the forwarding scanner");
+        watch
+    }
+
+    /// A copy of the current state, by namespace label.
+    pub fn snapshot(&self) -> Vec<(String, NamespaceForwarding)> {
+        let state = self.state.lock().expect("forwarding lock");
+        let listeners = self.listeners.lock().expect("listeners lock");
+        let mut out: Vec<(String, NamespaceForwarding)> = state
+            .iter()
+            .filter_map(|(inode, ns)| Some((listeners.get(inode)?.name.clone(), ns.clone())))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn rescan(&self) {
+        let mut present: Vec<(u32, String, PathBuf)> = self.names.named();
+        let own = self.names.own_inode();
+        if !present.iter().any(|(inode, _, _)| *inode == own) {
+            present.push((
+                own,
+                crate::netns::OWN_NAMESPACE.into(),
+                PathBuf::from("/proc/self/ns/net"),
+            ));
+        }
+        let mut listeners = self.listeners.lock().expect("listeners lock");
+        listeners.retain(|inode, listener| {
+            let keep = present.iter().any(|(i, _, _)| i == inode);
+            if !keep {
+                listener.stop.store(true, Ordering::Relaxed);
+                self.state.lock().expect("forwarding lock").remove(inode);
+            }
+            keep
+        });
+        for (inode, name, path) in present {
+            if listeners.contains_key(&inode) {
+                continue;
+            }
+            let name = if inode == own {
+                crate::netns::OWN_NAMESPACE.to_owned()
+            } else {
+                name
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let state = Arc::clone(&self.state);
+            let thread_stop = Arc::clone(&stop);
+            let spawned = std::thread::Builder::new()
+                .name(format!("netconf-{inode}"))
+                .spawn(move || {
+                    if let Err(err) = listen(&path, inode, &state, &thread_stop) {
+                        tracing::debug!("forwarding watch of {} ended: {err}", path.display());
+                    }
+                });
+            if spawned.is_ok() {
+                listeners.insert(inode, Listener { name, stop });
+            }
+        }
+    }
+}
+
+/// Enters the namespace, dumps the forwarding state, then follows NETCONF events.
+fn listen(
+    ns_path: &PathBuf,
+    inode: u32,
+    state: &Mutex<HashMap<u32, NamespaceForwarding>>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let ns = File::open(ns_path)?;
+    // SAFETY: setns on this dedicated thread only; it never returns to the pool.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(ns);
+    let socket = netlink_socket()?;
+    send_dump_request(&socket)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: recv into a buffer we own, with its true length.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => continue,
+                _ => return Err(err),
+            }
+        }
+        let updates = parse_netconf(&buf[..n as usize]);
+        if updates.is_empty() {
+            continue;
+        }
+        let mut state = state.lock().expect("forwarding lock");
+        let ns = state.entry(inode).or_default();
+        for update in updates {
+            apply(ns, update);
+        }
+    }
+    Ok(())
+}
+
+fn apply(ns: &mut NamespaceForwarding, update: NetconfUpdate) {
+    match update.ifindex {
+        NETCONFA_IFINDEX_ALL => {
+            if ns.all.is_some_and(|was| was != update.forwarding) {
+                ns.changes += 1;
+            }
+            ns.all = Some(update.forwarding);
+        }
+        NETCONFA_IFINDEX_DEFAULT => {}
+        ifindex => {
+            let name = u32::try_from(ifindex)
+                .ok()
+                .and_then(index_to_name)
+                .unwrap_or_else(|| format!("if{ifindex}"));
+            ns.interfaces.insert(ifindex, (name, update.forwarding));
+        }
+    }
+}
+
+fn netlink_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = 1 << (RTNLGRP_IPV4_NETCONF - 1);
+    // SAFETY: bind with a valid sockaddr_nl and its size.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // A receive timeout lets the thread notice `stop` when nothing happens.
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid timeval and its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    Ok(socket)
+}
+
+fn send_dump_request(socket: &OwnedFd) -> std::io::Result<()> {
+    // nlmsghdr (16 bytes) + netconfmsg (1 byte family, padded to 4).
+    let mut msg = [0u8; 20];
+    msg[0..4].copy_from_slice(&20u32.to_ne_bytes());
+    msg[4..6].copy_from_slice(&RTM_GETNETCONF.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    msg[6..8].copy_from_slice(&flags.to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    msg[16] = libc::AF_INET as u8;
+    // SAFETY: send from a buffer we own, with its true length.
+    let n = unsafe { libc::send(socket.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Decodes the NETCONF messages in one netlink datagram.
+#[must_use]
+pub fn parse_netconf(mut data: &[u8]) -> Vec<NetconfUpdate> {
+    let mut updates = Vec::new();
+    while data.len() >= 16 {
+        let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(data[4..6].try_into().expect("2 bytes"));
+        if len < 16 || len > data.len() || kind == NLMSG_DONE || kind == NLMSG_ERROR {
+            break;
+        }
+        if kind == RTM_NEWNETCONF && len >= 20 && data[16] == libc::AF_INET as u8 {
+            let (mut ifindex, mut forwarding) = (None, None);
+            let mut attrs = &data[20..len];
+            while attrs.len() >= 4 {
+                let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
+                if alen < 4 || alen > attrs.len() {
+                    break;
+                }
+                if alen >= 8 {
+                    let value = i32::from_ne_bytes(attrs[4..8].try_into().expect("4 bytes"));
+                    match atype {
+                        NETCONFA_IFINDEX => ifindex = Some(value),
+                        NETCONFA_FORWARDING => forwarding = Some(value != 0),
+                        _ => {}
+                    }
+                }
+                let step = (alen + 3) & !3;
+                attrs = &attrs[step.min(attrs.len())..];
+            }
+            if let (Some(ifindex), Some(forwarding)) = (ifindex, forwarding) {
+                updates.push(NetconfUpdate {
+                    ifindex,
+                    forwarding,
+                });
+            }
+        }
+        let step = (len + 3) & !3;
+        data = &data[step.min(data.len())..];
+    }
+    updates
+}
+
+fn index_to_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes as if_indextoname requires.
+    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if ptr.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(ifindex: i32, forwarding: i32) -> Vec<u8> {
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&36u32.to_ne_bytes());
+        msg.extend_from_slice(&RTM_NEWNETCONF.to_ne_bytes());
+        msg.extend_from_slice(&[0; 10]);
+        msg.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        for (kind, value) in [
+            (NETCONFA_IFINDEX, ifindex),
+            (NETCONFA_FORWARDING, forwarding),
+        ] {
+            msg.extend_from_slice(&8u16.to_ne_bytes());
+            msg.extend_from_slice(&kind.to_ne_bytes());
+            msg.extend_from_slice(&value.to_ne_bytes());
+        }
+        msg
+    }
+
+    #[test]
+    fn decodes_netconf_messages() {
+        let mut datagram = message(NETCONFA_IFINDEX_ALL, 0);
+        datagram.extend(message(3, 1));
+        assert_eq!(
+            parse_netconf(&datagram),
+            vec![
+                NetconfUpdate {
+                    ifindex: -1,
+                    forwarding: false
+                },
+                NetconfUpdate {
+                    ifindex: 3,
+                    forwarding: true
+                },
+            ]
+        );
+        assert!(
+            parse_netconf(&datagram[..20]).is_empty(),
+            "a cut message is ignored"
+        );
+    }
+
+    #[test]
+    fn counts_changes_of_the_global_switch_only() {
+        let mut ns = NamespaceForwarding::default();
+        for (ifindex, on) in [
+            (-1, true),
+            (-1, true),
+            (-1, false),
+            (2, true),
+            (2, false),
+            (-1, true),
+        ] {
+            apply(
+                &mut ns,
+                NetconfUpdate {
+                    ifindex,
+                    forwarding: on,
+                },
+            );
+        }
+        assert_eq!(ns.all, Some(true));
+        assert_eq!(
+            ns.changes, 2,
+            "on->off and off->on; the first reading is not a change"
+        );
+        assert_eq!(ns.interfaces.get(&2).map(|(_, on)| *on), Some(false));
+    }
+}
