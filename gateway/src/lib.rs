@@ -8,7 +8,9 @@
 
 pub mod codec;
 pub mod exposition;
+pub mod grouping;
 pub mod model;
 pub mod source;
+pub mod store;
 
 pub use source::MetricSource;

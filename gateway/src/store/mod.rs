@@ -1,0 +1,657 @@
+//! The push store: metric groups keyed by [`GroupingKey`], and the index that keeps
+//! every push's consistency check proportional to the push.
+//!
+//! Concurrency and ownership: the store is shared as `Arc<MetricStore>`. Writes are
+//! [`WriteCommand`] values applied one at a time under a single writer lock; the check
+//! of a push against the store is done under that lock, so two pushes can never both
+//! pass a check that only one of them could. Reads (scrape, `/api/v1/metrics`,
+//! persistence) hold the read lock just long enough to clone `Arc`s of the groups'
+//! families and of cached per-family renderings; building the response happens after
+//! the lock is released. Stored families are immutable once stored (replaced, never
+//! edited), which is what makes those `Arc`s a consistent snapshot.
+//!
+//! The index maps each family name to its type, the groups that have it and the set of
+//! its series identities across groups; it is updated on every write, so a push is
+//! checked against it in time proportional to the push (fix 5 of the spec), not by
+//! re-gathering the whole store as upstream does.
+
+mod check;
+mod render;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub use check::{go_type_name, Inconsistency, ReservedNames, RESERVED_PREFIX};
+pub use render::{exposition, RenderedFamily};
+
+use crate::grouping::GroupingKey;
+use crate::model::{Gauge, Metric, MetricFamily, MetricType};
+use check::{apply_grouping_labels, prepare, signature, suffix_clash, PreparedFamily};
+
+/// Name of the gauge holding the last successful change of a group.
+pub const PUSH_TIME_NAME: &str = "push_time_seconds";
+/// HELP of [`PUSH_TIME_NAME`], as upstream words it.
+pub const PUSH_TIME_HELP: &str =
+    "Last Unix time when changing this group in the Pushgateway succeeded.";
+/// Name of the gauge holding the last failed change of a group.
+pub const PUSH_FAILURE_TIME_NAME: &str = "push_failure_time_seconds";
+/// HELP of [`PUSH_FAILURE_TIME_NAME`], as upstream words it.
+pub const PUSH_FAILURE_TIME_HELP: &str =
+    "Last Unix time when changing this group in the Pushgateway failed.";
+
+/// A change to the store, as received from the HTTP API (or built by a test).
+#[derive(Debug, Clone)]
+pub enum WriteCommand {
+    /// `PUT`: the group's families become exactly the pushed ones.
+    Put {
+        /// The group.
+        key: GroupingKey,
+        /// The parsed body.
+        families: Vec<MetricFamily>,
+    },
+    /// `POST`: the pushed families replace same-named families of the group; the
+    /// group's other families stay.
+    Post {
+        /// The group.
+        key: GroupingKey,
+        /// The parsed body.
+        families: Vec<MetricFamily>,
+    },
+    /// `DELETE`: the group with exactly this key goes away (a no-op if absent).
+    Delete {
+        /// The group.
+        key: GroupingKey,
+    },
+    /// `/api/v1/admin/wipe`: every group goes away.
+    Wipe,
+}
+
+/// Why the store refused a write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The push failed the consistency check; the store is unchanged except for the
+    /// group's `push_failure_time_seconds` (see [`MetricStore::apply`]).
+    #[error("pushed metrics are invalid or inconsistent with existing metrics: {0}")]
+    Inconsistent(#[from] Inconsistency),
+}
+
+/// A family as stored in one group: immutable, shared by `Arc` with readers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFamily {
+    /// The family, grouping labels applied, labels sorted by name.
+    pub family: MetricFamily,
+    /// When the write that stored it happened (`time_stamp` in `/api/v1/metrics`).
+    pub pushed_at: SystemTime,
+}
+
+impl StoredFamily {
+    /// The family's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.family.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// A consistent copy of one group, for `/api/v1/metrics` and persistence.
+#[derive(Debug, Clone)]
+pub struct GroupSnapshot {
+    /// The group's key.
+    pub key: Arc<GroupingKey>,
+    /// Its families, push gauges included, sorted by name.
+    pub families: Vec<Arc<StoredFamily>>,
+}
+
+impl GroupSnapshot {
+    /// Upstream's `LastPushSuccess`: the failure time is not after the push time.
+    #[must_use]
+    pub fn last_push_successful(&self) -> bool {
+        let gauge = |name: &str| {
+            self.families
+                .iter()
+                .find(|family| family.name() == name)
+                .and_then(|family| family.family.metric.first())
+                .and_then(|metric| metric.gauge.as_ref())
+                .and_then(|gauge| gauge.value)
+        };
+        match (gauge(PUSH_FAILURE_TIME_NAME), gauge(PUSH_TIME_NAME)) {
+            (Some(failure), Some(success)) => failure <= success,
+            _ => true,
+        }
+    }
+}
+
+/// A group read back from persistence, given to [`MetricStore::restore`].
+#[derive(Debug, Clone)]
+pub struct RestoredGroup {
+    /// The group's key.
+    pub key: GroupingKey,
+    /// Its families with the time each was stored, push gauges included.
+    pub families: Vec<(MetricFamily, SystemTime)>,
+}
+
+/// The push store. See the module documentation for concurrency and ownership.
+#[derive(Debug)]
+pub struct MetricStore {
+    state: RwLock<State>,
+    reserved: ReservedNames,
+    /// Bumped on every change; persistence waits on it.
+    version: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    groups: BTreeMap<Arc<GroupingKey>, Group>,
+    /// What each group exposes (its non-empty labels) → the group, so that no two
+    /// groups expose the same push gauges.
+    identities: HashMap<Vec<(String, String)>, Arc<GroupingKey>>,
+    families: BTreeMap<Arc<str>, FamilyEntry>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    families: BTreeMap<Arc<str>, Arc<StoredFamily>>,
+}
+
+/// The index entry of one family name across groups.
+#[derive(Debug)]
+struct FamilyEntry {
+    kind: MetricType,
+    /// The groups that have the family, in key order (the HELP winner is the first
+    /// that has a HELP: fix 2 of the spec).
+    members: BTreeMap<Arc<GroupingKey>, Arc<StoredFamily>>,
+    /// Series identity → the group that has it.
+    series: HashMap<Box<str>, Arc<GroupingKey>>,
+    /// The merged family rendered in each format, until the next change to it.
+    rendered: Mutex<RenderCache>,
+}
+
+#[derive(Debug, Default)]
+struct RenderCache {
+    text: Option<Bytes>,
+    protobuf: Option<Bytes>,
+}
+
+impl MetricStore {
+    /// An empty store that rejects pushes of the `reserved` names.
+    #[must_use]
+    pub fn new(reserved: ReservedNames) -> Self {
+        Self {
+            state: RwLock::new(State::default()),
+            reserved,
+            version: watch::Sender::new(0),
+        }
+    }
+
+    /// Applies one write at `now`.
+    ///
+    /// A `Put`/`Post` that passes the check replaces families and sets the group's
+    /// `push_time_seconds` to `now` (adding `push_failure_time_seconds` 0 if absent).
+    /// One that fails leaves everything as it was, except that the group's
+    /// `push_failure_time_seconds` becomes `now`, the group being created (with
+    /// `push_time_seconds` 0) if it did not exist, unless creating it would itself
+    /// clash with a group exposing the same labels. `Delete` and `Wipe` never fail.
+    pub fn apply(&self, command: WriteCommand, now: SystemTime) -> Result<(), StoreError> {
+        match command {
+            WriteCommand::Put { key, families } => self.push(key, families, true, now),
+            WriteCommand::Post { key, families } => self.push(key, families, false, now),
+            WriteCommand::Delete { key } => {
+                let removed = self.write().remove_group(&key);
+                if removed {
+                    self.bump();
+                }
+                Ok(())
+            }
+            WriteCommand::Wipe => {
+                let mut state = self.write();
+                let changed = !state.groups.is_empty();
+                *state = State::default();
+                drop(state);
+                if changed {
+                    self.bump();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn push(
+        &self,
+        key: GroupingKey,
+        families: Vec<MetricFamily>,
+        replace: bool,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        // The checks that need only the push run before taking the lock.
+        let prepared = prepare(&key, families, &self.reserved);
+        let mut state = self.write();
+        let verdict = prepared.and_then(|prepared| {
+            state.check(&key, &prepared, replace)?;
+            Ok(prepared)
+        });
+        match verdict {
+            Ok(prepared) => {
+                state.store_push(key, prepared, replace, now);
+                drop(state);
+                self.bump();
+                Ok(())
+            }
+            Err(inconsistency) => {
+                let changed = state.record_failure(key, now);
+                drop(state);
+                if changed {
+                    self.bump();
+                }
+                Err(StoreError::Inconsistent(inconsistency))
+            }
+        }
+    }
+
+    /// Loads restored groups into the store, checking each like a push; groups that
+    /// fail (e.g. a name reserved since they were stored) are skipped and returned.
+    pub fn restore(&self, groups: Vec<RestoredGroup>) -> Vec<(GroupingKey, Inconsistency)> {
+        let mut skipped = Vec::new();
+        let mut state = self.write();
+        for group in groups {
+            let mut gauges = Vec::new();
+            let mut pushed = Vec::new();
+            for (family, at) in group.families {
+                match family.name.as_deref() {
+                    Some(PUSH_TIME_NAME | PUSH_FAILURE_TIME_NAME) => gauges.push((family, at)),
+                    _ => pushed.push((family, at)),
+                }
+            }
+            let times: HashMap<String, SystemTime> = pushed
+                .iter()
+                .map(|(family, at)| (family.name.clone().unwrap_or_default(), *at))
+                .collect();
+            let families = pushed.into_iter().map(|(family, _)| family).collect();
+            let verdict = prepare(&group.key, families, &self.reserved).and_then(|prepared| {
+                if state.groups.contains_key(&group.key) {
+                    // Two records for one key: the file was not written by us.
+                    return Err(Inconsistency::GroupIdentityClash {
+                        key: group.key.to_string(),
+                        existing: group.key.to_string(),
+                    });
+                }
+                state.check(&group.key, &prepared, true)?;
+                Ok(prepared)
+            });
+            match verdict {
+                Ok(prepared) => state.store_restored(&group.key, prepared, &times, &gauges),
+                Err(inconsistency) => skipped.push((group.key, inconsistency)),
+            }
+        }
+        drop(state);
+        self.bump();
+        skipped
+    }
+
+    /// A consistent copy of every group, in grouping-key order.
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<GroupSnapshot> {
+        let state = self.read();
+        state
+            .groups
+            .iter()
+            .map(|(key, group)| GroupSnapshot {
+                key: Arc::clone(key),
+                families: group.families.values().cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// Number of groups.
+    #[must_use]
+    pub fn group_count(&self) -> usize {
+        self.read().groups.len()
+    }
+
+    /// The change counter: it moves on every change of the store.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        *self.version.borrow()
+    }
+
+    /// A receiver that sees [`version`](Self::version) move.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|version| *version += 1);
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied write behind that
+        // readers could trip over more than over a dead server; keep serving.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    /// The checks of a prepared push against the other groups.
+    fn check(
+        &self,
+        key: &GroupingKey,
+        prepared: &[PreparedFamily],
+        replace: bool,
+    ) -> Result<(), Inconsistency> {
+        let existing = self.groups.get(key);
+        if existing.is_none() {
+            if let Some(other) = self.identities.get(&identity(key)) {
+                return Err(Inconsistency::GroupIdentityClash {
+                    key: key.to_string(),
+                    existing: other.to_string(),
+                });
+            }
+        }
+        let pushed: HashMap<&str, &PreparedFamily> = prepared
+            .iter()
+            .map(|p| (p.family.name.as_deref().unwrap_or_default(), p))
+            .collect();
+        // The type a family name will have once the push is stored.
+        let kind_after = |name: &str| -> Option<MetricType> {
+            if let Some(p) = pushed.get(name) {
+                return Some(p.kind);
+            }
+            let entry = self.families.get(name)?;
+            let only_this_group = entry.members.len() == 1 && entry.members.contains_key(key);
+            let removed_by_put = replace && !is_push_gauge(name);
+            (!(only_this_group && removed_by_put)).then_some(entry.kind)
+        };
+        for p in prepared {
+            let name = p.family.name.as_deref().unwrap_or_default();
+            if let Some(entry) = self.families.get(name) {
+                if entry.kind != p.kind {
+                    if let Some(other) = entry.members.keys().find(|k| k.as_ref() != key) {
+                        return Err(Inconsistency::TypeClash {
+                            family: name.to_owned(),
+                            pushed: go_type_name(p.kind),
+                            existing: go_type_name(entry.kind),
+                            group: other.to_string(),
+                        });
+                    }
+                }
+                for (signature, metric) in p.signatures.iter().zip(&p.family.metric) {
+                    match entry.series.get(signature) {
+                        Some(owner) if owner.as_ref() != key => {
+                            return Err(Inconsistency::DuplicateSeries {
+                                family: name.to_owned(),
+                                metric: check::go_metric_text(metric),
+                                other_group: Some(owner.to_string()),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(clash) = suffix_clash(name, kind_after) {
+                return Err(clash);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a push that passed the check.
+    fn store_push(
+        &mut self,
+        key: GroupingKey,
+        prepared: Vec<PreparedFamily>,
+        replace: bool,
+        now: SystemTime,
+    ) {
+        let key = self.ensure_group(key);
+        if replace {
+            let stale: Vec<Arc<str>> = self.groups[&key]
+                .families
+                .keys()
+                .filter(|name| !is_push_gauge(name))
+                .cloned()
+                .collect();
+            for name in stale {
+                self.remove_member(&key, &name);
+            }
+        }
+        for p in prepared {
+            let stored = StoredFamily {
+                family: p.family,
+                pushed_at: now,
+            };
+            self.insert_member(&key, stored, p.kind, p.signatures);
+        }
+        self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, unix_seconds(now), now);
+        if !self.groups[&key]
+            .families
+            .contains_key(PUSH_FAILURE_TIME_NAME)
+        {
+            self.set_gauge(
+                &key,
+                PUSH_FAILURE_TIME_NAME,
+                PUSH_FAILURE_TIME_HELP,
+                0.0,
+                now,
+            );
+        }
+    }
+
+    /// Records a rejected push; returns whether anything changed.
+    fn record_failure(&mut self, key: GroupingKey, now: SystemTime) -> bool {
+        if !self.groups.contains_key(&key) {
+            if self.identities.contains_key(&identity(&key)) {
+                // Creating the group would expose the same push gauges twice.
+                return false;
+            }
+            let key = self.ensure_group(key);
+            self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, 0.0, now);
+            self.set_gauge(
+                &key,
+                PUSH_FAILURE_TIME_NAME,
+                PUSH_FAILURE_TIME_HELP,
+                unix_seconds(now),
+                now,
+            );
+            return true;
+        }
+        let key = self.ensure_group(key);
+        self.set_gauge(
+            &key,
+            PUSH_FAILURE_TIME_NAME,
+            PUSH_FAILURE_TIME_HELP,
+            unix_seconds(now),
+            now,
+        );
+        true
+    }
+
+    fn store_restored(
+        &mut self,
+        key: &GroupingKey,
+        prepared: Vec<PreparedFamily>,
+        times: &HashMap<String, SystemTime>,
+        gauges: &[(MetricFamily, SystemTime)],
+    ) {
+        let key = self.ensure_group(key.clone());
+        for p in prepared {
+            let name = p.family.name.as_deref().unwrap_or_default();
+            let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
+            let stored = StoredFamily {
+                family: p.family,
+                pushed_at,
+            };
+            self.insert_member(&key, stored, p.kind, p.signatures);
+        }
+        for (name, help) in [
+            (PUSH_TIME_NAME, PUSH_TIME_HELP),
+            (PUSH_FAILURE_TIME_NAME, PUSH_FAILURE_TIME_HELP),
+        ] {
+            let restored = gauges
+                .iter()
+                .find(|(family, _)| family.name.as_deref() == Some(name))
+                .and_then(|(family, at)| {
+                    let value = family.metric.first()?.gauge.as_ref()?.value?;
+                    Some((value, *at))
+                });
+            let (value, at) = restored.unwrap_or((0.0, SystemTime::UNIX_EPOCH));
+            self.set_gauge(&key, name, help, value, at);
+        }
+    }
+
+    /// The group's shared key, creating the group if needed.
+    fn ensure_group(&mut self, key: GroupingKey) -> Arc<GroupingKey> {
+        if let Some((existing, _)) = self.groups.get_key_value(&key) {
+            return Arc::clone(existing);
+        }
+        let key = Arc::new(key);
+        self.identities.insert(identity(&key), Arc::clone(&key));
+        self.groups.insert(Arc::clone(&key), Group::default());
+        key
+    }
+
+    fn remove_group(&mut self, key: &GroupingKey) -> bool {
+        let Some((key, group)) = self.groups.remove_entry(key) else {
+            return false;
+        };
+        for (name, stored) in &group.families {
+            self.unindex(&key, name, stored);
+        }
+        self.identities.remove(&identity(&key));
+        true
+    }
+
+    fn set_gauge(
+        &mut self,
+        key: &Arc<GroupingKey>,
+        name: &str,
+        help: &str,
+        value: f64,
+        at: SystemTime,
+    ) {
+        let mut metric = Metric {
+            gauge: Some(Gauge { value: Some(value) }),
+            ..Metric::default()
+        };
+        apply_grouping_labels(&mut metric, key);
+        let signature = signature(&metric.label);
+        let family = MetricFamily {
+            name: Some(name.to_owned()),
+            help: Some(help.to_owned()),
+            r#type: Some(MetricType::Gauge as i32),
+            metric: vec![metric],
+            unit: None,
+        };
+        let stored = StoredFamily {
+            family,
+            pushed_at: at,
+        };
+        self.insert_member(key, stored, MetricType::Gauge, vec![signature]);
+    }
+
+    /// Puts `stored` into the group and the index, replacing a same-named family.
+    fn insert_member(
+        &mut self,
+        key: &Arc<GroupingKey>,
+        stored: StoredFamily,
+        kind: MetricType,
+        signatures: Vec<Box<str>>,
+    ) {
+        let name = stored.name().to_owned();
+        self.remove_member(key, &name);
+        let stored = Arc::new(stored);
+        let name: Arc<str> = match self.families.get_key_value(name.as_str()) {
+            Some((existing, _)) => Arc::clone(existing),
+            None => Arc::from(name),
+        };
+        let entry = self
+            .families
+            .entry(Arc::clone(&name))
+            .or_insert_with(|| FamilyEntry {
+                kind,
+                members: BTreeMap::new(),
+                series: HashMap::new(),
+                rendered: Mutex::new(RenderCache::default()),
+            });
+        entry.kind = kind;
+        for signature in signatures {
+            entry.series.insert(signature, Arc::clone(key));
+        }
+        entry.members.insert(Arc::clone(key), Arc::clone(&stored));
+        entry.invalidate();
+        if let Some(group) = self.groups.get_mut(key) {
+            group.families.insert(name, stored);
+        }
+    }
+
+    /// Takes the group's family `name` out of the group and the index, if present.
+    fn remove_member(&mut self, key: &Arc<GroupingKey>, name: &str) {
+        let Some(group) = self.groups.get_mut(key) else {
+            return;
+        };
+        let Some(stored) = group.families.remove(name) else {
+            return;
+        };
+        self.unindex(key, name, &stored);
+    }
+
+    fn unindex(&mut self, key: &GroupingKey, name: &str, stored: &StoredFamily) {
+        let Some(entry) = self.families.get_mut(name) else {
+            return;
+        };
+        entry.members.remove(key);
+        for metric in &stored.family.metric {
+            let signature = signature(&metric.label);
+            if entry
+                .series
+                .get(&signature)
+                .is_some_and(|owner| owner.as_ref() == key)
+            {
+                entry.series.remove(&signature);
+            }
+        }
+        if entry.members.is_empty() {
+            self.families.remove(name);
+        } else {
+            entry.invalidate();
+        }
+    }
+}
+
+impl FamilyEntry {
+    fn invalidate(&mut self) {
+        *self
+            .rendered
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = RenderCache::default();
+    }
+}
+
+fn identity(key: &GroupingKey) -> Vec<(String, String)> {
+    key.identity()
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+fn is_push_gauge(name: &str) -> bool {
+    name == PUSH_TIME_NAME || name == PUSH_FAILURE_TIME_NAME
+}
+
+/// Seconds since the epoch as upstream computes them: `UnixNano() / 1e9`.
+#[allow(clippy::cast_precision_loss)]
+fn unix_seconds(at: SystemTime) -> f64 {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => since.as_nanos() as f64 / 1e9,
+        Err(before) => -(before.duration().as_nanos() as f64) / 1e9,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! Scrape assembly: the store's families merged across groups, cached per family, and
+//! merged by name with the families of the process's own [`MetricSource`].
+//!
+//! A scrape is the hot read path, so each family's merged rendering is kept until a
+//! write touches that family: a scrape after a push re-renders only the pushed families
+//! and the push gauges, and a scrape with no write since the last one only copies
+//! cached bytes. The merge of a family follows upstream: the series of every group that
+//! has the family, sorted by number of labels then label values, under the HELP of the
+//! first group (in grouping-key order) that has one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+
+use crate::exposition::{sort_families, Format};
+use crate::model::MetricFamily;
+use crate::source::MetricSource;
+
+use super::{FamilyEntry, MetricStore};
+
+/// One family of the store, merged across groups and rendered in one format.
+#[derive(Debug, Clone)]
+pub struct RenderedFamily {
+    /// The family name.
+    pub name: Arc<str>,
+    /// Its text or delimited protobuf rendering (HELP, TYPE and every series).
+    pub bytes: Bytes,
+}
+
+impl MetricStore {
+    /// Every family of the store with at least one series, merged across groups and
+    /// rendered in `format`, sorted by name.
+    #[must_use]
+    pub fn rendered_families(&self, format: Format) -> Vec<RenderedFamily> {
+        let state = self.read();
+        state
+            .families
+            .iter()
+            .filter_map(|(name, entry)| {
+                let bytes = entry.rendered(name, format);
+                (!bytes.is_empty()).then(|| RenderedFamily {
+                    name: Arc::clone(name),
+                    bytes,
+                })
+            })
+            .collect()
+    }
+}
+
+impl FamilyEntry {
+    fn rendered(&self, name: &str, format: Format) -> Bytes {
+        let mut cache = self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match format {
+            Format::Text => &mut cache.text,
+            Format::DelimitedProtobuf => &mut cache.protobuf,
+        };
+        if let Some(bytes) = slot {
+            return bytes.clone();
+        }
+        let mut merged = self.merged(name);
+        sort_families(std::slice::from_mut(&mut merged));
+        let mut out = Vec::new();
+        format.write(std::slice::from_ref(&merged), &mut out);
+        let bytes = Bytes::from(out);
+        *slot = Some(bytes.clone());
+        bytes
+    }
+
+    fn merged(&self, name: &str) -> MetricFamily {
+        let help = self
+            .members
+            .values()
+            .find_map(|member| member.family.help.clone());
+        let metric = self
+            .members
+            .values()
+            .flat_map(|member| member.family.metric.iter().cloned())
+            .collect();
+        MetricFamily {
+            name: Some(name.to_owned()),
+            help,
+            r#type: Some(self.kind as i32),
+            metric,
+            unit: None,
+        }
+    }
+}
+
+/// The whole `/metrics` body: the store's families and `source`'s, sorted by name.
+///
+/// Pushes may not use the source's names (they are reserved when the store is made);
+/// should the source later return a name that a group has, the source's family is
+/// served and the pushed one left out, with one warning in the log.
+#[must_use]
+pub fn exposition(store: &MetricStore, source: &dyn MetricSource, format: Format) -> Vec<u8> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+
+    let pushed = store.rendered_families(format);
+    let mut own = source.collect();
+    own.retain(|family| !family.metric.is_empty());
+    sort_families(&mut own);
+
+    let pushed_len: usize = pushed.iter().map(|family| family.bytes.len()).sum();
+    let mut out = Vec::with_capacity(pushed_len + own.len() * 256);
+    let mut pushed = pushed.into_iter().peekable();
+    for family in &own {
+        let name = family.name.as_deref().unwrap_or_default();
+        while let Some(earlier) = pushed.next_if(|p| &*p.name < name) {
+            out.extend_from_slice(&earlier.bytes);
+        }
+        if pushed.next_if(|p| &*p.name == name).is_some() && !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                family = name,
+                "a pushed metric family has the name of one of dropgate's own families; \
+                 serving dropgate's and leaving the pushed one out (delete that group)"
+            );
+        }
+        format.write(std::slice::from_ref(family), &mut out);
+    }
+    for later in pushed {
+        out.extend_from_slice(&later.bytes);
+    }
+    out
+}

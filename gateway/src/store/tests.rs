@@ -1,0 +1,1 @@
+//! Store semantics: PUT/POST/DELETE, push gauges, the check against other groups.
