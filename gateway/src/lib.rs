@@ -6,10 +6,14 @@
 //! about eBPF: the tracer is just another source of [`model::MetricFamily`] values.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod codec;
+pub mod config;
 pub mod exposition;
 pub mod grouping;
 pub mod model;
+pub mod persistence;
+pub mod server;
 pub mod source;
 pub mod store;
 

@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use crate::exposition::format_float;
 use crate::grouping::{go_quote, is_proper_label_name, GroupingKey};
 use crate::model::{LabelPair, Metric, MetricFamily, MetricType};
+use crate::source::MetricSource;
 
 use super::{PUSH_FAILURE_TIME_NAME, PUSH_TIME_NAME};
 
@@ -151,6 +152,12 @@ impl ReservedNames {
         Self {
             names: names.into_iter().collect(),
         }
+    }
+
+    /// Reserves the names of the families `source` returns now.
+    #[must_use]
+    pub fn of_source(source: &dyn MetricSource) -> Self {
+        Self::new(source.collect().into_iter().filter_map(|family| family.name))
     }
 
     /// Whether a push may not define a family called `name`.

@@ -1,0 +1,136 @@
+//! Every way a request can fail, and the response each one gets.
+//!
+//! Client errors carry their message in a `text/plain` body ended by a newline, as Go's
+//! `http.Error` writes it; server errors are logged once here and answered with a
+//! generic body, so that internals never leak to clients.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::codec::body::BodyError;
+use crate::codec::protobuf::ProtobufError;
+use crate::codec::text::TextParseError;
+use crate::grouping::GroupingError;
+use crate::store::StoreError;
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The push URL does not name a valid group (400).
+    #[error(transparent)]
+    Grouping(#[from] GroupingError),
+    /// The request body is larger than the configured limit, on the wire or once
+    /// decoded (413).
+    #[error("request body is larger than the gateway's limit of {limit} bytes; push fewer metrics per request, or raise the limit of the gateway")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request body could not be read from the connection (400).
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    /// The `Content-Encoding` (gzip, snappy) could not be decoded (400).
+    #[error(transparent)]
+    Encoding(BodyError),
+    /// The text format body does not parse (400).
+    #[error(transparent)]
+    Text(#[from] TextParseError),
+    /// The protobuf body does not decode (400).
+    #[error(transparent)]
+    Protobuf(#[from] ProtobufError),
+    /// The push was rejected by the consistency check (400).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No route has this path (404).
+    #[error("404 page not found")]
+    NotFound,
+    /// The route exists but not for this method (405, with `Allow`).
+    #[error("Method Not Allowed")]
+    MethodNotAllowed {
+        /// The `Allow` header value.
+        allow: &'static str,
+    },
+    /// `/-/quit` without `--web.enable-lifecycle` (403).
+    #[error("Lifecycle API is not enabled.")]
+    LifecycleDisabled,
+    /// Something failed on our side (500); the detail goes to the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::TooLarge { limit } => Self::BodyTooLarge { limit },
+            other => Self::Encoding(other),
+        }
+    }
+}
+
+impl ApiError {
+    /// The status code this error is answered with.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Grouping(_)
+            | Self::BodyRead(_)
+            | Self::Encoding(_)
+            | Self::Text(_)
+            | Self::Protobuf(_)
+            | Self::Store(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::LifecycleDisabled => StatusCode::FORBIDDEN,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Self::Internal(detail) => {
+                tracing::error!(%detail, "request failed");
+                "internal server error, see the gateway's log\n".to_owned()
+            }
+            // Upstream writes this one without `http.Error`: no newline, no nosniff.
+            Self::LifecycleDisabled => {
+                return (
+                    status,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    self.to_string(),
+                )
+                    .into_response();
+            }
+            other => {
+                if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
+                    tracing::debug!(error = %other, "rejected request");
+                }
+                format!("{other}\n")
+            }
+        };
+        let mut response = (
+            status,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                ),
+                (
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ),
+            ],
+            body,
+        )
+            .into_response();
+        if let Self::MethodNotAllowed { allow } = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}

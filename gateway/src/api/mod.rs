@@ -1,0 +1,241 @@
+//! The HTTP API: every route of the pushgateway, in one table ([`app`]).
+//!
+//! Handlers are small: they turn a request into a [`WriteCommand`] or a read of the
+//! store, and errors into [`ApiError`] responses. Status codes, bodies and headers
+//! follow what the Go pushgateway 1.5.1 answers (405 with `Allow`, `OPTIONS` answered
+//! with `Allow`, CORS on `/api/v1`, trailing-slash redirects), so that tests and
+//! clients written against it see no difference. [`app`] needs no socket: tests call
+//! `app(state).oneshot(request)`.
+//!
+//! [`WriteCommand`]: crate::store::WriteCommand
+
+mod error;
+mod lifecycle;
+mod push;
+mod scrape;
+mod v1;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, on, MethodFilter, MethodRouter};
+use axum::Router;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+pub use v1::rfc3339_nano;
+
+use crate::config::{normalize_route_prefix, GatewayConfig};
+use crate::source::MetricSource;
+use crate::store::{MetricStore, ReservedNames};
+
+/// What the handlers share: the store, the trace source and the settings of the API.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<MetricStore>,
+    source: Arc<dyn MetricSource>,
+    route_prefix: String,
+    enable_admin_api: bool,
+    enable_lifecycle: bool,
+    disable_consistency_check: bool,
+    body_limit: usize,
+    status_flags: BTreeMap<String, String>,
+    start_time: SystemTime,
+    quit: QuitSignal,
+}
+
+impl AppState {
+    /// State for [`app`] from the configuration, a store (possibly restored) and the
+    /// source of the process's own families.
+    #[must_use]
+    pub fn new(
+        config: &GatewayConfig,
+        store: Arc<MetricStore>,
+        source: Arc<dyn MetricSource>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                source,
+                route_prefix: normalize_route_prefix(&config.route_prefix),
+                enable_admin_api: config.enable_admin_api,
+                enable_lifecycle: config.enable_lifecycle,
+                disable_consistency_check: config.disable_consistency_check,
+                body_limit: config.body_limit,
+                status_flags: config.status_flags(),
+                start_time: SystemTime::now(),
+                quit: QuitSignal::new(),
+            }),
+        }
+    }
+
+    /// State with a new, empty store that reserves `source`'s family names.
+    #[must_use]
+    pub fn with_empty_store(config: &GatewayConfig, source: Arc<dyn MetricSource>) -> Self {
+        let store = Arc::new(MetricStore::new(ReservedNames::of_source(source.as_ref())));
+        Self::new(config, store, source)
+    }
+
+    /// The store behind the API.
+    #[must_use]
+    pub fn store(&self) -> &Arc<MetricStore> {
+        &self.inner.store
+    }
+
+    /// Fires when `/-/quit` is called (with the lifecycle API enabled).
+    #[must_use]
+    pub fn quit_signal(&self) -> QuitSignal {
+        self.inner.quit.clone()
+    }
+
+    fn prefixed(&self, path: &str) -> String {
+        format!("{}{path}", self.inner.route_prefix)
+    }
+}
+
+/// A one-shot "please shut down" flag, set by `/-/quit`, awaited by the server.
+#[derive(Clone, Debug)]
+pub struct QuitSignal {
+    sender: Arc<watch::Sender<bool>>,
+}
+
+impl QuitSignal {
+    fn new() -> Self {
+        Self {
+            sender: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    /// Asks for shutdown.
+    pub fn trigger(&self) {
+        self.sender.send_replace(true);
+    }
+
+    /// Whether shutdown was asked for.
+    #[must_use]
+    pub fn is_triggered(&self) -> bool {
+        *self.sender.borrow()
+    }
+
+    /// Resolves once shutdown was asked for.
+    pub async fn triggered(&self) {
+        let mut receiver = self.sender.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = receiver.wait_for(|quit| *quit).await;
+    }
+}
+
+/// The router with every route of the pushgateway under the configured prefix.
+pub fn app(state: AppState) -> Router {
+    let p = |path: &str| state.prefixed(path);
+    let push = || {
+        with_allow(
+            "DELETE, OPTIONS, POST, PUT",
+            on(
+                MethodFilter::PUT
+                    .or(MethodFilter::POST)
+                    .or(MethodFilter::DELETE),
+                push::push,
+            ),
+        )
+    };
+    let mut router = Router::new()
+        .route(
+            &p("/metrics"),
+            with_allow("GET, OPTIONS", get(scrape::scrape)),
+        )
+        .route(&p("/metrics/job/{*rest}"), push())
+        .route(&p("/metrics/job@base64/{*rest}"), push())
+        .route(
+            &p("/-/healthy"),
+            with_allow("GET, OPTIONS", get(lifecycle::ok)),
+        )
+        .route(
+            &p("/-/ready"),
+            with_allow("GET, OPTIONS", get(lifecycle::ok)),
+        )
+        .route(
+            &p("/-/quit"),
+            with_allow(
+                "OPTIONS, POST, PUT",
+                on(MethodFilter::PUT.or(MethodFilter::POST), lifecycle::quit)
+                    .get(lifecycle::quit_get),
+            ),
+        )
+        .route(
+            &p("/api/v1/status"),
+            v1::with_cors_allow("GET, OPTIONS", get(v1::status)),
+        )
+        .route(
+            &p("/api/v1/metrics"),
+            v1::with_cors_allow("GET, OPTIONS", get(v1::metrics)),
+        )
+        // Upstream answers OPTIONS on any /api/v1 path (CORS preflight), 404 otherwise.
+        .route(&p("/api/v1/{*path}"), any(v1::options_or_not_found));
+    if state.inner.enable_admin_api {
+        router = router.route(
+            &p("/api/v1/admin/wipe"),
+            v1::with_cors_allow("OPTIONS, PUT", axum::routing::put(v1::wipe)),
+        );
+    }
+    router.fallback(not_found_or_redirect).with_state(state)
+}
+
+/// Adds upstream's answers to other methods: `OPTIONS` → 200 with `Allow`, anything
+/// else → 405 with `Allow`.
+fn with_allow(allow: &'static str, router: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    router
+        .options(move || async move { (StatusCode::OK, [(header::ALLOW, allow)]) })
+        .fallback(move || async move { ApiError::MethodNotAllowed { allow } })
+}
+
+/// 404 for unknown paths, except upstream's trailing-slash redirects: `GET /metrics/`
+/// → 301 to `/metrics` (and the other GET routes), `PUT /metrics/job/` → 307.
+async fn not_found_or_redirect(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+) -> Response {
+    let path = request.uri().path();
+    let Some(trimmed) = path.strip_suffix('/').filter(|t| !t.is_empty()) else {
+        return ApiError::NotFound.into_response();
+    };
+    let method = request.method();
+    let get_routes = ["/metrics", "/-/healthy", "/-/ready"].map(|route| state.prefixed(route));
+    if (method == Method::GET || method == Method::HEAD) && get_routes.iter().any(|r| r == trimmed)
+    {
+        let body = format!("<a href=\"{trimmed}\">Moved Permanently</a>.\n\n");
+        return redirect(StatusCode::MOVED_PERMANENTLY, trimmed, Some(body));
+    }
+    let push_methods = [Method::PUT, Method::POST, Method::DELETE];
+    if push_methods.contains(method) && trimmed == state.prefixed("/metrics/job") {
+        return redirect(StatusCode::TEMPORARY_REDIRECT, trimmed, None);
+    }
+    ApiError::NotFound.into_response()
+}
+
+fn redirect(status: StatusCode, location: &str, html: Option<String>) -> Response {
+    let location = HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/"));
+    let mut response = match html {
+        Some(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            )],
+            body,
+        )
+            .into_response(),
+        None => ().into_response(),
+    };
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+}

@@ -1,0 +1,80 @@
+//! `PUT`, `POST` and `DELETE` on `/metrics/job/<job>{/<label>/<value>}*`.
+//!
+//! In upstream's order: the grouping key from the URL, then (not for `DELETE`) the
+//! body: size limit, `Content-Encoding`, text or protobuf by `Content-Type`; then the
+//! write, whose consistency check may still reject it.
+
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::{ApiError, AppState};
+use crate::codec::{self, PushFormat};
+use crate::grouping::GroupingKey;
+use crate::store::WriteCommand;
+
+/// Handles a push or a delete.
+pub(super) async fn push(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let inner = &state.inner;
+    let rest = uri
+        .path()
+        .strip_prefix(&state.prefixed("/metrics/"))
+        .ok_or(ApiError::NotFound)?;
+    let key = GroupingKey::from_path(rest)?;
+    if method == Method::DELETE {
+        inner
+            .store
+            .apply(WriteCommand::Delete { key }, SystemTime::now())?;
+        return Ok(StatusCode::ACCEPTED);
+    }
+
+    let limit = inner.body_limit;
+    let raw = read_body(&headers, body, limit).await?;
+    let decoded = codec::body::decode(header_str(&headers, header::CONTENT_ENCODING), raw, limit)?;
+    let families = match codec::push_format(header_str(&headers, header::CONTENT_TYPE)) {
+        PushFormat::Text => codec::text::parse(&decoded)?,
+        PushFormat::DelimitedProtobuf => codec::protobuf::decode_delimited(&decoded)?,
+    };
+    drop(decoded);
+    let command = if method == Method::PUT {
+        WriteCommand::Put { key, families }
+    } else {
+        WriteCommand::Post { key, families }
+    };
+    inner.store.apply(command, SystemTime::now())?;
+    Ok(if inner.disable_consistency_check {
+        // Upstream answers before storing when the check is off.
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    })
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (early when the
+/// `Content-Length` already says so).
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let announced =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|len| len.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
+        Err(error) => Err(ApiError::BodyRead(error.to_string())),
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}

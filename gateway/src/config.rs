@@ -1,0 +1,242 @@
+//! The gateway's configuration: a plain struct that the binary fills from its command
+//! line (flag names follow the pushgateway's, see the field docs), so that nothing in
+//! the gateway depends on clap.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default body limit: 16 MiB, after `Content-Encoding` decoding, and the same for the
+/// bytes on the wire. A push of 100,000 series in text format is about 6 MiB, so this
+/// leaves room for any sane push while bounding what one request can make us hold.
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Default `--persistence.interval`, as upstream: 5 minutes.
+pub const DEFAULT_PERSISTENCE_INTERVAL: Duration = Duration::from_mins(5);
+
+/// Default listen port, as upstream.
+pub const DEFAULT_PORT: u16 = 9091;
+
+/// Everything [`crate::server::serve`] needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// `--web.listen-address` (upstream's default `:9091`, i.e. every address; see
+    /// [`parse_listen_address`]).
+    pub listen_address: SocketAddr,
+    /// `--web.route-prefix`: prepended to every route; `""` or `/` for none (see
+    /// [`normalize_route_prefix`], applied by the server).
+    pub route_prefix: String,
+    /// `--persistence.file`: where the store is saved; `None` keeps it in memory only.
+    pub persistence_file: Option<PathBuf>,
+    /// `--persistence.interval`: the file is written at most once per interval after a
+    /// change, and always on shutdown.
+    pub persistence_interval: Duration,
+    /// `--web.enable-admin-api`: serve `PUT /api/v1/admin/wipe` (404 otherwise).
+    pub enable_admin_api: bool,
+    /// `--web.enable-lifecycle`: `PUT`/`POST /-/quit` shuts down (403 otherwise).
+    pub enable_lifecycle: bool,
+    /// `--push.disable-consistency-check`: accepted for compatibility. Pushes are then
+    /// answered `202 Accepted` like upstream, but still checked: the check costs time
+    /// in proportion to the push here, and it is what keeps `/metrics` valid (fix 1).
+    pub disable_consistency_check: bool,
+    /// Largest request body accepted, on the wire and after decoding; 413 above it.
+    pub body_limit: usize,
+    /// More `flags` for `/api/v1/status` (e.g. `log.level`), beside the ones derived
+    /// from the fields above.
+    pub extra_status_flags: BTreeMap<String, String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: SocketAddr::from((Ipv6Addr::UNSPECIFIED, DEFAULT_PORT)),
+            route_prefix: String::new(),
+            persistence_file: None,
+            persistence_interval: DEFAULT_PERSISTENCE_INTERVAL,
+            enable_admin_api: false,
+            enable_lifecycle: false,
+            disable_consistency_check: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+            extra_status_flags: BTreeMap::new(),
+        }
+    }
+}
+
+/// A listen address that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not `host:port`, `[v6]:port` or `:port` with a numeric host.
+    #[error("invalid listen address {address:?}: use host:port with an IP address, e.g. 127.0.0.1:9091, [::1]:9091 or :9091 for every address")]
+    ListenAddress {
+        /// What was given.
+        address: String,
+    },
+}
+
+impl GatewayConfig {
+    /// The `flags` object of `/api/v1/status`, named as upstream names its flags.
+    #[must_use]
+    pub fn status_flags(&self) -> BTreeMap<String, String> {
+        let mut flags = BTreeMap::new();
+        let mut set = |name: &str, value: String| {
+            flags.insert(name.to_owned(), value);
+        };
+        set("web.listen-address", self.listen_address.to_string());
+        set("web.route-prefix", self.route_prefix.clone());
+        set("web.telemetry-path", "/metrics".to_owned());
+        set(
+            "persistence.file",
+            self.persistence_file
+                .as_ref()
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
+        );
+        set(
+            "persistence.interval",
+            go_duration(self.persistence_interval),
+        );
+        set("web.enable-admin-api", self.enable_admin_api.to_string());
+        set("web.enable-lifecycle", self.enable_lifecycle.to_string());
+        set(
+            "push.disable-consistency-check",
+            self.disable_consistency_check.to_string(),
+        );
+        flags.extend(self.extra_status_flags.clone());
+        flags
+    }
+}
+
+/// Parses a listen address like upstream's flag: `host:port`, `[v6]:port`, or `:port`
+/// for every address (dual-stack `[::]`). Host names are not resolved.
+pub fn parse_listen_address(address: &str) -> Result<SocketAddr, ConfigError> {
+    let error = || ConfigError::ListenAddress {
+        address: address.to_owned(),
+    };
+    if let Some(port) = address.strip_prefix(':') {
+        let port = port.parse::<u16>().map_err(|_| error())?;
+        return Ok(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+    }
+    address.parse().map_err(|_| error())
+}
+
+/// Upstream's `computeRoutePrefix`: `""` and `/` mean none, otherwise one leading `/`
+/// and no trailing one (`metrics/` → `/metrics`).
+#[must_use]
+pub fn normalize_route_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// A duration as Go's `time.Duration.String` writes it (`5m0s`, `1h0m0s`, `1.5s`,
+/// `300ms`), for `/api/v1/status`.
+#[must_use]
+pub fn go_duration(duration: Duration) -> String {
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    if nanos < 1_000_000_000 {
+        let (unit, per) = if nanos < 1_000 {
+            ("ns", 1)
+        } else if nanos < 1_000_000 {
+            ("µs", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        return format!("{}{unit}", decimal(nanos, per));
+    }
+    let total_secs = duration.as_secs();
+    let (hours, minutes) = (total_secs / 3600, total_secs / 60 % 60);
+    let seconds = decimal(
+        u128::from(total_secs % 60) * 1_000_000_000 + u128::from(duration.subsec_nanos()),
+        1_000_000_000,
+    );
+    let mut out = String::new();
+    if hours > 0 {
+        let _ = write!(out, "{hours}h");
+    }
+    if hours > 0 || minutes > 0 {
+        let _ = write!(out, "{minutes}m");
+    }
+    let _ = write!(out, "{seconds}s");
+    out
+}
+
+/// `value / per` with the fraction's trailing zeros dropped.
+fn decimal(value: u128, per: u128) -> String {
+    let whole = value / per;
+    let fraction = value % per;
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let width = per.ilog10() as usize;
+    let digits = format!("{fraction:0width$}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("every address", Some(":9091")),
+            ("v4", Some("127.0.0.1:19091")),
+            ("v6", Some("[::1]:9091")),
+            ("no port", None),
+            ("host name", None),
+            ("bad port", None),
+        ];
+        let inputs = [
+            ":9091",
+            "127.0.0.1:19091",
+            "[::1]:9091",
+            "127.0.0.1",
+            "localhost:9091",
+            ":99999",
+        ];
+        for ((name, want), input) in table.iter().zip(inputs) {
+            let got = parse_listen_address(input).ok().map(|a| a.to_string());
+            let want = want.map(|w| match w {
+                ":9091" => "[::]:9091".to_owned(),
+                other => other.to_owned(),
+            });
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn route_prefixes_like_upstream() {
+        for (input, want) in [
+            ("", ""),
+            ("/", ""),
+            ("gw", "/gw"),
+            ("/gw/", "/gw"),
+            ("//a/b//", "/a/b"),
+        ] {
+            assert_eq!(normalize_route_prefix(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn durations_like_go() {
+        let table = [
+            (Duration::from_mins(5), "5m0s"),
+            (Duration::from_hours(1), "1h0m0s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(300), "300ms"),
+            (Duration::ZERO, "0s"),
+        ];
+        for (duration, want) in table {
+            assert_eq!(go_duration(duration), want);
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Saving the store to `--persistence.file` and restoring it at start.
+//!
+//! Our own versioned format, all integers little-endian:
+//!
+//! ```text
+//! "DGSTORE\0"  u32 version (1)  u64 group count
+//! per group:   u32 record length, then the record:
+//!              u32 label count, per label: u32 len + name, u32 len + value
+//!              u32 family count, per family: u64 seconds + u32 nanos since 1970 (when it was
+//!              stored), u32 len + the io.prometheus.client.MetricFamily protobuf
+//! u32 CRC-32 (IEEE) of every byte before it
+//! ```
+//!
+//! Writes go to a temporary file in the same directory, which is synced, renamed over
+//! the target, and the directory synced, so a crash leaves the old or the new file,
+//! never a mix. A file that cannot be read or decoded is renamed aside to
+//! `<file>.corrupt-<unix time>` and never overwritten (fix 4 of the spec); if even the
+//! rename fails, the gateway refuses to start rather than overwrite it later.
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prost::Message as _;
+use tokio::time::Instant;
+
+use crate::grouping::GroupingKey;
+use crate::model::MetricFamily;
+use crate::store::{GroupSnapshot, MetricStore, RestoredGroup};
+
+const MAGIC: &[u8; 8] = b"DGSTORE\0";
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why the file could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The file does not start with dropgate's magic bytes.
+    #[error("not a dropgate persistence file (wrong magic bytes)")]
+    BadMagic,
+    /// The file was written by a newer (or unknown) format version.
+    #[error("format version {0} is not supported (this dropgate reads version {FORMAT_VERSION})")]
+    UnsupportedVersion(u32),
+    /// The file ends early.
+    #[error("file is truncated at byte {0}")]
+    Truncated(usize),
+    /// The checksum does not match the content.
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// The CRC in the file.
+        stored: u32,
+        /// The CRC of the content.
+        computed: u32,
+    },
+    /// A record is malformed.
+    #[error("invalid record at byte {offset}: {reason}")]
+    InvalidRecord {
+        /// Offset of the record.
+        offset: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A persistence failure, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistenceError {
+    /// Writing the file failed; the previous file, if any, is untouched.
+    #[error("could not write the persistence file {path}: {source}; check that its directory exists and is writable")]
+    Write {
+        /// The persistence file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A corrupt or unreadable file could not be moved aside, so it would be
+    /// overwritten; the gateway does not start.
+    #[error("the persistence file {path} is unreadable ({reason}) and could not be moved aside to {aside}: {source}; move or delete it yourself, then start again")]
+    Quarantine {
+        /// The persistence file.
+        path: PathBuf,
+        /// Why it was unreadable.
+        reason: String,
+        /// Where it should have gone.
+        aside: PathBuf,
+        /// The rename error.
+        source: io::Error,
+    },
+}
+
+/// What [`load`] found.
+#[derive(Debug)]
+pub enum LoadOutcome {
+    /// No file yet: an empty store.
+    Missing,
+    /// The file was restored; `skipped` groups failed today's consistency check.
+    Restored {
+        /// Groups restored.
+        groups: usize,
+        /// Groups left out, with the reason (a copy of the file is kept aside).
+        skipped: usize,
+    },
+    /// The file was corrupt or unreadable and now lives at this path.
+    MovedAside(PathBuf),
+}
+
+/// Encodes groups in the format described in the module documentation.
+#[must_use]
+pub fn encode(groups: &[GroupSnapshot]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(groups.len() as u64).to_le_bytes());
+    let mut record = Vec::new();
+    for group in groups {
+        record.clear();
+        let labels = group.key.labels();
+        put_len(&mut record, labels.len());
+        for (name, value) in labels {
+            put_bytes(&mut record, name.as_bytes());
+            put_bytes(&mut record, value.as_bytes());
+        }
+        put_len(&mut record, group.families.len());
+        for stored in &group.families {
+            let since = stored
+                .pushed_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            record.extend_from_slice(&since.as_secs().to_le_bytes());
+            record.extend_from_slice(&since.subsec_nanos().to_le_bytes());
+            put_bytes(&mut record, &stored.family.encode_to_vec());
+        }
+        put_bytes(&mut out, &record);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a whole file.
+pub fn decode(bytes: &[u8]) -> Result<Vec<RestoredGroup>, FormatError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    let mut reader = Reader {
+        bytes,
+        at: MAGIC.len(),
+    };
+    let version = reader.u32()?;
+    if version != FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion(version));
+    }
+    let body_end = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or(FormatError::Truncated(bytes.len()))?;
+    let stored_crc = u32::from_le_bytes(
+        bytes[body_end..]
+            .try_into()
+            .map_err(|_| FormatError::Truncated(body_end))?,
+    );
+    let computed = crc32fast::hash(&bytes[..body_end]);
+    if stored_crc != computed {
+        return Err(FormatError::Checksum {
+            stored: stored_crc,
+            computed,
+        });
+    }
+    let mut reader = Reader {
+        bytes: &bytes[..body_end],
+        at: reader.at,
+    };
+    let count = reader.u64()?;
+    let mut groups = Vec::new();
+    for _ in 0..count {
+        let offset = reader.at;
+        let record = reader.bytes()?;
+        groups.push(
+            decode_group(record).map_err(|reason| FormatError::InvalidRecord { offset, reason })?,
+        );
+    }
+    if reader.at != reader.bytes.len() {
+        return Err(FormatError::InvalidRecord {
+            offset: reader.at,
+            reason: "bytes after the last group".to_owned(),
+        });
+    }
+    Ok(groups)
+}
+
+fn decode_group(record: &[u8]) -> Result<RestoredGroup, String> {
+    let mut reader = Reader {
+        bytes: record,
+        at: 0,
+    };
+    let text = |bytes: &[u8]| {
+        String::from_utf8(bytes.to_vec()).map_err(|_| "label is not UTF-8".to_owned())
+    };
+    let label_count = reader.u32().map_err(|e| e.to_string())?;
+    let mut labels = std::collections::BTreeMap::new();
+    for _ in 0..label_count {
+        let name = text(reader.bytes().map_err(|e| e.to_string())?)?;
+        let value = text(reader.bytes().map_err(|e| e.to_string())?)?;
+        labels.insert(name, value);
+    }
+    let key = GroupingKey::from_labels(labels)
+        .ok_or("grouping key without job or with an improper label name")?;
+    let family_count = reader.u32().map_err(|e| e.to_string())?;
+    let mut families = Vec::new();
+    for _ in 0..family_count {
+        let seconds = reader.u64().map_err(|e| e.to_string())?;
+        let nanos = reader.u32().map_err(|e| e.to_string())?;
+        let at = SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos.min(999_999_999));
+        let family = MetricFamily::decode(reader.bytes().map_err(|e| e.to_string())?)
+            .map_err(|e| format!("metric family does not decode: {e}"))?;
+        families.push((family, at));
+    }
+    if reader.at != record.len() {
+        return Err("bytes after the last family".to_owned());
+    }
+    Ok(RestoredGroup { key, families })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], FormatError> {
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or(FormatError::Truncated(self.bytes.len()))?;
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn u32(&mut self) -> Result<u32, FormatError> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, FormatError> {
+        let mut buf = [0; 8];
+        buf.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(buf))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], FormatError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    // Records and counts above 4 GiB are not something a push can produce (body limit).
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+    let temp = dir.join(format!("{name}.in_progress.{}", std::process::id()));
+    let written = (|| {
+        let mut file = File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temp, path)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}
+
+/// Saves the store's current content to `path`.
+pub fn save(store: &MetricStore, path: &Path) -> Result<(), PersistenceError> {
+    let bytes = encode(&store.snapshot());
+    write_atomically(path, &bytes).map_err(|source| PersistenceError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Restores the store from `path`, moving a corrupt or unreadable file aside.
+pub fn load(store: &MetricStore, path: &Path) -> Result<LoadOutcome, PersistenceError> {
+    let decoded = match fs::read(path) {
+        Ok(bytes) => decode(&bytes).map_err(|error| error.to_string()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(LoadOutcome::Missing),
+        Err(error) => Err(format!("read failed: {error}")),
+    };
+    let groups = match decoded {
+        Ok(groups) => groups,
+        Err(reason) => {
+            let aside = aside_path(path, "corrupt");
+            fs::rename(path, &aside).map_err(|source| PersistenceError::Quarantine {
+                path: path.to_path_buf(),
+                reason: reason.clone(),
+                aside: aside.clone(),
+                source,
+            })?;
+            tracing::error!(
+                file = %path.display(),
+                moved_to = %aside.display(),
+                %reason,
+                "persistence file is corrupt or unreadable; it was moved aside and kept \
+                 there, and the gateway starts with an empty store; inspect or delete it"
+            );
+            return Ok(LoadOutcome::MovedAside(aside));
+        }
+    };
+    let count = groups.len();
+    let skipped = store.restore(groups);
+    if !skipped.is_empty() {
+        let copy = aside_path(path, "rejected");
+        let kept = fs::copy(path, &copy).is_ok();
+        for (key, reason) in &skipped {
+            tracing::warn!(group = %key, %reason, "restored group left out: it fails the consistency check");
+        }
+        tracing::warn!(
+            file = %path.display(),
+            copy = %copy.display(),
+            kept,
+            "some restored groups were left out; the file as it was is kept in the copy"
+        );
+    }
+    tracing::info!(file = %path.display(), groups = count - skipped.len(), "metrics restored");
+    Ok(LoadOutcome::Restored {
+        groups: count - skipped.len(),
+        skipped: skipped.len(),
+    })
+}
+
+/// `<file>.<what>-<unix time>`, with `-<n>` added if that exists already.
+fn aside_path(path: &Path, what: &str) -> PathBuf {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let base = format!("{}.{what}-{now}", path.display());
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// Saves the store whenever it changed, at most once per `interval` (the first time no
+/// earlier than `interval` after the start, as upstream), until `stop` resolves; then
+/// saves once more, whatever happened, and returns that last result.
+pub async fn run(
+    store: Arc<MetricStore>,
+    path: PathBuf,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) -> Result<(), PersistenceError> {
+    let mut changes = store.subscribe();
+    changes.borrow_and_update();
+    let mut last_write = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            seen = changes.changed() => if seen.is_err() { break },
+            () = &mut stop => break,
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(last_write + interval) => {}
+            () = &mut stop => break,
+        }
+        changes.borrow_and_update();
+        match save_in_background(&store, &path).await {
+            Ok(()) => tracing::info!(file = %path.display(), "metrics persisted"),
+            Err(error) => tracing::error!(%error, "error persisting metrics"),
+        }
+        last_write = Instant::now();
+    }
+    let result = save_in_background(&store, &path).await;
+    if result.is_ok() {
+        tracing::info!(file = %path.display(), "metrics persisted on shutdown");
+    }
+    result
+}
+
+async fn save_in_background(store: &Arc<MetricStore>, path: &Path) -> Result<(), PersistenceError> {
+    let (store, path) = (Arc::clone(store), path.to_path_buf());
+    let task_path = path.clone();
+    tokio::task::spawn_blocking(move || save(&store, &task_path))
+        .await
+        .unwrap_or_else(|join| {
+            Err(PersistenceError::Write {
+                path,
+                source: io::Error::other(join.to_string()),
+            })
+        })
+}

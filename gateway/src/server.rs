@@ -1,0 +1,177 @@
+//! Running the gateway: restore, bind, serve, shut down gracefully, persist.
+//!
+//! The binary calls [`serve`] (for `dropgate gateway` with [`NoSource`], for
+//! `dropgate run` with the tracer's source) and passes the future that ends it, usually
+//! [`shutdown_signal`]. `/-/quit` ends it too when the lifecycle API is enabled. Tests
+//! that need the bound port use [`Gateway::bind`] and [`Gateway::run`].
+//!
+//! [`NoSource`]: crate::source::NoSource
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::api::{app, AppState};
+use crate::config::GatewayConfig;
+use crate::persistence::{self, LoadOutcome, PersistenceError};
+use crate::source::MetricSource;
+use crate::store::{MetricStore, ReservedNames};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The persistence file could not be restored safely (or the final save failed).
+    #[error(transparent)]
+    Persistence(#[from] PersistenceError),
+    /// The listen address could not be bound.
+    #[error("could not listen on {address}: {source}; is another process (a pushgateway?) using the port, or is the address not local?")]
+    Bind {
+        /// The configured address.
+        address: SocketAddr,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The HTTP server failed while running.
+    #[error("the HTTP server failed: {0}")]
+    Serve(io::Error),
+}
+
+/// A gateway whose store is restored and whose socket is bound, not yet serving.
+pub struct Gateway {
+    config: GatewayConfig,
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Gateway {
+    /// Restores the store from the persistence file (if configured), then binds.
+    ///
+    /// `source`'s family names (as it returns them now) and the `dropgate_` prefix are
+    /// reserved: pushes may not define them.
+    pub async fn bind(
+        config: GatewayConfig,
+        source: Arc<dyn MetricSource>,
+    ) -> Result<Self, ServeError> {
+        let store = Arc::new(MetricStore::new(ReservedNames::of_source(source.as_ref())));
+        if let Some(path) = config.persistence_file.clone() {
+            let restoring = Arc::clone(&store);
+            let outcome = tokio::task::spawn_blocking(move || persistence::load(&restoring, &path))
+                .await
+                .map_err(|join| ServeError::Serve(io::Error::other(join)))??;
+            if let LoadOutcome::MovedAside(aside) = outcome {
+                tracing::warn!(kept_at = %aside.display(), "starting with an empty store");
+            }
+        }
+        let listener = TcpListener::bind(config.listen_address)
+            .await
+            .map_err(|source| ServeError::Bind {
+                address: config.listen_address,
+                source,
+            })?;
+        let state = AppState::new(&config, store, source);
+        Ok(Self {
+            config,
+            listener,
+            state,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The state the API serves, e.g. to reach the store.
+    #[must_use]
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves or `/-/quit` is called; then stops accepting,
+    /// lets in-flight requests finish, saves the store one last time (if persistence
+    /// is configured) and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Self {
+            config,
+            listener,
+            state,
+        } = self;
+        let store = Arc::clone(state.store());
+        let (stop_persisting, persisting_stopped) = oneshot::channel::<()>();
+        let persister = config.persistence_file.clone().map(|path| {
+            tokio::spawn(persistence::run(
+                Arc::clone(&store),
+                path,
+                config.persistence_interval,
+                async move {
+                    let _ = persisting_stopped.await;
+                },
+            ))
+        });
+        let quit = state.quit_signal();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown => tracing::info!("shutting down gracefully"),
+                () = quit.triggered() => tracing::info!("shutting down on /-/quit"),
+            }
+        };
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "gateway listening");
+        }
+        let served = axum::serve(listener, app(state))
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(ServeError::Serve);
+        let _ = stop_persisting.send(());
+        let saved = match persister {
+            Some(task) => task
+                .await
+                .map_err(|join| ServeError::Serve(io::Error::other(join)))?
+                .map_err(ServeError::from),
+            None => Ok(()),
+        };
+        served.and(saved)
+    }
+}
+
+/// Restores, binds and serves until `shutdown` resolves (or `/-/quit`); see
+/// [`Gateway::run`] for the shutdown sequence.
+pub async fn serve(
+    config: GatewayConfig,
+    source: Arc<dyn MetricSource>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    Gateway::bind(config, source).await?.run(shutdown).await
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), for the binary to pass to [`serve`].
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}
