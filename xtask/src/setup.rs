@@ -27,6 +27,10 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "wrk",
     "ca-certificates",
+    // The Docker e2e test starts its own engine in a namespace and builds its image from
+    // busybox-static (no registry).
+    "docker.io",
+    "busybox-static",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

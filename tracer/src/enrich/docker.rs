@@ -1,0 +1,458 @@
+//! The Docker Engine API, as far as naming a destination needs it: `GET /networks` and
+//! `GET /containers/json` over the engine's unix socket, turned into a [`DockerView`].
+//!
+//! The HTTP/1.1 client is ours and minimal (one request per connection, `Connection:
+//! close`, bodies by `Content-Length`, chunked or up to the end): two GET requests do not
+//! justify a client library, and it runs on the enricher's own thread, off the sample path.
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+
+use super::{EnrichError, Subnet};
+
+/// Bound on one Docker API call (connect, request, whole response).
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest Docker API response accepted (a host with thousands of containers fits).
+const DOCKER_MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// The Docker network option naming the Linux bridge of a bridge network.
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+/// The label Docker Compose puts on every container of a service.
+const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+
+/// A Docker network as far as naming is concerned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DockerNetwork {
+    /// The Linux bridge behind it (bridge driver only).
+    pub bridge: Option<String>,
+    pub subnets: Vec<Subnet>,
+}
+
+/// A container's address on one network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Container name without Docker's leading `/`.
+    pub container: String,
+    pub service: Option<String>,
+    pub network: String,
+}
+
+/// Everything the Docker engine told us, indexed for lookups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DockerView {
+    /// By network name.
+    pub networks: HashMap<String, DockerNetwork>,
+    /// By container address.
+    pub endpoints: HashMap<IpAddr, Endpoint>,
+}
+
+/// Networks and containers from the engine at `socket`.
+pub(super) fn query(socket: &Path) -> Result<DockerView, EnrichError> {
+    const NETWORKS: &str = "/networks";
+    const CONTAINERS: &str = "/containers/json";
+    let networks = http_get(socket, NETWORKS)?;
+    let containers = http_get(socket, CONTAINERS)?;
+    docker_view(&networks, &containers)
+}
+
+/// Builds the view from the bodies of `GET /networks` and `GET /containers/json`.
+pub fn docker_view(networks: &[u8], containers: &[u8]) -> Result<DockerView, EnrichError> {
+    let networks: Vec<NetworkJson> =
+        serde_json::from_slice(networks).map_err(|source| EnrichError::DockerJson {
+            uri: "/networks",
+            source,
+        })?;
+    let containers: Vec<ContainerJson> =
+        serde_json::from_slice(containers).map_err(|source| EnrichError::DockerJson {
+            uri: "/containers/json",
+            source,
+        })?;
+    let mut view = DockerView::default();
+    for net in networks {
+        let options = net.options.unwrap_or_default();
+        let bridge = (net.driver == "bridge").then(|| {
+            options.get(BRIDGE_NAME_OPTION).cloned().unwrap_or_else(|| {
+                // Docker's own naming for user-defined bridge networks.
+                format!("br-{}", net.id.get(..12).unwrap_or(&net.id))
+            })
+        });
+        let subnets = net
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|config| config.subnet.as_deref().and_then(Subnet::parse))
+            .collect();
+        view.networks
+            .insert(net.name, DockerNetwork { bridge, subnets });
+    }
+    for container in containers {
+        let Some(name) = container
+            .names
+            .unwrap_or_default()
+            .first()
+            .map(|n| n.trim_start_matches('/').to_owned())
+        else {
+            continue;
+        };
+        let service = container
+            .labels
+            .unwrap_or_default()
+            .remove(COMPOSE_SERVICE_LABEL);
+        let networks = container
+            .network_settings
+            .and_then(|s| s.networks)
+            .unwrap_or_default();
+        for (network, endpoint) in networks {
+            let addresses = [endpoint.ip_address, endpoint.global_ipv6_address];
+            for addr in addresses.iter().flatten().filter_map(|a| a.parse().ok()) {
+                view.endpoints.insert(
+                    addr,
+                    Endpoint {
+                        container: name.clone(),
+                        service: service.clone(),
+                        network: network.clone(),
+                    },
+                );
+            }
+        }
+    }
+    Ok(view)
+}
+
+/// One entry of `GET /networks` (only the fields we read).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NetworkJson {
+    name: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    driver: String,
+    #[serde(rename = "IPAM")]
+    ipam: Option<IpamJson>,
+    options: Option<HashMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IpamJson {
+    config: Option<Vec<IpamConfigJson>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IpamConfigJson {
+    subnet: Option<String>,
+}
+
+/// One entry of `GET /containers/json` (only the fields we read).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerJson {
+    names: Option<Vec<String>>,
+    labels: Option<HashMap<String, String>>,
+    network_settings: Option<NetworkSettingsJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NetworkSettingsJson {
+    networks: Option<HashMap<String, EndpointJson>>,
+}
+
+#[derive(Deserialize)]
+struct EndpointJson {
+    #[serde(rename = "IPAddress")]
+    ip_address: Option<String>,
+    #[serde(rename = "GlobalIPv6Address")]
+    global_ipv6_address: Option<String>,
+}
+
+/// `GET uri` on the Docker socket; the body of a 200 answer.
+fn http_get(socket: &Path, uri: &'static str) -> Result<Vec<u8>, EnrichError> {
+    let io = |source| EnrichError::DockerIo {
+        path: socket.to_owned(),
+        source,
+    };
+    let deadline = Instant::now() + DOCKER_TIMEOUT;
+    let mut stream = UnixStream::connect(socket).map_err(io)?;
+    stream.set_read_timeout(Some(DOCKER_TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(DOCKER_TIMEOUT)).map_err(io)?;
+    let request = format!(
+        "GET {uri} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dropgate\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    // Connection: close, so the answer ends where the stream does.
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if raw.len() > DOCKER_MAX_RESPONSE || remaining.is_zero() {
+            return Err(EnrichError::DockerHttp {
+                path: socket.to_owned(),
+                uri,
+                what: "answer too large or too slow".into(),
+            });
+        }
+        stream.set_read_timeout(Some(remaining)).map_err(io)?;
+    }
+    parse_http_response(&raw).map_err(|what| EnrichError::DockerHttp {
+        path: socket.to_owned(),
+        uri,
+        what,
+    })
+}
+
+/// The body of a complete HTTP/1.1 `200` response (`Content-Length`, chunked, or up to
+/// the end of the stream).
+pub fn parse_http_response(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "headers are not UTF-8")?;
+    let body = &raw[head_end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    if status != "200" {
+        return Err(format!("status {status} ({status_line})"));
+    }
+    let mut chunked = false;
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
+            );
+        }
+    }
+    if chunked {
+        return decode_chunked(body);
+    }
+    match length {
+        Some(length) => body
+            .get(..length)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("body cut short: {} of {length} bytes", body.len())),
+        None => Ok(body.to_vec()),
+    }
+}
+
+/// Joins the chunks of a `Transfer-Encoding: chunked` body.
+fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunk size line cut short")?;
+        let line = std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size line")?;
+        // Chunk extensions (`;name=value`) carry nothing we need.
+        let hex = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size {hex:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = data.get(..size).ok_or("chunk cut short")?;
+        body.extend_from_slice(chunk);
+        data = data
+            .get(size..)
+            .and_then(|rest| rest.strip_prefix(b"\r\n"))
+            .ok_or("chunk not followed by CRLF")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("test address")
+    }
+
+    fn subnet(text: &str) -> Subnet {
+        Subnet::parse(text).expect("test subnet")
+    }
+
+    /// Trimmed answers of dockerd 20.10 (`GET /networks`, `GET /containers/json`).
+    const NETWORKS_JSON: &str = r#"[
+      {"Name":"bridge","Id":"3f1c0e2a9b7d5e4f","Driver":"bridge",
+       "IPAM":{"Driver":"default","Options":null,"Config":[{"Subnet":"172.17.0.0/16","Gateway":"172.17.0.1"}]},
+       "Options":{"com.docker.network.bridge.default_bridge":"true","com.docker.network.bridge.name":"docker0"}},
+      {"Name":"shop_default","Id":"9a8b7c6d5e4f3a2b1c0d","Driver":"bridge",
+       "IPAM":{"Driver":"default","Options":null,"Config":[{"Subnet":"172.18.0.0/16","Gateway":"172.18.0.1"},{"Subnet":"fd00:18::/64"}]},
+       "Options":{}},
+      {"Name":"host","Id":"77","Driver":"host","IPAM":{"Driver":"default","Config":[]},"Options":{}},
+      {"Name":"none","Id":"88","Driver":"null","IPAM":{"Driver":"default","Config":null},"Options":null}
+    ]"#;
+
+    const CONTAINERS_JSON: &str = r#"[
+      {"Id":"aa","Names":["/web"],"Labels":{},"State":"running",
+       "NetworkSettings":{"Networks":{"bridge":{"NetworkID":"3f1c","IPAddress":"172.17.0.2","GlobalIPv6Address":""}}}},
+      {"Id":"bb","Names":["/shop-api-1"],"Labels":{"com.docker.compose.service":"api","com.docker.compose.project":"shop"},
+       "NetworkSettings":{"Networks":{"shop_default":{"IPAddress":"172.18.0.3","GlobalIPv6Address":"fd00:18::3"}}}},
+      {"Id":"cc","Names":["/hosty"],"Labels":null,
+       "NetworkSettings":{"Networks":{"host":{"IPAddress":"","GlobalIPv6Address":""}}}}
+    ]"#;
+
+    fn fixture_view() -> DockerView {
+        docker_view(NETWORKS_JSON.as_bytes(), CONTAINERS_JSON.as_bytes()).expect("fixture parses")
+    }
+
+    #[test]
+    fn docker_json_becomes_networks_and_endpoints() {
+        let view = fixture_view();
+        assert_eq!(
+            view.networks["bridge"],
+            DockerNetwork {
+                bridge: Some("docker0".into()),
+                subnets: vec![subnet("172.17.0.0/16")],
+            },
+            "the default bridge is named by its option"
+        );
+        assert_eq!(
+            view.networks["shop_default"].bridge.as_deref(),
+            Some("br-9a8b7c6d5e4f"),
+            "user-defined bridges are br-<first 12 of the id>"
+        );
+        assert_eq!(
+            view.networks["shop_default"].subnets.len(),
+            2,
+            "v4 and v6 subnets"
+        );
+        assert_eq!(
+            view.networks["host"].bridge, None,
+            "only bridge networks have a bridge"
+        );
+        assert_eq!(
+            view.endpoints[&ip("172.17.0.2")],
+            Endpoint {
+                container: "web".into(),
+                service: None,
+                network: "bridge".into(),
+            },
+            "the leading / of the name is dropped"
+        );
+        let api = Endpoint {
+            container: "shop-api-1".into(),
+            service: Some("api".into()),
+            network: "shop_default".into(),
+        };
+        assert_eq!(
+            view.endpoints[&ip("172.18.0.3")],
+            api,
+            "compose service label"
+        );
+        assert_eq!(view.endpoints[&ip("fd00:18::3")], api, "IPv6 address too");
+        assert_eq!(view.endpoints.len(), 3, "empty addresses are skipped");
+    }
+
+    #[test]
+    fn malformed_docker_json_is_an_error() {
+        let err =
+            docker_view(b"{}", CONTAINERS_JSON.as_bytes()).expect_err("an object, not a list");
+        assert!(
+            matches!(
+                err,
+                EnrichError::DockerJson {
+                    uri: "/networks",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = docker_view(NETWORKS_JSON.as_bytes(), b"[{\"Names\":7}]").expect_err("bad names");
+        assert!(
+            matches!(
+                err,
+                EnrichError::DockerJson {
+                    uri: "/containers/json",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn http_bodies_by_length_chunks_or_close() {
+        let cases: [(&str, &[u8], &[u8]); 4] = [
+            (
+                "content-length",
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]trailing",
+                b"[]",
+            ),
+            (
+                "chunked",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n[{}\r\n1;ext=1\r\n]\r\n0\r\n\r\n",
+                b"[{}]",
+            ),
+            ("until close", b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n[1]", b"[1]"),
+            ("empty body", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b""),
+        ];
+        for (name, raw, body) in cases {
+            assert_eq!(parse_http_response(raw).expect(name), body, "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_http_answers_are_errors() {
+        let cases: [(&str, &[u8], &str); 5] = [
+            (
+                "not found",
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                "404",
+            ),
+            (
+                "no header end",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
+                "headers",
+            ),
+            (
+                "cut short",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n[]",
+                "cut short",
+            ),
+            (
+                "bad chunk",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "chunk size",
+            ),
+            (
+                "chunk missing",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[]",
+                "cut short",
+            ),
+        ];
+        for (name, raw, needle) in cases {
+            let err = parse_http_response(raw).expect_err(name);
+            assert!(err.contains(needle), "{name}: {err}");
+        }
+    }
+}
