@@ -94,8 +94,8 @@ fn nft_drop_rule_is_netfilter_drop() {
     start_service(&topo);
     topo.set_forwarding(true);
     topo.host.sh("nft add table inet dg && \
-         nft add chain inet dg fwd '{ type filter hook forward priority 0; }' && \
-         nft add rule inet dg fwd tcp dport 80 drop");
+         nft add chain inet dg forward_dg '{ type filter hook forward priority 0; }' && \
+         nft add rule inet dg forward_dg tcp dport 80 drop");
     let dropgate = DropgateRun::start(&[]);
     let exposition = failing_request(&topo, &dropgate);
     let dropped = dropgate_tests::http::sample_sum(
@@ -128,6 +128,10 @@ fn strict_rp_filter_with_a_spoofed_source_is_ip_rpfilter() {
     // A source address the host has no route back to, sent from ext.
     topo.ext.sh("ip addr add 192.0.2.99/32 dev ve-ext");
     let dropgate = DropgateRun::start(&[]);
+    // A normal ping first fills ext's ARP cache: with strict rp_filter the host would
+    // also ignore an ARP request from the spoofed address, and nothing would reach it.
+    topo.ext
+        .sh(&format!("ping -c 1 -W 2 {}", DockerLikeHost::HOST_ADDR));
     let out = topo.ext.sh_output(&format!(
         "ping -c 3 -i 0.2 -W 1 -I 192.0.2.99 {}",
         DockerLikeHost::HOST_ADDR

@@ -38,6 +38,17 @@ fn our_bpf_programs() -> Vec<u64> {
         .collect()
 }
 
+/// `CapEff` of process `pid`.
+fn effective_capabilities(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("a CapEff line")
+}
+
 /// The container's service: dropgate's own gateway, as in the incident.
 fn start_gateway_in_container(topo: &DockerLikeHost) -> Guarded {
     let mut command = topo
@@ -75,6 +86,17 @@ fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
         .filter(|id| !before_programs.contains(id))
         .collect();
     assert!(!ours.is_empty(), "dropgate run loaded no kfree_skb program");
+    let caps = effective_capabilities(dropgate.process.child.id());
+    assert_eq!(
+        caps & (1 << 39),
+        0,
+        "CAP_BPF must be dropped after attaching (CapEff {caps:#x})"
+    );
+    assert_eq!(
+        caps & (1 << 38),
+        0,
+        "CAP_PERFMON must be dropped after attaching (CapEff {caps:#x})"
+    );
 
     let host_netns = topo.host.name.as_str();
     let ip_error = [

@@ -105,7 +105,7 @@ impl WatchFilter {
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
     /// Address to listen on, `host:port` or `:port` (all interfaces).
-    #[arg(long = "web.listen-address", default_value = ":9091", value_parser = parse_listen_address)]
+    #[arg(long = "web.listen-address", default_value = ":9091", value_parser = listen_address)]
     pub listen_address: SocketAddr,
     /// Prefix for all routes, e.g. `/pushgateway` behind a path-routing proxy.
     #[arg(long = "web.route-prefix", default_value = "")]
@@ -116,9 +116,9 @@ pub struct GatewayArgs {
     /// Enable `/-/quit` (shut down over HTTP).
     #[arg(long = "web.enable-lifecycle")]
     pub enable_lifecycle: bool,
-    /// File to persist pushed metrics in; empty: keep them in memory only.
-    #[arg(long = "persistence.file", default_value = "")]
-    pub persistence_file: PathBuf,
+    /// File to persist pushed metrics in; absent or empty: keep them in memory only.
+    #[arg(long = "persistence.file", value_parser = any_path)]
+    pub persistence_file: Option<PathBuf>,
     /// Write the persistence file at most this often after a change (and on shutdown).
     #[arg(long = "persistence.interval", default_value = "5m", value_parser = parse_duration)]
     pub persistence_interval: Duration,
@@ -126,8 +126,26 @@ pub struct GatewayArgs {
     #[arg(long = "push.disable-consistency-check")]
     pub disable_consistency_check: bool,
     /// Largest accepted request body, in bytes (after decompression); larger ones get 413.
-    #[arg(long = "web.max-body-bytes", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long = "web.max-body-bytes", default_value_t = gateway::config::DEFAULT_BODY_LIMIT)]
     pub max_body_bytes: usize,
+}
+
+impl GatewayArgs {
+    /// The gateway's plain configuration.
+    #[must_use]
+    pub fn into_config(self) -> gateway::config::GatewayConfig {
+        gateway::config::GatewayConfig {
+            listen_address: self.listen_address,
+            route_prefix: self.route_prefix,
+            persistence_file: self.persistence_file.filter(|p| !p.as_os_str().is_empty()),
+            persistence_interval: self.persistence_interval,
+            enable_admin_api: self.enable_admin_api,
+            enable_lifecycle: self.enable_lifecycle,
+            disable_consistency_check: self.disable_consistency_check,
+            body_limit: self.max_body_bytes,
+            ..gateway::config::GatewayConfig::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -165,16 +183,13 @@ impl From<HookArg> for HookChoice {
     }
 }
 
-/// `:9091` (all interfaces, as the pushgateway accepts it), `127.0.0.1:9091`, `[::1]:9091`.
-fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
-    let full = if text.starts_with(':') {
-        format!("0.0.0.0{text}")
-    } else {
-        text.to_owned()
-    };
-    full.parse().map_err(|_| {
-        format!("`{text}` is not an address; use host:port, e.g. 127.0.0.1:9091 or :9091")
-    })
+/// A path that may be empty (`--persistence.file=` turns persistence off, as upstream).
+fn any_path(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
+}
+
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    gateway::config::parse_listen_address(text).map_err(|err| err.to_string())
 }
 
 /// Go-style durations as the pushgateway takes them: `300ms`, `5s`, `5m`, `1h`, `1h30m`.
@@ -229,20 +244,6 @@ mod tests {
             let got = parse_duration(text).ok().map(|d| d.as_millis() as u64);
             assert_eq!(got, want, "case {name}");
         }
-    }
-
-    #[test]
-    fn listen_addresses() {
-        assert_eq!(
-            parse_listen_address(":9091").expect("port only"),
-            "0.0.0.0:9091".parse().expect("addr")
-        );
-        assert_eq!(
-            parse_listen_address("127.0.0.1:19091").expect("host and port"),
-            "127.0.0.1:19091".parse().expect("addr")
-        );
-        let err = parse_listen_address("localhost").expect_err("no port");
-        assert!(err.contains("host:port"), "{err}");
     }
 
     #[test]

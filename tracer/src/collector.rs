@@ -186,6 +186,12 @@ impl DropCollector {
         series
     }
 
+    /// Whether the maps can be read with the process's current privileges.
+    pub fn can_read_maps(&self) -> bool {
+        let maps = self.maps.lock().expect("maps lock");
+        maps.stats.get(&0, 0).is_ok()
+    }
+
     /// A counter of the `STATS` array, summed over CPUs.
     pub fn stat(&self, index: u32) -> u64 {
         let maps = self.maps.lock().expect("maps lock");

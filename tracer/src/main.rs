@@ -1,1 +1,127 @@
-fn main() {}
+//! The `dropgate` binary: parse the command line, set up logging, run one command.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tracer::{
+    cli::{Cli, Command, GatewayArgs, WatchFilter},
+    loader::LoadOptions,
+    tracer::{Tracer, TracerOptions},
+};
+
+/// Exit codes, in one place.
+mod exit {
+    /// Something failed; the message says what.
+    pub const FAILURE: u8 = 1;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("dropgate: error: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dropgate: error: {err:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Gateway { gateway } => serve(gateway, Arc::new(::gateway::source::NoSource)).await,
+        Command::Run { gateway, trace } => {
+            let tracer = Tracer::start(&TracerOptions {
+                load: LoadOptions {
+                    hook: trace.hook.into(),
+                    samples_per_sec: trace.samples_per_sec,
+                },
+                recent_samples: trace.recent_samples,
+                docker_host: Some(trace.docker_host).filter(|h| !h.is_empty()),
+            })?;
+            tracer.drop_capabilities(gateway.listen_address.port());
+            let result = serve(gateway, tracer.metrics()).await;
+            // Detach before saying goodbye, so "stopped" means "gone from the kernel".
+            tracer.stop();
+            result
+        }
+        Command::Watch {
+            filter,
+            json,
+            samples_per_sec,
+            hook,
+            docker_host,
+        } => {
+            let tracer = Tracer::start(&TracerOptions {
+                load: LoadOptions {
+                    hook: hook.into(),
+                    samples_per_sec,
+                },
+                recent_samples: 0,
+                docker_host: Some(docker_host).filter(|h| !h.is_empty()),
+            })?;
+            let result = watch(&tracer, &filter, json).await;
+            tracer.stop();
+            result
+        }
+    }
+}
+
+/// Prints matching samples until SIGINT/SIGTERM.
+async fn watch(tracer: &Tracer, filter: &WatchFilter, json: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut feed = tracer.samples.subscribe();
+    let shutdown = ::gateway::server::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut out = std::io::stdout().lock();
+    loop {
+        let event = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            event = feed.recv() => event,
+        };
+        let line = match event {
+            Ok(event) if filter.matches(&event) => {
+                if json {
+                    serde_json::to_string(&*event).context("encoding an event")?
+                } else {
+                    event.line()
+                }
+            }
+            Ok(_) => continue,
+            Err(RecvError::Lagged(missed)) => {
+                format!("# {missed} samples skipped: output too slow")
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        };
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            // stdout closed (e.g. piped into head): a normal way to stop watching.
+            return Ok(());
+        }
+    }
+}
+
+async fn serve(args: GatewayArgs, source: Arc<dyn ::gateway::MetricSource>) -> anyhow::Result<()> {
+    let config = args.into_config();
+    ::gateway::server::serve(config, source, ::gateway::server::shutdown_signal())
+        .await
+        .context("the gateway failed")
+}

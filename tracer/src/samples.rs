@@ -171,7 +171,8 @@ pub struct SampleHub {
 impl SampleHub {
     #[must_use]
     pub fn new(capacity: usize) -> Self {
-        let (feed, _) = broadcast::channel(1024);
+        // Deep enough for a burst at the kernel's full sampling rate on a few CPUs.
+        let (feed, _) = broadcast::channel(16 * 1024);
         Self {
             recent: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
@@ -233,8 +234,12 @@ pub async fn read_samples(
             }
         }
         guard.clear_ready();
-        for sample in &batch {
+        for (i, sample) in batch.iter().enumerate() {
             hub.publish(namer.event(sample));
+            // Let consumers run during a long burst instead of overrunning them.
+            if i % 256 == 255 {
+                tokio::task::yield_now().await;
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     forwarding::ForwardingWatch,
     kallsyms::Kallsyms,
     loader::{self, Hook, LoadOptions, Probe},
+    privileges,
     samples::{self, SampleHub},
 };
 
@@ -89,6 +90,21 @@ impl Tracer {
             collector: Arc::clone(&self.collector),
             forwarding: Arc::clone(&self.forwarding),
         })
+    }
+
+    /// Gives up the capabilities that only loading and attaching needed (see
+    /// [`privileges::runtime_capabilities`]). Call after the gateway's socket is bound.
+    pub fn drop_capabilities(&self, listen_port: u16) {
+        let collector = Arc::clone(&self.collector);
+        match privileges::drop_capabilities(
+            privileges::runtime_capabilities(listen_port),
+            move || collector.can_read_maps(),
+        ) {
+            Ok(set) => {
+                tracing::info!(capabilities = %privileges::describe(set), "dropped capabilities no longer needed")
+            }
+            Err(err) => tracing::warn!("could not drop capabilities: {err}"),
+        }
     }
 
     /// Stops reading samples, detaches and unloads the probe.
