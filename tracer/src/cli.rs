@@ -184,6 +184,7 @@ impl From<HookArg> for HookChoice {
 }
 
 /// A path that may be empty (`--persistence.file=` turns persistence off, as upstream).
+#[allow(clippy::unnecessary_wraps)] // clap's value parsers return a Result
 fn any_path(text: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(text))
 }

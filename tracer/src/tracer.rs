@@ -101,7 +101,7 @@ impl Tracer {
             move || collector.can_read_maps(),
         ) {
             Ok(set) => {
-                tracing::info!(capabilities = %privileges::describe(set), "dropped capabilities no longer needed")
+                tracing::info!(capabilities = %privileges::describe(set), "dropped capabilities no longer needed");
             }
             Err(err) => tracing::warn!("could not drop capabilities: {err}"),
         }
