@@ -45,6 +45,9 @@ pub struct Gateway {
     config: GatewayConfig,
     listener: TcpListener,
     state: AppState,
+    /// Routes of other parts of the process (the tracer's `/api/v1/drops`), served
+    /// beside the gateway's own; their paths already carry the route prefix.
+    extra_routes: axum::Router,
 }
 
 impl Gateway {
@@ -77,7 +80,16 @@ impl Gateway {
             config,
             listener,
             state,
+            extra_routes: axum::Router::new(),
         })
+    }
+
+    /// Serves `routes` beside the gateway's own (paths must include the route prefix,
+    /// see [`crate::config::normalize_route_prefix`]). They may not repeat a gateway route.
+    #[must_use]
+    pub fn merge_routes(mut self, routes: axum::Router) -> Self {
+        self.extra_routes = self.extra_routes.merge(routes);
+        self
     }
 
     /// The bound address (useful with port 0).
@@ -102,6 +114,7 @@ impl Gateway {
             config,
             listener,
             state,
+            extra_routes,
         } = self;
         let store = Arc::clone(state.store());
         let (stop_persisting, persisting_stopped) = oneshot::channel::<()>();
@@ -125,7 +138,7 @@ impl Gateway {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "gateway listening");
         }
-        let served = axum::serve(listener, app(state))
+        let served = axum::serve(listener, app(state).merge(extra_routes))
             .with_graceful_shutdown(stop)
             .await
             .map_err(ServeError::Serve);

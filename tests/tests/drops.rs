@@ -293,3 +293,40 @@ fn a_sample_names_the_dnat_destination() {
         assert!(line.contains(&want), "sample {line} lacks {want}");
     }
 }
+
+#[test]
+fn the_drops_api_lists_recent_samples() {
+    if !privileged("the_drops_api_lists_recent_samples") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    start_service(&topo);
+    let dropgate = DropgateRun::start(&[]);
+    assert_eq!(
+        topo.curl_from_ext("/", 2),
+        None,
+        "forwarding off: the request fails"
+    );
+    let response = dropgate_tests::http::get(dropgate.addr, "/api/v1/drops?limit=1000")
+        .expect("GET /api/v1/drops");
+    assert_eq!(response.status, 200, "{}", response.body);
+    let ours = response
+        .body
+        .split("},{")
+        .filter(|e| {
+            e.contains(&format!("\"netns\":\"{}\"", topo.host.name))
+                && e.contains("\"location\":\"ip_error\"")
+        })
+        .count();
+    assert!(
+        ours >= 1,
+        "the ip_error sample of the failed request is listed:\n{}",
+        response.body
+    );
+    assert!(
+        response
+            .body
+            .contains(&format!("\"dst\":\"{}\"", DockerLikeHost::CTR_ADDR)),
+        "the sample carries the DNAT-ed destination"
+    );
+}

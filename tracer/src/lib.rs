@@ -5,6 +5,7 @@
 //! - [`kallsyms`] and [`netns`] turn kernel numbers into names;
 //! - [`collector`] turns the in-kernel counts into metric families for the gateway.
 
+pub mod api;
 pub mod btf;
 pub mod cli;
 pub mod collector;

@@ -58,7 +58,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 docker_host: Some(trace.docker_host).filter(|h| !h.is_empty()),
             })?;
             tracer.drop_capabilities(gateway.listen_address.port());
-            let result = serve(gateway, tracer.metrics()).await;
+            let config = gateway.into_config();
+            let prefix = ::gateway::config::normalize_route_prefix(&config.route_prefix);
+            let routes = tracer::api::routes(Arc::clone(&tracer.samples), &prefix);
+            let result = async {
+                ::gateway::server::Gateway::bind(config, tracer.metrics())
+                    .await?
+                    .merge_routes(routes)
+                    .run(::gateway::server::shutdown_signal())
+                    .await
+            }
+            .await
+            .context("the gateway failed");
             // Detach before saying goodbye, so "stopped" means "gone from the kernel".
             tracer.stop();
             result
