@@ -126,12 +126,12 @@ pub fn encode(groups: &[GroupSnapshot]) -> Vec<u8> {
         put_len(&mut record, group.families.len());
         for stored in &group.families {
             let since = stored
-                .pushed_at
+                .pushed_at()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default();
             record.extend_from_slice(&since.as_secs().to_le_bytes());
             record.extend_from_slice(&since.subsec_nanos().to_le_bytes());
-            put_bytes(&mut record, &stored.family.encode_to_vec());
+            put_bytes(&mut record, &stored.encoded());
         }
         put_bytes(&mut out, &record);
     }

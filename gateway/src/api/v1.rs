@@ -149,18 +149,18 @@ impl Serialize for GroupJson<'_> {
 }
 
 #[derive(Serialize)]
-struct FamilyJson<'a> {
+struct FamilyJson {
     time_stamp: String,
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    help: Option<&'a str>,
-    metrics: Vec<MetricJson<'a>>,
+    help: Option<String>,
+    metrics: Vec<MetricJson>,
 }
 
-impl<'a> FamilyJson<'a> {
-    fn new(stored: &'a StoredFamily) -> Self {
-        let family = &stored.family;
+impl FamilyJson {
+    fn new(stored: &StoredFamily) -> Self {
+        let family = stored.family();
         let kind = match family.r#type.map(MetricType::try_from) {
             None => MetricType::Counter,
             Some(Ok(kind)) => kind,
@@ -168,9 +168,9 @@ impl<'a> FamilyJson<'a> {
             Some(Err(_)) => MetricType::Untyped,
         };
         Self {
-            time_stamp: rfc3339_nano(stored.pushed_at),
+            time_stamp: rfc3339_nano(stored.pushed_at()),
             kind: go_type_name(kind),
-            help: family.help.as_deref().filter(|help| !help.is_empty()),
+            help: family.help.clone().filter(|help| !help.is_empty()),
             metrics: family
                 .metric
                 .iter()
@@ -182,12 +182,12 @@ impl<'a> FamilyJson<'a> {
 
 /// Upstream's `encodableMetric`, a Go map: keys in sorted order.
 #[derive(Serialize)]
-struct MetricJson<'a> {
+struct MetricJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     buckets: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<String>,
-    labels: BTreeMap<&'a str, &'a str>,
+    labels: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     quantiles: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,15 +196,15 @@ struct MetricJson<'a> {
     value: Option<String>,
 }
 
-impl<'a> MetricJson<'a> {
-    fn new(metric: &'a Metric, kind: MetricType) -> Self {
+impl MetricJson {
+    fn new(metric: &Metric, kind: MetricType) -> Self {
         let labels = metric
             .label
             .iter()
             .map(|pair| {
                 (
-                    pair.name.as_deref().unwrap_or_default(),
-                    pair.value.as_deref().unwrap_or_default(),
+                    pair.name.clone().unwrap_or_default(),
+                    pair.value.clone().unwrap_or_default(),
                 )
             })
             .collect();

@@ -12,8 +12,9 @@
 //! protobuf compact text as Go 1.5.1 prints it; the others say in plain words what
 //! clashed with what and what to do.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
 use crate::exposition::format_float;
 use crate::grouping::{go_quote, is_proper_label_name, GroupingKey};
@@ -157,7 +158,12 @@ impl ReservedNames {
     /// Reserves the names of the families `source` returns now.
     #[must_use]
     pub fn of_source(source: &dyn MetricSource) -> Self {
-        Self::new(source.collect().into_iter().filter_map(|family| family.name))
+        Self::new(
+            source
+                .collect()
+                .into_iter()
+                .filter_map(|family| family.name),
+        )
     }
 
     /// Whether a push may not define a family called `name`.
@@ -181,8 +187,8 @@ pub(crate) struct PreparedFamily {
     pub family: MetricFamily,
     /// Its type (a family without one is a counter, as Go's `GetType` says).
     pub kind: MetricType,
-    /// The identity of each series: its non-empty labels.
-    pub signatures: Vec<Box<str>>,
+    /// The hash of each series' identity (see [`series_hash`]).
+    pub hashes: Vec<u64>,
 }
 
 /// Checks a push on its own and applies the grouping labels; sorted by family name.
@@ -227,25 +233,30 @@ pub(crate) fn prepare(
                 })
             }
         };
-        let mut seen = HashSet::with_capacity(family.metric.len());
-        let mut signatures = Vec::with_capacity(family.metric.len());
-        for metric in &mut family.metric {
+        let mut seen: HashMap<u64, usize> = HashMap::with_capacity(family.metric.len());
+        let mut hashes = Vec::with_capacity(family.metric.len());
+        for i in 0..family.metric.len() {
+            let metric = &mut family.metric[i];
             apply_grouping_labels(metric, key);
             check_metric(&name, kind, metric)?;
-            let signature = signature(&metric.label);
-            if !seen.insert(signature.clone()) {
-                return Err(Inconsistency::DuplicateSeries {
-                    family: name,
-                    metric: go_metric_text(metric),
-                    other_group: None,
-                });
+            let hash = series_hash(&metric.label);
+            if let Some(&earlier) = seen.get(&hash) {
+                let metric = &family.metric[i];
+                if same_identity(&family.metric[earlier].label, &metric.label) {
+                    return Err(Inconsistency::DuplicateSeries {
+                        family: name,
+                        metric: go_metric_text(metric),
+                        other_group: None,
+                    });
+                }
             }
-            signatures.push(signature);
+            seen.insert(hash, i);
+            hashes.push(hash);
         }
         prepared.push(PreparedFamily {
             family,
             kind,
-            signatures,
+            hashes,
         });
     }
     check_suffixes_within(&prepared)?;
@@ -378,24 +389,34 @@ pub(crate) fn suffix_clash(
     })
 }
 
-/// The identity of a series inside its family: its labels with a non-empty value, as
-/// `name="value"` pairs, sorted (the labels are sorted already). Prometheus treats an
-/// empty value as an absent label, so `m{a=""}` and `m` are the same series.
-pub(crate) fn signature(labels: &[LabelPair]) -> Box<str> {
-    let mut out = String::new();
-    for pair in labels {
-        let value = pair.value.as_deref().unwrap_or_default();
-        if value.is_empty() {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(pair.name.as_deref().unwrap_or_default());
-        out.push('=');
-        out.push_str(&go_quote(value.as_bytes()));
+/// The identity of a series inside its family is its labels with a non-empty value:
+/// Prometheus treats an empty value as an absent label, so `m{a=""}` and `m` are the
+/// same series. This hashes that identity (labels are sorted by name already); equal
+/// hashes are confirmed with [`same_identity`] before anything is rejected.
+pub(crate) fn series_hash(labels: &[LabelPair]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for (name, value) in identity_pairs(labels) {
+        name.hash(&mut hasher);
+        value.hash(&mut hasher);
     }
-    out.into_boxed_str()
+    hasher.finish()
+}
+
+/// Whether two label sets name the same series (non-empty labels equal).
+pub(crate) fn same_identity(a: &[LabelPair], b: &[LabelPair]) -> bool {
+    identity_pairs(a).eq(identity_pairs(b))
+}
+
+fn identity_pairs(labels: &[LabelPair]) -> impl Iterator<Item = (&str, &str)> {
+    labels
+        .iter()
+        .map(|pair| {
+            (
+                pair.name.as_deref().unwrap_or_default(),
+                pair.value.as_deref().unwrap_or_default(),
+            )
+        })
+        .filter(|(_, value)| !value.is_empty())
 }
 
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`.
@@ -697,8 +718,12 @@ mod tests {
     }
 
     #[test]
-    fn signature_ignores_empty_values() {
-        let labels = [LabelPair::new("a", ""), LabelPair::new("b", "x\"y")];
-        assert_eq!(&*signature(&labels), "b=\"x\\\"y\"");
+    fn series_identity_ignores_empty_values() {
+        let with_empty = [LabelPair::new("a", ""), LabelPair::new("b", "x")];
+        let without = [LabelPair::new("b", "x")];
+        let other = [LabelPair::new("b", "y")];
+        assert_eq!(series_hash(&with_empty), series_hash(&without));
+        assert!(same_identity(&with_empty, &without));
+        assert!(!same_identity(&with_empty, &other));
     }
 }

@@ -17,6 +17,7 @@
 
 mod check;
 mod render;
+mod stored;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -26,11 +27,14 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use check::{go_type_name, Inconsistency, ReservedNames, RESERVED_PREFIX};
-pub use render::{exposition, RenderedFamily};
+pub use render::{exposition, exposition_chunks, RenderedFamily};
+pub use stored::StoredFamily;
 
 use crate::grouping::GroupingKey;
 use crate::model::{Gauge, Metric, MetricFamily, MetricType};
-use check::{apply_grouping_labels, prepare, signature, suffix_clash, PreparedFamily};
+use check::{
+    apply_grouping_labels, prepare, same_identity, series_hash, suffix_clash, PreparedFamily,
+};
 
 /// Name of the gauge holding the last successful change of a group.
 pub const PUSH_TIME_NAME: &str = "push_time_seconds";
@@ -79,23 +83,6 @@ pub enum StoreError {
     Inconsistent(#[from] Inconsistency),
 }
 
-/// A family as stored in one group: immutable, shared by `Arc` with readers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredFamily {
-    /// The family, grouping labels applied, labels sorted by name.
-    pub family: MetricFamily,
-    /// When the write that stored it happened (`time_stamp` in `/api/v1/metrics`).
-    pub pushed_at: SystemTime,
-}
-
-impl StoredFamily {
-    /// The family's name.
-    #[must_use]
-    pub fn name(&self) -> &str {
-        self.family.name.as_deref().unwrap_or_default()
-    }
-}
-
 /// A consistent copy of one group, for `/api/v1/metrics` and persistence.
 #[derive(Debug, Clone)]
 pub struct GroupSnapshot {
@@ -113,9 +100,7 @@ impl GroupSnapshot {
             self.families
                 .iter()
                 .find(|family| family.name() == name)
-                .and_then(|family| family.family.metric.first())
-                .and_then(|metric| metric.gauge.as_ref())
-                .and_then(|gauge| gauge.value)
+                .and_then(|family| family.family().metric.first()?.gauge.as_ref()?.value)
         };
         match (gauge(PUSH_FAILURE_TIME_NAME), gauge(PUSH_TIME_NAME)) {
             (Some(failure), Some(success)) => failure <= success,
@@ -163,8 +148,8 @@ struct FamilyEntry {
     /// The groups that have the family, in key order (the HELP winner is the first
     /// that has a HELP: fix 2 of the spec).
     members: BTreeMap<Arc<GroupingKey>, Arc<StoredFamily>>,
-    /// Series identity → the group that has it.
-    series: HashMap<Box<str>, Arc<GroupingKey>>,
+    /// Series identity hash → the group that has it.
+    series: HashMap<u64, Arc<GroupingKey>>,
     /// The merged family rendered in each format, until the next change to it.
     rendered: Mutex<RenderCache>,
 }
@@ -381,16 +366,25 @@ impl State {
                         });
                     }
                 }
-                for (signature, metric) in p.signatures.iter().zip(&p.family.metric) {
-                    match entry.series.get(signature) {
-                        Some(owner) if owner.as_ref() != key => {
-                            return Err(Inconsistency::DuplicateSeries {
-                                family: name.to_owned(),
-                                metric: check::go_metric_text(metric),
-                                other_group: Some(owner.to_string()),
-                            });
-                        }
-                        _ => {}
+                for (hash, metric) in p.hashes.iter().zip(&p.family.metric) {
+                    let Some(owner) = entry.series.get(hash).filter(|owner| owner.as_ref() != key)
+                    else {
+                        continue;
+                    };
+                    // Confirm on the owner's metrics: equal hashes may still differ.
+                    let confirmed = entry.members.get(owner).is_some_and(|stored| {
+                        stored
+                            .family()
+                            .metric
+                            .iter()
+                            .any(|theirs| same_identity(&theirs.label, &metric.label))
+                    });
+                    if confirmed {
+                        return Err(Inconsistency::DuplicateSeries {
+                            family: name.to_owned(),
+                            metric: check::go_metric_text(metric),
+                            other_group: Some(owner.to_string()),
+                        });
                     }
                 }
             }
@@ -422,11 +416,8 @@ impl State {
             }
         }
         for p in prepared {
-            let stored = StoredFamily {
-                family: p.family,
-                pushed_at: now,
-            };
-            self.insert_member(&key, stored, p.kind, p.signatures);
+            let stored = StoredFamily::new(p.family, p.kind, &p.hashes, now);
+            self.insert_member(&key, stored);
         }
         self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, unix_seconds(now), now);
         if !self.groups[&key]
@@ -483,11 +474,8 @@ impl State {
         for p in prepared {
             let name = p.family.name.as_deref().unwrap_or_default();
             let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
-            let stored = StoredFamily {
-                family: p.family,
-                pushed_at,
-            };
-            self.insert_member(&key, stored, p.kind, p.signatures);
+            let stored = StoredFamily::new(p.family, p.kind, &p.hashes, pushed_at);
+            self.insert_member(&key, stored);
         }
         for (name, help) in [
             (PUSH_TIME_NAME, PUSH_TIME_HELP),
@@ -540,7 +528,7 @@ impl State {
             ..Metric::default()
         };
         apply_grouping_labels(&mut metric, key);
-        let signature = signature(&metric.label);
+        let hash = series_hash(&metric.label);
         let family = MetricFamily {
             name: Some(name.to_owned()),
             help: Some(help.to_owned()),
@@ -548,21 +536,13 @@ impl State {
             metric: vec![metric],
             unit: None,
         };
-        let stored = StoredFamily {
-            family,
-            pushed_at: at,
-        };
-        self.insert_member(key, stored, MetricType::Gauge, vec![signature]);
+        let stored = StoredFamily::new(family, MetricType::Gauge, &[hash], at);
+        self.insert_member(key, stored);
     }
 
     /// Puts `stored` into the group and the index, replacing a same-named family.
-    fn insert_member(
-        &mut self,
-        key: &Arc<GroupingKey>,
-        stored: StoredFamily,
-        kind: MetricType,
-        signatures: Vec<Box<str>>,
-    ) {
+    fn insert_member(&mut self, key: &Arc<GroupingKey>, stored: StoredFamily) {
+        let kind = stored.kind();
         let name = stored.name().to_owned();
         self.remove_member(key, &name);
         let stored = Arc::new(stored);
@@ -580,8 +560,9 @@ impl State {
                 rendered: Mutex::new(RenderCache::default()),
             });
         entry.kind = kind;
-        for signature in signatures {
-            entry.series.insert(signature, Arc::clone(key));
+        for hash in stored.hashes() {
+            // On a (2^-64) collision the first owner stays; see `check`.
+            entry.series.entry(hash).or_insert_with(|| Arc::clone(key));
         }
         entry.members.insert(Arc::clone(key), Arc::clone(&stored));
         entry.invalidate();
@@ -606,14 +587,13 @@ impl State {
             return;
         };
         entry.members.remove(key);
-        for metric in &stored.family.metric {
-            let signature = signature(&metric.label);
+        for hash in stored.hashes() {
             if entry
                 .series
-                .get(&signature)
+                .get(&hash)
                 .is_some_and(|owner| owner.as_ref() == key)
             {
-                entry.series.remove(&signature);
+                entry.series.remove(&hash);
             }
         }
         if entry.members.is_empty() {

@@ -17,6 +17,7 @@ use crate::exposition::{sort_families, Format};
 use crate::model::MetricFamily;
 use crate::source::MetricSource;
 
+use super::stored::compare_keys;
 use super::{FamilyEntry, MetricStore};
 
 /// One family of the store, merged across groups and rendered in one format.
@@ -58,42 +59,73 @@ impl FamilyEntry {
         if let Some(bytes) = slot {
             return bytes.clone();
         }
-        let mut merged = self.merged(name);
-        sort_families(std::slice::from_mut(&mut merged));
-        let mut out = Vec::new();
-        format.write(std::slice::from_ref(&merged), &mut out);
-        let bytes = Bytes::from(out);
+        let bytes = match format {
+            Format::Text => self.merged_text(),
+            Format::DelimitedProtobuf => self.merged_protobuf(name),
+        };
         *slot = Some(bytes.clone());
         bytes
     }
 
-    fn merged(&self, name: &str) -> MetricFamily {
-        let help = self
-            .members
-            .values()
-            .find_map(|member| member.family.help.clone());
-        let metric = self
-            .members
-            .values()
-            .flat_map(|member| member.family.metric.iter().cloned())
-            .collect();
-        MetricFamily {
+    /// Merges the members' pre-rendered metrics: sort the pieces, copy the bytes.
+    fn merged_text(&self) -> Bytes {
+        let with_metrics = || self.members.values().filter(|m| m.has_metrics());
+        let Some(header) = with_metrics()
+            .find(|member| member.has_help())
+            .or_else(|| with_metrics().next())
+            .map(|member| member.header())
+        else {
+            return Bytes::new();
+        };
+        let mut pieces: Vec<(&[u8], &[u8])> =
+            self.members.values().flat_map(|m| m.pieces()).collect();
+        // Stable, so equal keys (impossible after the check) keep grouping-key order.
+        pieces.sort_by(|a, b| compare_keys(a.0, b.0));
+        let len = header.len() + pieces.iter().map(|(_, text)| text.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&header);
+        for (_, text) in pieces {
+            out.extend_from_slice(text);
+        }
+        Bytes::from(out)
+    }
+
+    /// The protobuf exposition is rare: decode, merge, sort, encode.
+    fn merged_protobuf(&self, name: &str) -> Bytes {
+        let families: Vec<MetricFamily> = self.members.values().map(|m| m.family()).collect();
+        let help = families
+            .iter()
+            .filter(|family| !family.metric.is_empty())
+            .find_map(|family| family.help.clone());
+        let mut merged = MetricFamily {
             name: Some(name.to_owned()),
             help,
             r#type: Some(self.kind as i32),
-            metric,
+            metric: families
+                .into_iter()
+                .flat_map(|family| family.metric)
+                .collect(),
             unit: None,
-        }
+        };
+        sort_families(std::slice::from_mut(&mut merged));
+        let mut out = Vec::new();
+        Format::DelimitedProtobuf.write(std::slice::from_ref(&merged), &mut out);
+        Bytes::from(out)
     }
 }
 
-/// The whole `/metrics` body: the store's families and `source`'s, sorted by name.
+/// The whole `/metrics` body: the store's families and `source`'s, sorted by name, as
+/// a list of chunks to send one after the other (the store's are shared, not copied).
 ///
 /// Pushes may not use the source's names (they are reserved when the store is made);
 /// should the source later return a name that a group has, the source's family is
 /// served and the pushed one left out, with one warning in the log.
 #[must_use]
-pub fn exposition(store: &MetricStore, source: &dyn MetricSource, format: Format) -> Vec<u8> {
+pub fn exposition_chunks(
+    store: &MetricStore,
+    source: &dyn MetricSource,
+    format: Format,
+) -> Vec<Bytes> {
     static WARNED: AtomicBool = AtomicBool::new(false);
 
     let pushed = store.rendered_families(format);
@@ -101,13 +133,12 @@ pub fn exposition(store: &MetricStore, source: &dyn MetricSource, format: Format
     own.retain(|family| !family.metric.is_empty());
     sort_families(&mut own);
 
-    let pushed_len: usize = pushed.iter().map(|family| family.bytes.len()).sum();
-    let mut out = Vec::with_capacity(pushed_len + own.len() * 256);
+    let mut chunks = Vec::with_capacity(pushed.len() + own.len());
     let mut pushed = pushed.into_iter().peekable();
     for family in &own {
         let name = family.name.as_deref().unwrap_or_default();
         while let Some(earlier) = pushed.next_if(|p| &*p.name < name) {
-            out.extend_from_slice(&earlier.bytes);
+            chunks.push(earlier.bytes);
         }
         if pushed.next_if(|p| &*p.name == name).is_some() && !WARNED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -116,10 +147,16 @@ pub fn exposition(store: &MetricStore, source: &dyn MetricSource, format: Format
                  serving dropgate's and leaving the pushed one out (delete that group)"
             );
         }
+        let mut out = Vec::new();
         format.write(std::slice::from_ref(family), &mut out);
+        chunks.push(Bytes::from(out));
     }
-    for later in pushed {
-        out.extend_from_slice(&later.bytes);
-    }
-    out
+    chunks.extend(pushed.map(|later| later.bytes));
+    chunks
+}
+
+/// [`exposition_chunks`] in one buffer.
+#[must_use]
+pub fn exposition(store: &MetricStore, source: &dyn MetricSource, format: Format) -> Vec<u8> {
+    exposition_chunks(store, source, format).concat()
 }
