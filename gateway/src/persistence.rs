@@ -367,39 +367,44 @@ fn aside_path(path: &Path, what: &str) -> PathBuf {
 }
 
 /// Saves the store whenever it changed, at most once per `interval` (the first time no
-/// earlier than `interval` after the start, as upstream), until `stop` resolves; then
+/// earlier than `interval` after the call, as upstream), until `stop` resolves; then
 /// saves once more, whatever happened, and returns that last result.
-pub async fn run(
+///
+/// Changes are watched from the moment of the call, not from the first poll, so a
+/// write that lands before the returned future is spawned is not missed.
+pub fn run(
     store: Arc<MetricStore>,
     path: PathBuf,
     interval: Duration,
     stop: impl Future<Output = ()>,
-) -> Result<(), PersistenceError> {
+) -> impl Future<Output = Result<(), PersistenceError>> {
     let mut changes = store.subscribe();
-    changes.borrow_and_update();
-    let mut last_write = Instant::now();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            seen = changes.changed() => if seen.is_err() { break },
-            () = &mut stop => break,
+    let started = Instant::now();
+    async move {
+        let mut last_write = started;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                seen = changes.changed() => if seen.is_err() { break },
+                () = &mut stop => break,
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(last_write + interval) => {}
+                () = &mut stop => break,
+            }
+            changes.borrow_and_update();
+            match save_in_background(&store, &path).await {
+                Ok(()) => tracing::info!(file = %path.display(), "metrics persisted"),
+                Err(error) => tracing::error!(%error, "error persisting metrics"),
+            }
+            last_write = Instant::now();
         }
-        tokio::select! {
-            () = tokio::time::sleep_until(last_write + interval) => {}
-            () = &mut stop => break,
+        let result = save_in_background(&store, &path).await;
+        if result.is_ok() {
+            tracing::info!(file = %path.display(), "metrics persisted on shutdown");
         }
-        changes.borrow_and_update();
-        match save_in_background(&store, &path).await {
-            Ok(()) => tracing::info!(file = %path.display(), "metrics persisted"),
-            Err(error) => tracing::error!(%error, "error persisting metrics"),
-        }
-        last_write = Instant::now();
+        result
     }
-    let result = save_in_background(&store, &path).await;
-    if result.is_ok() {
-        tracing::info!(file = %path.display(), "metrics persisted on shutdown");
-    }
-    result
 }
 
 async fn save_in_background(store: &Arc<MetricStore>, path: &Path) -> Result<(), PersistenceError> {

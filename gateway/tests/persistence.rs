@@ -1,0 +1,408 @@
+//! Persistence: a restart gives a byte-identical exposition, a corrupt file is kept
+//! aside and never overwritten, and the server restores before it listens and saves
+//! on shutdown (over a real socket).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use gateway::codec::text::parse;
+use gateway::config::GatewayConfig;
+use gateway::exposition::Format;
+use gateway::grouping::GroupingKey;
+use gateway::persistence::{self, LoadOutcome};
+use gateway::server::Gateway;
+use gateway::source::NoSource;
+use gateway::store::{exposition, MetricStore, ReservedNames, WriteCommand};
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let unique = format!(
+            "dropgate-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&path).expect("temp dir can be created");
+        Self(path)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("temp dir is readable")
+            .map(|entry| {
+                entry
+                    .expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn push(store: &MetricStore, put: bool, path: &str, body: &str, at_secs: u64) {
+    let key = GroupingKey::from_path(path).expect("valid test path");
+    let families = parse(body.as_bytes()).expect("valid test body");
+    let command = if put {
+        WriteCommand::Put { key, families }
+    } else {
+        WriteCommand::Post { key, families }
+    };
+    let now = SystemTime::UNIX_EPOCH + Duration::new(at_secs, 123_456_789);
+    let _ = store.apply(command, now);
+}
+
+fn filled_store() -> MetricStore {
+    let store = MetricStore::new(ReservedNames::default());
+    push(
+        &store,
+        true,
+        "job/backup/instance/db1",
+        "# HELP done Last success.\n# TYPE done gauge\ndone 1.7e9\n",
+        1_700_000_000,
+    );
+    push(
+        &store,
+        true,
+        "job/backup/instance/db2",
+        "# TYPE done gauge\ndone{note=\"a\\\"b\\\\c\\nd\"} NaN\n",
+        1_700_000_001,
+    );
+    push(
+        &store,
+        true,
+        "job@base64/L3Zhcg/path@base64/L3RtcA",
+        "# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 2\ns_count 3\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3.5\nh_count 2\n",
+        1_700_000_002,
+    );
+    push(
+        &store,
+        false,
+        "job/backup/instance/db1",
+        "# TYPE c counter\nc 42\n",
+        1_700_000_003,
+    );
+    // Rejected (type clash): records a failure time, creates the group with push time 0.
+    push(
+        &store,
+        true,
+        "job/other",
+        "# TYPE done counter\ndone 1\n",
+        1_700_000_004,
+    );
+    store
+}
+
+#[test]
+fn round_trip_gives_a_byte_identical_exposition() {
+    let dir = TempDir::new("roundtrip");
+    let file = dir.file("store");
+    let before = filled_store();
+    persistence::save(&before, &file).expect("save works");
+
+    let after = MetricStore::new(ReservedNames::default());
+    let outcome = persistence::load(&after, &file).expect("load works");
+    assert!(
+        matches!(
+            outcome,
+            LoadOutcome::Restored {
+                groups: 4,
+                skipped: 0
+            }
+        ),
+        "{outcome:?}"
+    );
+    for format in [Format::Text, Format::DelimitedProtobuf] {
+        assert_eq!(
+            exposition(&after, &NoSource, format),
+            exposition(&before, &NoSource, format),
+            "{format:?} exposition is byte-identical after a restart"
+        );
+    }
+    let times = |store: &MetricStore| -> Vec<(String, SystemTime)> {
+        store
+            .snapshot()
+            .iter()
+            .flat_map(|group| {
+                group.families.iter().map(|family| {
+                    (
+                        format!("{}{}", group.key, family.name()),
+                        family.pushed_at(),
+                    )
+                })
+            })
+            .collect()
+    };
+    assert_eq!(
+        times(&after),
+        times(&before),
+        "push times of every family are kept"
+    );
+    assert_eq!(dir.entries(), ["store"], "no temporary file is left behind");
+
+    // The restored store goes on checking pushes against what it restored.
+    let key = GroupingKey::from_path("job/new").expect("valid path");
+    let clash = parse(b"# TYPE done counter\ndone 1\n").expect("valid body");
+    assert!(after
+        .apply(
+            WriteCommand::Put {
+                key,
+                families: clash
+            },
+            SystemTime::now()
+        )
+        .is_err());
+}
+
+#[test]
+fn a_corrupt_file_is_moved_aside_and_never_overwritten() {
+    let good = encode_filled();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    let table: [(&str, Vec<u8>, &str); 4] = [
+        ("garbage", b"this is not a store".to_vec(), "corrupt"),
+        ("checksum mismatch", flipped, "corrupt"),
+        ("truncated", good[..good.len() - 7].to_vec(), "corrupt"),
+        (
+            "newer version",
+            [&good[..8], &99u32.to_le_bytes()[..], &good[12..]].concat(),
+            "corrupt",
+        ),
+    ];
+    for (name, content, marker) in table {
+        let dir = TempDir::new("corrupt");
+        let file = dir.file("store");
+        std::fs::write(&file, &content).expect("write test file");
+        let store = MetricStore::new(ReservedNames::default());
+        let outcome = persistence::load(&store, &file).expect("a corrupt file is not fatal");
+        let LoadOutcome::MovedAside(aside) = outcome else {
+            panic!("{name}: expected the file to be moved aside, got {outcome:?}");
+        };
+        assert!(
+            aside
+                .to_string_lossy()
+                .contains(&format!("store.{marker}-")),
+            "{name}: {aside:?}"
+        );
+        assert_eq!(
+            std::fs::read(&aside).expect("aside file exists"),
+            content,
+            "{name}: kept as it was"
+        );
+        assert!(!file.exists(), "{name}: the original name is free");
+        assert_eq!(store.group_count(), 0, "{name}: starts empty");
+
+        push(&store, true, "job/fresh", "m 1\n", 1_700_000_000);
+        persistence::save(&store, &file).expect("save works");
+        assert_eq!(
+            std::fs::read(&aside).expect("aside file still exists"),
+            content,
+            "{name}: never overwritten"
+        );
+        assert_eq!(
+            dir.entries().len(),
+            2,
+            "{name}: the new file and the kept one"
+        );
+    }
+}
+
+fn encode_filled() -> Vec<u8> {
+    persistence::encode(&filled_store().snapshot())
+}
+
+#[test]
+fn the_format_is_versioned_and_checked() {
+    let bytes = encode_filled();
+    assert_eq!(&bytes[..8], b"DGSTORE\0");
+    assert_eq!(bytes[8..12], persistence::FORMAT_VERSION.to_le_bytes());
+    let groups = persistence::decode(&bytes).expect("our own file decodes");
+    assert_eq!(groups.len(), 4);
+    assert!(matches!(
+        persistence::decode(&bytes[..bytes.len() - 1]),
+        Err(persistence::FormatError::Checksum { .. })
+    ));
+    assert!(matches!(
+        persistence::decode(b"DGSTORE"),
+        Err(persistence::FormatError::BadMagic)
+    ));
+}
+
+async fn http(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).await.expect("gateway accepts");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request is sent");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response is read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn config_for(file: &Path) -> GatewayConfig {
+    GatewayConfig {
+        listen_address: "127.0.0.1:0".parse().expect("loopback address"),
+        persistence_file: Some(file.to_path_buf()),
+        persistence_interval: Duration::from_hours(1),
+        enable_lifecycle: true,
+        ..GatewayConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn the_server_saves_on_shutdown_and_restores_before_listening() {
+    let dir = TempDir::new("server");
+    let file = dir.file("store");
+
+    let gateway = Gateway::bind(config_for(&file), Arc::new(NoSource))
+        .await
+        .expect("binds");
+    let address = gateway.local_addr().expect("bound address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(gateway.run(async move {
+        let _ = stopped.await;
+    }));
+    let (status, _) = http(address, "PUT", "/metrics/job/persisted", "kept 7\n").await;
+    assert_eq!(status, 200);
+    let (_, first) = http(address, "GET", "/metrics", "").await;
+    assert!(!file.exists(), "nothing written before the interval");
+    stop.send(()).expect("server is running");
+    running.await.expect("server task").expect("clean shutdown");
+    assert!(file.exists(), "saved on shutdown");
+
+    let gateway = Gateway::bind(config_for(&file), Arc::new(NoSource))
+        .await
+        .expect("binds again");
+    let address = gateway.local_addr().expect("bound address");
+    let running = tokio::spawn(gateway.run(std::future::pending()));
+    let (_, second) = http(address, "GET", "/metrics", "").await;
+    assert_eq!(
+        second, first,
+        "ready means restored: the same exposition after restart"
+    );
+    assert!(second.contains("kept{instance=\"\",job=\"persisted\"} 7\n"));
+    // `/-/quit` ends it too, and it saves again.
+    std::fs::remove_file(&file).expect("remove to see the next save");
+    let (status, _) = http(address, "PUT", "/-/quit", "").await;
+    assert_eq!(status, 200);
+    running
+        .await
+        .expect("server task")
+        .expect("clean shutdown on quit");
+    assert!(file.exists(), "saved on /-/quit");
+}
+
+#[tokio::test]
+async fn a_corrupt_file_does_not_stop_the_server() {
+    let dir = TempDir::new("server-corrupt");
+    let file = dir.file("store");
+    std::fs::write(&file, b"garbage").expect("write test file");
+    let gateway = Gateway::bind(config_for(&file), Arc::new(NoSource))
+        .await
+        .expect("starts anyway");
+    assert_eq!(gateway.state().store().group_count(), 0);
+    let kept: Vec<String> = dir
+        .entries()
+        .into_iter()
+        .filter(|name| name.starts_with("store.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{:?}", dir.entries());
+}
+
+#[tokio::test]
+async fn writes_wait_for_the_interval_and_happen_on_stop() {
+    let dir = TempDir::new("interval");
+    let file = dir.file("store");
+    let store = Arc::new(MetricStore::new(ReservedNames::default()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(persistence::run(
+        Arc::clone(&store),
+        file.clone(),
+        Duration::from_hours(1),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    push(&store, true, "job/a", "m 1\n", 1_700_000_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !file.exists(),
+        "at most once per interval, counted from the start"
+    );
+    stop.send(()).expect("persister is running");
+    task.await
+        .expect("persister task")
+        .expect("final save works");
+    let restored = MetricStore::new(ReservedNames::default());
+    persistence::load(&restored, &file).expect("the final save is readable");
+    assert_eq!(restored.group_count(), 1);
+
+    let dir = TempDir::new("interval-short");
+    let file = dir.file("store");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(persistence::run(
+        Arc::clone(&store),
+        file.clone(),
+        Duration::from_millis(50),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    push(&store, true, "job/b", "m 2\n", 1_700_000_001);
+    let mut waited = Duration::ZERO;
+    while !file.exists() && waited < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    assert!(
+        file.exists(),
+        "written once the interval has passed after a change"
+    );
+    stop.send(()).expect("persister is running");
+    task.await
+        .expect("persister task")
+        .expect("final save works");
+}
