@@ -1,1 +1,234 @@
-//! Store semantics: PUT/POST/DELETE, push gauges, the check against other groups.
+//! Store semantics: a rejected push changes nothing but the failure gauge, and the
+//! index follows every write (what a group gives up, another may take).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::codec::text::parse;
+use crate::exposition::Format;
+use crate::source::NoSource;
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn key(path: &str) -> GroupingKey {
+    GroupingKey::from_path(path).expect("valid test path")
+}
+
+fn put(store: &MetricStore, path: &str, body: &str) -> Result<(), StoreError> {
+    let families = parse(body.as_bytes()).expect("valid test body");
+    store.apply(
+        WriteCommand::Put {
+            key: key(path),
+            families,
+        },
+        at(1_000),
+    )
+}
+
+fn post(store: &MetricStore, path: &str, body: &str) -> Result<(), StoreError> {
+    let families = parse(body.as_bytes()).expect("valid test body");
+    store.apply(
+        WriteCommand::Post {
+            key: key(path),
+            families,
+        },
+        at(1_000),
+    )
+}
+
+fn delete(store: &MetricStore, path: &str) {
+    store
+        .apply(WriteCommand::Delete { key: key(path) }, at(1_000))
+        .expect("delete never fails");
+}
+
+fn store() -> MetricStore {
+    MetricStore::new(ReservedNames::default())
+}
+
+#[test]
+fn a_rejected_push_changes_only_the_failure_gauge() {
+    let store = store();
+    put(&store, "job/a", "# TYPE m gauge\nm 1\nother 2\n").expect("first push");
+    put(&store, "job/b", "# TYPE m gauge\nm 2\n").expect("second push");
+    let before = store.snapshot();
+    let version = store.version();
+
+    let rejected = post(&store, "job/b", "# TYPE m counter\nm 3\nnew 1\n");
+    assert!(matches!(
+        rejected,
+        Err(StoreError::Inconsistent(Inconsistency::TypeClash { .. }))
+    ));
+    let after = store.snapshot();
+    assert_eq!(after.len(), before.len());
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.key, new.key);
+        for (old_family, new_family) in old.families.iter().zip(&new.families) {
+            let is_failure_of_b =
+                new.key.job() == "b" && new_family.name() == PUSH_FAILURE_TIME_NAME;
+            if is_failure_of_b {
+                assert!(
+                    !Arc::ptr_eq(old_family, new_family),
+                    "the failure time moved"
+                );
+            } else {
+                assert!(
+                    Arc::ptr_eq(old_family, new_family),
+                    "{} untouched",
+                    new_family.name()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        store.version(),
+        version + 1,
+        "the failure gauge is a change"
+    );
+}
+
+#[test]
+fn the_index_forgets_what_a_group_gives_up() {
+    let store = store();
+    put(&store, "job/a", "# TYPE m gauge\nm 1\n").expect("gauge m");
+    assert!(
+        put(&store, "job/b", "# TYPE m counter\nm 1\n").is_err(),
+        "type held by a"
+    );
+    put(&store, "job/a", "# TYPE m counter\nm 1\n").expect("a may change its own type");
+    put(&store, "job/b", "# TYPE m counter\nm 1\n").expect("now the types agree");
+    delete(&store, "job/a");
+    assert!(
+        put(&store, "job/c", "# TYPE m gauge\nm 1\n").is_err(),
+        "b still holds counter"
+    );
+    delete(&store, "job/b");
+    put(&store, "job/c", "# TYPE m gauge\nm 1\n").expect("nobody holds m any more");
+}
+
+#[test]
+fn series_are_checked_across_groups_and_freed_on_replace() {
+    let store = store();
+    put(&store, "job/a", "m{instance=\"i\"} 1\n").expect("a has m{instance=i,job=a}");
+    let clash = put(&store, "job/a/instance/i", "m 2\n");
+    assert!(
+        matches!(&clash, Err(StoreError::Inconsistent(Inconsistency::DuplicateSeries { other_group: Some(g), .. })) if g == "{job=\"a\"}"),
+        "{clash:?}"
+    );
+    put(&store, "job/a", "n 1\n").expect("a gives m up");
+    put(&store, "job/a/instance/i", "m 2\n").expect("the series is free now");
+}
+
+#[test]
+fn put_frees_names_for_suffix_checks_but_post_does_not() {
+    let store = store();
+    put(&store, "job/a", "# TYPE s summary\ns_sum 1\ns_count 1\n").expect("summary s");
+    assert!(
+        post(&store, "job/a", "s_count 1\n").is_err(),
+        "s stays on POST"
+    );
+    put(&store, "job/a", "s_count 1\n").expect("PUT removes s first");
+}
+
+#[test]
+fn a_group_with_the_same_identity_is_never_created() {
+    let store = store();
+    put(&store, "job/a", "m 1\n").expect("group a");
+    let version = store.version();
+    let clash = put(&store, "job/a/instance/", "m 1\n");
+    assert!(matches!(
+        clash,
+        Err(StoreError::Inconsistent(
+            Inconsistency::GroupIdentityClash { .. }
+        ))
+    ));
+    assert_eq!(
+        store.group_count(),
+        1,
+        "no twin group, not even for the failure gauge"
+    );
+    assert_eq!(store.version(), version, "nothing changed");
+}
+
+#[test]
+fn pushed_push_gauges_are_replaced_by_the_gateways() {
+    let store = store();
+    put(&store, "job/a", "push_time_seconds 5\n# TYPE push_failure_time_seconds counter\npush_failure_time_seconds 9\n")
+        .expect("accepted, gauges ignored");
+    let text = String::from_utf8(exposition(&store, &NoSource, Format::Text)).expect("UTF-8");
+    assert!(
+        text.contains("push_time_seconds{instance=\"\",job=\"a\"} 1000\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("push_failure_time_seconds{instance=\"\",job=\"a\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE push_failure_time_seconds gauge\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn deletes_of_absent_groups_and_empty_wipes_are_no_changes() {
+    let store = store();
+    let version = store.version();
+    delete(&store, "job/none");
+    store
+        .apply(WriteCommand::Wipe, at(1))
+        .expect("wipe never fails");
+    assert_eq!(store.version(), version);
+    put(&store, "job/a", "m 1\n").expect("push");
+    store
+        .apply(WriteCommand::Wipe, at(1))
+        .expect("wipe never fails");
+    assert_eq!(store.group_count(), 0);
+    assert!(exposition(&store, &NoSource, Format::Text).is_empty());
+}
+
+#[test]
+fn restore_checks_each_group_and_skips_the_bad_ones() {
+    let store = MetricStore::new(ReservedNames::new(["taken".to_owned()]));
+    let family = |text: &str| parse(text.as_bytes()).expect("valid body");
+    let restored = vec![
+        RestoredGroup {
+            key: key("job/a"),
+            families: family("# TYPE m gauge\nm 1\n")
+                .into_iter()
+                .map(|f| (f, at(5)))
+                .collect(),
+        },
+        RestoredGroup {
+            key: key("job/b"),
+            families: family("# TYPE m counter\nm 1\n")
+                .into_iter()
+                .map(|f| (f, at(6)))
+                .collect(),
+        },
+        RestoredGroup {
+            key: key("job/c"),
+            families: family("taken 1\n")
+                .into_iter()
+                .map(|f| (f, at(7)))
+                .collect(),
+        },
+    ];
+    let skipped = store.restore(restored);
+    let skipped: Vec<String> = skipped
+        .iter()
+        .map(|(key, _)| key.job().to_owned())
+        .collect();
+    assert_eq!(skipped, ["b", "c"]);
+    let snapshot = store.snapshot();
+    assert_eq!(snapshot.len(), 1);
+    let m = snapshot[0]
+        .families
+        .iter()
+        .find(|family| family.name() == "m")
+        .expect("m restored");
+    assert_eq!(m.pushed_at(), at(5), "push times are kept");
+}
