@@ -16,4 +16,5 @@ pub mod loader;
 pub mod netns;
 pub mod privileges;
 pub mod samples;
+pub mod selftest;
 pub mod tracer;

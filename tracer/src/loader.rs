@@ -212,6 +212,16 @@ pub struct Probe {
 
 /// Loads the programs with the running kernel's offsets and attaches one of them.
 pub fn load(options: &LoadOptions, btf: &Btf) -> Result<Probe, LoadError> {
+    load_with(options, btf, |_| {})
+}
+
+/// [`load`], with `adjust` applied to the offsets read from BTF before the kernel gets
+/// them. The self-test uses it to prove that a wrong offset is caught.
+pub fn load_with(
+    options: &LoadOptions,
+    btf: &Btf,
+    adjust: impl FnOnce(&mut SkbOffsets),
+) -> Result<Probe, LoadError> {
     let choice = options.hook;
     if OBJECT.is_empty() {
         return Err(LoadError::NotBuilt);
@@ -220,7 +230,8 @@ pub fn load(options: &LoadOptions, btf: &Btf) -> Result<Probe, LoadError> {
         return Err(LoadError::NotPrivileged);
     }
     crate::privileges::raise_memlock_limit();
-    let offsets = SkbOffsets::from_btf(btf)?;
+    let mut offsets = SkbOffsets::from_btf(btf)?;
+    adjust(&mut offsets);
     // Parameters of the tp_btf prototype: (void *, skb, location[, reason[, rx_sk]]).
     let btf_params = btf.typedef_fn_params("btf_trace_kfree_skb").unwrap_or(0);
     let btf_has_reason = btf_params >= 4;

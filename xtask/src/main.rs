@@ -3,6 +3,7 @@
 //! commands and CI do exactly the same thing.
 
 mod cmd;
+mod kernels;
 mod run;
 mod setup;
 mod test;
@@ -35,6 +36,10 @@ enum Task {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Boot Debian's 5.10, 6.1, 6.12 and 7.x kernels under qemu and prove the tracer on
+    /// each, and on this machine's kernel: exact counts, the right hook and reason.
+    /// `DROPGATE_BIN=path` tests that binary instead of building one.
+    TestKernels,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::Run { args } => run::run(&args),
         Task::Test { filter } => test::test(filter.as_deref()),
+        Task::TestKernels => kernels::test_kernels_task(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,8 +28,10 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "ca-certificates",
     // The Docker e2e test starts its own engine in a namespace and builds its image from
-    // busybox-static (no registry).
+    // busybox-static (no registry); the kernel matrix boots guests under qemu with a
+    // busybox-static userland.
     "docker.io",
+    "qemu-system-x86",
     "busybox-static",
 ];
 

@@ -3,12 +3,13 @@
 //! Formatting and lints first, then the host crates' unit and integration tests (in
 //! parallel), then the end-to-end crate one test at a time: its tests create network
 //! namespaces, iptables rules and BPF programs, and must not see each other's traffic.
+//! Last the kernel matrix: the same binary on other kernels under qemu.
 
 use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{cmd, setup};
+use crate::{cmd, kernels, setup};
 
 /// Crates tested on the host (tracer-ebpf is for the BPF target only).
 const HOST_CRATES: &[&str] = &["gateway", "tracer", "tracer-common", "xtask"];
@@ -49,6 +50,7 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         e2e.args(["--test-threads=1", "--nocapture"])
             .env("DROPGATE_BIN", &binary),
     )?;
+    kernels::test_kernels(&binary)?;
     eprintln!(
         "xtask: all tests passed in {:.0}s",
         started.elapsed().as_secs_f64()

@@ -1,0 +1,507 @@
+//! `cargo xtask test-kernels`: the kernel matrix. dropgate claims to work on whatever
+//! kernel a data centre runs; this proves it on every test run.
+//!
+//! Debian's current 5.10, 6.1, 6.12 and 7.x kernels are fetched into a cache outside
+//! the repository and booted under qemu with a minimal initramfs holding the dropgate
+//! binary. In each guest `dropgate selftest` loads the probe (tp_btf, then the classic
+//! tracepoint), makes the kernel drop frames in `ip_error` with forwarding off, and
+//! checks the probe's count against the kernel's own `InAddrErrors` and the reason name
+//! against the kernel's BTF; here the reason is also checked against what that kernel
+//! must say. The same self-test runs on this machine's kernel when we are root. One run
+//! hands the probe a wrong offset and must fail, so a pass means something.
+//!
+//! A kernel that cannot be fetched is reported as such and is never a pass; with
+//! `DROPGATE_E2E=require` (CI) it fails the matrix.
+
+mod fetch;
+mod guest;
+mod initramfs;
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd;
+use guest::RunOutput;
+
+/// One kernel of the matrix: the Debian suite whose current kernel it is, the version
+/// series that kernel must be, and the reason name its `ip_error` drops must carry.
+struct KernelSpec {
+    suite: &'static str,
+    series: &'static str,
+    reason: &'static str,
+}
+
+const MATRIX: [KernelSpec; 4] = [
+    // 5.10's kfree_skb has no reason at all.
+    KernelSpec {
+        suite: "bullseye",
+        series: "5.10",
+        reason: "unknown",
+    },
+    KernelSpec {
+        suite: "bookworm",
+        series: "6.1",
+        reason: "IP_INADDRERRORS",
+    },
+    KernelSpec {
+        suite: "trixie",
+        series: "6.12",
+        reason: "IP_INADDRERRORS",
+    },
+    KernelSpec {
+        suite: "trixie-backports",
+        series: "7",
+        reason: "IP_INADDRERRORS",
+    },
+];
+
+/// The suite whose kernel also runs the deliberately broken case.
+const BROKEN_ON: &str = "bookworm";
+
+/// Frames each self-test injects.
+const PACKETS: &str = "--packets=100";
+
+/// One self-test run: its arguments and what must come of it.
+struct Case {
+    name: &'static str,
+    args: [&'static str; 2],
+    /// The hook the probe must end up on.
+    hook: &'static str,
+    /// The run is the broken one: it must report a failure.
+    must_fail: bool,
+}
+
+const CASES: [Case; 2] = [
+    Case {
+        name: "auto",
+        args: ["--trace.hook=auto", PACKETS],
+        hook: "tp_btf/kfree_skb",
+        must_fail: false,
+    },
+    Case {
+        name: "tracepoint",
+        args: ["--trace.hook=tracepoint", PACKETS],
+        hook: "tracepoint/skb/kfree_skb",
+        must_fail: false,
+    },
+];
+
+const BROKEN: Case = Case {
+    name: "broken offset",
+    args: ["--corrupt-offset", PACKETS],
+    hook: "tp_btf/kfree_skb",
+    must_fail: true,
+};
+
+/// Upper bound for one boot with its self-tests (TCG on a slow CI machine).
+const BOOT_TIMEOUT: Duration = Duration::from_mins(5);
+
+/// `cargo xtask test-kernels`: set up, build (unless `DROPGATE_BIN` names a binary),
+/// and run the matrix.
+pub fn test_kernels_task() -> Result<()> {
+    crate::setup::setup()?;
+    let binary = if let Some(binary) = std::env::var_os("DROPGATE_BIN") {
+        PathBuf::from(binary)
+    } else {
+        cmd::run(cmd::cargo().args(["build", "--package", "tracer", "--bin", "dropgate"]))?;
+        target_dir().join("debug/dropgate")
+    };
+    test_kernels(&binary)
+}
+
+/// Runs the matrix with `binary` as the guests' (and this machine's) dropgate.
+pub fn test_kernels(binary: &Path) -> Result<()> {
+    let started = Instant::now();
+    let required = std::env::var("DROPGATE_E2E").is_ok_and(|v| v == "require");
+    if let Err(missing) = check_tools() {
+        if required {
+            return Err(missing.context("DROPGATE_E2E=require forbids skipping the kernel matrix"));
+        }
+        eprintln!("xtask: SKIPPING the kernel matrix: {missing:#}");
+        return Ok(());
+    }
+    let out = target_dir().join("kernel-matrix");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let initrd = out.join("initramfs.cpio.gz");
+    initramfs::build(binary, &initrd).context("building the guests' initramfs")?;
+
+    let mut rows = Vec::new();
+    for spec in &MATRIX {
+        rows.extend(kernel_rows(spec, &initrd, &out));
+    }
+    rows.extend(host_rows(binary));
+
+    println!("{}", table(&rows));
+    let failed = rows
+        .iter()
+        .filter(|row| matches!(row.verdict, Verdict::Fail(_)))
+        .count();
+    let missing = rows
+        .iter()
+        .filter(|row| matches!(row.verdict, Verdict::NotFetched(_) | Verdict::Skipped(_)))
+        .count();
+    eprintln!(
+        "xtask: kernel matrix done in {:.0}s (consoles in {})",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    if failed > 0 {
+        bail!("kernel matrix: {failed} of {} runs failed", rows.len());
+    }
+    if missing > 0 {
+        if required {
+            bail!("kernel matrix: {missing} runs not done (not fetched or skipped), and DROPGATE_E2E=require forbids that");
+        }
+        eprintln!("xtask: kernel matrix INCOMPLETE: {missing} runs not done (see the table)");
+    }
+    Ok(())
+}
+
+fn check_tools() -> Result<()> {
+    for tool in ["qemu-system-x86_64", initramfs::BUSYBOX] {
+        if cmd::stdout_of(Command::new("which").arg(tool)).is_none() {
+            bail!("{tool} not found; `cargo xtask setup` as root installs qemu-system-x86 and busybox-static");
+        }
+    }
+    fetch::check_tools()
+}
+
+/// `$CARGO_TARGET_DIR`, else the workspace's `target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| cmd::workspace_root().join("target"), PathBuf::from)
+}
+
+/// One line of the table.
+struct Row {
+    kernel: String,
+    case: &'static str,
+    boot: Option<Duration>,
+    measured: Option<Measured>,
+    verdict: Verdict,
+}
+
+enum Verdict {
+    Pass,
+    /// The broken case failed, as it must.
+    FailedAsItMust,
+    Fail(String),
+    NotFetched(String),
+    Skipped(String),
+}
+
+/// The self-test's report, as far as the table shows it.
+struct Measured {
+    hook: String,
+    reason: String,
+    expected_reason: String,
+    count: u64,
+    in_addr_errors_delta: u64,
+    exact: bool,
+    load_ms: u64,
+    pass: bool,
+}
+
+impl Measured {
+    fn parse(json: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).with_context(|| format!("bad result line: {json}"))?;
+        let text = |key: &str| {
+            value[key]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("result line lacks `{key}`: {json}"))
+        };
+        let number = |key: &str| {
+            value[key]
+                .as_u64()
+                .with_context(|| format!("result line lacks `{key}`: {json}"))
+        };
+        let flag = |key: &str| {
+            value[key]
+                .as_bool()
+                .with_context(|| format!("result line lacks `{key}`: {json}"))
+        };
+        Ok(Self {
+            hook: text("hook")?,
+            reason: text("reason")?,
+            expected_reason: text("expected_reason")?,
+            count: number("count")?,
+            in_addr_errors_delta: number("in_addr_errors_delta")?,
+            exact: flag("exact")?,
+            load_ms: number("load_ms")?,
+            pass: flag("pass")?,
+        })
+    }
+}
+
+/// Fetches and boots one kernel; its rows, or one "not fetched" row.
+fn kernel_rows(spec: &KernelSpec, initrd: &Path, out: &Path) -> Vec<Row> {
+    let name = format!("{}.x ({})", spec.series, spec.suite);
+    let kernel = match fetch::kernel(spec.suite, spec.series) {
+        Ok(kernel) => kernel,
+        Err(err) => {
+            return vec![Row {
+                kernel: name,
+                case: "-",
+                boot: None,
+                measured: None,
+                verdict: Verdict::NotFetched(format!("{err:#}")),
+            }]
+        }
+    };
+    let mut cases: Vec<&Case> = CASES.iter().collect();
+    if spec.suite == BROKEN_ON {
+        cases.push(&BROKEN);
+    }
+    let runs: Vec<Vec<&str>> = cases.iter().map(|case| case.args.to_vec()).collect();
+    let log = out.join(format!("{}.console", spec.suite));
+    eprintln!("xtask: booting {} under qemu", kernel.release);
+    let started = Instant::now();
+    let boot = guest::boot(&kernel.vmlinuz, initrd, &runs, BOOT_TIMEOUT, &log);
+    eprintln!(
+        "xtask: {} done in {:.1}s",
+        kernel.release,
+        started.elapsed().as_secs_f64()
+    );
+    let (outputs, to_userland, trouble) = match boot {
+        Ok(boot) => {
+            let trouble = if boot.timed_out {
+                format!(
+                    "no result within {}s; console in {}",
+                    BOOT_TIMEOUT.as_secs(),
+                    log.display()
+                )
+            } else {
+                format!("the guest ended early; console in {}", log.display())
+            };
+            (boot.runs, boot.to_userland, trouble)
+        }
+        Err(err) => (Vec::new(), None, format!("{err:#}")),
+    };
+    let mut outputs = outputs.into_iter();
+    cases
+        .into_iter()
+        .map(|case| {
+            let (measured, verdict) = match outputs.next() {
+                Some(output) => judge(case, Some(spec.reason), &output),
+                None => (None, Verdict::Fail(trouble.clone())),
+            };
+            Row {
+                kernel: format!("{} ({})", kernel.release, spec.suite),
+                case: case.name,
+                boot: to_userland,
+                measured,
+                verdict,
+            }
+        })
+        .collect()
+}
+
+/// The self-test on this machine's own kernel (it runs in a namespace of its own, so
+/// the machine's sysctls and traffic are untouched); needs root.
+fn host_rows(binary: &Path) -> Vec<Row> {
+    let release = cmd::stdout_of(Command::new("uname").arg("-r")).unwrap_or_default();
+    let kernel = format!("{release} (this machine)");
+    CASES
+        .iter()
+        .map(|case| {
+            let (measured, verdict) = if cmd::is_root() {
+                match Command::new(binary)
+                    .arg("selftest")
+                    .args(case.args)
+                    .output()
+                {
+                    Ok(output) => {
+                        let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                            .lines()
+                            .chain(String::from_utf8_lossy(&output.stderr).lines())
+                            .map(str::to_owned)
+                            .collect();
+                        let code = output.status.code().unwrap_or(-1);
+                        lines.push(format!("{} {code}", initramfs::EXIT_MARKER));
+                        let run = guest::parse_console(&lines).pop().unwrap_or_default();
+                        judge(case, None, &run)
+                    }
+                    Err(err) => (
+                        None,
+                        Verdict::Fail(format!("cannot run {}: {err}", binary.display())),
+                    ),
+                }
+            } else {
+                (None, Verdict::Skipped("needs root".into()))
+            };
+            Row {
+                kernel: kernel.clone(),
+                case: case.name,
+                boot: None,
+                measured,
+                verdict,
+            }
+        })
+        .collect()
+}
+
+/// Whether a run did what `case` requires. `reason` is what the kernel must report;
+/// `None` takes the self-test's own expectation (from the kernel's BTF).
+fn judge(case: &Case, reason: Option<&str>, run: &RunOutput) -> (Option<Measured>, Verdict) {
+    let Some(json) = &run.result else {
+        let why = run
+            .errors
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("no result line (exit code {:?})", run.exit_code));
+        return (None, Verdict::Fail(why));
+    };
+    let measured = match Measured::parse(json) {
+        Ok(measured) => measured,
+        Err(err) => return (None, Verdict::Fail(format!("{err:#}"))),
+    };
+    let verdict = if case.must_fail {
+        if !measured.pass && run.exit_code == Some(1) {
+            Verdict::FailedAsItMust
+        } else {
+            Verdict::Fail("the broken probe was not caught: the matrix cannot fail".into())
+        }
+    } else {
+        let mut problems = Vec::new();
+        if !measured.pass || run.exit_code != Some(0) {
+            problems.push(format!("self-test failed (exit code {:?})", run.exit_code));
+        }
+        if measured.hook != case.hook {
+            problems.push(format!("hook {} instead of {}", measured.hook, case.hook));
+        }
+        let reason = reason.unwrap_or(&measured.expected_reason);
+        if measured.reason != reason {
+            problems.push(format!("reason {} instead of {reason}", measured.reason));
+        }
+        if problems.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail(problems.join("; "))
+        }
+    };
+    (Some(measured), verdict)
+}
+
+/// The matrix as a Markdown table (the same text goes into BENCHMARKS.md).
+fn table(rows: &[Row]) -> String {
+    let mut text = String::from(
+        "| kernel | case | hook used | reason resolved (expected) | probe / InAddrErrors | exact | load | boot to /init | verdict |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let (hook, reason, counts, exact, load) = match &row.measured {
+            Some(m) => (
+                m.hook.as_str(),
+                format!("{} ({})", m.reason, m.expected_reason),
+                format!("{} / {}", m.count, m.in_addr_errors_delta),
+                if m.exact { "yes" } else { "NO" },
+                format!("{} ms", m.load_ms),
+            ),
+            None => ("-", "-".into(), "-".into(), "-", "-".into()),
+        };
+        let boot = row
+            .boot
+            .map_or_else(|| "-".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+        let verdict = match &row.verdict {
+            Verdict::Pass => "pass".to_owned(),
+            Verdict::FailedAsItMust => "fails, as it must".to_owned(),
+            Verdict::Fail(why) => format!("**FAIL**: {why}"),
+            Verdict::NotFetched(why) => format!("**not fetched**: {why}"),
+            Verdict::Skipped(why) => format!("skipped: {why}"),
+        };
+        let _ = writeln!(
+            text,
+            "| {} | {} | {hook} | {reason} | {counts} | {exact} | {load} | {boot} | {verdict} |",
+            row.kernel, row.case
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(json: Option<&str>, exit_code: i32) -> RunOutput {
+        RunOutput {
+            result: json.map(str::to_owned),
+            errors: vec!["dropgate: error: no BTF".into()],
+            exit_code: Some(exit_code),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let good = r#"{"hook":"tp_btf/kfree_skb","reason":"IP_INADDRERRORS","expected_reason":"IP_INADDRERRORS","count":100,"in_addr_errors_delta":100,"exact":true,"load_ms":80,"pass":true}"#;
+        let broken = r#"{"hook":"tp_btf/kfree_skb","reason":"none","expected_reason":"IP_INADDRERRORS","count":0,"in_addr_errors_delta":100,"exact":false,"load_ms":80,"pass":false}"#;
+        let auto = &CASES[0];
+        let cases: [(&str, &Case, Option<&str>, RunOutput, &str); 7] = [
+            (
+                "passes",
+                auto,
+                Some("IP_INADDRERRORS"),
+                run(Some(good), 0),
+                "pass",
+            ),
+            (
+                "own expectation on the host",
+                auto,
+                None,
+                run(Some(good), 0),
+                "pass",
+            ),
+            (
+                "wrong reason for this kernel",
+                auto,
+                Some("unknown"),
+                run(Some(good), 0),
+                "fail",
+            ),
+            (
+                "wrong hook",
+                &CASES[1],
+                Some("IP_INADDRERRORS"),
+                run(Some(good), 0),
+                "fail",
+            ),
+            (
+                "no result line",
+                auto,
+                Some("IP_INADDRERRORS"),
+                run(None, 1),
+                "fail",
+            ),
+            (
+                "broken case caught",
+                &BROKEN,
+                None,
+                run(Some(broken), 1),
+                "caught",
+            ),
+            (
+                "broken case not caught",
+                &BROKEN,
+                None,
+                run(Some(good), 0),
+                "fail",
+            ),
+        ];
+        for (name, case, reason, output, want) in cases {
+            let got = match judge(case, reason, &output).1 {
+                Verdict::Pass => "pass",
+                Verdict::FailedAsItMust => "caught",
+                Verdict::Fail(_) => "fail",
+                Verdict::NotFetched(_) | Verdict::Skipped(_) => "other",
+            };
+            assert_eq!(got, want, "case {name}");
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Debian kernel images for the matrix, fetched without installing them and without
+//! touching the machine's apt configuration.
+//!
+//! Each suite gets a private apt state under the cache folder (its own sources.list,
+//! lists, package cache and an empty status file), pointed at the Debian mirror the
+//! machine's own sources already use. The suite's `linux-image-amd64` names the kernel
+//! package; from 7.x the image itself is in a `linux-binary-*` package it depends on.
+//! Only the `vmlinuz` is kept, one per suite; later runs use it without the network.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::cmd;
+
+/// Keys that sign every Debian suite the matrix uses (package debian-archive-keyring).
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// The metapackage whose dependency names a suite's current kernel.
+const METAPACKAGE: &str = "linux-image-amd64";
+
+/// A kernel ready to boot.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// `uname -r` of the kernel, e.g. `6.1.0-40-amd64`.
+    pub release: String,
+    pub vmlinuz: PathBuf,
+}
+
+/// `$XDG_CACHE_HOME/dropgate/kernels`, else `~/.cache/dropgate/kernels`: outside the
+/// repository, kept between runs.
+pub fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(
+            || {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                    .join(".cache")
+            },
+            PathBuf::from,
+        );
+    base.join("dropgate/kernels")
+}
+
+/// The current kernel of Debian `suite` whose release starts with `series`, from the
+/// cache or fetched into it.
+pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
+    let dir = cache_dir().join(suite);
+    let vmlinuz = dir.join("vmlinuz");
+    let release_file = dir.join("release");
+    if let (true, Ok(release)) = (vmlinuz.is_file(), fs::read_to_string(&release_file)) {
+        return Ok(Kernel {
+            release: release.trim().to_owned(),
+            vmlinuz,
+        });
+    }
+    // Scratch space per process, so that two runs fetching at once share neither apt's
+    // lock nor files; removed whatever happens. Only the image is kept: the apt state
+    // is tens of megabytes and cheap to rebuild.
+    let scratch = dir.join(format!("fetch.{}", std::process::id()));
+    let fetched = fetch(suite, series, &scratch);
+    let kernel = fetched.and_then(|(release, extracted)| {
+        fs::write(&release_file, format!("{release}\n"))
+            .with_context(|| format!("writing {}", release_file.display()))?;
+        // The image appearing is what makes the cache entry complete.
+        fs::rename(&extracted, &vmlinuz)
+            .with_context(|| format!("moving {} to {}", extracted.display(), vmlinuz.display()))?;
+        Ok(Kernel { release, vmlinuz })
+    });
+    let _ = fs::remove_dir_all(&scratch);
+    kernel
+}
+
+/// Resolves and downloads `suite`'s kernel in `scratch`; its release and the path of
+/// the extracted image.
+fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf)> {
+    let apt = PrivateApt::create(&scratch.join("apt"), suite)?;
+    eprintln!(
+        "xtask: fetching the {suite} kernel (private apt state in {})",
+        apt.root.display()
+    );
+    apt.update()?;
+    let image = depends_with_prefix(&apt.show(METAPACKAGE)?, "linux-image-")
+        .with_context(|| format!("{suite}'s {METAPACKAGE} depends on no linux-image-* package"))?;
+    let release = image
+        .strip_prefix("linux-image-")
+        .expect("matched on this prefix")
+        .to_owned();
+    ensure!(
+        release.starts_with(&format!("{series}.")),
+        "{suite}'s current kernel is {release}, not a {series}.x one; update the matrix's table"
+    );
+    let package = depends_with_prefix(&apt.show(&image)?, "linux-binary-").unwrap_or(image);
+    let download = scratch.join("download");
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    apt.download(&package, &download)?;
+    let deb = fs::read_dir(&download)
+        .with_context(|| format!("reading {}", download.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .with_context(|| format!("apt-get download {package} left no .deb"))?;
+    let extracted = extract_vmlinuz(&deb, &scratch.join("root"))?;
+    Ok((release, extracted))
+}
+
+/// An apt configuration of our own: nothing read from or written to the machine's.
+struct PrivateApt {
+    root: PathBuf,
+}
+
+impl PrivateApt {
+    fn create(root: &Path, suite: &str) -> Result<Self> {
+        for sub in [
+            "lists/partial",
+            "cache/archives/partial",
+            "sources.list.d",
+            "preferences.d",
+        ] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mirror = debian_mirror()?;
+        let sources = format!("deb [signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n");
+        let path = root.join("sources.list");
+        fs::write(&path, sources).with_context(|| format!("writing {}", path.display()))?;
+        let status = root.join("status");
+        fs::write(&status, "").with_context(|| format!("writing {}", status.display()))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        let option = |key: &str, sub: &str| format!("{key}={}", self.root.join(sub).display());
+        for setting in [
+            option("Dir::Etc::SourceList", "sources.list"),
+            option("Dir::Etc::SourceParts", "sources.list.d"),
+            option("Dir::Etc::Preferences", "preferences"),
+            option("Dir::Etc::PreferencesParts", "preferences.d"),
+            option("Dir::State::Lists", "lists"),
+            option("Dir::State::Status", "status"),
+            option("Dir::Cache", "cache"),
+            // The cache folder is usually in a home that apt's `_apt` user cannot enter.
+            "APT::Sandbox::User=root".to_owned(),
+            "Acquire::Languages=none".to_owned(),
+        ] {
+            command.args(["-o", &setting]);
+        }
+        command
+    }
+
+    fn update(&self) -> Result<()> {
+        cmd::run(
+            self.command("apt-get")
+                .args(["update", "-q"])
+                .stdout(Stdio::null()),
+        )
+        .context("apt-get update (private configuration) failed: is the Debian mirror reachable?")
+    }
+
+    /// `apt-cache show` of the candidate version.
+    fn show(&self, package: &str) -> Result<String> {
+        let output = self
+            .command("apt-cache")
+            .args(["show", "--no-all-versions", package])
+            .output()
+            .context("cannot run apt-cache")?;
+        ensure!(
+            output.status.success(),
+            "apt-cache show {package} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn download(&self, package: &str, into: &Path) -> Result<()> {
+        cmd::run(
+            self.command("apt-get")
+                .args(["download", "-q", package])
+                .current_dir(into)
+                .stdout(Stdio::null()),
+        )
+        .with_context(|| format!("apt-get download {package} failed"))
+    }
+}
+
+/// The Debian mirror the machine's own apt sources use (deb822 `.sources` or one-line
+/// `.list` files), so a local mirror or proxy is honoured.
+fn debian_mirror() -> Result<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut parts: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+        parts.sort();
+        files.extend(parts);
+    }
+    files
+        .iter()
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "list" || ext == "sources")
+        })
+        .filter_map(|path| fs::read_to_string(path).ok())
+        .find_map(|text| mirror_in(&text))
+        .context("no Debian mirror (a URI ending in /debian) in /etc/apt/sources.list{,.d}; add one or set up apt first")
+}
+
+/// The first archive URI ending in `/debian` (not the security archive) in a sources file.
+fn mirror_in(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .flat_map(|line| {
+            let uris = line
+                .strip_prefix("URIs:")
+                .map(|rest| rest.split_ascii_whitespace().collect::<Vec<_>>());
+            // One-line style: `deb [options] URI suite components`.
+            let one_line = line.strip_prefix("deb ").map(|rest| {
+                let rest = match rest.trim_start().strip_prefix('[') {
+                    Some(options) => options.split_once(']').map_or("", |(_, tail)| tail),
+                    None => rest,
+                };
+                rest.split_ascii_whitespace().take(1).collect::<Vec<_>>()
+            });
+            uris.or(one_line).unwrap_or_default()
+        })
+        .find(|uri| uri.trim_end_matches('/').ends_with("/debian"))
+        .map(|uri| uri.trim_end_matches('/').to_owned())
+}
+
+/// The name of the first dependency (in `Depends:`) that starts with `prefix`.
+fn depends_with_prefix(show: &str, prefix: &str) -> Option<String> {
+    let depends = show
+        .lines()
+        .find_map(|line| line.strip_prefix("Depends: "))?;
+    depends
+        .split([',', '|'])
+        .filter_map(|item| item.split_ascii_whitespace().next())
+        .find(|name| name.starts_with(prefix) && *name != METAPACKAGE)
+        .map(str::to_owned)
+}
+
+/// Extracts only the kernel image from a kernel package (the modules would be
+/// hundreds of megabytes): `dpkg-deb --fsys-tarfile | tar -x '*vmlinuz*'`.
+fn extract_vmlinuz(deb: &Path, into: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run dpkg-deb")?;
+    let tar_input = dpkg.stdout.take().expect("stdout is piped");
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .args(["--wildcards", "*vmlinuz*"])
+        .stdin(tar_input)
+        .status()
+        .context("cannot run tar")?;
+    let dpkg = dpkg.wait().context("waiting for dpkg-deb")?;
+    ensure!(
+        dpkg.success() && tar.success(),
+        "extracting {} failed (dpkg-deb {dpkg}, tar {tar})",
+        deb.display()
+    );
+    find_regular_file(into, "vmlinuz")?
+        .with_context(|| format!("{} holds no vmlinuz", deb.display()))
+}
+
+/// The first regular file (not a symlink) under `dir` whose name starts with `prefix`.
+fn find_regular_file(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            if let Some(found) = find_regular_file(&path, prefix)? {
+                return Ok(Some(found));
+            }
+        } else if kind.is_file() && entry.file_name().to_string_lossy().starts_with(prefix) {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+/// Fails unless the tools the fetch needs are present.
+pub fn check_tools() -> Result<()> {
+    for tool in ["apt-get", "apt-cache", "dpkg-deb", "tar"] {
+        if cmd::stdout_of(Command::new("which").arg(tool)).is_none() {
+            bail!("{tool} not found: the kernel matrix fetches Debian kernels with apt");
+        }
+    }
+    ensure!(
+        Path::new(DEBIAN_KEYRING).is_file(),
+        "{DEBIAN_KEYRING} missing: install debian-archive-keyring"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_packages_from_depends() {
+        let meta = "Package: linux-image-amd64\nVersion: 6.1.158-1\n\
+                    Depends: linux-image-6.1.0-41-amd64 (= 6.1.158-1)\n";
+        let v7 = "Package: linux-image-7.3.4+deb13-amd64\n\
+                  Pre-Depends: linux-base (>= 4.17~)\n\
+                  Depends: dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+                  linux-base-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), \
+                  linux-binary-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1)\n";
+        let cases = [
+            (
+                "metapackage",
+                meta,
+                "linux-image-",
+                Some("linux-image-6.1.0-41-amd64"),
+            ),
+            (
+                "7.x image",
+                v7,
+                "linux-binary-",
+                Some("linux-binary-7.3.4+deb13-amd64"),
+            ),
+            (
+                "6.1 image has no binary package",
+                meta,
+                "linux-binary-",
+                None,
+            ),
+            (
+                "Pre-Depends is not read",
+                v7,
+                "linux-base",
+                Some("linux-base-7.3.4+deb13-amd64"),
+            ),
+        ];
+        for (name, show, prefix, want) in cases {
+            assert_eq!(
+                depends_with_prefix(show, prefix).as_deref(),
+                want,
+                "case {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn mirrors_from_sources_files() {
+        let deb822 = "Types: deb\n# http://snapshot.example/archive\n\
+                      URIs: http://mirror.example/debian\nSuites: bookworm\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian-security\n";
+        let security_first = "deb http://mirror.example/debian-security bookworm-security main\n\
+                              deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian/ bookworm main\n";
+        let cases = [
+            ("deb822", deb822, Some("http://mirror.example/debian")),
+            (
+                "one-line with options, security listed first",
+                security_first,
+                Some("http://mirror.example/debian"),
+            ),
+            (
+                "commented out",
+                "# deb http://mirror.example/debian bookworm main\n",
+                None,
+            ),
+            ("none", "", None),
+        ];
+        for (name, text, want) in cases {
+            assert_eq!(mirror_in(text).as_deref(), want, "case {name}");
+        }
+    }
+}
