@@ -36,6 +36,10 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Check this host for what drops its traffic, trace for a while, and print the
+    /// verdict, the evidence and the fix. Exit code: 0 healthy, 1 problem found, 2 could
+    /// not check everything.
+    Diagnose(DiagnoseArgs),
     /// Print every sampled drop as it happens, one line each (or JSON lines).
     Watch {
         #[command(flatten)]
@@ -53,6 +57,27 @@ pub enum Command {
         #[arg(long = "docker-host", default_value = "unix:///var/run/docker.sock")]
         docker_host: String,
     },
+}
+
+/// Options of `diagnose`.
+#[derive(Args, Debug)]
+pub struct DiagnoseArgs {
+    /// How long to watch counters and trace drops. Send the failing traffic meanwhile.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// The report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Diagnose this network namespace (a name in /run/netns, or a path) instead of
+    /// dropgate's own, e.g. a Docker host running in a namespace.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Kernel hook for the live trace.
+    #[arg(long = "trace.hook", value_enum, default_value_t = HookArg::Auto)]
+    pub hook: HookArg,
+    /// Docker Engine API, to name containers; empty: off.
+    #[arg(long = "docker-host", default_value = "unix:///var/run/docker.sock")]
+    pub docker_host: String,
 }
 
 /// Which drops `watch` prints; every given filter must match.

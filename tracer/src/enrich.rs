@@ -11,7 +11,7 @@
 //! client library).
 
 mod docker;
-mod rtnetlink;
+pub mod rtnetlink;
 
 use std::{
     collections::HashMap,
@@ -122,6 +122,12 @@ impl Subnet {
 
     pub fn prefix(&self) -> u8 {
         self.prefix
+    }
+
+    /// The network address as written: `172.17.0.0/16`.
+    #[must_use]
+    pub fn network(&self) -> String {
+        format!("{}/{}", self.addr, self.prefix)
     }
 
     /// Whether `addr` lies in this subnet (an IPv4 address is never in an IPv6 subnet).
@@ -371,6 +377,12 @@ fn docker_socket(host: &str) -> Result<PathBuf, EnrichError> {
         .filter(|path| path.starts_with('/'))
         .map(PathBuf::from)
         .ok_or_else(|| EnrichError::UnsupportedDockerHost(host.to_owned()))
+}
+
+impl Serialize for Subnet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.network())
+    }
 }
 
 #[cfg(test)]

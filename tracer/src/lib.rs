@@ -9,6 +9,7 @@ pub mod api;
 pub mod btf;
 pub mod cli;
 pub mod collector;
+pub mod diagnose;
 pub mod enrich;
 pub mod forwarding;
 pub mod kallsyms;

@@ -5,7 +5,7 @@ use std::{process::ExitCode, sync::Arc};
 use anyhow::Context as _;
 use clap::Parser as _;
 use tracer::{
-    cli::{Cli, Command, GatewayArgs, WatchFilter},
+    cli::{Cli, Command, DiagnoseArgs, GatewayArgs, WatchFilter},
     loader::LoadOptions,
     tracer::{Tracer, TracerOptions},
 };
@@ -26,6 +26,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Entering another namespace must happen before any thread exists: threads inherit
+    // the namespace of the thread that creates them.
+    if let Command::Diagnose(args) = &cli.command {
+        if let Some(netns) = &args.netns {
+            if let Err(err) = tracer::netns::enter(netns) {
+                eprintln!("dropgate: error: {err:#}");
+                return ExitCode::from(tracer::diagnose::exit::UNCHECKED);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,7 +47,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("dropgate: error: {err:#}");
             ExitCode::from(exit::FAILURE)
@@ -45,9 +55,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Gateway { gateway } => serve(gateway, Arc::new(::gateway::source::NoSource)).await,
+        Command::Gateway { gateway } => serve(gateway, Arc::new(::gateway::source::NoSource))
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Diagnose(args) => Ok(diagnose(args).await),
         Command::Run { gateway, trace } => {
             let tracer = Tracer::start(&TracerOptions {
                 load: LoadOptions {
@@ -72,7 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("the gateway failed");
             // Detach before saying goodbye, so "stopped" means "gone from the kernel".
             tracer.stop();
-            result
+            result.map(|()| ExitCode::SUCCESS)
         }
         Command::Watch {
             filter,
@@ -91,9 +104,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let result = watch(&tracer, &filter, json).await;
             tracer.stop();
-            result
+            result.map(|()| ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `diagnose` and prints the report; the exit code says healthy, problem, unchecked.
+async fn diagnose(args: DiagnoseArgs) -> ExitCode {
+    let report = tracer::diagnose::run(&tracer::diagnose::DiagnoseOptions {
+        duration: args.duration,
+        hook: args.hook.into(),
+        docker_host: Some(args.docker_host).filter(|h| !h.is_empty()),
+    })
+    .await;
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(err) => {
+                eprintln!("dropgate: error: encoding the report: {err}");
+                return ExitCode::from(exit::FAILURE);
+            }
+        }
+    } else {
+        print!("{}", report.text());
+    }
+    ExitCode::from(report.exit_code())
 }
 
 /// Prints matching samples until SIGINT/SIGTERM.

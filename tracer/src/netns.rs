@@ -176,6 +176,34 @@ impl Names {
     }
 }
 
+/// Moves the calling thread into the network namespace `name` (in `/run/netns`) or at
+/// the path `name`. Call before other threads exist so that they inherit it.
+pub fn enter(name: &str) -> std::io::Result<()> {
+    let path = if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("/run/netns").join(name)
+    };
+    let file = File::open(&path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot open network namespace {}: {e}", path.display()),
+        )
+    })?;
+    // SAFETY: setns with a namespace file we hold open for the call.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            err.kind(),
+            format!(
+                "cannot enter network namespace {}: {err} (needs CAP_SYS_ADMIN)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The inode of a namespace file (what the kernel program reports as `netns`).
 #[must_use]
 pub fn inode_of(path: &Path) -> Option<u32> {

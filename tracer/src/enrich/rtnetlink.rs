@@ -22,7 +22,7 @@ use crate::netns::inode_of;
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A subnet assigned to a bridge interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct BridgeSubnet {
     pub bridge: String,
     pub subnet: Subnet,
@@ -196,7 +196,7 @@ pub(super) fn bridges_in_namespaces(
 
 /// Enters the namespace at `path` (the calling thread stays there) and dumps its links
 /// and addresses.
-fn bridges_in(name: &str, path: &Path) -> Result<Vec<BridgeSubnet>, EnrichError> {
+pub fn bridges_in(name: &str, path: &Path) -> Result<Vec<BridgeSubnet>, EnrichError> {
     let error = |source| EnrichError::Netlink {
         namespace: name.to_owned(),
         source,

@@ -1,0 +1,189 @@
+//! `dropgate diagnose` on Docker-like hosts built in namespaces: each broken setup gets
+//! its finding with the right words and exit code 1; a healthy one exits 0 and says so.
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use dropgate_tests::{dropgate_bin, is_root, may_run, netns::DockerLikeHost};
+
+fn privileged(test: &str) -> bool {
+    may_run(test, is_root(), "root (namespaces, iptables, BPF)")
+}
+
+fn start_service(topo: &DockerLikeHost) {
+    topo.ctr
+        .sh("(/usr/bin/python3 -m http.server 80 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 0.5");
+}
+
+/// Runs `dropgate diagnose` on the host namespace while `traffic` runs.
+fn diagnose(topo: &DockerLikeHost, traffic: impl FnOnce()) -> (Output, String) {
+    let child = Command::new(dropgate_bin())
+        .args(["diagnose", "--duration", "5s", "--netns", &topo.host.name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dropgate diagnose");
+    // Let the trace attach before the traffic starts.
+    std::thread::sleep(Duration::from_millis(1500));
+    traffic();
+    let out = child
+        .wait_with_output()
+        .expect("dropgate diagnose finishes");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "--- dropgate diagnose ---\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+fn request_fails(topo: &DockerLikeHost) {
+    assert_eq!(
+        topo.curl_from_ext("/", 2),
+        None,
+        "the request from ext must fail"
+    );
+}
+
+#[test]
+fn the_incident_verdict_names_interface_bridge_destination_and_fix() {
+    if !privileged("the_incident_verdict_names_interface_bridge_destination_and_fix") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    start_service(&topo);
+    let (out, text) = diagnose(&topo, || request_fails(&topo));
+    assert_eq!(out.status.code(), Some(1), "a problem was found");
+    let verdict = text.lines().next().expect("a verdict line");
+    assert!(verdict.starts_with("PROBLEM [forwarding_off]: forwarding is off on vh-ext (net.ipv4.ip_forward = 0); published port 9091 -> 172.31.231.2:80 (bridge br0) dropped"), "{verdict}");
+    assert!(
+        text.contains("fix: sysctl -w net.ipv4.ip_forward=1"),
+        "the sysctl fix"
+    );
+    assert!(text.contains("/etc/sysctl.d/"), "how to make it last");
+    assert!(
+        text.contains("network_mode: host"),
+        "the host-network alternative"
+    );
+    assert!(
+        text.contains("InAddrErrors rose by"),
+        "the kernel's counter as evidence"
+    );
+
+    // After the fix: healthy, and the request gets through.
+    topo.set_forwarding(true);
+    let (out, text) = diagnose(&topo, || {
+        assert_eq!(
+            topo.curl_from_ext("/", 3),
+            Some(200),
+            "fixed: the request from ext succeeds"
+        );
+    });
+    assert_eq!(out.status.code(), Some(0), "healthy after the fix:\n{text}");
+    assert!(text.starts_with("no problem found"), "{text}");
+}
+
+#[test]
+fn forwarding_off_on_one_interface() {
+    if !privileged("forwarding_off_on_one_interface") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    start_service(&topo);
+    topo.set_forwarding(true);
+    topo.host.sh(&format!(
+        "sysctl -qw net.ipv4.conf.{}.forwarding=0",
+        DockerLikeHost::HOST_UPLINK
+    ));
+    let (out, text) = diagnose(&topo, || request_fails(&topo));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text.contains("PROBLEM [forwarding_off_interface]: forwarding is off on vh-ext (net.ipv4.conf.vh-ext.forwarding = 0)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: sysctl -w net.ipv4.conf.vh-ext.forwarding=1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn forward_policy_drop() {
+    if !privileged("forward_policy_drop") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    start_service(&topo);
+    topo.set_forwarding(true);
+    topo.host.sh("iptables -P FORWARD DROP");
+    let (out, text) = diagnose(&topo, || request_fails(&topo));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text.contains("PROBLEM [forward_policy_drop]: the FORWARD path drops traffic"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-P FORWARD DROP"),
+        "the policy is evidence: {text}"
+    );
+}
+
+#[test]
+fn rp_filter_drop() {
+    if !privileged("rp_filter_drop") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    topo.set_forwarding(true);
+    topo.host.sh(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.{}.rp_filter=1",
+        DockerLikeHost::HOST_UPLINK
+    ));
+    topo.ext.sh("ip addr add 192.0.2.99/32 dev ve-ext");
+    let (out, text) = diagnose(&topo, || {
+        topo.ext
+            .sh(&format!("ping -c 1 -W 2 {}", DockerLikeHost::HOST_ADDR));
+        let _ = topo.ext.sh_output(&format!(
+            "ping -c 3 -i 0.2 -W 1 -I 192.0.2.99 {}",
+            DockerLikeHost::HOST_ADDR
+        ));
+    });
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text.contains("PROBLEM [rp_filter_drop]: reverse-path filtering drops"),
+        "{text}"
+    );
+    assert!(text.contains("rp_filter=2"), "the loose-mode fix: {text}");
+}
+
+#[test]
+fn unprivileged_diagnose_says_what_it_could_not_check() {
+    if !privileged("unprivileged_diagnose_says_what_it_could_not_check") {
+        return;
+    }
+    // As "nobody" with no capabilities: sysctls and counters only.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(dropgate_bin())
+        .args(["diagnose", "--duration", "1s"])
+        .output()
+        .expect("run setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("not checked: live trace: needs root"),
+        "{text}"
+    );
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "problem (1) or could-not-check (2), never healthy: {:?}\n{text}",
+        out.status
+    );
+}

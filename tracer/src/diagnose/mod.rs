@@ -1,0 +1,189 @@
+//! `dropgate diagnose`: one command from "it hangs" to the cause and the fix.
+//!
+//! It reads the host's configuration ([`host`]), watches the kernel's counters and, when
+//! privileged, traces drops over a short window, then turns the evidence into findings
+//! ([`findings`]) with a verdict, the evidence and the fix. Without privileges it runs
+//! the checks it can and says which it could not.
+
+pub mod findings;
+pub mod host;
+
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+
+use serde::Serialize;
+
+use self::{
+    findings::{Evidence, Finding, TracedDrop},
+    host::HostState,
+};
+use crate::{
+    loader::{HookChoice, LoadOptions},
+    netns::OWN_NAMESPACE,
+    samples::DropEvent,
+    tracer::{Tracer, TracerOptions},
+};
+
+/// Exit codes of `diagnose`.
+pub mod exit {
+    /// No problem found and every check ran.
+    pub const HEALTHY: u8 = 0;
+    /// At least one problem found.
+    pub const PROBLEM: u8 = 1;
+    /// No problem found, but some checks could not run.
+    pub const UNCHECKED: u8 = 2;
+}
+
+/// The outcome of one diagnosis.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    /// Checks that could not run, with why.
+    pub unchecked: BTreeMap<String, String>,
+    /// Drops traced in this namespace during the window (empty without a trace).
+    pub drops: Vec<TracedDrop>,
+    pub window_seconds: f64,
+    pub host: HostState,
+}
+
+impl Report {
+    /// The exit code this report calls for.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        if !self.findings.is_empty() {
+            exit::PROBLEM
+        } else if self.unchecked.is_empty() {
+            exit::HEALTHY
+        } else {
+            exit::UNCHECKED
+        }
+    }
+
+    /// The report for people.
+    #[must_use]
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        if self.findings.is_empty() {
+            let _ = writeln!(out, "no problem found ({:.0}s window)", self.window_seconds);
+        }
+        for f in &self.findings {
+            let severity = match f.severity {
+                findings::Severity::Critical => "PROBLEM",
+                findings::Severity::Warning => "WARNING",
+            };
+            let _ = writeln!(out, "{severity} [{}]: {}", f.kind.label(), f.summary);
+            for e in &f.evidence {
+                let _ = writeln!(out, "  evidence: {e}");
+            }
+            for fix in &f.fix {
+                let _ = writeln!(out, "  fix: {fix}");
+            }
+        }
+        for (check, why) in &self.unchecked {
+            let _ = writeln!(out, "not checked: {check}: {why}");
+        }
+        out
+    }
+}
+
+/// What `diagnose` does.
+#[derive(Clone, Debug)]
+pub struct DiagnoseOptions {
+    pub duration: Duration,
+    pub hook: HookChoice,
+    pub docker_host: Option<String>,
+}
+
+/// Runs the checks and, when allowed, a live trace over `duration`.
+pub async fn run(options: &DiagnoseOptions) -> Report {
+    let before = HostState::read();
+    let mut unchecked = before.unchecked.clone();
+    let tracer = if crate::privileges::can_load_bpf() {
+        match Tracer::start(&TracerOptions {
+            load: LoadOptions {
+                hook: options.hook,
+                samples_per_sec: 100,
+            },
+            recent_samples: 1000,
+            docker_host: options.docker_host.clone(),
+        }) {
+            Ok(tracer) => Some(tracer),
+            Err(err) => {
+                unchecked.insert("live trace".into(), format!("{err:#}"));
+                None
+            }
+        }
+    } else {
+        unchecked.insert(
+            "live trace".into(),
+            "needs root (CAP_BPF and CAP_PERFMON); the verdict rests on configuration and counters only".into(),
+        );
+        None
+    };
+    let baseline = tracer.as_ref().map(own_drops);
+    tokio::time::sleep(options.duration).await;
+    let after = HostState::read();
+    unchecked.extend(after.unchecked.clone());
+    let (drops, samples): (Option<Vec<TracedDrop>>, Vec<DropEvent>) = match (&tracer, baseline) {
+        (Some(tracer), Some(baseline)) => {
+            let now = own_drops(tracer);
+            let delta = now
+                .into_iter()
+                .filter_map(|mut d| {
+                    let was = baseline
+                        .iter()
+                        .find(|b| {
+                            (&b.reason, &b.location, &b.interface, &b.protocol)
+                                == (&d.reason, &d.location, &d.interface, &d.protocol)
+                        })
+                        .map_or(0, |b| b.packets);
+                    d.packets -= was;
+                    (d.packets > 0).then_some(d)
+                })
+                .collect();
+            let samples = tracer
+                .samples
+                .recent(1000)
+                .iter()
+                .filter(|e| e.netns == OWN_NAMESPACE)
+                .map(|e| (**e).clone())
+                .collect();
+            (Some(delta), samples)
+        }
+        _ => (None, Vec::new()),
+    };
+    let findings = findings::findings(&Evidence {
+        before: Some(&before),
+        after: &after,
+        drops: drops.as_deref(),
+        samples: &samples,
+    });
+    if let Some(tracer) = tracer {
+        tracer.stop();
+    }
+    let mut host = after;
+    host.unchecked.clone_from(&unchecked);
+    Report {
+        findings,
+        unchecked,
+        drops: drops.unwrap_or_default(),
+        window_seconds: options.duration.as_secs_f64(),
+        host,
+    }
+}
+
+/// Drop totals in dropgate's own namespace, per (reason, location, interface, protocol).
+fn own_drops(tracer: &Tracer) -> Vec<TracedDrop> {
+    tracer
+        .collector
+        .drops()
+        .into_iter()
+        .filter(|(labels, _)| labels.netns == OWN_NAMESPACE)
+        .map(|(labels, counts)| TracedDrop {
+            reason: labels.reason,
+            location: labels.location,
+            interface: labels.interface,
+            protocol: labels.protocol.to_owned(),
+            packets: counts.packets,
+        })
+        .collect()
+}
