@@ -89,7 +89,7 @@ pub struct GroupSnapshot {
     /// The group's key.
     pub key: Arc<GroupingKey>,
     /// Its families, push gauges included, sorted by name.
-    pub families: Vec<Arc<StoredFamily>>,
+    pub families: Vec<StoredFamily>,
 }
 
 impl GroupSnapshot {
@@ -138,7 +138,30 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Group {
-    families: BTreeMap<Arc<str>, Arc<StoredFamily>>,
+    /// Sorted by name: groups are small, and a map's nodes cost more than they save.
+    families: Vec<StoredFamily>,
+}
+
+impl Group {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.families
+            .binary_search_by(|family| family.name().cmp(name))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    fn insert(&mut self, stored: StoredFamily) {
+        match self.position(stored.name()) {
+            Ok(at) => self.families[at] = stored,
+            Err(at) => self.families.insert(at, stored),
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<StoredFamily> {
+        self.position(name).ok().map(|at| self.families.remove(at))
+    }
 }
 
 /// The index entry of one family name across groups.
@@ -147,7 +170,7 @@ struct FamilyEntry {
     kind: MetricType,
     /// The groups that have the family, in key order (the HELP winner is the first
     /// that has a HELP: fix 2 of the spec).
-    members: BTreeMap<Arc<GroupingKey>, Arc<StoredFamily>>,
+    members: BTreeMap<Arc<GroupingKey>, StoredFamily>,
     /// Series identity hash → the group that has it.
     series: HashMap<u64, Arc<GroupingKey>>,
     /// The merged family rendered in each format, until the next change to it.
@@ -284,7 +307,7 @@ impl MetricStore {
             .iter()
             .map(|(key, group)| GroupSnapshot {
                 key: Arc::clone(key),
-                families: group.families.values().cloned().collect(),
+                families: group.families.clone(),
             })
             .collect()
     }
@@ -405,11 +428,12 @@ impl State {
     ) {
         let key = self.ensure_group(key);
         if replace {
-            let stale: Vec<Arc<str>> = self.groups[&key]
+            let stale: Vec<String> = self.groups[&key]
                 .families
-                .keys()
+                .iter()
+                .map(StoredFamily::name)
                 .filter(|name| !is_push_gauge(name))
-                .cloned()
+                .map(str::to_owned)
                 .collect();
             for name in stale {
                 self.remove_member(&key, &name);
@@ -420,10 +444,7 @@ impl State {
             self.insert_member(&key, stored);
         }
         self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, unix_seconds(now), now);
-        if !self.groups[&key]
-            .families
-            .contains_key(PUSH_FAILURE_TIME_NAME)
-        {
+        if !self.groups[&key].contains(PUSH_FAILURE_TIME_NAME) {
             self.set_gauge(
                 &key,
                 PUSH_FAILURE_TIME_NAME,
@@ -508,8 +529,8 @@ impl State {
         let Some((key, group)) = self.groups.remove_entry(key) else {
             return false;
         };
-        for (name, stored) in &group.families {
-            self.unindex(&key, name, stored);
+        for stored in &group.families {
+            self.unindex(&key, stored.name(), stored);
         }
         self.identities.remove(&identity(&key));
         true
@@ -545,7 +566,6 @@ impl State {
         let kind = stored.kind();
         let name = stored.name().to_owned();
         self.remove_member(key, &name);
-        let stored = Arc::new(stored);
         let name: Arc<str> = match self.families.get_key_value(name.as_str()) {
             Some((existing, _)) => Arc::clone(existing),
             None => Arc::from(name),
@@ -564,10 +584,10 @@ impl State {
             // On a (2^-64) collision the first owner stays; see `check`.
             entry.series.entry(hash).or_insert_with(|| Arc::clone(key));
         }
-        entry.members.insert(Arc::clone(key), Arc::clone(&stored));
+        entry.members.insert(Arc::clone(key), stored.clone());
         entry.invalidate();
         if let Some(group) = self.groups.get_mut(key) {
-            group.families.insert(name, stored);
+            group.insert(stored);
         }
     }
 
@@ -576,7 +596,7 @@ impl State {
         let Some(group) = self.groups.get_mut(key) else {
             return;
         };
-        let Some(stored) = group.families.remove(name) else {
+        let Some(stored) = group.remove(name) else {
             return;
         };
         self.unindex(key, name, &stored);

@@ -17,7 +17,7 @@ use crate::exposition::{sort_families, Format};
 use crate::model::MetricFamily;
 use crate::source::MetricSource;
 
-use super::stored::compare_keys;
+use super::stored::{compare_keys, StoredFamily};
 use super::{FamilyEntry, MetricStore};
 
 /// One family of the store, merged across groups and rendered in one format.
@@ -73,12 +73,15 @@ impl FamilyEntry {
         let Some(header) = with_metrics()
             .find(|member| member.has_help())
             .or_else(|| with_metrics().next())
-            .map(|member| member.header())
+            .map(StoredFamily::header)
         else {
             return Bytes::new();
         };
-        let mut pieces: Vec<(&[u8], &[u8])> =
-            self.members.values().flat_map(|m| m.pieces()).collect();
+        let mut pieces: Vec<(&[u8], &[u8])> = self
+            .members
+            .values()
+            .flat_map(StoredFamily::pieces)
+            .collect();
         // Stable, so equal keys (impossible after the check) keep grouping-key order.
         pieces.sort_by(|a, b| compare_keys(a.0, b.0));
         let len = header.len() + pieces.iter().map(|(_, text)| text.len()).sum::<usize>();
@@ -92,7 +95,7 @@ impl FamilyEntry {
 
     /// The protobuf exposition is rare: decode, merge, sort, encode.
     fn merged_protobuf(&self, name: &str) -> Bytes {
-        let families: Vec<MetricFamily> = self.members.values().map(|m| m.family()).collect();
+        let families: Vec<MetricFamily> = self.members.values().map(StoredFamily::family).collect();
         let help = families
             .iter()
             .filter(|family| !family.metric.is_empty())

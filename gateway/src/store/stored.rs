@@ -8,40 +8,35 @@
 //! formatting a single float: the rendering happens once, at push time.
 
 use std::cmp::Ordering;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use prost::Message as _;
 
 use crate::exposition::write_text;
 use crate::model::{LabelPair, MetricFamily, MetricType};
 
-/// A family as stored in one group: immutable, shared by `Arc` with readers.
+/// A family as stored in one group: immutable and cheap to clone (a reference count),
+/// so readers share it with the store.
 ///
-/// Everything variable-sized lives in one buffer: the name, the protobuf encoding, each
-/// metric's text lines and each metric's sort key, so a stored family costs three
-/// allocations (the `Arc`, the buffer, the series table) whatever its content.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredFamily {
-    /// `name | protobuf | text of metric 0 | key 0 | text of metric 1 | key 1 | ...`
-    buffer: Bytes,
-    name_end: u32,
-    encoded_end: u32,
-    kind: MetricType,
-    has_help: bool,
-    /// Where each metric's text and key end in `buffer` (each starts where the
-    /// previous piece ended), with its series hash.
-    series: Box<[Series]>,
-    pushed_at: SystemTime,
-}
+/// Everything lives in one reference-counted allocation: a fixed header, the series
+/// table, then the name, the protobuf encoding, and each metric's text lines and sort
+/// key. Small pushes are the common case, and per-allocation overhead dominated them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFamily(Arc<[u8]>);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Series {
-    text_end: u32,
-    key_end: u32,
-    /// Hash of the series identity (see `check::series_hash`).
-    hash: u64,
-}
+/// Layout of the fixed header (little-endian).
+const KIND: usize = 0;
+const HAS_HELP: usize = 1;
+const NAME_END: usize = 4;
+const ENCODED_END: usize = 8;
+const SERIES_COUNT: usize = 12;
+const PUSHED_SECS: usize = 16;
+const PUSHED_NANOS: usize = 24;
+const HEADER_LEN: usize = 32;
+/// One series table entry: text end (u32), key end (u32), series hash (u64); ends are
+/// offsets from the start of the body (after the table).
+const SERIES_LEN: usize = 16;
 
 impl StoredFamily {
     /// Renders and encodes `family`; `hashes` are the series hashes, one per metric.
@@ -51,61 +46,82 @@ impl StoredFamily {
         hashes: &[u64],
         pushed_at: SystemTime,
     ) -> Self {
-        let mut buffer = Vec::new();
-        buffer.extend_from_slice(family.name.as_deref().unwrap_or_default().as_bytes());
-        let name_end = to_u32(buffer.len());
-        family.encode(&mut buffer).unwrap_or_default();
-        let encoded_end = to_u32(buffer.len());
+        let mut body = Vec::new();
+        body.extend_from_slice(family.name.as_deref().unwrap_or_default().as_bytes());
+        let name_end = body.len();
+        family.encode(&mut body).unwrap_or_default();
+        let encoded_end = body.len();
         let header_lines = 1 + usize::from(family.help.is_some());
-        let mut series = Vec::with_capacity(family.metric.len());
         let metrics = std::mem::take(&mut family.metric);
+        let mut table = Vec::with_capacity(metrics.len() * SERIES_LEN);
         // Each metric is rendered alone (moved in, not cloned) so that its lines can be
         // cut out; the `# HELP`/`# TYPE` header in front is dropped every time.
         for (i, metric) in metrics.into_iter().enumerate() {
             let key = sort_key(&metric.label);
             family.metric = vec![metric];
-            let start = buffer.len();
-            write_text(std::slice::from_ref(&family), &mut buffer);
+            let start = body.len();
+            write_text(std::slice::from_ref(&family), &mut body);
             let lines_start =
-                after_lines(&buffer[start..], header_lines).map_or(buffer.len(), |at| start + at);
-            buffer.drain(start..lines_start);
-            let text_end = to_u32(buffer.len());
-            buffer.extend_from_slice(&key);
-            series.push(Series {
-                text_end,
-                key_end: to_u32(buffer.len()),
-                hash: hashes.get(i).copied().unwrap_or_default(),
-            });
+                after_lines(&body[start..], header_lines).map_or(body.len(), |at| start + at);
+            body.drain(start..lines_start);
+            table.extend_from_slice(&to_u32(body.len()).to_le_bytes());
+            body.extend_from_slice(&key);
+            table.extend_from_slice(&to_u32(body.len()).to_le_bytes());
+            table.extend_from_slice(&hashes.get(i).copied().unwrap_or_default().to_le_bytes());
         }
-        buffer.shrink_to_fit();
-        Self {
-            buffer: Bytes::from(buffer),
-            name_end,
-            encoded_end,
-            kind,
-            has_help: family.help.is_some(),
-            series: series.into_boxed_slice(),
-            pushed_at,
-        }
+        let since = pushed_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut header = [0u8; HEADER_LEN];
+        header[KIND] = u8::try_from(kind as i32).unwrap_or_default();
+        header[HAS_HELP] = u8::from(family.help.is_some());
+        header[NAME_END..NAME_END + 4].copy_from_slice(&to_u32(name_end).to_le_bytes());
+        header[ENCODED_END..ENCODED_END + 4].copy_from_slice(&to_u32(encoded_end).to_le_bytes());
+        header[SERIES_COUNT..SERIES_COUNT + 4]
+            .copy_from_slice(&to_u32(table.len() / SERIES_LEN).to_le_bytes());
+        header[PUSHED_SECS..PUSHED_SECS + 8].copy_from_slice(&since.as_secs().to_le_bytes());
+        header[PUSHED_NANOS..PUSHED_NANOS + 4].copy_from_slice(&since.subsec_nanos().to_le_bytes());
+        Self([&header[..], &table, &body].concat().into())
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        let mut bytes = [0; 4];
+        bytes.copy_from_slice(&self.0[at..at + 4]);
+        u32::from_le_bytes(bytes)
+    }
+
+    fn u64_at(&self, at: usize) -> u64 {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&self.0[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn series_count(&self) -> usize {
+        self.u32_at(SERIES_COUNT) as usize
+    }
+
+    /// The body: name, encoding, pieces.
+    fn body(&self) -> &[u8] {
+        &self.0[HEADER_LEN + self.series_count() * SERIES_LEN..]
     }
 
     /// The family's name.
     #[must_use]
     pub fn name(&self) -> &str {
         // Written from a `String` in `new`.
-        std::str::from_utf8(&self.buffer[..self.name_end as usize]).unwrap_or_default()
+        std::str::from_utf8(&self.body()[..self.u32_at(NAME_END) as usize]).unwrap_or_default()
     }
 
     /// The family's type.
     #[must_use]
     pub fn kind(&self) -> MetricType {
-        self.kind
+        MetricType::try_from(i32::from(self.0[KIND])).unwrap_or(MetricType::Untyped)
     }
 
     /// When the write that stored it happened (`time_stamp` in `/api/v1/metrics`).
     #[must_use]
     pub fn pushed_at(&self) -> SystemTime {
-        self.pushed_at
+        SystemTime::UNIX_EPOCH + Duration::new(self.u64_at(PUSHED_SECS), self.u32_at(PUSHED_NANOS))
     }
 
     /// The family, decoded (grouping labels applied, labels sorted by name).
@@ -117,19 +133,24 @@ impl StoredFamily {
 
     /// The family in protobuf, as stored.
     #[must_use]
-    pub fn encoded(&self) -> Bytes {
-        self.buffer
-            .slice(self.name_end as usize..self.encoded_end as usize)
+    pub fn encoded(&self) -> &[u8] {
+        &self.body()[self.u32_at(NAME_END) as usize..self.u32_at(ENCODED_END) as usize]
+    }
+
+    /// Whether two handles share the same stored family (not just equal content).
+    #[must_use]
+    pub fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Whether the family has a HELP text.
     pub(crate) fn has_help(&self) -> bool {
-        self.has_help
+        self.0[HAS_HELP] != 0
     }
 
     /// Whether the family has at least one metric.
     pub(crate) fn has_metrics(&self) -> bool {
-        !self.series.is_empty()
+        self.series_count() > 0
     }
 
     /// The `# HELP`/`# TYPE` lines of the family (empty if it has no metrics).
@@ -144,15 +165,23 @@ impl StoredFamily {
         text
     }
 
+    fn series(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
+        (0..self.series_count()).map(|i| {
+            let at = HEADER_LEN + i * SERIES_LEN;
+            (
+                self.u32_at(at) as usize,
+                self.u32_at(at + 4) as usize,
+                self.u64_at(at + 8),
+            )
+        })
+    }
+
     /// Each metric's sort key and text lines.
     pub(crate) fn pieces(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let mut start = self.encoded_end as usize;
-        self.series.iter().map(move |series| {
-            let (text_end, key_end) = (series.text_end as usize, series.key_end as usize);
-            let piece = (
-                &self.buffer[text_end..key_end],
-                &self.buffer[start..text_end],
-            );
+        let body = self.body();
+        let mut start = self.u32_at(ENCODED_END) as usize;
+        self.series().map(move |(text_end, key_end, _)| {
+            let piece = (&body[text_end..key_end], &body[start..text_end]);
             start = key_end;
             piece
         })
@@ -160,7 +189,7 @@ impl StoredFamily {
 
     /// The series hashes, one per metric.
     pub(crate) fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
-        self.series.iter().map(|series| series.hash)
+        self.series().map(|(_, _, hash)| hash)
     }
 }
 

@@ -1,7 +1,6 @@
 //! Store semantics: a rejected push changes nothing but the failure gauge, and the
 //! index follows every write (what a group gives up, another may take).
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::*;
@@ -70,13 +69,10 @@ fn a_rejected_push_changes_only_the_failure_gauge() {
             let is_failure_of_b =
                 new.key.job() == "b" && new_family.name() == PUSH_FAILURE_TIME_NAME;
             if is_failure_of_b {
-                assert!(
-                    !Arc::ptr_eq(old_family, new_family),
-                    "the failure time moved"
-                );
+                assert!(!old_family.same_as(new_family), "the failure time moved");
             } else {
                 assert!(
-                    Arc::ptr_eq(old_family, new_family),
+                    old_family.same_as(new_family),
                     "{} untouched",
                     new_family.name()
                 );
