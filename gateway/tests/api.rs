@@ -308,7 +308,11 @@ async fn base64_job_and_label_values() {
         )
         .await;
     assert_eq!(delete.status, StatusCode::ACCEPTED);
-    assert_eq!(gw.state.store().group_count(), 0, "the same key, written differently");
+    assert_eq!(
+        gw.state.store().group_count(),
+        0,
+        "the same key, written differently"
+    );
 }
 
 #[tokio::test]
