@@ -40,6 +40,19 @@ pub enum Command {
     /// verdict, the evidence and the fix. Exit code: 0 healthy, 1 problem found, 2 could
     /// not check everything.
     Diagnose(DiagnoseArgs),
+    /// Prove the probe on this kernel: in a namespace of its own, drop frames on the
+    /// ip_error path and compare the count with the kernel's InAddrErrors. One JSON line.
+    Selftest {
+        /// Kernel hook to prove.
+        #[arg(long = "trace.hook", value_enum, default_value_t = HookArg::Auto)]
+        hook: HookArg,
+        /// Frames to drop.
+        #[arg(long, default_value_t = 100)]
+        packets: u32,
+        /// Hand the probe a wrong sk_buff offset, to show the check can fail.
+        #[arg(long, hide = true)]
+        corrupt_offset: bool,
+    },
     /// Print every sampled drop as it happens, one line each (or JSON lines).
     Watch {
         #[command(flatten)]

@@ -61,6 +61,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Diagnose(args) => Ok(diagnose(args).await),
+        Command::Selftest {
+            hook,
+            packets,
+            corrupt_offset,
+        } => {
+            let report = tracer::selftest::run(&tracer::selftest::SelftestOptions {
+                hook: hook.into(),
+                packets,
+                corrupt_offset,
+            })?;
+            println!("{}", report.line());
+            Ok(if report.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::FAILURE)
+            })
+        }
         Command::Run { gateway, trace } => {
             let tracer = Tracer::start(&TracerOptions {
                 load: LoadOptions {
@@ -74,8 +91,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = gateway.into_config();
             let prefix = ::gateway::config::normalize_route_prefix(&config.route_prefix);
             let routes = tracer::api::routes(Arc::clone(&tracer.samples), &prefix);
+            let (findings, rounds) =
+                tracer::diagnose::watch::start(&tracer, tracer::diagnose::watch::ROUND);
             let result = async {
-                ::gateway::server::Gateway::bind(config, tracer.metrics())
+                ::gateway::server::Gateway::bind(config, tracer.metrics(findings))
                     .await?
                     .merge_routes(routes)
                     .run(::gateway::server::shutdown_signal())
@@ -83,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             .await
             .context("the gateway failed");
+            rounds.abort();
             // Detach before saying goodbye, so "stopped" means "gone from the kernel".
             tracer.stop();
             result.map(|()| ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType
 use crate::{
     btf::Btf,
     collector::DropCollector,
+    diagnose::watch::Findings,
     enrich::Enricher,
     forwarding::ForwardingWatch,
     kallsyms::Kallsyms,
@@ -83,12 +84,14 @@ impl Tracer {
         })
     }
 
-    /// Everything the trace side exports, as one source for the gateway.
+    /// Everything the trace side exports, as one source for the gateway: drop counts,
+    /// forwarding state, and `findings` as `dropgate_problem`.
     #[must_use]
-    pub fn metrics(&self) -> Arc<TraceMetrics> {
+    pub fn metrics(&self, findings: Arc<Findings>) -> Arc<TraceMetrics> {
         Arc::new(TraceMetrics {
             collector: Arc::clone(&self.collector),
             forwarding: Arc::clone(&self.forwarding),
+            findings,
         })
     }
 
@@ -119,6 +122,7 @@ impl Tracer {
 pub struct TraceMetrics {
     collector: Arc<DropCollector>,
     forwarding: Arc<ForwardingWatch>,
+    findings: Arc<Findings>,
 }
 
 impl gateway::MetricSource for TraceMetrics {
@@ -160,6 +164,27 @@ impl gateway::MetricSource for TraceMetrics {
             ),
             r#type: Some(MetricType::Gauge as i32),
             metric: state,
+            unit: None,
+        });
+        let problems = self
+            .findings
+            .current()
+            .iter()
+            .map(|f| Metric {
+                label: vec![
+                    LabelPair::new("interface", f.interface.as_deref().unwrap_or("")),
+                    LabelPair::new("kind", f.kind.label()),
+                    LabelPair::new("severity", f.severity.label()),
+                ],
+                gauge: Some(Gauge { value: Some(1.0) }),
+                ..Metric::default()
+            })
+            .collect();
+        families.push(MetricFamily {
+            name: Some("dropgate_problem".into()),
+            help: Some("A problem dropgate found (1 while it holds); the status page and `dropgate diagnose` say why and how to fix it.".into()),
+            r#type: Some(MetricType::Gauge as i32),
+            metric: problems,
             unit: None,
         });
         families.push(MetricFamily {

@@ -48,6 +48,16 @@ pub enum Severity {
     Warning,
 }
 
+impl Severity {
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 /// One problem: the verdict, what shows it, and how to fix it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {

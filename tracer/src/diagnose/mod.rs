@@ -7,6 +7,7 @@
 
 pub mod findings;
 pub mod host;
+pub mod watch;
 
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
@@ -119,27 +120,13 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         );
         None
     };
-    let baseline = tracer.as_ref().map(own_drops);
+    let baseline = tracer.as_ref().map(|t| own_drops(&t.collector));
     tokio::time::sleep(options.duration).await;
     let after = HostState::read();
     unchecked.extend(after.unchecked.clone());
     let (drops, samples): (Option<Vec<TracedDrop>>, Vec<DropEvent>) = match (&tracer, baseline) {
         (Some(tracer), Some(baseline)) => {
-            let now = own_drops(tracer);
-            let delta = now
-                .into_iter()
-                .filter_map(|mut d| {
-                    let was = baseline
-                        .iter()
-                        .find(|b| {
-                            (&b.reason, &b.location, &b.interface, &b.protocol)
-                                == (&d.reason, &d.location, &d.interface, &d.protocol)
-                        })
-                        .map_or(0, |b| b.packets);
-                    d.packets -= was;
-                    (d.packets > 0).then_some(d)
-                })
-                .collect();
+            let delta = subtract(&own_drops(&tracer.collector), &baseline);
             let samples = tracer
                 .samples
                 .recent(1000)
@@ -171,10 +158,34 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
     }
 }
 
+/// Drops in `now` that were not yet in `baseline` (both totals since the probe started).
+fn subtract(now: &[TracedDrop], baseline: &[TracedDrop]) -> Vec<TracedDrop> {
+    let key = |d: &TracedDrop| {
+        (
+            d.reason.clone(),
+            d.location.clone(),
+            d.interface.clone(),
+            d.protocol.clone(),
+        )
+    };
+    now.iter()
+        .filter_map(|d| {
+            let was = baseline
+                .iter()
+                .find(|b| key(b) == key(d))
+                .map_or(0, |b| b.packets);
+            let packets = d.packets.saturating_sub(was);
+            (packets > 0).then(|| TracedDrop {
+                packets,
+                ..d.clone()
+            })
+        })
+        .collect()
+}
+
 /// Drop totals in dropgate's own namespace, per (reason, location, interface, protocol).
-fn own_drops(tracer: &Tracer) -> Vec<TracedDrop> {
-    tracer
-        .collector
+fn own_drops(collector: &crate::collector::DropCollector) -> Vec<TracedDrop> {
+    collector
         .drops()
         .into_iter()
         .filter(|(labels, _)| labels.netns == OWN_NAMESPACE)
