@@ -46,10 +46,12 @@ pub fn is_root() -> bool {
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(workspace_root());
-    let mut paths = vec![cargo_home().join("bin")];
-    paths.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
+    let bin = cargo_home().join("bin");
+    let mut paths: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    if !paths.contains(&bin) {
+        paths.insert(0, bin);
+    }
     if let Ok(path) = std::env::join_paths(paths) {
         command.env("PATH", path);
     }
