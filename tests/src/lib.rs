@@ -5,9 +5,11 @@
 //! `DROPGATE_E2E=require` is set, as `.ci/run` does: in CI a skip would hide a regression.
 
 pub mod dropgate;
+pub mod gateway;
 pub mod http;
 pub mod netns;
 pub mod process;
+pub mod protobuf;
 
 use std::path::PathBuf;
 
