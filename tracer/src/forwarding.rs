@@ -10,7 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -19,12 +19,13 @@ use std::{
     time::Duration,
 };
 
-use crate::netns::Names;
+use crate::{
+    netlink::{self, attributes, netlink_messages},
+    netns::Names,
+};
 
 const RTM_NEWNETCONF: u16 = 80;
 const RTM_GETNETCONF: u16 = 82;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const NETCONFA_IFINDEX: u16 = 1;
 const NETCONFA_FORWARDING: u16 = 2;
 const NETCONFA_IFINDEX_ALL: i32 = -1;
@@ -153,7 +154,7 @@ fn listen(
         return Err(std::io::Error::last_os_error());
     }
     drop(ns);
-    let socket = netlink_socket()?;
+    let socket = netlink::route_socket(1 << (RTNLGRP_IPV4_NETCONF - 1), Duration::from_secs(1))?;
     send_dump_request(&socket)?;
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
@@ -191,58 +192,11 @@ fn apply(ns: &mut NamespaceForwarding, update: NetconfUpdate) {
         ifindex => {
             let name = u32::try_from(ifindex)
                 .ok()
-                .and_then(index_to_name)
+                .and_then(crate::netns::index_to_name)
                 .unwrap_or_else(|| format!("if{ifindex}"));
             ns.interfaces.insert(ifindex, (name, update.forwarding));
         }
     }
-}
-
-fn netlink_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    addr.nl_groups = 1 << (RTNLGRP_IPV4_NETCONF - 1);
-    // SAFETY: bind with a valid sockaddr_nl and its size.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // A receive timeout lets the thread notice `stop` when nothing happens.
-    let timeout = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a valid timeval and its size.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-    }
-    Ok(socket)
 }
 
 fn send_dump_request(socket: &OwnedFd) -> std::io::Result<()> {
@@ -264,56 +218,29 @@ fn send_dump_request(socket: &OwnedFd) -> std::io::Result<()> {
 
 /// Decodes the NETCONF messages in one netlink datagram.
 #[must_use]
-pub fn parse_netconf(mut data: &[u8]) -> Vec<NetconfUpdate> {
-    let mut updates = Vec::new();
-    while data.len() >= 16 {
-        let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
-        let kind = u16::from_ne_bytes(data[4..6].try_into().expect("2 bytes"));
-        if len < 16 || len > data.len() || kind == NLMSG_DONE || kind == NLMSG_ERROR {
-            break;
-        }
-        if kind == RTM_NEWNETCONF && len >= 20 && data[16] == libc::AF_INET as u8 {
+pub fn parse_netconf(data: &[u8]) -> Vec<NetconfUpdate> {
+    netlink_messages(data)
+        .into_iter()
+        .filter(|(kind, _, payload)| {
+            *kind == RTM_NEWNETCONF && payload.first() == Some(&(libc::AF_INET as u8))
+        })
+        .filter_map(|(_, _, payload)| {
+            // struct netconfmsg is one byte of family, padded to 4.
             let (mut ifindex, mut forwarding) = (None, None);
-            let mut attrs = &data[20..len];
-            while attrs.len() >= 4 {
-                let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
-                if alen < 4 || alen > attrs.len() {
-                    break;
+            for (kind, value) in attributes(payload.get(4..)?) {
+                let value = i32::from_ne_bytes(value.get(..4)?.try_into().ok()?);
+                match kind {
+                    NETCONFA_IFINDEX => ifindex = Some(value),
+                    NETCONFA_FORWARDING => forwarding = Some(value != 0),
+                    _ => {}
                 }
-                if alen >= 8 {
-                    let value = i32::from_ne_bytes(attrs[4..8].try_into().expect("4 bytes"));
-                    match atype {
-                        NETCONFA_IFINDEX => ifindex = Some(value),
-                        NETCONFA_FORWARDING => forwarding = Some(value != 0),
-                        _ => {}
-                    }
-                }
-                let step = (alen + 3) & !3;
-                attrs = &attrs[step.min(attrs.len())..];
             }
-            if let (Some(ifindex), Some(forwarding)) = (ifindex, forwarding) {
-                updates.push(NetconfUpdate {
-                    ifindex,
-                    forwarding,
-                });
-            }
-        }
-        let step = (len + 3) & !3;
-        data = &data[step.min(data.len())..];
-    }
-    updates
-}
-
-fn index_to_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf is IF_NAMESIZE bytes as if_indextoname requires.
-    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if ptr.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+            Some(NetconfUpdate {
+                ifindex: ifindex?,
+                forwarding: forwarding?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

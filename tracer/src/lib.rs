@@ -14,6 +14,7 @@ pub mod enrich;
 pub mod forwarding;
 pub mod kallsyms;
 pub mod loader;
+pub mod netlink;
 pub mod netns;
 pub mod privileges;
 pub mod samples;

@@ -230,7 +230,7 @@ fn interface_name_in(ns_path: &Path, ifindex: u32) -> Option<String> {
 }
 
 /// `if_indextoname` for the calling thread's namespace.
-fn index_to_name(ifindex: u32) -> Option<String> {
+pub fn index_to_name(ifindex: u32) -> Option<String> {
     let mut buf = [0u8; libc::IF_NAMESIZE];
     // SAFETY: buf is IF_NAMESIZE bytes as if_indextoname requires; the result is either
     // null or a pointer into buf holding a NUL-terminated name.

@@ -10,13 +10,16 @@ use std::{
     collections::HashMap,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use super::{EnrichError, Subnet};
-use crate::netns::inode_of;
+use crate::{
+    netlink::{self, attributes, netlink_messages, u32_at, NLMSG_HEADER_LEN},
+    netns::inode_of,
+};
 
 /// Bound on one wait for a netlink answer.
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -44,57 +47,8 @@ pub struct InterfaceAddress {
     pub subnet: Subnet,
 }
 
-const NLMSG_HEADER_LEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 const IFADDRMSG_LEN: usize = 8;
-const RTATTR_HEADER_LEN: usize = 4;
-/// Attribute types carry flag bits (nested, byte order) above these.
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-fn u16_at(data: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(data.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(data: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(data.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// The messages of one netlink datagram: (type, sequence number, payload).
-pub fn netlink_messages(mut data: &[u8]) -> Vec<(u16, u32, &[u8])> {
-    let mut messages = Vec::new();
-    while data.len() >= NLMSG_HEADER_LEN {
-        let Some(len) = u32_at(data, 0).map(|l| l as usize) else {
-            break;
-        };
-        if len < NLMSG_HEADER_LEN || len > data.len() {
-            break;
-        }
-        let kind = u16_at(data, 4).unwrap_or_default();
-        let seq = u32_at(data, 8).unwrap_or_default();
-        messages.push((kind, seq, &data[NLMSG_HEADER_LEN..len]));
-        data = data.get(align4(len)..).unwrap_or_default();
-    }
-    messages
-}
-
-/// The attributes (type without flag bits, value) in `data`.
-pub fn attributes(mut data: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut attrs = Vec::new();
-    while data.len() >= RTATTR_HEADER_LEN {
-        let len = usize::from(u16_at(data, 0).unwrap_or_default());
-        if len < RTATTR_HEADER_LEN || len > data.len() {
-            break;
-        }
-        let kind = u16_at(data, 2).unwrap_or_default() & NLA_TYPE_MASK;
-        attrs.push((kind, &data[RTATTR_HEADER_LEN..len]));
-        data = data.get(align4(len)..).unwrap_or_default();
-    }
-    attrs
-}
 
 /// A NUL-terminated (or not) attribute string.
 fn attribute_string(value: &[u8]) -> String {
@@ -211,7 +165,7 @@ pub fn bridges_in(name: &str, path: &Path) -> Result<Vec<BridgeSubnet>, EnrichEr
             return Err(error(std::io::Error::last_os_error()));
         }
     }
-    let socket = netlink_socket().map_err(error)?;
+    let socket = netlink::route_socket(0, NETLINK_TIMEOUT).map_err(error)?;
     let links: Vec<Link> = dump(&socket, libc::RTM_GETLINK, IFINFOMSG_LEN, 1)
         .map_err(error)?
         .iter()
@@ -225,41 +179,6 @@ pub fn bridges_in(name: &str, path: &Path) -> Result<Vec<BridgeSubnet>, EnrichEr
         .filter_map(|(_, payload)| parse_address(payload))
         .collect();
     Ok(bridge_subnets(&links, &addresses))
-}
-
-/// A NETLINK_ROUTE socket in the calling thread's namespace, with a receive timeout.
-fn netlink_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the result is checked below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a descriptor we just opened and own exclusively.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: libc::time_t::try_from(NETLINK_TIMEOUT.as_secs()).unwrap_or(1),
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt reads one timeval of the given size from valid memory.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(socket)
 }
 
 /// Sends a dump request of `request` (with a zeroed family header of `header_len`
@@ -342,6 +261,7 @@ fn dump_request(request: u16, header_len: usize, seq: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{align4, u16_at, RTATTR_HEADER_LEN};
 
     fn subnet(text: &str) -> Subnet {
         Subnet::parse(text).expect("test subnet")
