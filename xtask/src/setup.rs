@@ -31,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     // busybox-static (no registry); the kernel matrix boots guests under qemu with a
     // busybox-static userland.
     "docker.io",
+    // The compose incident e2e runs the incident's compose file (Debian's compose 1.29).
+    "docker-compose",
     "qemu-system-x86",
     "busybox-static",
 ];

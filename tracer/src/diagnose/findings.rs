@@ -167,12 +167,29 @@ fn published_targets(ev: &Evidence) -> String {
         .filter(|s| s.location == "ip_error")
         .filter_map(|s| {
             let d = ev.dnat_for(s)?;
-            let bridge = host
-                .bridge_of(&d.to_addr)
-                .map(|b| format!(" (bridge {b})"))
-                .unwrap_or_default();
+            // Who is behind the address, so that the verdict names the container the
+            // user knows rather than an address they would have to look up.
+            let behind: Vec<String> = [
+                host.bridge_of(&d.to_addr).map(|b| format!("bridge {b}")),
+                s.target
+                    .container
+                    .as_ref()
+                    .map(|c| format!("container {c}")),
+                s.target
+                    .service
+                    .as_ref()
+                    .map(|c| format!("compose service {c}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let behind = if behind.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", behind.join(", "))
+            };
             Some(format!(
-                "published port {} -> {}:{}{bridge}",
+                "published port {} -> {}:{}{behind}",
                 d.dport, d.to_addr, s.dport
             ))
         })
@@ -521,6 +538,53 @@ mod tests {
         assert_eq!(f.fix[0], "sysctl -w net.ipv4.ip_forward=1");
         assert!(f.fix[1].contains("/etc/sysctl.d/"), "{:?}", f.fix);
         assert!(f.fix[2].contains("network_mode: host"), "{:?}", f.fix);
+    }
+
+    #[test]
+    fn the_verdict_names_the_container_and_compose_service_behind_the_port() {
+        let before = host(false);
+        let mut after = host(false);
+        after.bridges.push(crate::enrich::rtnetlink::BridgeSubnet {
+            bridge: "br-5e1f".into(),
+            subnet: crate::enrich::Subnet::parse("172.18.0.0/16").expect("a subnet"),
+        });
+        after.counters.in_addr_errors = 3;
+        let mut named = sample("ip_error");
+        named.target = crate::enrich::Destination {
+            bridge: Some("br-5e1f".into()),
+            network: Some("incident_monitoring".into()),
+            container: Some("incident_pushgateway_1".into()),
+            service: Some("pushgateway".into()),
+        };
+        let mut container_only = sample("ip_error");
+        container_only.target.container = Some("web".into());
+        let cases = [
+            (
+                "compose container",
+                named,
+                "published port 9091 -> 172.18.0.2:80 (bridge br-5e1f, container incident_pushgateway_1, compose service pushgateway) dropped 3 times",
+            ),
+            (
+                "container without compose",
+                container_only,
+                "published port 9091 -> 172.18.0.2:80 (bridge br-5e1f, container web) dropped 3 times",
+            ),
+        ];
+        for (name, sample, want) in cases {
+            let drops = [drop("IP_INADDRERRORS", "ip_error", "eth0", 3)];
+            let found = findings(&Evidence {
+                before: Some(&before),
+                after: &after,
+                drops: Some(&drops),
+                samples: &[sample],
+            });
+            assert_eq!(found.len(), 1, "case {name}: {found:?}");
+            assert!(
+                found[0].summary.ends_with(want),
+                "case {name}: {}",
+                found[0].summary
+            );
+        }
     }
 
     #[test]
