@@ -175,6 +175,19 @@ impl DockerEngine {
         format!("unix://{}", self.socket.display())
     }
 
+    /// The engine's API socket.
+    #[must_use]
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The engine's exec root; its `netns/` holds the containers' namespaces (what
+    /// `/run/docker/netns` is for a system's dockerd).
+    #[must_use]
+    pub fn exec_root(&self) -> PathBuf {
+        self.dir.join("exec")
+    }
+
     /// The engine's temporary folder; removed with the engine.
     #[must_use]
     pub fn dir(&self) -> &Path {
@@ -329,7 +342,8 @@ impl Drop for DockerEngine {
 /// A `docker-compose` project on a [`DockerEngine`]: `up -d` on start, `down` on drop.
 pub struct ComposeProject<'e> {
     engine: &'e DockerEngine,
-    file: PathBuf,
+    /// Compose files, later ones overriding earlier ones (`-f` each).
+    files: Vec<PathBuf>,
     /// The project name (`-p`): prefix of its containers' and networks' names.
     pub name: String,
 }
@@ -340,9 +354,15 @@ impl<'e> ComposeProject<'e> {
     pub fn up(engine: &'e DockerEngine, name: &str, yaml: &str) -> Self {
         let file = engine.dir.join(format!("{name}.yml"));
         fs::write(&file, yaml).expect("write the compose file");
+        Self::up_files(engine, name, vec![file])
+    }
+
+    /// Runs `docker-compose -f <file>... up -d` as project `name`, each file overriding
+    /// the ones before it; panics with compose's and dockerd's output if that fails.
+    pub fn up_files(engine: &'e DockerEngine, name: &str, files: Vec<PathBuf>) -> Self {
         let project = Self {
             engine,
-            file,
+            files,
             name: name.to_owned(),
         };
         let out = project.compose_output(&["up", "-d"]);
@@ -356,20 +376,23 @@ impl<'e> ComposeProject<'e> {
         project
     }
 
-    /// `docker-compose -p <name> -f <file> args...` against our engine, bounded in time,
+    /// `docker-compose -p <name> -f <file>... args...` against our engine, bounded in time,
     /// whatever the exit status.
     #[must_use]
     pub fn compose_output(&self, args: &[&str]) -> Output {
-        Command::new("timeout")
+        let mut command = Command::new("timeout");
+        command
             .arg(CLI_TIMEOUT_S)
             .arg("docker-compose")
             .arg("-p")
-            .arg(&self.name)
-            .arg("-f")
-            .arg(&self.file)
+            .arg(&self.name);
+        for file in &self.files {
+            command.arg("-f").arg(file);
+        }
+        command
             .args(args)
             .env("DOCKER_HOST", self.engine.host())
-            // No compose file, .env or proxy settings of the caller's may leak in.
+            // No compose file or project name of the caller's may leak in.
             .env_remove("COMPOSE_FILE")
             .env_remove("COMPOSE_PROJECT_NAME")
             .current_dir(&self.engine.dir)
