@@ -19,6 +19,25 @@ pub const DEFAULT_PERSISTENCE_INTERVAL: Duration = Duration::from_mins(5);
 /// Default listen port, as upstream.
 pub const DEFAULT_PORT: u16 = 9091;
 
+/// Default `--web.header-read-timeout`: a client on a slow link sends a request head in
+/// well under a second; ten bound what a connection that sends nothing can hold.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default `--web.request-timeout`: a 16 MiB push over a slow link fits in a minute.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_mins(1);
+
+/// Default `--web.max-connections`: far more than the scrapers and batch jobs of one
+/// site, and well under the usual 1,024 open files per process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// Default `--push.max-labels-per-series`, grouping labels included: real series have
+/// a dozen; this only stops a push that would make every scrape carry junk.
+pub const DEFAULT_MAX_LABELS_PER_SERIES: usize = 128;
+
+/// Default `--push.max-series-per-push`: batch jobs push hundreds; a push of this many
+/// is about 6 MiB of text, still under the body limit.
+pub const DEFAULT_MAX_SERIES_PER_PUSH: usize = 100_000;
+
 /// Everything [`crate::server::serve`] needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
@@ -46,6 +65,26 @@ pub struct GatewayConfig {
     /// More `flags` for `/api/v1/status` (e.g. `log.level`), beside the ones derived
     /// from the fields above.
     pub extra_status_flags: BTreeMap<String, String>,
+    /// `--web.config.file`: exporter-toolkit web config (TLS, basic auth, headers),
+    /// re-read when it changes; `None`: plain HTTP, no authentication.
+    pub web_config_file: Option<PathBuf>,
+    /// `--web.deny-path`: regular expressions of paths answered 404, besides the
+    /// default `^/(debug|pprof)` (see [`crate::web::filter`]).
+    pub deny_paths: Vec<String>,
+    /// `--web.allow-push-from`: networks that may push, delete, wipe and quit; empty:
+    /// any. Scrapes are open to all.
+    pub allow_push_from: Vec<String>,
+    /// `--web.header-read-timeout`: time for the TLS handshake and each request head.
+    pub header_read_timeout: Duration,
+    /// `--web.request-timeout`: time to read a request and answer it (408 after).
+    pub request_timeout: Duration,
+    /// `--web.max-connections`: connections served at once (429 past it).
+    pub max_connections: usize,
+    /// `--push.max-labels-per-series`: labels of one pushed series, grouping labels
+    /// included (400 past it).
+    pub max_labels_per_series: usize,
+    /// `--push.max-series-per-push`: series in one push (400 past it).
+    pub max_series_per_push: usize,
 }
 
 impl Default for GatewayConfig {
@@ -60,6 +99,14 @@ impl Default for GatewayConfig {
             disable_consistency_check: false,
             body_limit: DEFAULT_BODY_LIMIT,
             extra_status_flags: BTreeMap::new(),
+            web_config_file: None,
+            deny_paths: Vec::new(),
+            allow_push_from: Vec::new(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_labels_per_series: DEFAULT_MAX_LABELS_PER_SERIES,
+            max_series_per_push: DEFAULT_MAX_SERIES_PER_PUSH,
         }
     }
 }

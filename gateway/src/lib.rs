@@ -16,5 +16,6 @@ pub mod persistence;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod web;
 
 pub use source::MetricSource;

@@ -1,9 +1,12 @@
-//! Running the gateway: restore, bind, serve, shut down gracefully, persist.
+//! Running the gateway: check the web settings, restore, bind, serve, shut down
+//! gracefully, persist.
 //!
 //! The binary calls [`serve`] (for `dropgate gateway` with [`NoSource`], for
 //! `dropgate run` with the tracer's source) and passes the future that ends it, usually
 //! [`shutdown_signal`]. `/-/quit` ends it too when the lifecycle API is enabled. Tests
-//! that need the bound port use [`Gateway::bind`] and [`Gateway::run`].
+//! that need the bound port use [`Gateway::bind`] and [`Gateway::run`]. Every route,
+//! merged ones included, is served behind the guard of [`crate::web`], on the
+//! connection loop of [`crate::web::listener`].
 //!
 //! [`NoSource`]: crate::source::NoSource
 
@@ -12,14 +15,24 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::api::{app, AppState};
-use crate::config::GatewayConfig;
+use crate::config::{normalize_route_prefix, GatewayConfig};
 use crate::persistence::{self, LoadOutcome, PersistenceError};
 use crate::source::MetricSource;
 use crate::store::{MetricStore, ReservedNames};
+use crate::web::config_file::{self, Fingerprint, WebConfigError, WebSettings};
+use crate::web::filter::{FilterError, PathFilter, PushAllowList};
+use crate::web::guard::Guard;
+use crate::web::listener::{self, ConnectionLimits};
+use crate::web::rejections::{Rejections, WithGatewayMetrics};
+
+/// How often the web config file (and the files it names) is looked at for changes.
+const WEB_CONFIG_POLL: Duration = Duration::from_secs(1);
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +51,12 @@ pub enum ServeError {
     /// The HTTP server failed while running.
     #[error("the HTTP server failed: {0}")]
     Serve(io::Error),
+    /// `--web.config.file` cannot be used.
+    #[error(transparent)]
+    WebConfig(#[from] WebConfigError),
+    /// A `--web.deny-path` or `--web.allow-push-from` cannot be used.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
 }
 
 /// A gateway whose store is restored and whose socket is bound, not yet serving.
@@ -48,17 +67,40 @@ pub struct Gateway {
     /// Routes of other parts of the process (the tracer's `/api/v1/drops`), served
     /// beside the gateway's own; their paths already carry the route prefix.
     extra_routes: axum::Router,
+    rejections: Arc<Rejections>,
+    filter: PathFilter,
+    allow: PushAllowList,
+    web_settings: watch::Sender<Arc<WebSettings>>,
+    /// The web config file and how its files looked when read, to notice changes.
+    web_config: Option<(std::path::PathBuf, Fingerprint)>,
 }
 
 impl Gateway {
     /// Restores the store from the persistence file (if configured), then binds.
     ///
     /// `source`'s family names (as it returns them now) and the `dropgate_` prefix are
-    /// reserved: pushes may not define them.
+    /// reserved: pushes may not define them. The web config, deny rules and networks
+    /// are checked first, so a mistake there stops the start before anything else.
     pub async fn bind(
         config: GatewayConfig,
         source: Arc<dyn MetricSource>,
     ) -> Result<Self, ServeError> {
+        let filter = PathFilter::new(
+            &config.deny_paths,
+            &normalize_route_prefix(&config.route_prefix),
+        )?;
+        let allow = PushAllowList::parse(&config.allow_push_from)?;
+        let (settings, web_config) = match &config.web_config_file {
+            Some(file) => {
+                let (settings, fingerprint) = config_file::load(file)?;
+                tracing::info!(file = %file.display(), ?settings, "web config loaded");
+                (settings, Some((file.clone(), fingerprint)))
+            }
+            None => (WebSettings::default(), None),
+        };
+        let rejections = Arc::new(Rejections::default());
+        let source: Arc<dyn MetricSource> =
+            Arc::new(WithGatewayMetrics::new(Arc::clone(&rejections), source));
         let store = Arc::new(MetricStore::new(ReservedNames::of_source(source.as_ref())));
         if let Some(path) = config.persistence_file.clone() {
             let restoring = Arc::clone(&store);
@@ -81,6 +123,11 @@ impl Gateway {
             listener,
             state,
             extra_routes: axum::Router::new(),
+            rejections,
+            filter,
+            allow,
+            web_settings: watch::Sender::new(Arc::new(settings)),
+            web_config,
         })
     }
 
@@ -103,9 +150,16 @@ impl Gateway {
         &self.state
     }
 
+    /// The counters of refused requests (also exposed on `/metrics`).
+    #[must_use]
+    pub fn rejections(&self) -> &Arc<Rejections> {
+        &self.rejections
+    }
+
     /// Serves until `shutdown` resolves or `/-/quit` is called; then stops accepting,
-    /// lets in-flight requests finish, saves the store one last time (if persistence
-    /// is configured) and returns.
+    /// lets in-flight requests finish (for at most `--web.request-timeout` and a
+    /// second), saves the store one last time (if persistence is configured) and
+    /// returns.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -115,6 +169,11 @@ impl Gateway {
             listener,
             state,
             extra_routes,
+            rejections,
+            filter,
+            allow,
+            web_settings,
+            web_config,
         } = self;
         let store = Arc::clone(state.store());
         let (stop_persisting, persisting_stopped) = oneshot::channel::<()>();
@@ -135,22 +194,44 @@ impl Gateway {
                 () = quit.triggered() => tracing::info!("shutting down on /-/quit"),
             }
         };
+        let settings = web_settings.subscribe();
+        let watcher = web_config.map(|(file, fingerprint)| {
+            tokio::spawn(config_file::watch(
+                file,
+                fingerprint,
+                web_settings,
+                WEB_CONFIG_POLL,
+            ))
+        });
         if let Ok(address) = listener.local_addr() {
-            tracing::info!(%address, "gateway listening");
+            let tls = settings.borrow().tls.is_some();
+            tracing::info!(%address, tls, "gateway listening");
         }
-        let served = axum::serve(listener, app(state).merge(extra_routes))
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(ServeError::Serve);
+        let guard = Arc::new(Guard::new(
+            filter,
+            allow,
+            config.request_timeout,
+            settings.clone(),
+            Arc::clone(&rejections),
+        ));
+        let router = guard.wrap(app(state).merge(extra_routes));
+        let limits = ConnectionLimits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            grace: config.request_timeout + Duration::from_secs(1),
+        };
+        listener::serve(listener, router, settings, limits, rejections, stop).await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         let _ = stop_persisting.send(());
-        let saved = match persister {
+        match persister {
             Some(task) => task
                 .await
                 .map_err(|join| ServeError::Serve(io::Error::other(join)))?
                 .map_err(ServeError::from),
             None => Ok(()),
-        };
-        served.and(saved)
+        }
     }
 }
 

@@ -166,6 +166,32 @@ pub struct GatewayArgs {
     /// Largest accepted request body, in bytes (after decompression); larger ones get 413.
     #[arg(long = "web.max-body-bytes", default_value_t = gateway::config::DEFAULT_BODY_LIMIT)]
     pub max_body_bytes: usize,
+    /// exporter-toolkit web config (TLS, basic auth, headers); re-read when it changes.
+    #[arg(long = "web.config.file", value_parser = any_path)]
+    pub web_config_file: Option<PathBuf>,
+    /// Also answer 404 for paths matching this regex (repeatable; case-insensitive,
+    /// matched on the decoded, normalised path). `^/(debug|pprof)` is always denied.
+    #[arg(long = "web.deny-path", value_name = "REGEX", value_parser = deny_path)]
+    pub deny_paths: Vec<String>,
+    /// Accept pushes, deletes, wipe and quit only from this network (repeatable, e.g.
+    /// 10.0.0.0/8); scrapes stay open. Default: from anywhere.
+    #[arg(long = "web.allow-push-from", value_name = "CIDR", value_parser = network)]
+    pub allow_push_from: Vec<String>,
+    /// Time for the TLS handshake and each request head (408 and close after it).
+    #[arg(long = "web.header-read-timeout", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time to read a request and answer it (408 after it).
+    #[arg(long = "web.request-timeout", default_value = "1m", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Connections served at once; more are answered 429.
+    #[arg(long = "web.max-connections", default_value_t = gateway::config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Labels of one pushed series, grouping labels included; more: 400.
+    #[arg(long = "push.max-labels-per-series", default_value_t = gateway::config::DEFAULT_MAX_LABELS_PER_SERIES)]
+    pub max_labels_per_series: usize,
+    /// Series in one push; more: 400.
+    #[arg(long = "push.max-series-per-push", default_value_t = gateway::config::DEFAULT_MAX_SERIES_PER_PUSH)]
+    pub max_series_per_push: usize,
 }
 
 impl GatewayArgs {
@@ -181,6 +207,14 @@ impl GatewayArgs {
             enable_lifecycle: self.enable_lifecycle,
             disable_consistency_check: self.disable_consistency_check,
             body_limit: self.max_body_bytes,
+            web_config_file: self.web_config_file.filter(|p| !p.as_os_str().is_empty()),
+            deny_paths: self.deny_paths,
+            allow_push_from: self.allow_push_from,
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            max_labels_per_series: self.max_labels_per_series,
+            max_series_per_push: self.max_series_per_push,
             ..gateway::config::GatewayConfig::default()
         }
     }
@@ -225,6 +259,18 @@ impl From<HookArg> for HookChoice {
 #[allow(clippy::unnecessary_wraps)] // clap's value parsers return a Result
 fn any_path(text: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(text))
+}
+
+fn deny_path(text: &str) -> Result<String, String> {
+    gateway::web::filter::check_deny_path(text)
+        .map(|()| text.to_owned())
+        .map_err(|err| err.to_string())
+}
+
+fn network(text: &str) -> Result<String, String> {
+    gateway::web::filter::Network::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|err| err.to_string())
 }
 
 fn listen_address(text: &str) -> Result<SocketAddr, String> {

@@ -12,6 +12,7 @@ use crate::codec::protobuf::ProtobufError;
 use crate::codec::text::TextParseError;
 use crate::grouping::GroupingError;
 use crate::store::StoreError;
+use crate::web::rejections::Reason;
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,24 @@ pub enum ApiError {
     #[error("request body is larger than the gateway's limit of {limit} bytes; push fewer metrics per request, or raise the limit of the gateway")]
     BodyTooLarge {
         /// The limit in bytes.
+        limit: usize,
+    },
+    /// A pushed series has more labels than `--push.max-labels-per-series` (400).
+    #[error("series {series} has {count} labels (grouping labels included), more than the gateway's limit of {limit}; drop labels, or raise --push.max-labels-per-series")]
+    TooManyLabels {
+        /// The family name of the series.
+        series: String,
+        /// Its label count.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A push has more series than `--push.max-series-per-push` (400).
+    #[error("the push has {count} series, more than the gateway's limit of {limit}; split it into several groups, or raise --push.max-series-per-push")]
+    TooManySeries {
+        /// Series in the push.
+        count: usize,
+        /// The limit.
         limit: usize,
     },
     /// The request body could not be read from the connection (400).
@@ -77,7 +96,9 @@ impl ApiError {
             | Self::Encoding(_)
             | Self::Text(_)
             | Self::Protobuf(_)
-            | Self::Store(_) => StatusCode::BAD_REQUEST,
+            | Self::Store(_)
+            | Self::TooManyLabels { .. }
+            | Self::TooManySeries { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -87,8 +108,43 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Under which reason `dropgate_gateway_rejected_total` counts this error, if any
+    /// (unknown paths and methods are misses, not rejections).
+    #[must_use]
+    pub fn rejection(&self) -> Option<Reason> {
+        match self {
+            Self::Grouping(_)
+            | Self::BodyRead(_)
+            | Self::Encoding(_)
+            | Self::Text(_)
+            | Self::Protobuf(_) => Some(Reason::InvalidPush),
+            Self::Store(_) => Some(Reason::InconsistentPush),
+            Self::BodyTooLarge { .. } => Some(Reason::BodyTooLarge),
+            Self::TooManyLabels { .. } => Some(Reason::TooManyLabels),
+            Self::TooManySeries { .. } => Some(Reason::TooManySeries),
+            Self::NotFound
+            | Self::MethodNotAllowed { .. }
+            | Self::LifecycleDisabled
+            | Self::Internal(_) => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let rejection = self.rejection();
+        let mut response = self.respond();
+        // Counted by the guard in front of the routes (crate::web::guard).
+        if let Some(reason) = rejection {
+            response.extensions_mut().insert(reason);
+        }
+        response
+    }
+}
+
+impl ApiError {
+    fn respond(self) -> Response {
         let status = self.status();
         let body = match &self {
             Self::Internal(detail) => {

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::{ApiError, AppState};
 use crate::codec::{self, PushFormat};
 use crate::grouping::GroupingKey;
+use crate::model::MetricFamily;
 use crate::store::WriteCommand;
 
 /// Handles a push or a delete.
@@ -46,6 +47,7 @@ pub(super) async fn push(
         PushFormat::DelimitedProtobuf => codec::protobuf::decode_delimited(&decoded)?,
     };
     drop(decoded);
+    check_limits(&key, &families, inner.max_labels_per_series, inner.max_series_per_push)?;
     let command = if method == Method::PUT {
         WriteCommand::Put { key, families }
     } else {
@@ -58,6 +60,51 @@ pub(super) async fn push(
     } else {
         StatusCode::OK
     })
+}
+
+/// `--push.max-series-per-push` and `--push.max-labels-per-series`, checked before the
+/// store sees the push, so a push over them changes nothing (not even the failure time).
+fn check_limits(
+    key: &GroupingKey,
+    families: &[MetricFamily],
+    max_labels: usize,
+    max_series: usize,
+) -> Result<(), ApiError> {
+    let count: usize = families.iter().map(|family| family.metric.len()).sum();
+    if count > max_series {
+        return Err(ApiError::TooManySeries {
+            count,
+            limit: max_series,
+        });
+    }
+    let grouping = key.labels();
+    for family in families {
+        for metric in &family.metric {
+            // Grouping labels replace same-named body labels; the rest are added.
+            let from_body = metric
+                .label
+                .iter()
+                .filter(|pair| !grouping.contains_key(pair.name.as_deref().unwrap_or_default()))
+                .count();
+            // `instance=""` is added when neither names it.
+            let instance = usize::from(
+                !grouping.contains_key("instance")
+                    && !metric
+                        .label
+                        .iter()
+                        .any(|pair| pair.name.as_deref() == Some("instance")),
+            );
+            let labels = from_body + grouping.len() + instance;
+            if labels > max_labels {
+                return Err(ApiError::TooManyLabels {
+                    series: family.name.clone().unwrap_or_default(),
+                    count: labels,
+                    limit: max_labels,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (early when the

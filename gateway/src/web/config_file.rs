@@ -1,0 +1,683 @@
+//! `--web.config.file`: the exporter-toolkit `web-config.yml` that pushgateway users
+//! already have: TLS (`tls_server_config`), basic authentication (`basic_auth_users`,
+//! bcrypt hashes) and extra response headers (`http_server_config.headers`).
+//!
+//! [`load`] turns the file into [`WebSettings`], checking everything up front (files
+//! readable, keys matching, hashes well-formed), so a bad file is a clear error at
+//! start and is never half-applied on reload. Relative paths are read from the file's
+//! directory, as exporter-toolkit does. TLS is rustls: TLS 1.2 and 1.3 only (a
+//! `min_version` of TLS10/TLS11 still gets 1.2 at least, with a warning), and
+//! `cipher_suites`/`curve_preferences` pick from rustls's suites and groups by their
+//! Go/IANA names. `client_allowed_sans` is refused rather than ignored: a restriction
+//! that silently did nothing would be worse than an error.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::http::{HeaderName, HeaderValue};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use serde::Deserialize;
+use tokio_rustls::TlsAcceptor;
+
+/// Headers exporter-toolkit lets a web config set, and nothing else.
+const ALLOWED_HEADERS: [&str; 5] = [
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "X-XSS-Protection",
+    "Content-Security-Policy",
+];
+
+/// Why a web config file cannot be used. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum WebConfigError {
+    /// The file (or a file it names) could not be read.
+    #[error("web config {file}: cannot read {path}: {source}")]
+    Read {
+        /// The web config file.
+        file: PathBuf,
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The YAML does not parse or has unknown keys.
+    #[error("web config {file}: {reason}")]
+    Syntax {
+        /// The web config file.
+        file: PathBuf,
+        /// What the YAML parser said.
+        reason: String,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("web config {file}: {reason}")]
+    Invalid {
+        /// The web config file.
+        file: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebConfig {
+    #[serde(default)]
+    tls_server_config: Option<RawTls>,
+    #[serde(default)]
+    http_server_config: Option<RawHttp>,
+    #[serde(default)]
+    basic_auth_users: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    cert_file: Option<String>,
+    #[serde(default)]
+    key_file: Option<String>,
+    #[serde(default)]
+    cert: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    client_auth_type: Option<String>,
+    #[serde(default)]
+    client_ca_file: Option<String>,
+    #[serde(default)]
+    client_ca: Option<String>,
+    #[serde(default)]
+    client_allowed_sans: Option<Vec<String>>,
+    #[serde(default)]
+    min_version: Option<String>,
+    #[serde(default)]
+    max_version: Option<String>,
+    #[serde(default)]
+    cipher_suites: Option<Vec<String>>,
+    #[serde(default)]
+    curve_preferences: Option<Vec<String>>,
+    #[serde(default)]
+    prefer_server_cipher_suites: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    /// Accepted for compatibility: dropgate speaks HTTP/1.1 only.
+    #[serde(default)]
+    http2: Option<bool>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// What a web config file says, ready to use. Without a file: no TLS, no users, no
+/// extra headers ([`WebSettings::default`]).
+#[derive(Clone, Default)]
+pub struct WebSettings {
+    /// TLS for every connection, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// User name → bcrypt hash; empty: no authentication.
+    pub users: BTreeMap<String, String>,
+    /// Headers added to every response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl std::fmt::Debug for WebSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSettings")
+            .field("tls", &self.tls.is_some())
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+/// What the files a web config depends on look like now; a change means "reload".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, Option<(SystemTime, u64)>)>);
+
+/// Loads and checks `file`; also returns the fingerprint of every file it read.
+pub fn load(file: &Path) -> Result<(WebSettings, Fingerprint), WebConfigError> {
+    let mut stamps = Vec::new();
+    let text = stamped_read(file, &mut stamps).map_err(|source| WebConfigError::Read {
+        file: file.to_path_buf(),
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let raw: RawWebConfig = if text.trim_ascii().is_empty() {
+        RawWebConfig::default()
+    } else {
+        serde_yaml::from_slice(&text).map_err(|error| WebConfigError::Syntax {
+            file: file.to_path_buf(),
+            reason: error.to_string(),
+        })?
+    };
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let invalid = |reason: String| WebConfigError::Invalid {
+        file: file.to_path_buf(),
+        reason,
+    };
+
+    let users = raw.basic_auth_users.unwrap_or_default();
+    for (user, hash) in &users {
+        if hash.parse::<bcrypt::HashParts>().is_err() {
+            return Err(invalid(format!(
+                "basic_auth_users: the hash of {user:?} is not a bcrypt hash; create one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"
+            )));
+        }
+    }
+
+    let mut headers = Vec::new();
+    let http = raw.http_server_config.unwrap_or_default();
+    if http.http2 == Some(true) {
+        tracing::debug!("http_server_config.http2: dropgate serves HTTP/1.1 only");
+    }
+    for (name, value) in &http.headers.unwrap_or_default() {
+        headers.push(check_header(name, value).map_err(invalid)?);
+    }
+
+    let tls = match raw.tls_server_config {
+        Some(tls) if tls_configured(&tls) => {
+            let config = tls_config(&tls, dir, &mut stamps).map_err(|error| match error {
+                TlsSetupError::Read { path, source } => WebConfigError::Read {
+                    file: file.to_path_buf(),
+                    path,
+                    source,
+                },
+                TlsSetupError::Invalid(reason) => invalid(reason),
+            })?;
+            Some(TlsAcceptor::from(Arc::new(config)))
+        }
+        _ => None,
+    };
+    let settings = WebSettings {
+        tls,
+        users,
+        headers,
+    };
+    Ok((settings, Fingerprint(stamps)))
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Reads `path`, noting how it looked *before* the read: a change during the read
+/// then shows as a change at the next look.
+fn stamped_read(path: &Path, stamps: &mut Vec<(PathBuf, Stamp)>) -> io::Result<Vec<u8>> {
+    stamps.push((path.to_path_buf(), stamp(path)));
+    std::fs::read(path)
+}
+
+impl Fingerprint {
+    /// The same files, looked at again.
+    #[must_use]
+    pub fn refreshed(&self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(path, _)| (path.clone(), stamp(path)))
+                .collect(),
+        )
+    }
+}
+
+/// Re-reads `file` whenever it or a file it names changes (looking every `every`),
+/// and publishes the new settings on `sender`; an invalid file is logged and the
+/// previous settings stay. Runs until `sender` has no receivers left.
+pub async fn watch(
+    file: PathBuf,
+    mut seen: Fingerprint,
+    sender: tokio::sync::watch::Sender<Arc<WebSettings>>,
+    every: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        if sender.is_closed() {
+            return;
+        }
+        let now = seen.refreshed();
+        if now == seen {
+            continue;
+        }
+        let path = file.clone();
+        let loaded = tokio::task::spawn_blocking(move || load(&path)).await;
+        match loaded {
+            Ok(Ok((settings, fingerprint))) => {
+                tracing::info!(file = %file.display(), ?settings, "web config reloaded");
+                sender.send_replace(Arc::new(settings));
+                seen = fingerprint;
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "web config not reloaded; the previous one stays in force");
+                seen = now;
+            }
+            Err(join) => tracing::error!(%join, "web config reload failed"),
+        }
+    }
+}
+
+fn check_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let Some(canonical) = ALLOWED_HEADERS
+        .iter()
+        .find(|allowed| allowed.eq_ignore_ascii_case(name))
+    else {
+        return Err(format!(
+            "http_server_config.headers: {name:?} cannot be configured; allowed: {}",
+            ALLOWED_HEADERS.join(", ")
+        ));
+    };
+    let lower = value.to_ascii_lowercase();
+    let ok = match *canonical {
+        "X-Content-Type-Options" => lower == "nosniff",
+        "X-Frame-Options" => lower == "deny" || lower == "sameorigin",
+        _ => true,
+    };
+    if !ok {
+        return Err(format!(
+            "http_server_config.headers: invalid value {value:?} for {canonical}"
+        ));
+    }
+    let header_value = HeaderValue::from_str(value)
+        .map_err(|_| format!("http_server_config.headers: {canonical} has an invalid value"))?;
+    let header_name = HeaderName::from_bytes(canonical.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("http_server_config.headers: {canonical} is not a header name"))?;
+    Ok((header_name, header_value))
+}
+
+/// exporter-toolkit's rule: TLS is off when none of the certificate and client
+/// settings is given.
+fn tls_configured(tls: &RawTls) -> bool {
+    let given = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+    given(&tls.cert_file)
+        || given(&tls.key_file)
+        || given(&tls.cert)
+        || given(&tls.key)
+        || given(&tls.client_ca_file)
+        || given(&tls.client_ca)
+        || given(&tls.client_auth_type)
+}
+
+enum TlsSetupError {
+    Read { path: PathBuf, source: io::Error },
+    Invalid(String),
+}
+
+impl From<String> for TlsSetupError {
+    fn from(reason: String) -> Self {
+        Self::Invalid(reason)
+    }
+}
+
+/// exporter-toolkit's `client_auth_type` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientAuth {
+    NoClientCert,
+    RequestClientCert,
+    RequireAnyClientCert,
+    VerifyClientCertIfGiven,
+    RequireAndVerifyClientCert,
+}
+
+fn tls_config(
+    tls: &RawTls,
+    dir: &Path,
+    stamps: &mut Vec<(PathBuf, Stamp)>,
+) -> Result<ServerConfig, TlsSetupError> {
+    if tls.client_allowed_sans.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err("tls_server_config.client_allowed_sans is not supported by dropgate; remove it and use a client CA that signs only the allowed clients".to_owned().into());
+    }
+    if tls.prefer_server_cipher_suites.is_some() {
+        tracing::debug!("tls_server_config.prefer_server_cipher_suites is ignored, as in Go");
+    }
+    let client_auth = match tls.client_auth_type.as_deref().unwrap_or("") {
+        "" | "NoClientCert" => ClientAuth::NoClientCert,
+        "RequestClientCert" => ClientAuth::RequestClientCert,
+        "RequireAnyClientCert" => ClientAuth::RequireAnyClientCert,
+        "VerifyClientCertIfGiven" => ClientAuth::VerifyClientCertIfGiven,
+        "RequireAndVerifyClientCert" => ClientAuth::RequireAndVerifyClientCert,
+        other => {
+            return Err(format!("tls_server_config.client_auth_type {other:?} is invalid; use NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert").into());
+        }
+    };
+    let mut pem = |inline: Option<&String>, file: Option<&String>, what: &str| {
+        pem_source(inline, file, dir, what, stamps)
+    };
+    let cert_pem = pem(tls.cert.as_ref(), tls.cert_file.as_ref(), "cert_file")?
+        .ok_or_else(|| "tls_server_config: missing cert_file".to_owned())?;
+    let key_pem = pem(tls.key.as_ref(), tls.key_file.as_ref(), "key_file")?
+        .ok_or_else(|| "tls_server_config: missing key_file".to_owned())?;
+    let ca_pem = pem(tls.client_ca.as_ref(), tls.client_ca_file.as_ref(), "client_ca_file")?;
+
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|error| format!("tls_server_config.cert_file: not a PEM certificate: {error}"))?;
+    if certs.is_empty() {
+        return Err("tls_server_config.cert_file: no certificate in the file"
+            .to_owned()
+            .into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|error| format!("tls_server_config.key_file: not a PEM private key: {error}"))?;
+
+    let provider = Arc::new(provider(tls)?);
+    let versions = versions(tls)?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions)
+        .map_err(|error| format!("tls_server_config: {error}"))?;
+    let builder = match (client_auth, ca_pem) {
+        (ClientAuth::NoClientCert, Some(_)) => {
+            return Err("tls_server_config: client_ca_file is set but client_auth_type is NoClientCert; set client_auth_type (e.g. RequireAndVerifyClientCert) or remove client_ca_file".to_owned().into());
+        }
+        (ClientAuth::NoClientCert, None) => builder.with_no_client_auth(),
+        (ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert, _) => builder
+            .with_client_cert_verifier(Arc::new(AnyClientCert {
+                mandatory: client_auth == ClientAuth::RequireAnyClientCert,
+                provider: Arc::clone(&provider),
+            })),
+        (_, None) => {
+            return Err(format!("tls_server_config: client_auth_type {client_auth:?} needs client_ca_file to verify client certificates").into());
+        }
+        (_, Some(ca_pem)) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&ca_pem) {
+                let cert = cert.map_err(|error| {
+                    format!("tls_server_config.client_ca_file: not a PEM certificate: {error}")
+                })?;
+                roots.add(cert).map_err(|error| {
+                    format!("tls_server_config.client_ca_file: unusable CA certificate: {error}")
+                })?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+            let verifier = if client_auth == ClientAuth::VerifyClientCertIfGiven {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|error| format!("tls_server_config.client_ca_file: {error}"))?,
+            )
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|error| {
+        format!("tls_server_config: the key does not fit the certificate or is unusable: {error}")
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The PEM bytes of an inline value or a file (relative to `dir`), if either is set.
+fn pem_source(
+    inline: Option<&String>,
+    file: Option<&String>,
+    dir: &Path,
+    what: &str,
+    stamps: &mut Vec<(PathBuf, Stamp)>,
+) -> Result<Option<Vec<u8>>, TlsSetupError> {
+    let inline = inline.map(String::as_str).filter(|s| !s.is_empty());
+    let file = file.map(String::as_str).filter(|s| !s.is_empty());
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "tls_server_config: {what} and its inline form are both set; keep one"
+        )
+        .into()),
+        (Some(inline), None) => Ok(Some(inline.as_bytes().to_vec())),
+        (None, Some(file)) => {
+            let path = dir.join(file);
+            let bytes = stamped_read(&path, stamps)
+                .map_err(|source| TlsSetupError::Read { path, source })?;
+            Ok(Some(bytes))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn versions(
+    tls: &RawTls,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsSetupError> {
+    let rank = |name: &str, field: &str| -> Result<u8, TlsSetupError> {
+        match name {
+            "TLS10" | "TLS11" => {
+                tracing::warn!("tls_server_config.{field} {name}: dropgate speaks TLS 1.2 and 1.3 only");
+                Ok(12)
+            }
+            "TLS12" => Ok(12),
+            "TLS13" => Ok(13),
+            other => Err(format!("tls_server_config.{field} {other:?} is invalid; use TLS12 or TLS13").into()),
+        }
+    };
+    let min = tls
+        .min_version
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map_or(Ok(12), |v| rank(v, "min_version"))?;
+    let max = tls
+        .max_version
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map_or(Ok(13), |v| rank(v, "max_version"))?;
+    if min > max {
+        return Err("tls_server_config: min_version is above max_version"
+            .to_owned()
+            .into());
+    }
+    let mut versions = Vec::new();
+    if min <= 12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if max >= 13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    Ok(versions)
+}
+
+/// ring's provider, narrowed to the configured TLS 1.2 cipher suites and curves (Go's
+/// `cipher_suites` never applies to TLS 1.3, so neither does it here).
+fn provider(tls: &RawTls) -> Result<CryptoProvider, TlsSetupError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(names) = tls.cipher_suites.as_ref().filter(|names| !names.is_empty()) {
+        let mut kept = Vec::new();
+        for name in names {
+            let found = provider.cipher_suites.iter().find(|suite| {
+                suite.suite().as_str().is_some_and(|iana| {
+                    iana == name || iana.strip_suffix("_SHA256") == Some(name.as_str())
+                })
+            });
+            match found {
+                Some(suite) if suite.tls13().is_none() => kept.push(*suite),
+                Some(_) => {}
+                None => {
+                    return Err(format!("tls_server_config.cipher_suites: {name:?} is not a cipher suite dropgate offers (TLS 1.2 AEAD suites with ECDHE only)").into());
+                }
+            }
+        }
+        provider
+            .cipher_suites
+            .retain(|suite| suite.tls13().is_some() || kept.contains(suite));
+    }
+    if let Some(names) = tls
+        .curve_preferences
+        .as_ref()
+        .filter(|names| !names.is_empty())
+    {
+        use rustls::crypto::ring::kx_group;
+        let mut groups = Vec::new();
+        for name in names {
+            groups.push(match name.as_str() {
+                "X25519" => kx_group::X25519,
+                "CurveP256" => kx_group::SECP256R1,
+                "CurveP384" => kx_group::SECP384R1,
+                other => {
+                    return Err(format!("tls_server_config.curve_preferences: {other:?} is not supported; use X25519, CurveP256 or CurveP384").into());
+                }
+            });
+        }
+        provider.kx_groups = groups;
+    }
+    Ok(provider)
+}
+
+/// `RequestClientCert` and `RequireAnyClientCert`: a certificate is asked for (or
+/// required) but not verified against a CA, as in Go. The handshake signature is
+/// still checked, so the client does hold the certificate's key.
+#[derive(Debug)]
+struct AnyClientCert {
+    mandatory: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write test file");
+        path
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "dropgate-webconfig-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    /// bcrypt of "secret", cost 4 (fast for tests).
+    fn hash() -> String {
+        bcrypt::hash("secret", 4).expect("bcrypt works")
+    }
+
+    #[test]
+    fn users_and_headers() {
+        let dir = temp_dir("users");
+        let file = write(
+            &dir,
+            "web.yml",
+            &format!(
+                "basic_auth_users:\n  alice: {}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n    Strict-Transport-Security: max-age=31536000\n",
+                hash()
+            ),
+        );
+        let (settings, _) = load(&file).expect("valid config");
+        assert!(settings.tls.is_none());
+        assert_eq!(settings.users.len(), 1);
+        assert_eq!(settings.headers.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn invalid_files_say_what_is_wrong() {
+        let dir = temp_dir("invalid");
+        let table = [
+            ("unknown key", "basic_auth_user:\n  a: b\n", "unknown field"),
+            ("not a hash", "basic_auth_users:\n  alice: plain\n", "not a bcrypt hash"),
+            ("header not allowed", "http_server_config:\n  headers:\n    Server: x\n", "cannot be configured"),
+            ("bad nosniff", "http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n", "invalid value"),
+            ("missing key", "tls_server_config:\n  cert_file: c.pem\n", "missing key_file"),
+            ("cert file missing", "tls_server_config:\n  cert_file: none.pem\n  key_file: none.key\n", "none.pem"),
+            ("bad auth type", "tls_server_config:\n  client_auth_type: Sometimes\n", "client_auth_type"),
+            ("bad yaml", "tls_server_config: [\n", "web.yml"),
+            ("sans", "tls_server_config:\n  client_allowed_sans: [a]\n  cert_file: c.pem\n", "client_allowed_sans"),
+        ];
+        write(&dir, "c.pem", "not pem");
+        for (name, text, want) in table {
+            let file = write(&dir, "web.yml", text);
+            let error = load(&file).expect_err(name).to_string();
+            assert!(error.contains(want), "case {name}: {error}");
+            assert!(error.contains("web.yml"), "case {name} names the file: {error}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn empty_file_is_no_settings() {
+        let dir = temp_dir("empty");
+        let file = write(&dir, "web.yml", "");
+        let (settings, _) = load(&file).expect("an empty file is valid");
+        assert!(settings.tls.is_none() && settings.users.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fingerprint_moves_with_the_file() {
+        let dir = temp_dir("fingerprint");
+        let file = write(&dir, "web.yml", "");
+        let (_, before) = load(&file).expect("valid");
+        assert_eq!(before, before.refreshed());
+        write(&dir, "web.yml", "basic_auth_users: {}\n");
+        assert_ne!(before, before.refreshed());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

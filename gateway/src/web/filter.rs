@@ -1,0 +1,348 @@
+//! Which requests the gateway refuses before any route sees them: denied paths (404,
+//! as the seed's nginx answered) and writes from networks outside
+//! `--web.allow-push-from` (403).
+//!
+//! Rules match the normal form of the path ([`super::path::normalise`]), both with
+//! and without the route prefix, case-insensitively: the router is case-sensitive,
+//! so `/DEBUG` reaches nothing today, but a rule that says "deny /debug" should keep
+//! meaning that whatever is mounted later. The default rule, `^/(debug|pprof)`, always
+//! applies; `--web.deny-path` adds rules to it.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use axum::http::Method;
+use regex::{Regex, RegexBuilder};
+
+use super::path::{normalise, strip_route_prefix};
+
+/// The rule that is always on: what the seed's nginx denied.
+pub const DEFAULT_DENY_PATH: &str = "^/(debug|pprof)";
+
+/// A filter setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// A `--web.deny-path` is not a valid regular expression.
+    #[error("--web.deny-path {pattern:?} is not a valid regular expression: {reason}")]
+    DenyPath {
+        /// The pattern given.
+        pattern: String,
+        /// What the regex compiler said.
+        reason: String,
+    },
+    /// A `--web.allow-push-from` is not `address/prefix-length` or an address.
+    #[error("--web.allow-push-from {text:?} is not a network: use an address or address/prefix-length, e.g. 10.0.0.0/8, 127.0.0.1 or ::1/128")]
+    Network {
+        /// What was given.
+        text: String,
+    },
+}
+
+/// The compiled deny rules and the route prefix they are matched under.
+#[derive(Debug, Clone)]
+pub struct PathFilter {
+    rules: Vec<Regex>,
+    route_prefix: String,
+}
+
+impl PathFilter {
+    /// The default rule plus `extra` ones; `route_prefix` as normalised by
+    /// [`crate::config::normalize_route_prefix`].
+    pub fn new(extra: &[String], route_prefix: &str) -> Result<Self, FilterError> {
+        let rules = std::iter::once(DEFAULT_DENY_PATH)
+            .chain(extra.iter().map(String::as_str))
+            .map(compile_rule)
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            rules,
+            route_prefix: route_prefix.to_owned(),
+        })
+    }
+
+    /// Whether a request for `raw_path` (as received) must be answered 404.
+    #[must_use]
+    pub fn is_denied(&self, raw_path: &str) -> bool {
+        let normal = normalise(raw_path);
+        let under_prefix = strip_route_prefix(&normal, &self.route_prefix);
+        self.rules
+            .iter()
+            .any(|rule| rule.is_match(&normal) || under_prefix.is_some_and(|p| rule.is_match(p)))
+    }
+
+    /// Whether a request changes state (push, delete, wipe, quit) rather than reads:
+    /// anything but `GET`/`HEAD`/`OPTIONS`, and any method on the admin and lifecycle
+    /// paths. Such requests are what `--web.allow-push-from` restricts.
+    #[must_use]
+    pub fn is_write(&self, method: &Method, raw_path: &str) -> bool {
+        if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return true;
+        }
+        let normal = normalise(raw_path);
+        let path = strip_route_prefix(&normal, &self.route_prefix).unwrap_or(&normal);
+        let lower = path.to_ascii_lowercase();
+        lower.starts_with("/api/v1/admin") || lower.starts_with("/-/quit")
+    }
+}
+
+/// Checks a `--web.deny-path` pattern (for the command line, before the server starts).
+pub fn check_deny_path(pattern: &str) -> Result<(), FilterError> {
+    compile_rule(pattern).map(drop)
+}
+
+fn compile_rule(pattern: &str) -> Result<Regex, FilterError> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .build()
+        .map_err(|error| FilterError::DenyPath {
+            pattern: pattern.to_owned(),
+            reason: error.to_string(),
+        })
+}
+
+/// One network of `--web.allow-push-from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    address: IpAddr,
+    prefix_len: u8,
+}
+
+impl Network {
+    /// Parses `address/prefix-length` or a bare address (one host). Host bits beyond
+    /// the prefix are ignored, as Go's `net.ParseCIDR` does.
+    pub fn parse(text: &str) -> Result<Self, FilterError> {
+        let error = || FilterError::Network {
+            text: text.to_owned(),
+        };
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let address: IpAddr = address.parse().map_err(|_| error())?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix {
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|len| *len <= max)
+                .ok_or_else(error)?,
+            None => max,
+        };
+        Ok(Self {
+            address: canonical(address),
+            prefix_len: if address.is_ipv4() || is_mapped_v4(address) {
+                // A mapped ::ffff:a.b.c.d/n is the v4 network a.b.c.d/(n-96).
+                prefix_len.saturating_sub(if address.is_ipv4() { 0 } else { 96 })
+            } else {
+                prefix_len
+            },
+        })
+    }
+
+    /// Whether `peer` is in this network (IPv4-mapped IPv6 peers count as IPv4, which
+    /// is how a v4 client looks to a socket bound to `[::]`).
+    #[must_use]
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        match (self.address, canonical(peer)) {
+            (IpAddr::V4(net), IpAddr::V4(peer)) => {
+                prefix_eq(&net.octets(), &peer.octets(), self.prefix_len)
+            }
+            (IpAddr::V6(net), IpAddr::V6(peer)) => {
+                prefix_eq(&net.octets(), &peer.octets(), self.prefix_len)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+fn is_mapped_v4(address: IpAddr) -> bool {
+    matches!(address, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
+fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(IpAddr::V6(v6), |v4: Ipv4Addr| IpAddr::V4(v4)),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+/// Whether the first `bits` bits of `a` and `b` are equal.
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    let (whole, rest) = (bits / 8, bits % 8);
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xff_u8 << (8 - rest);
+    a[whole] & mask == b[whole] & mask
+}
+
+/// Who may send writes: everyone when empty.
+#[derive(Debug, Clone, Default)]
+pub struct PushAllowList {
+    networks: Vec<Network>,
+}
+
+impl PushAllowList {
+    /// Parses every `--web.allow-push-from`.
+    pub fn parse(texts: &[String]) -> Result<Self, FilterError> {
+        Ok(Self {
+            networks: texts
+                .iter()
+                .map(|text| Network::parse(text))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Whether `peer` may send writes (`None`: the peer is unknown, e.g. a test
+    /// without a socket, and then only an empty list allows).
+    #[must_use]
+    pub fn allows(&self, peer: Option<IpAddr>) -> bool {
+        self.networks.is_empty()
+            || peer.is_some_and(|peer| self.networks.iter().any(|net| net.contains(peer)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attempts to reach `/debug` or `/pprof` past the default rule; every one must be
+    /// denied. Route prefix `/pg` for the ones that use it.
+    pub(crate) const BYPASS_ATTEMPTS: &[(&str, &str)] = &[
+        ("plain", "/debug"),
+        ("pprof", "/pprof"),
+        ("pprof under debug", "/debug/pprof"),
+        ("pprof heap", "/debug/pprof/heap?debug=1"),
+        ("double leading slash", "//debug"),
+        ("many slashes", "///debug//pprof"),
+        ("encoded first letter", "/%64ebug"),
+        ("encoded upper-case hex", "/%44%45%42%55%47"),
+        ("encoded mixed-case hex", "/%64%65%62%75%67"),
+        ("encoded slash", "/%2fdebug"),
+        ("encoded slash upper", "/%2Fdebug%2Fpprof"),
+        ("dot segment", "/./debug"),
+        ("encoded dot segment", "/%2e/debug"),
+        ("dot-dot from metrics", "/metrics/../debug"),
+        ("encoded dot-dot", "/metrics/%2e%2e/debug"),
+        ("encoded dot-dot upper", "/metrics/%2E%2E/pprof"),
+        ("encoded dot-dot and slash", "/metrics%2f..%2fdebug"),
+        ("dot-dot above root", "/../../debug"),
+        ("upper case", "/DEBUG"),
+        ("mixed case", "/DeBuG/PpRoF"),
+        ("double encoding", "/%2564ebug"),
+        ("double-encoded slash", "/metrics%252f..%252fdebug"),
+        ("backslash", "/metrics\\..\\debug"),
+        ("encoded backslash", "/metrics%5c..%5cdebug"),
+        ("path parameter", "/..;/debug"),
+        ("parameter on segment", "/debug;jsessionid=1"),
+        ("trailing slash", "/debug/"),
+        ("trailing dot", "/debug/."),
+        ("under route prefix", "/pg/debug/pprof"),
+        ("prefix then dot-dot", "/pg/metrics/../../pg/pprof"),
+        ("prefix in upper case", "/PG/debug"),
+        ("longer name", "/debugger"),
+        ("nul after name", "/debug%00"),
+    ];
+
+    #[test]
+    fn every_bypass_attempt_is_denied() {
+        assert!(BYPASS_ATTEMPTS.len() >= 25, "the table must stay large");
+        let filter = PathFilter::new(&[], "/pg").expect("default rules compile");
+        for (name, path) in BYPASS_ATTEMPTS {
+            assert!(filter.is_denied(path), "case {name}: {path:?} was let through");
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_pass() {
+        let filter = PathFilter::new(&[], "").expect("default rules compile");
+        for path in [
+            "/metrics",
+            "/metrics/job/debug",
+            "/metrics/job/x/instance/pprof",
+            "/metrics/job/a%2Fdebug",
+            "/-/ready",
+            "/api/v1/status",
+            "/",
+        ] {
+            assert!(!filter.is_denied(path), "{path:?} was denied");
+        }
+    }
+
+    #[test]
+    fn extra_rules_add_to_the_default() {
+        let filter =
+            PathFilter::new(&["^/api/v1/metrics$".to_owned()], "").expect("rules compile");
+        assert!(filter.is_denied("/api/v1/%6detrics"));
+        assert!(filter.is_denied("/debug"));
+        assert!(!filter.is_denied("/api/v1/status"));
+        assert!(PathFilter::new(&["(".to_owned()], "").is_err());
+    }
+
+    #[test]
+    fn writes_are_classified() {
+        let filter = PathFilter::new(&[], "/pg").expect("default rules compile");
+        let table = [
+            ("push", Method::PUT, "/pg/metrics/job/x", true),
+            ("post", Method::POST, "/pg/metrics/job/x", true),
+            ("delete", Method::DELETE, "/pg/metrics/job/x", true),
+            ("odd method", Method::PATCH, "/pg/metrics", true),
+            ("scrape", Method::GET, "/pg/metrics", false),
+            ("head", Method::HEAD, "/pg/-/ready", false),
+            ("options", Method::OPTIONS, "/pg/api/v1/status", false),
+            ("admin read", Method::GET, "/pg/api/v1/admin/wipe", true),
+            ("encoded quit", Method::GET, "/pg/-/%71uit", true),
+            ("admin options", Method::OPTIONS, "/pg/api/v1/ADMIN/wipe", true),
+        ];
+        for (name, method, path, want) in table {
+            assert_eq!(filter.is_write(&method, path), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        let table = [
+            ("v4 /8", "10.0.0.0/8", "10.1.2.3", true),
+            ("v4 /8 outside", "10.0.0.0/8", "11.0.0.1", false),
+            ("v4 /0", "0.0.0.0/0", "192.0.2.1", true),
+            ("host bits ignored", "10.1.2.3/16", "10.1.99.1", true),
+            ("bare address", "127.0.0.1", "127.0.0.1", true),
+            ("bare address other", "127.0.0.1", "127.0.0.2", false),
+            ("odd prefix", "192.168.0.0/23", "192.168.1.7", true),
+            ("odd prefix outside", "192.168.0.0/23", "192.168.2.1", false),
+            ("mapped peer", "127.0.0.0/8", "::ffff:127.0.0.1", true),
+            ("mapped network", "::ffff:10.0.0.0/104", "10.9.9.9", true),
+            ("v6", "2001:db8::/32", "2001:db8::1", true),
+            ("v6 outside", "2001:db8::/32", "2001:db9::1", false),
+            ("v6 loopback", "::1", "::1", true),
+            ("v4 net, v6 peer", "0.0.0.0/0", "::1", false),
+        ];
+        for (name, net, peer, want) in table {
+            let network = Network::parse(net).expect("valid network");
+            assert_eq!(network.contains(ip(peer)), want, "case {name}");
+        }
+        for bad in ["", "10.0.0.0/33", "::/129", "ten/8", "10.0.0.0/", "10.0.0.0/-1"] {
+            assert!(Network::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn allow_list() {
+        let list = PushAllowList::parse(&["10.0.0.0/8".to_owned()]).expect("valid");
+        assert!(!list.allows(Some(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+        assert!(list.allows(Some("10.0.0.1".parse().expect("ip"))));
+        assert!(!list.allows(None));
+        assert!(PushAllowList::default().allows(None));
+    }
+}
