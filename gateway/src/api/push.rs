@@ -47,7 +47,12 @@ pub(super) async fn push(
         PushFormat::DelimitedProtobuf => codec::protobuf::decode_delimited(&decoded)?,
     };
     drop(decoded);
-    check_limits(&key, &families, inner.max_labels_per_series, inner.max_series_per_push)?;
+    check_limits(
+        &key,
+        &families,
+        inner.max_labels_per_series,
+        inner.max_series_per_push,
+    )?;
     let command = if method == Method::PUT {
         WriteCommand::Put { key, families }
     } else {

@@ -336,7 +336,11 @@ fn tls_config(
     dir: &Path,
     stamps: &mut Vec<(PathBuf, Stamp)>,
 ) -> Result<ServerConfig, TlsSetupError> {
-    if tls.client_allowed_sans.as_ref().is_some_and(|s| !s.is_empty()) {
+    if tls
+        .client_allowed_sans
+        .as_ref()
+        .is_some_and(|s| !s.is_empty())
+    {
         return Err("tls_server_config.client_allowed_sans is not supported by dropgate; remove it and use a client CA that signs only the allowed clients".to_owned().into());
     }
     if tls.prefer_server_cipher_suites.is_some() {
@@ -359,7 +363,11 @@ fn tls_config(
         .ok_or_else(|| "tls_server_config: missing cert_file".to_owned())?;
     let key_pem = pem(tls.key.as_ref(), tls.key_file.as_ref(), "key_file")?
         .ok_or_else(|| "tls_server_config: missing key_file".to_owned())?;
-    let ca_pem = pem(tls.client_ca.as_ref(), tls.client_ca_file.as_ref(), "client_ca_file")?;
+    let ca_pem = pem(
+        tls.client_ca.as_ref(),
+        tls.client_ca_file.as_ref(),
+        "client_ca_file",
+    )?;
 
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
@@ -447,18 +455,21 @@ fn pem_source(
     }
 }
 
-fn versions(
-    tls: &RawTls,
-) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsSetupError> {
+fn versions(tls: &RawTls) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsSetupError> {
     let rank = |name: &str, field: &str| -> Result<u8, TlsSetupError> {
         match name {
             "TLS10" | "TLS11" => {
-                tracing::warn!("tls_server_config.{field} {name}: dropgate speaks TLS 1.2 and 1.3 only");
+                tracing::warn!(
+                    "tls_server_config.{field} {name}: dropgate speaks TLS 1.2 and 1.3 only"
+                );
                 Ok(12)
             }
             "TLS12" => Ok(12),
             "TLS13" => Ok(13),
-            other => Err(format!("tls_server_config.{field} {other:?} is invalid; use TLS12 or TLS13").into()),
+            other => Err(format!(
+                "tls_server_config.{field} {other:?} is invalid; use TLS12 or TLS13"
+            )
+            .into()),
         }
     };
     let min = tls
@@ -605,10 +616,8 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "dropgate-webconfig-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("dropgate-webconfig-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         dir
@@ -642,21 +651,52 @@ mod tests {
         let dir = temp_dir("invalid");
         let table = [
             ("unknown key", "basic_auth_user:\n  a: b\n", "unknown field"),
-            ("not a hash", "basic_auth_users:\n  alice: plain\n", "not a bcrypt hash"),
-            ("header not allowed", "http_server_config:\n  headers:\n    Server: x\n", "cannot be configured"),
-            ("bad nosniff", "http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n", "invalid value"),
-            ("missing key", "tls_server_config:\n  cert_file: c.pem\n", "missing key_file"),
-            ("cert file missing", "tls_server_config:\n  cert_file: none.pem\n  key_file: none.key\n", "none.pem"),
-            ("bad auth type", "tls_server_config:\n  client_auth_type: Sometimes\n", "client_auth_type"),
+            (
+                "not a hash",
+                "basic_auth_users:\n  alice: plain\n",
+                "not a bcrypt hash",
+            ),
+            (
+                "header not allowed",
+                "http_server_config:\n  headers:\n    Server: x\n",
+                "cannot be configured",
+            ),
+            (
+                "bad nosniff",
+                "http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n",
+                "invalid value",
+            ),
+            (
+                "missing key",
+                "tls_server_config:\n  cert_file: c.pem\n",
+                "missing key_file",
+            ),
+            (
+                "cert file missing",
+                "tls_server_config:\n  cert_file: none.pem\n  key_file: none.key\n",
+                "none.pem",
+            ),
+            (
+                "bad auth type",
+                "tls_server_config:\n  client_auth_type: Sometimes\n",
+                "client_auth_type",
+            ),
             ("bad yaml", "tls_server_config: [\n", "web.yml"),
-            ("sans", "tls_server_config:\n  client_allowed_sans: [a]\n  cert_file: c.pem\n", "client_allowed_sans"),
+            (
+                "sans",
+                "tls_server_config:\n  client_allowed_sans: [a]\n  cert_file: c.pem\n",
+                "client_allowed_sans",
+            ),
         ];
         write(&dir, "c.pem", "not pem");
         for (name, text, want) in table {
             let file = write(&dir, "web.yml", text);
             let error = load(&file).expect_err(name).to_string();
             assert!(error.contains(want), "case {name}: {error}");
-            assert!(error.contains("web.yml"), "case {name} names the file: {error}");
+            assert!(
+                error.contains("web.yml"),
+                "case {name} names the file: {error}"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -83,7 +83,10 @@ impl Guard {
         let settings = Arc::clone(&self.settings.borrow());
         if !settings.users.is_empty()
             && !self
-                .authorized(&settings.users, request.headers().get(header::AUTHORIZATION))
+                .authorized(
+                    &settings.users,
+                    request.headers().get(header::AUTHORIZATION),
+                )
                 .await
         {
             self.rejections.count(Reason::Unauthorized);
@@ -98,7 +101,9 @@ impl Guard {
             let who = peer.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
             return plain(
                 StatusCode::FORBIDDEN,
-                format!("writes are not accepted from {who}: it is outside --web.allow-push-from\n"),
+                format!(
+                    "writes are not accepted from {who}: it is outside --web.allow-push-from\n"
+                ),
             );
         }
         let Ok(mut response) = tokio::time::timeout(self.request_timeout, next.run(request)).await
@@ -195,10 +200,9 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
 
 fn unauthorized() -> Response {
     let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n".to_owned());
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic"),
-    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
     response
 }
 
@@ -222,7 +226,11 @@ mod tests {
     fn credentials() {
         let table = [
             ("ok", "Basic YWxpY2U6c2VjcmV0", Some(("alice", "secret"))),
-            ("scheme case", "basic YWxpY2U6c2VjcmV0", Some(("alice", "secret"))),
+            (
+                "scheme case",
+                "basic YWxpY2U6c2VjcmV0",
+                Some(("alice", "secret")),
+            ),
             ("colon in password", "Basic YTpiOmM=", Some(("a", "b:c"))),
             ("empty password", "Basic YTo=", Some(("a", ""))),
             ("no colon", "Basic YWxpY2U=", None),

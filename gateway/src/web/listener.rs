@@ -91,7 +91,16 @@ pub async fn serve(
             connections.spawn(async move {
                 let _permit = permit;
                 let service = Served::TooManyConnections;
-                serve_stream(stream, peer, tls, service, OVERFLOW_HEAD_TIMEOUT, None, stop).await;
+                serve_stream(
+                    stream,
+                    peer,
+                    tls,
+                    service,
+                    OVERFLOW_HEAD_TIMEOUT,
+                    None,
+                    stop,
+                )
+                .await;
             });
             continue;
         };
@@ -101,7 +110,16 @@ pub async fn serve(
         connections.spawn(async move {
             let _permit = permit;
             let service = Served::Router(router);
-            serve_stream(stream, peer, tls, service, head_timeout, Some(&rejections), stop).await;
+            serve_stream(
+                stream,
+                peer,
+                tls,
+                service,
+                head_timeout,
+                Some(&rejections),
+                stop,
+            )
+            .await;
         });
     }
     drop(listener);
@@ -138,20 +156,18 @@ async fn serve_stream(
 ) {
     match tls {
         None => serve_http(stream, peer, service, head_timeout, rejections, stop).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    serve_http(tls_stream, peer, service, head_timeout, rejections, stop).await;
-                }
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    if let Some(rejections) = rejections {
-                        rejections.count(Reason::HeaderTimeout);
-                    }
+        Some(acceptor) => match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => {
+                serve_http(tls_stream, peer, service, head_timeout, rejections, stop).await;
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                if let Some(rejections) = rejections {
+                    rejections.count(Reason::HeaderTimeout);
                 }
             }
-        }
+        },
     }
 }
 
@@ -216,7 +232,9 @@ async fn serve_http<S>(
                     "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
-                let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(answer.as_bytes())).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), io.write_all(answer.as_bytes()))
+                        .await;
             }
         }
         Err(error) => tracing::debug!(%peer, %error, "connection ended with an error"),
@@ -235,7 +253,10 @@ fn too_many_connections() -> Response<Body> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
     headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     response
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::model::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use crate::source::MetricSource;
+use crate::status::StatusSection;
 
 /// Name of the family.
 pub const REJECTED_TOTAL: &str = "dropgate_gateway_rejected_total";
@@ -148,6 +149,11 @@ impl MetricSource for WithGatewayMetrics {
         let mut families = self.inner.collect();
         families.push(self.rejections.family());
         families
+    }
+
+    // The wrapper adds metrics only; the page sections are the inner source's.
+    fn status_sections(&self) -> Vec<StatusSection> {
+        self.inner.status_sections()
     }
 }
 
