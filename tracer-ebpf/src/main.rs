@@ -1,7 +1,9 @@
 //! dropgate's kernel side: one program on `kfree_skb`, counting every dropped skb.
 //!
 //! Two entry points share one body: `tp_btf/kfree_skb` (cheaper, typed arguments) and the
-//! classic `tracepoint/skb/kfree_skb` for kernels where tp_btf cannot attach. No struct
+//! classic `tracepoint/skb/kfree_skb` for kernels where tp_btf cannot attach. The body
+//! is generic over how it reads kernel structures ([`KernelMemory`]): direct loads through
+//! tp_btf's typed pointers, `bpf_probe_read_kernel` on the tracepoint. No struct
 //! offset is compiled in: aya-ebpf emits no CO-RE relocations, so the tracer reads the
 //! running kernel's BTF at start-up and hands the offsets in as read-only globals
 //! (`.rodata`, frozen before load), which also lets the verifier prune the paths a kernel
@@ -13,9 +15,8 @@
 #![allow(clippy::missing_safety_doc)]
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map, tracepoint},
-    helpers::bpf_ktime_get_ns,
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -81,6 +82,10 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
 #[map]
 static SAMPLE_WINDOW: PerCpuArray<SampleWindow> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: the `jiffies` at which `sample_allowed` last read the clock.
+#[map]
+static SAMPLE_CLOCK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 const ETH_P_IP: u16 = 0x0800;
@@ -95,14 +100,58 @@ fn global(value: &'static u32) -> u32 {
     unsafe { core::ptr::read_volatile(value) }
 }
 
+/// How a program reads kernel structures (`sk_buff`, `net_device`, `net`, `sock`).
+///
+/// The two hooks differ: tp_btf hands in BTF-typed pointers that the verifier lets us
+/// load through directly (it checks each access against the kernel's types, and the
+/// JIT makes the load fault-safe), while the classic tracepoint only has untyped
+/// addresses, which need a `bpf_probe_read_kernel` call per field. A direct load costs
+/// a few nanoseconds, a helper call tens: this is most of the difference between the
+/// hooks' per-drop cost.
+trait KernelMemory {
+    /// The field of type `T` at `offset` in the structure at `base`; `None` when `base`
+    /// is null or the field does not exist on this kernel.
+    fn read<T>(base: u64, offset: u32) -> Option<T>;
+}
+
+/// Direct loads through BTF-typed pointers (tp_btf). Only for pointers the verifier
+/// knows the type of: the hook's arguments and pointer fields loaded through them.
+/// Packet bytes (behind `skb->head`, an untyped `unsigned char *`) need [`Probed`].
+struct Typed;
+
+impl KernelMemory for Typed {
+    #[inline(always)]
+    fn read<T>(base: u64, offset: u32) -> Option<T> {
+        if base == 0 || offset == NO_OFFSET {
+            return None;
+        }
+        // SAFETY: `base` is a BTF-typed kernel pointer and `offset` (a constant from
+        // .rodata, known to the verifier) a field offset of its type from the same BTF.
+        // The verifier checks the access against that type and emits a fault-safe load
+        // (BPF_PROBE_MEM): an invalid pointer reads as zero instead of faulting.
+        Some(unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) })
+    }
+}
+
+/// `bpf_probe_read_kernel` for every read (classic tracepoint, packet bytes).
+struct Probed;
+
+impl KernelMemory for Probed {
+    #[inline(always)]
+    fn read<T>(base: u64, offset: u32) -> Option<T> {
+        if base == 0 || offset == NO_OFFSET {
+            return None;
+        }
+        // SAFETY: bpf_probe_read_kernel copies from any kernel address and returns an
+        // error instead of faulting; a bad pointer yields None.
+        unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
+    }
+}
+
+/// Packet bytes (and any other untyped memory): always a probe read.
 #[inline(always)]
 fn read<T>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 || offset == NO_OFFSET {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel copies from any kernel address and returns an error
-    // instead of faulting; a bad pointer yields None.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
+    Probed::read(base, offset)
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -119,60 +168,88 @@ pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: as above.
     let has_rx_sk = unsafe { core::ptr::read_volatile(&BTF_HAS_RX_SK) } != 0;
     let rx_sk = if has_rx_sk { ctx.arg::<u64>(3) } else { 0 };
-    record(skb, location, reason, rx_sk);
+    record::<Typed>(skb, location, reason, rx_sk);
     0
 }
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
+    let Some(fields) = TpRecord::copy(&ctx) else {
+        return 0;
+    };
     let (Some(skb), Some(location)) = (
-        tp_field::<u64>(&ctx, &TP_SKBADDR),
-        tp_field::<u64>(&ctx, &TP_LOCATION),
+        fields.field::<u64>(&ctx, &TP_SKBADDR),
+        fields.field::<u64>(&ctx, &TP_LOCATION),
     ) else {
         return 0;
     };
-    let reason = tp_field::<u32>(&ctx, &TP_REASON).unwrap_or(REASON_UNKNOWN);
-    let rx_sk = tp_field::<u64>(&ctx, &TP_RX_SK).unwrap_or(0);
-    record(skb, location, reason, rx_sk);
+    let reason = fields
+        .field::<u32>(&ctx, &TP_REASON)
+        .unwrap_or(REASON_UNKNOWN);
+    let rx_sk = fields.field::<u64>(&ctx, &TP_RX_SK).unwrap_or(0);
+    record::<Probed>(skb, location, reason, rx_sk);
     0
 }
 
-#[inline(always)]
-fn tp_field<T>(ctx: &TracePointContext, offset: &'static u32) -> Option<T> {
-    let offset = global(offset);
-    if offset == NO_OFFSET {
-        return None;
+/// The start of the classic tracepoint's record, copied with one probe read instead of
+/// one per field. 64 bytes hold every field we read on the kernels we know (the record
+/// is 40 bytes on 6.18); the copy stays inside the per-CPU trace buffer (8 KiB) the
+/// record lives in. A field beyond it, or misaligned, is read on its own.
+struct TpRecord([u64; 8]);
+
+impl TpRecord {
+    #[inline(always)]
+    fn copy(ctx: &TracePointContext) -> Option<Self> {
+        // SAFETY: read_at uses bpf_probe_read on the tracepoint record; errors become None.
+        unsafe { ctx.read_at::<[u64; 8]>(0) }.ok().map(Self)
     }
-    // SAFETY: read_at uses bpf_probe_read on the tracepoint record; errors become None.
-    unsafe { ctx.read_at::<T>(offset as usize).ok() }
+
+    #[inline(always)]
+    fn field<T>(&self, ctx: &TracePointContext, offset: &'static u32) -> Option<T> {
+        let offset = global(offset);
+        if offset == NO_OFFSET {
+            return None;
+        }
+        let offset = offset as usize;
+        if offset % core::mem::size_of::<T>() == 0
+            && offset + core::mem::size_of::<T>() <= core::mem::size_of_val(&self.0)
+        {
+            // SAFETY: in bounds of the copy and aligned for `T` (the copy is 8-aligned);
+            // `T` is one of the plain integer types of the record's fields.
+            return Some(unsafe { self.0.as_ptr().cast::<u8>().add(offset).cast::<T>().read() });
+        }
+        // SAFETY: read_at uses bpf_probe_read on the tracepoint record; errors become None.
+        unsafe { ctx.read_at::<T>(offset).ok() }
+    }
 }
 
 #[inline(always)]
-fn record(skb: u64, location: u64, reason: u32, rx_sk: u64) {
+fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     bump(stat::EVENTS);
-    let len: u32 = read(skb, global(&SKB_LEN)).unwrap_or(0);
-    let dev: u64 = read(skb, global(&SKB_DEV)).unwrap_or(0);
+    let len: u32 = M::read(skb, global(&SKB_LEN)).unwrap_or(0);
+    let dev: u64 = M::read(skb, global(&SKB_DEV)).unwrap_or(0);
     let (netns, ifindex) = if dev != 0 {
-        let net: u64 = read(dev, global(&DEV_ND_NET)).unwrap_or(0);
+        let net: u64 = M::read(dev, global(&DEV_ND_NET)).unwrap_or(0);
         (
-            read(net, global(&NET_NS_INUM)).unwrap_or(0),
-            read(dev, global(&DEV_IFINDEX)).unwrap_or(0),
+            M::read(net, global(&NET_NS_INUM)).unwrap_or(0),
+            M::read(dev, global(&DEV_IFINDEX)).unwrap_or(0),
         )
     } else {
         // Socket-level drops have no device: take the namespace from the socket and the
         // interface the packet arrived on, if any.
-        let sk = match read::<u64>(skb, global(&SKB_SK)).unwrap_or(0) {
+        let sk = match M::read::<u64>(skb, global(&SKB_SK)).unwrap_or(0) {
             0 => rx_sk,
             sk => sk,
         };
-        let net: u64 = read(sk, global(&SOCK_NET)).unwrap_or(0);
+        let net: u64 = M::read(sk, global(&SOCK_NET)).unwrap_or(0);
         (
-            read(net, global(&NET_NS_INUM)).unwrap_or(0),
-            read::<i32>(skb, global(&SKB_SKB_IIF)).unwrap_or(0) as u32,
+            M::read(net, global(&NET_NS_INUM)).unwrap_or(0),
+            M::read::<i32>(skb, global(&SKB_SKB_IIF)).unwrap_or(0) as u32,
         )
     };
-    let ethertype = u16::from_be(read::<u16>(skb, global(&SKB_PROTOCOL)).unwrap_or(0));
-    let l4_proto = l4_protocol(skb, ethertype);
+    let ethertype = u16::from_be(M::read::<u16>(skb, global(&SKB_PROTOCOL)).unwrap_or(0));
+    let network = network_header::<M>(skb);
+    let l4_proto = l4_protocol(network, ethertype);
     let key = DropKey {
         location,
         netns,
@@ -184,7 +261,7 @@ fn record(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     };
     count(&key, len);
     if sample_allowed() {
-        send_sample(skb, &key, len);
+        send_sample(network, &key, len);
     }
 }
 
@@ -209,6 +286,11 @@ fn count(key: &DropKey, len: u32) {
 }
 
 /// The per-CPU rate limit: at most `SAMPLES_PER_SEC` samples in each one-second window.
+///
+/// Under a flood nearly every drop ends here with the window used up, so this path must
+/// be cheap: the clock (`bpf_ktime_get_ns`, about 30 ns a call here) is read at most once
+/// per jiffy, when `bpf_jiffies64` (a plain load) has moved on. A window thus ends within
+/// one tick (1-10 ms) of its second, whatever the kernel's HZ.
 #[inline(always)]
 fn sample_allowed() -> bool {
     // SAFETY: a read of our own static (see `global`).
@@ -216,16 +298,22 @@ fn sample_allowed() -> bool {
     if limit == 0 {
         return false;
     }
-    let Some(window) = SAMPLE_WINDOW.get_ptr_mut(0) else {
+    let (Some(window), Some(checked)) = (SAMPLE_WINDOW.get_ptr_mut(0), SAMPLE_CLOCK.get_ptr_mut(0))
+    else {
         return false;
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: this CPU's slot of a per-CPU array of ours (see `count`).
+    // SAFETY: bpf_jiffies64 has no preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    // SAFETY: this CPU's slots of per-CPU arrays of ours (see `count`).
     unsafe {
-        if now.wrapping_sub((*window).start_ns) >= NSEC_PER_SEC {
-            (*window).start_ns = now;
-            (*window).taken = 0;
+        if *checked != jiffies {
+            *checked = jiffies;
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = bpf_ktime_get_ns();
+            if now.wrapping_sub((*window).start_ns) >= NSEC_PER_SEC {
+                (*window).start_ns = now;
+                (*window).taken = 0;
+            }
         }
         if (*window).taken >= limit {
             bump(stat::SAMPLES_SUPPRESSED);
@@ -237,7 +325,7 @@ fn sample_allowed() -> bool {
 }
 
 #[inline(always)]
-fn send_sample(skb: u64, key: &DropKey, len: u32) {
+fn send_sample(network: Option<u64>, key: &DropKey, len: u32) {
     let Some(mut entry) = SAMPLES.reserve::<DropSample>(0) else {
         bump(stat::SAMPLES_LOST);
         return;
@@ -254,7 +342,7 @@ fn send_sample(skb: u64, key: &DropKey, len: u32) {
         l4_proto: key.l4_proto,
         ..DropSample::default()
     };
-    read_flow(skb, &mut sample);
+    read_flow(network, &mut sample);
     entry.write(sample);
     entry.submit(0);
     bump(stat::SAMPLES_SENT);
@@ -263,13 +351,10 @@ fn send_sample(skb: u64, key: &DropKey, len: u32) {
 /// Addresses and ports from the packet's headers (IPv4 and IPv6 without extension
 /// headers); leaves them zero where a header is missing.
 #[inline(always)]
-fn read_flow(skb: u64, sample: &mut DropSample) {
-    let head: u64 = read(skb, global(&SKB_HEAD)).unwrap_or(0);
-    let nh: u16 = read(skb, global(&SKB_NETWORK_HEADER)).unwrap_or(HEADER_UNSET);
-    if head == 0 || nh == HEADER_UNSET {
+fn read_flow(network: Option<u64>, sample: &mut DropSample) {
+    let Some(ip) = network else {
         return;
-    }
-    let ip = head + u64::from(nh);
+    };
     let l4_offset = match sample.ethertype {
         ETH_P_IP => {
             if let Some(addr) = read::<[u8; 4]>(ip, 12) {
@@ -296,19 +381,24 @@ fn read_flow(skb: u64, sample: &mut DropSample) {
     }
 }
 
+/// Kernel address of the packet's network header (`skb->head + skb->network_header`),
+/// read once per drop for both the protocol and a sample's flow.
 #[inline(always)]
-fn l4_protocol(skb: u64, ethertype: u16) -> u8 {
+fn network_header<M: KernelMemory>(skb: u64) -> Option<u64> {
+    let head: u64 = M::read(skb, global(&SKB_HEAD)).unwrap_or(0);
+    let nh: u16 = M::read(skb, global(&SKB_NETWORK_HEADER)).unwrap_or(HEADER_UNSET);
+    (head != 0 && nh != HEADER_UNSET).then(|| head + u64::from(nh))
+}
+
+#[inline(always)]
+fn l4_protocol(network: Option<u64>, ethertype: u16) -> u8 {
     let field = match ethertype {
         ETH_P_IP => 9,   // iphdr.protocol
         ETH_P_IPV6 => 6, // ipv6hdr.nexthdr (extension headers are not followed)
         _ => return 0,
     };
-    let head: u64 = read(skb, global(&SKB_HEAD)).unwrap_or(0);
-    let nh: u16 = read(skb, global(&SKB_NETWORK_HEADER)).unwrap_or(HEADER_UNSET);
-    if head == 0 || nh == HEADER_UNSET {
-        return 0;
-    }
-    read(head + u64::from(nh), field).unwrap_or(0)
+    // Packet bytes: always a probe read (`head` is an untyped pointer even on tp_btf).
+    network.and_then(|ip| read(ip, field)).unwrap_or(0)
 }
 
 #[inline(always)]
