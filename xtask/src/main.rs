@@ -2,6 +2,7 @@
 //! Debian machine, running dropgate, and running every test, so that the README's two
 //! commands and CI do exactly the same thing.
 
+mod bench;
 mod cmd;
 mod kernels;
 mod run;
@@ -40,6 +41,12 @@ enum Task {
     /// each, and on this machine's kernel: exact counts, the right hook and reason.
     /// `DROPGATE_BIN=path` tests that binary instead of building one.
     TestKernels,
+    /// Run a benchmark (as root) and record its table in BENCHMARKS.md; `tracer`: the
+    /// kernel program's cost per drop next to an empty program and bpftrace.
+    Bench {
+        /// What to benchmark: `tracer`.
+        what: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run::run(&args),
         Task::Test { filter } => test::test(filter.as_deref()),
         Task::TestKernels => kernels::test_kernels_task(),
+        Task::Bench { what } => bench::bench(&what),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

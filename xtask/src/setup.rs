@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "iputils-ping",
     "bpftool",
+    "bpftrace",
     "curl",
     "python3",
     "python3-prometheus-client",
