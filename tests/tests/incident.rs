@@ -38,15 +38,15 @@ fn our_bpf_programs() -> Vec<u64> {
         .collect()
 }
 
-/// `CapEff` of process `pid`.
-fn effective_capabilities(pid: u32) -> u64 {
+/// A capability set (`CapEff`, `CapBnd`, ...) of process `pid`.
+fn capabilities(pid: u32, set: &str) -> u64 {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
+        .find_map(|l| l.strip_prefix(set)?.strip_prefix(':'))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .expect("a CapEff line")
+        .unwrap_or_else(|| panic!("no {set} line in /proc/{pid}/status"))
 }
 
 /// The container's service: dropgate's own gateway, as in the incident.
@@ -86,7 +86,13 @@ fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
         .filter(|id| !before_programs.contains(id))
         .collect();
     assert!(!ours.is_empty(), "dropgate run loaded no kfree_skb program");
-    let caps = effective_capabilities(dropgate.process.child.id());
+    let caps = capabilities(dropgate.process.child.id(), "CapEff");
+    let bounding = capabilities(dropgate.process.child.id(), "CapBnd");
+    assert_eq!(
+        bounding & (1 << 39),
+        0,
+        "CAP_BPF must leave the bounding set too (CapBnd {bounding:#x})"
+    );
     assert_eq!(
         caps & (1 << 39),
         0,

@@ -49,6 +49,7 @@ pub fn raise_memlock_limit() {
 }
 
 const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SETPCAP: u32 = 8;
 const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_PTRACE: u32 = 19;
@@ -133,9 +134,10 @@ pub fn runtime_capabilities(listen_port: u16) -> u64 {
 pub fn drop_capabilities(mut keep: u64, still_works: impl Fn() -> bool) -> std::io::Result<u64> {
     let current = effective_capabilities();
     let bpf = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_ADMIN);
-    // Try without the BPF capabilities in the effective set only (reversible).
+    // Try without the BPF capabilities in the effective set only (reversible). CAP_SETPCAP
+    // stays effective until the bounding set has been shrunk, which needs it.
     capset(
-        current & keep & !((1 << CAP_BPF) | (1 << CAP_PERFMON)),
+        current & (keep | (1 << CAP_SETPCAP)) & !((1 << CAP_BPF) | (1 << CAP_PERFMON)),
         current,
     )?;
     if !still_works() {
@@ -143,14 +145,15 @@ pub fn drop_capabilities(mut keep: u64, still_works: impl Fn() -> bool) -> std::
         keep |= bpf & current;
     }
     let target = current & keep;
-    capset(target, target)?;
     for cap in 0..=CAP_LAST {
         if target & (1 << cap) == 0 {
-            // SAFETY: prctl with integer arguments only. EINVAL for capabilities this
-            // kernel does not know is expected and harmless.
+            // SAFETY: prctl with integer arguments only. EINVAL (a capability this kernel
+            // does not know) and EPERM (no CAP_SETPCAP, e.g. under a systemd unit whose
+            // bounding set already excludes it) leave the bounding set as it was.
             unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
         }
     }
+    capset(target, target)?;
     Ok(effective_capabilities())
 }
 
