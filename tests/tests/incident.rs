@@ -49,6 +49,27 @@ fn capabilities(pid: u32, set: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {set} line in /proc/{pid}/status"))
 }
 
+/// After attaching, dropgate gives up CAP_BPF and CAP_PERFMON, from the bounding set too.
+fn assert_attach_capabilities_dropped(pid: u32) {
+    let caps = capabilities(pid, "CapEff");
+    let bounding = capabilities(pid, "CapBnd");
+    assert_eq!(
+        bounding & (1 << 39),
+        0,
+        "CAP_BPF must leave the bounding set too (CapBnd {bounding:#x})"
+    );
+    assert_eq!(
+        caps & (1 << 39),
+        0,
+        "CAP_BPF must be dropped after attaching (CapEff {caps:#x})"
+    );
+    assert_eq!(
+        caps & (1 << 38),
+        0,
+        "CAP_PERFMON must be dropped after attaching (CapEff {caps:#x})"
+    );
+}
+
 /// The container's service: dropgate's own gateway, as in the incident.
 fn start_gateway_in_container(topo: &DockerLikeHost) -> Guarded {
     let mut command = topo
@@ -86,23 +107,7 @@ fn forwarding_off_is_traced_as_ip_error_with_the_kernels_own_count() {
         .filter(|id| !before_programs.contains(id))
         .collect();
     assert!(!ours.is_empty(), "dropgate run loaded no kfree_skb program");
-    let caps = capabilities(dropgate.process.child.id(), "CapEff");
-    let bounding = capabilities(dropgate.process.child.id(), "CapBnd");
-    assert_eq!(
-        bounding & (1 << 39),
-        0,
-        "CAP_BPF must leave the bounding set too (CapBnd {bounding:#x})"
-    );
-    assert_eq!(
-        caps & (1 << 39),
-        0,
-        "CAP_BPF must be dropped after attaching (CapEff {caps:#x})"
-    );
-    assert_eq!(
-        caps & (1 << 38),
-        0,
-        "CAP_PERFMON must be dropped after attaching (CapEff {caps:#x})"
-    );
+    assert_attach_capabilities_dropped(dropgate.process.child.id());
 
     let host_netns = topo.host.name.as_str();
     let ip_error = [
