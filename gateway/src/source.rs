@@ -1,6 +1,7 @@
 //! The seam between the gateway and whatever else produces metrics in the process.
 
 use crate::model::MetricFamily;
+use crate::status::StatusSection;
 
 /// A producer of metric families that the gateway merges into every scrape.
 ///
@@ -11,6 +12,13 @@ use crate::model::MetricFamily;
 pub trait MetricSource: Send + Sync + 'static {
     /// The families as of now, each with its samples; order does not matter.
     fn collect(&self) -> Vec<MetricFamily>;
+
+    /// Sections this source adds to the status page (`<route-prefix>/`), above the
+    /// pushed groups, in this order. Called once per page view, so the same rules as
+    /// for `collect` apply. The page escapes everything in them. None by default.
+    fn status_sections(&self) -> Vec<StatusSection> {
+        Vec::new()
+    }
 }
 
 /// A source with no families, for `dropgate gateway` (no tracer in the process).

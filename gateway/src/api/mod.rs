@@ -5,12 +5,13 @@
 //! follow what the Go pushgateway 1.5.1 answers (405 with `Allow`, `OPTIONS` answered
 //! with `Allow`, CORS on `/api/v1`, trailing-slash redirects), so that tests and
 //! clients written against it see no difference. [`app`] needs no socket: tests call
-//! `app(state).oneshot(request)`.
+//! `app(state).oneshot(request)`. `<prefix>/` is dropgate's status page ([`crate::status`]).
 //!
 //! [`WriteCommand`]: crate::store::WriteCommand
 
 mod error;
 mod lifecycle;
+mod page;
 mod push;
 mod scrape;
 mod v1;
@@ -184,7 +185,12 @@ pub fn app(state: AppState) -> Router {
             v1::with_cors_allow("GET, OPTIONS", get(v1::metrics)),
         )
         // Upstream answers OPTIONS on any /api/v1 path (CORS preflight), 404 otherwise.
-        .route(&p("/api/v1/{*path}"), any(v1::options_or_not_found));
+        .route(&p("/api/v1/{*path}"), any(v1::options_or_not_found))
+        // The status page; `get` answers HEAD too.
+        .route(
+            &p("/"),
+            with_allow("GET, HEAD, OPTIONS", get(page::status_page)),
+        );
     if state.inner.enable_admin_api {
         router = router.route(
             &p("/api/v1/admin/wipe"),
@@ -203,19 +209,26 @@ fn with_allow(allow: &'static str, router: MethodRouter<AppState>) -> MethodRout
 }
 
 /// 404 for unknown paths, except upstream's trailing-slash redirects: `GET /metrics/`
-/// → 301 to `/metrics` (and the other GET routes), `PUT /metrics/job/` → 307.
+/// → 301 to `/metrics` (and the other GET routes), `PUT /metrics/job/` → 307; and
+/// `GET <prefix>` → 301 to the status page at `<prefix>/`.
 async fn not_found_or_redirect(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
 ) -> Response {
     let path = request.uri().path();
+    let method = request.method();
+    let reading = method == Method::GET || method == Method::HEAD;
+    // The status page lives at `<prefix>/`; the bare prefix leads there.
+    if reading && !state.inner.route_prefix.is_empty() && path == state.inner.route_prefix {
+        let to = format!("{path}/");
+        let body = format!("<a href=\"{to}\">Moved Permanently</a>.\n\n");
+        return redirect(StatusCode::MOVED_PERMANENTLY, &to, Some(body));
+    }
     let Some(trimmed) = path.strip_suffix('/').filter(|t| !t.is_empty()) else {
         return ApiError::NotFound.into_response();
     };
-    let method = request.method();
     let get_routes = ["/metrics", "/-/healthy", "/-/ready"].map(|route| state.prefixed(route));
-    if (method == Method::GET || method == Method::HEAD) && get_routes.iter().any(|r| r == trimmed)
-    {
+    if reading && get_routes.iter().any(|r| r == trimmed) {
         let body = format!("<a href=\"{trimmed}\">Moved Permanently</a>.\n\n");
         return redirect(StatusCode::MOVED_PERMANENTLY, trimmed, Some(body));
     }
