@@ -53,6 +53,16 @@ pub enum Command {
         #[arg(long, hide = true)]
         corrupt_offset: bool,
     },
+    /// Copy every group of a running pushgateway into a running dropgate (a migration
+    /// without losing the last pushes). Exit code 1 if any group failed.
+    Import {
+        /// The pushgateway's URL, with its route prefix if it has one.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// dropgate's URL, with its route prefix if it has one.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9091")]
+        to: String,
+    },
     /// Print every sampled drop as it happens, one line each (or JSON lines).
     Watch {
         #[command(flatten)]
@@ -236,6 +246,9 @@ pub struct TraceArgs {
     /// turns it off. An unreachable engine is not an error: samples just lack the names.
     #[arg(long = "docker-host", default_value = "unix:///var/run/docker.sock")]
     pub docker_host: String,
+    /// How often the findings are recomputed; shorter in tests.
+    #[arg(long = "diagnose.interval", default_value = "15s", value_parser = parse_duration, hide = true)]
+    pub diagnose_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

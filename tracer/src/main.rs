@@ -92,7 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let prefix = ::gateway::config::normalize_route_prefix(&config.route_prefix);
             let routes = tracer::api::routes(Arc::clone(&tracer.samples), &prefix);
             let (findings, rounds) =
-                tracer::diagnose::watch::start(&tracer, tracer::diagnose::watch::ROUND);
+                tracer::diagnose::watch::start(&tracer, trace.diagnose_interval);
             let result = async {
                 ::gateway::server::Gateway::bind(config, tracer.metrics(findings))
                     .await?
@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracer.stop();
             result.map(|()| ExitCode::SUCCESS)
         }
+        Command::Import { from, to } => import(from, to).await,
         Command::Watch {
             filter,
             json,
@@ -149,6 +150,26 @@ async fn diagnose(args: DiagnoseArgs) -> ExitCode {
         print!("{}", report.text());
     }
     ExitCode::from(report.exit_code())
+}
+
+/// Copies the groups, one line per group on stdout; fails if any group failed.
+async fn import(from: String, to: String) -> anyhow::Result<ExitCode> {
+    let outcomes = tokio::task::spawn_blocking(move || {
+        tracer::import::import(&from, &to, |outcome| println!("{}", outcome.line()))
+    })
+    .await
+    .context("the import stopped")??;
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    println!(
+        "{} of {} groups imported, {failed} failed",
+        outcomes.len() - failed,
+        outcomes.len()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::FAILURE)
+    })
 }
 
 /// Prints matching samples until SIGINT/SIGTERM.

@@ -118,7 +118,8 @@ impl Tracer {
     }
 }
 
-/// The trace side's metric families: drop counts and forwarding state.
+/// The trace side's metric families (drop counts, forwarding state, problems) and its
+/// sections of the status page.
 pub struct TraceMetrics {
     collector: Arc<DropCollector>,
     forwarding: Arc<ForwardingWatch>,
@@ -197,5 +198,13 @@ impl gateway::MetricSource for TraceMetrics {
             unit: None,
         });
         families
+    }
+
+    fn status_sections(&self) -> Vec<gateway::status::StatusSection> {
+        crate::status::sections(
+            &self.findings.current(),
+            &self.collector.drops(),
+            &self.forwarding.snapshot(),
+        )
     }
 }

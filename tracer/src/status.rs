@@ -1,0 +1,335 @@
+//! The trace side's sections of the status page in `dropgate run`: the current findings
+//! with their evidence and fix, a drop summary per namespace, interface and reason, and
+//! the forwarding state of every namespace.
+//!
+//! They are handed to the gateway as plain tables ([`StatusSection`]), so the gateway
+//! renders and escapes them without knowing where they come from. Building them is a
+//! pure function of what the tracer already keeps, table-tested without a kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway::status::{StatusCell, StatusColumn, StatusRow, StatusSection, Tone};
+use tracer_common::DropCounts;
+
+use crate::{
+    collector::DropLabels,
+    diagnose::findings::{Finding, Severity},
+    forwarding::NamespaceForwarding,
+};
+
+/// At most this many drop rows: the page is for reading, `/metrics` has every series.
+const DROP_ROWS: usize = 100;
+
+/// The three sections, most urgent first.
+#[must_use]
+pub fn sections(
+    findings: &[Finding],
+    drops: &BTreeMap<DropLabels, DropCounts>,
+    forwarding: &[(String, NamespaceForwarding)],
+) -> Vec<StatusSection> {
+    vec![
+        findings_section(findings),
+        drops_section(drops),
+        forwarding_section(forwarding),
+    ]
+}
+
+fn findings_section(findings: &[Finding]) -> StatusSection {
+    let rows = findings
+        .iter()
+        .map(|finding| {
+            let tone = match finding.severity {
+                Severity::Critical => Tone::Critical,
+                Severity::Warning => Tone::Warning,
+            };
+            StatusRow::new(
+                tone,
+                vec![
+                    vec![
+                        finding.severity.label().to_owned(),
+                        finding.kind.label().to_owned(),
+                    ]
+                    .into(),
+                    finding.summary.clone().into(),
+                    finding.evidence.clone().into(),
+                    finding.fix.clone().into(),
+                ],
+            )
+        })
+        .collect();
+    StatusSection {
+        title: "Findings".into(),
+        notes: vec![
+            "What keeps traffic from reaching this host's containers, rechecked continuously from its configuration, the kernel's counters and the drops traced in dropgate's own network namespace (the same verdicts as `dropgate diagnose`).".into(),
+        ],
+        columns: vec![
+            StatusColumn::text("severity"),
+            StatusColumn::text("problem"),
+            StatusColumn::text("evidence"),
+            StatusColumn::text("fix"),
+        ],
+        rows,
+        empty: "No problem found in the last round of checks.".into(),
+    }
+}
+
+/// One row of the drop summary: the series of one (namespace, interface, reason).
+#[derive(Default)]
+struct DropSummary {
+    packets: u64,
+    bytes: u64,
+    locations: BTreeSet<String>,
+    protocols: BTreeSet<&'static str>,
+}
+
+fn drops_section(drops: &BTreeMap<DropLabels, DropCounts>) -> StatusSection {
+    let mut summary: BTreeMap<(&str, &str, &str), DropSummary> = BTreeMap::new();
+    for (labels, counts) in drops {
+        let row = summary
+            .entry((&labels.netns, &labels.interface, &labels.reason))
+            .or_default();
+        row.packets += counts.packets;
+        row.bytes += counts.bytes;
+        row.locations.insert(labels.location.clone());
+        row.protocols.insert(labels.protocol);
+    }
+    let mut rows: Vec<_> = summary.into_iter().collect();
+    // Most dropped first; ties in label order, so the page does not shuffle.
+    rows.sort_by(|(a_key, a), (b_key, b)| b.packets.cmp(&a.packets).then(a_key.cmp(b_key)));
+    let total = rows.len();
+    let mut notes = vec![
+        "Packets the kernel dropped since dropgate started, per network namespace, ingress interface and drop reason, summed over the dropping functions and protocols listed. Every series: dropgate_packets_dropped_total on /metrics.".to_owned(),
+    ];
+    if total > DROP_ROWS {
+        notes.push(format!(
+            "Showing the {DROP_ROWS} rows with the most drops of {total}."
+        ));
+    }
+    let join = |items: Vec<&str>| items.join(", ");
+    StatusSection {
+        title: "Drops".into(),
+        notes,
+        columns: vec![
+            StatusColumn::text("namespace"),
+            StatusColumn::text("interface"),
+            StatusColumn::text("reason"),
+            StatusColumn::text("dropped in"),
+            StatusColumn::text("protocols"),
+            StatusColumn::number("packets"),
+            StatusColumn::number("bytes"),
+        ],
+        rows: rows
+            .into_iter()
+            .take(DROP_ROWS)
+            .map(|((netns, interface, reason), row)| {
+                StatusRow::new(
+                    Tone::Normal,
+                    vec![
+                        netns.into(),
+                        interface.into(),
+                        reason.into(),
+                        join(row.locations.iter().map(String::as_str).collect()).into(),
+                        join(row.protocols.iter().copied().collect()).into(),
+                        row.packets.to_string().into(),
+                        row.bytes.to_string().into(),
+                    ],
+                )
+            })
+            .collect(),
+        empty: "No packet dropped since dropgate started.".into(),
+    }
+}
+
+fn forwarding_section(forwarding: &[(String, NamespaceForwarding)]) -> StatusSection {
+    let rows = forwarding
+        .iter()
+        .map(|(netns, ns)| {
+            let names = |forwarding: bool| -> StatusCell {
+                let mut names: Vec<&str> = ns
+                    .interfaces
+                    .values()
+                    .filter(|(_, on)| *on == forwarding)
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                names.sort_unstable();
+                names.join(", ").into()
+            };
+            let all = match ns.all {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "unknown",
+            };
+            StatusRow::new(
+                if ns.all == Some(true) {
+                    Tone::Good
+                } else {
+                    Tone::Normal
+                },
+                vec![
+                    netns.as_str().into(),
+                    all.into(),
+                    names(true),
+                    names(false),
+                    ns.changes.to_string().into(),
+                ],
+            )
+        })
+        .collect();
+    StatusSection {
+        title: "Forwarding".into(),
+        notes: vec![
+            "IPv4 forwarding of every network namespace dropgate knows, as the kernel reports it, updated the moment it changes. A Docker host needs it on for published ports to be reachable from other hosts; containers usually have it off.".into(),
+        ],
+        columns: vec![
+            StatusColumn::text("namespace"),
+            StatusColumn::text("net.ipv4.ip_forward"),
+            StatusColumn::text("on for"),
+            StatusColumn::text("off for"),
+            StatusColumn::number("changes seen"),
+        ],
+        rows,
+        empty: "No namespace's forwarding state is known yet.".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::findings::Kind;
+
+    fn labels(netns: &str, interface: &str, reason: &str, location: &str) -> DropLabels {
+        DropLabels {
+            interface: interface.into(),
+            location: location.into(),
+            netns: netns.into(),
+            protocol: "tcp",
+            reason: reason.into(),
+        }
+    }
+
+    fn cells(row: &StatusRow) -> Vec<String> {
+        row.cells
+            .iter()
+            .map(|cell| cell.lines.join(" | "))
+            .collect()
+    }
+
+    #[test]
+    fn findings_keep_summary_evidence_and_fix_with_their_severity() {
+        let finding = Finding {
+            kind: Kind::ForwardingOff,
+            severity: Severity::Critical,
+            interface: Some("vh-ext".into()),
+            summary: "forwarding is off on vh-ext".into(),
+            evidence: vec!["3 packets dropped".into(), "DNAT: rule".into()],
+            fix: vec!["sysctl -w net.ipv4.ip_forward=1".into()],
+        };
+        let section = findings_section(&[finding]);
+        assert_eq!(section.rows.len(), 1);
+        assert_eq!(section.rows[0].tone, Tone::Critical);
+        assert_eq!(
+            cells(&section.rows[0]),
+            [
+                "critical | forwarding_off",
+                "forwarding is off on vh-ext",
+                "3 packets dropped | DNAT: rule",
+                "sysctl -w net.ipv4.ip_forward=1",
+            ]
+        );
+        assert!(findings_section(&[]).rows.is_empty());
+    }
+
+    #[test]
+    fn drops_are_summed_per_namespace_interface_and_reason_most_first() {
+        let drops = BTreeMap::from([
+            (
+                labels("host", "eth0", "NO_SOCKET", "tcp_v4_rcv"),
+                DropCounts {
+                    packets: 2,
+                    bytes: 120,
+                },
+            ),
+            (
+                labels("dg-host", "vh-ext", "IP_INADDRERRORS", "ip_error"),
+                DropCounts {
+                    packets: 5,
+                    bytes: 300,
+                },
+            ),
+            (
+                labels("dg-host", "vh-ext", "IP_INADDRERRORS", "ip_error_2"),
+                DropCounts {
+                    packets: 1,
+                    bytes: 60,
+                },
+            ),
+        ]);
+        let section = drops_section(&drops);
+        let rows: Vec<Vec<String>> = section.rows.iter().map(cells).collect();
+        assert_eq!(
+            rows,
+            [
+                [
+                    "dg-host",
+                    "vh-ext",
+                    "IP_INADDRERRORS",
+                    "ip_error, ip_error_2",
+                    "tcp",
+                    "6",
+                    "360"
+                ],
+                ["host", "eth0", "NO_SOCKET", "tcp_v4_rcv", "tcp", "2", "120"],
+            ]
+        );
+    }
+
+    #[test]
+    fn drop_rows_are_capped_with_a_note() {
+        let drops: BTreeMap<DropLabels, DropCounts> = (0..DROP_ROWS + 5)
+            .map(|i| {
+                (
+                    labels("host", &format!("if{i}"), "NO_SOCKET", "f"),
+                    DropCounts {
+                        packets: i as u64,
+                        bytes: 0,
+                    },
+                )
+            })
+            .collect();
+        let section = drops_section(&drops);
+        assert_eq!(section.rows.len(), DROP_ROWS);
+        assert_eq!(cells(&section.rows[0])[1], format!("if{}", DROP_ROWS + 4));
+        assert!(
+            section.notes.iter().any(|n| n.contains("of 105")),
+            "{:?}",
+            section.notes
+        );
+    }
+
+    #[test]
+    fn forwarding_lists_interfaces_on_and_off_per_namespace() {
+        let ns = NamespaceForwarding {
+            all: Some(false),
+            interfaces: BTreeMap::from([
+                (1, ("lo".to_owned(), false)),
+                (3, ("vh-ext".to_owned(), false)),
+                (4, ("br0".to_owned(), true)),
+            ]),
+            changes: 2,
+        };
+        let section = forwarding_section(&[("dg-host".into(), ns)]);
+        assert_eq!(section.rows[0].tone, Tone::Normal);
+        assert_eq!(
+            cells(&section.rows[0]),
+            ["dg-host", "off", "br0", "lo, vh-ext", "2"]
+        );
+        let on = NamespaceForwarding {
+            all: Some(true),
+            ..NamespaceForwarding::default()
+        };
+        assert_eq!(
+            forwarding_section(&[("host".into(), on)]).rows[0].tone,
+            Tone::Good
+        );
+    }
+}
