@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "docker-compose",
     "qemu-system-x86",
     "busybox-static",
+    // The status page test loads the page in headless Chromium and keeps a screenshot.
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
