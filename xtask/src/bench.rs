@@ -40,7 +40,8 @@ const TARGET_NET: &str = "172.31.240.0/24";
 pub fn bench(what: &str) -> Result<()> {
     match what {
         "tracer" => tracer(),
-        other => bail!("unknown bench {other:?}; known: tracer"),
+        "gateway" => crate::bench_gateway::run(),
+        other => bail!("unknown bench {other:?}; known: tracer, gateway"),
     }
 }
 

@@ -3,6 +3,7 @@
 //! commands and CI do exactly the same thing.
 
 mod bench;
+mod bench_gateway;
 mod cmd;
 mod kernels;
 mod run;
@@ -42,9 +43,10 @@ enum Task {
     /// `DROPGATE_BIN=path` tests that binary instead of building one.
     TestKernels,
     /// Run a benchmark (as root) and record its table in BENCHMARKS.md; `tracer`: the
-    /// kernel program's cost per drop next to an empty program and bpftrace.
+    /// kernel program's cost per drop next to an empty program and bpftrace; `gateway`:
+    /// dropgate gateway next to Debian's pushgateway (needs no root).
     Bench {
-        /// What to benchmark: `tracer`.
+        /// What to benchmark: `tracer` or `gateway`.
         what: String,
     },
 }
