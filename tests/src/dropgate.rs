@@ -50,7 +50,7 @@ impl DropgateRun {
 
 /// `dropgate watch` with its stdout delivered line by line.
 pub struct Watch {
-    _process: Guarded,
+    process: Guarded,
     lines: mpsc::Receiver<String>,
 }
 
@@ -70,10 +70,12 @@ impl Watch {
             }
         });
         std::thread::sleep(settle);
-        Self {
-            _process: process,
-            lines,
-        }
+        Self { process, lines }
+    }
+
+    /// Sends `signal` (e.g. `"INT"` for Ctrl-C) and waits for the exit.
+    pub fn stop(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
+        self.process.stop(signal, Duration::from_secs(10))
     }
 
     /// The next line, waiting at most `timeout`.

@@ -264,7 +264,7 @@ fn a_sample_names_the_dnat_destination() {
     }
     let topo = DockerLikeHost::build();
     start_service(&topo);
-    let watch = Watch::start(
+    let mut watch = Watch::start(
         &[
             "--json",
             "--netns",
@@ -292,6 +292,12 @@ fn a_sample_names_the_dnat_destination() {
     ] {
         assert!(line.contains(&want), "sample {line} lacks {want}");
     }
+    // Ctrl-C ends watch cleanly.
+    let status = watch.stop("INT").expect("dropgate watch exits on SIGINT");
+    assert!(
+        status.success(),
+        "dropgate watch exited with {status} on SIGINT"
+    );
 }
 
 #[test]
