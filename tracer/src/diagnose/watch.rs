@@ -15,9 +15,6 @@ use super::{
 };
 use crate::{netns::OWN_NAMESPACE, tracer::Tracer};
 
-/// How often the findings are recomputed.
-pub const ROUND: Duration = Duration::from_secs(15);
-
 /// The latest findings; cheap to read from scrapes and page renders.
 #[derive(Default)]
 pub struct Findings {
