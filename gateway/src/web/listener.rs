@@ -201,6 +201,9 @@ async fn serve_http<S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
+        // A client that closes its sending side after the request still gets the
+        // answer (and a body cut short by that close is a 400, not a lost answer).
+        .half_close(true)
         .keep_alive(true);
     let mut connection = builder.serve_connection(TokioIo::new(stream), service);
     let mut stopping = *stop.borrow();

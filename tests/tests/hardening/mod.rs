@@ -156,6 +156,19 @@ pub fn raw_exchange(addr: SocketAddr, raw: &[u8], timeout: Duration) -> Vec<u8> 
     answer
 }
 
+/// Like [`raw_exchange`], but closes the sending side after `raw`, so the server sees
+/// the end of what the client will ever send.
+pub fn raw_request(addr: SocketAddr, raw: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to the gateway");
+    stream.set_read_timeout(Some(timeout)).expect("set timeout");
+    let _ = stream.write_all(raw);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
 /// The status code of a raw HTTP answer (0 when there is none).
 pub fn status_of(answer: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(answer);
