@@ -181,6 +181,36 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
+/// Families of dropgate's own (process counters such as `dropgate_gateway_rejected_total`,
+/// and the tracer's in `dropgate run`): not part of the pushed store, so they neither
+/// exist upstream nor survive a restart.
+pub const DROPGATE_OWN_PREFIX: &str = "dropgate_";
+
+/// `exposition` (text format) without the families whose names start with one of
+/// `prefixes`; a family runs from its first `# HELP`/`# TYPE` line to the next family's.
+pub fn without_families(exposition: &str, prefixes: &[&str]) -> String {
+    let mut out = String::new();
+    let mut family = String::new();
+    let mut dropped = false;
+    for line in exposition.lines() {
+        if let Some(rest) = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+        {
+            let name = rest.split(' ').next().unwrap_or_default();
+            if name != family {
+                name.clone_into(&mut family);
+                dropped = prefixes.iter().any(|p| name.starts_with(p));
+            }
+        }
+        if !dropped {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// `127.0.0.1:<free port>`.
 pub fn loopback_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], http::free_port()))

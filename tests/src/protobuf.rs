@@ -154,3 +154,16 @@ pub fn family_name(message: &[u8]) -> Option<String> {
     let name = message.get(1 + used..1 + used + usize::try_from(len).ok()?)?;
     Some(String::from_utf8_lossy(name).into_owned())
 }
+
+/// The families of a delimited exposition whose names do not start with `prefix`, each
+/// still encoded; `None` if the stream is cut short or a family has no leading name.
+pub fn families_except(data: &[u8], prefix: &str) -> Option<Vec<Vec<u8>>> {
+    split_delimited(data)?
+        .into_iter()
+        .filter_map(|message| match family_name(message) {
+            Some(name) if name.starts_with(prefix) => None,
+            Some(_) => Some(Some(message.to_vec())),
+            None => Some(None),
+        })
+        .collect()
+}

@@ -11,9 +11,10 @@
 //! Masked before comparing:
 //! - the values of `push_time_seconds` and `push_failure_time_seconds` (wall-clock times;
 //!   a value of 0 is kept, it says "never"), and `time_stamp` in `/api/v1/metrics`;
-//! - the pushgateway's own families, which dropgate does not have by design (it exposes
-//!   no Go runtime, and its own families are named `dropgate_*`): `go_*`, `process_*`
-//!   and `pushgateway_*`, stripped from the pushgateway's side only;
+//! - each side's own families, which the other does not have by design: the
+//!   pushgateway's `go_*`, `process_*` and `pushgateway_*` (dropgate exposes no Go
+//!   runtime), and dropgate's `dropgate_*` (its request counters, and the tracer's
+//!   families in `dropgate run`);
 //! - in `/api/v1/status`, flags dropgate does not have (log.*, web.config.file,
 //!   web.external-url, web.local-assets, web.systemd-socket), the build information's
 //!   values and the start time; the listen address and persistence file, which differ
@@ -30,7 +31,9 @@
 use std::{collections::BTreeSet, fmt::Write as _, io::Write as _, path::Path, time::Duration};
 
 use dropgate_tests::{
-    gateway::{Reply, Request, Server, TempDir, PUSHGATEWAY},
+    gateway::{
+        without_families, Reply, Request, Server, TempDir, DROPGATE_OWN_PREFIX, PUSHGATEWAY,
+    },
     may_run, protobuf as pb,
 };
 use flate2::{write::GzEncoder, Compression};
@@ -920,7 +923,11 @@ fn compare_protobuf(theirs: &[u8], mine: &[u8]) -> Result<(), String> {
         let mut out = Vec::new();
         for message in messages {
             let name = pb::family_name(message).ok_or("a family without a leading name")?;
-            let own = upstream && UPSTREAM_OWN_PREFIXES.iter().any(|p| name.starts_with(p));
+            let own = if upstream {
+                UPSTREAM_OWN_PREFIXES.iter().any(|p| name.starts_with(p))
+            } else {
+                name.starts_with(DROPGATE_OWN_PREFIX)
+            };
             if !own && !TIME_GAUGES.contains(&name.as_str()) {
                 out.push((name, message.to_vec()));
             }
@@ -946,35 +953,25 @@ fn compare_protobuf(theirs: &[u8], mine: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The text exposition with the time gauges masked and, for the pushgateway, its own
-/// families left out.
+/// The text exposition with the time gauges masked and each side's own families left out.
 fn normalize_exposition(text: &str, upstream: bool) -> String {
+    let own: &[&str] = if upstream {
+        &UPSTREAM_OWN_PREFIXES
+    } else {
+        &[DROPGATE_OWN_PREFIX]
+    };
     let mut out = String::new();
-    let mut current_own = false;
-    let mut current_family = String::new();
-    for line in text.lines() {
-        if let Some(rest) = line
-            .strip_prefix("# HELP ")
-            .or_else(|| line.strip_prefix("# TYPE "))
-        {
-            let name = rest.split(' ').next().unwrap_or_default();
-            if name != current_family {
-                name.clone_into(&mut current_family);
-                current_own = upstream && UPSTREAM_OWN_PREFIXES.iter().any(|p| name.starts_with(p));
-            }
-        }
-        if current_own {
-            continue;
-        }
+    for line in without_families(text, own).lines() {
         let sample_name = line.split(['{', ' ']).next().unwrap_or_default();
-        let masked = match line.rsplit_once(' ') {
+        match line.rsplit_once(' ') {
             Some((series, value)) if TIME_GAUGES.contains(&sample_name) && value != "0" => {
-                format!("{series} <time>")
+                let _ = writeln!(out, "{series} <time>");
             }
-            _ => line.to_owned(),
-        };
-        out.push_str(&masked);
-        out.push('\n');
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
     }
     out
 }
