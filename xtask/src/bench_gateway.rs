@@ -84,7 +84,13 @@ pub fn run() -> Result<()> {
 
     let mut ours = Server::start(Kind::Dropgate(dropgate_bin), &work, &[])?;
     let theirs = Server::start(Kind::Pushgateway, &work, &[])?;
-    let mut results = Results::default();
+    let mut results = Results {
+        load_at_start: fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default(),
+        ..Results::default()
+    };
 
     eprintln!("xtask: bench: PUT to one group, empty store");
     for server in [&ours, &theirs] {
@@ -177,6 +183,8 @@ struct Results {
     /// (groups stored, server, push latency; `None` when cut).
     curve: Vec<(usize, &'static str, Option<Latency>)>,
     upstream_big_cut: bool,
+    /// The 1-minute load average before the first measurement.
+    load_at_start: String,
 }
 
 /// A scratch directory for scripts, bodies and persistence files, removed on drop.
@@ -741,7 +749,7 @@ fn report(results: &Results) -> Result<String> {
     let [ours_loaded, theirs_loaded] = pair(&results.put_loaded)?;
     let [ours_get, theirs_get] = pair(&results.get)?;
     let [ours_rss, theirs_rss] = pair(&results.rss)?;
-    let mut out = setting();
+    let mut out = setting(&results.load_at_start);
     writeln!(out, "| load | pushgateway | dropgate | ratio | target | |")?;
     writeln!(out, "|---|---:|---:|---:|---|---|")?;
     let put_ratio = ours_put / theirs_put;
@@ -841,7 +849,7 @@ fn report(results: &Results) -> Result<String> {
 }
 
 /// The first lines of the report: when, on what, how.
-fn setting() -> String {
+fn setting(load: &str) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -867,10 +875,12 @@ fn setting() -> String {
         })
         .unwrap_or_default();
     format!(
-        "`cargo xtask bench gateway`, {date}: {cpus} CPUs ({cpu}), kernel {kernel}; \
-         {upstream} (Debian) vs `dropgate gateway` (release build), both on 127.0.0.1 with a\n\
-         persistence file, load from `wrk` on the same machine. Every push is {METRICS_PER_GROUP} \
-         gauges with HELP, the same families in every group; the consistency check is on.\n\n"
+        "`cargo xtask bench gateway`, {date}, {cpus} CPUs ({cpu}), kernel {kernel}, load \
+         average {load} at the start (the VM is shared). Debian's {upstream} next to \
+         `dropgate gateway` (release build), both on 127.0.0.1 with a persistence file and \
+         the consistency check on. Throughput from `wrk` on the same machine; latencies from \
+         a closed loop over one kept-alive connection. Every push is {METRICS_PER_GROUP} \
+         gauges with HELP, the same families in every group.\n\n"
     )
 }
 
