@@ -5,6 +5,7 @@
 mod bench;
 mod bench_gateway;
 mod cmd;
+mod fuzz;
 mod kernels;
 mod run;
 mod setup;
@@ -49,6 +50,15 @@ enum Task {
         /// What to benchmark: `tracer` or `gateway`.
         what: String,
     },
+    /// Fuzz the gateway's parsers (text, protobuf, push paths and the path filter, body
+    /// decoding) with cargo-fuzz on nightly for a bounded time each; a crash fails.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (text_parser, protobuf_decoder, path_labels, body_decoder).
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +69,7 @@ fn main() -> ExitCode {
         Task::Test { filter } => test::test(filter.as_deref()),
         Task::TestKernels => kernels::test_kernels_task(),
         Task::Bench { what } => bench::bench(&what),
+        Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,20 @@
+// Shared by the targets: what happens to families that parsed, as in a push.
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use gateway::exposition::Format;
+use gateway::grouping::GroupingKey;
+use gateway::model::MetricFamily;
+use gateway::source::NoSource;
+use gateway::store::{exposition, MetricStore, ReservedNames, WriteCommand};
+
+/// Stores `families` as a push would (the check may refuse them), then renders the
+/// store in both formats: whatever parses must never panic further on.
+pub fn push_and_render(families: Vec<MetricFamily>) {
+    let store = Arc::new(MetricStore::new(ReservedNames::default()));
+    let key = GroupingKey::from_path("job/fuzz/instance/i").expect("a valid key");
+    let _ = store.apply(WriteCommand::Put { key, families }, SystemTime::now());
+    for format in [Format::Text, Format::DelimitedProtobuf] {
+        let _ = exposition(&store, &NoSource, format);
+    }
+}
