@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "curl",
+    // The gateway's TLS tests make their certificates and check handshakes with it.
+    "openssl",
     "python3",
     "python3-prometheus-client",
     "prometheus-pushgateway",
