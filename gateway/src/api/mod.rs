@@ -9,6 +9,7 @@
 //!
 //! [`WriteCommand`]: crate::store::WriteCommand
 
+mod clean;
 mod error;
 mod lifecycle;
 mod page;
@@ -154,35 +155,18 @@ pub fn app(state: AppState) -> Router {
         )
     };
     let mut router = Router::new()
-        .route(
-            &p("/metrics"),
-            with_allow("GET, OPTIONS", get(scrape::scrape)),
-        )
+        .route(&p("/metrics"), get_only(get(scrape::scrape)))
         .route(&p("/metrics/job/{*rest}"), push())
         .route(&p("/metrics/job@base64/{*rest}"), push())
-        .route(
-            &p("/-/healthy"),
-            with_allow("GET, OPTIONS", get(lifecycle::ok)),
-        )
-        .route(
-            &p("/-/ready"),
-            with_allow("GET, OPTIONS", get(lifecycle::ok)),
-        )
-        .route(
-            &p("/-/quit"),
-            with_allow(
-                "OPTIONS, POST, PUT",
-                on(MethodFilter::PUT.or(MethodFilter::POST), lifecycle::quit)
-                    .get(lifecycle::quit_get),
-            ),
-        )
+        .route(&p("/-/healthy"), get_only(get(lifecycle::ok)))
+        .route(&p("/-/ready"), get_only(get(lifecycle::ok)))
         .route(
             &p("/api/v1/status"),
-            v1::with_cors_allow("GET, OPTIONS", get(v1::status)),
+            v1::with_cors_allow("GET, OPTIONS", get(v1::status).head(head_not_allowed)),
         )
         .route(
             &p("/api/v1/metrics"),
-            v1::with_cors_allow("GET, OPTIONS", get(v1::metrics)),
+            v1::with_cors_allow("GET, OPTIONS", get(v1::metrics).head(head_not_allowed)),
         )
         // Upstream answers OPTIONS on any /api/v1 path (CORS preflight), 404 otherwise.
         .route(&p("/api/v1/{*path}"), any(v1::options_or_not_found))
@@ -191,13 +175,42 @@ pub fn app(state: AppState) -> Router {
             &p("/"),
             with_allow("GET, HEAD, OPTIONS", get(page::status_page)),
         );
+    // Upstream registers the quit handlers under the prefix and a GET handler (405 with
+    // its own text) on the bare `/-/quit`, whatever the prefix and lifecycle setting.
+    let quit = on(MethodFilter::PUT.or(MethodFilter::POST), lifecycle::quit);
+    let quit_get = || get(lifecycle::quit_get).head(head_not_allowed);
+    router = if state.inner.route_prefix.is_empty() {
+        router.route(
+            "/-/quit",
+            with_allow("GET, OPTIONS, POST, PUT", quit.merge(quit_get())),
+        )
+    } else {
+        router
+            .route(&p("/-/quit"), with_allow("OPTIONS, POST, PUT", quit))
+            .route("/-/quit", with_allow("GET, OPTIONS", quit_get()))
+    };
     if state.inner.enable_admin_api {
         router = router.route(
             &p("/api/v1/admin/wipe"),
             v1::with_cors_allow("OPTIONS, PUT", axum::routing::put(v1::wipe)),
         );
     }
-    router.fallback(not_found_or_redirect).with_state(state)
+    router
+        .fallback(not_found_or_redirect)
+        .layer(axum::middleware::from_fn(clean::redirect_unclean))
+        .with_state(state)
+}
+
+/// A GET route of upstream's: HEAD is not one of its methods (axum's `get` would answer
+/// it), so it gets 405 like any other method.
+fn get_only(router: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    with_allow("GET, OPTIONS", router.head(head_not_allowed))
+}
+
+async fn head_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed {
+        allow: "GET, OPTIONS",
+    }
 }
 
 /// Adds upstream's answers to other methods: `OPTIONS` → 200 with `Allow`, anything

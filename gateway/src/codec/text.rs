@@ -681,6 +681,9 @@ fn is_metric_name_continuation(byte: u8) -> bool {
     is_label_name_continuation(byte) || byte == b':'
 }
 
+/// The bit pattern of Go's `math.NaN()`, which `strconv.ParseFloat("NaN")` returns.
+const GO_NAN_BITS: u64 = 0x7ff8_0000_0000_0001;
+
 /// Parses a float the way Go's `expfmt` does: `strconv.ParseFloat` syntax (decimal,
 /// `Inf`/`Infinity` with optional sign, `NaN` without sign, all case-insensitive), no
 /// hex, no underscores, and out-of-range values are errors rather than infinities.
@@ -698,7 +701,9 @@ pub(crate) fn parse_go_float(text: &[u8]) -> Option<f64> {
         });
     }
     if text.eq_ignore_ascii_case(b"nan") {
-        return Some(f64::NAN);
+        // Go's math.NaN() has these bits (Rust's f64::NAN ends in ...0); protobuf scrapes
+        // carry the bits, so they must match upstream's.
+        return Some(f64::from_bits(GO_NAN_BITS));
     }
     if !is_decimal_float(unsigned) {
         return None;
