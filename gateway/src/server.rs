@@ -34,6 +34,11 @@ use crate::web::rejections::{Rejections, WithGatewayMetrics};
 /// How often the web config file (and the files it names) is looked at for changes.
 const WEB_CONFIG_POLL: Duration = Duration::from_secs(1);
 
+/// The longest shutdown waits for requests in flight (less if `--web.request-timeout`
+/// is shorter): real requests take milliseconds, and the store must be saved well
+/// within the 30 s that systemd and Docker give before SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -157,8 +162,8 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves or `/-/quit` is called; then stops accepting,
-    /// lets in-flight requests finish (for at most `--web.request-timeout` and a
-    /// second), saves the store one last time (if persistence is configured) and
+    /// lets in-flight requests finish (for at most 10 s, or `--web.request-timeout` if
+    /// shorter), saves the store one last time (if persistence is configured) and
     /// returns.
     pub async fn run(
         self,
@@ -218,7 +223,7 @@ impl Gateway {
         let limits = ConnectionLimits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
-            grace: config.request_timeout + Duration::from_secs(1),
+            grace: config.request_timeout.min(SHUTDOWN_GRACE),
         };
         listener::serve(listener, router, settings, limits, rejections, stop).await;
         if let Some(watcher) = watcher {

@@ -602,3 +602,37 @@ async fn shutdown_finishes_the_push_in_flight_saves_it_and_accepts_no_more() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_cannot_hold_up_shutdown() {
+    let dir = TempDir::new("stalled");
+    let file = dir.0.join("store");
+    let config = GatewayConfig {
+        persistence_file: Some(file.clone()),
+        request_timeout: Duration::from_secs(2),
+        ..GatewayConfig::default()
+    };
+    let (addr, _, stop, task) = running(config).await;
+    let stalled = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .write_all(
+                b"PUT /metrics/job/stall HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx",
+            )
+            .expect("send a head and one byte of the body");
+        stream
+    })
+    .await
+    .expect("client");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown is bounded although the client never finishes")
+        .expect("join")
+        .expect("clean stop");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(file.exists(), "the store was saved");
+    drop(stalled);
+}
