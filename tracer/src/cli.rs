@@ -423,4 +423,39 @@ mod tests {
         assert_eq!(gateway.persistence_interval, Duration::from_mins(1));
         assert_eq!(gateway.route_prefix, "/pg");
     }
+
+    #[test]
+    fn hardening_flags_are_checked_at_parse_time() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["dropgate", "gateway"];
+            argv.extend(args);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Gateway { gateway } => gateway.into_config(),
+                _ => panic!("gateway subcommand expected"),
+            })
+        };
+        let config = parse(&[
+            "--web.deny-path=^/admin",
+            "--web.deny-path=secret",
+            "--web.allow-push-from=10.0.0.0/8",
+            "--web.allow-push-from=::1",
+            "--web.header-read-timeout=500ms",
+            "--web.max-connections=8",
+            "--push.max-series-per-push=10",
+        ])
+        .expect("valid hardening flags");
+        assert_eq!(config.deny_paths, ["^/admin", "secret"]);
+        assert_eq!(config.allow_push_from, ["10.0.0.0/8", "::1"]);
+        assert_eq!(config.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(config.max_connections, 8);
+        assert_eq!(config.max_series_per_push, 10);
+        let cases: [(&str, &[&str]); 3] = [
+            ("bad regex", &["--web.deny-path=("]),
+            ("bad prefix length", &["--web.allow-push-from=10.0.0.0/33"]),
+            ("not a network", &["--web.allow-push-from=example.com"]),
+        ];
+        for (name, args) in cases {
+            assert!(parse(args).is_err(), "case {name} was accepted");
+        }
+    }
 }
