@@ -22,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let normal = normalise(path);
     assert!(normal.starts_with('/'), "normal forms are absolute");
-    assert!(!normal.contains("//"), "normal forms have no empty segments");
+    assert!(
+        !normal.contains("//"),
+        "normal forms have no empty segments"
+    );
     let _ = filter().is_denied(path);
 });
