@@ -301,8 +301,39 @@ pub fn save(store: &MetricStore, path: &Path) -> Result<(), PersistenceError> {
     })
 }
 
+/// Removes temp files a writer left when it was killed mid-write
+/// (`<file>.in_progress.<pid>` of a process that no longer exists). They were never
+/// renamed into place, so they never were the saved state; the file itself is untouched.
+fn sweep_dead_writers_temp_files(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.in_progress.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let alive = pid.parse::<u32>().is_ok_and(|pid| {
+            pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if !alive && fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a temp file left by a writer that died mid-write");
+        }
+    }
+}
+
 /// Restores the store from `path`, moving a corrupt or unreadable file aside.
 pub fn load(store: &MetricStore, path: &Path) -> Result<LoadOutcome, PersistenceError> {
+    sweep_dead_writers_temp_files(path);
     let decoded = match fs::read(path) {
         Ok(bytes) => decode(&bytes).map_err(|error| error.to_string()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(LoadOutcome::Missing),

@@ -229,6 +229,28 @@ fn a_corrupt_file_is_moved_aside_and_never_overwritten() {
     }
 }
 
+#[test]
+fn temp_files_of_dead_writers_are_swept_live_ones_kept() {
+    let dir = TempDir::new("sweep");
+    let path = dir.file("store");
+    persistence::save(&filled_store(), &path).expect("save");
+    // A writer killed mid-write (pid 4194304 is above pid_max: never alive) and one that
+    // is alive (this process) each left a temp file.
+    std::fs::write(dir.file("store.in_progress.4194304"), b"half").expect("write temp");
+    let own = format!("store.in_progress.{}", std::process::id());
+    std::fs::write(dir.file(&own), b"ours").expect("write temp");
+    let store = MetricStore::new(ReservedNames::default());
+    assert!(matches!(
+        persistence::load(&store, &path).expect("load"),
+        LoadOutcome::Restored { .. }
+    ));
+    assert_eq!(
+        dir.entries(),
+        vec!["store".to_owned(), own],
+        "only the dead writer's file goes"
+    );
+}
+
 fn encode_filled() -> Vec<u8> {
     persistence::encode(&filled_store().snapshot())
 }
