@@ -187,3 +187,51 @@ fn unprivileged_diagnose_says_what_it_could_not_check() {
         out.status
     );
 }
+
+/// Containers on one bridge reaching each other through a DNAT: br_netfilter hands the
+/// bridged frame to iptables, the DNAT makes it need routing, and forwarding is off.
+#[test]
+fn br_netfilter_dnat_between_containers_on_one_bridge() {
+    if !privileged("br_netfilter_dnat_between_containers_on_one_bridge") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    start_service(&topo);
+    // A second container on br0 that reaches the published port (DNAT in PREROUTING to
+    // the first container) with a frame the bridge forwards rather than routes.
+    let ctr2 = dropgate_tests::netns::Netns::create("ctr2");
+    topo.host.sh(&format!(
+        "ip link add vh-ctr2 type veth peer name eth0 netns {} && ip link set vh-ctr2 master br0 up && \
+         sysctl -qw net.bridge.bridge-nf-call-iptables=1",
+        ctr2.name,
+    ));
+    ctr2.sh("ip addr add 172.31.231.3/24 dev eth0 && ip link set eth0 up");
+    // The frame goes to the first container's MAC for an address nobody has, so the
+    // bridge forwards it until br_netfilter gives it to iptables, whose DNAT of :9091
+    // then makes it need routing.
+    let mac = topo.ctr.sh("cat /sys/class/net/eth0/address");
+    ctr2.sh(&format!(
+        "ip neigh add 172.31.231.50 lladdr {} dev eth0",
+        mac.trim()
+    ));
+    let (out, text) = diagnose(&topo, || {
+        let fail = ctr2.sh_output("curl -s -m 2 http://172.31.231.50:9091/");
+        assert!(
+            !fail.status.success(),
+            "the DNAT-ed bridged request must fail"
+        );
+    });
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text.contains("PROBLEM [forwarding_off]: forwarding is off on br0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("br0 is a bridge and net.bridge.bridge-nf-call-iptables = 1"),
+        "the br_netfilter path is named: {text}"
+    );
+    assert!(
+        text.contains("fix: sysctl -w net.ipv4.ip_forward=1"),
+        "{text}"
+    );
+}

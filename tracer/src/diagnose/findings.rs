@@ -232,6 +232,7 @@ fn forwarding_off_globally(ev: &Evidence, target: &str, out: &mut Vec<Finding>) 
     if snmp > 0 {
         evidence.push(format!("/proc/net/snmp Ip InAddrErrors rose by {snmp}"));
     }
+    evidence.extend(br_netfilter_note(host, &ingress));
     for d in &host.dnat {
         evidence.push(format!("DNAT: {}", d.rule));
     }
@@ -324,6 +325,20 @@ fn forwarding_off_on_interfaces(ev: &Evidence, target: &str, out: &mut Vec<Findi
             fix,
         });
     }
+}
+
+/// Traffic arriving on a bridge was bridged, not routed, until br_netfilter handed it to
+/// iptables, whose DNAT made it need routing: the case where containers on one bridge
+/// reach each other through a published port.
+fn br_netfilter_note(host: &HostState, ingress: &[String]) -> Option<String> {
+    let bridge = ingress
+        .iter()
+        .find(|i| host.bridges.iter().any(|b| &b.bridge == *i))?;
+    (host.bridge_nf_call_iptables == Some(true)).then(|| {
+        format!(
+            "{bridge} is a bridge and net.bridge.bridge-nf-call-iptables = 1: br_netfilter passed bridged traffic to iptables, whose DNAT made it need routing"
+        )
+    })
 }
 
 fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
