@@ -27,6 +27,68 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Passed and failed tests, added up from `cargo test`'s `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+impl Tally {
+    /// Adds the counts of one `test result: ok. 3 passed; 0 failed; ...` line.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                match (n.parse::<u64>(), what) {
+                    (Ok(n), "passed") => self.passed += n,
+                    (Ok(n), "failed") => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test` command, passing its output through, and counts its results.
+/// An unsuccessful exit is an error naming the command.
+pub fn run_tests(command: &mut Command) -> Result<Tally> {
+    use std::io::{BufRead as _, Write as _};
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    let mut tally = Tally::default();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+    {
+        tally.add_line(&line);
+        let _ = writeln!(out, "{line}");
+    }
+    drop(out);
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(tally)
+}
+
 /// Runs `command`; its trimmed stdout if it succeeded, `None` otherwise or if absent.
 pub fn stdout_of(command: &mut Command) -> Option<String> {
     let out = command.output().ok()?;
@@ -64,4 +126,29 @@ pub fn cargo_home() -> PathBuf {
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
         PathBuf::from,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn adds_up_test_result_lines() {
+        let mut tally = Tally::default();
+        for line in [
+            "test result: ok. 60 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.02s",
+            "test result: FAILED. 2 passed; 4 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.41s",
+            "running 3 tests",
+            "test foo ... ok",
+        ] {
+            tally.add_line(line);
+        }
+        assert_eq!(
+            tally,
+            Tally {
+                passed: 62,
+                failed: 4
+            }
+        );
+    }
 }

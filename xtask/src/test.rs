@@ -39,14 +39,15 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     if let Some(filter) = filter {
         unit.arg(filter);
     }
-    cmd::run(unit.env("DROPGATE_BIN", &binary))?;
+    let mut tally = cmd::run_tests(unit.env("DROPGATE_BIN", &binary))?;
 
     let mut e2e = cmd::cargo();
-    e2e.args(["test", "--package", "dropgate-tests", "--"]);
+    // --tests: the e2e crate has no doc tests worth a line of "0 passed".
+    e2e.args(["test", "--package", "dropgate-tests", "--tests", "--"]);
     if let Some(filter) = filter {
         e2e.arg(filter);
     }
-    cmd::run(
+    tally += cmd::run_tests(
         e2e.args(["--test-threads=1", "--nocapture"])
             .env("DROPGATE_BIN", &binary),
     )?;
@@ -55,5 +56,7 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         "xtask: all tests passed in {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    // One summary line for whoever reads the end of the log (CI does).
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
 }
