@@ -805,7 +805,7 @@ fn report(tallies: &[Tally]) -> Result<String> {
     Ok(out)
 }
 
-fn verdict(met: bool) -> &'static str {
+pub(crate) fn verdict(met: bool) -> &'static str {
     if met {
         "met"
     } else {
@@ -814,7 +814,7 @@ fn verdict(met: bool) -> &'static str {
 }
 
 /// `1234567.8` as `1,234,568`.
-fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let digits = format!("{value:.0}");
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -829,7 +829,7 @@ fn thousands(value: f64) -> String {
 /// Replaces the `## {heading}` section of the Markdown file at `path` (up to the next
 /// `## ` heading) with `body`, leaving every other section as it is; creates the file
 /// or appends the section when absent.
-fn write_section(path: &Path, heading: &str, body: &str) -> Result<()> {
+pub(crate) fn write_section(path: &Path, heading: &str, body: &str) -> Result<()> {
     let existing = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {

@@ -31,7 +31,10 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::cmd;
+use crate::{
+    bench::{thousands, verdict, write_section},
+    cmd,
+};
 
 const PUSHGATEWAY: &str = "/usr/bin/prometheus-pushgateway";
 /// Groups in the store of the throughput, GET and RSS rows.
@@ -891,94 +894,9 @@ fn pair<T: Copy>(values: &[T]) -> Result<[T; 2]> {
     }
 }
 
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "**missed**"
-    }
-}
-
-/// `1234567.8` as `1,234,568`.
-fn thousands(value: f64) -> String {
-    let digits = format!("{value:.0}");
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Replaces the `## {heading}` section of the Markdown file at `path` (up to the next
-/// `## ` heading) with `body`, leaving the other sections alone; creates the file or
-/// appends the section when absent.
-fn write_section(path: &Path, heading: &str, body: &str) -> Result<()> {
-    let existing = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            "# Benchmarks\n\nEach section is written by its `cargo xtask bench <what>`.\n"
-                .to_owned()
-        }
-        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
-    };
-    fs::write(path, replace_section(&existing, heading, body))
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-fn replace_section(text: &str, heading: &str, body: &str) -> String {
-    let title = format!("## {heading}");
-    let section = format!("{title}\n\n{}\n", body.trim_end());
-    let lines: Vec<&str> = text.lines().collect();
-    let Some(start) = lines.iter().position(|l| l.trim_end() == title) else {
-        return format!("{}\n\n{section}", text.trim_end());
-    };
-    let end = lines[start + 1..]
-        .iter()
-        .position(|l| l.starts_with("## "))
-        .map_or(lines.len(), |i| start + 1 + i);
-    let mut out = lines[..start].join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    out.push_str(&section);
-    if end < lines.len() {
-        out.push('\n');
-        out.push_str(&lines[end..].join("\n"));
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{dechunk, group_body, replace_section};
-
-    #[test]
-    fn replaces_only_the_gateway_section() {
-        let cases = [
-            (
-                "appends when absent",
-                "# B\n\n## Tracer\n\nt\n",
-                "# B\n\n## Tracer\n\nt\n\n## Gateway\n\nnew\n",
-            ),
-            (
-                "replaces in the middle",
-                "# B\n\n## Gateway\n\nold\n\n## Tracer\n\nt\n",
-                "# B\n\n## Gateway\n\nnew\n\n## Tracer\n\nt\n",
-            ),
-            (
-                "replaces at the end",
-                "# B\n\n## Tracer\n\nt\n\n## Gateway\n\nold\nmore\n",
-                "# B\n\n## Tracer\n\nt\n\n## Gateway\n\nnew\n",
-            ),
-        ];
-        for (name, before, after) in cases {
-            assert_eq!(replace_section(before, "Gateway", "new\n"), after, "{name}");
-        }
-    }
+    use super::{dechunk, group_body};
 
     #[test]
     fn bodies_have_the_metrics_per_group() {
