@@ -1,7 +1,8 @@
 //! Child processes that are stopped when the test ends, also when it panics.
 
 use std::{
-    process::{Child, Command, ExitStatus},
+    io::Read as _,
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -51,5 +52,40 @@ impl Drop for Guarded {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to its end and returns its output; fails the test (and kills the
+/// process) if it takes longer than `timeout`.
+pub fn run_bounded(mut command: Command, timeout: Duration, what: &str) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut process = Guarded::spawn(command, what);
+    let mut stdout = process.child.stdout.take().expect("piped stdout");
+    let mut stderr = process.child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = process.child.try_wait().expect("poll the child") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not finish within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
     }
 }

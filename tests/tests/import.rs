@@ -6,14 +6,16 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use dropgate_tests::{dropgate_bin, http, may_run, process::Guarded};
+use dropgate_tests::{
+    dropgate_bin, http, may_run,
+    process::{run_bounded, Guarded},
+};
 
 const PUSHGATEWAY: &str = "/usr/bin/prometheus-pushgateway";
 const GROUPS: usize = 100;
@@ -73,40 +75,6 @@ fn start_dropgate() -> (Guarded, SocketAddr) {
         "dropgate gateway did not become ready on {addr}"
     );
     (process, addr)
-}
-
-/// Runs `command` to its end, killing it after `timeout`.
-fn run_bounded(mut command: Command, timeout: Duration, what: &str) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut process = Guarded::spawn(command, what);
-    let mut stdout = process.child.stdout.take().expect("piped stdout");
-    let mut stderr = process.child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = process.child.try_wait().expect("poll the child") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not finish within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
-    }
 }
 
 /// `dropgate import --from <from> --to <to>`.

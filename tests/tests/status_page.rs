@@ -5,13 +5,16 @@
 //! (`target/test-artifacts/status-page.png`).
 
 use std::{
-    io::Read as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
     time::{Duration, Instant},
 };
 
-use dropgate_tests::{dropgate_bin, is_root, may_run, netns::DockerLikeHost, process::Guarded};
+use dropgate_tests::{
+    dropgate_bin, is_root, may_run,
+    netns::DockerLikeHost,
+    process::{run_bounded, Guarded},
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// dropgate's port inside the host namespace (a fresh namespace: nothing else listens).
@@ -32,40 +35,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `command` to its end, killing it after `timeout`.
-fn run_bounded(mut command: Command, timeout: Duration, what: &str) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut process = Guarded::spawn(command, what);
-    let mut stdout = process.child.stdout.take().expect("piped stdout");
-    let mut stderr = process.child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = process.child.try_wait().expect("poll the child") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not finish within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
     }
 }
 
