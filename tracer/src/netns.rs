@@ -19,6 +19,9 @@ use std::{
 /// Label value for the namespace dropgate itself runs in.
 pub const OWN_NAMESPACE: &str = "root";
 
+/// Label value for the machine's initial namespace when dropgate runs in another one.
+pub const INIT_NAMESPACE: &str = "init";
+
 /// Folders holding one bind-mounted namespace file per named namespace.
 const NAMED_NAMESPACE_DIRS: [&str; 3] =
     ["/run/netns", "/run/docker/netns", "/var/run/docker/netns"];
@@ -163,10 +166,14 @@ impl Names {
                 found.entry(inode).or_insert_with(|| {
                     let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                    Namespace {
-                        name: format!("pid:{pid}:{}", comm.trim()),
-                        path,
-                    }
+                    // init (1) and kthreadd (2) always live in the machine's initial
+                    // namespace; it has no bind mount, so give it a name people know.
+                    let name = if matches!(pid, "1" | "2") {
+                        INIT_NAMESPACE.to_owned()
+                    } else {
+                        format!("pid:{pid}:{}", comm.trim())
+                    };
+                    Namespace { name, path }
                 });
             }
         }
