@@ -7,9 +7,8 @@ use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -23,39 +22,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a server may take to exit after SIGTERM (it saves its store first).
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A directory under the system temp dir, removed with its contents on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `dropgate-<what>-<pid>-<n>`.
-    pub fn new(what: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("dropgate-{what}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|err| panic!("create temp dir {}: {err}", path.display()));
-        Self { path }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// A path inside the directory.
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
+pub use crate::tempdir::TempDir;
 
 /// A gateway process listening on `127.0.0.1:<free port>`, killed on drop.
 pub struct Server {

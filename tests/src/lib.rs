@@ -11,6 +11,7 @@ pub mod http;
 pub mod netns;
 pub mod process;
 pub mod protobuf;
+pub mod tempdir;
 
 use std::path::PathBuf;
 

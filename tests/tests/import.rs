@@ -7,11 +7,12 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     time::Duration,
 };
 
+use dropgate_tests::tempdir::TempDir;
 use dropgate_tests::{
     dropgate_bin, http, may_run,
     process::{run_bounded, Guarded},
@@ -19,24 +20,6 @@ use dropgate_tests::{
 
 const PUSHGATEWAY: &str = "/usr/bin/prometheus-pushgateway";
 const GROUPS: usize = 100;
-
-/// A directory of its own under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(role: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("dg-{role}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], http::free_port()))
@@ -238,7 +221,7 @@ fn import_copies_a_hundred_groups_from_the_pushgateway_exactly() {
         return;
     }
     let dir = TempDir::new("import");
-    let (_pushgateway, from) = start_pushgateway(&dir.0);
+    let (_pushgateway, from) = start_pushgateway(dir.path());
     let (_dropgate, to) = start_dropgate();
     for i in 0..GROUPS {
         push(from, &group_path(i), &group_body(i));
@@ -311,7 +294,7 @@ fn import_reports_each_failed_group_and_exits_non_zero() {
         return;
     }
     let dir = TempDir::new("import-fail");
-    let (_pushgateway, from) = start_pushgateway(&dir.0);
+    let (_pushgateway, from) = start_pushgateway(dir.path());
     let (_dropgate, to) = start_dropgate();
     push(from, "/metrics/job/fits", "# TYPE fine gauge\nfine 1\n");
     push(

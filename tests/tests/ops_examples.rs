@@ -9,11 +9,12 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
+use dropgate_tests::tempdir::TempDir;
 use dropgate_tests::{
     docker::{docker_available, on_path, ComposeProject, DockerEngine, IMAGE},
     dropgate_bin, is_root, may_run,
@@ -181,15 +182,6 @@ fn unit_values<'u>(unit: &'u str, key: &str) -> Vec<&'u str> {
         .collect()
 }
 
-/// A temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
     let test = "the_systemd_unit_verifies_and_its_capabilities_are_enough";
@@ -207,8 +199,7 @@ fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
         .expect("the dropgate binary under test exists (build it, or set DROPGATE_BIN)");
     let unit = fs::read_to_string(Path::new(DIST).join("dropgate.service"))
         .expect("read tracer/dist/dropgate.service");
-    let temp = TempDir(std::env::temp_dir().join(format!("dropgate-unit-{}", std::process::id())));
-    fs::create_dir_all(&temp.0).expect("create the temporary folder");
+    let temp = TempDir::new("unit");
 
     // `verify` checks that ExecStart's binary exists: point it at the one under test.
     let exec_start = unit_values(&unit, "ExecStart");
@@ -216,7 +207,7 @@ fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
     let mut args = exec_start[0].split_whitespace();
     assert_eq!(args.next(), Some("/usr/local/bin/dropgate"));
     let args: Vec<&str> = args.collect();
-    let copy = temp.0.join("dropgate.service");
+    let copy = temp.join("dropgate.service");
     fs::write(
         &copy,
         unit.replace(
@@ -252,7 +243,7 @@ fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
         .collect();
     assert!(!bounding.is_empty(), "the unit bounds the capabilities");
     assert_eq!(unit_values(&unit, "StateDirectory"), ["dropgate"]);
-    let state = temp.0.join("state");
+    let state = temp.join("state");
     fs::create_dir_all(&state).expect("create the state folder");
     let args: Vec<String> = args
         .iter()

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dropgate_tests::tempdir::TempDir;
 use dropgate_tests::{
     dropgate_bin, is_root, may_run,
     netns::DockerLikeHost,
@@ -19,24 +20,6 @@ use dropgate_tests::{
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// dropgate's port inside the host namespace (a fresh namespace: nothing else listens).
 const PORT: u16 = 19_091;
-
-/// A directory of its own under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(role: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("dg-{role}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `curl <args> http://127.0.0.1:<PORT><path>` inside the host namespace; the body,
 /// or `None` unless it answered 2xx.
@@ -223,7 +206,7 @@ fn status_page_in_chromium_shows_groups_and_the_forwarding_finding_with_its_fix(
     let profile = TempDir::new("chromium");
     let mut dropgate = start_dropgate_on_host(&topo);
     let _traffic = keep_trying_from_ext(&topo);
-    push_two_groups(&topo, &profile.0);
+    push_two_groups(&topo, profile.path());
 
     let critical = "kind=\"forwarding_off\",severity=\"critical\"";
     assert!(
@@ -232,8 +215,8 @@ fn status_page_in_chromium_shows_groups_and_the_forwarding_finding_with_its_fix(
         }),
         "no critical forwarding_off finding within a minute"
     );
-    check_rendered_dom(&topo, &profile.0);
-    keep_screenshot(&topo, &profile.0);
+    check_rendered_dom(&topo, profile.path());
+    keep_screenshot(&topo, profile.path());
 
     let status = dropgate
         .stop("TERM", Duration::from_secs(10))

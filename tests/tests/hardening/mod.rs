@@ -8,49 +8,17 @@ use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
+pub use dropgate_tests::tempdir::TempDir;
 use dropgate_tests::{dropgate_bin, http, process::Guarded};
 
 /// How long `dropgate gateway` may take to accept connections after it was started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A directory under the system temp dir, removed with its contents on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(what: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "dropgate-hardening-{what}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create the test's temp dir");
-        Self { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
 
 /// `dropgate gateway` on 127.0.0.1:<free port>, killed on drop; its stderr goes to
 /// `log` so a test can read what it said.
@@ -365,61 +333,15 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
-/// The content type of delimited protobuf pushes.
-pub const PROTOBUF: &str =
-    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
-
 /// A gauge family as `io.prometheus.client.MetricFamily` protobuf, one sample per
 /// label set.
 pub fn gauge_family(name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) -> Vec<u8> {
-    let mut family = Vec::new();
-    field_bytes(&mut family, 1, name.as_bytes());
-    field_bytes(&mut family, 2, help.as_bytes());
-    varint_field(&mut family, 3, 1); // GAUGE
-    for (labels, value) in samples {
-        let mut metric = Vec::new();
-        for (label, label_value) in *labels {
-            let mut pair = Vec::new();
-            field_bytes(&mut pair, 1, label.as_bytes());
-            field_bytes(&mut pair, 2, label_value.as_bytes());
-            field_bytes(&mut metric, 1, &pair);
-        }
-        let mut gauge = Vec::new();
-        gauge.push(0x09); // field 1, 64-bit
-        gauge.extend_from_slice(&value.to_le_bytes());
-        field_bytes(&mut metric, 2, &gauge);
-        field_bytes(&mut family, 4, &metric);
-    }
-    family
-}
-
-/// `messages` length-delimited, as a push body.
-pub fn delimited(messages: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for message in messages {
-        varint(&mut out, message.len() as u64);
-        out.extend_from_slice(message);
-    }
-    out
-}
-
-pub fn varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
-    varint(out, u64::from(field << 3));
-    varint(out, value);
-}
-
-fn field_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    varint(out, u64::from(field << 3 | 2));
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
+    use dropgate_tests::protobuf::{family, metric, simple, GAUGE};
+    let metrics: Vec<Vec<u8>> = samples
+        .iter()
+        .map(|(labels, value)| metric(labels, 2, &simple(*value), None))
+        .collect();
+    family(name, Some(help), GAUGE, &metrics)
 }
 
 /// `text` gzipped.
