@@ -126,6 +126,8 @@ impl DockerLikeHost {
     pub const EXT_ADDR: &'static str = "10.231.0.2";
     pub const BRIDGE_ADDR: &'static str = "172.31.231.1";
     pub const CTR_ADDR: &'static str = "172.31.231.2";
+    /// A source address `ext` can send from that the host has no route back to.
+    pub const SPOOFED_ADDR: &'static str = "192.0.2.99";
     pub const PUBLISHED_PORT: u16 = 9091;
     pub const CTR_PORT: u16 = 80;
     /// The host-side name of the veth to `ext` (the ingress interface of the drops).
@@ -173,6 +175,36 @@ impl DockerLikeHost {
             h = Self::HOST_ADDR,
         ));
         Self { ext, host, ctr }
+    }
+
+    /// Starts a small HTTP service on the container's port 80.
+    pub fn start_http_service(&self) {
+        self.ctr.sh(
+            "(/usr/bin/python3 -m http.server 80 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 0.5",
+        );
+    }
+
+    /// Strict reverse-path filtering on the host's uplink, and a source address on
+    /// `ext` that the host has no route back to.
+    pub fn strict_rp_filter_with_spoofable_source(&self) {
+        self.host.sh(&format!(
+            "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.{}.rp_filter=1",
+            Self::HOST_UPLINK
+        ));
+        self.ext
+            .sh(&format!("ip addr add {}/32 dev ve-ext", Self::SPOOFED_ADDR));
+    }
+
+    /// Three pings from `ext` with the spoofed source; the output of the spoofed ones.
+    /// A normal ping first fills ext's ARP cache: with strict rp_filter the host would
+    /// also ignore an ARP request from the spoofed address, and nothing would reach it.
+    pub fn ping_with_spoofed_source(&self) -> Output {
+        self.ext.sh(&format!("ping -c 1 -W 2 {}", Self::HOST_ADDR));
+        self.ext.sh_output(&format!(
+            "ping -c 3 -i 0.2 -W 1 -I {} {}",
+            Self::SPOOFED_ADDR,
+            Self::HOST_ADDR
+        ))
     }
 
     /// Sets `net.ipv4.ip_forward` in `host`.

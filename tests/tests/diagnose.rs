@@ -12,11 +12,6 @@ fn privileged(test: &str) -> bool {
     may_run(test, is_root(), "root (namespaces, iptables, BPF)")
 }
 
-fn start_service(topo: &DockerLikeHost) {
-    topo.ctr
-        .sh("(/usr/bin/python3 -m http.server 80 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 0.5");
-}
-
 /// Runs `dropgate diagnose` on the host namespace while `traffic` runs.
 fn diagnose(topo: &DockerLikeHost, traffic: impl FnOnce()) -> (Output, String) {
     let child = Command::new(dropgate_bin())
@@ -53,7 +48,7 @@ fn the_incident_verdict_names_interface_bridge_destination_and_fix() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     let (out, text) = diagnose(&topo, || request_fails(&topo));
     assert_eq!(out.status.code(), Some(1), "a problem was found");
     let verdict = text.lines().next().expect("a verdict line");
@@ -91,7 +86,7 @@ fn forwarding_off_on_one_interface() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     topo.set_forwarding(true);
     topo.host.sh(&format!(
         "sysctl -qw net.ipv4.conf.{}.forwarding=0",
@@ -115,7 +110,7 @@ fn forward_policy_drop() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     topo.set_forwarding(true);
     topo.host.sh("iptables -P FORWARD DROP");
     let (out, text) = diagnose(&topo, || request_fails(&topo));
@@ -137,18 +132,9 @@ fn rp_filter_drop() {
     }
     let topo = DockerLikeHost::build();
     topo.set_forwarding(true);
-    topo.host.sh(&format!(
-        "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.{}.rp_filter=1",
-        DockerLikeHost::HOST_UPLINK
-    ));
-    topo.ext.sh("ip addr add 192.0.2.99/32 dev ve-ext");
+    topo.strict_rp_filter_with_spoofable_source();
     let (out, text) = diagnose(&topo, || {
-        topo.ext
-            .sh(&format!("ping -c 1 -W 2 {}", DockerLikeHost::HOST_ADDR));
-        let _ = topo.ext.sh_output(&format!(
-            "ping -c 3 -i 0.2 -W 1 -I 192.0.2.99 {}",
-            DockerLikeHost::HOST_ADDR
-        ));
+        let _ = topo.ping_with_spoofed_source();
     });
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -196,7 +182,7 @@ fn br_netfilter_dnat_between_containers_on_one_bridge() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     // A second container on br0 that reaches the published port (DNAT in PREROUTING to
     // the first container) with a frame the bridge forwards rather than routes.
     let ctr2 = dropgate_tests::netns::Netns::create("ctr2");

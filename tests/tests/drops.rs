@@ -31,12 +31,6 @@ fn failing_request(topo: &DockerLikeHost, dropgate: &DropgateRun) -> String {
     dropgate.scrape()
 }
 
-fn start_service(topo: &DockerLikeHost) {
-    // A small HTTP service in the container.
-    topo.ctr
-        .sh("(/usr/bin/python3 -m http.server 80 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 0.5");
-}
-
 #[test]
 fn forward_policy_drop_is_netfilter_drop() {
     if !privileged("forward_policy_drop_is_netfilter_drop") {
@@ -47,7 +41,7 @@ fn forward_policy_drop_is_netfilter_drop() {
         ("iptables-legacy", "nf_hook_slow"),
     ] {
         let topo = DockerLikeHost::build();
-        start_service(&topo);
+        topo.start_http_service();
         topo.set_forwarding(true);
         topo.host.sh(&format!("{tool} -P FORWARD DROP"));
         let dropgate = DropgateRun::start(&[]);
@@ -91,7 +85,7 @@ fn nft_drop_rule_is_netfilter_drop() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     topo.set_forwarding(true);
     topo.host.sh("nft add table inet dg && \
          nft add chain inet dg forward_dg '{ type filter hook forward priority 0; }' && \
@@ -121,21 +115,9 @@ fn strict_rp_filter_with_a_spoofed_source_is_ip_rpfilter() {
     }
     let topo = DockerLikeHost::build();
     topo.set_forwarding(true);
-    topo.host.sh(&format!(
-        "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.{}.rp_filter=1",
-        DockerLikeHost::HOST_UPLINK
-    ));
-    // A source address the host has no route back to, sent from ext.
-    topo.ext.sh("ip addr add 192.0.2.99/32 dev ve-ext");
+    topo.strict_rp_filter_with_spoofable_source();
     let dropgate = DropgateRun::start(&[]);
-    // A normal ping first fills ext's ARP cache: with strict rp_filter the host would
-    // also ignore an ARP request from the spoofed address, and nothing would reach it.
-    topo.ext
-        .sh(&format!("ping -c 1 -W 2 {}", DockerLikeHost::HOST_ADDR));
-    let out = topo.ext.sh_output(&format!(
-        "ping -c 3 -i 0.2 -W 1 -I 192.0.2.99 {}",
-        DockerLikeHost::HOST_ADDR
-    ));
+    let out = topo.ping_with_spoofed_source();
     assert!(
         !out.status.success(),
         "pings with a spoofed source must not be answered"
@@ -161,7 +143,7 @@ fn forwarding_on_is_quiet() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     topo.set_forwarding(true);
     let dropgate = DropgateRun::start(&[]);
     for _ in 0..3 {
@@ -186,7 +168,7 @@ fn per_interface_forwarding_and_flips_are_reported() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     topo.set_forwarding(true);
     topo.host.sh(&format!(
         "sysctl -qw net.ipv4.conf.{}.forwarding=0",
@@ -263,7 +245,7 @@ fn a_sample_names_the_dnat_destination() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     let mut watch = Watch::start(
         &[
             "--json",
@@ -306,7 +288,7 @@ fn the_drops_api_lists_recent_samples() {
         return;
     }
     let topo = DockerLikeHost::build();
-    start_service(&topo);
+    topo.start_http_service();
     let dropgate = DropgateRun::start(&[]);
     assert_eq!(
         topo.curl_from_ext("/", 2),
