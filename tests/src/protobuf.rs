@@ -14,7 +14,8 @@ pub const SUMMARY: u64 = 2;
 pub const UNTYPED: u64 = 3;
 pub const HISTOGRAM: u64 = 4;
 
-fn varint(out: &mut Vec<u8>, mut value: u64) {
+/// Appends `value` as a protobuf varint.
+pub fn varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;

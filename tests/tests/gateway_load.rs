@@ -158,7 +158,7 @@ fn spawn_scraper(
         let accept = [
             &[][..],
             &[("Accept-Encoding", "gzip")][..],
-            &[("Accept", hardening::PROTOBUF)][..],
+            &[("Accept", dropgate_tests::protobuf::CONTENT_TYPE)][..],
         ];
         while !stop.load(Ordering::Relaxed) {
             let headers = accept[scraper % accept.len()];

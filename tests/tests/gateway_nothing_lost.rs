@@ -18,10 +18,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use hardening::{
-    delimited, gauge_family, gzip, raw_request, seed, status_of, Client, Gateway, Rng, TempDir,
-    PROTOBUF,
-};
+use dropgate_tests::protobuf::{delimited, varint, CONTENT_TYPE as PROTOBUF};
+use hardening::{gauge_family, gzip, raw_request, seed, status_of, Client, Gateway, Rng, TempDir};
 
 const BODY_LIMIT: usize = 64 * 1024;
 const MAX_LABELS: usize = 32;
@@ -171,7 +169,7 @@ fn corpus() -> Vec<Hostile> {
     let mut at = 0;
     for family in &families {
         let mut prefix = Vec::new();
-        hardening::varint(&mut prefix, family.len() as u64);
+        varint(&mut prefix, family.len() as u64);
         at += prefix.len() + family.len();
         boundaries.push(at);
     }
@@ -194,12 +192,12 @@ fn corpus() -> Vec<Hostile> {
     }
     // Oversized or lying protobuf.
     let mut huge_prefix = Vec::new();
-    hardening::varint(&mut huge_prefix, 1 << 40);
+    varint(&mut huge_prefix, 1 << 40);
     huge_prefix.extend_from_slice(&families[0]);
     let mut overflow = vec![0xff; 10];
     overflow.push(0x01);
     let mut long_claim = Vec::new();
-    hardening::varint(&mut long_claim, 5000);
+    varint(&mut long_claim, 5000);
     long_claim.extend_from_slice(&families[0]);
     let many = gauge_family(
         "nl_pb_big",
