@@ -2,7 +2,6 @@
 //! without a socket. Expected texts and headers are what the Go pushgateway 1.5.1
 //! answers (checked against the binary), except where the spec lists a fix.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::Arc;
 
@@ -20,9 +19,9 @@ use gateway::config::GatewayConfig;
 use gateway::model::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use gateway::source::{MetricSource, NoSource};
 
-const CASES: &str = include_str!("data/parser-cases.json");
-const VERDICTS: &str = include_str!("data/parser-verdicts.tsv");
-const EXTRA: &str = include_str!("data/parser-extra-cases.json");
+mod common;
+
+use common::{cases, verdicts, EXTRA};
 const PROTOBUF: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
@@ -366,27 +365,9 @@ async fn bad_push_urls_answer_400_with_upstreams_texts() {
     assert_eq!(gw.state.store().group_count(), 0, "nothing was stored");
 }
 
-fn verdicts() -> HashMap<String, (u16, String)> {
-    VERDICTS
-        .lines()
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            let mut fields = line.splitn(3, '\t');
-            let name = fields.next().expect("name column").to_owned();
-            let status = fields
-                .next()
-                .expect("status column")
-                .parse()
-                .expect("numeric status");
-            let text = fields.next().unwrap_or_default().to_owned();
-            (name, (status, text))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn the_38_parser_cases_get_upstreams_status_and_text() {
-    let cases: Vec<(String, String)> = serde_json::from_str(CASES).expect("array of [name, body]");
+    let cases = cases();
     let verdicts = verdicts();
     assert_eq!(cases.len(), 38);
     for (name, body) in cases {

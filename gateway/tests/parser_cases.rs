@@ -11,37 +11,13 @@
 //! exposition it then served for them (pushed to `job="diff"`). It is a regression net
 //! for both the parser and the text writer.
 
-use std::collections::HashMap;
-
 use gateway::codec::text::parse;
 use gateway::exposition::{sort_families, write_text};
 use gateway::model::{LabelPair, Metric, MetricFamily, MetricType};
 
-const CASES: &str = include_str!("data/parser-cases.json");
-const VERDICTS: &str = include_str!("data/parser-verdicts.tsv");
-const EXTRA: &str = include_str!("data/parser-extra-cases.json");
+mod common;
 
-fn cases() -> Vec<(String, String)> {
-    serde_json::from_str(CASES).expect("parser-cases.json is an array of [name, body]")
-}
-
-fn verdicts() -> HashMap<String, (u16, String)> {
-    VERDICTS
-        .lines()
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            let mut fields = line.splitn(3, '\t');
-            let name = fields.next().expect("a name column").to_owned();
-            let status = fields
-                .next()
-                .expect("a status column")
-                .parse()
-                .expect("status is a number");
-            let text = fields.next().unwrap_or_default().to_owned();
-            (name, (status, text))
-        })
-        .collect()
-}
+use common::{cases, verdicts, EXTRA};
 
 #[test]
 fn every_case_gets_go_verdict() {
