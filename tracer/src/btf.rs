@@ -209,6 +209,12 @@ impl Btf {
             })
     }
 
+    /// The id of the function named `name` (a kernel function with BTF, e.g. a kfunc).
+    #[must_use]
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.by_name.get(&(KIND_FUNC, name.to_owned())).copied()
+    }
+
     fn members(&self, id: u32) -> Vec<Member> {
         let Some(raw) = self.raw(id) else {
             return Vec::new();

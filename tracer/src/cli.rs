@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use tracer_common::{DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS};
+
 use crate::loader::HookChoice;
 
 #[derive(Parser, Debug)]
@@ -239,6 +241,11 @@ pub struct TraceArgs {
     /// exact regardless.
     #[arg(long = "trace.samples-per-sec", default_value_t = 1000)]
     pub samples_per_sec: u32,
+    /// Slots per CPU of the in-kernel drop cache (0 or a power of two up to 65536): the
+    /// first drop keys get a slot each and are counted there, the cheapest way; the
+    /// others go to the hash map behind it. 0 turns it off. Counts are exact either way.
+    #[arg(long = "trace.cache-slots", default_value_t = DROP_CACHE_SLOTS, value_parser = parse_cache_slots)]
+    pub cache_slots: u32,
     /// How many recent samples `/api/v1/drops` keeps.
     #[arg(long = "trace.recent-samples", default_value_t = 1000)]
     pub recent_samples: usize,
@@ -290,6 +297,19 @@ fn listen_address(text: &str) -> Result<SocketAddr, String> {
     gateway::config::parse_listen_address(text).map_err(|err| err.to_string())
 }
 
+/// `--trace.cache-slots`: 0 or a power of two, at most `MAX_DROP_CACHE_SLOTS`.
+fn parse_cache_slots(text: &str) -> Result<u32, String> {
+    let slots: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of slots"))?;
+    if slots > MAX_DROP_CACHE_SLOTS || slots.count_ones() > 1 {
+        return Err(format!(
+            "{slots} slots: use 0 (off) or a power of two up to {MAX_DROP_CACHE_SLOTS}, e.g. 256"
+        ));
+    }
+    Ok(slots)
+}
+
 /// Go-style durations as the pushgateway takes them: `300ms`, `5s`, `5m`, `1h`, `1h30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("`{text}` is not a duration; use e.g. 30s, 5m, 1h30m");
@@ -324,6 +344,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_slots() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("1", Some(1)),
+            ("256", Some(256)),
+            ("65536", Some(65536)),
+            ("100", None),
+            ("131072", None),
+            ("-1", None),
+            ("many", None),
+        ] {
+            assert_eq!(
+                parse_cache_slots(text).ok(),
+                want,
+                "--trace.cache-slots {text}"
+            );
+        }
+    }
 
     #[test]
     fn durations() {

@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use tracer_common::{stat, DropCounts, DropKey, REASON_UNKNOWN};
+use tracer_common::{stat, CpuState, DropCounts, DropKey, DropSlot, REASON_UNKNOWN};
 
 use crate::{
     btf::Btf, enrich::Enricher, kallsyms::Kallsyms, loader::Probe, netns::Names, samples::Namer,
@@ -99,8 +99,11 @@ pub struct DropCollector {
 }
 
 struct Maps {
+    /// The per-CPU drop cache and the hash map behind it: each event is in one of them.
+    cache: PerCpuArray<MapData, DropSlot>,
+    cache_slots: u32,
     drops: PerCpuHashMap<MapData, DropKey, DropCounts>,
-    stats: PerCpuArray<MapData, u64>,
+    cpu: PerCpuArray<MapData, CpuState>,
 }
 
 impl DropCollector {
@@ -113,17 +116,28 @@ impl DropCollector {
                 .take_map("DROPS")
                 .ok_or_else(|| anyhow::anyhow!("map DROPS missing from the object"))?,
         )?;
-        let stats = PerCpuArray::try_from(
+        let cache = PerCpuArray::try_from(
             probe
                 .ebpf
-                .take_map("STATS")
-                .ok_or_else(|| anyhow::anyhow!("map STATS missing from the object"))?,
+                .take_map("DROP_CACHE")
+                .ok_or_else(|| anyhow::anyhow!("map DROP_CACHE missing from the object"))?,
+        )?;
+        let cpu = PerCpuArray::try_from(
+            probe
+                .ebpf
+                .take_map("CPU_STATE")
+                .ok_or_else(|| anyhow::anyhow!("map CPU_STATE missing from the object"))?,
         )?;
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
         Ok(Self {
-            maps: Mutex::new(Maps { drops, stats }),
+            maps: Mutex::new(Maps {
+                cache,
+                cache_slots: probe.cache_slots,
+                drops,
+                cpu,
+            }),
             reasons: Arc::new(ReasonNames::from_btf(btf)),
             kallsyms: Arc::new(kallsyms),
             names: Arc::new(Names::new()),
@@ -153,7 +167,15 @@ impl DropCollector {
     pub fn drops(&self) -> BTreeMap<DropLabels, DropCounts> {
         let raw: Vec<(DropKey, DropCounts)> = {
             let maps = self.maps.lock().expect("maps lock");
-            maps.drops
+            // Each CPU's cache slot holds its own key; the same key may sit in the cache
+            // on one CPU and in the hash map on another. The label map below adds them up.
+            let cached = (0..maps.cache_slots)
+                .filter_map(|index| maps.cache.get(&index, 0).ok())
+                .flat_map(|per_cpu| per_cpu.iter().copied().collect::<Vec<_>>())
+                .filter(|slot| slot.counts.packets > 0)
+                .map(|slot| (slot.key, slot.counts));
+            let hashed = maps
+                .drops
                 .iter()
                 .filter_map(Result::ok)
                 .map(|(key, per_cpu)| {
@@ -164,8 +186,8 @@ impl DropCollector {
                             bytes: acc.bytes + c.bytes,
                         });
                     (key, total)
-                })
-                .collect()
+                });
+            cached.chain(hashed).collect()
         };
         let mut series: BTreeMap<DropLabels, DropCounts> = BTreeMap::new();
         for (key, counts) in raw {
@@ -189,15 +211,18 @@ impl DropCollector {
     /// Whether the maps can be read with the process's current privileges.
     pub fn can_read_maps(&self) -> bool {
         let maps = self.maps.lock().expect("maps lock");
-        maps.stats.get(&0, 0).is_ok()
+        maps.cpu.get(&0, 0).is_ok()
     }
 
-    /// A counter of the `STATS` array, summed over CPUs.
+    /// A counter of the programs' per-CPU state (a `stat` index), summed over CPUs.
     pub fn stat(&self, index: u32) -> u64 {
         let maps = self.maps.lock().expect("maps lock");
-        maps.stats
-            .get(&index, 0)
-            .map_or(0, |per_cpu| per_cpu.iter().sum())
+        maps.cpu.get(&0, 0).map_or(0, |per_cpu| {
+            per_cpu
+                .iter()
+                .filter_map(|state| state.stats.get(index as usize))
+                .sum()
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_common::NO_OFFSET;
+use tracer_common::{DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS, NO_OFFSET, RDONLY_CAST_PLACEHOLDER};
 
 use crate::btf::{Btf, BtfError};
 
@@ -27,6 +27,9 @@ pub enum LoadError {
     /// Not running as root / without CAP_BPF and CAP_PERFMON.
     #[error("tracing drops needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); run with sudo, or use `dropgate gateway` for the gateway alone")]
     NotPrivileged,
+    /// The options make no sense (a CLI value the parser let through).
+    #[error("invalid tracer option: {0}")]
+    Options(String),
     /// The kernel's BTF could not be used.
     #[error(transparent)]
     Btf(#[from] BtfError),
@@ -57,6 +60,24 @@ impl fmt::Display for Hook {
     }
 }
 
+/// How the programs read packet bytes (and, on the classic tracepoint, the skb).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketReads {
+    /// Direct loads through pointers cast with the `bpf_rdonly_cast` kfunc (>= 6.2).
+    Kfunc,
+    /// A `bpf_probe_read_kernel` call per read.
+    Helper,
+}
+
+impl fmt::Display for PacketReads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PacketReads::Kfunc => "bpf_rdonly_cast",
+            PacketReads::Helper => "bpf_probe_read_kernel",
+        })
+    }
+}
+
 /// Which hook to use; `Auto` tries tp_btf first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HookChoice {
@@ -73,6 +94,9 @@ pub struct LoadOptions {
     /// Per-packet samples per second and CPU sent to userspace (0: none). Counting is
     /// exact whatever this is.
     pub samples_per_sec: u32,
+    /// Slots per CPU of the drop cache in front of the hash map (a power of two, at most
+    /// `MAX_DROP_CACHE_SLOTS`; 0 turns the cache off).
+    pub cache_slots: u32,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +104,7 @@ impl Default for LoadOptions {
         Self {
             hook: HookChoice::Auto,
             samples_per_sec: 1000,
+            cache_slots: DROP_CACHE_SLOTS,
         }
     }
 }
@@ -208,6 +233,10 @@ pub struct Probe {
     pub hook: Hook,
     /// Whether the hook reports a drop reason on this kernel.
     pub has_reason: bool,
+    /// Slots per CPU of the `DROP_CACHE` map (0: off).
+    pub cache_slots: u32,
+    /// How packet bytes are read on this kernel.
+    pub reads: PacketReads,
 }
 
 /// Loads the programs with the running kernel's offsets and attaches one of them.
@@ -223,6 +252,12 @@ pub fn load_with(
     adjust: impl FnOnce(&mut SkbOffsets),
 ) -> Result<Probe, LoadError> {
     let choice = options.hook;
+    if options.cache_slots > MAX_DROP_CACHE_SLOTS || options.cache_slots.count_ones() > 1 {
+        return Err(LoadError::Options(format!(
+            "cache slots must be 0 or a power of two up to {MAX_DROP_CACHE_SLOTS}, not {}",
+            options.cache_slots
+        )));
+    }
     if OBJECT.is_empty() {
         return Err(LoadError::NotBuilt);
     }
@@ -253,22 +288,129 @@ pub fn load_with(
         reason: NO_OFFSET,
         rx_sk: NO_OFFSET,
     });
-    let has_rx_sk_flag = u8::from(btf_params >= 5);
-    let has_reason_flag = u8::from(btf_has_reason);
+    let flags = Flags {
+        has_reason: u8::from(btf_has_reason),
+        has_rx_sk: u8::from(btf_params >= 5),
+    };
+    // With the kfunc first, where the kernel has it; a kernel whose verifier refuses it
+    // anyway gets the build in which every packet byte is a helper read.
+    let cast = RdonlyCast::from_btf(btf);
+    if let Some(cast) = &cast {
+        match load_object(options, &offsets, flags, &tp, Some(cast), layout.is_some()) {
+            Ok(probe) => return Ok(probe),
+            Err(err) => tracing::info!(
+                "loading with bpf_rdonly_cast failed ({err:#}); loading with helper reads instead"
+            ),
+        }
+    }
+    load_object(options, &offsets, flags, &tp, None, layout.is_some())
+}
+
+/// Flags of the tp_btf prototype, handed in as globals.
+#[derive(Clone, Copy)]
+struct Flags {
+    has_reason: u8,
+    has_rx_sk: u8,
+}
+
+/// What the programs need to use the `bpf_rdonly_cast` kfunc (kernels >= 6.2): its BTF
+/// id and those of the types they cast to.
+struct RdonlyCast {
+    kfunc: u32,
+    sk_buff: u32,
+    sock: u32,
+    iphdr: u32,
+    ipv6hdr: u32,
+}
+
+impl RdonlyCast {
+    fn from_btf(btf: &Btf) -> Option<Self> {
+        Some(Self {
+            kfunc: btf.func_id("bpf_rdonly_cast")?,
+            sk_buff: btf.struct_id("sk_buff").ok()?,
+            sock: btf.struct_id("sock").ok()?,
+            iphdr: btf.struct_id("iphdr").ok()?,
+            ipv6hdr: btf.struct_id("ipv6hdr").ok()?,
+        })
+    }
+}
+
+/// `OBJECT` with every `bpf_rdonly_cast` placeholder (see tracer-ebpf) rewritten: into
+/// a call of the kfunc with BTF id `kfunc`, or into `r0 = 0` when there is none. Returns
+/// the object and the number of instructions rewritten.
+fn rewrite_rdonly_cast(object: &[u8], kfunc: Option<u32>) -> (Vec<u8>, usize) {
+    const BPF_CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
+    const BPF_MOV64_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+    const PSEUDO_KFUNC_CALL: u8 = 2; // src_reg of a kfunc call; off 0 = vmlinux BTF
+    let mut placeholder = [BPF_CALL, 0, 0, 0, 0, 0, 0, 0];
+    placeholder[4..].copy_from_slice(&RDONLY_CAST_PLACEHOLDER.to_le_bytes());
+    let replacement = match kfunc {
+        Some(id) => {
+            let mut insn = [BPF_CALL, PSEUDO_KFUNC_CALL << 4, 0, 0, 0, 0, 0, 0];
+            insn[4..].copy_from_slice(&id.to_le_bytes());
+            insn
+        }
+        None => [BPF_MOV64_IMM, 0, 0, 0, 0, 0, 0, 0],
+    };
+    let mut bytes = object.to_vec();
+    let mut rewritten = 0;
+    // Instructions are 8-byte aligned in the ELF file, as is the embedded object.
+    for insn in bytes.chunks_exact_mut(8) {
+        if *insn == placeholder {
+            insn.copy_from_slice(&replacement);
+            rewritten += 1;
+        }
+    }
+    (bytes, rewritten)
+}
+
+/// Loads the object once (with or without the kfunc) and attaches a hook.
+fn load_object(
+    options: &LoadOptions,
+    offsets: &SkbOffsets,
+    flags: Flags,
+    tp: &TracepointLayout,
+    cast: Option<&RdonlyCast>,
+    tracepoint_available: bool,
+) -> Result<Probe, LoadError> {
+    let choice = options.hook;
+    let (object, rewritten) = rewrite_rdonly_cast(OBJECT, cast.map(|c| c.kfunc));
+    tracing::debug!(
+        "{rewritten} bpf_rdonly_cast placeholders rewritten ({})",
+        if cast.is_some() { "kfunc" } else { "r0 = 0" }
+    );
     let globals = offsets.globals();
+    let has_cast = u8::from(cast.is_some());
+    let reads = if cast.is_some() {
+        PacketReads::Kfunc
+    } else {
+        PacketReads::Helper
+    };
+    let ids = cast.map_or([0; 4], |c| [c.sk_buff, c.sock, c.iphdr, c.ipv6hdr]);
+    let cache_on = u8::from(options.cache_slots > 0);
+    let cache_mask = options.cache_slots.saturating_sub(1);
     // The loader borrows every value until `load`, so they are all bound above it.
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
         loader.override_global(name, value, true);
     }
-    loader.override_global("BTF_HAS_REASON", &has_reason_flag, true);
+    loader.override_global("BTF_HAS_REASON", &flags.has_reason, true);
+    loader.override_global("BTF_HAS_RX_SK", &flags.has_rx_sk, true);
     loader.override_global("TP_SKBADDR", &tp.skbaddr, true);
     loader.override_global("TP_LOCATION", &tp.location, true);
     loader.override_global("TP_REASON", &tp.reason, true);
     loader.override_global("TP_RX_SK", &tp.rx_sk, true);
-    loader.override_global("BTF_HAS_RX_SK", &has_rx_sk_flag, true);
     loader.override_global("SAMPLES_PER_SEC", &options.samples_per_sec, true);
-    let mut ebpf = loader.load(OBJECT).map_err(|e| load_error(e.into()))?;
+    loader.override_global("HAS_RDONLY_CAST", &has_cast, true);
+    loader.override_global("BTF_ID_SK_BUFF", &ids[0], true);
+    loader.override_global("BTF_ID_SOCK", &ids[1], true);
+    loader.override_global("BTF_ID_IPHDR", &ids[2], true);
+    loader.override_global("BTF_ID_IPV6HDR", &ids[3], true);
+    loader.override_global("DROP_CACHE_ON", &cache_on, true);
+    loader.override_global("DROP_CACHE_MASK", &cache_mask, true);
+    // An array map cannot be empty: off is one slot nobody uses.
+    loader.map_max_entries("DROP_CACHE", options.cache_slots.max(1));
+    let mut ebpf = loader.load(&object).map_err(|e| load_error(e.into()))?;
 
     let tp_btf_result = if choice == HookChoice::Tracepoint {
         Err(anyhow::anyhow!("not tried (--hook tracepoint)"))
@@ -280,12 +422,14 @@ pub fn load_with(
             return Ok(Probe {
                 ebpf,
                 hook: Hook::TpBtf,
-                has_reason: btf_has_reason,
+                has_reason: flags.has_reason != 0,
+                cache_slots: options.cache_slots,
+                reads,
             })
         }
         Err(err) => err,
     };
-    if choice == HookChoice::TpBtf || layout.is_none() {
+    if choice == HookChoice::TpBtf || !tracepoint_available {
         return Err(LoadError::Attach {
             tp_btf: tp_btf_err,
             tracepoint: anyhow::anyhow!("not available"),
@@ -300,6 +444,8 @@ pub fn load_with(
         ebpf,
         hook: Hook::Tracepoint,
         has_reason: tp.reason != NO_OFFSET,
+        cache_slots: options.cache_slots,
+        reads,
     })
 }
 

@@ -83,6 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 load: LoadOptions {
                     hook: trace.hook.into(),
                     samples_per_sec: trace.samples_per_sec,
+                    cache_slots: trace.cache_slots,
                 },
                 recent_samples: trace.recent_samples,
                 docker_host: Some(trace.docker_host).filter(|h| !h.is_empty()),
@@ -119,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 load: LoadOptions {
                     hook: hook.into(),
                     samples_per_sec,
+                    ..LoadOptions::default()
                 },
                 recent_samples: 0,
                 docker_host: Some(docker_host).filter(|h| !h.is_empty()),

@@ -71,6 +71,8 @@ pub struct SelftestReport {
     pub kernel: String,
     /// The hook the probe runs on (`tp_btf/kfree_skb`, `tracepoint/skb/kfree_skb`).
     pub hook: String,
+    /// How the probe reads packet bytes (`bpf_rdonly_cast` or `bpf_probe_read_kernel`).
+    pub reads: String,
     /// The reason name(s) the probe reported for the injected drops, `+`-joined if
     /// several; `none` if it attributed none of them.
     pub reason: String,
@@ -104,6 +106,7 @@ impl SelftestReport {
         let strings = [
             ("kernel", &self.kernel),
             ("hook", &self.hook),
+            ("reads", &self.reads),
             ("reason", &self.reason),
             ("expected_reason", &self.expected_reason),
         ];
@@ -146,6 +149,7 @@ pub fn run(options: &SelftestOptions) -> anyhow::Result<SelftestReport> {
     let load = LoadOptions {
         hook: options.hook,
         samples_per_sec: 0,
+        ..LoadOptions::default()
     };
     let mut probe = if options.corrupt_offset {
         loader::load_with(&load, &btf, corrupt)?
@@ -154,6 +158,7 @@ pub fn run(options: &SelftestOptions) -> anyhow::Result<SelftestReport> {
     };
     let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let hook = probe.hook.to_string();
+    let reads = probe.reads.to_string();
     let collector = DropCollector::new(&mut probe, &btf, Kallsyms::load()?)
         .context("reading the probe's maps")?;
     let reason_names: Vec<String> = btf
@@ -205,6 +210,7 @@ pub fn run(options: &SelftestOptions) -> anyhow::Result<SelftestReport> {
     Ok(SelftestReport {
         kernel,
         hook,
+        reads,
         reason,
         expected_reason: expected_reason.to_owned(),
         packets: options.packets,
@@ -509,6 +515,7 @@ mod tests {
         let report = SelftestReport {
             kernel: "6.1.0-\"x\"".into(),
             hook: "tp_btf/kfree_skb".into(),
+            reads: "bpf_rdonly_cast".into(),
             reason: "IP_INADDRERRORS".into(),
             expected_reason: "IP_INADDRERRORS".into(),
             packets: 100,
@@ -523,7 +530,7 @@ mod tests {
         assert_eq!(
             report.line(),
             "DROPGATE-SELFTEST {\"kernel\":\"6.1.0-\\\"x\\\"\",\"hook\":\"tp_btf/kfree_skb\",\
-             \"reason\":\"IP_INADDRERRORS\",\"expected_reason\":\"IP_INADDRERRORS\",\
+             \"reads\":\"bpf_rdonly_cast\",\"reason\":\"IP_INADDRERRORS\",\"expected_reason\":\"IP_INADDRERRORS\",\
              \"packets\":100,\"count\":100,\"ip_error_total\":100,\"in_addr_errors_delta\":100,\
              \"load_ms\":12,\"exact\":true,\"corrupt_offset\":false,\"pass\":true}"
         );

@@ -27,6 +27,52 @@ pub struct DropKey {
     pub pad: u8,
 }
 
+impl DropKey {
+    /// Hash of this key for the per-CPU drop cache (its slot is `hash & (slots - 1)`): a
+    /// multiplicative hash of the key's three words, upper half. Cheap in the kernel
+    /// (three multiplies, no helper call).
+    // Inlined into the kernel program's hot path: a BPF-to-BPF call would cost more
+    // than the hash.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    #[must_use]
+    pub fn cache_hash(&self) -> u32 {
+        let words = [
+            self.location,
+            (u64::from(self.netns) << 32) | u64::from(self.ifindex),
+            (u64::from(self.reason) << 32)
+                | (u64::from(self.ethertype) << 16)
+                | (u64::from(self.l4_proto) << 8),
+        ];
+        let mixed = words[0].wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ words[1].wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+            ^ words[2].wrapping_mul(0x1656_67b1_9e37_79f9);
+        // The upper bits of a product depend on every bit of its input.
+        (mixed >> 32) as u32
+    }
+}
+
+/// One slot of the per-CPU drop cache (`DROP_CACHE`): a direct-mapped array in front of
+/// the hash map. A slot belongs to the first key that lands in it, for good; another key
+/// with the same slot is counted in the hash map instead. Every event is counted in
+/// exactly one of the two, so their sum is exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSlot {
+    pub key: DropKey,
+    /// `packets == 0`: the slot is still free.
+    pub counts: DropCounts,
+}
+
+/// Default number of slots of the per-CPU drop cache (a power of two; the tracer's
+/// `--trace.cache-slots`). A host sees tens of distinct drop keys, so nearly all of them
+/// get a slot of their own; userspace reads every slot on each collection, so it stays
+/// small.
+pub const DROP_CACHE_SLOTS: u32 = 256;
+
+/// Largest `--trace.cache-slots`.
+pub const MAX_DROP_CACHE_SLOTS: u32 = 1 << 16;
+
 /// Per-CPU value of the drop aggregation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,7 +112,12 @@ pub const REASON_UNKNOWN: u32 = u32::MAX;
 /// Offset value meaning "this field does not exist on the running kernel".
 pub const NO_OFFSET: u32 = u32::MAX;
 
-/// Indexes into the per-CPU `STATS` array.
+/// Helper number of the `call` instruction the kernel programs emit where they mean the
+/// `bpf_rdonly_cast` kfunc; the loader rewrites every such instruction before loading.
+/// No helper has this number, so a call left unrewritten is refused by the verifier.
+pub const RDONLY_CAST_PLACEHOLDER: i32 = 0x0dca_5701;
+
+/// Indexes into [`CpuState::stats`].
 pub mod stat {
     /// Every drop event the program saw (the total the aggregation must add up to).
     pub const EVENTS: u32 = 0;
@@ -78,16 +129,23 @@ pub mod stat {
     pub const SAMPLES_LOST: u32 = 3;
     /// Samples written to the ring buffer.
     pub const SAMPLES_SENT: u32 = 4;
-    /// Number of slots in `STATS`.
+    /// Number of counters.
     pub const COUNT: u32 = 5;
 }
 
-/// Per-CPU state of the sampling rate limit: a one-second window and what it used.
+/// Everything the program keeps per CPU besides the drop counts, in one array slot so
+/// that a drop costs a single (inlined) map lookup for all of it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SampleWindow {
-    pub start_ns: u64,
-    pub taken: u64,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuState {
+    /// Counters, indexed by the [`stat`] constants.
+    pub stats: [u64; stat::COUNT as usize],
+    /// The sampling rate limit: start of the current one-second window and the samples
+    /// it took.
+    pub window_start_ns: u64,
+    pub window_taken: u64,
+    /// The `jiffies` at which the clock was last read for the window.
+    pub window_checked_jiffies: u64,
 }
 
 /// Size of the sample ring buffer in bytes (a power of two, a multiple of the page size).
@@ -105,4 +163,50 @@ mod user {
     unsafe impl aya::Pod for super::DropCounts {}
     // SAFETY: #[repr(C)], integers and byte arrays laid out without gaps (explicit `pad`).
     unsafe impl aya::Pod for super::DropSample {}
+    // SAFETY: #[repr(C)], a DropKey (24 bytes, no gaps) then DropCounts (16 bytes).
+    unsafe impl aya::Pod for super::DropSlot {}
+    // SAFETY: #[repr(C)], only u64 fields and an array of u64.
+    unsafe impl aya::Pod for super::CpuState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_shared_with_the_kernel_program_are_fixed() {
+        assert_eq!(core::mem::size_of::<DropKey>(), 24);
+        assert_eq!(core::mem::size_of::<DropSlot>(), 40);
+        assert_eq!(
+            core::mem::size_of::<CpuState>(),
+            8 * (stat::COUNT as usize + 3)
+        );
+        assert!(DROP_CACHE_SLOTS.is_power_of_two() && DROP_CACHE_SLOTS <= MAX_DROP_CACHE_SLOTS);
+    }
+
+    /// Keys of one host differ in a few fields only (interface, reason, protocol); the
+    /// hash must still spread them over the slots, or most would fall to the hash map.
+    #[test]
+    fn cache_hash_spreads_keys_that_differ_little() {
+        let mut used = [false; DROP_CACHE_SLOTS as usize];
+        let mut keys = 0;
+        for ifindex in 1..=16 {
+            for (reason, l4_proto) in [(2, 6), (2, 17), (5, 6), (77, 1)] {
+                let key = DropKey {
+                    location: 0xffff_ffff_81a0_1234,
+                    netns: 4_026_531_840,
+                    ifindex,
+                    reason,
+                    ethertype: 0x0800,
+                    l4_proto,
+                    pad: 0,
+                };
+                used[(key.cache_hash() & (DROP_CACHE_SLOTS - 1)) as usize] = true;
+                keys += 1;
+            }
+        }
+        let distinct = used.iter().filter(|u| **u).count();
+        // 64 keys thrown at random into 256 slots land in about 57 distinct ones.
+        assert!(distinct >= 50, "{keys} keys share only {distinct} slots");
+    }
 }

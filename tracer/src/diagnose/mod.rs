@@ -103,6 +103,7 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
             load: LoadOptions {
                 hook: options.hook,
                 samples_per_sec: 100,
+                ..LoadOptions::default()
             },
             recent_samples: 1000,
             docker_host: options.docker_host.clone(),
