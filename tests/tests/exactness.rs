@@ -4,6 +4,9 @@
 //!    docker-like topology: dropgate's count for (host netns, `ip_error`,
 //!    `IP_INADDRERRORS`) must equal the kernel's own `InAddrErrors` delta exactly, while
 //!    the per-packet samples are rate-limited (suppressed or lost, and reported as such).
+//!    On both hooks, and with the in-kernel drop cache at its default, off (every drop
+//!    through the hash map), and at one slot with two flows on one CPU (one counted in
+//!    the cache, the other in the hash map).
 //! 2. `dropgate run` stopped by SIGINT (a normal Ctrl-C exit), SIGTERM and SIGKILL: no BPF
 //!    program, map or link it held may remain loaded afterwards.
 
@@ -29,11 +32,14 @@ const FLOOD_SECONDS: u32 = 60;
 /// A low sampling rate, so that a flood exhausts it many times over.
 const SAMPLES_PER_SEC: &str = "100";
 
-/// Runs the flood sender in `ext` towards `target`; returns how many datagrams it sent.
+/// Runs the flood sender in `ext` towards `target` on CPU 0; returns how many datagrams
+/// it sent.
 fn flood(topo: &DockerLikeHost, target: &str, packets: u64) -> u64 {
+    // On one CPU, with the pings of the mixed case: the drop cache is per CPU.
     let out = topo
         .ext
-        .command(env!("CARGO_BIN_EXE_flood"))
+        .command("taskset")
+        .args(["--cpu-list", "0", env!("CARGO_BIN_EXE_flood")])
         .args([
             target,
             "--count",
@@ -60,19 +66,37 @@ fn flood(topo: &DockerLikeHost, target: &str, packets: u64) -> u64 {
 
 #[test]
 fn a_million_drops_are_counted_exactly_on_tp_btf() {
-    counted_exactly_while_samples_are_limited("tp-btf");
+    counted_exactly_while_samples_are_limited("tp-btf", None, 0);
 }
 
-/// The fallback hook reads the skb differently (probe reads, not typed loads): it must
-/// count just as exactly.
+/// The fallback hook reads the record and the skb differently: it must count just as
+/// exactly.
 #[test]
 fn a_million_drops_are_counted_exactly_on_the_classic_tracepoint() {
-    counted_exactly_while_samples_are_limited("tracepoint");
+    counted_exactly_while_samples_are_limited("tracepoint", None, 0);
 }
 
-fn counted_exactly_while_samples_are_limited(hook: &str) {
+/// Without the drop cache every drop goes through the hash map.
+#[test]
+fn a_million_drops_are_counted_exactly_through_the_hash_map_alone() {
+    counted_exactly_while_samples_are_limited("tp-btf", Some("0"), 0);
+}
+
+/// One cache slot and two flows (ICMP and UDP) dropped on the same CPU: one flow is
+/// counted in the slot, the other in the hash map (or both there, if a background drop
+/// took the slot first). Each must still be exact.
+#[test]
+fn drops_split_between_the_cache_and_the_hash_map_are_counted_exactly() {
+    counted_exactly_while_samples_are_limited("tp-btf", Some("1"), PINGS);
+}
+
+/// ICMP echo requests sent straight to the container's address in the mixed case.
+const PINGS: u64 = 500;
+
+fn counted_exactly_while_samples_are_limited(hook: &str, cache_slots: Option<&str>, pings: u64) {
+    let slots = cache_slots.unwrap_or("default");
     if !may_run(
-        &format!("exactness e2e ({hook})"),
+        &format!("exactness e2e ({hook}, cache slots {slots})"),
         is_root(),
         "root (namespaces, iptables, BPF)",
     ) {
@@ -92,12 +116,16 @@ fn counted_exactly_while_samples_are_limited(hook: &str) {
     topo.ext
         .sh(&format!("ping -c 1 -W 2 {}", DockerLikeHost::HOST_ADDR));
 
-    let dropgate = DropgateRun::start(&[
+    let mut args = vec![
         "--trace.hook",
         hook,
         "--trace.samples-per-sec",
         SAMPLES_PER_SEC,
-    ]);
+    ];
+    if let Some(slots) = cache_slots {
+        args.extend(["--trace.cache-slots", slots]);
+    }
+    let dropgate = DropgateRun::start(&args);
     let host_netns = topo.host.name.as_str();
     let ip_error = [
         ("netns", host_netns),
@@ -107,25 +135,13 @@ fn counted_exactly_while_samples_are_limited(hook: &str) {
     let before = dropgate.scrape();
     let snmp_before = topo.host.snmp("Ip", "InAddrErrors");
 
-    // Datagrams can in principle be lost before the host's routing decision (a full
-    // queue); top up until the kernel itself has counted a million, a bounded number
-    // of times.
-    let target = format!(
-        "{}:{}",
-        DockerLikeHost::HOST_ADDR,
-        DockerLikeHost::PUBLISHED_PORT
-    );
-    let mut sent = 0;
-    let mut snmp_delta = 0;
-    for _ in 0..3 {
-        sent += flood(&topo, &target, FLOOD_PACKETS - snmp_delta);
-        snmp_delta = topo.host.snmp("Ip", "InAddrErrors") - snmp_before;
-        if snmp_delta >= FLOOD_PACKETS {
-            break;
-        }
+    if pings > 0 {
+        ping_the_container(&topo, pings);
     }
+
+    let (sent, snmp_delta) = flood_a_million(&topo, snmp_before, pings);
     assert!(
-        snmp_delta >= FLOOD_PACKETS,
+        snmp_delta >= FLOOD_PACKETS + pings,
         "only {snmp_delta} of {sent} datagrams reached ip_error in {host_netns}: the flood \
          did not exercise the forwarding-off path a million times"
     );
@@ -155,30 +171,69 @@ fn counted_exactly_while_samples_are_limited(hook: &str) {
         "with {SAMPLES_PER_SEC} samples/s and a million drops, samples must have been \
          suppressed or lost (and reported)"
     );
-    let on_uplink_udp = sample_sum(
-        &after,
-        DROPS,
-        &[
+    let on_uplink = |protocol: &str| {
+        let labels = [
             ("netns", host_netns),
             ("location", "ip_error"),
             ("interface", DockerLikeHost::HOST_UPLINK),
-            ("protocol", "udp"),
-        ],
-    ) - sample_sum(
-        &before,
-        DROPS,
-        &[
-            ("netns", host_netns),
-            ("location", "ip_error"),
-            ("interface", DockerLikeHost::HOST_UPLINK),
-            ("protocol", "udp"),
-        ],
+            ("protocol", protocol),
+        ];
+        (sample_sum(&after, DROPS, &labels) - sample_sum(&before, DROPS, &labels)) as u64
+    };
+    let (udp, icmp) = (on_uplink("udp"), on_uplink("icmp"));
+    assert_eq!(
+        icmp,
+        pings,
+        "every echo request must be counted once, on interface {} as icmp",
+        DockerLikeHost::HOST_UPLINK
     );
     assert_eq!(
-        on_uplink_udp as u64,
-        snmp_delta,
+        udp,
+        snmp_delta - pings,
         "every flood drop must be attributed to interface {} and protocol udp",
         DockerLikeHost::HOST_UPLINK
+    );
+}
+
+/// Floods the published port until the host's `InAddrErrors` has grown by a million
+/// (plus the `pings` already counted) since `snmp_before`. Datagrams can in principle be
+/// lost before the host's routing decision (a full queue), so it tops up, a bounded
+/// number of times. Returns datagrams sent and the `InAddrErrors` delta.
+fn flood_a_million(topo: &DockerLikeHost, snmp_before: u64, pings: u64) -> (u64, u64) {
+    let target = format!(
+        "{}:{}",
+        DockerLikeHost::HOST_ADDR,
+        DockerLikeHost::PUBLISHED_PORT
+    );
+    let mut sent = 0;
+    let mut snmp_delta = 0;
+    for _ in 0..3 {
+        sent += flood(topo, &target, FLOOD_PACKETS + pings - snmp_delta);
+        snmp_delta = topo.host.snmp("Ip", "InAddrErrors") - snmp_before;
+        if snmp_delta >= FLOOD_PACKETS + pings {
+            break;
+        }
+    }
+    (sent, snmp_delta)
+}
+
+/// A second flow, on the flood's CPU: `pings` echo requests from ext to the container's
+/// own address, which the host does not forward either. No reply comes, hence no check
+/// of ping's exit status, only of what it sent.
+fn ping_the_container(topo: &DockerLikeHost, pings: u64) {
+    topo.ext.sh(&format!(
+        "ip route replace 172.31.231.0/24 via {}",
+        DockerLikeHost::HOST_ADDR
+    ));
+    let out = topo.ext.sh_output(&format!(
+        "taskset --cpu-list 0 ping -q -n -c {pings} -i 0.002 -W 1 {}",
+        DockerLikeHost::CTR_ADDR
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{pings} packets transmitted")),
+        "ping did not send {pings} echo requests: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -198,7 +198,10 @@ enum Verdict {
 
 /// The self-test's report, as far as the table shows it.
 struct Measured {
+    kernel: String,
     hook: String,
+    /// How the probe read packet bytes; older self-tests did not say.
+    reads: String,
     reason: String,
     expected_reason: String,
     count: u64,
@@ -229,7 +232,9 @@ impl Measured {
                 .with_context(|| format!("result line lacks `{key}`: {json}"))
         };
         Ok(Self {
+            kernel: text("kernel")?,
             hook: text("hook")?,
+            reads: value["reads"].as_str().unwrap_or("-").to_owned(),
             reason: text("reason")?,
             expected_reason: text("expected_reason")?,
             count: number("count")?,
@@ -377,6 +382,12 @@ fn judge(case: &Case, reason: Option<&str>, run: &RunOutput) -> (Option<Measured
         if measured.hook != case.hook {
             problems.push(format!("hook {} instead of {}", measured.hook, case.hook));
         }
+        // A kernel with the kfunc that ends up on helper reads lost the cheap path
+        // silently (its verifier refused the rewritten call): that is a failure here.
+        let reads = expected_reads(&measured.kernel);
+        if measured.reads != reads {
+            problems.push(format!("reads with {} instead of {reads}", measured.reads));
+        }
         let reason = reason.unwrap_or(&measured.expected_reason);
         if measured.reason != reason {
             problems.push(format!("reason {} instead of {reason}", measured.reason));
@@ -390,22 +401,36 @@ fn judge(case: &Case, reason: Option<&str>, run: &RunOutput) -> (Option<Measured
     (Some(measured), verdict)
 }
 
+/// How a kernel's self-test must read packet bytes: `bpf_rdonly_cast` exists from 6.2.
+fn expected_reads(kernel: &str) -> &'static str {
+    let mut numbers = kernel
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version >= (6, 2) {
+        "bpf_rdonly_cast"
+    } else {
+        "bpf_probe_read_kernel"
+    }
+}
+
 /// The matrix as a Markdown table (the same text goes into BENCHMARKS.md).
 fn table(rows: &[Row]) -> String {
     let mut text = String::from(
-        "| kernel | case | hook used | reason resolved (expected) | probe / InAddrErrors | exact | load | boot to /init | verdict |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| kernel | case | hook used | packet reads | reason resolved (expected) | probe / InAddrErrors | exact | load | boot to /init | verdict |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
-        let (hook, reason, counts, exact, load) = match &row.measured {
+        let (hook, reads, reason, counts, exact, load) = match &row.measured {
             Some(m) => (
                 m.hook.as_str(),
+                m.reads.as_str(),
                 format!("{} ({})", m.reason, m.expected_reason),
                 format!("{} / {}", m.count, m.in_addr_errors_delta),
                 if m.exact { "yes" } else { "NO" },
                 format!("{} ms", m.load_ms),
             ),
-            None => ("-", "-".into(), "-".into(), "-", "-".into()),
+            None => ("-", "-", "-".into(), "-".into(), "-", "-".into()),
         };
         let boot = row
             .boot
@@ -419,7 +444,7 @@ fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             text,
-            "| {} | {} | {hook} | {reason} | {counts} | {exact} | {load} | {boot} | {verdict} |",
+            "| {} | {} | {hook} | {reads} | {reason} | {counts} | {exact} | {load} | {boot} | {verdict} |",
             row.kernel, row.case
         );
     }
@@ -440,10 +465,26 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let good = r#"{"hook":"tp_btf/kfree_skb","reason":"IP_INADDRERRORS","expected_reason":"IP_INADDRERRORS","count":100,"in_addr_errors_delta":100,"exact":true,"load_ms":80,"pass":true}"#;
-        let broken = r#"{"hook":"tp_btf/kfree_skb","reason":"none","expected_reason":"IP_INADDRERRORS","count":0,"in_addr_errors_delta":100,"exact":false,"load_ms":80,"pass":false}"#;
+        let good = r#"{"kernel":"6.12.0-1-amd64","hook":"tp_btf/kfree_skb","reads":"bpf_rdonly_cast","reason":"IP_INADDRERRORS","expected_reason":"IP_INADDRERRORS","count":100,"in_addr_errors_delta":100,"exact":true,"load_ms":80,"pass":true}"#;
+        let old_good = r#"{"kernel":"6.1.0-50-amd64","hook":"tp_btf/kfree_skb","reads":"bpf_probe_read_kernel","reason":"IP_INADDRERRORS","expected_reason":"IP_INADDRERRORS","count":100,"in_addr_errors_delta":100,"exact":true,"load_ms":80,"pass":true}"#;
+        let lost_kfunc = r#"{"kernel":"6.12.0-1-amd64","hook":"tp_btf/kfree_skb","reads":"bpf_probe_read_kernel","reason":"IP_INADDRERRORS","expected_reason":"IP_INADDRERRORS","count":100,"in_addr_errors_delta":100,"exact":true,"load_ms":80,"pass":true}"#;
+        let broken = r#"{"kernel":"6.1.0-50-amd64","hook":"tp_btf/kfree_skb","reads":"bpf_probe_read_kernel","reason":"none","expected_reason":"IP_INADDRERRORS","count":0,"in_addr_errors_delta":100,"exact":false,"load_ms":80,"pass":false}"#;
         let auto = &CASES[0];
-        let cases: [(&str, &Case, Option<&str>, RunOutput, &str); 7] = [
+        let cases: [(&str, &Case, Option<&str>, RunOutput, &str); 9] = [
+            (
+                "helper reads before 6.2",
+                auto,
+                Some("IP_INADDRERRORS"),
+                run(Some(old_good), 0),
+                "pass",
+            ),
+            (
+                "helper reads on a kernel with the kfunc",
+                auto,
+                Some("IP_INADDRERRORS"),
+                run(Some(lost_kfunc), 0),
+                "fail",
+            ),
             (
                 "passes",
                 auto,
@@ -502,6 +543,19 @@ mod tests {
                 Verdict::NotFetched(_) | Verdict::Skipped(_) => "other",
             };
             assert_eq!(got, want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn kfunc_reads_are_expected_from_6_2() {
+        for (kernel, want) in [
+            ("5.10.0-32-amd64", "bpf_probe_read_kernel"),
+            ("6.1.0-50-amd64", "bpf_probe_read_kernel"),
+            ("6.2.0", "bpf_rdonly_cast"),
+            ("6.12.117+deb13-amd64", "bpf_rdonly_cast"),
+            ("7.3.4+deb13-amd64", "bpf_rdonly_cast"),
+        ] {
+            assert_eq!(expected_reads(kernel), want, "{kernel}");
         }
     }
 }
