@@ -202,7 +202,73 @@ fn write_family(family: &MetricFamily, out: &mut Vec<u8>) {
         Some(Ok(kind)) => kind,
         Some(Err(_)) => return,
     };
-    if let Some(help) = &family.help {
+    write_header(name, family.help.as_deref(), kind, out);
+    for metric in &family.metric {
+        write_metric(name, kind, metric, out);
+    }
+}
+
+/// The sample lines of one metric of a family called `name` of type `kind`.
+pub(crate) fn write_metric(name: &str, kind: MetricType, metric: &Metric, out: &mut Vec<u8>) {
+    let sample = Sample { name, metric };
+    match kind {
+        MetricType::Counter => {
+            if let Some(counter) = &metric.counter {
+                sample.write(out, "", None, counter.value.unwrap_or_default());
+            }
+        }
+        MetricType::Gauge => {
+            if let Some(gauge) = &metric.gauge {
+                sample.write(out, "", None, gauge.value.unwrap_or_default());
+            }
+        }
+        MetricType::Untyped => {
+            if let Some(untyped) = &metric.untyped {
+                sample.write(out, "", None, untyped.value.unwrap_or_default());
+            }
+        }
+        MetricType::Summary => {
+            let Some(summary) = &metric.summary else {
+                return;
+            };
+            for quantile in &summary.quantile {
+                sample.write(
+                    out,
+                    "",
+                    Some(("quantile", quantile.quantile.unwrap_or_default())),
+                    quantile.value.unwrap_or_default(),
+                );
+            }
+            sample.write(out, "_sum", None, summary.sample_sum.unwrap_or_default());
+            let count = count_as_float(summary.sample_count, None);
+            sample.write(out, "_count", None, count);
+        }
+        MetricType::Histogram | MetricType::GaugeHistogram => {
+            let Some(histogram) = &metric.histogram else {
+                return;
+            };
+            let count = count_as_float(histogram.sample_count, histogram.sample_count_float);
+            let mut inf_seen = false;
+            for bucket in &histogram.bucket {
+                let bound = bucket.upper_bound.unwrap_or_default();
+                let cumulative =
+                    count_as_float(bucket.cumulative_count, bucket.cumulative_count_float);
+                sample.write(out, "_bucket", Some(("le", bound)), cumulative);
+                inf_seen |= bound == f64::INFINITY;
+            }
+            // The +Inf bucket is implied by the count when the pusher left it out.
+            if !inf_seen {
+                sample.write(out, "_bucket", Some(("le", f64::INFINITY)), count);
+            }
+            sample.write(out, "_sum", None, histogram.sample_sum.unwrap_or_default());
+            sample.write(out, "_count", None, count);
+        }
+    }
+}
+
+/// The `# HELP` (if any) and `# TYPE` lines of a family.
+pub(crate) fn write_header(name: &str, help: Option<&str>, kind: MetricType, out: &mut Vec<u8>) {
+    if let Some(help) = help {
         out.extend_from_slice(b"# HELP ");
         out.extend_from_slice(name.as_bytes());
         out.push(b' ');
@@ -218,62 +284,6 @@ fn write_family(family: &MetricFamily, out: &mut Vec<u8>) {
         MetricType::Untyped => b" untyped\n",
         MetricType::Histogram | MetricType::GaugeHistogram => b" histogram\n",
     });
-    for metric in &family.metric {
-        let sample = Sample { name, metric };
-        match kind {
-            MetricType::Counter => {
-                if let Some(counter) = &metric.counter {
-                    sample.write(out, "", None, counter.value.unwrap_or_default());
-                }
-            }
-            MetricType::Gauge => {
-                if let Some(gauge) = &metric.gauge {
-                    sample.write(out, "", None, gauge.value.unwrap_or_default());
-                }
-            }
-            MetricType::Untyped => {
-                if let Some(untyped) = &metric.untyped {
-                    sample.write(out, "", None, untyped.value.unwrap_or_default());
-                }
-            }
-            MetricType::Summary => {
-                let Some(summary) = &metric.summary else {
-                    continue;
-                };
-                for quantile in &summary.quantile {
-                    sample.write(
-                        out,
-                        "",
-                        Some(("quantile", quantile.quantile.unwrap_or_default())),
-                        quantile.value.unwrap_or_default(),
-                    );
-                }
-                sample.write(out, "_sum", None, summary.sample_sum.unwrap_or_default());
-                let count = count_as_float(summary.sample_count, None);
-                sample.write(out, "_count", None, count);
-            }
-            MetricType::Histogram | MetricType::GaugeHistogram => {
-                let Some(histogram) = &metric.histogram else {
-                    continue;
-                };
-                let count = count_as_float(histogram.sample_count, histogram.sample_count_float);
-                let mut inf_seen = false;
-                for bucket in &histogram.bucket {
-                    let bound = bucket.upper_bound.unwrap_or_default();
-                    let cumulative =
-                        count_as_float(bucket.cumulative_count, bucket.cumulative_count_float);
-                    sample.write(out, "_bucket", Some(("le", bound)), cumulative);
-                    inf_seen |= bound == f64::INFINITY;
-                }
-                // The +Inf bucket is implied by the count when the pusher left it out.
-                if !inf_seen {
-                    sample.write(out, "_bucket", Some(("le", f64::INFINITY)), count);
-                }
-                sample.write(out, "_sum", None, histogram.sample_sum.unwrap_or_default());
-                sample.write(out, "_count", None, count);
-            }
-        }
-    }
 }
 
 /// Counts are integers on the wire but printed as floats, like Go's `float64(count)`;

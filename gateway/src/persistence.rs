@@ -131,7 +131,7 @@ pub fn encode(groups: &[GroupSnapshot]) -> Vec<u8> {
                 .unwrap_or_default();
             record.extend_from_slice(&since.as_secs().to_le_bytes());
             record.extend_from_slice(&since.subsec_nanos().to_le_bytes());
-            put_bytes(&mut record, stored.encoded());
+            put_bytes(&mut record, &stored.encoded());
         }
         put_bytes(&mut out, &record);
     }

@@ -440,7 +440,7 @@ impl State {
             }
         }
         for p in prepared {
-            let stored = StoredFamily::new(p.family, p.kind, &p.hashes, now);
+            let stored = StoredFamily::new(&p.family, p.kind, &p.hashes, now);
             self.insert_member(&key, stored);
         }
         self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, unix_seconds(now), now);
@@ -495,7 +495,7 @@ impl State {
         for p in prepared {
             let name = p.family.name.as_deref().unwrap_or_default();
             let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
-            let stored = StoredFamily::new(p.family, p.kind, &p.hashes, pushed_at);
+            let stored = StoredFamily::new(&p.family, p.kind, &p.hashes, pushed_at);
             self.insert_member(&key, stored);
         }
         for (name, help) in [
@@ -557,7 +557,7 @@ impl State {
             metric: vec![metric],
             unit: None,
         };
-        let stored = StoredFamily::new(family, MetricType::Gauge, &[hash], at);
+        let stored = StoredFamily::new(&family, MetricType::Gauge, &[hash], at);
         self.insert_member(key, stored);
     }
 

@@ -1,72 +1,89 @@
 //! How one group's family is kept: compact, and ready to be merged into a scrape.
 //!
 //! A decoded `MetricFamily` costs about 600 bytes per metric (prost's structs hold
-//! every field of every metric type inline), so a family is kept as its protobuf
-//! encoding (for `/api/v1/metrics`, persistence and the protobuf exposition) plus the
-//! text lines of each metric, tagged with the key the exposition sorts by. A scrape
-//! then merges a family by sorting those pieces and copying bytes, without decoding or
-//! formatting a single float: the rendering happens once, at push time.
+//! every field of every metric type inline), so a family is kept as bytes: its name,
+//! its HELP and the text lines of each metric, tagged with the key the exposition sorts
+//! by. A scrape then merges a family by sorting those pieces and copying bytes, without
+//! decoding or formatting a single float: the rendering happens once, at push time.
+//!
+//! The protobuf form (for `/api/v1/metrics`, persistence and the protobuf exposition)
+//! is parsed back from that text when asked for, which is rare next to scrapes. Text
+//! carries everything a text push has, and that is checked when the family is stored:
+//! one whose text does not parse back to the very same protobuf bytes (exemplars,
+//! native histograms, `-0`, ...) keeps its encoding as well. Keeping both for every
+//! family made the encoding a third of the store's memory.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
 
-use crate::exposition::write_text;
+use super::{PUSH_FAILURE_TIME_HELP, PUSH_TIME_HELP};
+use crate::codec::text;
+use crate::exposition::{write_header, write_metric};
 use crate::model::{LabelPair, MetricFamily, MetricType};
 
 /// A family as stored in one group: immutable and cheap to clone (a reference count),
 /// so readers share it with the store.
 ///
 /// Everything lives in one reference-counted allocation: a fixed header, the series
-/// table, then the name, the protobuf encoding, and each metric's text lines and sort
-/// key. Small pushes are the common case, and per-allocation overhead dominated them.
+/// table, then the name, the HELP, the protobuf encoding if the text does not give it
+/// back, and each metric's text lines and sort key. Small pushes are the common case,
+/// and per-allocation overhead dominated them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredFamily(Arc<[u8]>);
 
 /// Layout of the fixed header (little-endian).
 const KIND: usize = 0;
-const HAS_HELP: usize = 1;
+/// Where the HELP is: [`NO_HELP`], [`OWN_HELP`] or [`KNOWN_HELP`] + an index.
+const HELP: usize = 1;
+/// Whether the protobuf encoding is stored (1) or parsed back from the text (0).
+const HAS_ENCODING: usize = 2;
 const NAME_END: usize = 4;
-const ENCODED_END: usize = 8;
-const SERIES_COUNT: usize = 12;
-const PUSHED_SECS: usize = 16;
-const PUSHED_NANOS: usize = 24;
+const HELP_END: usize = 8;
+const ENCODED_END: usize = 12;
+const SERIES_COUNT: usize = 16;
+const PUSHED_NANOS: usize = 20;
+const PUSHED_SECS: usize = 24;
 const HEADER_LEN: usize = 32;
 /// One series table entry: text end (u32), key end (u32), series hash (u64); ends are
-/// offsets from the start of the body (after the table).
+/// offsets from the start of the pieces (after the encoding).
 const SERIES_LEN: usize = 16;
 
+const NO_HELP: u8 = 0;
+/// The HELP follows the name in the body.
+const OWN_HELP: u8 = 1;
+/// HELP texts every group repeats (the push gauges'), kept once for all.
+const KNOWN_HELP: u8 = 2;
+const KNOWN_HELPS: [&str; 2] = [PUSH_TIME_HELP, PUSH_FAILURE_TIME_HELP];
+
 impl StoredFamily {
-    /// Renders and encodes `family`; `hashes` are the series hashes, one per metric.
+    /// Renders `family`; `hashes` are the series hashes, one per metric.
     pub(crate) fn new(
-        mut family: MetricFamily,
+        family: &MetricFamily,
         kind: MetricType,
         hashes: &[u64],
         pushed_at: SystemTime,
     ) -> Self {
-        let mut body = Vec::new();
-        body.extend_from_slice(family.name.as_deref().unwrap_or_default().as_bytes());
-        let name_end = body.len();
-        family.encode(&mut body).unwrap_or_default();
-        let encoded_end = body.len();
-        let header_lines = 1 + usize::from(family.help.is_some());
-        let metrics = std::mem::take(&mut family.metric);
-        let mut table = Vec::with_capacity(metrics.len() * SERIES_LEN);
-        // Each metric is rendered alone (moved in, not cloned) so that its lines can be
-        // cut out; the `# HELP`/`# TYPE` header in front is dropped every time.
-        for (i, metric) in metrics.into_iter().enumerate() {
-            let key = sort_key(&metric.label);
-            family.metric = vec![metric];
-            let start = body.len();
-            write_text(std::slice::from_ref(&family), &mut body);
-            let lines_start =
-                after_lines(&body[start..], header_lines).map_or(body.len(), |at| start + at);
-            body.drain(start..lines_start);
-            table.extend_from_slice(&to_u32(body.len()).to_le_bytes());
-            body.extend_from_slice(&key);
-            table.extend_from_slice(&to_u32(body.len()).to_le_bytes());
+        let name = family.name.as_deref().unwrap_or_default();
+        let mut head = name.as_bytes().to_vec();
+        let name_end = head.len();
+        let help = family.help.as_deref().map_or(NO_HELP, |help| {
+            if let Some(at) = KNOWN_HELPS.iter().position(|known| *known == help) {
+                return KNOWN_HELP + u8::try_from(at).unwrap_or_default();
+            }
+            head.extend_from_slice(help.as_bytes());
+            OWN_HELP
+        });
+        let mut pieces = Vec::new();
+        let mut table = Vec::with_capacity(family.metric.len() * SERIES_LEN);
+        for (i, metric) in family.metric.iter().enumerate() {
+            write_metric(name, kind, metric, &mut pieces);
+            table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
+            write_sort_key(&metric.label, &mut pieces);
+            table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
             table.extend_from_slice(&hashes.get(i).copied().unwrap_or_default().to_le_bytes());
         }
         let since = pushed_at
@@ -74,14 +91,38 @@ impl StoredFamily {
             .unwrap_or_default();
         let mut header = [0u8; HEADER_LEN];
         header[KIND] = u8::try_from(kind as i32).unwrap_or_default();
-        header[HAS_HELP] = u8::from(family.help.is_some());
+        header[HELP] = help;
         header[NAME_END..NAME_END + 4].copy_from_slice(&to_u32(name_end).to_le_bytes());
-        header[ENCODED_END..ENCODED_END + 4].copy_from_slice(&to_u32(encoded_end).to_le_bytes());
+        header[HELP_END..HELP_END + 4].copy_from_slice(&to_u32(head.len()).to_le_bytes());
         header[SERIES_COUNT..SERIES_COUNT + 4]
             .copy_from_slice(&to_u32(table.len() / SERIES_LEN).to_le_bytes());
         header[PUSHED_SECS..PUSHED_SECS + 8].copy_from_slice(&since.as_secs().to_le_bytes());
         header[PUSHED_NANOS..PUSHED_NANOS + 4].copy_from_slice(&since.subsec_nanos().to_le_bytes());
-        Self([&header[..], &table, &body].concat().into())
+
+        let encoded = family.encode_to_vec();
+        let text_only = Self::assemble(header, &table, &head, &[], &pieces);
+        if text_only
+            .parsed_back()
+            .is_some_and(|parsed| parsed.encode_to_vec() == encoded)
+        {
+            return text_only;
+        }
+        Self::assemble(header, &table, &head, &encoded, &pieces)
+    }
+
+    /// One allocation of `header`, `table`, name and HELP, `encoded` (may be empty: not
+    /// stored) and `pieces`.
+    fn assemble(
+        mut header: [u8; HEADER_LEN],
+        table: &[u8],
+        head: &[u8],
+        encoded: &[u8],
+        pieces: &[u8],
+    ) -> Self {
+        header[HAS_ENCODING] = u8::from(!encoded.is_empty());
+        header[ENCODED_END..ENCODED_END + 4]
+            .copy_from_slice(&to_u32(head.len() + encoded.len()).to_le_bytes());
+        Self([&header[..], table, head, encoded, pieces].concat().into())
     }
 
     fn u32_at(&self, at: usize) -> u32 {
@@ -100,7 +141,7 @@ impl StoredFamily {
         self.u32_at(SERIES_COUNT) as usize
     }
 
-    /// The body: name, encoding, pieces.
+    /// The body: name, HELP, encoding, pieces.
     fn body(&self) -> &[u8] {
         &self.0[HEADER_LEN + self.series_count() * SERIES_LEN..]
     }
@@ -110,6 +151,20 @@ impl StoredFamily {
     pub fn name(&self) -> &str {
         // Written from a `String` in `new`.
         std::str::from_utf8(&self.body()[..self.u32_at(NAME_END) as usize]).unwrap_or_default()
+    }
+
+    /// The family's HELP text.
+    fn help(&self) -> Option<&str> {
+        match self.0[HELP] {
+            NO_HELP => None,
+            OWN_HELP => {
+                let help =
+                    &self.body()[self.u32_at(NAME_END) as usize..self.u32_at(HELP_END) as usize];
+                // Written from a `String` in `new`.
+                Some(std::str::from_utf8(help).unwrap_or_default())
+            }
+            known => KNOWN_HELPS.get(usize::from(known - KNOWN_HELP)).copied(),
+        }
     }
 
     /// The family's type.
@@ -127,14 +182,37 @@ impl StoredFamily {
     /// The family, decoded (grouping labels applied, labels sorted by name).
     #[must_use]
     pub fn family(&self) -> MetricFamily {
-        // We encoded it ourselves, so it decodes.
-        MetricFamily::decode(self.encoded()).unwrap_or_default()
+        // Either was checked to decode when the family was stored.
+        match self.stored_encoding() {
+            Some(encoded) => MetricFamily::decode(encoded).unwrap_or_default(),
+            None => self.parsed_back().unwrap_or_default(),
+        }
     }
 
-    /// The family in protobuf, as stored.
+    /// The family in protobuf, exactly as it was when stored.
     #[must_use]
-    pub fn encoded(&self) -> &[u8] {
-        &self.body()[self.u32_at(NAME_END) as usize..self.u32_at(ENCODED_END) as usize]
+    pub fn encoded(&self) -> Cow<'_, [u8]> {
+        match self.stored_encoding() {
+            Some(encoded) => Cow::Borrowed(encoded),
+            None => Cow::Owned(self.family().encode_to_vec()),
+        }
+    }
+
+    fn stored_encoding(&self) -> Option<&[u8]> {
+        (self.0[HAS_ENCODING] != 0).then(|| {
+            &self.body()[self.u32_at(HELP_END) as usize..self.u32_at(ENCODED_END) as usize]
+        })
+    }
+
+    /// The family parsed back from its text: the header and every metric's lines.
+    fn parsed_back(&self) -> Option<MetricFamily> {
+        let mut text = self.header();
+        for (_, lines) in self.pieces() {
+            text.extend_from_slice(lines);
+        }
+        let mut families = text::parse(&text).ok()?;
+        let family = families.pop()?;
+        families.is_empty().then_some(family)
     }
 
     /// Whether two handles share the same stored family (not just equal content).
@@ -145,7 +223,7 @@ impl StoredFamily {
 
     /// Whether the family has a HELP text.
     pub(crate) fn has_help(&self) -> bool {
-        self.0[HAS_HELP] != 0
+        self.0[HELP] != NO_HELP
     }
 
     /// Whether the family has at least one metric.
@@ -153,15 +231,10 @@ impl StoredFamily {
         self.series_count() > 0
     }
 
-    /// The `# HELP`/`# TYPE` lines of the family (empty if it has no metrics).
+    /// The `# HELP`/`# TYPE` lines of the family.
     pub(crate) fn header(&self) -> Vec<u8> {
-        let mut family = self.family();
-        family.metric.truncate(1);
         let mut text = Vec::new();
-        write_text(std::slice::from_ref(&family), &mut text);
-        let header_lines = 1 + usize::from(family.help.is_some());
-        let end = after_lines(&text, header_lines).unwrap_or(text.len());
-        text.truncate(end);
+        write_header(self.name(), self.help(), self.kind(), &mut text);
         text
     }
 
@@ -178,10 +251,10 @@ impl StoredFamily {
 
     /// Each metric's sort key and text lines.
     pub(crate) fn pieces(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let body = self.body();
-        let mut start = self.u32_at(ENCODED_END) as usize;
+        let pieces = &self.body()[self.u32_at(ENCODED_END) as usize..];
+        let mut start = 0;
         self.series().map(move |(text_end, key_end, _)| {
-            let piece = (&body[text_end..key_end], &body[start..text_end]);
+            let piece = (&pieces[text_end..key_end], &pieces[start..text_end]);
             start = key_end;
             piece
         })
@@ -193,21 +266,11 @@ impl StoredFamily {
     }
 }
 
-/// The offset just after the `lines`-th newline of `text`.
-fn after_lines(text: &[u8], lines: usize) -> Option<usize> {
-    text.iter()
-        .enumerate()
-        .filter(|(_, byte)| **byte == b'\n')
-        .nth(lines.checked_sub(1)?)
-        .map(|(at, _)| at + 1)
-}
-
 /// A byte string that sorts like `client_golang` sorts metrics in a family: by number
 /// of labels, then by label values in order (the labels are sorted by name). The count
 /// comes first, big-endian; each value follows with NUL escaped as `00 FF` and ended by
 /// `00 00`, which keeps byte order equal to Go's string order.
-fn sort_key(labels: &[LabelPair]) -> Box<[u8]> {
-    let mut key = Vec::with_capacity(4 + labels.len() * 12);
+fn write_sort_key(labels: &[LabelPair], key: &mut Vec<u8>) {
     key.extend_from_slice(&to_u32(labels.len()).to_be_bytes());
     for pair in labels {
         for &byte in pair.value.as_deref().unwrap_or_default().as_bytes() {
@@ -218,7 +281,6 @@ fn sort_key(labels: &[LabelPair]) -> Box<[u8]> {
         }
         key.extend_from_slice(&[0, 0]);
     }
-    key.into_boxed_slice()
 }
 
 /// Orders two sort keys (plain byte order; a function so the intent has a name).
@@ -234,14 +296,17 @@ fn to_u32(value: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Counter, Exemplar, Gauge, Histogram, Metric, Timestamp};
 
-    fn key(values: &[&str]) -> Box<[u8]> {
+    fn key(values: &[&str]) -> Vec<u8> {
         let labels: Vec<LabelPair> = values
             .iter()
             .enumerate()
             .map(|(i, v)| LabelPair::new(format!("l{i}"), *v))
             .collect();
-        sort_key(&labels)
+        let mut key = Vec::new();
+        write_sort_key(&labels, &mut key);
+        key
     }
 
     #[test]
@@ -261,5 +326,173 @@ mod tests {
         for pair in ordered.windows(2) {
             assert_eq!(compare_keys(&pair[0], &pair[1]), Ordering::Less, "{pair:?}");
         }
+    }
+
+    fn parsed(text: &str) -> MetricFamily {
+        let mut families = text::parse(text.as_bytes()).expect("valid test text");
+        assert_eq!(families.len(), 1, "one family in {text:?}");
+        families.pop().expect("one family")
+    }
+
+    fn stored(family: &MetricFamily) -> StoredFamily {
+        let kind = match family.r#type.map(MetricType::try_from) {
+            None => MetricType::Counter,
+            Some(kind) => kind.expect("a known type"),
+        };
+        let hashes: Vec<u64> = (0..family.metric.len() as u64).collect();
+        StoredFamily::new(family, kind, &hashes, SystemTime::UNIX_EPOCH)
+    }
+
+    /// Whatever is left out of the stored bytes, the protobuf given back (persistence,
+    /// `/api/v1/metrics`, protobuf scrapes) is the one stored, byte for byte; text
+    /// pushes keep no encoding.
+    #[test]
+    fn protobuf_comes_back_byte_for_byte() {
+        let text_pushes = [
+            (
+                "gauge with help and escapes",
+                "# HELP g a \\\\ b\\n \"q\"\n# TYPE g gauge\ng{a=\"x\\\"y\\\\z\\nw\",job=\"j\"} 1.5\n",
+            ),
+            ("counter without help", "# TYPE c counter\nc 2\nc{x=\"\"} 1e-05\n"),
+            ("untyped", "u{i=\"1\"} 7\n"),
+            ("empty help", "# HELP e \ne 1\n"),
+            ("NaN as Go parses it", "n NaN\n"),
+            (
+                "summary",
+                "# TYPE s summary\ns{quantile=\"0.5\"} 1\ns{quantile=\"0.99\"} 2\ns_sum 3.5\ns_count 4\n",
+            ),
+            (
+                "histogram",
+                "# TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1.25\nh_count 2\n",
+            ),
+        ];
+        let push_gauge = MetricFamily {
+            help: Some(super::super::PUSH_TIME_HELP.to_owned()),
+            ..gauge(1_700_000_000.123_456_7)
+        };
+        let cases = text_pushes
+            .iter()
+            .map(|(case, text)| (*case, parsed(text), true))
+            .chain([("push gauge", push_gauge, true)])
+            .chain(
+                protobuf_only()
+                    .into_iter()
+                    .map(|(case, f)| (case, f, false)),
+            );
+        for (case, family, text_only) in cases {
+            let stored = stored(&family);
+            let expected = family.encode_to_vec();
+            assert_eq!(&*stored.encoded(), expected.as_slice(), "case {case}");
+            assert_eq!(stored.family().encode_to_vec(), expected, "case {case}");
+            assert_eq!(stored.stored_encoding().is_none(), text_only, "case {case}");
+        }
+    }
+
+    fn gauge(value: f64) -> MetricFamily {
+        MetricFamily {
+            name: Some("g".to_owned()),
+            help: None,
+            r#type: Some(MetricType::Gauge as i32),
+            metric: vec![Metric {
+                label: vec![LabelPair::new("job", "j")],
+                gauge: Some(Gauge { value: Some(value) }),
+                ..Metric::default()
+            }],
+            unit: None,
+        }
+    }
+
+    /// Families that the text format cannot carry exactly.
+    fn protobuf_only() -> Vec<(&'static str, MetricFamily)> {
+        let exemplar = Exemplar {
+            label: vec![LabelPair::new("trace_id", "abc")],
+            value: Some(1.0),
+            timestamp: Some(Timestamp {
+                seconds: Some(1),
+                nanos: Some(2),
+            }),
+        };
+        let counter = |exemplar: Option<Exemplar>| Metric {
+            counter: Some(Counter {
+                value: Some(3.0),
+                exemplar,
+                created_timestamp: None,
+            }),
+            ..Metric::default()
+        };
+        let native = Histogram {
+            sample_count: Some(2),
+            sample_sum: Some(1.5),
+            schema: Some(3),
+            zero_threshold: Some(1e-128),
+            positive_delta: vec![1, 1],
+            ..Histogram::default()
+        };
+        let histogram = |kind: MetricType, histogram: Histogram| MetricFamily {
+            r#type: Some(kind as i32),
+            metric: vec![Metric {
+                histogram: Some(histogram),
+                ..Metric::default()
+            }],
+            ..gauge(0.0)
+        };
+        vec![
+            ("Rust's NaN", gauge(f64::NAN)),
+            ("negative zero", gauge(-0.0)),
+            (
+                "exemplar",
+                MetricFamily {
+                    r#type: Some(MetricType::Counter as i32),
+                    metric: vec![counter(Some(exemplar))],
+                    ..gauge(0.0)
+                },
+            ),
+            ("native histogram", histogram(MetricType::Histogram, native)),
+            (
+                "gauge histogram",
+                histogram(MetricType::GaugeHistogram, Histogram::default()),
+            ),
+            (
+                "unit",
+                MetricFamily {
+                    unit: Some("seconds".to_owned()),
+                    ..gauge(1.0)
+                },
+            ),
+            (
+                "no type",
+                MetricFamily {
+                    r#type: None,
+                    metric: vec![counter(None)],
+                    ..gauge(0.0)
+                },
+            ),
+            (
+                "no metrics",
+                MetricFamily {
+                    metric: Vec::new(),
+                    ..gauge(0.0)
+                },
+            ),
+        ]
+    }
+
+    /// The pieces and header are what the text exposition of the family writes.
+    #[test]
+    fn text_is_the_exposition() {
+        let family = parsed("# HELP g Some help.\n# TYPE g gauge\ng{a=\"1\"} 1\ng{a=\"2\"} 2.5\n");
+        let stored = stored(&family);
+        let mut text = stored.header();
+        for (_, lines) in stored.pieces() {
+            text.extend_from_slice(lines);
+        }
+        let mut expected = Vec::new();
+        crate::exposition::write_text(std::slice::from_ref(&family), &mut expected);
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            String::from_utf8_lossy(&expected)
+        );
+        assert_eq!(stored.name(), "g");
+        assert!(stored.has_help());
     }
 }
