@@ -3,7 +3,8 @@
 //! Two entry points share one body: `tp_btf/kfree_skb` (cheaper, typed arguments) and the
 //! classic `tracepoint/skb/kfree_skb` for kernels where tp_btf cannot attach. The body
 //! is generic over how it reads kernel structures ([`KernelMemory`]): direct loads through
-//! tp_btf's typed pointers, `bpf_probe_read_kernel` on the tracepoint. No struct
+//! typed pointers (tp_btf's own, or the tracepoint's addresses cast with the
+//! `bpf_rdonly_cast` kfunc on kernels >= 6.2), else `bpf_probe_read_kernel`. No struct
 //! offset is compiled in: aya-ebpf emits no CO-RE relocations, so the tracer reads the
 //! running kernel's BTF at start-up and hands the offsets in as read-only globals
 //! (`.rodata`, frozen before load), which also lets the verifier prune the paths a kernel
@@ -129,21 +130,22 @@ fn global(value: &'static u32) -> u32 {
 
 /// How a program reads kernel structures (`sk_buff`, `net_device`, `net`, `sock`).
 ///
-/// The two hooks differ: tp_btf hands in BTF-typed pointers that the verifier lets us
-/// load through directly (it checks each access against the kernel's types, and the
-/// JIT makes the load fault-safe), while the classic tracepoint only has untyped
-/// addresses, which need a `bpf_probe_read_kernel` call per field. A direct load costs
-/// a few nanoseconds, a helper call tens: this is most of the difference between the
-/// hooks' per-drop cost.
+/// tp_btf hands in BTF-typed pointers that the verifier lets us load through directly
+/// (it checks each access against the kernel's types, and the JIT makes the load
+/// fault-safe); the classic tracepoint only has untyped addresses, which [`rdonly_cast`]
+/// turns into typed ones where the kernel has the kfunc, and which otherwise need a
+/// `bpf_probe_read_kernel` call per field. A direct load costs a nanosecond or two, a
+/// helper call tens: on this path, that is most of a drop's cost.
 trait KernelMemory {
     /// The field of type `T` at `offset` in the structure at `base`; `None` when `base`
     /// is null or the field does not exist on this kernel.
     fn read<T>(base: u64, offset: u32) -> Option<T>;
 }
 
-/// Direct loads through BTF-typed pointers (tp_btf). Only for pointers the verifier
-/// knows the type of: the hook's arguments and pointer fields loaded through them.
-/// Packet bytes (behind `skb->head`, an untyped `unsigned char *`) need [`Probed`].
+/// Direct loads through BTF-typed pointers (tp_btf's, or cast with [`rdonly_cast`]).
+/// Only for pointers the verifier knows the type of: those and pointer fields loaded
+/// through them. Packet bytes (behind `skb->head`, an untyped `unsigned char *`) need a
+/// cast first.
 struct Typed;
 
 impl KernelMemory for Typed {
@@ -175,7 +177,7 @@ impl KernelMemory for Probed {
     }
 }
 
-/// Packet bytes (and any other untyped memory): always a probe read.
+/// Packet bytes for a sample (rate-limited, so a helper call per field costs little).
 #[inline(always)]
 fn read<T>(base: u64, offset: u32) -> Option<T> {
     Probed::read(base, offset)
