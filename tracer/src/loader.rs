@@ -515,6 +515,39 @@ mod tests {
     }
 
     #[test]
+    fn kfunc_placeholders_are_rewritten_where_instructions_are() {
+        let call = |imm: i32| {
+            let mut insn = vec![0x85, 0, 0, 0];
+            insn.extend_from_slice(&imm.to_le_bytes());
+            insn
+        };
+        // One placeholder at an instruction boundary, one straddling two (data, not an
+        // instruction), and an ordinary helper call.
+        let mut object = call(RDONLY_CAST_PLACEHOLDER);
+        object.extend_from_slice(&[0; 4]);
+        object.extend(call(RDONLY_CAST_PLACEHOLDER));
+        object.extend_from_slice(&[0; 4]);
+        object.extend(call(6));
+
+        let (kfunc, n) = rewrite_rdonly_cast(&object, Some(0x1234));
+        assert_eq!(n, 1);
+        assert_eq!(kfunc[..8], [0x85, 0x20, 0, 0, 0x34, 0x12, 0, 0]);
+        assert_eq!(kfunc[8..], object[8..], "nothing else changes");
+
+        let (helper, n) = rewrite_rdonly_cast(&object, None);
+        assert_eq!(n, 1);
+        assert_eq!(helper[..8], [0xb7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(helper[8..], object[8..]);
+
+        if !OBJECT.is_empty() {
+            assert!(
+                rewrite_rdonly_cast(OBJECT, None).1 >= 2,
+                "the built programs cast at least the skb and the IP header"
+            );
+        }
+    }
+
+    #[test]
     fn offsets_of_this_kernel_are_plausible() {
         let Ok(btf) = Btf::from_sys_fs() else {
             eprintln!("SKIP: no kernel BTF");
