@@ -82,24 +82,26 @@ fn check_limits(
             limit: max_series,
         });
     }
-    let grouping = key.labels();
     for family in families {
         for metric in &family.metric {
             // Grouping labels replace same-named body labels; the rest are added.
             let from_body = metric
                 .label
                 .iter()
-                .filter(|pair| !grouping.contains_key(pair.name.as_deref().unwrap_or_default()))
+                .filter(|pair| {
+                    key.label(pair.name.as_deref().unwrap_or_default())
+                        .is_none()
+                })
                 .count();
             // `instance=""` is added when neither names it.
             let instance = usize::from(
-                !grouping.contains_key("instance")
+                key.label("instance").is_none()
                     && !metric
                         .label
                         .iter()
                         .any(|pair| pair.name.as_deref() == Some("instance")),
             );
-            let labels = from_body + grouping.len() + instance;
+            let labels = from_body + key.labels().len() + instance;
             if labels > max_labels {
                 return Err(ApiError::TooManyLabels {
                     series: family.name.clone().unwrap_or_default(),

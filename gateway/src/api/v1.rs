@@ -19,6 +19,7 @@ use serde::{Serialize, Serializer};
 
 use super::{ApiError, AppState};
 use crate::exposition::format_float;
+use crate::grouping::GroupingKey;
 use crate::model::{Metric, MetricType};
 use crate::store::{go_type_name, GroupSnapshot, StoredFamily, WriteCommand};
 
@@ -119,7 +120,7 @@ struct GroupJson<'a>(&'a GroupSnapshot);
 impl Serialize for GroupJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         enum Entry<'a> {
-            Labels(&'a BTreeMap<String, String>),
+            Labels(&'a GroupingKey),
             Successful(bool),
             Family(&'a StoredFamily),
         }
@@ -130,7 +131,7 @@ impl Serialize for GroupJson<'_> {
             .filter(|family| !matches!(family.name(), "labels" | "last_push_successful"))
             .map(|family| (family.name(), Entry::Family(family)))
             .collect();
-        entries.push(("labels", Entry::Labels(group.key.labels())));
+        entries.push(("labels", Entry::Labels(&group.key)));
         entries.push((
             "last_push_successful",
             Entry::Successful(group.last_push_successful()),
@@ -139,12 +140,21 @@ impl Serialize for GroupJson<'_> {
         let mut map = serializer.serialize_map(Some(entries.len()))?;
         for (key, entry) in entries {
             match entry {
-                Entry::Labels(labels) => map.serialize_entry(key, labels)?,
+                Entry::Labels(labels) => map.serialize_entry(key, &LabelsJson(labels))?,
                 Entry::Successful(successful) => map.serialize_entry(key, &successful)?,
                 Entry::Family(family) => map.serialize_entry(key, &FamilyJson::new(family))?,
             }
         }
         map.end()
+    }
+}
+
+/// A grouping key's labels as a JSON object.
+struct LabelsJson<'a>(&'a GroupingKey);
+
+impl Serialize for LabelsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.labels())
     }
 }
 

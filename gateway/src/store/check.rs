@@ -266,14 +266,13 @@ pub(crate) fn prepare(
 /// Grouping labels overwrite same-named labels of the metric, `instance=""` is added
 /// when there is none, and the labels end up sorted by name.
 pub(crate) fn apply_grouping_labels(metric: &mut Metric, key: &GroupingKey) {
-    let grouping = key.labels();
-    metric
-        .label
-        .retain(|pair| !grouping.contains_key(pair.name.as_deref().unwrap_or_default()));
+    metric.label.retain(|pair| {
+        key.label(pair.name.as_deref().unwrap_or_default())
+            .is_none()
+    });
     metric.label.extend(
-        grouping
-            .iter()
-            .map(|(name, value)| LabelPair::new(name.clone(), value.clone())),
+        key.labels()
+            .map(|(name, value)| LabelPair::new(name, value)),
     );
     if !metric
         .label

@@ -19,7 +19,8 @@ mod check;
 mod render;
 mod stored;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
@@ -130,9 +131,9 @@ pub struct MetricStore {
 #[derive(Debug, Default)]
 struct State {
     groups: BTreeMap<Arc<GroupingKey>, Group>,
-    /// What each group exposes (its non-empty labels) → the group, so that no two
-    /// groups expose the same push gauges.
-    identities: HashMap<Vec<(String, String)>, Arc<GroupingKey>>,
+    /// Every group by what it exposes (its non-empty labels), so that no two groups
+    /// expose the same push gauges.
+    identities: HashSet<ByIdentity>,
     families: BTreeMap<Arc<str>, FamilyEntry>,
 }
 
@@ -355,10 +356,10 @@ impl State {
     ) -> Result<(), Inconsistency> {
         let existing = self.groups.get(key);
         if existing.is_none() {
-            if let Some(other) = self.identities.get(&identity(key)) {
+            if let Some(other) = self.identities.get(&ByIdentity::of(key)) {
                 return Err(Inconsistency::GroupIdentityClash {
                     key: key.to_string(),
-                    existing: other.to_string(),
+                    existing: other.0.to_string(),
                 });
             }
         }
@@ -458,7 +459,7 @@ impl State {
     /// Records a rejected push; returns whether anything changed.
     fn record_failure(&mut self, key: GroupingKey, now: SystemTime) -> bool {
         if !self.groups.contains_key(&key) {
-            if self.identities.contains_key(&identity(&key)) {
+            if self.identities.contains(&ByIdentity::of(&key)) {
                 // Creating the group would expose the same push gauges twice.
                 return false;
             }
@@ -520,7 +521,7 @@ impl State {
             return Arc::clone(existing);
         }
         let key = Arc::new(key);
-        self.identities.insert(identity(&key), Arc::clone(&key));
+        self.identities.insert(ByIdentity(Arc::clone(&key)));
         self.groups.insert(Arc::clone(&key), Group::default());
         key
     }
@@ -532,7 +533,7 @@ impl State {
         for stored in &group.families {
             self.unindex(&key, stored.name(), stored);
         }
-        self.identities.remove(&identity(&key));
+        self.identities.remove(&ByIdentity(key));
         true
     }
 
@@ -633,11 +634,32 @@ impl FamilyEntry {
     }
 }
 
-fn identity(key: &GroupingKey) -> Vec<(String, String)> {
-    key.identity()
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect()
+/// A group's key, hashed and compared by its identity (its non-empty labels): the
+/// key of the group that a new group's push gauges would collide with.
+#[derive(Debug)]
+struct ByIdentity(Arc<GroupingKey>);
+
+impl ByIdentity {
+    /// For a look-up (a copy: looking up happens only when a group is created).
+    fn of(key: &GroupingKey) -> Self {
+        Self(Arc::new(key.clone()))
+    }
+}
+
+impl PartialEq for ByIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.identity().eq(other.0.identity())
+    }
+}
+
+impl Eq for ByIdentity {}
+
+impl Hash for ByIdentity {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for label in self.0.identity() {
+            label.hash(state);
+        }
+    }
 }
 
 fn is_push_gauge(name: &str) -> bool {
