@@ -507,6 +507,36 @@ mod tests {
         assert_eq!(key.job(), "a\"b");
     }
 
+    /// Groups are stored in key order, which decides HELP winners and the order of
+    /// `/api/v1/metrics`: it must stay the order of the labels as a map.
+    #[test]
+    fn keys_order_like_maps_of_their_labels() {
+        let pairs: &[&[(&str, &str)]] = &[
+            &[("job", "b")],
+            &[("instance", ""), ("job", "a")],
+            &[("job", "a")],
+            &[("job", "a"), ("z", "1")],
+            &[("a", "1"), ("job", "a")],
+            &[("instance", "x"), ("job", "a")],
+            &[("job", "a"), ("z", "")],
+        ];
+        let mut keys: Vec<GroupingKey> = pairs.iter().map(|p| key(p)).collect();
+        keys.sort();
+        let mut maps: Vec<BTreeMap<String, String>> = keys
+            .iter()
+            .map(|k| {
+                k.labels()
+                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .collect();
+        let in_key_order = maps.clone();
+        maps.sort();
+        assert_eq!(in_key_order, maps);
+        assert_eq!(keys[0].label("instance"), None);
+        assert_eq!(keys[0].label("a"), Some("1"));
+    }
+
     #[test]
     fn from_labels_requires_a_job_and_proper_names() {
         let labels = |pairs: &[(&str, &str)]| {
