@@ -243,7 +243,7 @@ impl MetricStore {
         });
         match verdict {
             Ok(prepared) => {
-                state.store_push(key, prepared, replace, now);
+                state.store_push(key, &prepared, replace, now);
                 drop(state);
                 self.bump();
                 Ok(())
@@ -423,25 +423,35 @@ impl State {
     fn store_push(
         &mut self,
         key: GroupingKey,
-        prepared: Vec<PreparedFamily>,
+        prepared: &[PreparedFamily],
         replace: bool,
         now: SystemTime,
     ) {
         let key = self.ensure_group(key);
         if replace {
+            // Families the push brings are replaced below; removing them first too would
+            // drop and rebuild their index entries when this group is their only member.
+            // `prepared` is sorted by name.
+            let pushed = |name: &str| {
+                prepared
+                    .binary_search_by(|p| p.family.name.as_deref().unwrap_or_default().cmp(name))
+                    .is_ok()
+            };
             let stale: Vec<String> = self.groups[&key]
                 .families
                 .iter()
                 .map(StoredFamily::name)
-                .filter(|name| !is_push_gauge(name))
+                .filter(|name| !is_push_gauge(name) && !pushed(name))
                 .map(str::to_owned)
                 .collect();
             for name in stale {
                 self.remove_member(&key, &name);
             }
         }
-        for p in prepared {
-            let stored = StoredFamily::new(&p.family, p.kind, &p.hashes, now);
+        let pushed = prepared
+            .iter()
+            .map(|p| (&p.family, p.kind, p.hashes.as_slice()));
+        for stored in StoredFamily::new_all(pushed, now) {
             self.insert_member(&key, stored);
         }
         self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, unix_seconds(now), now);
@@ -565,27 +575,27 @@ impl State {
     /// Puts `stored` into the group and the index, replacing a same-named family.
     fn insert_member(&mut self, key: &Arc<GroupingKey>, stored: StoredFamily) {
         let kind = stored.kind();
-        let name = stored.name().to_owned();
-        self.remove_member(key, &name);
-        let name: Arc<str> = match self.families.get_key_value(name.as_str()) {
-            Some((existing, _)) => Arc::clone(existing),
-            None => Arc::from(name),
-        };
-        let entry = self
-            .families
-            .entry(Arc::clone(&name))
-            .or_insert_with(|| FamilyEntry {
+        let name = stored.name();
+        if !self.families.contains_key(name) {
+            let entry = FamilyEntry {
                 kind,
                 members: BTreeMap::new(),
                 series: HashMap::new(),
                 rendered: Mutex::new(RenderCache::default()),
-            });
+            };
+            self.families.insert(Arc::from(name), entry);
+        }
+        let entry = self.families.get_mut(name).expect("inserted above");
+        // The replaced family leaves the index while the entry stays: dropping the entry
+        // with it would rebuild its maps on every push of a group that is alone in it.
+        if let Some(old) = entry.members.insert(Arc::clone(key), stored.clone()) {
+            entry.forget_series(key, &old);
+        }
         entry.kind = kind;
         for hash in stored.hashes() {
             // On a (2^-64) collision the first owner stays; see `check`.
             entry.series.entry(hash).or_insert_with(|| Arc::clone(key));
         }
-        entry.members.insert(Arc::clone(key), stored.clone());
         entry.invalidate();
         if let Some(group) = self.groups.get_mut(key) {
             group.insert(stored);
@@ -608,15 +618,7 @@ impl State {
             return;
         };
         entry.members.remove(key);
-        for hash in stored.hashes() {
-            if entry
-                .series
-                .get(&hash)
-                .is_some_and(|owner| owner.as_ref() == key)
-            {
-                entry.series.remove(&hash);
-            }
-        }
+        entry.forget_series(key, stored);
         if entry.members.is_empty() {
             self.families.remove(name);
         } else {
@@ -626,6 +628,19 @@ impl State {
 }
 
 impl FamilyEntry {
+    /// Takes the series of `stored`, a family of group `key`, out of the index.
+    fn forget_series(&mut self, key: &GroupingKey, stored: &StoredFamily) {
+        for hash in stored.hashes() {
+            if self
+                .series
+                .get(&hash)
+                .is_some_and(|owner| owner.as_ref() == key)
+            {
+                self.series.remove(&hash);
+            }
+        }
+    }
+
     fn invalidate(&mut self) {
         *self
             .rendered

@@ -67,6 +67,53 @@ impl StoredFamily {
         hashes: &[u64],
         pushed_at: SystemTime,
     ) -> Self {
+        let (text_only, encoded) = Self::text_only(family, kind, hashes, pushed_at);
+        text_only.keep_encoding_unless_given_back(&encoded)
+    }
+
+    /// [`new`](Self::new) for each of the families of one push, checking all their
+    /// texts with one parse: a parse per family was a third of a push's time.
+    ///
+    /// When the joint parse gives back every family, in order, each text alone gives
+    /// its family back too: each starts with its own `# TYPE` line, and a line can only
+    /// land in another family by name, which would show as a difference.
+    pub(crate) fn new_all<'a>(
+        families: impl Iterator<Item = (&'a MetricFamily, MetricType, &'a [u64])>,
+        pushed_at: SystemTime,
+    ) -> Vec<Self> {
+        let candidates: Vec<(Self, Vec<u8>)> = families
+            .map(|(family, kind, hashes)| Self::text_only(family, kind, hashes, pushed_at))
+            .collect();
+        let mut text = Vec::new();
+        for (stored, _) in &candidates {
+            stored.write_text(&mut text);
+        }
+        let all_given_back = text::parse(&text).is_ok_and(|parsed| {
+            parsed.len() == candidates.len()
+                && parsed
+                    .iter()
+                    .zip(&candidates)
+                    .all(|(parsed, (_, encoded))| parsed.encode_to_vec() == *encoded)
+        });
+        candidates
+            .into_iter()
+            .map(|(stored, encoded)| {
+                if all_given_back {
+                    stored
+                } else {
+                    stored.keep_encoding_unless_given_back(&encoded)
+                }
+            })
+            .collect()
+    }
+
+    /// The family without its encoding, and the encoding.
+    fn text_only(
+        family: &MetricFamily,
+        kind: MetricType,
+        hashes: &[u64],
+        pushed_at: SystemTime,
+    ) -> (Self, Vec<u8>) {
         let name = family.name.as_deref().unwrap_or_default();
         let mut head = name.as_bytes().to_vec();
         let name_end = head.len();
@@ -99,15 +146,32 @@ impl StoredFamily {
         header[PUSHED_SECS..PUSHED_SECS + 8].copy_from_slice(&since.as_secs().to_le_bytes());
         header[PUSHED_NANOS..PUSHED_NANOS + 4].copy_from_slice(&since.subsec_nanos().to_le_bytes());
 
-        let encoded = family.encode_to_vec();
-        let text_only = Self::assemble(header, &table, &head, &[], &pieces);
-        if text_only
+        (
+            Self::assemble(header, &table, &head, &[], &pieces),
+            family.encode_to_vec(),
+        )
+    }
+
+    /// This text-only family, or, if its text does not parse back to `encoded`, the
+    /// same with `encoded` kept.
+    fn keep_encoding_unless_given_back(self, encoded: &[u8]) -> Self {
+        if self
             .parsed_back()
             .is_some_and(|parsed| parsed.encode_to_vec() == encoded)
         {
-            return text_only;
+            return self;
         }
-        Self::assemble(header, &table, &head, &encoded, &pieces)
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.0[..HEADER_LEN]);
+        let table_end = HEADER_LEN + self.series_count() * SERIES_LEN;
+        let head_end = table_end + self.u32_at(HELP_END) as usize;
+        Self::assemble(
+            header,
+            &self.0[HEADER_LEN..table_end],
+            &self.0[table_end..head_end],
+            encoded,
+            &self.0[head_end..],
+        )
     }
 
     /// One allocation of `header`, `table`, name and HELP, `encoded` (may be empty: not
@@ -204,12 +268,10 @@ impl StoredFamily {
         })
     }
 
-    /// The family parsed back from its text: the header and every metric's lines.
+    /// The family parsed back from its text.
     fn parsed_back(&self) -> Option<MetricFamily> {
-        let mut text = self.header();
-        for (_, lines) in self.pieces() {
-            text.extend_from_slice(lines);
-        }
+        let mut text = Vec::new();
+        self.write_text(&mut text);
         let mut families = text::parse(&text).ok()?;
         let family = families.pop()?;
         families.is_empty().then_some(family)
@@ -229,6 +291,14 @@ impl StoredFamily {
     /// Whether the family has at least one metric.
     pub(crate) fn has_metrics(&self) -> bool {
         self.series_count() > 0
+    }
+
+    /// The family's text: the header and every metric's lines, in stored order.
+    fn write_text(&self, out: &mut Vec<u8>) {
+        write_header(self.name(), self.help(), self.kind(), out);
+        for (_, lines) in self.pieces() {
+            out.extend_from_slice(lines);
+        }
     }
 
     /// The `# HELP`/`# TYPE` lines of the family.
@@ -370,22 +440,64 @@ mod tests {
             help: Some(super::super::PUSH_TIME_HELP.to_owned()),
             ..gauge(1_700_000_000.123_456_7)
         };
-        let cases = text_pushes
+        let summary_count = MetricFamily {
+            name: Some("s_count".to_owned()),
+            ..gauge(1.0)
+        };
+        let cases: Vec<(&str, MetricFamily, bool)> = text_pushes
             .iter()
             .map(|(case, text)| (*case, parsed(text), true))
             .chain([("push gauge", push_gauge, true)])
+            .chain([(
+                "a gauge named like the summary's count",
+                summary_count,
+                true,
+            )])
             .chain(
                 protobuf_only()
                     .into_iter()
                     .map(|(case, f)| (case, f, false)),
-            );
-        for (case, family, text_only) in cases {
-            let stored = stored(&family);
+            )
+            .collect();
+        let check = |case: &str, stored: &StoredFamily, family: &MetricFamily, text_only| {
             let expected = family.encode_to_vec();
             assert_eq!(&*stored.encoded(), expected.as_slice(), "case {case}");
             assert_eq!(stored.family().encode_to_vec(), expected, "case {case}");
             assert_eq!(stored.stored_encoding().is_none(), text_only, "case {case}");
+        };
+        for (case, family, text_only) in &cases {
+            check(case, &stored(family), family, *text_only);
         }
+        // All in one push: the joint check must come to the same verdicts.
+        let hashes: Vec<Vec<u64>> = cases
+            .iter()
+            .map(|(_, family, _)| (0..family.metric.len() as u64).collect())
+            .collect();
+        let all = StoredFamily::new_all(
+            cases.iter().zip(&hashes).map(|((_, family, _), hashes)| {
+                let kind =
+                    MetricType::try_from(family.r#type.unwrap_or_default()).expect("a known type");
+                (family, kind, hashes.as_slice())
+            }),
+            SystemTime::UNIX_EPOCH,
+        );
+        for ((case, family, text_only), stored) in cases.iter().zip(&all) {
+            check(case, stored, family, *text_only);
+        }
+        // And a push of text families only is checked by the joint parse alone.
+        let gauges: Vec<MetricFamily> = (0..3)
+            .map(|i| MetricFamily {
+                name: Some(format!("g{i}")),
+                ..gauge(f64::from(i))
+            })
+            .collect();
+        let all = StoredFamily::new_all(
+            gauges
+                .iter()
+                .map(|f| (f, MetricType::Gauge, [0].as_slice())),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert!(all.iter().all(|stored| stored.stored_encoding().is_none()));
     }
 
     fn gauge(value: f64) -> MetricFamily {
