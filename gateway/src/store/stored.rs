@@ -337,19 +337,28 @@ impl StoredFamily {
 }
 
 /// A byte string that sorts like `client_golang` sorts metrics in a family: by number
-/// of labels, then by label values in order (the labels are sorted by name). The count
-/// comes first, big-endian; each value follows with NUL escaped as `00 FF` and ended by
-/// `00 00`, which keeps byte order equal to Go's string order.
+/// of labels, then by label values in order (the labels are sorted by name).
+///
+/// Every series keeps one, so it is kept short. The count comes first: one byte below
+/// 255, else `FF` and the count big-endian. Each value follows, ended by `00`, with
+/// the bytes `00` and `01` written as `01 01` and `01 02`: no value byte is then `00`,
+/// so byte order stays Go's string order.
 fn write_sort_key(labels: &[LabelPair], key: &mut Vec<u8>) {
-    key.extend_from_slice(&to_u32(labels.len()).to_be_bytes());
+    match u8::try_from(labels.len()) {
+        Ok(count) if count < u8::MAX => key.push(count),
+        _ => {
+            key.push(u8::MAX);
+            key.extend_from_slice(&to_u32(labels.len()).to_be_bytes());
+        }
+    }
     for pair in labels {
         for &byte in pair.value.as_deref().unwrap_or_default().as_bytes() {
-            key.push(byte);
-            if byte == 0 {
-                key.push(0xFF);
+            match byte {
+                0 | 1 => key.extend_from_slice(&[1, byte + 1]),
+                _ => key.push(byte),
             }
         }
-        key.extend_from_slice(&[0, 0]);
+        key.push(0);
     }
 }
 
@@ -369,10 +378,15 @@ mod tests {
     use crate::model::{Counter, Exemplar, Gauge, Histogram, Metric, Timestamp};
 
     fn key(values: &[&str]) -> Vec<u8> {
+        let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        key_of(&values)
+    }
+
+    fn key_of(values: &[String]) -> Vec<u8> {
         let labels: Vec<LabelPair> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| LabelPair::new(format!("l{i}"), *v))
+            .map(|(i, v)| LabelPair::new(format!("l{i}"), v.as_str()))
             .collect();
         let mut key = Vec::new();
         write_sort_key(&labels, &mut key);
@@ -387,14 +401,58 @@ mod tests {
             key(&["a", ""]),
             key(&["a", "b"]),
             key(&["a", "b\0"]),
+            key(&["a", "b\0\0"]),
+            key(&["a", "b\0\u{1}"]),
             key(&["a", "b\0x"]),
             key(&["a", "b\u{1}"]),
+            key(&["a", "b\u{1}\0"]),
+            key(&["a", "b\u{1}\u{2}"]),
+            key(&["a", "b\u{2}"]),
             key(&["a", "ba"]),
             key(&["a\0", "a"]),
+            key(&["a\u{1}", ""]),
+            key(&["a\u{2}", ""]),
             key(&["a", "b", "c"]),
+            key(&[""; 254]),
+            key(&["z"; 254]),
+            key(&[""; 255]),
+            key(&["z"; 255]),
+            key(&[""; 256]),
+            key(&vec![""; 65_536]),
         ];
         for pair in ordered.windows(2) {
             assert_eq!(compare_keys(&pair[0], &pair[1]), Ordering::Less, "{pair:?}");
+        }
+    }
+
+    /// Byte order of the keys is Go's order of the values, exhaustively over short
+    /// values made of the bytes that are escaped and their neighbours.
+    #[test]
+    fn sort_keys_order_like_go_strings() {
+        let alphabet = ["\0", "\u{1}", "\u{2}", "a"];
+        let mut values = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> = values
+                .iter()
+                .flat_map(|v| alphabet.iter().map(move |c| format!("{v}{c}")))
+                .collect();
+            values.extend(longer);
+        }
+        values.sort();
+        values.dedup();
+        for a in &values {
+            for b in &values {
+                for (x, y) in [
+                    (vec![a.clone()], vec![b.clone()]),
+                    (
+                        vec!["x".to_owned(), a.clone(), "y".to_owned()],
+                        vec!["x".to_owned(), b.clone(), "a".to_owned()],
+                    ),
+                ] {
+                    let go = x.cmp(&y);
+                    assert_eq!(compare_keys(&key_of(&x), &key_of(&y)), go, "{x:?} {y:?}");
+                }
+            }
         }
     }
 
