@@ -8,6 +8,7 @@
 //! value whose trailing `=` are ignored, a repeated name keeps its last value and the
 //! URL's `job` always wins. It is a pure function, table-tested below.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
@@ -21,11 +22,15 @@ const BASE64_SUFFIX: &str = "@base64";
 ///
 /// Ordered like a map of its labels (by name, then value, pair after pair), which is
 /// the order of groups in the store.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct GroupingKey {
-    /// Sorted by name, names unique. A boxed slice rather than a map: the store keeps
-    /// a key per group, and a map's node alone took 500 bytes for two labels.
-    labels: Box<[(Box<str>, Box<str>)]>,
+    /// Every label's name then value, one after another, sorted by name, names
+    /// unique. Two allocations per key rather than one per name and value: the store
+    /// keeps a key per group, and a map's node alone took 500 bytes for two labels.
+    text: Box<str>,
+    /// Where each name and each value ends in `text`. Equal `text` and `ends` are
+    /// equal labels, so equality and hashing can be derived; order cannot.
+    ends: Box<[u32]>,
 }
 
 /// Why a push URL does not name a group. The texts are the Go pushgateway's.
@@ -127,11 +132,19 @@ impl GroupingKey {
     }
 
     fn from_map(labels: BTreeMap<String, String>) -> Self {
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(labels.len() * 2);
+        // A path is bounded far below 4 GiB by the request limits.
+        let end = |text: &String| u32::try_from(text.len()).unwrap_or(u32::MAX);
+        for (name, value) in labels {
+            text.push_str(&name);
+            ends.push(end(&text));
+            text.push_str(&value);
+            ends.push(end(&text));
+        }
         Self {
-            labels: labels
-                .into_iter()
-                .map(|(name, value)| (name.into_boxed_str(), value.into_boxed_str()))
-                .collect(),
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
         }
     }
 
@@ -147,17 +160,24 @@ impl GroupingKey {
 
     /// The labels, `job` included, sorted by name.
     pub fn labels(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.labels.iter().map(|(name, value)| (&**name, &**value))
+        (0..self.ends.len() / 2).map(|i| {
+            let start = if i == 0 {
+                0
+            } else {
+                self.ends[2 * i - 1] as usize
+            };
+            let (middle, end) = (self.ends[2 * i] as usize, self.ends[2 * i + 1] as usize);
+            (&self.text[start..middle], &self.text[middle..end])
+        })
     }
 
     /// The value of the label `name`, if the key has it.
     #[must_use]
     pub fn label(&self, name: &str) -> Option<&str> {
-        let at = self
-            .labels
-            .binary_search_by(|(other, _)| (**other).cmp(name))
-            .ok()?;
-        Some(&self.labels[at].1)
+        // Keys have a handful of labels.
+        self.labels()
+            .find(|(other, _)| *other == name)
+            .map(|(_, value)| value)
     }
 
     /// The job name (never empty).
@@ -173,6 +193,28 @@ impl GroupingKey {
     /// series; the store lets only one of them exist.
     pub fn identity(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.labels().filter(|(_, value)| !value.is_empty())
+    }
+}
+
+impl Ord for GroupingKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.labels().cmp(other.labels())
+    }
+}
+
+impl PartialOrd for GroupingKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for GroupingKey {
+    /// As the derived `Debug` of the former slice of pairs printed it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let labels: Vec<(&str, &str)> = self.labels().collect();
+        f.debug_struct("GroupingKey")
+            .field("labels", &labels)
+            .finish()
     }
 }
 
