@@ -160,14 +160,24 @@ impl GroupingKey {
 
     /// The labels, `job` included, sorted by name.
     pub fn labels(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        (0..self.ends.len() / 2).map(|i| {
-            let start = if i == 0 {
-                0
-            } else {
-                self.ends[2 * i - 1] as usize
-            };
-            let (middle, end) = (self.ends[2 * i] as usize, self.ends[2 * i + 1] as usize);
-            (&self.text[start..middle], &self.text[middle..end])
+        let mut start = 0;
+        self.ends.chunks_exact(2).map(move |ends| {
+            let (middle, end) = (ends[0] as usize, ends[1] as usize);
+            let pair = (&self.text[start..middle], &self.text[middle..end]);
+            start = end;
+            pair
+        })
+    }
+
+    /// [`labels`](Self::labels) as bytes.
+    fn byte_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let text = self.text.as_bytes();
+        let mut start = 0;
+        self.ends.chunks_exact(2).map(move |ends| {
+            let (middle, end) = (ends[0] as usize, ends[1] as usize);
+            let pair = (&text[start..middle], &text[middle..end]);
+            start = end;
+            pair
         })
     }
 
@@ -198,7 +208,9 @@ impl GroupingKey {
 
 impl Ord for GroupingKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.labels().cmp(other.labels())
+        // As bytes, the order of `str`: the store compares keys on every look-up, and
+        // cutting `str`s checks char boundaries.
+        self.byte_pairs().cmp(other.byte_pairs())
     }
 }
 
