@@ -29,18 +29,21 @@ use tracer_common::{
     NO_OFFSET, RDONLY_CAST_PLACEHOLDER, REASON_UNKNOWN, SAMPLE_RING_BYTES,
 };
 
-/// Offsets read from the running kernel's BTF (see tracer/src/btf.rs). Each is
-/// `NO_OFFSET` when the field does not exist there.
-macro_rules! offsets {
-    ($($name:ident),* $(,)?) => {
+/// Read-only globals the loader fills in before loading (`.rodata`), all of one type
+/// and default.
+macro_rules! globals {
+    ($ty:ty = $default:expr; $($name:ident),* $(,)?) => {
         $(
             #[unsafe(no_mangle)]
-            static $name: u32 = NO_OFFSET;
+            static $name: $ty = $default;
         )*
     };
 }
 
-offsets!(
+// Offsets read from the running kernel's BTF (see tracer/src/btf.rs). Each is
+// `NO_OFFSET` when the field does not exist there.
+globals!(
+    u32 = NO_OFFSET;
     SKB_LEN,
     SKB_DEV,
     SKB_SK,
@@ -88,15 +91,8 @@ static BTF_HAS_RX_SK: u8 = 0;
 #[unsafe(no_mangle)]
 static HAS_RDONLY_CAST: u8 = 0;
 
-/// BTF type ids (in vmlinux) of the structures a pointer is cast to.
-#[unsafe(no_mangle)]
-static BTF_ID_SK_BUFF: u32 = 0;
-#[unsafe(no_mangle)]
-static BTF_ID_SOCK: u32 = 0;
-#[unsafe(no_mangle)]
-static BTF_ID_IPHDR: u32 = 0;
-#[unsafe(no_mangle)]
-static BTF_ID_IPV6HDR: u32 = 0;
+// BTF type ids (in vmlinux) of the structures a pointer is cast to.
+globals!(u32 = 0; BTF_ID_SK_BUFF, BTF_ID_SOCK, BTF_ID_IPHDR, BTF_ID_IPV6HDR);
 
 #[map]
 static DROPS: PerCpuHashMap<DropKey, DropCounts> =

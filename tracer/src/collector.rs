@@ -110,24 +110,15 @@ impl DropCollector {
     /// Takes the maps out of the probe (the programs stay attached as long as `probe`
     /// lives) and prepares the name tables.
     pub fn new(probe: &mut Probe, btf: &Btf, kallsyms: Kallsyms) -> anyhow::Result<Self> {
-        let drops = PerCpuHashMap::try_from(
+        let mut take = |name: &str| {
             probe
                 .ebpf
-                .take_map("DROPS")
-                .ok_or_else(|| anyhow::anyhow!("map DROPS missing from the object"))?,
-        )?;
-        let cache = PerCpuArray::try_from(
-            probe
-                .ebpf
-                .take_map("DROP_CACHE")
-                .ok_or_else(|| anyhow::anyhow!("map DROP_CACHE missing from the object"))?,
-        )?;
-        let cpu = PerCpuArray::try_from(
-            probe
-                .ebpf
-                .take_map("CPU_STATE")
-                .ok_or_else(|| anyhow::anyhow!("map CPU_STATE missing from the object"))?,
-        )?;
+                .take_map(name)
+                .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))
+        };
+        let drops = PerCpuHashMap::try_from(take("DROPS")?)?;
+        let cache = PerCpuArray::try_from(take("DROP_CACHE")?)?;
+        let cpu = PerCpuArray::try_from(take("CPU_STATE")?)?;
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
