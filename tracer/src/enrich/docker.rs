@@ -219,73 +219,14 @@ fn http_get(socket: &Path, uri: &'static str) -> Result<Vec<u8>, EnrichError> {
 /// The body of a complete HTTP/1.1 `200` response (`Content-Length`, chunked, or up to
 /// the end of the stream).
 pub fn parse_http_response(raw: &[u8]) -> Result<Vec<u8>, String> {
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "headers are not UTF-8")?;
-    let body = &raw[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    if status != "200" {
-        return Err(format!("status {status} ({status_line})"));
+    let response = crate::http1::parse_response(raw)?;
+    if response.status != 200 {
+        return Err(format!(
+            "status {} ({})",
+            response.status, response.status_line
+        ));
     }
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
-            );
-        }
-    }
-    if chunked {
-        return decode_chunked(body);
-    }
-    match length {
-        Some(length) => body
-            .get(..length)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| format!("body cut short: {} of {length} bytes", body.len())),
-        None => Ok(body.to_vec()),
-    }
-}
-
-/// Joins the chunks of a `Transfer-Encoding: chunked` body.
-fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line cut short")?;
-        let line = std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size line")?;
-        // Chunk extensions (`;name=value`) carry nothing we need.
-        let hex = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size {hex:?}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        let chunk = data.get(..size).ok_or("chunk cut short")?;
-        body.extend_from_slice(chunk);
-        data = data
-            .get(size..)
-            .and_then(|rest| rest.strip_prefix(b"\r\n"))
-            .ok_or("chunk not followed by CRLF")?;
-    }
+    Ok(response.body)
 }
 
 #[cfg(test)]

@@ -50,20 +50,7 @@ pub struct BaseUrl {
     prefix: String,
 }
 
-/// A response: status code and body.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    /// The body as text, for messages (lossy, trimmed).
-    #[must_use]
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).trim().to_owned()
-    }
-}
+pub use crate::http1::Response;
 
 impl BaseUrl {
     /// Parses `http://host[:port][/prefix]` (port 80 by default) and resolves the host.
@@ -167,59 +154,12 @@ fn split_port(authority: &str) -> Option<(&str, u16)> {
 }
 
 fn parse_response(raw: &[u8]) -> io::Result<Response> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("the answer is not HTTP (no end of headers)"))?;
-    let head =
-        std::str::from_utf8(&raw[..end]).map_err(|_| bad("the answer's headers are not text"))?;
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| bad("the answer has no HTTP status line"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| bad("the answer's chunked body is cut short"))?
-    } else if let Some(length) = length {
-        body.get(..length)
-            .ok_or_else(|| bad("the answer is shorter than its Content-Length"))?
-            .to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
-        let size_text = size_text.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
-    }
+    crate::http1::parse_response(raw).map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the answer is not valid HTTP: {why}"),
+        )
+    })
 }
 
 #[cfg(test)]
