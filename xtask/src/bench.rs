@@ -145,19 +145,14 @@ fn tracer() -> Result<()> {
     let dropgate = if let Some(path) = std::env::var_os("DROPGATE_BIN") {
         PathBuf::from(path)
     } else {
-        cmd::run(
-            cmd::cargo()
-                .args(["build", "--release", "--package", "tracer"])
-                .args(["--bin", "dropgate"]),
-        )?;
-        target_dir().join("release/dropgate")
+        cmd::build_dropgate(true)?
     };
     cmd::run(
         cmd::cargo()
             .args(["build", "--release", "--package", "dropgate-tests"])
             .args(["--bin", "flood"]),
     )?;
-    let bin = target_dir().join("release");
+    let bin = cmd::target_dir().join("release");
     let tools = Tools {
         dropgate,
         flood: bin.join("flood"),
@@ -180,12 +175,16 @@ fn tracer() -> Result<()> {
     }
     drop(lab);
 
-    let report = report(&tallies)?;
+    publish("Tracer", &report(&tallies)?)
+}
+
+/// Prints a bench's report and puts it under `heading` in BENCHMARKS.md.
+pub(crate) fn publish(heading: &str, report: &str) -> Result<()> {
     println!("{report}");
     let path = cmd::workspace_root().join("BENCHMARKS.md");
-    write_section(&path, "Tracer", &report)?;
+    write_section(&path, heading, report)?;
     eprintln!(
-        "xtask: wrote the table under \"Tracer\" in {}",
+        "xtask: wrote the table under \"{heading}\" in {}",
         path.display()
     );
     Ok(())
@@ -242,11 +241,6 @@ fn json_number(json: &str, key: &str) -> Option<u64> {
 }
 
 /// Cargo's target directory, as the builds above used it.
-fn target_dir() -> PathBuf {
-    let root = cmd::workspace_root();
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
-}
-
 /// The sender and router namespaces, deleted on drop (also when the bench fails).
 struct Lab {
     sender: String,

@@ -32,7 +32,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::{
-    bench::{thousands, verdict, write_section},
+    bench::{thousands, verdict},
     cmd,
 };
 
@@ -72,15 +72,7 @@ pub fn run() -> Result<()> {
             "{tool} not found; {hint}"
         );
     }
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "tracer",
-        "--bin",
-        "dropgate",
-    ]))?;
-    let dropgate_bin = target_dir().join("release").join("dropgate");
+    let dropgate_bin = cmd::build_dropgate(true)?;
     let work = WorkDir::create()?;
     let scripts = Scripts::write(&work)?;
     let body = group_body(1).into_bytes();
@@ -158,21 +150,7 @@ pub fn run() -> Result<()> {
         results.upstream_big_cut = true;
     }
 
-    let report = report(&results)?;
-    println!("{report}");
-    let path = cmd::workspace_root().join("BENCHMARKS.md");
-    write_section(&path, "Gateway", &report)?;
-    eprintln!(
-        "xtask: wrote the table under \"Gateway\" in {}",
-        path.display()
-    );
-    Ok(())
-}
-
-/// Cargo's target directory, as the build above used it.
-fn target_dir() -> PathBuf {
-    let root = cmd::workspace_root();
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
+    crate::bench::publish("Gateway", &report(&results)?)
 }
 
 /// What was measured; in the `Vec`s dropgate comes first, then the pushgateway.

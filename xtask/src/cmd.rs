@@ -15,6 +15,25 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace, as cargo
+/// reads it there), else the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
+}
+
+/// Builds the `dropgate` binary (release or debug profile) and returns its path.
+pub fn build_dropgate(release: bool) -> Result<PathBuf> {
+    let mut build = cargo();
+    build.arg("build");
+    if release {
+        build.arg("--release");
+    }
+    run(build.args(["--package", "tracer", "--bin", "dropgate"]))?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(target_dir().join(profile).join("dropgate"))
+}
+
 /// Runs `command`, inheriting stdio; an unsuccessful exit is an error naming it.
 pub fn run(command: &mut Command) -> Result<()> {
     let shown = format!("{command:?}");

@@ -109,8 +109,7 @@ pub fn test_kernels_task() -> Result<()> {
     let binary = if let Some(binary) = std::env::var_os("DROPGATE_BIN") {
         PathBuf::from(binary)
     } else {
-        cmd::run(cmd::cargo().args(["build", "--package", "tracer", "--bin", "dropgate"]))?;
-        target_dir().join("debug/dropgate")
+        cmd::build_dropgate(false)?
     };
     test_kernels(&binary)
 }
@@ -126,7 +125,7 @@ pub fn test_kernels(binary: &Path) -> Result<()> {
         eprintln!("xtask: SKIPPING the kernel matrix: {missing:#}");
         return Ok(());
     }
-    let out = target_dir().join("kernel-matrix");
+    let out = cmd::target_dir().join("kernel-matrix");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let initrd = out.join("initramfs.cpio.gz");
     initramfs::build(binary, &initrd).context("building the guests' initramfs")?;
@@ -170,12 +169,6 @@ fn check_tools() -> Result<()> {
         }
     }
     fetch::check_tools()
-}
-
-/// `$CARGO_TARGET_DIR`, else the workspace's `target`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| cmd::workspace_root().join("target"), PathBuf::from)
 }
 
 /// One line of the table.

@@ -8,18 +8,10 @@ use crate::{cmd, setup};
 
 pub fn run(args: &[String]) -> Result<()> {
     setup::setup()?;
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "tracer",
-        "--bin",
-        "dropgate",
-    ]))?;
+    let binary = cmd::build_dropgate(true)?;
     if !cmd::is_root() {
         bail!("dropgate run loads BPF programs and needs root: run `sudo -E cargo xtask run`");
     }
-    let binary = cmd::workspace_root().join("target/release/dropgate");
     let mut command = Command::new(&binary);
     command.arg("run");
     if args.is_empty() {

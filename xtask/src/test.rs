@@ -28,8 +28,7 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     }
     cmd::run(clippy.args(["--", "-D", "warnings"]))?;
     // The e2e tests run the real binary.
-    cmd::run(cmd::cargo().args(["build", "--package", "tracer", "--bin", "dropgate"]))?;
-    let binary = cmd::workspace_root().join("target/debug/dropgate");
+    let binary = cmd::build_dropgate(false)?;
 
     let mut unit = cmd::cargo();
     unit.arg("test");
