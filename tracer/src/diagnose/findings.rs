@@ -4,7 +4,10 @@
 
 use serde::Serialize;
 
-use super::host::{Dnat, HostState};
+use super::{
+    firewall::{Hook, Rule},
+    host::{Dnat, HostState},
+};
 use crate::samples::DropEvent;
 
 /// What kind of problem a finding is; also the `kind` label of `dropgate_problem`.
@@ -108,6 +111,25 @@ impl Evidence<'_> {
         })
     }
 
+    /// Drop rules whose counter moved during the window, most packets first (ruleset
+    /// order among equals).
+    fn rule_hits(&self) -> Vec<RuleHit<'_>> {
+        let Some(before) = self.before else {
+            return Vec::new();
+        };
+        let mut hits: Vec<RuleHit> = self
+            .after
+            .drop_rules
+            .iter()
+            .filter_map(|rule| {
+                let packets = rule.packets_since(&before.drop_rules)?;
+                (packets > 0).then_some(RuleHit { rule, packets })
+            })
+            .collect();
+        hits.sort_by_key(|h| std::cmp::Reverse(h.packets));
+        hits
+    }
+
     /// The DNAT rule a sample's destination came from, if any.
     fn dnat_for<'h>(&'h self, sample: &DropEvent) -> Option<&'h Dnat> {
         let dst = sample.dst?.to_string();
@@ -116,6 +138,36 @@ impl Evidence<'_> {
             .iter()
             .find(|d| d.to_addr == dst && d.to_port.is_none_or(|p| p == sample.dport))
     }
+}
+
+/// A drop rule that dropped `packets` during the window.
+struct RuleHit<'a> {
+    rule: &'a Rule,
+    packets: u64,
+}
+
+impl RuleHit<'_> {
+    fn on_forward_path(&self) -> bool {
+        self.rule.hooks.contains(&Hook::Forward)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{} packets: {} ({}; {})",
+            self.packets,
+            self.rule.text,
+            self.rule.place(),
+            hooks_label(&self.rule.hooks)
+        )
+    }
+}
+
+fn hooks_label(hooks: &[Hook]) -> String {
+    if hooks.is_empty() {
+        return "not reached from any hook".into();
+    }
+    let names: Vec<&str> = hooks.iter().map(|h| h.label()).collect();
+    format!("hook {}", names.join(", "))
 }
 
 fn sum(drops: &[&TracedDrop]) -> u64 {
@@ -197,8 +249,7 @@ fn published_targets(ev: &Evidence) -> String {
     published.sort();
     published.dedup();
     if published.is_empty() {
-        host.dnat
-            .iter()
+        host.published()
             .map(|d| {
                 format!(
                     "published port {} -> {}:{}",
@@ -220,7 +271,11 @@ fn forwarding_off_globally(ev: &Evidence, target: &str, out: &mut Vec<Finding>) 
     let ip_error = ev.drops_where(|d| d.location == "ip_error");
     let traced = sum(&ip_error);
     let snmp = ev.in_addr_errors_delta();
-    let needs_forwarding = !host.dnat.is_empty() || !host.bridges.is_empty();
+    // A bridge alone needs no forwarding (an L2 bridge that carries the host's own
+    // address, as Proxmox and libvirt's bridged networks do; Docker with
+    // `iptables=false`): traffic through this host needs it, which a port published to
+    // other hosts or source NAT for what sits behind the host says.
+    let needs_forwarding = host.published().next().is_some() || !host.source_nat.is_empty();
     let mut evidence = Vec::new();
     let ingress = interfaces_of(&ip_error);
     if traced > 0 {
@@ -233,8 +288,11 @@ fn forwarding_off_globally(ev: &Evidence, target: &str, out: &mut Vec<Finding>) 
         evidence.push(format!("/proc/net/snmp Ip InAddrErrors rose by {snmp}"));
     }
     evidence.extend(br_netfilter_note(host, &ingress));
-    for d in &host.dnat {
+    for d in host.published() {
         evidence.push(format!("DNAT: {}", d.rule));
+    }
+    for nat in &host.source_nat {
+        evidence.push(format!("source NAT: {nat}"));
     }
     for source in &host.forwarding_off_sources {
         evidence.push(format!(
@@ -253,7 +311,7 @@ fn forwarding_off_globally(ev: &Evidence, target: &str, out: &mut Vec<Finding>) 
             (true, false) => format!("forwarding is off on {on} (net.ipv4.ip_forward = 0); {target} dropped {} times", traced.max(snmp)),
             (true, true) => format!("forwarding is off on {on} (net.ipv4.ip_forward = 0); {} forwarded packets dropped", traced.max(snmp)),
             (false, false) => format!("forwarding is off (net.ipv4.ip_forward = 0): {target} cannot be reached from other hosts"),
-            (false, true) => "forwarding is off (net.ipv4.ip_forward = 0) on a host with bridges: their containers cannot be reached from other hosts".to_owned(),
+            (false, true) => "forwarding is off (net.ipv4.ip_forward = 0) on a host that source-NATs traffic from behind it: that traffic cannot leave this host".to_owned(),
         };
         out.push(Finding {
             kind: Kind::ForwardingOff,
@@ -286,7 +344,7 @@ fn forwarding_off_on_interfaces(ev: &Evidence, target: &str, out: &mut Vec<Findi
             .filter(|d| d.interface == iface.name)
             .collect();
         let count = sum(&here);
-        if count == 0 && host.dnat.is_empty() {
+        if count == 0 && host.published().next().is_none() {
             continue;
         }
         let key = format!("net.ipv4.conf.{}.forwarding", iface.name);
@@ -341,56 +399,128 @@ fn br_netfilter_note(host: &HostState, ingress: &[String]) -> Option<String> {
     })
 }
 
+/// Netfilter drops, attributed to the rule or policy that made them: by the counters
+/// that moved in the window, else by where the sampled packets were going. Only drops
+/// of traffic on its way through this host are a problem; drops in INPUT or OUTPUT
+/// (a scan of port 22, a blocked outgoing port) are the host's own policy doing its job
+/// and appear in [`notes`] instead.
 fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
-    let drops = ev.drops_where(|d| d.reason == "NETFILTER_DROP");
-    let count = sum(&drops);
-    if count == 0 {
+    let host = ev.after;
+    let traced = ev.drops_where(|d| d.reason == "NETFILTER_DROP");
+    let count = sum(&traced);
+    let hits = ev.rule_hits();
+    let forward: Vec<&RuleHit> = hits.iter().filter(|h| h.on_forward_path()).collect();
+    let unexplained = count.saturating_sub(hits.iter().map(|h| h.packets).sum());
+    let sampled: Vec<&DropEvent> = ev
+        .samples
+        .iter()
+        .filter(|s| s.reason == "NETFILTER_DROP")
+        .collect();
+    let through: Vec<&DropEvent> = sampled
+        .iter()
+        .copied()
+        .filter(|s| s.dst.is_some_and(|d| !host.is_local(d)))
+        .collect();
+    // Counters explain every drop and none was on the FORWARD path, or the drops they
+    // do not explain were all addressed to this host: nothing lost in transit.
+    if forward.is_empty() && (unexplained == 0 || (!sampled.is_empty() && through.is_empty())) {
         return;
     }
-    let host = ev.after;
-    let mut evidence = vec![format!(
-        "{count} packets dropped by netfilter ({}) on {}",
-        {
-            let mut l: Vec<&str> = drops.iter().map(|d| d.location.as_str()).collect();
-            l.sort_unstable();
-            l.dedup();
-            l.join(", ")
-        },
-        interfaces_of(&drops).join(", ")
-    )];
-    evidence.extend(
-        host.forward_blocks
-            .iter()
-            .map(|b| format!("{}: {}", b.tool, b.rule)),
-    );
-    let kind = if host.forward_blocks.is_empty() {
-        Kind::NetfilterDrop
+    let mut evidence = Vec::new();
+    if count > 0 {
+        let mut locations: Vec<&str> = traced.iter().map(|d| d.location.as_str()).collect();
+        locations.sort_unstable();
+        locations.dedup();
+        evidence.push(format!(
+            "{count} packets dropped by netfilter ({}) on {}",
+            locations.join(", "),
+            interfaces_of(&traced).join(", ")
+        ));
+    }
+    evidence.extend(hits.iter().map(RuleHit::line));
+    let mut destinations: Vec<String> = through
+        .iter()
+        .filter_map(|s| Some(format!("{}:{} ({})", s.dst?, s.dport, s.protocol)))
+        .collect();
+    destinations.sort();
+    destinations.dedup();
+    if !destinations.is_empty() {
+        evidence.push(format!(
+            "sampled drops on their way through this host to {}",
+            destinations.join(", ")
+        ));
+    }
+    // FORWARD-path rules that drop but keep no counter (nft rules without `counter`,
+    // nft chain policies): the only candidates for what the counters do not explain.
+    let uncounted: Vec<&Rule> = host
+        .forward_blocks()
+        .filter(|r| r.packets.is_none())
+        .collect();
+    let (kind, summary) = if let Some(top) = forward.first() {
+        let packets: u64 = forward.iter().map(|h| h.packets).sum();
+        (
+            Kind::ForwardPolicyDrop,
+            format!(
+                "the FORWARD path drops traffic ({packets} packets): {} ({})",
+                top.rule.text,
+                top.rule.place()
+            ),
+        )
+    } else if let [only] = uncounted.as_slice() {
+        (
+            Kind::ForwardPolicyDrop,
+            format!(
+                "the FORWARD path drops traffic ({unexplained} packets): {} ({}; the only FORWARD rule that drops without a counter)",
+                only.text,
+                only.place()
+            ),
+        )
     } else {
-        Kind::ForwardPolicyDrop
-    };
-    let summary = if host.forward_blocks.is_empty() {
-        format!("netfilter dropped {count} packets")
-    } else {
-        format!(
-            "the FORWARD path drops traffic ({count} packets): {}",
-            host.forward_blocks[0].rule
+        for rule in &uncounted {
+            evidence.push(format!(
+                "drops without a counter: {} ({})",
+                rule.text,
+                rule.place()
+            ));
+        }
+        (
+            Kind::NetfilterDrop,
+            format!("netfilter dropped {unexplained} packets that no rule counter accounts for"),
         )
     };
-    let mut fix = vec![
-        "list the rules with counters: iptables -vnL FORWARD; nft -a list ruleset".to_owned(),
-        "accept the published traffic before the drop, e.g. iptables -I DOCKER-USER -p tcp -d <container> --dport <port> -j ACCEPT".to_owned(),
-    ];
-    if !host.docker_chains && !host.dnat.is_empty() {
+    let mut fix =
+        vec!["list the rules with counters: iptables -vnL FORWARD; nft -a list ruleset".to_owned()];
+    if host.docker_chains {
+        fix.push("accept the published traffic before the drop, e.g. iptables -I DOCKER-USER -p tcp -d <container> --dport <port> -j ACCEPT".to_owned());
+    } else if host.published().any(|d| d.rule.starts_with("-A DOCKER ")) {
         fix.push("Docker's own FORWARD rules are missing (a firewall reload flushed them?): restart dockerd to recreate them".into());
+    } else {
+        fix.push("accept the traffic before the rule that drops it, or remove that rule".into());
     }
     out.push(Finding {
         kind,
         severity: Severity::Critical,
-        interface: interfaces_of(&drops).first().cloned(),
+        interface: interfaces_of(&traced).first().cloned(),
         summary,
         evidence,
         fix,
     });
+}
+
+/// What the evidence shows that is not a problem but worth a line: netfilter drops of
+/// traffic to or from this host itself, by the rule that made them.
+#[must_use]
+pub fn notes(ev: &Evidence) -> Vec<String> {
+    ev.rule_hits()
+        .iter()
+        .filter(|h| !h.on_forward_path())
+        .map(|h| {
+            format!(
+                "the host's own firewall dropped {} (traffic to or from this host, not through it: not a problem)",
+                h.line()
+            )
+        })
+        .collect()
 }
 
 fn rp_filter(ev: &Evidence, out: &mut Vec<Finding>) {
@@ -437,6 +567,9 @@ fn rp_filter(ev: &Evidence, out: &mut Vec<Finding>) {
     });
 }
 
+/// br_netfilter frees DNAT-ed bridged traffic that routing refused: forwarding off
+/// (globally or on the bridge), strict reverse-path filtering, or no route. The fix
+/// depends on which, so the verdict names it rather than always "turn on forwarding".
 fn br_netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
     let drops = ev.drops_where(|d| d.location == "br_nf_pre_routing_finish");
     let count = sum(&drops);
@@ -444,22 +577,69 @@ fn br_netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
         return;
     }
     let host = ev.after;
+    let bridges = interfaces_of(&drops);
+    let bridge = bridges
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "<bridge>".into());
+    let iface = host.interface(&bridge);
+    let rp_filter = iface.map_or(0, |i| i.rp_filter).max(host.rp_filter_all);
+    let mut evidence = vec![
+        format!(
+            "{count} packets freed in br_nf_pre_routing_finish on {}",
+            bridges.join(", ")
+        ),
+        format!(
+            "net.bridge.bridge-nf-call-iptables = {}",
+            host.bridge_nf_call_iptables
+                .map_or("absent", |on| if on { "1" } else { "0" })
+        ),
+        format!(
+            "net.ipv4.ip_forward = {}",
+            host.ip_forward
+                .map_or("unknown", |on| if on { "1" } else { "0" })
+        ),
+    ];
+    let (cause, fix) = if host.ip_forward == Some(false) {
+        (
+            "forwarding is off".to_owned(),
+            persist_forwarding("net.ipv4.ip_forward"),
+        )
+    } else if iface.is_some_and(|i| !i.forwarding) {
+        let key = format!("net.ipv4.conf.{bridge}.forwarding");
+        evidence.push(format!("{key} = 0"));
+        (
+            format!("forwarding is off on {bridge}"),
+            persist_forwarding(&key),
+        )
+    } else if rp_filter == 1 {
+        evidence.push(format!(
+            "net.ipv4.conf.{bridge}.rp_filter / all.rp_filter = 1 (strict)"
+        ));
+        (
+            format!("strict reverse-path filtering on {bridge} refuses their source"),
+            vec![format!(
+                "sysctl -w net.ipv4.conf.{bridge}.rp_filter=2 net.ipv4.conf.all.rp_filter=2  # loose mode"
+            )],
+        )
+    } else {
+        (
+            "forwarding is on, so routing found no route for their DNAT-ed destination".to_owned(),
+            vec![
+                "check the route to the DNAT target: ip route get <container address> iif <bridge> from <source>".into(),
+                "add the missing route, or fix the DNAT rule that points at an address no route leads to".into(),
+            ],
+        )
+    };
     out.push(Finding {
         kind: Kind::BrNetfilterDnat,
         severity: Severity::Critical,
-        interface: interfaces_of(&drops).first().cloned(),
+        interface: bridges.first().cloned(),
         summary: format!(
-            "br_netfilter freed {count} DNAT-ed bridged packets that could not be routed (forwarding {})",
-            if host.ip_forward == Some(false) { "is off" } else { "is off on the bridge" }
+            "br_netfilter freed {count} DNAT-ed bridged packets that could not be routed ({cause})"
         ),
-        evidence: vec![
-            format!("{count} packets freed in br_nf_pre_routing_finish"),
-            format!(
-                "net.bridge.bridge-nf-call-iptables = {}",
-                host.bridge_nf_call_iptables.map_or("absent", |on| if on { "1" } else { "0" })
-            ),
-        ],
-        fix: persist_forwarding("net.ipv4.ip_forward"),
+        evidence,
+        fix,
     });
 }
 
@@ -476,6 +656,47 @@ mod tests {
             to_port: Some(80),
             rule: "-A DOCKER -p tcp -m tcp --dport 9091 -j DNAT --to-destination 172.18.0.2:80"
                 .into(),
+            from_other_hosts: true,
+        }
+    }
+
+    /// A drop rule (or policy) of iptables-nft's filter table with its counter.
+    fn rule(chain: &str, hook: Hook, text: &str, comment: Option<&str>, packets: u64) -> Rule {
+        Rule {
+            tool: "iptables-nft".into(),
+            table: "filter".into(),
+            chain: chain.into(),
+            position: 0,
+            hooks: vec![hook],
+            text: text.into(),
+            comment: comment.map(str::to_owned),
+            packets: Some(packets),
+            policy: text.starts_with("-P "),
+            jumps: Vec::new(),
+        }
+    }
+
+    /// Docker's FORWARD policy DROP and an INPUT rule against port-22 scans, with the
+    /// given counters.
+    fn docker_filter(policy: u64, scans: u64) -> Vec<Rule> {
+        vec![
+            rule(
+                "INPUT",
+                Hook::Input,
+                "-A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"drop ssh scans\" -j DROP",
+                Some("drop ssh scans"),
+                scans,
+            ),
+            rule("FORWARD", Hook::Forward, "-P FORWARD DROP", None, policy),
+        ]
+    }
+
+    fn nf_sample(dst: &str) -> DropEvent {
+        DropEvent {
+            reason: "NETFILTER_DROP".into(),
+            location: "nft_do_chain".into(),
+            dst: Some(dst.parse().expect("ip")),
+            ..sample("nft_do_chain")
         }
     }
 
@@ -602,18 +823,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn verdicts_by_scenario() {
+    /// One scenario: the host before and after the window, what was traced and sampled.
+    struct Scenario {
+        name: &'static str,
+        before: HostState,
+        after: HostState,
+        drops: Vec<TracedDrop>,
+        samples: Vec<DropEvent>,
+        want: Vec<Kind>,
+    }
+
+    fn scenario(
+        name: &'static str,
+        host: &HostState,
+        drops: Vec<TracedDrop>,
+        want: Vec<Kind>,
+    ) -> Scenario {
+        Scenario {
+            name,
+            before: host.clone(),
+            after: host.clone(),
+            drops,
+            samples: Vec::new(),
+            want,
+        }
+    }
+
+    #[allow(clippy::too_many_lines)] // one row per scenario reads best as one table
+    fn scenarios() -> Vec<Scenario> {
         let healthy = host(true);
         let mut per_if = host(true);
         per_if.interfaces[0].forwarding = false;
-        let mut policy = host(true);
-        policy
-            .forward_blocks
-            .push(crate::diagnose::host::ForwardBlock {
-                tool: "iptables-nft".into(),
-                rule: "-P FORWARD DROP".into(),
-            });
         let no_bridges = HostState {
             ip_forward: Some(false),
             ..HostState::default()
@@ -623,47 +863,132 @@ mod tests {
             drop("NO_SOCKET", "__udp4_lib_rcv", "lo", 5),
             drop("NOT_SPECIFIED", "ip6_mc_input", "eth0", 3),
         ];
-        let cases: Vec<(&str, &HostState, Vec<TracedDrop>, Vec<Kind>)> = vec![
-            ("healthy with noise", &healthy, noise.to_vec(), vec![]),
-            (
+        // Docker's shape: FORWARD policy DROP, an INPUT rule dropping scans.
+        let mut docker_before = host(true);
+        docker_before.drop_rules = docker_filter(10, 100);
+        docker_before.local_addresses = vec!["10.0.0.1".parse().expect("ip")];
+        docker_before.docker_chains = true;
+        let mut scans_dropped = docker_before.clone();
+        scans_dropped.drop_rules = docker_filter(10, 106);
+        let mut policy_dropped = docker_before.clone();
+        policy_dropped.drop_rules = docker_filter(14, 100);
+        // L2 bridge carrying the host address: a bridge, no DNAT, no source NAT.
+        let mut l2_bridge = no_bridges.clone();
+        l2_bridge
+            .bridges
+            .push(crate::enrich::rtnetlink::BridgeSubnet {
+                bridge: "vmbr0".into(),
+                subnet: crate::enrich::Subnet::parse("10.0.0.0/24").expect("a subnet"),
+            });
+        let mut nat_bridge = l2_bridge.clone();
+        nat_bridge.source_nat.push(
+            "iptables-nft table nat chain POSTROUTING: -A POSTROUTING -s 172.18.0.0/16 ! -o br0 -j MASQUERADE".into(),
+        );
+        let mut loopback_only = host(false);
+        loopback_only.dnat[0].from_other_hosts = false;
+        // nft: a forward chain with policy drop (no counter) and nothing else that drops.
+        let mut nft_policy = host(true);
+        nft_policy.local_addresses = vec!["10.0.0.1".parse().expect("ip")];
+        nft_policy.drop_rules = vec![Rule {
+            tool: "nft".into(),
+            table: "inet filter".into(),
+            chain: "forward".into(),
+            position: 3,
+            hooks: vec![Hook::Forward],
+            text: "type filter hook forward priority filter; policy drop;".into(),
+            comment: None,
+            packets: None,
+            policy: true,
+            jumps: Vec::new(),
+        }];
+        let mut br_rp = host(true);
+        br_rp.interfaces[1].rp_filter = 1;
+        let nf = |n| vec![drop("NETFILTER_DROP", "nft_do_chain", "eth0", n)];
+        vec![
+            scenario("healthy with noise", &healthy, noise.to_vec(), vec![]),
+            scenario(
                 "a plain host without bridges or DNAT, forwarding off",
                 &no_bridges,
                 vec![],
                 vec![],
             ),
-            (
+            scenario(
                 "forwarding off, nothing dropped yet",
                 &off,
                 vec![],
                 vec![Kind::ForwardingOff],
             ),
-            (
+            scenario(
+                "forwarding off on an L2 bridge carrying the host address",
+                &l2_bridge,
+                vec![],
+                vec![],
+            ),
+            scenario(
+                "forwarding off with source NAT behind a bridge",
+                &nat_bridge,
+                vec![],
+                vec![Kind::ForwardingOff],
+            ),
+            scenario(
+                "forwarding off, the only port published on 127.0.0.1",
+                &loopback_only,
+                vec![],
+                vec![],
+            ),
+            scenario(
                 "off on one interface",
                 &per_if,
                 vec![drop("IP_INADDRERRORS", "ip_error", "eth0", 2)],
                 vec![Kind::ForwardingOffInterface],
             ),
-            (
-                "FORWARD policy drop",
-                &policy,
-                vec![drop("NETFILTER_DROP", "nft_do_chain", "eth0", 4)],
-                vec![Kind::ForwardPolicyDrop],
-            ),
-            (
-                "nft rule drop without a policy",
+            Scenario {
+                name: "Docker's policy, INPUT drops scans: no problem",
+                before: docker_before.clone(),
+                after: scans_dropped,
+                drops: nf(6),
+                samples: vec![nf_sample("10.0.0.1")],
+                want: vec![],
+            },
+            Scenario {
+                name: "Docker's policy drops forwarded traffic",
+                before: docker_before.clone(),
+                after: policy_dropped,
+                drops: nf(4),
+                samples: vec![nf_sample("172.18.0.2")],
+                want: vec![Kind::ForwardPolicyDrop],
+            },
+            Scenario {
+                name: "nft policy without counter, samples bound through the host",
+                before: nft_policy.clone(),
+                after: nft_policy.clone(),
+                drops: nf(3),
+                samples: vec![nf_sample("172.18.0.2")],
+                want: vec![Kind::ForwardPolicyDrop],
+            },
+            Scenario {
+                name: "nft policy without counter, samples all to this host",
+                before: nft_policy.clone(),
+                after: nft_policy,
+                drops: nf(3),
+                samples: vec![nf_sample("10.0.0.1")],
+                want: vec![],
+            },
+            scenario(
+                "netfilter drops nothing explains",
                 &healthy,
-                vec![drop("NETFILTER_DROP", "nft_do_chain", "eth0", 1)],
+                nf(1),
                 vec![Kind::NetfilterDrop],
             ),
-            (
+            scenario(
                 "rp_filter",
                 &healthy,
                 vec![drop("IP_RPFILTER", "ip_rcv_finish_core", "eth0", 3)],
                 vec![Kind::RpFilterDrop],
             ),
-            (
+            scenario(
                 "br_netfilter",
-                &healthy,
+                &br_rp,
                 vec![drop(
                     "NOT_SPECIFIED",
                     "br_nf_pre_routing_finish",
@@ -672,16 +997,114 @@ mod tests {
                 )],
                 vec![Kind::BrNetfilterDnat],
             ),
-        ];
-        for (name, state, drops, want) in cases {
+        ]
+    }
+
+    #[test]
+    fn verdicts_by_scenario() {
+        for case in scenarios() {
             let found = findings(&Evidence {
-                before: Some(state),
-                after: state,
+                before: Some(&case.before),
+                after: &case.after,
+                drops: Some(&case.drops),
+                samples: &case.samples,
+            });
+            let kinds: Vec<Kind> = found.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, case.want, "case {}: {found:?}", case.name);
+        }
+    }
+
+    #[test]
+    fn the_headline_quotes_the_rule_whose_counter_moved() {
+        let rules = |third: u64| {
+            let mut rules: Vec<Rule> = [
+                ("first", "81"),
+                ("second", "82"),
+                ("third: web closed", "80"),
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, (comment, port))| Rule {
+                position: i,
+                ..rule(
+                    "FORWARD",
+                    Hook::Forward,
+                    &format!("-A FORWARD -p tcp -m tcp --dport {port} -m comment --comment \"{comment}\" -j DROP"),
+                    Some(comment),
+                    if i == 2 { third } else { 7 },
+                )
+            })
+            .collect();
+            rules.push(rule("FORWARD", Hook::Forward, "-P FORWARD ACCEPT", None, 0));
+            rules
+        };
+        let mut before = host(true);
+        before.drop_rules = rules(0);
+        let mut after = host(true);
+        after.drop_rules = rules(5);
+        let drops = [drop("NETFILTER_DROP", "nft_do_chain", "eth0", 5)];
+        let found = findings(&Evidence {
+            before: Some(&before),
+            after: &after,
+            drops: Some(&drops),
+            samples: &[],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].summary,
+            "the FORWARD path drops traffic (5 packets): -A FORWARD -p tcp -m tcp --dport 80 -m comment --comment \"third: web closed\" -j DROP (iptables-nft table filter chain FORWARD, comment \"third: web closed\")"
+        );
+    }
+
+    #[test]
+    fn br_netfilter_fix_follows_the_cause() {
+        let mut off = host(false);
+        off.bridge_nf_call_iptables = Some(true);
+        let mut bridge_off = host(true);
+        bridge_off.interfaces[1].forwarding = false;
+        let mut strict = host(true);
+        strict.interfaces[1].rp_filter = 1;
+        let no_route = host(true);
+        let cases = [
+            ("forwarding off", off, "forwarding is off)", "sysctl -w net.ipv4.ip_forward=1"),
+            (
+                "off on the bridge",
+                bridge_off,
+                "forwarding is off on docker0)",
+                "sysctl -w net.ipv4.conf.docker0.forwarding=1",
+            ),
+            (
+                "strict rp_filter",
+                strict,
+                "strict reverse-path filtering on docker0 refuses their source)",
+                "sysctl -w net.ipv4.conf.docker0.rp_filter=2 net.ipv4.conf.all.rp_filter=2  # loose mode",
+            ),
+            (
+                "no route",
+                no_route,
+                "no route for their DNAT-ed destination)",
+                "check the route to the DNAT target: ip route get <container address> iif <bridge> from <source>",
+            ),
+        ];
+        for (name, state, cause, fix) in cases {
+            let drops = [drop(
+                "NOT_SPECIFIED",
+                "br_nf_pre_routing_finish",
+                "docker0",
+                2,
+            )];
+            let found = findings(&Evidence {
+                before: Some(&state),
+                after: &state,
                 drops: Some(&drops),
                 samples: &[],
             });
-            let kinds: Vec<Kind> = found.iter().map(|f| f.kind).collect();
-            assert_eq!(kinds, want, "case {name}: {found:?}");
+            let f = found
+                .iter()
+                .find(|f| f.kind == Kind::BrNetfilterDnat)
+                .unwrap_or_else(|| panic!("case {name}: {found:?}"));
+            assert!(f.summary.ends_with(cause), "case {name}: {}", f.summary);
+            assert_eq!(f.fix[0], fix, "case {name}");
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the checks it can and says which it could not.
 
 pub mod findings;
+pub mod firewall;
 pub mod host;
 pub mod watch;
 
@@ -38,6 +39,9 @@ pub mod exit {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub findings: Vec<Finding>,
+    /// What was seen that is not a problem (the host's own firewall dropping traffic
+    /// addressed to it); never changes the exit code.
+    pub notes: Vec<String>,
     /// Checks that could not run, with why.
     pub unchecked: BTreeMap<String, String>,
     /// Drops traced in this namespace during the window (empty without a trace).
@@ -78,6 +82,9 @@ impl Report {
             for fix in &f.fix {
                 let _ = writeln!(out, "  fix: {fix}");
             }
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "note: {note}");
         }
         for (check, why) in &self.unchecked {
             let _ = writeln!(out, "not checked: {check}: {why}");
@@ -139,12 +146,14 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         }
         _ => (None, Vec::new()),
     };
-    let findings = findings::findings(&Evidence {
+    let evidence = Evidence {
         before: Some(&before),
         after: &after,
         drops: drops.as_deref(),
         samples: &samples,
-    });
+    };
+    let findings = findings::findings(&evidence);
+    let notes = findings::notes(&evidence);
     if let Some(tracer) = tracer {
         tracer.stop();
     }
@@ -152,6 +161,7 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
     host.unchecked.clone_from(&unchecked);
     Report {
         findings,
+        notes,
         unchecked,
         drops: drops.unwrap_or_default(),
         window_seconds: options.duration.as_secs_f64(),

@@ -1,0 +1,407 @@
+//! Verdicts that must hold on real host shapes, built in namespaces: no false alarm on a
+//! healthy Docker-like host (FORWARD policy DROP with bridge ACCEPTs, INPUT drops of
+//! scans), the rule that dropped named among several, nft-only hosts without iptables
+//! binaries, and no `forwarding_off` where nothing needs forwarding.
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use dropgate_tests::{
+    dropgate_bin, http, is_root, may_run,
+    netns::{DockerLikeHost, Netns},
+    process::Guarded,
+    tempdir::TempDir,
+};
+
+fn privileged(test: &str) -> bool {
+    may_run(test, is_root(), "root (namespaces, iptables, nft, BPF)")
+}
+
+/// `dropgate diagnose --netns <ns>` over a 5 s window while `traffic` runs; `path`
+/// replaces `PATH` when given.
+fn diagnose(ns: &Netns, path: Option<&Path>, traffic: impl FnOnce()) -> (Output, String) {
+    let mut command = Command::new(dropgate_bin());
+    command
+        .args(["diagnose", "--duration", "5s", "--netns", &ns.name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    let child = command.spawn().expect("start dropgate diagnose");
+    // Let the trace attach before the traffic starts.
+    std::thread::sleep(Duration::from_millis(1500));
+    traffic();
+    let out = child
+        .wait_with_output()
+        .expect("dropgate diagnose finishes");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "--- dropgate diagnose ({}) ---\n{text}{}",
+        ns.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+/// Docker's filter rules for one bridge and one published port, the way dockerd lays
+/// them out: FORWARD policy DROP, DOCKER-USER first, then accepts for the bridge.
+fn docker_like_filter(topo: &DockerLikeHost) {
+    topo.host.sh(&format!(
+        "iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN && \
+         iptables -N DOCKER && \
+         iptables -P FORWARD DROP && \
+         iptables -A FORWARD -j DOCKER-USER && \
+         iptables -A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT && \
+         iptables -A FORWARD -o br0 -j DOCKER && \
+         iptables -A FORWARD -i br0 ! -o br0 -j ACCEPT && \
+         iptables -A FORWARD -i br0 -o br0 -j ACCEPT && \
+         iptables -A DOCKER -d {ctr}/32 ! -i br0 -o br0 -p tcp -m tcp --dport {port} -j ACCEPT",
+        ctr = DockerLikeHost::CTR_ADDR,
+        port = DockerLikeHost::CTR_PORT,
+    ));
+}
+
+/// An internet-facing host's INPUT rule against port-22 scans.
+const SCAN_RULE_COMMENT: &str = "drop ssh scans";
+
+fn drop_ssh_scans(ns: &Netns) {
+    ns.sh(&format!(
+        "iptables -A INPUT -p tcp --dport 22 -m comment --comment '{SCAN_RULE_COMMENT}' -j DROP"
+    ));
+}
+
+/// A few SYNs from `ext` to the host's port 22, which the INPUT rule drops.
+fn scan_port_22(topo: &DockerLikeHost) {
+    for _ in 0..3 {
+        let out = topo.ext.sh_output(&format!(
+            "curl -s -m 1 http://{}:22/",
+            DockerLikeHost::HOST_ADDR
+        ));
+        assert!(!out.status.success(), "the scan must be dropped");
+    }
+}
+
+fn published_port_works(topo: &DockerLikeHost) {
+    for _ in 0..3 {
+        assert_eq!(
+            topo.curl_from_ext("/", 3),
+            Some(200),
+            "the published port must answer from ext"
+        );
+    }
+}
+
+/// The legacy tables of a namespace: reading them must never create them.
+fn legacy_tables(ns: &Netns) -> String {
+    ns.sh("cat /proc/net/ip_tables_names 2>/dev/null || true")
+        .trim()
+        .to_owned()
+}
+
+/// `dropgate run` inside `ns` (nsenter, so /sys stays the machine's), its gateway on
+/// the namespace's loopback; scraped with curl from inside the namespace.
+struct RunInNamespace<'n> {
+    ns: &'n Netns,
+    port: u16,
+    _process: Guarded,
+}
+
+impl<'n> RunInNamespace<'n> {
+    fn start(ns: &'n Netns, round: &str) -> Self {
+        let port = http::free_port();
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(dropgate_bin())
+            .args([
+                "run",
+                "--web.listen-address",
+                &format!("127.0.0.1:{port}"),
+                "--diagnose.interval",
+                round,
+                "--docker-host=",
+            ])
+            .stdout(Stdio::null());
+        let process = Guarded::spawn(command, "dropgate run in a namespace");
+        let run = Self {
+            ns,
+            port,
+            _process: process,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while run.get("/-/ready").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "dropgate run did not become ready in {}",
+                ns.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        run
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let out = self.ns.sh_output(&format!(
+            "curl -sf -m 5 http://127.0.0.1:{}{path}",
+            self.port
+        ));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The `dropgate_problem` samples at 1.
+    fn problems(&self) -> Vec<String> {
+        self.get("/metrics")
+            .expect("scrape dropgate run")
+            .lines()
+            .filter(|l| l.starts_with("dropgate_problem{") && l.ends_with(" 1"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[test]
+fn healthy_docker_like_host_with_input_scan_drops_has_no_finding() {
+    if !privileged("healthy_docker_like_host_with_input_scan_drops_has_no_finding") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    topo.start_http_service();
+    topo.set_forwarding(true);
+    docker_like_filter(&topo);
+    drop_ssh_scans(&topo.host);
+    let (out, text) = diagnose(&topo.host, None, || {
+        published_port_works(&topo);
+        scan_port_22(&topo);
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a healthy Docker-like host whose INPUT drops scans has no problem:\n{text}"
+    );
+    assert!(text.starts_with("no problem found"), "{text}");
+    assert!(
+        text.contains(SCAN_RULE_COMMENT) && text.contains("note: "),
+        "the scan drops are named as the host's own policy: {text}"
+    );
+    assert_eq!(
+        legacy_tables(&topo.host),
+        "",
+        "diagnose created iptables-legacy tables"
+    );
+
+    // The same host watched by `dropgate run`: no dropgate_problem at 1 over rounds that
+    // saw both the published traffic and the scans.
+    let run = RunInNamespace::start(&topo.host, "2s");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        published_port_works(&topo);
+        scan_port_22(&topo);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        run.problems(),
+        Vec::<String>::new(),
+        "dropgate run raised a problem on a healthy host"
+    );
+}
+
+#[test]
+fn the_finding_quotes_the_third_forward_drop_rule_that_matched() {
+    if !privileged("the_finding_quotes_the_third_forward_drop_rule_that_matched") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    topo.start_http_service();
+    topo.set_forwarding(true);
+    topo.host.sh(
+        "iptables -A FORWARD -p tcp --dport 81 -m comment --comment 'first: old admin port' -j DROP && \
+         iptables -A FORWARD -p udp --dport 80 -m comment --comment 'second: no udp' -j DROP && \
+         iptables -A FORWARD -p tcp --dport 80 -m comment --comment 'third: web closed for maintenance' -j DROP",
+    );
+    let (out, text) = diagnose(&topo.host, None, || {
+        assert_eq!(topo.curl_from_ext("/", 2), None, "the third rule drops it");
+    });
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let headline = text.lines().next().expect("a verdict line");
+    assert!(
+        headline.starts_with("PROBLEM [forward_policy_drop]: the FORWARD path drops traffic (")
+            && headline.contains(
+                "-A FORWARD -p tcp -m tcp --dport 80 -m comment --comment \"third: web closed for maintenance\" -j DROP"
+            )
+            && headline.contains("table filter chain FORWARD"),
+        "the headline quotes the third rule: {headline}"
+    );
+    assert!(
+        !headline.contains("first:") && !headline.contains("second:"),
+        "{headline}"
+    );
+}
+
+#[test]
+fn the_finding_quotes_the_nft_inet_rule_that_matched() {
+    if !privileged("the_finding_quotes_the_nft_inet_rule_that_matched") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    topo.start_http_service();
+    topo.set_forwarding(true);
+    topo.host.sh("nft add table inet dgv && \
+         nft add chain inet dgv fw '{ type filter hook forward priority 0; policy accept; }' && \
+         nft add rule inet dgv fw tcp dport 81 counter drop comment '\"first: old admin port\"' && \
+         nft add rule inet dgv fw udp dport 80 counter drop comment '\"second: no udp\"' && \
+         nft add rule inet dgv fw tcp dport 80 counter drop comment '\"third: web closed\"'");
+    let (out, text) = diagnose(&topo.host, None, || {
+        assert_eq!(topo.curl_from_ext("/", 2), None, "the third rule drops it");
+    });
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let headline = text.lines().next().expect("a verdict line");
+    assert!(
+        headline.contains("tcp dport 80 counter drop comment \"third: web closed\"")
+            && headline.contains("nft table inet dgv chain fw"),
+        "the headline quotes the third nft rule: {headline}"
+    );
+}
+
+/// The host's filter and NAT in native nftables only (what Docker's nftables backend and
+/// firewalld give), and a PATH with `nft` but no iptables binary.
+fn nft_only_host(topo: &DockerLikeHost) -> TempDir {
+    topo.host.sh(&format!(
+        "nft flush ruleset && nft -f - <<'EOF'
+table ip dgnat {{
+    chain pre {{
+        type nat hook prerouting priority dstnat; policy accept;
+        tcp dport {port} counter dnat to {ctr}:{cport}
+    }}
+    chain post {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr 172.31.231.0/24 oifname != \"br0\" masquerade
+    }}
+}}
+table inet dgfilter {{
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        oifname \"br0\" ip daddr {ctr} tcp dport {cport} counter accept
+        iifname \"br0\" accept
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        tcp dport 22 counter drop comment \"{SCAN_RULE_COMMENT}\"
+    }}
+}}
+EOF",
+        port = DockerLikeHost::PUBLISHED_PORT,
+        ctr = DockerLikeHost::CTR_ADDR,
+        cport = DockerLikeHost::CTR_PORT,
+    ));
+    let bin = TempDir::new("nft-only-path");
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nft installed (cargo xtask setup)");
+    std::os::unix::fs::symlink(nft, bin.path().join("nft")).expect("link nft");
+    bin
+}
+
+#[test]
+fn nft_only_host_without_iptables_binaries() {
+    if !privileged("nft_only_host_without_iptables_binaries") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    topo.start_http_service();
+    topo.set_forwarding(true);
+    let path = nft_only_host(&topo);
+    let (out, text) = diagnose(&topo.host, Some(path.path()), || {
+        published_port_works(&topo);
+        scan_port_22(&topo);
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "healthy nft-only host, no iptables binary: exit 0\n{text}"
+    );
+    assert!(!text.contains("not checked"), "{text}");
+    assert!(!text.contains("Docker's own FORWARD rules"), "{text}");
+
+    topo.set_forwarding(false);
+    let (out, text) = diagnose(&topo.host, Some(path.path()), || {
+        assert_eq!(topo.curl_from_ext("/", 2), None, "forwarding is off");
+    });
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with("PROBLEM [forwarding_off]: forwarding is off on vh-ext (net.ipv4.ip_forward = 0); published port 9091 -> 172.31.231.2:80"),
+        "{text}"
+    );
+    assert!(!text.contains("Docker's own FORWARD rules"), "{text}");
+    assert_eq!(legacy_tables(&topo.host), "", "no legacy tables created");
+}
+
+#[test]
+fn no_forwarding_finding_on_an_l2_bridge_carrying_the_host_address() {
+    if !privileged("no_forwarding_finding_on_an_l2_bridge_carrying_the_host_address") {
+        return;
+    }
+    // Proxmox/libvirt bridged shape: the uplink is a port of vmbr0, which holds the
+    // host's address; a VM sits on the same bridge and is reached at layer 2.
+    let ext = Netns::create("l2ext");
+    let host = Netns::create("l2host");
+    let vm = Netns::create("l2vm");
+    host.sh(&format!(
+        "ip link add vh-up type veth peer name ve-ext netns {ext} && \
+         ip link add vmbr0 type bridge && ip link set vh-up master vmbr0 && \
+         ip link add vh-vm type veth peer name eth0 netns {vm} && ip link set vh-vm master vmbr0 && \
+         ip addr add 10.232.0.1/24 dev vmbr0 && \
+         ip link set vh-up up && ip link set vh-vm up && ip link set vmbr0 up && \
+         sysctl -qw net.ipv4.ip_forward=0",
+        ext = ext.name,
+        vm = vm.name
+    ));
+    ext.sh("ip addr add 10.232.0.2/24 dev ve-ext && ip link set ve-ext up");
+    vm.sh("ip addr add 10.232.0.3/24 dev eth0 && ip link set eth0 up");
+    let (out, text) = diagnose(&host, None, || {
+        ext.sh("ping -c 2 -i 0.2 -W 2 10.232.0.3");
+        ext.sh("ping -c 2 -i 0.2 -W 2 10.232.0.1");
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "an L2 bridge needs no forwarding:\n{text}"
+    );
+    assert!(!text.contains("forwarding_off"), "{text}");
+}
+
+#[test]
+fn no_forwarding_finding_when_ports_are_published_on_loopback_only() {
+    if !privileged("no_forwarding_finding_when_ports_are_published_on_loopback_only") {
+        return;
+    }
+    // `docker run -p 127.0.0.1:9091:80` on a network without masquerading: the DNAT
+    // matches only the host's own loopback traffic.
+    let topo = DockerLikeHost::build();
+    topo.start_http_service();
+    topo.host.sh(&format!(
+        "iptables -t nat -F && iptables -t nat -N DOCKER && \
+         iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER && \
+         iptables -t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER && \
+         iptables -t nat -A DOCKER -d 127.0.0.1/32 ! -i br0 -p tcp -m tcp --dport {p} -j DNAT --to-destination {c}:{cp}",
+        p = DockerLikeHost::PUBLISHED_PORT,
+        c = DockerLikeHost::CTR_ADDR,
+        cp = DockerLikeHost::CTR_PORT,
+    ));
+    let (out, text) = diagnose(&topo.host, None, || {
+        let _ = topo.host.sh_output("curl -s -m 1 http://127.0.0.1:9091/");
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a port published on 127.0.0.1 needs no forwarding:\n{text}"
+    );
+    assert!(!text.contains("forwarding_off"), "{text}");
+}
