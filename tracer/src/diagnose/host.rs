@@ -159,7 +159,19 @@ impl HostState {
                 }
             }
         }
-        self.docker_chains |= rules.iter().any(|r| r.chain.starts_with("DOCKER"));
+        self.absorb_rules(rules);
+    }
+
+    /// Docker's presence, the published ports, source NAT and the drop rules, from
+    /// every rule read.
+    fn absorb_rules(&mut self, rules: Vec<Rule>) {
+        // Docker's filter chains (DOCKER-USER, DOCKER-FORWARD, ...) are jumped to from
+        // FORWARD; the nat table's DOCKER chain alone survives a flush of filter.
+        self.docker_chains |= rules.iter().any(|r| {
+            matches!(r.table.as_str(), "filter" | "ip filter")
+                && (r.chain.starts_with("DOCKER")
+                    || r.jumps.iter().any(|j| j.starts_with("DOCKER")))
+        });
         self.dnat = rules.iter().filter_map(dnat_of).collect();
         self.source_nat = rules
             .iter()
@@ -167,13 +179,31 @@ impl HostState {
                 r.text.contains("-j MASQUERADE")
                     || r.text.contains("-j SNAT")
                     || (r.tool == "nft"
-                        && (r.text.contains(" masquerade") || r.text.contains(" snat ")))
+                        && r.text
+                            .split_whitespace()
+                            .any(|w| w == "masquerade" || w == "snat"))
             })
             .map(|r| format!("{}: {}", r.place(), r.text))
             .collect();
-        // The same published port can be read twice (legacy and nft): one entry per
-        // port and target.
-        self.dnat.sort();
+        // The same published port can be read twice (legacy and nft; Docker's DOCKER
+        // chain is reached from PREROUTING and OUTPUT): one entry per port and target,
+        // the one reachable from other hosts first so that it is the one kept.
+        self.dnat.sort_by(|a, b| {
+            (
+                &a.protocol,
+                a.dport,
+                &a.to_addr,
+                a.to_port,
+                !a.from_other_hosts,
+            )
+                .cmp(&(
+                    &b.protocol,
+                    b.dport,
+                    &b.to_addr,
+                    b.to_port,
+                    !b.from_other_hosts,
+                ))
+        });
         self.dnat.dedup_by(|a, b| {
             (&a.protocol, a.dport, &a.to_addr, a.to_port)
                 == (&b.protocol, b.dport, &b.to_addr, b.to_port)
@@ -496,6 +526,19 @@ mod tests {
             ],
             "published to other hosts only from PREROUTING, not bound to or pointing at loopback"
         );
+    }
+
+    #[test]
+    fn one_published_port_per_target_the_one_from_other_hosts_kept() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                    [0:0] -A OUTPUT -d 10.0.0.1/32 -p tcp -m tcp --dport 9091 -j DNAT --to-destination 172.31.231.2:80\n\
+                    [0:0] -A PREROUTING -p tcp -m tcp --dport 9091 -j DNAT --to-destination 172.31.231.2:80\n\
+                    COMMIT\n";
+        let mut host = HostState::default();
+        host.absorb_rules(parse_iptables_save("iptables-nft", save).0);
+        assert_eq!(host.dnat.len(), 1, "{:?}", host.dnat);
+        assert!(host.dnat[0].from_other_hosts, "{:?}", host.dnat);
+        assert!(!host.docker_chains, "no Docker chain in filter");
     }
 
     #[test]
