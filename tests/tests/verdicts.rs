@@ -10,6 +10,7 @@ use std::{
 };
 
 use dropgate_tests::{
+    docker::{docker_available, DockerEngine, ENGINE_ADDR, IMAGE},
     dropgate_bin, http, is_root, may_run,
     netns::{DockerLikeHost, Netns},
     process::Guarded,
@@ -23,9 +24,20 @@ fn privileged(test: &str) -> bool {
 /// `dropgate diagnose --netns <ns>` over a 5 s window while `traffic` runs; `path`
 /// replaces `PATH` when given.
 fn diagnose(ns: &Netns, path: Option<&Path>, traffic: impl FnOnce()) -> (Output, String) {
+    diagnose_with(ns, path, &[], traffic)
+}
+
+/// [`diagnose`] with `extra` arguments.
+fn diagnose_with(
+    ns: &Netns,
+    path: Option<&Path>,
+    extra: &[&str],
+    traffic: impl FnOnce(),
+) -> (Output, String) {
     let mut command = Command::new(dropgate_bin());
     command
         .args(["diagnose", "--duration", "5s", "--netns", &ns.name])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(path) = path {
@@ -404,4 +416,72 @@ fn no_forwarding_finding_when_ports_are_published_on_loopback_only() {
         "a port published on 127.0.0.1 needs no forwarding:\n{text}"
     );
     assert!(!text.contains("forwarding_off"), "{text}");
+}
+
+#[test]
+fn healthy_real_docker_host_with_input_scan_drops_has_no_finding() {
+    if !privileged("healthy_real_docker_host_with_input_scan_drops_has_no_finding")
+        || !may_run(
+            "healthy_real_docker_host_with_input_scan_drops_has_no_finding",
+            docker_available(),
+            "dockerd, docker and busybox-static (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    // dockerd's own ruleset (FORWARD policy DROP, DOCKER-USER, isolation chains, the
+    // published port's DNAT and ACCEPT), plus the host's INPUT rule against scans.
+    let engine = DockerEngine::start("vdocker");
+    engine.import_busybox();
+    let remote = engine.wire_remote();
+    engine.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "9091:80",
+        IMAGE,
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    drop_ssh_scans(&engine.netns);
+    let request = || {
+        let out = remote.sh_output(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' -m 3 http://{ENGINE_ADDR}:9091/index.html"
+        ));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The container's httpd may need a moment.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while request() != "200" {
+        assert!(
+            Instant::now() < deadline,
+            "the published port never answered:\n{}",
+            engine.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let host = engine.host();
+    let (out, text) = diagnose_with(&engine.netns, None, &["--docker-host", &host], || {
+        for _ in 0..3 {
+            assert_eq!(request(), "200", "the published port answers from remote");
+            let scan = remote.sh_output(&format!("curl -s -m 1 http://{ENGINE_ADDR}:22/"));
+            assert!(!scan.status.success(), "the scan is dropped");
+        }
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a healthy Docker host whose INPUT drops scans has no problem:\n{text}"
+    );
+    assert!(
+        text.contains(SCAN_RULE_COMMENT),
+        "the scan drops are a note: {text}"
+    );
 }
