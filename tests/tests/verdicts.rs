@@ -221,6 +221,11 @@ fn healthy_docker_like_host_with_input_scan_drops_has_no_finding() {
         Vec::<String>::new(),
         "dropgate run raised a problem on a healthy host"
     );
+    assert_eq!(
+        legacy_tables(&topo.host),
+        "",
+        "dropgate run's rounds created iptables-legacy tables"
+    );
 }
 
 #[test]

@@ -507,8 +507,10 @@ fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
     });
 }
 
-/// What the evidence shows that is not a problem but worth a line: netfilter drops of
-/// traffic to or from this host itself, by the rule that made them.
+/// What the evidence shows that is not a problem but worth a line: netfilter drops
+/// outside the FORWARD path (INPUT, OUTPUT, raw PREROUTING: traffic to or from this
+/// host, such as Docker's guard against direct access to containers), by the rule that
+/// made them.
 #[must_use]
 pub fn notes(ev: &Evidence) -> Vec<String> {
     ev.rule_hits()
@@ -516,7 +518,7 @@ pub fn notes(ev: &Evidence) -> Vec<String> {
         .filter(|h| !h.on_forward_path())
         .map(|h| {
             format!(
-                "the host's own firewall dropped {} (traffic to or from this host, not through it: not a problem)",
+                "the firewall dropped {} outside the FORWARD path: the host's own policy for traffic to or from it, not a problem",
                 h.line()
             )
         })
@@ -1053,6 +1055,26 @@ mod tests {
         assert_eq!(
             found[0].summary,
             "the FORWARD path drops traffic (5 packets): -A FORWARD -p tcp -m tcp --dport 80 -m comment --comment \"third: web closed\" -j DROP (iptables-nft table filter chain FORWARD, comment \"third: web closed\")"
+        );
+    }
+
+    #[test]
+    fn input_drops_are_notes_naming_the_rule_not_findings() {
+        let mut before = host(true);
+        before.drop_rules = docker_filter(10, 100);
+        let mut after = before.clone();
+        after.drop_rules = docker_filter(10, 103);
+        let drops = [drop("NETFILTER_DROP", "nft_do_chain", "eth0", 3)];
+        let evidence = Evidence {
+            before: Some(&before),
+            after: &after,
+            drops: Some(&drops),
+            samples: &[],
+        };
+        assert!(findings(&evidence).is_empty());
+        assert_eq!(
+            notes(&evidence),
+            vec!["the firewall dropped 3 packets: -A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"drop ssh scans\" -j DROP (iptables-nft table filter chain INPUT, comment \"drop ssh scans\"; hook INPUT) outside the FORWARD path: the host's own policy for traffic to or from it, not a problem"]
         );
     }
 
