@@ -490,3 +490,53 @@ fn healthy_real_docker_host_with_input_scan_drops_has_no_finding() {
         "the scan drops are a note: {text}"
     );
 }
+
+/// br_netfilter frees a DNAT-ed bridged frame that routing refuses; with forwarding on,
+/// the cause here is strict reverse-path filtering (the source has no route back), and
+/// the verdict must say so rather than "turn on ip_forward".
+#[test]
+fn br_netfilter_with_forwarding_on_names_rp_filter_not_forwarding() {
+    if !privileged("br_netfilter_with_forwarding_on_names_rp_filter_not_forwarding") {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    topo.start_http_service();
+    topo.set_forwarding(true);
+    let ctr2 = Netns::create("vctr2");
+    topo.host.sh(&format!(
+        "ip link add vh-vctr2 type veth peer name eth0 netns {} && ip link set vh-vctr2 master br0 up && \
+         sysctl -qw net.bridge.bridge-nf-call-iptables=1 && \
+         sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.br0.rp_filter=1",
+        ctr2.name,
+    ));
+    // A source the host has no route back to, and a frame to the first container's MAC
+    // for an address nobody has: the bridge forwards it until br_netfilter hands it to
+    // iptables, whose DNAT of :9091 makes it need routing.
+    ctr2.sh("ip addr add 172.31.231.3/24 dev eth0 && ip addr add 192.0.2.77/32 dev eth0 && ip link set eth0 up");
+    let mac = topo.ctr.sh("cat /sys/class/net/eth0/address");
+    ctr2.sh(&format!(
+        "ip neigh add 172.31.231.50 lladdr {} dev eth0",
+        mac.trim()
+    ));
+    let (out, text) = diagnose(&topo.host, None, || {
+        let fail = ctr2.sh_output("curl -s -m 2 --interface 192.0.2.77 http://172.31.231.50:9091/");
+        assert!(
+            !fail.status.success(),
+            "the DNAT-ed bridged request must fail"
+        );
+    });
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let verdict = text
+        .lines()
+        .find(|l| l.contains("[br_netfilter_dnat]"))
+        .unwrap_or_else(|| panic!("a br_netfilter finding: {text}"));
+    assert!(
+        verdict.contains("strict reverse-path filtering on br0"),
+        "{verdict}"
+    );
+    assert!(
+        !text.contains("net.ipv4.ip_forward=1"),
+        "forwarding is on: no ip_forward fix\n{text}"
+    );
+    assert!(text.contains("rp_filter=2"), "the loose-mode fix: {text}");
+}
