@@ -24,17 +24,18 @@ const DROP_ROWS: usize = 100;
 #[must_use]
 pub fn sections(
     findings: &[Finding],
+    notes: &[String],
     drops: &BTreeMap<DropLabels, DropCounts>,
     forwarding: &[(String, NamespaceForwarding)],
 ) -> Vec<StatusSection> {
     vec![
-        findings_section(findings),
+        findings_section(findings, notes),
         drops_section(drops),
         forwarding_section(forwarding),
     ]
 }
 
-fn findings_section(findings: &[Finding]) -> StatusSection {
+fn findings_section(findings: &[Finding], notes: &[String]) -> StatusSection {
     let rows = findings
         .iter()
         .map(|finding| {
@@ -59,9 +60,13 @@ fn findings_section(findings: &[Finding]) -> StatusSection {
         .collect();
     StatusSection {
         title: "Findings".into(),
-        notes: vec![
-            "What keeps traffic from reaching this host's containers, rechecked continuously from its configuration, the kernel's counters and the drops traced in dropgate's own network namespace (the same verdicts as `dropgate diagnose`).".into(),
-        ],
+        // The notes of the round (drops by the host's own INPUT/OUTPUT policy) follow
+        // the description: seen, named, and not a problem.
+        notes: std::iter::once(
+            "What keeps traffic from reaching this host's containers, rechecked continuously from its configuration, the kernel's counters and the drops traced in dropgate's own network namespace (the same verdicts as `dropgate diagnose`).".to_owned(),
+        )
+        .chain(notes.iter().map(|n| format!("Note: {n}")))
+        .collect(),
         columns: vec![
             StatusColumn::text("severity"),
             StatusColumn::text("problem"),
@@ -224,7 +229,7 @@ mod tests {
             evidence: vec!["3 packets dropped".into(), "DNAT: rule".into()],
             fix: vec!["sysctl -w net.ipv4.ip_forward=1".into()],
         };
-        let section = findings_section(&[finding]);
+        let section = findings_section(&[finding], &[]);
         assert_eq!(section.rows.len(), 1);
         assert_eq!(section.rows[0].tone, Tone::Critical);
         assert_eq!(
@@ -236,7 +241,20 @@ mod tests {
                 "sysctl -w net.ipv4.ip_forward=1",
             ]
         );
-        assert!(findings_section(&[]).rows.is_empty());
+        assert!(findings_section(&[], &[]).rows.is_empty());
+    }
+
+    #[test]
+    fn notes_follow_the_description_and_add_no_row() {
+        let section = findings_section(
+            &[],
+            &["the firewall dropped 3 packets: -P INPUT DROP".into()],
+        );
+        assert!(section.rows.is_empty(), "a note is not a finding");
+        assert_eq!(
+            section.notes.last().map(String::as_str),
+            Some("Note: the firewall dropped 3 packets: -P INPUT DROP")
+        );
     }
 
     #[test]

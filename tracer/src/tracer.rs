@@ -203,6 +203,7 @@ impl gateway::MetricSource for TraceMetrics {
     fn status_sections(&self) -> Vec<gateway::status::StatusSection> {
         crate::status::sections(
             &self.findings.current(),
+            &self.findings.notes(),
             &self.collector.drops(),
             &self.forwarding.snapshot(),
         )

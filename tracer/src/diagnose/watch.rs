@@ -15,16 +15,26 @@ use super::{
 };
 use crate::{netns::OWN_NAMESPACE, tracer::Tracer};
 
+/// Now, formatted as sample times are.
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
 /// The latest findings; cheap to read from scrapes and page renders.
 #[derive(Default)]
 pub struct Findings {
-    current: RwLock<Vec<Finding>>,
+    current: RwLock<(Vec<Finding>, Vec<String>)>,
 }
 
 impl Findings {
     /// The findings of the last completed round.
     pub fn current(&self) -> Vec<Finding> {
-        self.current.read().expect("findings lock").clone()
+        self.current.read().expect("findings lock").0.clone()
+    }
+
+    /// The notes of the last completed round: what was seen that is not a problem.
+    pub fn notes(&self) -> Vec<String> {
+        self.current.read().expect("findings lock").1.clone()
     }
 }
 
@@ -39,8 +49,10 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
             .await
             .unwrap_or_default();
         let mut baseline: Vec<TracedDrop> = own_drops(&collector);
+        let mut since = now_rfc3339();
         loop {
             tokio::time::sleep(round).await;
+            let round_end = now_rfc3339();
             let Ok(after) = tokio::task::spawn_blocking(HostState::read).await else {
                 continue;
             };
@@ -49,21 +61,27 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
             let recent: Vec<_> = samples
                 .recent(1000)
                 .iter()
-                .filter(|e| e.netns == OWN_NAMESPACE)
+                // This round's samples only: an older one would keep deciding where
+                // drops were going long after the traffic changed. The times are
+                // fixed-width RFC 3339 in UTC, so they compare as text.
+                .filter(|e| e.netns == OWN_NAMESPACE && e.time >= since)
                 .map(|e| (**e).clone())
                 .collect();
-            let found = findings::findings(&Evidence {
+            let evidence = Evidence {
                 before: Some(&before),
                 after: &after,
                 drops: Some(&delta),
                 samples: &recent,
-            });
+            };
+            let found = findings::findings(&evidence);
+            let notes = findings::notes(&evidence);
             for f in &found {
                 tracing::warn!(kind = f.kind.label(), "{}", f.summary);
             }
-            *shared.current.write().expect("findings lock") = found;
+            *shared.current.write().expect("findings lock") = (found, notes);
             before = after;
             baseline = now;
+            since = round_end;
         }
     });
     (findings, task)
