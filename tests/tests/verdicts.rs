@@ -238,19 +238,17 @@ fn healthy_docker_like_host_with_input_scan_drops_has_no_finding() {
     );
 }
 
-#[test]
-fn the_finding_quotes_the_third_forward_drop_rule_that_matched() {
-    if !privileged("the_finding_quotes_the_third_forward_drop_rule_that_matched") {
-        return;
-    }
+/// Three FORWARD DROP rules with comments, added with `tool`; only the third matches
+/// the published traffic, and the headline must quote it.
+fn third_rule_is_quoted(tool: &str) {
     let topo = DockerLikeHost::build();
     topo.start_http_service();
     topo.set_forwarding(true);
-    topo.host.sh(
-        "iptables -A FORWARD -p tcp --dport 81 -m comment --comment 'first: old admin port' -j DROP && \
-         iptables -A FORWARD -p udp --dport 80 -m comment --comment 'second: no udp' -j DROP && \
-         iptables -A FORWARD -p tcp --dport 80 -m comment --comment 'third: web closed for maintenance' -j DROP",
-    );
+    topo.host.sh(&format!(
+        "{tool} -A FORWARD -p tcp --dport 81 -m comment --comment 'first: old admin port' -j DROP && \
+         {tool} -A FORWARD -p udp --dport 80 -m comment --comment 'second: no udp' -j DROP && \
+         {tool} -A FORWARD -p tcp --dport 80 -m comment --comment 'third: web closed for maintenance' -j DROP",
+    ));
     let (out, text) = diagnose(&topo.host, None, || {
         assert_eq!(topo.curl_from_ext("/", 2), None, "the third rule drops it");
     });
@@ -261,13 +259,31 @@ fn the_finding_quotes_the_third_forward_drop_rule_that_matched() {
             && headline.contains(
                 "-A FORWARD -p tcp -m tcp --dport 80 -m comment --comment \"third: web closed for maintenance\" -j DROP"
             )
-            && headline.contains("table filter chain FORWARD"),
+            && headline.contains(&format!("({tool} table filter chain FORWARD")),
         "the headline quotes the third rule: {headline}"
     );
     assert!(
         !headline.contains("first:") && !headline.contains("second:"),
         "{headline}"
     );
+}
+
+#[test]
+fn the_finding_quotes_the_third_forward_drop_rule_that_matched() {
+    if !privileged("the_finding_quotes_the_third_forward_drop_rule_that_matched") {
+        return;
+    }
+    third_rule_is_quoted("iptables-nft");
+}
+
+/// Legacy tables that exist (the test made them in its namespace) are read, with their
+/// counters.
+#[test]
+fn the_finding_quotes_the_third_legacy_forward_drop_rule_that_matched() {
+    if !privileged("the_finding_quotes_the_third_legacy_forward_drop_rule_that_matched") {
+        return;
+    }
+    third_rule_is_quoted("iptables-legacy");
 }
 
 #[test]

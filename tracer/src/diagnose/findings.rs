@@ -1079,6 +1079,63 @@ mod tests {
     }
 
     #[test]
+    fn docker_rules_missing_only_when_its_nat_survived_without_its_filter_chains() {
+        let policy = |packets| Rule {
+            tool: "nft".into(),
+            table: "inet filter".into(),
+            chain: "forward".into(),
+            position: 0,
+            hooks: vec![Hook::Forward],
+            text: "ip daddr 172.18.0.2 counter drop".into(),
+            comment: None,
+            packets: Some(packets),
+            policy: false,
+            jumps: Vec::new(),
+        };
+        let nft_dnat = Dnat {
+            rule: "iifname != \"docker0\" tcp dport 9091 counter dnat to 172.18.0.2:80".into(),
+            ..dnat()
+        };
+        let cases = [
+            (
+                "iptables DNAT in DOCKER, no Docker filter chains",
+                dnat(),
+                false,
+                true,
+            ),
+            (
+                "iptables DNAT with Docker's filter chains",
+                dnat(),
+                true,
+                false,
+            ),
+            ("Docker's nftables backend", nft_dnat.clone(), true, false),
+            ("nft-only host without Docker", nft_dnat, false, false),
+        ];
+        for (name, published, docker_chains, want) in cases {
+            let mut before = host(true);
+            before.dnat = vec![published];
+            before.docker_chains = docker_chains;
+            before.drop_rules = vec![policy(0)];
+            let mut after = before.clone();
+            after.drop_rules = vec![policy(2)];
+            let drops = [drop("NETFILTER_DROP", "nft_do_chain", "eth0", 2)];
+            let found = findings(&Evidence {
+                before: Some(&before),
+                after: &after,
+                drops: Some(&drops),
+                samples: &[],
+            });
+            assert_eq!(found.len(), 1, "case {name}: {found:?}");
+            let says_missing = found[0]
+                .fix
+                .iter()
+                .any(|f| f.contains("Docker's own FORWARD rules are missing"));
+            assert_eq!(says_missing, want, "case {name}: {:?}", found[0].fix);
+        }
+    }
+
+    #[test]
     fn br_netfilter_fix_follows_the_cause() {
         let mut off = host(false);
         off.bridge_nf_call_iptables = Some(true);
