@@ -118,25 +118,44 @@ impl HostState {
         // is asked first because it prints its own syntax, comments and the policy
         // counters, and the nft view of its tables is then skipped.
         let mut iptables_tables = Vec::new();
-        let iptables_nft = run("iptables-nft-save", &["-c"]);
-        if let Ok(text) = &iptables_nft {
-            let (found, tables) = parse_iptables_save("iptables-nft", text);
-            rules.extend(found);
-            iptables_tables = tables.iter().map(|t| format!("ip {t}")).collect();
-        }
-        // Running iptables-legacy creates its tables in the namespace (and loads
-        // ip_tables): read it only when its tables already exist.
-        let legacy_tables = std::fs::read_to_string("/proc/net/ip_tables_names")
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
-        if !legacy_tables.is_empty() {
-            match run("iptables-legacy-save", &["-c"]) {
-                Ok(text) => rules.extend(parse_iptables_save("iptables-legacy", &text).0),
+        let mut iptables_missing = Vec::new();
+        for (family, tool, legacy, legacy_names) in [
+            (
+                "ip",
+                "iptables-nft",
+                "iptables-legacy",
+                "/proc/net/ip_tables_names",
+            ),
+            (
+                "ip6",
+                "ip6tables-nft",
+                "ip6tables-legacy",
+                "/proc/net/ip6_tables_names",
+            ),
+        ] {
+            match run(&format!("{tool}-save"), &["-c"]) {
+                Ok(text) => {
+                    let (found, tables) = parse_iptables_save(tool, &text);
+                    rules.extend(found);
+                    iptables_tables.extend(tables.iter().map(|t| format!("{family} {t}")));
+                }
+                Err(why) => iptables_missing.push((tool, why)),
+            }
+            // Running iptables-legacy creates its tables in the namespace (and loads
+            // ip_tables): read it only when its tables already exist.
+            let legacy_tables = std::fs::read_to_string(legacy_names)
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            if legacy_tables.is_empty() {
+                continue;
+            }
+            match run(&format!("{legacy}-save"), &["-c"]) {
+                Ok(text) => rules.extend(parse_iptables_save(legacy, &text).0),
                 Err(why) => {
                     self.unchecked.insert(
-                        "iptables-legacy".into(),
+                        legacy.into(),
                         format!(
                             "legacy tables exist ({}) but cannot be read: {why}",
                             legacy_tables.join(", ")
@@ -154,8 +173,9 @@ impl HostState {
             }
             Err(why) => {
                 self.unchecked.insert("nftables".into(), why);
-                if let Err(also) = iptables_nft {
-                    self.unchecked.insert("iptables-nft".into(), also);
+                // Without nft, iptables-nft is the only view of nf_tables.
+                for (tool, why) in iptables_missing {
+                    self.unchecked.insert(tool.into(), why);
                 }
             }
         }
