@@ -921,7 +921,7 @@ mod tests {
                 vec![Kind::ForwardingOff],
             ),
             scenario(
-                "forwarding off on an L2 bridge carrying the host address",
+                "forwarding off on an L2 bridge carrying the host address (or Docker with iptables=false)",
                 &l2_bridge,
                 vec![],
                 vec![],

@@ -151,7 +151,16 @@ impl HostState {
             if legacy_tables.is_empty() {
                 continue;
             }
-            match run(&format!("{legacy}-save"), &["-c"]) {
+            // Older distributions (CentOS 7) name the legacy tool plain `iptables-save`;
+            // it is legacy when its header does not say nf_tables.
+            let plain = legacy.replace("-legacy", "");
+            let read = run(&format!("{legacy}-save"), &["-c"]).or_else(|why| {
+                run(&format!("{plain}-save"), &["-c"])
+                    .ok()
+                    .filter(|text| !text.lines().next().unwrap_or("").contains("nf_tables"))
+                    .ok_or(why)
+            });
+            match read {
                 Ok(text) => rules.extend(parse_iptables_save(legacy, &text).0),
                 Err(why) => {
                     self.unchecked.insert(
