@@ -74,7 +74,8 @@ pub struct Rule {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packets: Option<u64>,
     pub policy: bool,
-    /// Chains this rule jumps or goes to.
+    /// Chains this rule jumps or goes to (for iptables also its built-in target,
+    /// `DROP`, `ACCEPT`, ...).
     #[serde(skip)]
     pub jumps: Vec<String>,
 }
@@ -83,13 +84,16 @@ impl Rule {
     /// Whether a packet this rule matches is dropped (DROP, REJECT, a drop policy).
     #[must_use]
     pub fn drops(&self) -> bool {
+        if self.policy {
+            // `policy drop;` (nft) or `-P FORWARD DROP` (iptables).
+            return self.text.contains("policy drop") || self.text.ends_with(" DROP");
+        }
         if self.tool == "nft" {
             let words: Vec<&str> = statement(&self.text).split_whitespace().collect();
-            self.policy && self.text.contains("policy drop")
-                || (!self.policy && (words.last() == Some(&"drop") || words.contains(&"reject")))
+            words.last() == Some(&"drop") || words.contains(&"reject")
         } else {
-            self.text.ends_with(" DROP") && (self.policy || self.text.contains("-j DROP"))
-                || self.text.contains("-j REJECT")
+            // The target, not text inside a comment.
+            self.jumps.iter().any(|t| t == "DROP" || t == "REJECT")
         }
     }
 
@@ -420,6 +424,7 @@ mod tests {
 :DOCKER-USER - [0:0]\n\
 :DOCKER-ISOLATION-STAGE-1 - [0:0]\n\
 [3:180] -A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"drop ssh scans\" -j DROP\n\
+[9:540] -A INPUT -m comment --comment \"not -j DROP: a comment\" -j ACCEPT\n\
 [50:3000] -A FORWARD -j DOCKER-USER\n\
 [50:3000] -A FORWARD -j DOCKER-ISOLATION-STAGE-1\n\
 [40:2400] -A FORWARD -o br0 -j ACCEPT\n\
