@@ -668,7 +668,7 @@ mod tests {
             tool: "iptables-nft".into(),
             table: "filter".into(),
             chain: chain.into(),
-            position: 0,
+            occurrence: 0,
             hooks: vec![hook],
             text: text.into(),
             comment: comment.map(str::to_owned),
@@ -895,7 +895,7 @@ mod tests {
             tool: "nft".into(),
             table: "inet filter".into(),
             chain: "forward".into(),
-            position: 3,
+            occurrence: 0,
             hooks: vec![Hook::Forward],
             text: "type filter hook forward priority filter; policy drop;".into(),
             comment: None,
@@ -1026,9 +1026,8 @@ mod tests {
             ]
             .iter()
             .enumerate()
-            .map(|(i, (comment, port))| Rule {
-                position: i,
-                ..rule(
+            .map(|(i, (comment, port))| {
+                rule(
                     "FORWARD",
                     Hook::Forward,
                     &format!("-A FORWARD -p tcp -m tcp --dport {port} -m comment --comment \"{comment}\" -j DROP"),
@@ -1084,7 +1083,7 @@ mod tests {
             tool: "nft".into(),
             table: "inet filter".into(),
             chain: "forward".into(),
-            position: 0,
+            occurrence: 0,
             hooks: vec![Hook::Forward],
             text: "ip daddr 172.18.0.2 counter drop".into(),
             comment: None,

@@ -59,9 +59,11 @@ pub struct Rule {
     /// `filter`, `nat` for iptables; `inet dg` (family and name) for nft.
     pub table: String,
     pub chain: String,
-    /// Index in its chain (the policy comes after the last rule), so that two equal
-    /// rules of one chain keep apart.
-    pub position: usize,
+    /// How many equal rules (same text) come before it in its chain, so that duplicates
+    /// keep apart; unlike a position, it does not shift when other rules are inserted
+    /// during the window (dockerd adding a container's rules), which would otherwise
+    /// pair a rule with another rule's counter.
+    pub occurrence: usize,
     /// The base chains' hooks this rule is reachable from.
     pub hooks: Vec<Hook>,
     /// As the tool prints it: `-A FORWARD ... -j DROP`, `-P FORWARD DROP`, or the nft
@@ -116,7 +118,7 @@ impl Rule {
             &self.tool,
             &self.table,
             &self.chain,
-            self.position,
+            self.occurrence,
             &self.text,
         )
     }
@@ -146,6 +148,22 @@ impl Rule {
 /// An nft rule's statement without the comment.
 fn statement(text: &str) -> &str {
     text.split(" comment \"").next().unwrap_or(text)
+}
+
+/// Numbers rules that are equal in text within one chain (see [`Rule::occurrence`]).
+fn number_duplicates(rules: &mut [Rule]) {
+    let mut seen: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+    for rule in rules {
+        let key = (
+            rule.tool.clone(),
+            rule.table.clone(),
+            rule.chain.clone(),
+            rule.text.clone(),
+        );
+        let count = seen.entry(key).or_default();
+        rule.occurrence = *count;
+        *count += 1;
+    }
 }
 
 /// Fills every rule's `hooks` from its chain's reachability from base chains within
@@ -222,19 +240,12 @@ pub fn parse_iptables_save(tool: &str, text: &str) -> (Vec<Rule>, Vec<String>) {
     let mut tables = Vec::new();
     let mut base = BTreeMap::new();
     let mut table = String::new();
+    // Policies are listed before the rules but apply after them: kept apart and put
+    // at the end of their table.
     let mut policies: Vec<Rule> = Vec::new();
-    let mut positions: BTreeMap<String, usize> = BTreeMap::new();
-    let flush =
-        |rules: &mut Vec<Rule>, policies: &mut Vec<Rule>, positions: &BTreeMap<String, usize>| {
-            for mut p in policies.drain(..) {
-                p.position = positions.get(&p.chain).copied().unwrap_or(0);
-                rules.push(p);
-            }
-        };
     for line in text.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix('*') {
-            flush(&mut rules, &mut policies, &positions);
-            positions.clear();
+            rules.append(&mut policies);
             name.clone_into(&mut table);
             tables.push(table.clone());
         } else if let Some(decl) = line.strip_prefix(':') {
@@ -254,7 +265,7 @@ pub fn parse_iptables_save(tool: &str, text: &str) -> (Vec<Rule>, Vec<String>) {
                 tool: tool.into(),
                 table: table.clone(),
                 chain: chain.into(),
-                position: 0,
+                occurrence: 0,
                 hooks: Vec::new(),
                 text: format!("-P {chain} {policy}"),
                 comment: None,
@@ -266,12 +277,11 @@ pub fn parse_iptables_save(tool: &str, text: &str) -> (Vec<Rule>, Vec<String>) {
             let (packets, rule) = counters(line);
             let words: Vec<&str> = rule.split_whitespace().collect();
             let Some(chain) = words.get(1) else { continue };
-            let position = positions.entry((*chain).to_owned()).or_default();
             rules.push(Rule {
                 tool: tool.into(),
                 table: table.clone(),
                 chain: (*chain).to_owned(),
-                position: *position,
+                occurrence: 0,
                 hooks: Vec::new(),
                 text: rule.to_owned(),
                 comment: iptables_comment(rule),
@@ -279,10 +289,10 @@ pub fn parse_iptables_save(tool: &str, text: &str) -> (Vec<Rule>, Vec<String>) {
                 policy: false,
                 jumps: Rule::jump_targets(&words, &["-j", "-g"]),
             });
-            *position += 1;
         }
     }
-    flush(&mut rules, &mut policies, &positions);
+    rules.append(&mut policies);
+    number_duplicates(&mut rules);
     resolve_hooks(&mut rules, &base);
     (rules, tables)
 }
@@ -333,7 +343,6 @@ pub fn parse_nft_ruleset(text: &str, skip: &[String]) -> Vec<Rule> {
     let mut table = String::new();
     let mut chain: Option<String> = None;
     let mut depth = 0;
-    let mut position = 0;
     let mut policy: Option<Rule> = None;
     for line in text.lines().map(str::trim) {
         let balance = brace_balance(line);
@@ -347,7 +356,6 @@ pub fn parse_nft_ruleset(text: &str, skip: &[String]) -> Vec<Rule> {
                 chain = line
                     .strip_prefix("chain ")
                     .map(|c| c.trim_end_matches('{').trim().to_owned());
-                position = 0;
             }
             2 if chain.is_some() && !skip.contains(&table) => {
                 let name = chain.clone().unwrap_or_default();
@@ -365,7 +373,7 @@ pub fn parse_nft_ruleset(text: &str, skip: &[String]) -> Vec<Rule> {
                             tool: "nft".into(),
                             table: table.clone(),
                             chain: name,
-                            position: 0,
+                            occurrence: 0,
                             hooks: Vec::new(),
                             text: line.to_owned(),
                             comment: None,
@@ -381,7 +389,7 @@ pub fn parse_nft_ruleset(text: &str, skip: &[String]) -> Vec<Rule> {
                         tool: "nft".into(),
                         table: table.clone(),
                         chain: name,
-                        position,
+                        occurrence: 0,
                         hooks: Vec::new(),
                         jumps: Rule::jump_targets(&words, &["jump", "goto"]),
                         comment: nft_comment(&text),
@@ -389,22 +397,19 @@ pub fn parse_nft_ruleset(text: &str, skip: &[String]) -> Vec<Rule> {
                         packets,
                         policy: false,
                     });
-                    position += 1;
                 }
             }
             _ => {}
         }
         depth += balance;
         if depth < 2 {
-            if let Some(mut p) = policy.take() {
-                p.position = position;
-                rules.push(p);
-            }
+            rules.extend(policy.take());
             if depth < 1 {
                 chain = None;
             }
         }
     }
+    number_duplicates(&mut rules);
     resolve_hooks(&mut rules, &base);
     rules
 }
@@ -577,5 +582,25 @@ table inet dg {\n\
             .find(|r| r.chain == "INPUT" && !r.policy)
             .expect("rule");
         assert_eq!(ssh.packets_since(&before), Some(0));
+        // dockerd inserts a rule at the top of DOCKER-USER during the window: the rules
+        // below keep their own counters.
+        let (inserted, _) = parse_iptables_save(
+            "iptables-nft",
+            &SAVE.replace(
+                "[0:0] -A DOCKER-USER -s 10.9.9.9/32",
+                "[0:0] -A DOCKER-USER -s 10.1.1.1/32 -j ACCEPT\n[0:0] -A DOCKER-USER -s 10.9.9.9/32",
+            ),
+        );
+        let blocked = inserted
+            .iter()
+            .find(|r| r.comment.as_deref() == Some("blocked"))
+            .expect("rule");
+        assert_eq!(blocked.packets_since(&before), Some(0));
+        // Two equal rules keep apart.
+        let twice = "*filter\n:FORWARD ACCEPT [0:0]\n[1:60] -A FORWARD -j DROP\n[5:300] -A FORWARD -j DROP\nCOMMIT\n";
+        let (earlier, _) = parse_iptables_save("iptables-nft", twice);
+        let (later, _) = parse_iptables_save("iptables-nft", &twice.replace("[5:300]", "[8:480]"));
+        let deltas: Vec<Option<u64>> = later.iter().map(|r| r.packets_since(&earlier)).collect();
+        assert_eq!(deltas, vec![Some(0), Some(3), Some(0)]);
     }
 }
