@@ -127,6 +127,15 @@ impl Rule {
     #[must_use]
     pub fn packets_since(&self, earlier: &[Rule]) -> Option<u64> {
         let now = self.packets?;
+        // A table that the earlier reading did not see (it failed, or the table is new)
+        // gives no baseline: its lifetime counts are not this window's.
+        if !earlier
+            .iter()
+            .any(|r| r.tool == self.tool && r.table == self.table)
+        {
+            return None;
+        }
+        // A rule added during the window counts from zero.
         let was = earlier
             .iter()
             .find(|r| r.identity() == self.identity())
@@ -602,5 +611,7 @@ table inet dg {\n\
         let (later, _) = parse_iptables_save("iptables-nft", &twice.replace("[5:300]", "[8:480]"));
         let deltas: Vec<Option<u64>> = later.iter().map(|r| r.packets_since(&earlier)).collect();
         assert_eq!(deltas, vec![Some(0), Some(3), Some(0)]);
+        // No earlier reading of the table: no baseline, no count.
+        assert_eq!(later[1].packets_since(&[]), None);
     }
 }
