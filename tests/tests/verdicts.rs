@@ -4,8 +4,10 @@
 //! binaries, and no `forwarding_off` where nothing needs forwarding.
 
 use std::{
+    io::{BufRead as _, BufReader, Read as _},
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, ExitStatus, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -23,7 +25,7 @@ fn privileged(test: &str) -> bool {
 
 /// `dropgate diagnose --netns <ns>` over a 5 s window while `traffic` runs; `path`
 /// replaces `PATH` when given.
-fn diagnose(ns: &Netns, path: Option<&Path>, traffic: impl FnOnce()) -> (Output, String) {
+fn diagnose(ns: &Netns, path: Option<&Path>, traffic: impl FnOnce()) -> (ExitStatus, String) {
     diagnose_with(ns, path, &[], traffic)
 }
 
@@ -33,7 +35,7 @@ fn diagnose_with(
     path: Option<&Path>,
     extra: &[&str],
     traffic: impl FnOnce(),
-) -> (Output, String) {
+) -> (ExitStatus, String) {
     let mut command = Command::new(dropgate_bin());
     command
         .args(["diagnose", "--duration", "5s", "--netns", &ns.name])
@@ -43,21 +45,60 @@ fn diagnose_with(
     if let Some(path) = path {
         command.env("PATH", path);
     }
-    let child = command.spawn().expect("start dropgate diagnose");
-    // Let the trace attach before the traffic starts.
-    std::thread::sleep(Duration::from_millis(1500));
-    traffic();
-    let out = child
-        .wait_with_output()
-        .expect("dropgate diagnose finishes");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "--- dropgate diagnose ({}) ---\n{text}{}",
-        ns.name,
-        String::from_utf8_lossy(&out.stderr)
+    let mut process = Guarded::spawn(command, "dropgate diagnose");
+    let stderr = process.child.stderr.take().expect("piped stderr");
+    let (tx, stderr_lines) = mpsc::channel();
+    let stderr_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The traffic starts once the trace is attached (its log line says so), not after
+    // a guess: on a loaded machine attaching can take seconds.
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !log.iter().any(|l: &String| l.contains(ATTACHED)) {
+        if let Ok(line) = stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            log.push(line);
+        }
+    }
+    assert!(
+        log.iter().any(|l| l.contains(ATTACHED)),
+        "dropgate diagnose attached its trace within 30 s; its log:\n{}",
+        log.join("\n")
     );
-    (out, text)
+    // diagnose takes its baseline just after that line.
+    std::thread::sleep(Duration::from_millis(500));
+    traffic();
+    let mut stdout = process.child.stdout.take().expect("piped stdout");
+    let mut text = String::new();
+    stdout
+        .read_to_string(&mut text)
+        .expect("read diagnose's report");
+    // stdout closed: the report is written; the exit follows at once.
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let status = loop {
+        if let Some(status) = process.child.try_wait().expect("poll dropgate diagnose") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dropgate diagnose did not exit within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = stderr_reader.join();
+    log.extend(stderr_lines.try_iter());
+    eprintln!(
+        "--- dropgate diagnose ({}, {status}) ---\n{text}--- its log ---\n{}",
+        ns.name,
+        log.join("\n")
+    );
+    (status, text)
 }
+
+/// The log line of the tracer once it is attached.
+const ATTACHED: &str = "tracing kernel drops";
 
 /// Docker's filter rules for one bridge and one published port, the way dockerd lays
 /// them out: FORWARD policy DROP, DOCKER-USER first, then accepts for the bridge.
@@ -192,7 +233,7 @@ fn healthy_docker_like_host_with_input_scan_drops_has_no_finding() {
         scan_port_22(&topo);
     });
     assert_eq!(
-        out.status.code(),
+        out.code(),
         Some(0),
         "a healthy Docker-like host whose INPUT drops scans has no problem:\n{text}"
     );
@@ -252,7 +293,7 @@ fn third_rule_is_quoted(tool: &str) {
     let (out, text) = diagnose(&topo.host, None, || {
         assert_eq!(topo.curl_from_ext("/", 2), None, "the third rule drops it");
     });
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.code(), Some(1), "{text}");
     let headline = text.lines().next().expect("a verdict line");
     assert!(
         headline.starts_with("PROBLEM [forward_policy_drop]: the FORWARD path drops traffic (")
@@ -302,7 +343,7 @@ fn the_finding_quotes_the_nft_inet_rule_that_matched() {
     let (out, text) = diagnose(&topo.host, None, || {
         assert_eq!(topo.curl_from_ext("/", 2), None, "the third rule drops it");
     });
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.code(), Some(1), "{text}");
     let headline = text.lines().next().expect("a verdict line");
     assert!(
         headline.contains("tcp dport 80 counter drop comment \"third: web closed\"")
@@ -366,7 +407,7 @@ fn nft_only_host_without_iptables_binaries() {
         scan_port_22(&topo);
     });
     assert_eq!(
-        out.status.code(),
+        out.code(),
         Some(0),
         "healthy nft-only host, no iptables binary: exit 0\n{text}"
     );
@@ -377,7 +418,7 @@ fn nft_only_host_without_iptables_binaries() {
     let (out, text) = diagnose(&topo.host, Some(path.path()), || {
         assert_eq!(topo.curl_from_ext("/", 2), None, "forwarding is off");
     });
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.code(), Some(1), "{text}");
     assert!(
         text.starts_with("PROBLEM [forwarding_off]: forwarding is off on vh-ext (net.ipv4.ip_forward = 0); published port 9091 -> 172.31.231.2:80"),
         "{text}"
@@ -413,7 +454,7 @@ fn no_forwarding_finding_on_an_l2_bridge_carrying_the_host_address() {
         ext.sh("ping -c 2 -i 0.2 -W 2 10.232.0.1");
     });
     assert_eq!(
-        out.status.code(),
+        out.code(),
         Some(0),
         "an L2 bridge needs no forwarding:\n{text}"
     );
@@ -442,7 +483,7 @@ fn no_forwarding_finding_when_ports_are_published_on_loopback_only() {
         let _ = topo.host.sh_output("curl -s -m 1 http://127.0.0.1:9091/");
     });
     assert_eq!(
-        out.status.code(),
+        out.code(),
         Some(0),
         "a port published on 127.0.0.1 needs no forwarding:\n{text}"
     );
@@ -507,7 +548,7 @@ fn healthy_real_docker_host_with_input_scan_drops_has_no_finding() {
         }
     });
     assert_eq!(
-        out.status.code(),
+        out.code(),
         Some(0),
         "a healthy Docker host whose INPUT drops scans has no problem:\n{text}"
     );
@@ -551,7 +592,7 @@ fn br_netfilter_with_forwarding_on_names_rp_filter_not_forwarding() {
             "the DNAT-ed bridged request must fail"
         );
     });
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.code(), Some(1), "{text}");
     let verdict = text
         .lines()
         .find(|l| l.contains("[br_netfilter_dnat]"))
