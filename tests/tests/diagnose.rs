@@ -1,37 +1,23 @@
 //! `dropgate diagnose` on Docker-like hosts built in namespaces: each broken setup gets
 //! its finding with the right words and exit code 1; a healthy one exits 0 and says so.
 
-use std::{
-    process::{Command, Output},
-    time::Duration,
-};
+use std::process::{Command, ExitStatus};
 
-use dropgate_tests::{dropgate_bin, is_root, may_run, netns::DockerLikeHost};
+use dropgate_tests::{
+    dropgate::run_diagnose, dropgate_bin, is_root, may_run, netns::DockerLikeHost,
+};
 
 fn privileged(test: &str) -> bool {
     may_run(test, is_root(), "root (namespaces, iptables, BPF)")
 }
 
 /// Runs `dropgate diagnose` on the host namespace while `traffic` runs.
-fn diagnose(topo: &DockerLikeHost, traffic: impl FnOnce()) -> (Output, String) {
-    let child = Command::new(dropgate_bin())
-        .args(["diagnose", "--duration", "5s", "--netns", &topo.host.name])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start dropgate diagnose");
-    // Let the trace attach before the traffic starts.
-    std::thread::sleep(Duration::from_millis(1500));
-    traffic();
-    let out = child
-        .wait_with_output()
-        .expect("dropgate diagnose finishes");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "--- dropgate diagnose ---\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
+fn diagnose(topo: &DockerLikeHost, traffic: impl FnOnce()) -> (ExitStatus, String) {
+    run_diagnose(
+        &["--duration", "5s", "--netns", &topo.host.name],
+        &[],
+        traffic,
+    )
 }
 
 fn request_fails(topo: &DockerLikeHost) {
@@ -50,7 +36,7 @@ fn the_incident_verdict_names_interface_bridge_destination_and_fix() {
     let topo = DockerLikeHost::build();
     topo.start_http_service();
     let (out, text) = diagnose(&topo, || request_fails(&topo));
-    assert_eq!(out.status.code(), Some(1), "a problem was found");
+    assert_eq!(out.code(), Some(1), "a problem was found");
     let verdict = text.lines().next().expect("a verdict line");
     assert!(verdict.starts_with("PROBLEM [forwarding_off]: forwarding is off on vh-ext (net.ipv4.ip_forward = 0); published port 9091 -> 172.31.231.2:80 (bridge br0) dropped"), "{verdict}");
     assert!(
@@ -76,7 +62,7 @@ fn the_incident_verdict_names_interface_bridge_destination_and_fix() {
             "fixed: the request from ext succeeds"
         );
     });
-    assert_eq!(out.status.code(), Some(0), "healthy after the fix:\n{text}");
+    assert_eq!(out.code(), Some(0), "healthy after the fix:\n{text}");
     assert!(text.starts_with("no problem found"), "{text}");
 }
 
@@ -93,7 +79,7 @@ fn forwarding_off_on_one_interface() {
         DockerLikeHost::HOST_UPLINK
     ));
     let (out, text) = diagnose(&topo, || request_fails(&topo));
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.code(), Some(1));
     assert!(
         text.contains("PROBLEM [forwarding_off_interface]: forwarding is off on vh-ext (net.ipv4.conf.vh-ext.forwarding = 0)"),
         "{text}"
@@ -114,7 +100,7 @@ fn forward_policy_drop() {
     topo.set_forwarding(true);
     topo.host.sh("iptables -P FORWARD DROP");
     let (out, text) = diagnose(&topo, || request_fails(&topo));
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.code(), Some(1));
     assert!(
         text.contains("PROBLEM [forward_policy_drop]: the FORWARD path drops traffic"),
         "{text}"
@@ -136,7 +122,7 @@ fn rp_filter_drop() {
     let (out, text) = diagnose(&topo, || {
         let _ = topo.ping_with_spoofed_source();
     });
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.code(), Some(1));
     assert!(
         text.contains("PROBLEM [rp_filter_drop]: reverse-path filtering drops"),
         "{text}"
@@ -207,7 +193,7 @@ fn br_netfilter_dnat_between_containers_on_one_bridge() {
             "the DNAT-ed bridged request must fail"
         );
     });
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.code(), Some(1));
     assert!(
         text.contains("PROBLEM [forwarding_off]: forwarding is off on br0"),
         "{text}"

@@ -4,15 +4,14 @@
 //! binaries, and no `forwarding_off` where nothing needs forwarding.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
     path::Path,
     process::{Command, ExitStatus, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use dropgate_tests::{
     docker::{docker_available, DockerEngine, ENGINE_ADDR, IMAGE},
+    dropgate::run_diagnose,
     dropgate_bin, http, is_root, may_run,
     netns::{DockerLikeHost, Netns},
     process::Guarded,
@@ -36,69 +35,12 @@ fn diagnose_with(
     extra: &[&str],
     traffic: impl FnOnce(),
 ) -> (ExitStatus, String) {
-    let mut command = Command::new(dropgate_bin());
-    command
-        .args(["diagnose", "--duration", "5s", "--netns", &ns.name])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(path) = path {
-        command.env("PATH", path);
-    }
-    let mut process = Guarded::spawn(command, "dropgate diagnose");
-    let stderr = process.child.stderr.take().expect("piped stderr");
-    let (tx, stderr_lines) = mpsc::channel();
-    let stderr_reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    // The traffic starts once the trace is attached (its log line says so), not after
-    // a guess: on a loaded machine attaching can take seconds.
-    let mut log = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && !log.iter().any(|l: &String| l.contains(ATTACHED)) {
-        if let Ok(line) = stderr_lines.recv_timeout(Duration::from_millis(200)) {
-            log.push(line);
-        }
-    }
-    assert!(
-        log.iter().any(|l| l.contains(ATTACHED)),
-        "dropgate diagnose attached its trace within 30 s; its log:\n{}",
-        log.join("\n")
-    );
-    // diagnose takes its baseline just after that line.
-    std::thread::sleep(Duration::from_millis(500));
-    traffic();
-    let mut stdout = process.child.stdout.take().expect("piped stdout");
-    let mut text = String::new();
-    stdout
-        .read_to_string(&mut text)
-        .expect("read diagnose's report");
-    // stdout closed: the report is written; the exit follows at once.
-    let deadline = Instant::now() + Duration::from_mins(1);
-    let status = loop {
-        if let Some(status) = process.child.try_wait().expect("poll dropgate diagnose") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dropgate diagnose did not exit within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = stderr_reader.join();
-    log.extend(stderr_lines.try_iter());
-    eprintln!(
-        "--- dropgate diagnose ({}, {status}) ---\n{text}--- its log ---\n{}",
-        ns.name,
-        log.join("\n")
-    );
-    (status, text)
+    let mut args = vec!["--duration", "5s", "--netns", &ns.name];
+    args.extend(extra);
+    let env: Vec<(&str, &std::ffi::OsStr)> =
+        path.map(|p| ("PATH", p.as_os_str())).into_iter().collect();
+    run_diagnose(&args, &env, traffic)
 }
-
-/// The log line of the tracer once it is attached.
-const ATTACHED: &str = "tracing kernel drops";
 
 /// Docker's filter rules for one bridge and one published port, the way dockerd lays
 /// them out: FORWARD policy DROP, DOCKER-USER first, then accepts for the bridge.
