@@ -55,6 +55,7 @@ globals!(
     DEV_ND_NET,
     SOCK_NET,
     NET_NS_INUM,
+    NET_COOKIE,
     // Classic tracepoint record layout, from tracefs `events/skb/kfree_skb/format`.
     TP_SKBADDR,
     TP_LOCATION,
@@ -114,8 +115,14 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// `skb->network_header` when no network header was set (`(u16)~0U`).
-const HEADER_UNSET: u16 = 0xffff;
+/// `skb->network_header` of an skb whose network header was never set: `__alloc_skb`
+/// zeroes the field (only the mac and transport headers start as `~0`). A set header
+/// is never at offset 0, as every skb reserves headroom before its data. Drops before
+/// the stack sets it (backlog overflow, generic XDP, drivers) would otherwise read the
+/// headroom as an IP header.
+const HEADER_UNSET: u16 = 0;
+/// What older code and the mac header use for "unset" (`(u16)~0U`); never a real offset.
+const HEADER_UNSET_ALL_ONES: u16 = 0xffff;
 
 #[inline(always)]
 fn global(value: &'static u32) -> u32 {
@@ -259,10 +266,9 @@ fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     cpu.stats[stat::EVENTS as usize] += 1;
     let len: u32 = M::read(skb, global(&SKB_LEN)).unwrap_or(0);
     let dev: u64 = M::read(skb, global(&SKB_DEV)).unwrap_or(0);
-    let (netns, ifindex) = if dev != 0 {
-        let net: u64 = M::read(dev, global(&DEV_ND_NET)).unwrap_or(0);
+    let (net, ifindex) = if dev != 0 {
         (
-            M::read(net, global(&NET_NS_INUM)).unwrap_or(0),
+            M::read::<u64>(dev, global(&DEV_ND_NET)).unwrap_or(0),
             M::read(dev, global(&DEV_IFINDEX)).unwrap_or(0),
         )
     } else {
@@ -272,17 +278,20 @@ fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
             0 => rx_sk,
             sk => sk,
         };
-        let net: u64 = M::read(sk, global(&SOCK_NET)).unwrap_or(0);
         (
-            M::read(net, global(&NET_NS_INUM)).unwrap_or(0),
+            M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0),
             M::read::<i32>(skb, global(&SKB_SKB_IIF)).unwrap_or(0) as u32,
         )
     };
+    let netns: u32 = M::read(net, global(&NET_NS_INUM)).unwrap_or(0);
+    // Two loads from the same structure: no map lookup, a few nanoseconds at most.
+    let netns_cookie: u64 = M::read(net, global(&NET_COOKIE)).unwrap_or(0);
     let ethertype = u16::from_be(M::read::<u16>(skb, global(&SKB_PROTOCOL)).unwrap_or(0));
     let network = network_header::<M>(skb);
     let l4_proto = l4_protocol(network, ethertype);
     let key = DropKey {
         location,
+        netns_cookie,
         netns,
         ifindex,
         reason,
@@ -429,7 +438,7 @@ fn read_flow(network: Option<u64>, sample: &mut DropSample) {
 fn network_header<M: KernelMemory>(skb: u64) -> Option<u64> {
     let head: u64 = M::read(skb, global(&SKB_HEAD)).unwrap_or(0);
     let nh: u16 = M::read(skb, global(&SKB_NETWORK_HEADER)).unwrap_or(HEADER_UNSET);
-    (head != 0 && nh != HEADER_UNSET).then(|| head + u64::from(nh))
+    (head != 0 && nh != HEADER_UNSET && nh != HEADER_UNSET_ALL_ONES).then(|| head + u64::from(nh))
 }
 
 #[inline(always)]

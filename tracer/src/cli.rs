@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use tracer_common::{DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS};
+use tracer_common::{DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS, MAX_DROP_KEYS};
 
 use crate::loader::HookChoice;
 
@@ -246,6 +246,12 @@ pub struct TraceArgs {
     /// others go to the hash map behind it. 0 turns it off. Counts are exact either way.
     #[arg(long = "trace.cache-slots", default_value_t = DROP_CACHE_SLOTS, value_parser = parse_cache_slots)]
     pub cache_slots: u32,
+    /// Distinct drop keys (namespace, interface, reason, function, protocol) the kernel's
+    /// hash map holds at once. Keys of namespaces and interfaces that are gone are
+    /// evicted and their counts kept under netns/interface "gone"; drops that find the
+    /// table full are only counted in dropgate_tracer_uncounted_total.
+    #[arg(long = "trace.max-keys", default_value_t = MAX_DROP_KEYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_keys: u32,
     /// How many recent samples `/api/v1/drops` keeps.
     #[arg(long = "trace.recent-samples", default_value_t = 1000)]
     pub recent_samples: usize,

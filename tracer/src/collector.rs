@@ -3,22 +3,35 @@
 //! The kernel keeps one entry per [`DropKey`]; here they are summed over CPUs, the
 //! numbers are given names (reason from BTF, function from kallsyms, namespace and
 //! interface names), and keys that name the same series (two call sites in one
-//! function) are added together. Entries are never deleted, so every series is a true
-//! monotonic counter. Reading happens at scrape time: the counts are exact as of the
-//! scrape, with no sampling interval in between.
+//! function) are added together. Keys of namespaces and interfaces that are gone are
+//! evicted (see [`crate::eviction`]) with their counts kept here, so every series is a
+//! true monotonic counter and the totals stay exact. Reading happens at scrape time: the
+//! counts are exact as of the scrape, with no sampling interval in between.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use tracer_common::{stat, CpuState, DropCounts, DropKey, DropSlot, REASON_UNKNOWN};
+use tracer_common::{
+    stat, CpuState, DropCounts, DropKey, DropSlot, IFINDEX_GONE, NETNS_GONE, REASON_UNKNOWN,
+};
 
 use crate::{
-    btf::Btf, enrich::Enricher, kallsyms::Kallsyms, loader::Probe, netns::Names, samples::Namer,
+    btf::Btf,
+    enrich::Enricher,
+    eviction::{Evictions, Fate},
+    kallsyms::Kallsyms,
+    loader::Probe,
+    netns::Names,
+    samples::Namer,
 };
+
+/// Label value of the namespace or interface of counts whose key was evicted.
+pub const GONE: &str = "gone";
 
 /// Drop reasons by number, from the running kernel's `enum skb_drop_reason`.
 pub struct ReasonNames {
@@ -104,6 +117,7 @@ struct Maps {
     cache_slots: u32,
     drops: PerCpuHashMap<MapData, DropKey, DropCounts>,
     cpu: PerCpuArray<MapData, CpuState>,
+    evictions: Evictions,
 }
 
 impl DropCollector {
@@ -128,6 +142,7 @@ impl DropCollector {
                 cache_slots: probe.cache_slots,
                 drops,
                 cpu,
+                evictions: Evictions::default(),
             }),
             reasons: Arc::new(ReasonNames::from_btf(btf)),
             kallsyms: Arc::new(kallsyms),
@@ -154,41 +169,102 @@ impl DropCollector {
         )
     }
 
-    /// Current totals per series, summed over CPUs and call sites.
+    /// Current totals per series, summed over CPUs and call sites; evicts the keys of
+    /// namespaces and interfaces that are gone on the way (see [`crate::eviction`]).
     pub fn drops(&self) -> BTreeMap<DropLabels, DropCounts> {
-        let raw: Vec<(DropKey, DropCounts)> = {
-            let maps = self.maps.lock().expect("maps lock");
+        let (raw, retained) = {
+            let mut maps = self.maps.lock().expect("maps lock");
+            let maps = &mut *maps;
             // Each CPU's cache slot holds its own key; the same key may sit in the cache
             // on one CPU and in the hash map on another. The label map below adds them up.
-            let cached = (0..maps.cache_slots)
-                .filter_map(|index| maps.cache.get(&index, 0).ok())
-                .flat_map(|per_cpu| per_cpu.iter().copied().collect::<Vec<_>>())
-                .filter(|slot| slot.counts.packets > 0)
-                .map(|slot| (slot.key, slot.counts));
-            let hashed = maps
+            let cached: Vec<(u32, Vec<DropSlot>)> = (0..maps.cache_slots)
+                .filter_map(|index| {
+                    let per_cpu = maps.cache.get(&index, 0).ok()?;
+                    Some((index, per_cpu.iter().copied().collect::<Vec<_>>()))
+                })
+                .collect();
+            let hashed: Vec<(DropKey, DropCounts)> = maps
                 .drops
                 .iter()
                 .filter_map(Result::ok)
-                .map(|(key, per_cpu)| {
-                    let total = per_cpu
-                        .iter()
-                        .fold(DropCounts::default(), |acc, c| DropCounts {
-                            packets: acc.packets + c.packets,
-                            bytes: acc.bytes + c.bytes,
-                        });
-                    (key, total)
+                .map(|(key, per_cpu)| (key, sum(&per_cpu)))
+                .collect();
+            let keys: HashSet<DropKey> = cached
+                .iter()
+                .flat_map(|(_, slots)| slots.iter())
+                .filter(|slot| slot.counts.packets > 0)
+                .map(|slot| slot.key)
+                .chain(hashed.iter().map(|(key, _)| *key))
+                .collect();
+            let fates = maps.evictions.judge(&self.names, &keys);
+            let now = Instant::now();
+            let mut raw: Vec<(DropKey, Fate, DropCounts)> = Vec::new();
+            for (key, counts) in hashed {
+                let fate = fates[&key];
+                if fate != Fate::Alive && maps.evictions.evictable(&key, now) {
+                    // Read again right before deleting: what counted since is kept too.
+                    let latest = maps.drops.get(&key, 0).map_or(counts, |v| sum(&v));
+                    if maps.drops.remove(&key).is_ok() {
+                        maps.evictions.retain(&key, fate, latest);
+                        continue;
+                    }
+                }
+                raw.push((key, fate, counts));
+            }
+            for (index, slots) in cached {
+                let all_evictable = slots.iter().all(|slot| {
+                    slot.counts.packets > 0
+                        && slot.key.netns_cookie != 0
+                        && fates.get(&slot.key) == Some(&Fate::NamespaceGone)
+                        && maps.evictions.evictable(&slot.key, now)
                 });
-            cached.chain(hashed).collect()
+                if all_evictable {
+                    let free = PerCpuValues::try_from(vec![DropSlot::default(); slots.len()]);
+                    if let Ok(free) = free {
+                        if maps.cache.set(index, free, 0).is_ok() {
+                            for slot in &slots {
+                                maps.evictions
+                                    .retain(&slot.key, Fate::NamespaceGone, slot.counts);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                raw.extend(
+                    slots
+                        .iter()
+                        .filter(|slot| slot.counts.packets > 0)
+                        .map(|slot| (slot.key, fates[&slot.key], slot.counts)),
+                );
+            }
+            let retained: Vec<(DropKey, DropCounts)> = maps
+                .evictions
+                .retained(&self.names)
+                .iter()
+                .map(|(key, counts)| (*key, *counts))
+                .collect();
+            (raw, retained)
         };
         let mut series: BTreeMap<DropLabels, DropCounts> = BTreeMap::new();
-        for (key, counts) in raw {
+        let live = raw
+            .into_iter()
+            .map(|(key, fate, counts)| (fate.folded(&key), counts));
+        for (key, counts) in live.chain(retained) {
             let labels = DropLabels {
-                interface: self.names.interface(key.netns, key.ifindex),
+                interface: if key.ifindex == IFINDEX_GONE {
+                    GONE.into()
+                } else {
+                    self.names.interface(key.netns, key.ifindex)
+                },
                 location: self
                     .kallsyms
                     .function_at(key.location)
                     .map_or_else(|| format!("{:#x}", key.location), str::to_owned),
-                netns: self.names.namespace(key.netns),
+                netns: if key.netns == NETNS_GONE {
+                    GONE.into()
+                } else {
+                    self.names.namespace(key.netns)
+                },
                 protocol: protocol_name(key.ethertype, key.l4_proto),
                 reason: self.reasons.name(key.reason),
             };
@@ -215,6 +291,16 @@ impl DropCollector {
                 .sum()
         })
     }
+}
+
+/// A per-CPU value summed over CPUs.
+fn sum(per_cpu: &[DropCounts]) -> DropCounts {
+    per_cpu
+        .iter()
+        .fold(DropCounts::default(), |acc, c| DropCounts {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        })
 }
 
 fn label_pairs(labels: &DropLabels) -> Vec<LabelPair> {
