@@ -124,6 +124,11 @@ const HEADER_UNSET: u16 = 0;
 /// What older code and the mac header use for "unset" (`(u16)~0U`); never a real offset.
 const HEADER_UNSET_ALL_ONES: u16 = 0xffff;
 
+/// Lowest inode a network namespace can have: every namespace inode comes from
+/// `proc_alloc_inum` (from `0xf0000000`) or is a fixed one of the initial namespaces
+/// (`PROC_NET_INIT_INO` = `0xeffffff9` and its neighbours).
+const NS_INUM_MIN: u32 = 0xefff_ff00;
+
 #[inline(always)]
 fn global(value: &'static u32) -> u32 {
     // SAFETY: a plain read of our own static; volatile so the compiler keeps the load
@@ -266,24 +271,36 @@ fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     cpu.stats[stat::EVENTS as usize] += 1;
     let len: u32 = M::read(skb, global(&SKB_LEN)).unwrap_or(0);
     let dev: u64 = M::read(skb, global(&SKB_DEV)).unwrap_or(0);
-    let (net, ifindex) = if dev != 0 {
+    let sk = match M::read::<u64>(skb, global(&SKB_SK)).unwrap_or(0) {
+        0 => rx_sk,
+        sk => sk,
+    };
+    let iif = M::read::<i32>(skb, global(&SKB_SKB_IIF)).unwrap_or(0) as u32;
+    // `skb->dev` shares its word with `rbnode` (TCP out-of-order queue, fragment
+    // queues, some qdiscs) and `dev_scratch` (UDP receive queues): once a packet is held
+    // by a socket or sits in such a tree, the word is not a device. A received packet
+    // held by a socket is named after the socket's namespace and the interface it came
+    // in on. (The verifier allows no arithmetic on a typed pointer, so the word cannot
+    // be checked for an address; reading through it is fault-safe, and what it yields
+    // is checked below.)
+    let from_dev = dev != 0 && (sk == 0 || iif == 0);
+    let (mut net, mut ifindex) = if from_dev {
         (
             M::read::<u64>(dev, global(&DEV_ND_NET)).unwrap_or(0),
             M::read(dev, global(&DEV_IFINDEX)).unwrap_or(0),
         )
     } else {
-        // Socket-level drops have no device: take the namespace from the socket and the
-        // interface the packet arrived on, if any.
-        let sk = match M::read::<u64>(skb, global(&SKB_SK)).unwrap_or(0) {
-            0 => rx_sk,
-            sk => sk,
-        };
-        (
-            M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0),
-            M::read::<i32>(skb, global(&SKB_SKB_IIF)).unwrap_or(0) as u32,
-        )
+        (M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0), iif)
     };
-    let netns: u32 = M::read(net, global(&NET_NS_INUM)).unwrap_or(0);
+    let mut netns: u32 = M::read(net, global(&NET_NS_INUM)).unwrap_or(0);
+    if from_dev && netns < NS_INUM_MIN {
+        // Another structure read as a device (a tree node pointing at another skb, a
+        // UDP packet's sizes that are no address and read as zero): its "namespace" is
+        // no namespace. Fall back to the socket and the interface the skb came in on.
+        net = M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0);
+        netns = M::read(net, global(&NET_NS_INUM)).unwrap_or(0);
+        ifindex = iif;
+    }
     // Two loads from the same structure: no map lookup, a few nanoseconds at most.
     let netns_cookie: u64 = M::read(net, global(&NET_COOKIE)).unwrap_or(0);
     let ethertype = u16::from_be(M::read::<u16>(skb, global(&SKB_PROTOCOL)).unwrap_or(0));
