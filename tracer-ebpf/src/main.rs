@@ -285,9 +285,18 @@ fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     // is checked below.)
     let from_dev = dev != 0 && (sk == 0 || iif == 0);
     let (mut net, mut ifindex) = if from_dev {
+        // The label is the interface the packet came in on: on the transmit path `dev`
+        // is the outgoing device, while `skb_iif` still names the incoming one (zero for
+        // packets made here, and before the stack has seen them: then `dev` is the best
+        // there is). `skb_iif` never leaks across namespaces: crossing one scrubs it.
+        let ifindex = if iif != 0 {
+            iif
+        } else {
+            M::read(dev, global(&DEV_IFINDEX)).unwrap_or(0)
+        };
         (
             M::read::<u64>(dev, global(&DEV_ND_NET)).unwrap_or(0),
-            M::read(dev, global(&DEV_IFINDEX)).unwrap_or(0),
+            ifindex,
         )
     } else {
         (M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0), iif)

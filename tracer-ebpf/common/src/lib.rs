@@ -18,7 +18,8 @@ pub struct DropKey {
     pub netns_cookie: u64,
     /// Inode of the network namespace of the device (or socket) the skb belonged to; 0 unknown.
     pub netns: u32,
-    /// Ingress interface index in that namespace (`dev->ifindex`, else `skb_iif`); 0 unknown.
+    /// Ingress interface index in that namespace (`skb_iif`, else `dev->ifindex` for
+    /// packets made here or not yet received); 0 unknown.
     pub ifindex: u32,
     /// Raw `enum skb_drop_reason` value; [`REASON_UNKNOWN`] when the kernel reports none.
     pub reason: u32,
