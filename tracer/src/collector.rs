@@ -120,6 +120,121 @@ struct Maps {
     evictions: Evictions,
 }
 
+/// Counts read from the kernel with the fate of their key, and the retained counts of
+/// evicted keys.
+type Reading = (Vec<(DropKey, Fate, DropCounts)>, Vec<(DropKey, DropCounts)>);
+
+impl Maps {
+    /// Reads every key, judges it, evicts the dead ones that are due (see
+    /// [`crate::eviction`]), and returns what is left with the retained counts.
+    fn read(&mut self, names: &Names) -> Reading {
+        // Each CPU's cache slot holds its own key; the same key may sit in the cache on
+        // one CPU and in the hash map on another. The label map adds them up.
+        let cached: Vec<(u32, Vec<DropSlot>)> = (0..self.cache_slots)
+            .filter_map(|index| {
+                let per_cpu = self.cache.get(&index, 0).ok()?;
+                Some((index, per_cpu.iter().copied().collect::<Vec<_>>()))
+            })
+            .collect();
+        let hashed: Vec<(DropKey, DropCounts)> = self
+            .drops
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, sum(&per_cpu)))
+            .collect();
+        let keys: HashSet<DropKey> = cached
+            .iter()
+            .flat_map(|(_, slots)| slots.iter())
+            .filter(|slot| slot.counts.packets > 0)
+            .map(|slot| slot.key)
+            .chain(hashed.iter().map(|(key, _)| *key))
+            .collect();
+        let fates = self.evictions.judge(names, &keys);
+        let mut raw = Vec::new();
+        let evicted = self.evict_hashed(hashed, &fates, &mut raw)
+            + self.evict_cached(cached, &fates, &mut raw);
+        if evicted > 0 {
+            tracing::debug!(
+                keys = evicted,
+                "evicted drop keys of namespaces and interfaces that are gone"
+            );
+        }
+        let retained = self
+            .evictions
+            .retained(names)
+            .iter()
+            .map(|(key, counts)| (*key, *counts))
+            .collect();
+        (raw, retained)
+    }
+
+    /// Deletes the hash map's keys that are due; pushes the others to `raw`.
+    fn evict_hashed(
+        &mut self,
+        hashed: Vec<(DropKey, DropCounts)>,
+        fates: &HashMap<DropKey, Fate>,
+        raw: &mut Vec<(DropKey, Fate, DropCounts)>,
+    ) -> usize {
+        let now = Instant::now();
+        let mut evicted = 0;
+        for (key, counts) in hashed {
+            let fate = fates[&key];
+            if fate != Fate::Alive && self.evictions.evictable(&key, now) {
+                // Read again right before deleting: what counted since is kept too.
+                let latest = self.drops.get(&key, 0).map_or(counts, |v| sum(&v));
+                if self.drops.remove(&key).is_ok() {
+                    self.evictions.retain(&key, fate, latest);
+                    evicted += 1;
+                    continue;
+                }
+            }
+            raw.push((key, fate, counts));
+        }
+        evicted
+    }
+
+    /// Frees the cache indexes whose slot on every CPU holds a key of a namespace that
+    /// is gone for good (so no CPU can count in or claim one of them meanwhile); pushes
+    /// the other slots to `raw`.
+    fn evict_cached(
+        &mut self,
+        cached: Vec<(u32, Vec<DropSlot>)>,
+        fates: &HashMap<DropKey, Fate>,
+        raw: &mut Vec<(DropKey, Fate, DropCounts)>,
+    ) -> usize {
+        let now = Instant::now();
+        let mut evicted = 0;
+        for (index, slots) in cached {
+            let all_evictable = slots.iter().all(|slot| {
+                slot.counts.packets > 0
+                    && slot.key.netns_cookie != 0
+                    && fates.get(&slot.key) == Some(&Fate::NamespaceGone)
+                    && self.evictions.evictable(&slot.key, now)
+            });
+            if all_evictable {
+                let free = PerCpuValues::try_from(vec![DropSlot::default(); slots.len()]);
+                if let Ok(free) = free {
+                    if self.cache.set(index, free, 0).is_ok() {
+                        for slot in &slots {
+                            self.evictions
+                                .retain(&slot.key, Fate::NamespaceGone, slot.counts);
+                        }
+                        evicted += slots.len();
+                        continue;
+                    }
+                }
+            }
+            raw.extend(
+                slots
+                    .iter()
+                    .filter(|slot| slot.counts.packets > 0)
+                    .map(|slot| (slot.key, fates[&slot.key], slot.counts)),
+            );
+        }
+        evicted
+    }
+}
+
 impl DropCollector {
     /// Takes the maps out of the probe (the programs stay attached as long as `probe`
     /// lives) and prepares the name tables.
@@ -172,79 +287,7 @@ impl DropCollector {
     /// Current totals per series, summed over CPUs and call sites; evicts the keys of
     /// namespaces and interfaces that are gone on the way (see [`crate::eviction`]).
     pub fn drops(&self) -> BTreeMap<DropLabels, DropCounts> {
-        let (raw, retained) = {
-            let mut maps = self.maps.lock().expect("maps lock");
-            let maps = &mut *maps;
-            // Each CPU's cache slot holds its own key; the same key may sit in the cache
-            // on one CPU and in the hash map on another. The label map below adds them up.
-            let cached: Vec<(u32, Vec<DropSlot>)> = (0..maps.cache_slots)
-                .filter_map(|index| {
-                    let per_cpu = maps.cache.get(&index, 0).ok()?;
-                    Some((index, per_cpu.iter().copied().collect::<Vec<_>>()))
-                })
-                .collect();
-            let hashed: Vec<(DropKey, DropCounts)> = maps
-                .drops
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(key, per_cpu)| (key, sum(&per_cpu)))
-                .collect();
-            let keys: HashSet<DropKey> = cached
-                .iter()
-                .flat_map(|(_, slots)| slots.iter())
-                .filter(|slot| slot.counts.packets > 0)
-                .map(|slot| slot.key)
-                .chain(hashed.iter().map(|(key, _)| *key))
-                .collect();
-            let fates = maps.evictions.judge(&self.names, &keys);
-            let now = Instant::now();
-            let mut raw: Vec<(DropKey, Fate, DropCounts)> = Vec::new();
-            for (key, counts) in hashed {
-                let fate = fates[&key];
-                if fate != Fate::Alive && maps.evictions.evictable(&key, now) {
-                    // Read again right before deleting: what counted since is kept too.
-                    let latest = maps.drops.get(&key, 0).map_or(counts, |v| sum(&v));
-                    if maps.drops.remove(&key).is_ok() {
-                        maps.evictions.retain(&key, fate, latest);
-                        continue;
-                    }
-                }
-                raw.push((key, fate, counts));
-            }
-            for (index, slots) in cached {
-                let all_evictable = slots.iter().all(|slot| {
-                    slot.counts.packets > 0
-                        && slot.key.netns_cookie != 0
-                        && fates.get(&slot.key) == Some(&Fate::NamespaceGone)
-                        && maps.evictions.evictable(&slot.key, now)
-                });
-                if all_evictable {
-                    let free = PerCpuValues::try_from(vec![DropSlot::default(); slots.len()]);
-                    if let Ok(free) = free {
-                        if maps.cache.set(index, free, 0).is_ok() {
-                            for slot in &slots {
-                                maps.evictions
-                                    .retain(&slot.key, Fate::NamespaceGone, slot.counts);
-                            }
-                            continue;
-                        }
-                    }
-                }
-                raw.extend(
-                    slots
-                        .iter()
-                        .filter(|slot| slot.counts.packets > 0)
-                        .map(|slot| (slot.key, fates[&slot.key], slot.counts)),
-                );
-            }
-            let retained: Vec<(DropKey, DropCounts)> = maps
-                .evictions
-                .retained(&self.names)
-                .iter()
-                .map(|(key, counts)| (*key, *counts))
-                .collect();
-            (raw, retained)
-        };
+        let (raw, retained) = self.maps.lock().expect("maps lock").read(&self.names);
         let mut series: BTreeMap<DropLabels, DropCounts> = BTreeMap::new();
         let live = raw
             .into_iter()
