@@ -151,11 +151,12 @@ impl Maps {
             .collect();
         let fates = self.evictions.judge(names, &keys);
         let mut raw = Vec::new();
-        let evicted = self.evict_hashed(hashed, &fates, &mut raw)
-            + self.evict_cached(cached, &fates, &mut raw);
-        if evicted > 0 {
+        let hashed = self.evict_hashed(hashed, &fates, &mut raw);
+        let cache_slots = self.evict_cached(cached, &fates, &mut raw);
+        if hashed + cache_slots > 0 {
             tracing::debug!(
-                keys = evicted,
+                hashed,
+                cache_slots,
                 "evicted drop keys of namespaces and interfaces that are gone"
             );
         }

@@ -79,6 +79,8 @@ pub struct Evictions {
     interfaces_checked: HashMap<(u32, u64), Instant>,
     /// Counts of evicted keys, under their folded key.
     retained: BTreeMap<DropKey, DropCounts>,
+    /// Cookies judged replaced, so that [`Names`] can forget them once no key has them.
+    replaced_cookies: HashSet<u64>,
 }
 
 impl Evictions {
@@ -90,6 +92,14 @@ impl Evictions {
         for key in keys {
             self.first_seen.entry(*key).or_insert(now);
         }
+        let cookies: HashSet<u64> = keys.iter().map(|key| key.netns_cookie).collect();
+        self.replaced_cookies.retain(|cookie| {
+            let still_used = cookies.contains(cookie);
+            if !still_used {
+                names.forget_cookie(*cookie);
+            }
+            still_used
+        });
         let mut namespaces: HashMap<(u32, u64), bool> = HashMap::new();
         for key in keys {
             namespaces
@@ -121,7 +131,9 @@ impl Evictions {
                 } else {
                     Fate::Alive
                 };
-                if fate != Fate::Alive {
+                if fate == Fate::Alive {
+                    self.dead_since.remove(key);
+                } else {
                     self.dead_since.entry(*key).or_insert(now);
                 }
                 (*key, fate)
