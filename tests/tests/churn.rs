@@ -319,7 +319,12 @@ fn a_namespace_made_after_another_is_deleted_inherits_nothing() {
     assert_eq!(in_netns(&old.0, || wait_in_addr_errors(5)), 5);
     // Let dropgate name the old namespace and its interface before it goes.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while dropgate.value(DROPS, &[("netns", &old.0), ("interface", "eth0")]) < 5.0 {
+    let old_drops = [
+        ("netns", old.0.as_str()),
+        ("interface", "eth0"),
+        ("protocol", "ipv4"),
+    ];
+    while count(&dropgate.scrape(), &old_drops) < 5 {
         assert!(
             Instant::now() < deadline,
             "old namespace's drops never named"
