@@ -352,6 +352,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn max_keys() {
+        let max_keys = |value: &str| {
+            Cli::try_parse_from(["dropgate", "run", &format!("--trace.max-keys={value}")])
+                .map(|cli| match cli.command {
+                    Command::Run { trace, .. } => trace.max_keys,
+                    _ => panic!("run subcommand expected"),
+                })
+                .map_err(|err| err.to_string())
+        };
+        assert_eq!(max_keys("512"), Ok(512));
+        for bad in ["0", "-1", "many"] {
+            let err = max_keys(bad).expect_err("refused");
+            assert!(err.contains("--trace.max-keys"), "{bad}: {err}");
+        }
+        let default = Cli::try_parse_from(["dropgate", "run"]).expect("defaults");
+        let Command::Run { trace, .. } = default.command else {
+            panic!("run subcommand expected");
+        };
+        assert_eq!(trace.max_keys, MAX_DROP_KEYS);
+    }
+
+    #[test]
     fn cache_slots() {
         for (text, want) in [
             ("0", Some(0)),
