@@ -118,8 +118,8 @@ const ETH_P_IPV6: u16 = 0x86dd;
 /// `skb->network_header` of an skb whose network header was never set: `__alloc_skb`
 /// zeroes the field (only the mac and transport headers start as `~0`). A set header
 /// is never at offset 0, as every skb reserves headroom before its data. Drops before
-/// the stack sets it (backlog overflow, generic XDP, drivers) would otherwise read the
-/// headroom as an IP header.
+/// `__netif_receive_skb_core` sets it (backlog overflow, drivers) would otherwise read
+/// the headroom as an IP header.
 const HEADER_UNSET: u16 = 0;
 /// What older code and the mac header use for "unset" (`(u16)~0U`); never a real offset.
 const HEADER_UNSET_ALL_ONES: u16 = 0xffff;
