@@ -55,6 +55,7 @@ globals!(
     DEV_ND_NET,
     SOCK_NET,
     NET_NS_INUM,
+    NET_COOKIE,
     // Classic tracepoint record layout, from tracefs `events/skb/kfree_skb/format`.
     TP_SKBADDR,
     TP_LOCATION,
@@ -114,8 +115,19 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// `skb->network_header` when no network header was set (`(u16)~0U`).
-const HEADER_UNSET: u16 = 0xffff;
+/// `skb->network_header` of an skb whose network header was never set: `__alloc_skb`
+/// zeroes the field (only the mac and transport headers start as `~0`). A set header
+/// is never at offset 0, as every skb reserves headroom before its data. Drops before
+/// `__netif_receive_skb_core` sets it (backlog overflow, drivers) would otherwise read
+/// the headroom as an IP header.
+const HEADER_UNSET: u16 = 0;
+/// What older code and the mac header use for "unset" (`(u16)~0U`); never a real offset.
+const HEADER_UNSET_ALL_ONES: u16 = 0xffff;
+
+/// Lowest inode a network namespace can have: every namespace inode comes from
+/// `proc_alloc_inum` (from `0xf0000000`) or is a fixed one of the initial namespaces
+/// (`PROC_NET_INIT_INO` = `0xeffffff9` and its neighbours).
+const NS_INUM_MIN: u32 = 0xefff_ff00;
 
 #[inline(always)]
 fn global(value: &'static u32) -> u32 {
@@ -259,30 +271,53 @@ fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     cpu.stats[stat::EVENTS as usize] += 1;
     let len: u32 = M::read(skb, global(&SKB_LEN)).unwrap_or(0);
     let dev: u64 = M::read(skb, global(&SKB_DEV)).unwrap_or(0);
-    let (netns, ifindex) = if dev != 0 {
-        let net: u64 = M::read(dev, global(&DEV_ND_NET)).unwrap_or(0);
+    let sk = match M::read::<u64>(skb, global(&SKB_SK)).unwrap_or(0) {
+        0 => rx_sk,
+        sk => sk,
+    };
+    let iif = M::read::<i32>(skb, global(&SKB_SKB_IIF)).unwrap_or(0) as u32;
+    // `skb->dev` shares its word with `rbnode` (TCP out-of-order queue, fragment
+    // queues, some qdiscs) and `dev_scratch` (UDP receive queues): once a packet is held
+    // by a socket or sits in such a tree, the word is not a device. A received packet
+    // held by a socket is named after the socket's namespace and the interface it came
+    // in on. (The verifier allows no arithmetic on a typed pointer, so the word cannot
+    // be checked for an address; reading through it is fault-safe, and what it yields
+    // is checked below.)
+    let from_dev = dev != 0 && (sk == 0 || iif == 0);
+    let (mut net, mut ifindex) = if from_dev {
+        // The label is the interface the packet came in on: on the transmit path `dev`
+        // is the outgoing device, while `skb_iif` still names the incoming one (zero for
+        // packets made here, and before the stack has seen them: then `dev` is the best
+        // there is). `skb_iif` never leaks across namespaces: crossing one scrubs it.
+        let ifindex = if iif != 0 {
+            iif
+        } else {
+            M::read(dev, global(&DEV_IFINDEX)).unwrap_or(0)
+        };
         (
-            M::read(net, global(&NET_NS_INUM)).unwrap_or(0),
-            M::read(dev, global(&DEV_IFINDEX)).unwrap_or(0),
+            M::read::<u64>(dev, global(&DEV_ND_NET)).unwrap_or(0),
+            ifindex,
         )
     } else {
-        // Socket-level drops have no device: take the namespace from the socket and the
-        // interface the packet arrived on, if any.
-        let sk = match M::read::<u64>(skb, global(&SKB_SK)).unwrap_or(0) {
-            0 => rx_sk,
-            sk => sk,
-        };
-        let net: u64 = M::read(sk, global(&SOCK_NET)).unwrap_or(0);
-        (
-            M::read(net, global(&NET_NS_INUM)).unwrap_or(0),
-            M::read::<i32>(skb, global(&SKB_SKB_IIF)).unwrap_or(0) as u32,
-        )
+        (M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0), iif)
     };
+    let mut netns: u32 = M::read(net, global(&NET_NS_INUM)).unwrap_or(0);
+    if from_dev && netns < NS_INUM_MIN {
+        // Another structure read as a device (a tree node pointing at another skb, a
+        // UDP packet's sizes that are no address and read as zero): its "namespace" is
+        // no namespace. Fall back to the socket and the interface the skb came in on.
+        net = M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0);
+        netns = M::read(net, global(&NET_NS_INUM)).unwrap_or(0);
+        ifindex = iif;
+    }
+    // Two loads from the same structure: no map lookup, a few nanoseconds at most.
+    let netns_cookie: u64 = M::read(net, global(&NET_COOKIE)).unwrap_or(0);
     let ethertype = u16::from_be(M::read::<u16>(skb, global(&SKB_PROTOCOL)).unwrap_or(0));
     let network = network_header::<M>(skb);
     let l4_proto = l4_protocol(network, ethertype);
     let key = DropKey {
         location,
+        netns_cookie,
         netns,
         ifindex,
         reason,
@@ -429,7 +464,7 @@ fn read_flow(network: Option<u64>, sample: &mut DropSample) {
 fn network_header<M: KernelMemory>(skb: u64) -> Option<u64> {
     let head: u64 = M::read(skb, global(&SKB_HEAD)).unwrap_or(0);
     let nh: u16 = M::read(skb, global(&SKB_NETWORK_HEADER)).unwrap_or(HEADER_UNSET);
-    (head != 0 && nh != HEADER_UNSET).then(|| head + u64::from(nh))
+    (head != 0 && nh != HEADER_UNSET && nh != HEADER_UNSET_ALL_ONES).then(|| head + u64::from(nh))
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use tracer_common::{DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS};
+use tracer_common::{DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS, MAX_DROP_KEYS};
 
 use crate::loader::HookChoice;
 
@@ -246,6 +246,12 @@ pub struct TraceArgs {
     /// others go to the hash map behind it. 0 turns it off. Counts are exact either way.
     #[arg(long = "trace.cache-slots", default_value_t = DROP_CACHE_SLOTS, value_parser = parse_cache_slots)]
     pub cache_slots: u32,
+    /// Distinct drop keys (namespace, interface, reason, function, protocol) the kernel's
+    /// hash map holds at once. Keys of namespaces and interfaces that are gone are
+    /// evicted and their counts kept under netns/interface "gone"; drops that find the
+    /// table full are only counted in dropgate_tracer_uncounted_total.
+    #[arg(long = "trace.max-keys", default_value_t = MAX_DROP_KEYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_keys: u32,
     /// How many recent samples `/api/v1/drops` keeps.
     #[arg(long = "trace.recent-samples", default_value_t = 1000)]
     pub recent_samples: usize,
@@ -344,6 +350,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_keys() {
+        let max_keys = |value: &str| {
+            Cli::try_parse_from(["dropgate", "run", &format!("--trace.max-keys={value}")])
+                .map(|cli| match cli.command {
+                    Command::Run { trace, .. } => trace.max_keys,
+                    _ => panic!("run subcommand expected"),
+                })
+                .map_err(|err| err.to_string())
+        };
+        assert_eq!(max_keys("512"), Ok(512));
+        for bad in ["0", "-1", "many"] {
+            let err = max_keys(bad).expect_err("refused");
+            assert!(err.contains("--trace.max-keys"), "{bad}: {err}");
+        }
+        let default = Cli::try_parse_from(["dropgate", "run"]).expect("defaults");
+        let Command::Run { trace, .. } = default.command else {
+            panic!("run subcommand expected");
+        };
+        assert_eq!(trace.max_keys, MAX_DROP_KEYS);
+    }
 
     #[test]
     fn cache_slots() {

@@ -3,22 +3,35 @@
 //! The kernel keeps one entry per [`DropKey`]; here they are summed over CPUs, the
 //! numbers are given names (reason from BTF, function from kallsyms, namespace and
 //! interface names), and keys that name the same series (two call sites in one
-//! function) are added together. Entries are never deleted, so every series is a true
-//! monotonic counter. Reading happens at scrape time: the counts are exact as of the
-//! scrape, with no sampling interval in between.
+//! function) are added together. Keys of namespaces and interfaces that are gone are
+//! evicted (see [`crate::eviction`]) with their counts kept here, so every series is a
+//! true monotonic counter and the totals stay exact. Reading happens at scrape time: the
+//! counts are exact as of the scrape, with no sampling interval in between.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use tracer_common::{stat, CpuState, DropCounts, DropKey, DropSlot, REASON_UNKNOWN};
+use tracer_common::{
+    stat, CpuState, DropCounts, DropKey, DropSlot, IFINDEX_GONE, NETNS_GONE, REASON_UNKNOWN,
+};
 
 use crate::{
-    btf::Btf, enrich::Enricher, kallsyms::Kallsyms, loader::Probe, netns::Names, samples::Namer,
+    btf::Btf,
+    enrich::Enricher,
+    eviction::{Evictions, Fate},
+    kallsyms::Kallsyms,
+    loader::Probe,
+    netns::Names,
+    samples::Namer,
 };
+
+/// Label value of the namespace or interface of counts whose key was evicted.
+pub const GONE: &str = "gone";
 
 /// Drop reasons by number, from the running kernel's `enum skb_drop_reason`.
 pub struct ReasonNames {
@@ -104,6 +117,123 @@ struct Maps {
     cache_slots: u32,
     drops: PerCpuHashMap<MapData, DropKey, DropCounts>,
     cpu: PerCpuArray<MapData, CpuState>,
+    evictions: Evictions,
+}
+
+/// Counts read from the kernel with the fate of their key, and the retained counts of
+/// evicted keys.
+type Reading = (Vec<(DropKey, Fate, DropCounts)>, Vec<(DropKey, DropCounts)>);
+
+impl Maps {
+    /// Reads every key, judges it, evicts the dead ones that are due (see
+    /// [`crate::eviction`]), and returns what is left with the retained counts.
+    fn read(&mut self, names: &Names) -> Reading {
+        // Each CPU's cache slot holds its own key; the same key may sit in the cache on
+        // one CPU and in the hash map on another. The label map adds them up.
+        let cached: Vec<(u32, Vec<DropSlot>)> = (0..self.cache_slots)
+            .filter_map(|index| {
+                let per_cpu = self.cache.get(&index, 0).ok()?;
+                Some((index, per_cpu.iter().copied().collect::<Vec<_>>()))
+            })
+            .collect();
+        let hashed: Vec<(DropKey, DropCounts)> = self
+            .drops
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, sum(&per_cpu)))
+            .collect();
+        let keys: HashSet<DropKey> = cached
+            .iter()
+            .flat_map(|(_, slots)| slots.iter())
+            .filter(|slot| slot.counts.packets > 0)
+            .map(|slot| slot.key)
+            .chain(hashed.iter().map(|(key, _)| *key))
+            .collect();
+        let fates = self.evictions.judge(names, &keys);
+        let mut raw = Vec::new();
+        let hashed = self.evict_hashed(hashed, &fates, &mut raw);
+        let cache_slots = self.evict_cached(cached, &fates, &mut raw);
+        if hashed + cache_slots > 0 {
+            tracing::debug!(
+                hashed,
+                cache_slots,
+                "evicted drop keys of namespaces and interfaces that are gone"
+            );
+        }
+        let retained = self
+            .evictions
+            .retained(names)
+            .iter()
+            .map(|(key, counts)| (*key, *counts))
+            .collect();
+        (raw, retained)
+    }
+
+    /// Deletes the hash map's keys that are due; pushes the others to `raw`.
+    fn evict_hashed(
+        &mut self,
+        hashed: Vec<(DropKey, DropCounts)>,
+        fates: &HashMap<DropKey, Fate>,
+        raw: &mut Vec<(DropKey, Fate, DropCounts)>,
+    ) -> usize {
+        let now = Instant::now();
+        let mut evicted = 0;
+        for (key, counts) in hashed {
+            let fate = fates[&key];
+            if fate != Fate::Alive && self.evictions.evictable(&key, now) {
+                // Read again right before deleting: what counted since is kept too.
+                let latest = self.drops.get(&key, 0).map_or(counts, |v| sum(&v));
+                if self.drops.remove(&key).is_ok() {
+                    self.evictions.retain(&key, fate, latest);
+                    evicted += 1;
+                    continue;
+                }
+            }
+            raw.push((key, fate, counts));
+        }
+        evicted
+    }
+
+    /// Frees the cache indexes whose slot on every CPU holds a key of a namespace that
+    /// is gone for good (so no CPU can count in or claim one of them meanwhile); pushes
+    /// the other slots to `raw`.
+    fn evict_cached(
+        &mut self,
+        cached: Vec<(u32, Vec<DropSlot>)>,
+        fates: &HashMap<DropKey, Fate>,
+        raw: &mut Vec<(DropKey, Fate, DropCounts)>,
+    ) -> usize {
+        let now = Instant::now();
+        let mut evicted = 0;
+        for (index, slots) in cached {
+            let all_evictable = slots.iter().all(|slot| {
+                slot.counts.packets > 0
+                    && slot.key.netns_cookie != 0
+                    && fates.get(&slot.key) == Some(&Fate::NamespaceGone)
+                    && self.evictions.evictable(&slot.key, now)
+            });
+            if all_evictable {
+                let free = PerCpuValues::try_from(vec![DropSlot::default(); slots.len()]);
+                if let Ok(free) = free {
+                    if self.cache.set(index, free, 0).is_ok() {
+                        for slot in &slots {
+                            self.evictions
+                                .retain(&slot.key, Fate::NamespaceGone, slot.counts);
+                        }
+                        evicted += slots.len();
+                        continue;
+                    }
+                }
+            }
+            raw.extend(
+                slots
+                    .iter()
+                    .filter(|slot| slot.counts.packets > 0)
+                    .map(|slot| (slot.key, fates[&slot.key], slot.counts)),
+            );
+        }
+        evicted
+    }
 }
 
 impl DropCollector {
@@ -128,6 +258,7 @@ impl DropCollector {
                 cache_slots: probe.cache_slots,
                 drops,
                 cpu,
+                evictions: Evictions::default(),
             }),
             reasons: Arc::new(ReasonNames::from_btf(btf)),
             kallsyms: Arc::new(kallsyms),
@@ -154,41 +285,30 @@ impl DropCollector {
         )
     }
 
-    /// Current totals per series, summed over CPUs and call sites.
+    /// Current totals per series, summed over CPUs and call sites; evicts the keys of
+    /// namespaces and interfaces that are gone on the way (see [`crate::eviction`]).
     pub fn drops(&self) -> BTreeMap<DropLabels, DropCounts> {
-        let raw: Vec<(DropKey, DropCounts)> = {
-            let maps = self.maps.lock().expect("maps lock");
-            // Each CPU's cache slot holds its own key; the same key may sit in the cache
-            // on one CPU and in the hash map on another. The label map below adds them up.
-            let cached = (0..maps.cache_slots)
-                .filter_map(|index| maps.cache.get(&index, 0).ok())
-                .flat_map(|per_cpu| per_cpu.iter().copied().collect::<Vec<_>>())
-                .filter(|slot| slot.counts.packets > 0)
-                .map(|slot| (slot.key, slot.counts));
-            let hashed = maps
-                .drops
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(key, per_cpu)| {
-                    let total = per_cpu
-                        .iter()
-                        .fold(DropCounts::default(), |acc, c| DropCounts {
-                            packets: acc.packets + c.packets,
-                            bytes: acc.bytes + c.bytes,
-                        });
-                    (key, total)
-                });
-            cached.chain(hashed).collect()
-        };
+        let (raw, retained) = self.maps.lock().expect("maps lock").read(&self.names);
         let mut series: BTreeMap<DropLabels, DropCounts> = BTreeMap::new();
-        for (key, counts) in raw {
+        let live = raw
+            .into_iter()
+            .map(|(key, fate, counts)| (fate.folded(&key), counts));
+        for (key, counts) in live.chain(retained) {
             let labels = DropLabels {
-                interface: self.names.interface(key.netns, key.ifindex),
+                interface: if key.ifindex == IFINDEX_GONE {
+                    GONE.into()
+                } else {
+                    self.names.interface(key.netns, key.ifindex)
+                },
                 location: self
                     .kallsyms
                     .function_at(key.location)
                     .map_or_else(|| format!("{:#x}", key.location), str::to_owned),
-                netns: self.names.namespace(key.netns),
+                netns: if key.netns == NETNS_GONE {
+                    GONE.into()
+                } else {
+                    self.names.namespace(key.netns)
+                },
                 protocol: protocol_name(key.ethertype, key.l4_proto),
                 reason: self.reasons.name(key.reason),
             };
@@ -215,6 +335,16 @@ impl DropCollector {
                 .sum()
         })
     }
+}
+
+/// A per-CPU value summed over CPUs.
+fn sum(per_cpu: &[DropCounts]) -> DropCounts {
+    per_cpu
+        .iter()
+        .fold(DropCounts::default(), |acc, c| DropCounts {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        })
 }
 
 fn label_pairs(labels: &DropLabels) -> Vec<LabelPair> {

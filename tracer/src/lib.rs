@@ -11,6 +11,7 @@ pub mod cli;
 pub mod collector;
 pub mod diagnose;
 pub mod enrich;
+pub mod eviction;
 pub mod forwarding;
 pub mod http1;
 pub mod import;

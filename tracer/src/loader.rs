@@ -11,7 +11,9 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS, NO_OFFSET, RDONLY_CAST_PLACEHOLDER};
+use tracer_common::{
+    DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS, MAX_DROP_KEYS, NO_OFFSET, RDONLY_CAST_PLACEHOLDER,
+};
 
 use crate::btf::{Btf, BtfError};
 
@@ -97,6 +99,8 @@ pub struct LoadOptions {
     /// Slots per CPU of the drop cache in front of the hash map (a power of two, at most
     /// `MAX_DROP_CACHE_SLOTS`; 0 turns the cache off).
     pub cache_slots: u32,
+    /// Capacity of the drop hash map (distinct keys held in the kernel at once).
+    pub max_keys: u32,
 }
 
 impl Default for LoadOptions {
@@ -105,6 +109,7 @@ impl Default for LoadOptions {
             hook: HookChoice::Auto,
             samples_per_sec: 1000,
             cache_slots: DROP_CACHE_SLOTS,
+            max_keys: MAX_DROP_KEYS,
         }
     }
 }
@@ -123,6 +128,9 @@ pub struct SkbOffsets {
     pub dev_nd_net: u32,
     pub sock_net: u32,
     pub net_ns_inum: u32,
+    /// `NO_OFFSET` on kernels before 5.14 (no `net_cookie`): namespaces are then told
+    /// apart by inode alone.
+    pub net_cookie: u32,
 }
 
 impl SkbOffsets {
@@ -140,10 +148,11 @@ impl SkbOffsets {
             dev_nd_net: btf.member_offset("net_device", "nd_net")?,
             sock_net: btf.member_offset("sock", "__sk_common.skc_net")?,
             net_ns_inum: btf.member_offset("net", "ns.inum")?,
+            net_cookie: btf.member_offset("net", "net_cookie").unwrap_or(NO_OFFSET),
         })
     }
 
-    fn globals(&self) -> [(&'static str, u32); 11] {
+    fn globals(&self) -> [(&'static str, u32); 12] {
         [
             ("SKB_LEN", self.skb_len),
             ("SKB_DEV", self.skb_dev),
@@ -156,6 +165,7 @@ impl SkbOffsets {
             ("DEV_ND_NET", self.dev_nd_net),
             ("SOCK_NET", self.sock_net),
             ("NET_NS_INUM", self.net_ns_inum),
+            ("NET_COOKIE", self.net_cookie),
         ]
     }
 }
@@ -257,6 +267,9 @@ pub fn load_with(
             "cache slots must be 0 or a power of two up to {MAX_DROP_CACHE_SLOTS}, not {}",
             options.cache_slots
         )));
+    }
+    if options.max_keys == 0 {
+        return Err(LoadError::Options("max keys must be at least 1".into()));
     }
     if OBJECT.is_empty() {
         return Err(LoadError::NotBuilt);
@@ -410,6 +423,7 @@ fn load_object(
     loader.override_global("DROP_CACHE_MASK", &cache_mask, true);
     // An array map cannot be empty: off is one slot nobody uses.
     loader.map_max_entries("DROP_CACHE", options.cache_slots.max(1));
+    loader.map_max_entries("DROPS", options.max_keys);
     let mut ebpf = loader.load(&object).map_err(|e| load_error(e.into()))?;
 
     let tp_btf_result = if choice == HookChoice::Tracepoint {
@@ -556,9 +570,16 @@ mod tests {
         let offsets = SkbOffsets::from_btf(&btf).expect("every field exists on a BTF kernel");
         assert_eq!(offsets.skb_dev, 16);
         assert!(offsets.skb_network_header < offsets.skb_head);
+        // `net_cookie` sits deep in the large `struct net`; every other field is near
+        // the start of its structure.
         assert!(offsets
             .globals()
             .iter()
-            .all(|(_, v)| *v != NO_OFFSET && *v < 4096));
+            .all(|(name, v)| *v != NO_OFFSET && (*v < 4096 || *name == "NET_COOKIE")));
+        assert!(
+            offsets.net_cookie < 1 << 16,
+            "net_cookie at {}",
+            offsets.net_cookie
+        );
     }
 }

@@ -84,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     hook: trace.hook.into(),
                     samples_per_sec: trace.samples_per_sec,
                     cache_slots: trace.cache_slots,
+                    max_keys: trace.max_keys,
                 },
                 recent_samples: trace.recent_samples,
                 docker_host: Some(trace.docker_host).filter(|h| !h.is_empty()),

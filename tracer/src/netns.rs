@@ -6,9 +6,14 @@
 //! names are asked from inside the namespace they belong to (an ifindex means nothing
 //! outside it): a short-lived thread enters the namespace, asks the kernel with
 //! `SIOCGIFNAME`, and ends, so the rest of the process never changes namespace.
+//!
+//! Inodes are not identities: a new namespace may get a dead one's inode. The kernel
+//! program also reports the namespace's `net_cookie`, which is never reused; here each
+//! inode's live cookie is learned (`SO_NETNS_COOKIE` on a socket made inside it), so
+//! that counts and names of a dead namespace are never given to its successor.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
@@ -36,11 +41,34 @@ struct Namespace {
     path: PathBuf,
 }
 
+/// The cookie of the namespace that had an inode when it was last asked.
+#[derive(Clone, Debug)]
+struct LiveCookie {
+    cookie: u64,
+    /// The file it was asked through: another file for the inode means ask again.
+    path: PathBuf,
+}
+
 #[derive(Default)]
 struct State {
     namespaces: HashMap<u32, Namespace>,
     interfaces: HashMap<(u32, u32), String>,
+    cookies: HashMap<u32, LiveCookie>,
+    /// Cookies seen under an inode that another namespace held when asked: gone for good
+    /// (two living namespaces never share an inode).
+    dead_cookies: HashSet<u64>,
     last_scan: Option<Instant>,
+}
+
+/// Whether the namespace a drop key names still exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceState {
+    /// It exists (or cannot be told apart from one that does: never evicted).
+    Alive,
+    /// Gone for certain: another namespace holds its inode now (its cookie differs).
+    Replaced,
+    /// No file or process refers to it in the scan made at `scanned`.
+    Missing { scanned: Instant },
 }
 
 /// Resolves namespace inodes and (namespace, ifindex) pairs to names; caches both.
@@ -116,6 +144,102 @@ impl Names {
         }
     }
 
+    /// Whether the namespace with this inode and cookie (0: unknown) still exists.
+    pub fn namespace_state(&self, inode: u32, cookie: u64) -> NamespaceState {
+        if inode == 0 {
+            return NamespaceState::Alive;
+        }
+        let mut state = self.state.lock().expect("names lock");
+        let path = if inode == self.own {
+            PathBuf::from("/proc/self/ns/net")
+        } else {
+            if !state.namespaces.contains_key(&inode) {
+                Self::rescan(&mut state);
+            }
+            match state.namespaces.get(&inode) {
+                Some(ns) => ns.path.clone(),
+                None => {
+                    return state.last_scan.map_or(NamespaceState::Alive, |scanned| {
+                        NamespaceState::Missing { scanned }
+                    })
+                }
+            }
+        };
+        if cookie == 0 {
+            return NamespaceState::Alive;
+        }
+        if state.dead_cookies.contains(&cookie) {
+            return NamespaceState::Replaced;
+        }
+        let known = state.cookies.get(&inode).cloned();
+        let must_ask = known
+            .as_ref()
+            .is_none_or(|live| live.path != path || live.cookie != cookie);
+        let live = if must_ask {
+            let Some(learned) = cookie_in(&path) else {
+                // Cannot ask (no permission, raced with its end): never evict on a guess.
+                return NamespaceState::Alive;
+            };
+            if known.as_ref().is_some_and(|k| k.cookie != learned) {
+                // Another namespace has the inode now: its interfaces are not the old ones.
+                state.interfaces.retain(|(ns, _), _| *ns != inode);
+            }
+            state.cookies.insert(
+                inode,
+                LiveCookie {
+                    cookie: learned,
+                    path,
+                },
+            );
+            learned
+        } else {
+            known.map_or(cookie, |k| k.cookie)
+        };
+        if live == cookie {
+            NamespaceState::Alive
+        } else {
+            state.dead_cookies.insert(cookie);
+            NamespaceState::Replaced
+        }
+    }
+
+    /// Which of `ifindexes` exist in the namespace with this inode (asked from inside
+    /// it); `None` when it cannot be entered. Forgets the cached names of the others.
+    pub fn existing_interfaces(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<u32>> {
+        let path = if inode == self.own {
+            PathBuf::from("/proc/self/ns/net")
+        } else {
+            self.state
+                .lock()
+                .expect("names lock")
+                .namespaces
+                .get(&inode)?
+                .path
+                .clone()
+        };
+        let existing: Vec<u32> = in_namespace(&path, || {
+            ifindexes
+                .iter()
+                .copied()
+                .filter(|ifindex| index_to_name(*ifindex).is_some())
+                .collect()
+        })?;
+        let mut state = self.state.lock().expect("names lock");
+        state.interfaces.retain(|(ns, ifindex), _| {
+            *ns != inode || existing.contains(ifindex) || !ifindexes.contains(ifindex)
+        });
+        Some(existing)
+    }
+
+    /// Forgets a dead cookie once no key carries it any more (keeps the set small).
+    pub fn forget_cookie(&self, cookie: u64) {
+        self.state
+            .lock()
+            .expect("names lock")
+            .dead_cookies
+            .remove(&cookie);
+    }
+
     /// Paths of every namespace dropgate knows by name, with the name.
     pub fn named(&self) -> Vec<(u32, String, PathBuf)> {
         let mut state = self.state.lock().expect("names lock");
@@ -177,8 +301,12 @@ impl Names {
                 });
             }
         }
-        // Interface names of namespaces that are gone can be reused by new inodes only
-        // in theory (inodes are not recycled quickly); keep the cache, drop dead names.
+        // A namespace that is gone takes its interface names with it: a later one with
+        // the same inode has interfaces of its own.
+        state
+            .interfaces
+            .retain(|(inode, _), _| found.contains_key(inode));
+        state.cookies.retain(|inode, _| found.contains_key(inode));
         state.namespaces = found;
     }
 }
@@ -217,8 +345,9 @@ pub fn inode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
 }
 
-/// Enters the namespace of `ns_path` on a fresh thread and asks for `ifindex`'s name.
-fn interface_name_in(ns_path: &Path, ifindex: u32) -> Option<String> {
+/// Runs `ask` on a fresh thread inside the namespace of `ns_path`; `None` when the
+/// namespace cannot be entered.
+fn in_namespace<T: Send>(ns_path: &Path, ask: impl FnOnce() -> T + Send) -> Option<T> {
     let file = File::open(ns_path).ok()?;
     std::thread::scope(|scope| {
         scope
@@ -228,12 +357,47 @@ fn interface_name_in(ns_path: &Path, ifindex: u32) -> Option<String> {
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return None;
                 }
-                index_to_name(ifindex)
+                Some(ask())
             })
             .join()
             .ok()
             .flatten()
     })
+}
+
+/// Enters the namespace of `ns_path` on a fresh thread and asks for `ifindex`'s name.
+fn interface_name_in(ns_path: &Path, ifindex: u32) -> Option<String> {
+    in_namespace(ns_path, || index_to_name(ifindex)).flatten()
+}
+
+/// The `net_cookie` of the namespace of `ns_path` (kernels >= 5.14).
+fn cookie_in(ns_path: &Path) -> Option<u64> {
+    in_namespace(ns_path, own_cookie).flatten()
+}
+
+/// The `net_cookie` of the calling thread's namespace: `SO_NETNS_COOKIE` on a socket
+/// made in it.
+pub(crate) fn own_cookie() -> Option<u64> {
+    // SAFETY: plain socket(2); the descriptor is closed below on every path.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` is 8 writable bytes and `len` says so, as SO_NETNS_COOKIE needs.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    (rc == 0).then_some(cookie)
 }
 
 /// `if_indextoname` for the calling thread's namespace.
@@ -265,6 +429,30 @@ mod tests {
         );
         assert_eq!(names.interface(names.own_inode(), 0), "none");
         assert_eq!(names.namespace(0), "unknown");
+    }
+
+    #[test]
+    fn our_own_namespace_is_alive_under_its_cookie_only() {
+        let names = Names::new();
+        let Some(cookie) = own_cookie() else {
+            eprintln!("SKIP: no SO_NETNS_COOKIE on this kernel");
+            return;
+        };
+        assert_ne!(cookie, 0, "cookies start at 1");
+        assert_eq!(
+            names.namespace_state(names.own_inode(), cookie),
+            NamespaceState::Alive
+        );
+        assert_eq!(
+            names.namespace_state(names.own_inode(), cookie + 1_000_000),
+            NamespaceState::Replaced,
+            "another cookie under our inode is a namespace that is gone"
+        );
+        assert_eq!(
+            names.namespace_state(names.own_inode(), 0),
+            NamespaceState::Alive,
+            "without a cookie (kernels < 5.14) the inode decides"
+        );
     }
 
     #[test]

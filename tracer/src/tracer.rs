@@ -38,6 +38,7 @@ pub struct Tracer {
     pub forwarding: Arc<ForwardingWatch>,
     pub hook: Hook,
     reader: tokio::task::JoinHandle<()>,
+    evictor: tokio::task::JoinHandle<()>,
     // Declared last: dropped after the reader has been aborted.
     probe: Probe,
 }
@@ -72,6 +73,7 @@ impl Tracer {
                 }
             }
         });
+        let evictor = tokio::spawn(evict_regularly(Arc::clone(&collector)));
         let forwarding = ForwardingWatch::start(collector.names());
         tracing::info!(hook = %probe.hook, reasons = probe.has_reason, "tracing kernel drops");
         Ok(Self {
@@ -80,6 +82,7 @@ impl Tracer {
             forwarding,
             hook: probe.hook,
             reader,
+            evictor,
             probe,
         })
     }
@@ -113,10 +116,33 @@ impl Tracer {
     /// Stops reading samples, detaches and unloads the probe.
     pub fn stop(self) {
         self.reader.abort();
+        self.evictor.abort();
         drop(self.probe);
         tracing::info!("tracer detached");
     }
 }
+
+/// Reads the maps every second whether or not anyone scrapes, so that keys of
+/// namespaces and interfaces that are gone leave the kernel's table before churn fills
+/// it (a read is what evicts them).
+async fn evict_regularly(collector: Arc<DropCollector>) {
+    let mut every = tokio::time::interval(EVICT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let collector = Arc::clone(&collector);
+        // Blocking: map reads, and threads that enter namespaces to ask them.
+        if tokio::task::spawn_blocking(move || collector.drops())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// How often the maps are read for eviction when nobody scrapes.
+const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The trace side's metric families (drop counts, forwarding state, problems) and its
 /// sections of the status page.

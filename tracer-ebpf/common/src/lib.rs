@@ -13,9 +13,13 @@
 pub struct DropKey {
     /// Kernel address inside the function that freed the skb (`kfree_skb`'s `location`).
     pub location: u64,
+    /// `net->net_cookie` of that namespace (kernels >= 5.14; 0 before or unknown). Never
+    /// reused, unlike the inode: it tells a namespace from a later one with the same inode.
+    pub netns_cookie: u64,
     /// Inode of the network namespace of the device (or socket) the skb belonged to; 0 unknown.
     pub netns: u32,
-    /// Ingress interface index in that namespace (`dev->ifindex`, else `skb_iif`); 0 unknown.
+    /// Ingress interface index in that namespace (`skb_iif`, else `dev->ifindex` for
+    /// packets made here or not yet received); 0 unknown.
     pub ifindex: u32,
     /// Raw `enum skb_drop_reason` value; [`REASON_UNKNOWN`] when the kernel reports none.
     pub reason: u32,
@@ -38,7 +42,7 @@ impl DropKey {
     #[must_use]
     pub fn cache_hash(&self) -> u32 {
         let words = [
-            self.location,
+            self.location ^ self.netns_cookie.rotate_left(32),
             (u64::from(self.netns) << 32) | u64::from(self.ifindex),
             (u64::from(self.reason) << 32)
                 | (u64::from(self.ethertype) << 16)
@@ -151,8 +155,15 @@ pub struct CpuState {
 /// Size of the sample ring buffer in bytes (a power of two, a multiple of the page size).
 pub const SAMPLE_RING_BYTES: u32 = 1 << 20;
 
-/// Maximum number of distinct [`DropKey`]s held in the kernel at once.
+/// Default number of distinct [`DropKey`]s the kernel's hash map holds at once
+/// (`--trace.max-keys`); keys of namespaces and interfaces that are gone are evicted.
 pub const MAX_DROP_KEYS: u32 = 16_384;
+
+/// `DropKey::netns` of counts folded in userspace from keys whose namespace is gone.
+pub const NETNS_GONE: u32 = u32::MAX;
+
+/// `DropKey::ifindex` of counts folded in userspace from keys whose interface is gone.
+pub const IFINDEX_GONE: u32 = u32::MAX;
 
 #[cfg(feature = "user")]
 mod user {
@@ -163,7 +174,7 @@ mod user {
     unsafe impl aya::Pod for super::DropCounts {}
     // SAFETY: #[repr(C)], integers and byte arrays laid out without gaps (explicit `pad`).
     unsafe impl aya::Pod for super::DropSample {}
-    // SAFETY: #[repr(C)], a DropKey (24 bytes, no gaps) then DropCounts (16 bytes).
+    // SAFETY: #[repr(C)], a DropKey (32 bytes, no gaps) then DropCounts (16 bytes).
     unsafe impl aya::Pod for super::DropSlot {}
     // SAFETY: #[repr(C)], only u64 fields and an array of u64.
     unsafe impl aya::Pod for super::CpuState {}
@@ -175,8 +186,8 @@ mod tests {
 
     #[test]
     fn layouts_shared_with_the_kernel_program_are_fixed() {
-        assert_eq!(core::mem::size_of::<DropKey>(), 24);
-        assert_eq!(core::mem::size_of::<DropSlot>(), 40);
+        assert_eq!(core::mem::size_of::<DropKey>(), 32);
+        assert_eq!(core::mem::size_of::<DropSlot>(), 48);
         assert_eq!(
             core::mem::size_of::<CpuState>(),
             8 * (stat::COUNT as usize + 3)
@@ -194,6 +205,7 @@ mod tests {
             for (reason, l4_proto) in [(2, 6), (2, 17), (5, 6), (77, 1)] {
                 let key = DropKey {
                     location: 0xffff_ffff_81a0_1234,
+                    netns_cookie: 4096,
                     netns: 4_026_531_840,
                     ifindex,
                     reason,

@@ -200,6 +200,9 @@ fn own_drops(collector: &crate::collector::DropCollector) -> Vec<TracedDrop> {
         .drops()
         .into_iter()
         .filter(|(labels, _)| labels.netns == OWN_NAMESPACE)
+        // An interface that went away takes its past counts to `gone` all at once: no
+        // new drops, and nothing a finding should be about.
+        .filter(|(labels, _)| labels.interface != crate::collector::GONE)
         .map(|(labels, counts)| TracedDrop {
             reason: labels.reason,
             location: labels.location,
