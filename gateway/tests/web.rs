@@ -30,6 +30,9 @@ use gateway::web::guard::Guard;
 use gateway::web::rejections::{Reason, Rejections, WithGatewayMetrics};
 
 const BYPASS_ATTEMPTS: &str = include_str!("data/bypass-attempts.tsv");
+const PUSH_BYPASS_ATTEMPTS: &str = include_str!("data/push-bypass-attempts.tsv");
+/// The rules `data/push-bypass-attempts.tsv` is written against (see its header).
+const PUSH_RULES: [&str; 3] = ["^/metrics/job/secret(/|$)", "/team/red(/|$)", "evil"];
 
 /// A guarded gateway, with `/debug` and `/pprof` routes behind it that answer
 /// "SECRET", so a bypass would show.
@@ -141,8 +144,11 @@ impl Guarded {
 }
 
 fn attempts() -> Vec<(&'static str, &'static str)> {
-    BYPASS_ATTEMPTS
-        .lines()
+    table(BYPASS_ATTEMPTS)
+}
+
+fn table(text: &'static str) -> Vec<(&'static str, &'static str)> {
+    text.lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
         .map(|line| line.split_once('\t').expect("name<TAB>path"))
         .collect()
@@ -178,6 +184,56 @@ async fn bypass_attempts_never_reach_a_route() {
     // The hidden route itself works, so the 404s above are the filter's doing.
     let answer = gw.call(Method::GET, "/pg/metrics", "127.0.0.1:1", "").await;
     assert_eq!(answer.status, StatusCode::OK);
+}
+
+/// What a scrape must never show after the push bypass attempts: each denied group.
+fn assert_no_denied_group(exposition: &str) {
+    for denied in ["job=\"secret\"", "team=\"red\"", "evil"] {
+        assert!(
+            !exposition.to_ascii_lowercase().contains(denied),
+            "a denied group was stored ({denied}):\n{exposition}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn push_bypass_attempts_store_nothing() {
+    let mut setup = Setup::default();
+    setup.config.route_prefix = "/pg".to_owned();
+    setup.config.deny_paths = PUSH_RULES.map(str::to_owned).to_vec();
+    let gw = guarded(setup);
+    let attempts = table(PUSH_BYPASS_ATTEMPTS);
+    assert!(attempts.len() >= 25, "the table must stay large");
+    for (name, path) in attempts {
+        for method in [Method::PUT, Method::POST, Method::DELETE] {
+            let before = gw.rejections.get(Reason::DeniedPath);
+            let answer = gw.call(method.clone(), path, "127.0.0.1:1", "m 1\n").await;
+            assert_eq!(
+                answer.status,
+                StatusCode::NOT_FOUND,
+                "case {name}: {method} {path}: {}",
+                answer.body
+            );
+            assert_eq!(
+                gw.rejections.get(Reason::DeniedPath),
+                before + 1,
+                "case {name}: {method} denied by the filter"
+            );
+        }
+    }
+    // A group the rules do not name is stored, so the 404s above are the filter's.
+    let allowed = gw
+        .call(
+            Method::PUT,
+            "/pg/metrics/job/public/team/blue",
+            "127.0.0.1:1",
+            "m 1\n",
+        )
+        .await;
+    assert_eq!(allowed.status, StatusCode::OK, "{}", allowed.body);
+    let scrape = gw.call(Method::GET, "/pg/metrics", "127.0.0.1:1", "").await;
+    assert!(scrape.body.contains("job=\"public\""), "{}", scrape.body);
+    assert_no_denied_group(&scrape.body);
 }
 
 #[tokio::test]
@@ -477,13 +533,14 @@ async fn running(
 
 /// Sends `raw` on a new connection and reads until the server closes (blocking, in a
 /// blocking task).
-async fn exchange(addr: SocketAddr, raw: &'static [u8]) -> String {
+async fn exchange(addr: SocketAddr, raw: impl Into<Vec<u8>>) -> String {
+    let raw = raw.into();
     tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).expect("connect to the gateway");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set timeout");
-        stream.write_all(raw).expect("send");
+        stream.write_all(&raw).expect("send");
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         String::from_utf8_lossy(&answer).into_owned()
@@ -635,4 +692,41 @@ async fn a_stalled_client_cannot_hold_up_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(file.exists(), "the store was saved");
     drop(stalled);
+}
+
+/// The push bypass table over a real socket: raw request lines as a client sends
+/// them (no client library re-encodes them), then a scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_bypass_attempts_over_a_socket_store_nothing() {
+    let config = GatewayConfig {
+        route_prefix: "/pg".to_owned(),
+        deny_paths: PUSH_RULES.map(str::to_owned).to_vec(),
+        ..GatewayConfig::default()
+    };
+    let (addr, rejections, stop, task) = running(config).await;
+    let put = |path: &str| {
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nConnection: close\r\n\r\nm 1\n"
+        )
+    };
+    let attempts = table(PUSH_BYPASS_ATTEMPTS);
+    for (name, path) in &attempts {
+        let answer = exchange(addr, put(path)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "case {name}: PUT {path}:\n{answer}"
+        );
+    }
+    assert_eq!(rejections.get(Reason::DeniedPath), attempts.len() as u64);
+    let allowed = exchange(addr, put("/pg/metrics/job/public")).await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    let scrape = exchange(
+        addr,
+        "GET /pg/metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(scrape.contains("job=\"public\""), "{scrape}");
+    assert_no_denied_group(&scrape);
+    let _ = stop.send(());
+    task.await.expect("server task").expect("clean stop");
 }
