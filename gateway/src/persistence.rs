@@ -213,15 +213,63 @@ fn decode_group(record: &[u8]) -> Result<RestoredGroup, String> {
     for _ in 0..family_count {
         let seconds = reader.u64().map_err(|e| e.to_string())?;
         let nanos = reader.u32().map_err(|e| e.to_string())?;
-        let at = SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos.min(999_999_999));
+        let at = stored_time(seconds, nanos)?;
         let family = MetricFamily::decode(reader.bytes().map_err(|e| e.to_string())?)
             .map_err(|e| format!("metric family does not decode: {e}"))?;
+        check_push_gauges(&family)?;
         families.push((family, at));
     }
     if reader.at != record.len() {
         return Err("bytes after the last family".to_owned());
     }
     Ok(RestoredGroup { key, families })
+}
+
+/// The latest time a file may hold, 9999-12-31T23:59:59Z: far beyond any clock a
+/// gateway writes with, and every time up to it adds to `UNIX_EPOCH`, formats as
+/// RFC 3339 and converts to a float without overflow. A later one (2^63 s once
+/// panicked at start, before the quarantine) means the file was not written by us.
+pub const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
+
+/// A family's stored-at time, range-checked.
+fn stored_time(seconds: u64, nanos: u32) -> Result<SystemTime, String> {
+    if seconds > MAX_UNIX_SECONDS {
+        return Err(format!(
+            "time {seconds} s since 1970 is after 9999-12-31 (at most {MAX_UNIX_SECONDS})"
+        ));
+    }
+    if nanos > 999_999_999 {
+        return Err(format!(
+            "time has {nanos} nanoseconds, a whole second or more"
+        ));
+    }
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::new(seconds, nanos))
+        .ok_or_else(|| format!("time {seconds} s since 1970 does not fit this system's clock"))
+}
+
+/// `push_time_seconds` and `push_failure_time_seconds` are the gateway's own: each
+/// value must be a time it could have written (finite, 0 to [`MAX_UNIX_SECONDS`]),
+/// since the status page and the JSON API read them as times.
+fn check_push_gauges(family: &MetricFamily) -> Result<(), String> {
+    let name = family.name.as_deref().unwrap_or_default();
+    if !matches!(
+        name,
+        crate::store::PUSH_TIME_NAME | crate::store::PUSH_FAILURE_TIME_NAME
+    ) {
+        return Ok(());
+    }
+    #[allow(clippy::cast_precision_loss)] // A bound, not a value to keep.
+    let max = MAX_UNIX_SECONDS as f64;
+    for metric in &family.metric {
+        let value = metric.gauge.as_ref().and_then(|gauge| gauge.value);
+        if let Some(value) = value.filter(|v| !(0.0..=max).contains(v)) {
+            return Err(format!(
+                "{name} is {value}, not a time from 1970 to 9999-12-31"
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct Reader<'a> {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,6 +15,7 @@ use gateway::codec::text::parse;
 use gateway::config::GatewayConfig;
 use gateway::exposition::Format;
 use gateway::grouping::GroupingKey;
+use gateway::model::{Gauge, Metric, MetricFamily, MetricType};
 use gateway::persistence::{self, LoadOutcome};
 use gateway::server::Gateway;
 use gateway::source::NoSource;
@@ -270,6 +272,139 @@ fn the_format_is_versioned_and_checked() {
         persistence::decode(b"DGSTORE"),
         Err(persistence::FormatError::BadMagic)
     ));
+}
+
+/// A file in the documented format with a valid checksum: one group `{job="hostile"}`
+/// whose families are given as (seconds, nanos, family).
+fn file_with(families: &[(u64, u32, MetricFamily)]) -> Vec<u8> {
+    fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&u32::try_from(bytes.len()).expect("small").to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut record = Vec::new();
+    record.extend_from_slice(&1u32.to_le_bytes());
+    put(&mut record, b"job");
+    put(&mut record, b"hostile");
+    record.extend_from_slice(&u32::try_from(families.len()).expect("few").to_le_bytes());
+    for (seconds, nanos, family) in families {
+        record.extend_from_slice(&seconds.to_le_bytes());
+        record.extend_from_slice(&nanos.to_le_bytes());
+        put(&mut record, &family.encode_to_vec());
+    }
+    let mut out = b"DGSTORE\0".to_vec();
+    out.extend_from_slice(&persistence::FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&1u64.to_le_bytes());
+    put(&mut out, &record);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn gauge_family(name: &str, value: f64) -> MetricFamily {
+    MetricFamily {
+        name: Some(name.to_owned()),
+        r#type: Some(MetricType::Gauge as i32),
+        metric: vec![Metric {
+            gauge: Some(Gauge { value: Some(value) }),
+            ..Metric::default()
+        }],
+        ..MetricFamily::default()
+    }
+}
+
+/// Files that pass the checksum but hold values no gateway writes: each one used to
+/// be (or could be) a panic at start, before the quarantine, on every restart.
+fn hostile_files() -> Vec<(&'static str, Vec<u8>)> {
+    let ok = || gauge_family("m", 1.0);
+    let now = 1_700_000_000;
+    vec![
+        ("time 2^63 s", file_with(&[(1 << 63, 0, ok())])),
+        (
+            "time u64::MAX s",
+            file_with(&[(u64::MAX, 999_999_999, ok())]),
+        ),
+        ("time after 9999", file_with(&[(253_402_300_800, 0, ok())])),
+        (
+            "nanos of a whole second",
+            file_with(&[(now, 1_000_000_000, ok())]),
+        ),
+        ("nanos u32::MAX", file_with(&[(now, u32::MAX, ok())])),
+        (
+            "push time 1e19 s",
+            file_with(&[
+                (now, 0, ok()),
+                (now, 0, gauge_family("push_time_seconds", 1e19)),
+            ]),
+        ),
+        (
+            "push time +Inf",
+            file_with(&[(now, 0, gauge_family("push_time_seconds", f64::INFINITY))]),
+        ),
+        (
+            "push time NaN",
+            file_with(&[(now, 0, gauge_family("push_time_seconds", f64::NAN))]),
+        ),
+        (
+            "failure time negative",
+            file_with(&[(now, 0, gauge_family("push_failure_time_seconds", -1.0))]),
+        ),
+    ]
+}
+
+#[test]
+fn a_file_with_out_of_range_values_is_quarantined_not_a_panic() {
+    for (name, content) in hostile_files() {
+        let dir = TempDir::new("hostile");
+        let file = dir.file("store");
+        std::fs::write(&file, &content).expect("write test file");
+        let store = MetricStore::new(ReservedNames::default());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            persistence::load(&store, &file)
+        }))
+        .unwrap_or_else(|_| panic!("{name}: loading panicked"))
+        .expect("a bad file is not fatal");
+        let LoadOutcome::MovedAside(aside) = outcome else {
+            panic!("{name}: expected the file to be moved aside, got {outcome:?}");
+        };
+        assert_eq!(
+            std::fs::read(&aside).expect("aside file exists"),
+            content,
+            "{name}: kept as it was"
+        );
+        assert_eq!(store.group_count(), 0, "{name}: starts empty");
+    }
+    // The bounds themselves are times a gateway can write.
+    let edge = file_with(&[(253_402_300_799, 999_999_999, gauge_family("m", 1.0))]);
+    assert!(
+        persistence::decode(&edge).is_ok(),
+        "9999-12-31T23:59:59.999999999Z is a time"
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_file_does_not_stop_the_server_nor_its_status_page() {
+    for (name, content) in hostile_files() {
+        let dir = TempDir::new("server-hostile");
+        let file = dir.file("store");
+        std::fs::write(&file, &content).expect("write test file");
+        let gateway = Gateway::bind(config_for(&file), Arc::new(NoSource))
+            .await
+            .unwrap_or_else(|error| panic!("{name}: does not start: {error}"));
+        assert_eq!(gateway.state().store().group_count(), 0, "{name}");
+        let address = gateway.local_addr().expect("bound address");
+        let running = tokio::spawn(gateway.run(std::future::pending()));
+        let (status, _) = http(address, "GET", "/", "").await;
+        assert_eq!(status, 200, "{name}: status page");
+        let (status, _) = http(address, "PUT", "/-/quit", "").await;
+        assert_eq!(status, 200, "{name}");
+        running.await.expect("server task").expect("clean shutdown");
+        let kept = dir
+            .entries()
+            .into_iter()
+            .filter(|entry| entry.starts_with("store.corrupt-"))
+            .count();
+        assert_eq!(kept, 1, "{name}: {:?}", dir.entries());
+    }
 }
 
 async fn http(
