@@ -11,7 +11,8 @@
 //! u32 CRC-32 (IEEE) of every byte before it
 //! ```
 //!
-//! Writes go to a temporary file in the same directory, which is synced, renamed over
+//! Writes go to a temporary file in the same directory (created exclusively, mode
+//! 0600, never through a symlink), which is synced, renamed over
 //! the target, and the directory synced, so a crash leaves the old or the new file,
 //! never a mix. A file that cannot be read or decoded is renamed aside to
 //! `<file>.corrupt-<unix time>` and never overwritten (fix 4 of the spec); if even the
@@ -20,6 +21,7 @@
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -327,7 +329,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
     let temp = dir.join(format!("{name}.in_progress.{}", std::process::id()));
     let written = (|| {
-        let mut file = File::create(&temp)?;
+        let mut file = create_exclusively(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -338,6 +340,38 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&temp);
     }
     written
+}
+
+/// Creates `temp` as a new file only the owner can read (O_CREAT | O_EXCL |
+/// O_NOFOLLOW, 0600): a symlink someone planted at that name is never written
+/// through nor renamed into place. Something already there (a file left by an
+/// earlier writer with this pid, or a planted link) is unlinked, which never
+/// follows a link, and the creation tried once more; if it is back, the save fails.
+fn create_exclusively(temp: &Path) -> io::Result<File> {
+    let open = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(temp)
+    };
+    match open() {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            let was_link =
+                fs::symlink_metadata(temp).is_ok_and(|meta| meta.file_type().is_symlink());
+            fs::remove_file(temp)?;
+            if was_link {
+                tracing::warn!(
+                    file = %temp.display(),
+                    "a symlink stood at the persistence temp file's name; it was removed, \
+                     not followed; check who can write to this folder"
+                );
+            }
+            open()
+        }
+        other => other,
+    }
 }
 
 /// Saves the store's current content to `path`.

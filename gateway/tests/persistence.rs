@@ -253,6 +253,47 @@ fn temp_files_of_dead_writers_are_swept_live_ones_kept() {
     );
 }
 
+/// Someone who can write to the folder plants a symlink at the temp file's name
+/// before a save: the save must neither write through it nor rename it into place.
+#[test]
+fn a_planted_symlink_at_the_temp_path_is_not_followed() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = TempDir::new("symlink");
+    let path = dir.file("store");
+    let victim = dir.file("victim");
+    std::fs::write(&victim, b"precious").expect("write victim");
+    let temp = dir.file(&format!("store.in_progress.{}", std::process::id()));
+    for target in [victim.clone(), dir.file("missing")] {
+        let _ = std::fs::remove_file(&temp);
+        std::os::unix::fs::symlink(&target, &temp).expect("plant the symlink");
+        let store = filled_store();
+        persistence::save(&store, &path).expect("the save goes through");
+        assert!(
+            std::fs::read(&victim).expect("victim still there") == b"precious",
+            "the symlink's target ({}) was written",
+            target.display()
+        );
+        assert!(
+            !dir.file("missing").exists(),
+            "a dangling symlink was followed"
+        );
+        let meta = std::fs::symlink_metadata(&path).expect("the file is there");
+        assert!(meta.file_type().is_file(), "the saved file is a symlink");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "only the owner reads it"
+        );
+        assert_eq!(
+            std::fs::read(&path).expect("saved file"),
+            persistence::encode(&store.snapshot()),
+            "the store is saved"
+        );
+        assert!(!temp.exists(), "no temp file left");
+    }
+}
+
 fn encode_filled() -> Vec<u8> {
     persistence::encode(&filled_store().snapshot())
 }
