@@ -23,6 +23,7 @@ use std::future::Future;
 use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,7 +31,7 @@ use prost::Message as _;
 use tokio::time::Instant;
 
 use crate::grouping::GroupingKey;
-use crate::model::MetricFamily;
+use crate::model::{Counter, Metric, MetricFamily, MetricType};
 use crate::store::{GroupSnapshot, MetricStore, RestoredGroup};
 
 const MAGIC: &[u8; 8] = b"DGSTORE\0";
@@ -71,7 +72,7 @@ pub enum FormatError {
 #[derive(Debug, thiserror::Error)]
 pub enum PersistenceError {
     /// Writing the file failed; the previous file, if any, is untouched.
-    #[error("could not write the persistence file {path}: {source}; check that its directory exists and is writable")]
+    #[error("could not write the persistence file {path}: {source}; check that its directory exists, is writable and has free space")]
     Write {
         /// The persistence file.
         path: PathBuf,
@@ -91,6 +92,49 @@ pub enum PersistenceError {
         /// The rename error.
         source: io::Error,
     },
+}
+
+/// Name of the family that counts failed saves.
+pub const SAVE_FAILURES_TOTAL: &str = "dropgate_gateway_persistence_failures_total";
+
+/// Failed saves of the persistence file since start, exposed as
+/// [`SAVE_FAILURES_TOTAL`] on the gateway's own `/metrics` (at 0 from the start, so
+/// an alert on its rate works before the first failure).
+#[derive(Debug, Default)]
+pub struct SaveFailures(AtomicU64);
+
+impl SaveFailures {
+    fn count(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Failed saves so far.
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The family as exposed on `/metrics`.
+    #[must_use]
+    pub fn family(&self) -> MetricFamily {
+        MetricFamily {
+            name: Some(SAVE_FAILURES_TOTAL.to_owned()),
+            help: Some(
+                "Saves of the persistence file that failed (each is retried with backoff)."
+                    .to_owned(),
+            ),
+            r#type: Some(MetricType::Counter as i32),
+            metric: vec![Metric {
+                #[allow(clippy::cast_precision_loss)] // Exact far beyond any real count.
+                counter: Some(Counter {
+                    value: Some(self.get() as f64),
+                    ..Counter::default()
+                }),
+                ..Metric::default()
+            }],
+            unit: None,
+        }
+    }
 }
 
 /// What [`load`] found.
@@ -479,9 +523,18 @@ fn aside_path(path: &Path, what: &str) -> PathBuf {
     candidate
 }
 
+/// The first retry after a failed save waits this long (or `interval`, if shorter);
+/// each further one twice as long as the one before, up to `interval` (or this, if
+/// longer).
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
 /// Saves the store whenever it changed, at most once per `interval` (the first time no
 /// earlier than `interval` after the call, as upstream), until `stop` resolves; then
 /// saves once more, whatever happened, and returns that last result.
+///
+/// A failed save (disk full, folder gone or read-only) is logged, counted in
+/// `failures` and retried with backoff (see [`FIRST_RETRY`]) whether or not anything
+/// is pushed meanwhile: the store in memory is newer than the file until one works.
 ///
 /// Changes are watched from the moment of the call, not from the first poll, so a
 /// write that lands before the returned future is spawned is not missed.
@@ -489,35 +542,77 @@ pub fn run(
     store: Arc<MetricStore>,
     path: PathBuf,
     interval: Duration,
+    failures: Arc<SaveFailures>,
     stop: impl Future<Output = ()>,
 ) -> impl Future<Output = Result<(), PersistenceError>> {
     let mut changes = store.subscribe();
     let started = Instant::now();
     async move {
         let mut last_write = started;
+        let mut retry: Option<Duration> = None;
         tokio::pin!(stop);
         loop {
-            tokio::select! {
-                seen = changes.changed() => if seen.is_err() { break },
-                () = &mut stop => break,
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(last_write + interval) => {}
-                () = &mut stop => break,
+            if let Some(delay) = retry {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = &mut stop => break,
+                }
+            } else {
+                tokio::select! {
+                    seen = changes.changed() => if seen.is_err() { break },
+                    () = &mut stop => break,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(last_write + interval) => {}
+                    () = &mut stop => break,
+                }
             }
             changes.borrow_and_update();
             match save_in_background(&store, &path).await {
-                Ok(()) => tracing::info!(file = %path.display(), "metrics persisted"),
-                Err(error) => tracing::error!(%error, "error persisting metrics"),
+                Ok(()) => {
+                    if retry.take().is_some() {
+                        tracing::info!(file = %path.display(), "metrics persisted after failed attempts");
+                    } else {
+                        tracing::info!(file = %path.display(), "metrics persisted");
+                    }
+                }
+                Err(error) => {
+                    let total = failures.count();
+                    let delay = next_retry(retry, interval);
+                    retry = Some(delay);
+                    tracing::error!(
+                        %error,
+                        retry_in = ?delay,
+                        failures_total = total,
+                        "error persisting metrics: pushed metrics are kept in memory only \
+                         until a save works; it is retried with backoff"
+                    );
+                }
             }
             last_write = Instant::now();
         }
         let result = save_in_background(&store, &path).await;
-        if result.is_ok() {
-            tracing::info!(file = %path.display(), "metrics persisted on shutdown");
+        match &result {
+            Ok(()) => tracing::info!(file = %path.display(), "metrics persisted on shutdown"),
+            Err(_) => {
+                failures.count();
+            }
         }
         result
     }
+}
+
+/// The wait before the next attempt after a failure (`previous`: the last wait, if
+/// the last attempt was a retry too).
+fn next_retry(previous: Option<Duration>, interval: Duration) -> Duration {
+    // Never a busy loop, whatever the interval.
+    let floor = Duration::from_millis(10);
+    let cap = interval.max(FIRST_RETRY);
+    previous
+        .map_or(FIRST_RETRY.min(interval), |delay| {
+            delay.saturating_mul(2).min(cap)
+        })
+        .max(floor)
 }
 
 async fn save_in_background(store: &Arc<MetricStore>, path: &Path) -> Result<(), PersistenceError> {
@@ -531,4 +626,32 @@ async fn save_in_background(store: &Arc<MetricStore>, path: &Path) -> Result<(),
                 source: io::Error::other(join.to_string()),
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_up_to_the_interval() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let table = [
+            ("first, long interval", None, s(300), s(1)),
+            ("doubles", Some(s(1)), s(300), s(2)),
+            ("capped at the interval", Some(s(256)), s(300), s(300)),
+            ("stays capped", Some(s(300)), s(300), s(300)),
+            ("first, short interval", None, ms(50), ms(50)),
+            (
+                "short interval: up to a second",
+                Some(ms(800)),
+                ms(50),
+                s(1),
+            ),
+            ("zero interval: no busy loop", None, Duration::ZERO, ms(10)),
+        ];
+        for (name, previous, interval, want) in table {
+            assert_eq!(next_retry(previous, interval), want, "case {name}");
+        }
+    }
 }

@@ -560,6 +560,7 @@ async fn writes_wait_for_the_interval_and_happen_on_stop() {
         Arc::clone(&store),
         file.clone(),
         Duration::from_hours(1),
+        Arc::default(),
         async move {
             let _ = stopped.await;
         },
@@ -585,6 +586,7 @@ async fn writes_wait_for_the_interval_and_happen_on_stop() {
         Arc::clone(&store),
         file.clone(),
         Duration::from_millis(50),
+        Arc::default(),
         async move {
             let _ = stopped.await;
         },
@@ -603,4 +605,95 @@ async fn writes_wait_for_the_interval_and_happen_on_stop() {
     task.await
         .expect("persister task")
         .expect("final save works");
+}
+
+/// A save that fails (here: a file stands where the folder should be, which fails
+/// for root too) is counted and retried with backoff without waiting for another
+/// push; once the folder is there the store is saved.
+#[tokio::test]
+async fn a_failed_save_is_retried_without_a_new_push_and_counted() {
+    let dir = TempDir::new("retry");
+    let folder = dir.file("state");
+    let file = folder.join("store");
+    std::fs::write(&folder, b"not a folder").expect("block the folder");
+    let store = Arc::new(MetricStore::new(ReservedNames::default()));
+    let failures = Arc::new(persistence::SaveFailures::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(persistence::run(
+        Arc::clone(&store),
+        file.clone(),
+        Duration::from_millis(50),
+        Arc::clone(&failures),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    push(&store, true, "job/kept", "m 1\n", 1_700_000_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while failures.get() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        failures.get() >= 3,
+        "retried without a push: {} failures",
+        failures.get()
+    );
+    std::fs::remove_file(&folder).expect("unblock");
+    std::fs::create_dir(&folder).expect("the folder is back");
+    while !file.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        file.exists(),
+        "saved once the folder was back, with no new push"
+    );
+    let after = failures.get();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(failures.get(), after, "no more attempts once saved");
+    let restored = MetricStore::new(ReservedNames::default());
+    persistence::load(&restored, &file).expect("the retried save is readable");
+    assert_eq!(restored.group_count(), 1);
+    stop.send(()).expect("persister is running");
+    task.await
+        .expect("persister task")
+        .expect("final save works");
+}
+
+/// The counter is on the gateway's own `/metrics`, at 0 before any failure.
+#[tokio::test]
+async fn save_failures_are_exposed_on_metrics() {
+    let dir = TempDir::new("failures-metric");
+    let folder = dir.file("state");
+    let mut config = config_for(&folder.join("store"));
+    config.persistence_interval = Duration::from_millis(50);
+    let gateway = Gateway::bind(config, Arc::new(NoSource))
+        .await
+        .expect("binds");
+    // Blocked only now: at start, an unreadable file stops the gateway (by design).
+    std::fs::write(&folder, b"not a folder").expect("block the folder");
+    let address = gateway.local_addr().expect("bound address");
+    let failures = Arc::clone(gateway.save_failures());
+    let running = tokio::spawn(gateway.run(std::future::pending()));
+    let (_, before) = http(address, "GET", "/metrics", "").await;
+    assert!(
+        before.contains("dropgate_gateway_persistence_failures_total 0\n"),
+        "{before}"
+    );
+    let (status, _) = http(address, "PUT", "/metrics/job/a", "m 1\n").await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while failures.get() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, after) = http(address, "GET", "/metrics", "").await;
+    let exposed: u64 = after
+        .lines()
+        .find_map(|line| line.strip_prefix("dropgate_gateway_persistence_failures_total "))
+        .and_then(|value| value.parse().ok())
+        .expect("the counter is exposed");
+    assert!(exposed >= 2, "{after}");
+    let (status, _) = http(address, "PUT", "/-/quit", "").await;
+    assert_eq!(status, 200);
+    let result = running.await.expect("server task");
+    assert!(result.is_err(), "the final save fails too, and says so");
 }

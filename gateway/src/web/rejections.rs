@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::model::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+use crate::persistence::SaveFailures;
 use crate::source::MetricSource;
 use crate::status::StatusSection;
 
@@ -134,19 +135,31 @@ impl Rejections {
 /// A [`MetricSource`] that adds the gateway's own families to another source's.
 pub struct WithGatewayMetrics {
     rejections: Arc<Rejections>,
+    save_failures: Arc<SaveFailures>,
     inner: Arc<dyn MetricSource>,
 }
 
 impl WithGatewayMetrics {
-    /// `inner`'s families plus the rejection counters.
+    /// `inner`'s families plus the rejection and save-failure counters.
     pub fn new(rejections: Arc<Rejections>, inner: Arc<dyn MetricSource>) -> Self {
-        Self { rejections, inner }
+        Self {
+            rejections,
+            save_failures: Arc::default(),
+            inner,
+        }
+    }
+
+    /// The save-failure counter these metrics expose, for the persister to count in.
+    #[must_use]
+    pub fn save_failures(&self) -> Arc<SaveFailures> {
+        Arc::clone(&self.save_failures)
     }
 }
 
 impl MetricSource for WithGatewayMetrics {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.inner.collect();
+        families.push(self.save_failures.family());
         families.push(self.rejections.family());
         families
     }
