@@ -40,6 +40,7 @@ struct Guarded {
     router: Router,
     rejections: Arc<Rejections>,
     settings: watch::Sender<Arc<WebSettings>>,
+    guard: Arc<Guard>,
 }
 
 struct Setup {
@@ -96,9 +97,10 @@ fn guarded(setup: Setup) -> Guarded {
         Arc::clone(&rejections),
     ));
     Guarded {
-        router: guard.wrap(app(state).merge(hidden)),
+        router: Arc::clone(&guard).wrap(app(state).merge(hidden)),
         rejections,
         settings,
+        guard,
     }
 }
 
@@ -363,6 +365,131 @@ async fn basic_auth_from_the_web_config() {
     gw.settings.send_replace(Arc::new(WebSettings::default()));
     let answer = gw.call(Method::GET, "/metrics", "127.0.0.1:1", "").await;
     assert_eq!(answer.status, StatusCode::OK);
+}
+
+fn basic(credentials: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+}
+
+/// A bcrypt hash of `password` whose check takes at least `at_least` on this machine
+/// and build (debug builds run bcrypt far slower than release ones).
+fn slow_hash(password: &str, at_least: Duration) -> String {
+    for cost in 6..=14 {
+        let started = std::time::Instant::now();
+        let hash = bcrypt::hash(password, cost).expect("bcrypt");
+        if started.elapsed() >= at_least {
+            return hash;
+        }
+    }
+    panic!("no bcrypt cost up to 14 takes {at_least:?} here");
+}
+
+/// 100 wrong passwords at once: 4 checks run, 64 wait and give up with 503 after the
+/// wait (here the request timeout, shorter than a check), the other 32 are refused
+/// with 429 at once; none waits without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcrypt_checks_are_bounded_queued_and_time_out() {
+    let wait = Duration::from_millis(150);
+    let mut setup = Setup {
+        request_timeout: wait,
+        ..Setup::default()
+    };
+    setup.settings.users = BTreeMap::from([(
+        "alice".to_owned(),
+        slow_hash("s3cret", Duration::from_millis(400)),
+    )]);
+    let gw = Arc::new(guarded(setup));
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let gw = Arc::clone(&gw);
+            tokio::spawn(async move {
+                let request = Request::get("/metrics")
+                    .header(header::AUTHORIZATION, basic(&format!("alice:guess{i}")))
+                    .body(Body::empty())
+                    .expect("request");
+                let answer = gw.send(request).await;
+                (answer.status, answer.headers, started.elapsed())
+            })
+        })
+        .collect();
+    let mut by_status = BTreeMap::new();
+    for task in tasks {
+        let (status, headers, elapsed) = task.await.expect("request task");
+        *by_status.entry(status.as_u16()).or_insert(0) += 1;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(elapsed < wait, "429 is at once: {elapsed:?}");
+        }
+        if matches!(status.as_u16(), 429 | 503) {
+            assert_eq!(
+                headers.get(header::RETRY_AFTER),
+                Some(&HeaderValue::from_static("1"))
+            );
+        }
+    }
+    let count = |code: u16| by_status.get(&code).copied().unwrap_or(0);
+    assert_eq!(count(429), 32, "{by_status:?}");
+    assert_eq!(count(503), 64, "{by_status:?}");
+    assert_eq!(count(401), 4, "{by_status:?}");
+    assert_eq!(gw.guard.bcrypt_checks(), 4, "only the admitted checks ran");
+    assert_eq!(gw.rejections.get(Reason::AuthBusy), 96);
+}
+
+/// A right password costs one bcrypt check, then none while it stays right; a wrong
+/// one for the same user is checked every time; a reload with a new hash forgets it.
+#[tokio::test]
+async fn successful_logins_are_cached_by_user_and_password() {
+    let mut setup = Setup::default();
+    setup.settings.users = BTreeMap::from([(
+        "alice".to_owned(),
+        bcrypt::hash("s3cret", 4).expect("bcrypt"),
+    )]);
+    let gw = guarded(setup);
+    let get = |credentials: &str| {
+        Request::get("/metrics")
+            .header(header::AUTHORIZATION, basic(credentials))
+            .body(Body::empty())
+            .expect("request")
+    };
+    for _ in 0..10 {
+        assert_eq!(gw.send(get("alice:s3cret")).await.status, StatusCode::OK);
+    }
+    assert_eq!(gw.guard.bcrypt_checks(), 1, "one check for ten logins");
+    for _ in 0..3 {
+        let answer = gw.send(get("alice:s3cret2")).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        gw.guard.bcrypt_checks(),
+        4,
+        "wrong passwords are never cached"
+    );
+    // Another header spelling of the same login is the same login.
+    let answer = gw
+        .send(
+            Request::get("/metrics")
+                .header(
+                    header::AUTHORIZATION,
+                    format!("basic  {}", &basic("alice:s3cret")[6..]),
+                )
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(gw.guard.bcrypt_checks(), 4, "keyed by user and password");
+    // A reload with a new password: the old one is checked again, and refused.
+    let settings = WebSettings {
+        users: BTreeMap::from([("alice".to_owned(), bcrypt::hash("n3w", 4).expect("bcrypt"))]),
+        ..WebSettings::default()
+    };
+    gw.settings.send_replace(Arc::new(settings));
+    let answer = gw.send(get("alice:s3cret")).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(gw.guard.bcrypt_checks(), 5);
 }
 
 #[tokio::test]

@@ -27,6 +27,8 @@ pub enum Reason {
     PushNotAllowed,
     /// Missing or wrong basic-auth credentials (401).
     Unauthorized,
+    /// Too many basic-auth password checks queued (429) or waited for too long (503).
+    AuthBusy,
     /// The body exceeded `--web.max-body-bytes` (413).
     BodyTooLarge,
     /// A series had more labels than `--push.max-labels-per-series` (400).
@@ -47,7 +49,8 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order they are exposed.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
+        Self::AuthBusy,
         Self::BodyTooLarge,
         Self::DeniedPath,
         Self::HeaderTimeout,
@@ -68,6 +71,7 @@ impl Reason {
             Self::DeniedPath => "denied_path",
             Self::PushNotAllowed => "push_not_allowed",
             Self::Unauthorized => "unauthorized",
+            Self::AuthBusy => "auth_busy",
             Self::BodyTooLarge => "body_too_large",
             Self::TooManyLabels => "too_many_labels",
             Self::TooManySeries => "too_many_series",
