@@ -153,10 +153,26 @@ pub fn load(file: &Path) -> Result<(WebSettings, Fingerprint), WebConfigError> {
         path: file.to_path_buf(),
         source,
     })?;
+    let settings = settings_from(&text, file, &mut stamps)?;
+    Ok((settings, Fingerprint(stamps)))
+}
+
+/// Parses and checks `text` as the web config `file` (files it names are read
+/// relative to `file`'s folder); what [`load`] does after reading the file. The fuzz
+/// target of the web config calls it directly.
+pub fn parse(text: &[u8], file: &Path) -> Result<WebSettings, WebConfigError> {
+    settings_from(text, file, &mut Vec::new())
+}
+
+fn settings_from(
+    text: &[u8],
+    file: &Path,
+    stamps: &mut Vec<(PathBuf, Stamp)>,
+) -> Result<WebSettings, WebConfigError> {
     let raw: RawWebConfig = if text.trim_ascii().is_empty() {
         RawWebConfig::default()
     } else {
-        serde_yaml::from_slice(&text).map_err(|error| WebConfigError::Syntax {
+        serde_yaml::from_slice(text).map_err(|error| WebConfigError::Syntax {
             file: file.to_path_buf(),
             reason: error.to_string(),
         })?
@@ -183,7 +199,7 @@ pub fn load(file: &Path) -> Result<(WebSettings, Fingerprint), WebConfigError> {
 
     let tls = match raw.tls_server_config {
         Some(tls) if tls_configured(&tls) => {
-            let config = tls_config(&tls, dir, &mut stamps).map_err(|error| match error {
+            let config = tls_config(&tls, dir, stamps).map_err(|error| match error {
                 TlsSetupError::Read { path, source } => WebConfigError::Read {
                     file: file.to_path_buf(),
                     path,
@@ -195,12 +211,11 @@ pub fn load(file: &Path) -> Result<(WebSettings, Fingerprint), WebConfigError> {
         }
         _ => None,
     };
-    let settings = WebSettings {
+    Ok(WebSettings {
         tls,
         users,
         headers,
-    };
-    Ok((settings, Fingerprint(stamps)))
+    })
 }
 
 /// bcrypt costs above this are logged at load: each step doubles what a check of a
@@ -254,9 +269,29 @@ fn stamp(path: &Path) -> Stamp {
 /// Reads `path`, noting how it looked *before* the read: a change during the read
 /// then shows as a change at the next look.
 fn stamped_read(path: &Path, stamps: &mut Vec<(PathBuf, Stamp)>) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+
     stamps.push((path.to_path_buf(), stamp(path)));
-    std::fs::read(path)
+    // A config or PEM file is a few KiB; a path to a device or a huge file must not
+    // take the gateway's memory (`/dev/zero` never ends).
+    let mut text = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB; a web config, certificate or key is a few KiB",
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(text)
 }
+
+/// The most read of the web config or any file it names.
+const MAX_FILE_BYTES: u64 = 4 << 20;
 
 impl Fingerprint {
     /// The same files, looked at again.
@@ -781,6 +816,11 @@ mod tests {
                 "client_auth_type",
             ),
             ("bad yaml", "tls_server_config: [\n", "web.yml"),
+            (
+                "endless certificate",
+                "tls_server_config:\n  cert_file: /dev/zero\n  key_file: /dev/zero\n",
+                "larger than 4 MiB",
+            ),
             (
                 "sans",
                 "tls_server_config:\n  client_allowed_sans: [a]\n  cert_file: c.pem\n",
