@@ -71,7 +71,9 @@ pub struct Guard {
     cache_key: ring::hmac::Key,
     /// Admission to a bcrypt check: running plus queued ([`BCRYPT_QUEUE`]).
     bcrypt_admission: Semaphore,
-    bcrypt_permits: Semaphore,
+    /// Shared with the blocking task that holds one, so a check whose request went
+    /// away still counts until bcrypt is done with it.
+    bcrypt_permits: Arc<Semaphore>,
     bcrypt_runs: AtomicU64,
 }
 
@@ -94,7 +96,7 @@ impl Guard {
             auth_cache: Mutex::new(HashSet::new()),
             cache_key: random_hmac_key(),
             bcrypt_admission: Semaphore::new(CONCURRENT_BCRYPT + BCRYPT_QUEUE),
-            bcrypt_permits: Semaphore::new(CONCURRENT_BCRYPT),
+            bcrypt_permits: Arc::new(Semaphore::new(CONCURRENT_BCRYPT)),
             bcrypt_runs: AtomicU64::new(0),
         }
     }
@@ -204,17 +206,21 @@ impl Guard {
             return Err(AuthRefusal::QueueFull);
         };
         let wait = BCRYPT_WAIT.min(self.request_timeout);
-        let _permit = match tokio::time::timeout(wait, self.bcrypt_permits.acquire()).await {
+        let permits = Arc::clone(&self.bcrypt_permits);
+        let permit = match tokio::time::timeout(wait, permits.acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => return Err(AuthRefusal::Unauthorized),
             Err(_elapsed) => return Err(AuthRefusal::WaitedTooLong(wait)),
         };
         self.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
-        let verified = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false);
+        let verified = tokio::task::spawn_blocking(move || {
+            let _running = permit;
+            bcrypt::verify(password, &hash)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false);
         if !(verified && known.is_some()) {
             return Err(AuthRefusal::Unauthorized);
         }
