@@ -131,6 +131,46 @@ impl GroupingKey {
         Ok(Self::from_map(map))
     }
 
+    /// The key of a push or delete request for `path` (the request target's path as
+    /// received, still percent-encoded) under `route_prefix` (normalised, e.g. `/pg`
+    /// or `""`): `None` when the path is not a push path at all.
+    ///
+    /// The push handler and the path filter both take the key from here, so the
+    /// filter judges exactly the group the handler would write: `@base64`,
+    /// percent-decoding and `;` are read the same way by both, by construction.
+    #[must_use]
+    pub fn of_request_path(path: &str, route_prefix: &str) -> Option<Result<Self, GroupingError>> {
+        let rest = path.strip_prefix(route_prefix)?.strip_prefix("/metrics/")?;
+        Some(Self::from_path(rest))
+    }
+
+    /// The key written as a plain push path, `/metrics/job/<job>{/<name>/<value>}`,
+    /// labels after `job` sorted by name, values decoded; a `%` or `/` inside a value
+    /// is written `%25` or `%2F`, so each segment is one name or one value. It is the
+    /// form deny rules see of a push, whatever encoding its URL used.
+    #[must_use]
+    pub fn to_push_path(&self) -> String {
+        fn push_value(out: &mut String, value: &str) {
+            for c in value.chars() {
+                match c {
+                    '%' => out.push_str("%25"),
+                    '/' => out.push_str("%2F"),
+                    c => out.push(c),
+                }
+            }
+        }
+        let mut out = String::with_capacity(self.text.len() + 2 * self.ends.len() + 16);
+        out.push_str("/metrics/job/");
+        push_value(&mut out, self.job());
+        for (name, value) in self.labels().filter(|(name, _)| *name != "job") {
+            out.push('/');
+            out.push_str(name);
+            out.push('/');
+            push_value(&mut out, value);
+        }
+        out
+    }
+
     fn from_map(labels: BTreeMap<String, String>) -> Self {
         let mut text = String::new();
         let mut ends = Vec::with_capacity(labels.len() * 2);
@@ -551,6 +591,70 @@ mod tests {
                 (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn push_paths_of_requests_and_their_plain_form() {
+        // (name, request path, route prefix, plain push path or None when not a push)
+        let table: &[(&str, &str, &str, Option<&str>)] = &[
+            ("plain", "/metrics/job/a", "", Some("/metrics/job/a")),
+            (
+                "base64 job",
+                "/metrics/job@base64/c2VjcmV0",
+                "",
+                Some("/metrics/job/secret"),
+            ),
+            (
+                "semicolon kept",
+                "/metrics/job/x;evil",
+                "",
+                Some("/metrics/job/x;evil"),
+            ),
+            (
+                "encoded semicolon",
+                "/metrics/job/x%3Bevil",
+                "",
+                Some("/metrics/job/x;evil"),
+            ),
+            (
+                "labels sorted, last repeat wins",
+                "/metrics/job/j/z/1/a/2/z/3",
+                "",
+                Some("/metrics/job/j/a/2/z/3"),
+            ),
+            (
+                "slash in a value",
+                "/metrics/job@base64/YS9i",
+                "",
+                Some("/metrics/job/a%2Fb"),
+            ),
+            (
+                "percent in a value",
+                "/metrics/job/%2573",
+                "",
+                Some("/metrics/job/%2573"),
+            ),
+            (
+                "under the prefix",
+                "/pg/metrics/job/a",
+                "/pg",
+                Some("/metrics/job/a"),
+            ),
+            ("outside the prefix", "/metrics/job/a", "/pg", None),
+            ("not a push path", "/api/v1/metrics", "", None),
+        ];
+        for (name, path, prefix, want) in table {
+            let got = GroupingKey::of_request_path(path, prefix)
+                .map(|key| key.expect("valid key").to_push_path());
+            assert_eq!(got.as_deref(), *want, "case {name}");
+        }
+        assert!(
+            matches!(
+                GroupingKey::of_request_path("/metrics/job/x/a", ""),
+                Some(Err(_))
+            ),
+            "an invalid push path is still a push path"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! u32 CRC-32 (IEEE) of every byte before it
 //! ```
 //!
-//! Writes go to a temporary file in the same directory, which is synced, renamed over
+//! Writes go to a temporary file in the same directory (created exclusively, mode
+//! 0600, never through a symlink), which is synced, renamed over
 //! the target, and the directory synced, so a crash leaves the old or the new file,
 //! never a mix. A file that cannot be read or decoded is renamed aside to
 //! `<file>.corrupt-<unix time>` and never overwritten (fix 4 of the spec); if even the
@@ -20,7 +21,9 @@
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +31,7 @@ use prost::Message as _;
 use tokio::time::Instant;
 
 use crate::grouping::GroupingKey;
-use crate::model::MetricFamily;
+use crate::model::{Counter, Metric, MetricFamily, MetricType};
 use crate::store::{GroupSnapshot, MetricStore, RestoredGroup};
 
 const MAGIC: &[u8; 8] = b"DGSTORE\0";
@@ -69,7 +72,7 @@ pub enum FormatError {
 #[derive(Debug, thiserror::Error)]
 pub enum PersistenceError {
     /// Writing the file failed; the previous file, if any, is untouched.
-    #[error("could not write the persistence file {path}: {source}; check that its directory exists and is writable")]
+    #[error("could not write the persistence file {path}: {source}; check that its directory exists, is writable and has free space")]
     Write {
         /// The persistence file.
         path: PathBuf,
@@ -89,6 +92,49 @@ pub enum PersistenceError {
         /// The rename error.
         source: io::Error,
     },
+}
+
+/// Name of the family that counts failed saves.
+pub const SAVE_FAILURES_TOTAL: &str = "dropgate_gateway_persistence_failures_total";
+
+/// Failed saves of the persistence file since start, exposed as
+/// [`SAVE_FAILURES_TOTAL`] on the gateway's own `/metrics` (at 0 from the start, so
+/// an alert on its rate works before the first failure).
+#[derive(Debug, Default)]
+pub struct SaveFailures(AtomicU64);
+
+impl SaveFailures {
+    fn count(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Failed saves so far.
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The family as exposed on `/metrics`.
+    #[must_use]
+    pub fn family(&self) -> MetricFamily {
+        MetricFamily {
+            name: Some(SAVE_FAILURES_TOTAL.to_owned()),
+            help: Some(
+                "Saves of the persistence file that failed (each is retried with backoff)."
+                    .to_owned(),
+            ),
+            r#type: Some(MetricType::Counter as i32),
+            metric: vec![Metric {
+                #[allow(clippy::cast_precision_loss)] // Exact far beyond any real count.
+                counter: Some(Counter {
+                    value: Some(self.get() as f64),
+                    ..Counter::default()
+                }),
+                ..Metric::default()
+            }],
+            unit: None,
+        }
+    }
 }
 
 /// What [`load`] found.
@@ -213,15 +259,63 @@ fn decode_group(record: &[u8]) -> Result<RestoredGroup, String> {
     for _ in 0..family_count {
         let seconds = reader.u64().map_err(|e| e.to_string())?;
         let nanos = reader.u32().map_err(|e| e.to_string())?;
-        let at = SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos.min(999_999_999));
+        let at = stored_time(seconds, nanos)?;
         let family = MetricFamily::decode(reader.bytes().map_err(|e| e.to_string())?)
             .map_err(|e| format!("metric family does not decode: {e}"))?;
+        check_push_gauges(&family)?;
         families.push((family, at));
     }
     if reader.at != record.len() {
         return Err("bytes after the last family".to_owned());
     }
     Ok(RestoredGroup { key, families })
+}
+
+/// The latest time a file may hold, 9999-12-31T23:59:59Z: far beyond any clock a
+/// gateway writes with, and every time up to it adds to `UNIX_EPOCH`, formats as
+/// RFC 3339 and converts to a float without overflow. A later one (2^63 s once
+/// panicked at start, before the quarantine) means the file was not written by us.
+pub const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
+
+/// A family's stored-at time, range-checked.
+fn stored_time(seconds: u64, nanos: u32) -> Result<SystemTime, String> {
+    if seconds > MAX_UNIX_SECONDS {
+        return Err(format!(
+            "time {seconds} s since 1970 is after 9999-12-31 (at most {MAX_UNIX_SECONDS})"
+        ));
+    }
+    if nanos > 999_999_999 {
+        return Err(format!(
+            "time has {nanos} nanoseconds, a whole second or more"
+        ));
+    }
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::new(seconds, nanos))
+        .ok_or_else(|| format!("time {seconds} s since 1970 does not fit this system's clock"))
+}
+
+/// `push_time_seconds` and `push_failure_time_seconds` are the gateway's own: each
+/// value must be a time it could have written (finite, 0 to [`MAX_UNIX_SECONDS`]),
+/// since the status page and the JSON API read them as times.
+fn check_push_gauges(family: &MetricFamily) -> Result<(), String> {
+    let name = family.name.as_deref().unwrap_or_default();
+    if !matches!(
+        name,
+        crate::store::PUSH_TIME_NAME | crate::store::PUSH_FAILURE_TIME_NAME
+    ) {
+        return Ok(());
+    }
+    #[allow(clippy::cast_precision_loss)] // A bound, not a value to keep.
+    let max = MAX_UNIX_SECONDS as f64;
+    for metric in &family.metric {
+        let value = metric.gauge.as_ref().and_then(|gauge| gauge.value);
+        if let Some(value) = value.filter(|v| !(0.0..=max).contains(v)) {
+            return Err(format!(
+                "{name} is {value}, not a time from 1970 to 9999-12-31"
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct Reader<'a> {
@@ -279,7 +373,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
     let temp = dir.join(format!("{name}.in_progress.{}", std::process::id()));
     let written = (|| {
-        let mut file = File::create(&temp)?;
+        let mut file = create_exclusively(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -290,6 +384,38 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&temp);
     }
     written
+}
+
+/// Creates `temp` as a new file only the owner can read (O_CREAT | O_EXCL |
+/// O_NOFOLLOW, 0600): a symlink someone planted at that name is never written
+/// through nor renamed into place. Something already there (a file left by an
+/// earlier writer with this pid, or a planted link) is unlinked, which never
+/// follows a link, and the creation tried once more; if it is back, the save fails.
+fn create_exclusively(temp: &Path) -> io::Result<File> {
+    let open = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(temp)
+    };
+    match open() {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            let was_link =
+                fs::symlink_metadata(temp).is_ok_and(|meta| meta.file_type().is_symlink());
+            fs::remove_file(temp)?;
+            if was_link {
+                tracing::warn!(
+                    file = %temp.display(),
+                    "a symlink stood at the persistence temp file's name; it was removed, \
+                     not followed; check who can write to this folder"
+                );
+            }
+            open()
+        }
+        other => other,
+    }
 }
 
 /// Saves the store's current content to `path`.
@@ -397,9 +523,18 @@ fn aside_path(path: &Path, what: &str) -> PathBuf {
     candidate
 }
 
+/// The first retry after a failed save waits this long (or `interval`, if shorter);
+/// each further one twice as long as the one before, up to `interval` (or this, if
+/// longer).
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
 /// Saves the store whenever it changed, at most once per `interval` (the first time no
 /// earlier than `interval` after the call, as upstream), until `stop` resolves; then
 /// saves once more, whatever happened, and returns that last result.
+///
+/// A failed save (disk full, folder gone or read-only) is logged, counted in
+/// `failures` and retried with backoff (see [`FIRST_RETRY`]) whether or not anything
+/// is pushed meanwhile: the store in memory is newer than the file until one works.
 ///
 /// Changes are watched from the moment of the call, not from the first poll, so a
 /// write that lands before the returned future is spawned is not missed.
@@ -407,35 +542,77 @@ pub fn run(
     store: Arc<MetricStore>,
     path: PathBuf,
     interval: Duration,
+    failures: Arc<SaveFailures>,
     stop: impl Future<Output = ()>,
 ) -> impl Future<Output = Result<(), PersistenceError>> {
     let mut changes = store.subscribe();
     let started = Instant::now();
     async move {
         let mut last_write = started;
+        let mut retry: Option<Duration> = None;
         tokio::pin!(stop);
         loop {
-            tokio::select! {
-                seen = changes.changed() => if seen.is_err() { break },
-                () = &mut stop => break,
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(last_write + interval) => {}
-                () = &mut stop => break,
+            if let Some(delay) = retry {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = &mut stop => break,
+                }
+            } else {
+                tokio::select! {
+                    seen = changes.changed() => if seen.is_err() { break },
+                    () = &mut stop => break,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(last_write + interval) => {}
+                    () = &mut stop => break,
+                }
             }
             changes.borrow_and_update();
             match save_in_background(&store, &path).await {
-                Ok(()) => tracing::info!(file = %path.display(), "metrics persisted"),
-                Err(error) => tracing::error!(%error, "error persisting metrics"),
+                Ok(()) => {
+                    if retry.take().is_some() {
+                        tracing::info!(file = %path.display(), "metrics persisted after failed attempts");
+                    } else {
+                        tracing::info!(file = %path.display(), "metrics persisted");
+                    }
+                }
+                Err(error) => {
+                    let total = failures.count();
+                    let delay = next_retry(retry, interval);
+                    retry = Some(delay);
+                    tracing::error!(
+                        %error,
+                        retry_in = ?delay,
+                        failures_total = total,
+                        "error persisting metrics: pushed metrics are kept in memory only \
+                         until a save works; it is retried with backoff"
+                    );
+                }
             }
             last_write = Instant::now();
         }
         let result = save_in_background(&store, &path).await;
-        if result.is_ok() {
-            tracing::info!(file = %path.display(), "metrics persisted on shutdown");
+        match &result {
+            Ok(()) => tracing::info!(file = %path.display(), "metrics persisted on shutdown"),
+            Err(_) => {
+                failures.count();
+            }
         }
         result
     }
+}
+
+/// The wait before the next attempt after a failure (`previous`: the last wait, if
+/// the last attempt was a retry too).
+fn next_retry(previous: Option<Duration>, interval: Duration) -> Duration {
+    // Never a busy loop, whatever the interval.
+    let floor = Duration::from_millis(10);
+    let cap = interval.max(FIRST_RETRY);
+    previous
+        .map_or(FIRST_RETRY.min(interval), |delay| {
+            delay.saturating_mul(2).min(cap)
+        })
+        .max(floor)
 }
 
 async fn save_in_background(store: &Arc<MetricStore>, path: &Path) -> Result<(), PersistenceError> {
@@ -449,4 +626,32 @@ async fn save_in_background(store: &Arc<MetricStore>, path: &Path) -> Result<(),
                 source: io::Error::other(join.to_string()),
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_up_to_the_interval() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let table = [
+            ("first, long interval", None, s(300), s(1)),
+            ("doubles", Some(s(1)), s(300), s(2)),
+            ("capped at the interval", Some(s(256)), s(300), s(300)),
+            ("stays capped", Some(s(300)), s(300), s(300)),
+            ("first, short interval", None, ms(50), ms(50)),
+            (
+                "short interval: up to a second",
+                Some(ms(800)),
+                ms(50),
+                s(1),
+            ),
+            ("zero interval: no busy loop", None, Duration::ZERO, ms(10)),
+        ];
+        for (name, previous, interval, want) in table {
+            assert_eq!(next_retry(previous, interval), want, "case {name}");
+        }
+    }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::api::{app, AppState};
 use crate::config::{normalize_route_prefix, GatewayConfig};
-use crate::persistence::{self, LoadOutcome, PersistenceError};
+use crate::persistence::{self, LoadOutcome, PersistenceError, SaveFailures};
 use crate::source::MetricSource;
 use crate::store::{MetricStore, ReservedNames};
 use crate::web::config_file::{self, Fingerprint, WebConfigError, WebSettings};
@@ -73,6 +73,8 @@ pub struct Gateway {
     /// beside the gateway's own; their paths already carry the route prefix.
     extra_routes: axum::Router,
     rejections: Arc<Rejections>,
+    /// Failed saves, counted by the persister, exposed on `/metrics`.
+    save_failures: Arc<SaveFailures>,
     filter: PathFilter,
     allow: PushAllowList,
     web_settings: watch::Sender<Arc<WebSettings>>,
@@ -104,8 +106,9 @@ impl Gateway {
             None => (WebSettings::default(), None),
         };
         let rejections = Arc::new(Rejections::default());
-        let source: Arc<dyn MetricSource> =
-            Arc::new(WithGatewayMetrics::new(Arc::clone(&rejections), source));
+        let with_own = WithGatewayMetrics::new(Arc::clone(&rejections), source);
+        let save_failures = with_own.save_failures();
+        let source: Arc<dyn MetricSource> = Arc::new(with_own);
         let store = Arc::new(MetricStore::new(ReservedNames::of_source(source.as_ref())));
         if let Some(path) = config.persistence_file.clone() {
             let restoring = Arc::clone(&store);
@@ -129,6 +132,7 @@ impl Gateway {
             state,
             extra_routes: axum::Router::new(),
             rejections,
+            save_failures,
             filter,
             allow,
             web_settings: watch::Sender::new(Arc::new(settings)),
@@ -161,6 +165,12 @@ impl Gateway {
         &self.rejections
     }
 
+    /// The count of failed saves (also exposed on `/metrics`).
+    #[must_use]
+    pub fn save_failures(&self) -> &Arc<SaveFailures> {
+        &self.save_failures
+    }
+
     /// Serves until `shutdown` resolves or `/-/quit` is called; then stops accepting,
     /// lets in-flight requests finish (for at most 10 s, or `--web.request-timeout` if
     /// shorter), saves the store one last time (if persistence is configured) and
@@ -175,6 +185,7 @@ impl Gateway {
             state,
             extra_routes,
             rejections,
+            save_failures,
             filter,
             allow,
             web_settings,
@@ -187,6 +198,7 @@ impl Gateway {
                 Arc::clone(&store),
                 path,
                 config.persistence_interval,
+                save_failures,
                 async move {
                     let _ = persisting_stopped.await;
                 },

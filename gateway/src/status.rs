@@ -381,7 +381,9 @@ fn push_gauge(group: &GroupSnapshot, name: &str) -> Option<SystemTime> {
     let family = group.families.iter().find(|family| family.name() == name)?;
     let seconds = family.family().metric.first()?.gauge.as_ref()?.value?;
     let since = Duration::try_from_secs_f64(seconds).ok()?;
-    Some(SystemTime::UNIX_EPOCH + since)
+    // A `Duration` holds more seconds than a `SystemTime` can add: a time no clock
+    // gives (only a file or a source could hold one) reads as no time.
+    SystemTime::UNIX_EPOCH.checked_add(since)
 }
 
 fn since(then: SystemTime, now: SystemTime) -> Duration {

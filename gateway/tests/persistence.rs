@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,6 +15,7 @@ use gateway::codec::text::parse;
 use gateway::config::GatewayConfig;
 use gateway::exposition::Format;
 use gateway::grouping::GroupingKey;
+use gateway::model::{Gauge, Metric, MetricFamily, MetricType};
 use gateway::persistence::{self, LoadOutcome};
 use gateway::server::Gateway;
 use gateway::source::NoSource;
@@ -251,6 +253,47 @@ fn temp_files_of_dead_writers_are_swept_live_ones_kept() {
     );
 }
 
+/// Someone who can write to the folder plants a symlink at the temp file's name
+/// before a save: the save must neither write through it nor rename it into place.
+#[test]
+fn a_planted_symlink_at_the_temp_path_is_not_followed() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = TempDir::new("symlink");
+    let path = dir.file("store");
+    let victim = dir.file("victim");
+    std::fs::write(&victim, b"precious").expect("write victim");
+    let temp = dir.file(&format!("store.in_progress.{}", std::process::id()));
+    for target in [victim.clone(), dir.file("missing")] {
+        let _ = std::fs::remove_file(&temp);
+        std::os::unix::fs::symlink(&target, &temp).expect("plant the symlink");
+        let store = filled_store();
+        persistence::save(&store, &path).expect("the save goes through");
+        assert!(
+            std::fs::read(&victim).expect("victim still there") == b"precious",
+            "the symlink's target ({}) was written",
+            target.display()
+        );
+        assert!(
+            !dir.file("missing").exists(),
+            "a dangling symlink was followed"
+        );
+        let meta = std::fs::symlink_metadata(&path).expect("the file is there");
+        assert!(meta.file_type().is_file(), "the saved file is a symlink");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "only the owner reads it"
+        );
+        assert_eq!(
+            std::fs::read(&path).expect("saved file"),
+            persistence::encode(&store.snapshot()),
+            "the store is saved"
+        );
+        assert!(!temp.exists(), "no temp file left");
+    }
+}
+
 fn encode_filled() -> Vec<u8> {
     persistence::encode(&filled_store().snapshot())
 }
@@ -270,6 +313,139 @@ fn the_format_is_versioned_and_checked() {
         persistence::decode(b"DGSTORE"),
         Err(persistence::FormatError::BadMagic)
     ));
+}
+
+/// A file in the documented format with a valid checksum: one group `{job="hostile"}`
+/// whose families are given as (seconds, nanos, family).
+fn file_with(families: &[(u64, u32, MetricFamily)]) -> Vec<u8> {
+    fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&u32::try_from(bytes.len()).expect("small").to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut record = Vec::new();
+    record.extend_from_slice(&1u32.to_le_bytes());
+    put(&mut record, b"job");
+    put(&mut record, b"hostile");
+    record.extend_from_slice(&u32::try_from(families.len()).expect("few").to_le_bytes());
+    for (seconds, nanos, family) in families {
+        record.extend_from_slice(&seconds.to_le_bytes());
+        record.extend_from_slice(&nanos.to_le_bytes());
+        put(&mut record, &family.encode_to_vec());
+    }
+    let mut out = b"DGSTORE\0".to_vec();
+    out.extend_from_slice(&persistence::FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&1u64.to_le_bytes());
+    put(&mut out, &record);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn gauge_family(name: &str, value: f64) -> MetricFamily {
+    MetricFamily {
+        name: Some(name.to_owned()),
+        r#type: Some(MetricType::Gauge as i32),
+        metric: vec![Metric {
+            gauge: Some(Gauge { value: Some(value) }),
+            ..Metric::default()
+        }],
+        ..MetricFamily::default()
+    }
+}
+
+/// Files that pass the checksum but hold values no gateway writes: each one used to
+/// be (or could be) a panic at start, before the quarantine, on every restart.
+fn hostile_files() -> Vec<(&'static str, Vec<u8>)> {
+    let ok = || gauge_family("m", 1.0);
+    let now = 1_700_000_000;
+    vec![
+        ("time 2^63 s", file_with(&[(1 << 63, 0, ok())])),
+        (
+            "time u64::MAX s",
+            file_with(&[(u64::MAX, 999_999_999, ok())]),
+        ),
+        ("time after 9999", file_with(&[(253_402_300_800, 0, ok())])),
+        (
+            "nanos of a whole second",
+            file_with(&[(now, 1_000_000_000, ok())]),
+        ),
+        ("nanos u32::MAX", file_with(&[(now, u32::MAX, ok())])),
+        (
+            "push time 1e19 s",
+            file_with(&[
+                (now, 0, ok()),
+                (now, 0, gauge_family("push_time_seconds", 1e19)),
+            ]),
+        ),
+        (
+            "push time +Inf",
+            file_with(&[(now, 0, gauge_family("push_time_seconds", f64::INFINITY))]),
+        ),
+        (
+            "push time NaN",
+            file_with(&[(now, 0, gauge_family("push_time_seconds", f64::NAN))]),
+        ),
+        (
+            "failure time negative",
+            file_with(&[(now, 0, gauge_family("push_failure_time_seconds", -1.0))]),
+        ),
+    ]
+}
+
+#[test]
+fn a_file_with_out_of_range_values_is_quarantined_not_a_panic() {
+    for (name, content) in hostile_files() {
+        let dir = TempDir::new("hostile");
+        let file = dir.file("store");
+        std::fs::write(&file, &content).expect("write test file");
+        let store = MetricStore::new(ReservedNames::default());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            persistence::load(&store, &file)
+        }))
+        .unwrap_or_else(|_| panic!("{name}: loading panicked"))
+        .expect("a bad file is not fatal");
+        let LoadOutcome::MovedAside(aside) = outcome else {
+            panic!("{name}: expected the file to be moved aside, got {outcome:?}");
+        };
+        assert_eq!(
+            std::fs::read(&aside).expect("aside file exists"),
+            content,
+            "{name}: kept as it was"
+        );
+        assert_eq!(store.group_count(), 0, "{name}: starts empty");
+    }
+    // The bounds themselves are times a gateway can write.
+    let edge = file_with(&[(253_402_300_799, 999_999_999, gauge_family("m", 1.0))]);
+    assert!(
+        persistence::decode(&edge).is_ok(),
+        "9999-12-31T23:59:59.999999999Z is a time"
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_file_does_not_stop_the_server_nor_its_status_page() {
+    for (name, content) in hostile_files() {
+        let dir = TempDir::new("server-hostile");
+        let file = dir.file("store");
+        std::fs::write(&file, &content).expect("write test file");
+        let gateway = Gateway::bind(config_for(&file), Arc::new(NoSource))
+            .await
+            .unwrap_or_else(|error| panic!("{name}: does not start: {error}"));
+        assert_eq!(gateway.state().store().group_count(), 0, "{name}");
+        let address = gateway.local_addr().expect("bound address");
+        let running = tokio::spawn(gateway.run(std::future::pending()));
+        let (status, _) = http(address, "GET", "/", "").await;
+        assert_eq!(status, 200, "{name}: status page");
+        let (status, _) = http(address, "PUT", "/-/quit", "").await;
+        assert_eq!(status, 200, "{name}");
+        running.await.expect("server task").expect("clean shutdown");
+        let kept = dir
+            .entries()
+            .into_iter()
+            .filter(|entry| entry.starts_with("store.corrupt-"))
+            .count();
+        assert_eq!(kept, 1, "{name}: {:?}", dir.entries());
+    }
 }
 
 async fn http(
@@ -384,6 +560,7 @@ async fn writes_wait_for_the_interval_and_happen_on_stop() {
         Arc::clone(&store),
         file.clone(),
         Duration::from_hours(1),
+        Arc::default(),
         async move {
             let _ = stopped.await;
         },
@@ -409,6 +586,7 @@ async fn writes_wait_for_the_interval_and_happen_on_stop() {
         Arc::clone(&store),
         file.clone(),
         Duration::from_millis(50),
+        Arc::default(),
         async move {
             let _ = stopped.await;
         },
@@ -427,4 +605,95 @@ async fn writes_wait_for_the_interval_and_happen_on_stop() {
     task.await
         .expect("persister task")
         .expect("final save works");
+}
+
+/// A save that fails (here: a file stands where the folder should be, which fails
+/// for root too) is counted and retried with backoff without waiting for another
+/// push; once the folder is there the store is saved.
+#[tokio::test]
+async fn a_failed_save_is_retried_without_a_new_push_and_counted() {
+    let dir = TempDir::new("retry");
+    let folder = dir.file("state");
+    let file = folder.join("store");
+    std::fs::write(&folder, b"not a folder").expect("block the folder");
+    let store = Arc::new(MetricStore::new(ReservedNames::default()));
+    let failures = Arc::new(persistence::SaveFailures::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(persistence::run(
+        Arc::clone(&store),
+        file.clone(),
+        Duration::from_millis(50),
+        Arc::clone(&failures),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    push(&store, true, "job/kept", "m 1\n", 1_700_000_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while failures.get() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        failures.get() >= 3,
+        "retried without a push: {} failures",
+        failures.get()
+    );
+    std::fs::remove_file(&folder).expect("unblock");
+    std::fs::create_dir(&folder).expect("the folder is back");
+    while !file.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        file.exists(),
+        "saved once the folder was back, with no new push"
+    );
+    let after = failures.get();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(failures.get(), after, "no more attempts once saved");
+    let restored = MetricStore::new(ReservedNames::default());
+    persistence::load(&restored, &file).expect("the retried save is readable");
+    assert_eq!(restored.group_count(), 1);
+    stop.send(()).expect("persister is running");
+    task.await
+        .expect("persister task")
+        .expect("final save works");
+}
+
+/// The counter is on the gateway's own `/metrics`, at 0 before any failure.
+#[tokio::test]
+async fn save_failures_are_exposed_on_metrics() {
+    let dir = TempDir::new("failures-metric");
+    let folder = dir.file("state");
+    let mut config = config_for(&folder.join("store"));
+    config.persistence_interval = Duration::from_millis(50);
+    let gateway = Gateway::bind(config, Arc::new(NoSource))
+        .await
+        .expect("binds");
+    // Blocked only now: at start, an unreadable file stops the gateway (by design).
+    std::fs::write(&folder, b"not a folder").expect("block the folder");
+    let address = gateway.local_addr().expect("bound address");
+    let failures = Arc::clone(gateway.save_failures());
+    let running = tokio::spawn(gateway.run(std::future::pending()));
+    let (_, before) = http(address, "GET", "/metrics", "").await;
+    assert!(
+        before.contains("dropgate_gateway_persistence_failures_total 0\n"),
+        "{before}"
+    );
+    let (status, _) = http(address, "PUT", "/metrics/job/a", "m 1\n").await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while failures.get() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, after) = http(address, "GET", "/metrics", "").await;
+    let exposed: u64 = after
+        .lines()
+        .find_map(|line| line.strip_prefix("dropgate_gateway_persistence_failures_total "))
+        .and_then(|value| value.parse().ok())
+        .expect("the counter is exposed");
+    assert!(exposed >= 2, "{after}");
+    let (status, _) = http(address, "PUT", "/-/quit", "").await;
+    assert_eq!(status, 200);
+    let result = running.await.expect("server task");
+    assert!(result.is_err(), "the final save fails too, and says so");
 }

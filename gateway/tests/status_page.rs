@@ -272,3 +272,50 @@ async fn the_served_gateway_keeps_the_sources_sections() {
         "the source's section is missing:\n{html}"
     );
 }
+
+/// A push time no clock gives (a restored or hand-made group: pushes always get the
+/// gateway's own) must not take the page down: it reads as "never succeeded" rather
+/// than overflowing a `SystemTime`.
+#[tokio::test]
+async fn page_survives_push_times_out_of_range() {
+    use gateway::grouping::GroupingKey;
+    use gateway::model::{Gauge, Metric, MetricType};
+    use gateway::store::RestoredGroup;
+
+    let gauge = |name: &str, value: f64| MetricFamily {
+        name: Some(name.to_owned()),
+        r#type: Some(MetricType::Gauge as i32),
+        metric: vec![Metric {
+            gauge: Some(Gauge { value: Some(value) }),
+            ..Metric::default()
+        }],
+        ..MetricFamily::default()
+    };
+    let state = AppState::with_empty_store(&GatewayConfig::default(), Arc::new(NoSource));
+    let groups = [1e19, 9.3e18, f64::MAX, f64::INFINITY]
+        .iter()
+        .enumerate()
+        .map(|(i, &time)| RestoredGroup {
+            key: GroupingKey::from_path(&format!("job/huge{i}")).expect("valid key"),
+            families: vec![
+                (gauge("m", 1.0), std::time::SystemTime::UNIX_EPOCH),
+                (
+                    gauge("push_time_seconds", time),
+                    std::time::SystemTime::UNIX_EPOCH,
+                ),
+                (
+                    gauge("push_failure_time_seconds", time),
+                    std::time::SystemTime::UNIX_EPOCH,
+                ),
+            ],
+        })
+        .collect();
+    let skipped = state.store().restore(groups);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let gw = app(state);
+    let page = call(&gw, Method::GET, "/", "").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("job=\"huge0\""), "{}", page.body);
+    let json = call(&gw, Method::GET, "/api/v1/metrics", "").await;
+    assert_eq!(json.status, StatusCode::OK, "{}", json.body);
+}

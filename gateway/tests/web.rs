@@ -30,6 +30,9 @@ use gateway::web::guard::Guard;
 use gateway::web::rejections::{Reason, Rejections, WithGatewayMetrics};
 
 const BYPASS_ATTEMPTS: &str = include_str!("data/bypass-attempts.tsv");
+const PUSH_BYPASS_ATTEMPTS: &str = include_str!("data/push-bypass-attempts.tsv");
+/// The rules `data/push-bypass-attempts.tsv` is written against (see its header).
+const PUSH_RULES: [&str; 3] = ["^/metrics/job/secret(/|$)", "/team/red(/|$)", "evil"];
 
 /// A guarded gateway, with `/debug` and `/pprof` routes behind it that answer
 /// "SECRET", so a bypass would show.
@@ -37,6 +40,7 @@ struct Guarded {
     router: Router,
     rejections: Arc<Rejections>,
     settings: watch::Sender<Arc<WebSettings>>,
+    guard: Arc<Guard>,
 }
 
 struct Setup {
@@ -93,9 +97,10 @@ fn guarded(setup: Setup) -> Guarded {
         Arc::clone(&rejections),
     ));
     Guarded {
-        router: guard.wrap(app(state).merge(hidden)),
+        router: Arc::clone(&guard).wrap(app(state).merge(hidden)),
         rejections,
         settings,
+        guard,
     }
 }
 
@@ -141,8 +146,11 @@ impl Guarded {
 }
 
 fn attempts() -> Vec<(&'static str, &'static str)> {
-    BYPASS_ATTEMPTS
-        .lines()
+    table(BYPASS_ATTEMPTS)
+}
+
+fn table(text: &'static str) -> Vec<(&'static str, &'static str)> {
+    text.lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
         .map(|line| line.split_once('\t').expect("name<TAB>path"))
         .collect()
@@ -178,6 +186,56 @@ async fn bypass_attempts_never_reach_a_route() {
     // The hidden route itself works, so the 404s above are the filter's doing.
     let answer = gw.call(Method::GET, "/pg/metrics", "127.0.0.1:1", "").await;
     assert_eq!(answer.status, StatusCode::OK);
+}
+
+/// What a scrape must never show after the push bypass attempts: each denied group.
+fn assert_no_denied_group(exposition: &str) {
+    for denied in ["job=\"secret\"", "team=\"red\"", "evil"] {
+        assert!(
+            !exposition.to_ascii_lowercase().contains(denied),
+            "a denied group was stored ({denied}):\n{exposition}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn push_bypass_attempts_store_nothing() {
+    let mut setup = Setup::default();
+    setup.config.route_prefix = "/pg".to_owned();
+    setup.config.deny_paths = PUSH_RULES.map(str::to_owned).to_vec();
+    let gw = guarded(setup);
+    let attempts = table(PUSH_BYPASS_ATTEMPTS);
+    assert!(attempts.len() >= 25, "the table must stay large");
+    for (name, path) in attempts {
+        for method in [Method::PUT, Method::POST, Method::DELETE] {
+            let before = gw.rejections.get(Reason::DeniedPath);
+            let answer = gw.call(method.clone(), path, "127.0.0.1:1", "m 1\n").await;
+            assert_eq!(
+                answer.status,
+                StatusCode::NOT_FOUND,
+                "case {name}: {method} {path}: {}",
+                answer.body
+            );
+            assert_eq!(
+                gw.rejections.get(Reason::DeniedPath),
+                before + 1,
+                "case {name}: {method} denied by the filter"
+            );
+        }
+    }
+    // A group the rules do not name is stored, so the 404s above are the filter's.
+    let allowed = gw
+        .call(
+            Method::PUT,
+            "/pg/metrics/job/public/team/blue",
+            "127.0.0.1:1",
+            "m 1\n",
+        )
+        .await;
+    assert_eq!(allowed.status, StatusCode::OK, "{}", allowed.body);
+    let scrape = gw.call(Method::GET, "/pg/metrics", "127.0.0.1:1", "").await;
+    assert!(scrape.body.contains("job=\"public\""), "{}", scrape.body);
+    assert_no_denied_group(&scrape.body);
 }
 
 #[tokio::test]
@@ -307,6 +365,131 @@ async fn basic_auth_from_the_web_config() {
     gw.settings.send_replace(Arc::new(WebSettings::default()));
     let answer = gw.call(Method::GET, "/metrics", "127.0.0.1:1", "").await;
     assert_eq!(answer.status, StatusCode::OK);
+}
+
+fn basic(credentials: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+}
+
+/// A bcrypt hash of `password` whose check takes at least `at_least` on this machine
+/// and build (debug builds run bcrypt far slower than release ones).
+fn slow_hash(password: &str, at_least: Duration) -> String {
+    for cost in 6..=14 {
+        let started = std::time::Instant::now();
+        let hash = bcrypt::hash(password, cost).expect("bcrypt");
+        if started.elapsed() >= at_least {
+            return hash;
+        }
+    }
+    panic!("no bcrypt cost up to 14 takes {at_least:?} here");
+}
+
+/// 100 wrong passwords at once: 4 checks run, 64 wait and give up with 503 after the
+/// wait (here the request timeout, shorter than a check), the other 32 are refused
+/// with 429 at once; none waits without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcrypt_checks_are_bounded_queued_and_time_out() {
+    let wait = Duration::from_millis(150);
+    let mut setup = Setup {
+        request_timeout: wait,
+        ..Setup::default()
+    };
+    setup.settings.users = BTreeMap::from([(
+        "alice".to_owned(),
+        slow_hash("s3cret", Duration::from_millis(400)),
+    )]);
+    let gw = Arc::new(guarded(setup));
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let gw = Arc::clone(&gw);
+            tokio::spawn(async move {
+                let request = Request::get("/metrics")
+                    .header(header::AUTHORIZATION, basic(&format!("alice:guess{i}")))
+                    .body(Body::empty())
+                    .expect("request");
+                let answer = gw.send(request).await;
+                (answer.status, answer.headers, started.elapsed())
+            })
+        })
+        .collect();
+    let mut by_status = BTreeMap::new();
+    for task in tasks {
+        let (status, headers, elapsed) = task.await.expect("request task");
+        *by_status.entry(status.as_u16()).or_insert(0) += 1;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(elapsed < wait, "429 is at once: {elapsed:?}");
+        }
+        if matches!(status.as_u16(), 429 | 503) {
+            assert_eq!(
+                headers.get(header::RETRY_AFTER),
+                Some(&HeaderValue::from_static("1"))
+            );
+        }
+    }
+    let count = |code: u16| by_status.get(&code).copied().unwrap_or(0);
+    assert_eq!(count(429), 32, "{by_status:?}");
+    assert_eq!(count(503), 64, "{by_status:?}");
+    assert_eq!(count(401), 4, "{by_status:?}");
+    assert_eq!(gw.guard.bcrypt_checks(), 4, "only the admitted checks ran");
+    assert_eq!(gw.rejections.get(Reason::AuthBusy), 96);
+}
+
+/// A right password costs one bcrypt check, then none while it stays right; a wrong
+/// one for the same user is checked every time; a reload with a new hash forgets it.
+#[tokio::test]
+async fn successful_logins_are_cached_by_user_and_password() {
+    let mut setup = Setup::default();
+    setup.settings.users = BTreeMap::from([(
+        "alice".to_owned(),
+        bcrypt::hash("s3cret", 4).expect("bcrypt"),
+    )]);
+    let gw = guarded(setup);
+    let get = |credentials: &str| {
+        Request::get("/metrics")
+            .header(header::AUTHORIZATION, basic(credentials))
+            .body(Body::empty())
+            .expect("request")
+    };
+    for _ in 0..10 {
+        assert_eq!(gw.send(get("alice:s3cret")).await.status, StatusCode::OK);
+    }
+    assert_eq!(gw.guard.bcrypt_checks(), 1, "one check for ten logins");
+    for _ in 0..3 {
+        let answer = gw.send(get("alice:s3cret2")).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        gw.guard.bcrypt_checks(),
+        4,
+        "wrong passwords are never cached"
+    );
+    // Another header spelling of the same login is the same login.
+    let answer = gw
+        .send(
+            Request::get("/metrics")
+                .header(
+                    header::AUTHORIZATION,
+                    format!("basic  {}", &basic("alice:s3cret")[6..]),
+                )
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(gw.guard.bcrypt_checks(), 4, "keyed by user and password");
+    // A reload with a new password: the old one is checked again, and refused.
+    let settings = WebSettings {
+        users: BTreeMap::from([("alice".to_owned(), bcrypt::hash("n3w", 4).expect("bcrypt"))]),
+        ..WebSettings::default()
+    };
+    gw.settings.send_replace(Arc::new(settings));
+    let answer = gw.send(get("alice:s3cret")).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(gw.guard.bcrypt_checks(), 5);
 }
 
 #[tokio::test]
@@ -477,13 +660,14 @@ async fn running(
 
 /// Sends `raw` on a new connection and reads until the server closes (blocking, in a
 /// blocking task).
-async fn exchange(addr: SocketAddr, raw: &'static [u8]) -> String {
+async fn exchange(addr: SocketAddr, raw: impl Into<Vec<u8>>) -> String {
+    let raw = raw.into();
     tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).expect("connect to the gateway");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set timeout");
-        stream.write_all(raw).expect("send");
+        stream.write_all(&raw).expect("send");
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         String::from_utf8_lossy(&answer).into_owned()
@@ -635,4 +819,41 @@ async fn a_stalled_client_cannot_hold_up_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(file.exists(), "the store was saved");
     drop(stalled);
+}
+
+/// The push bypass table over a real socket: raw request lines as a client sends
+/// them (no client library re-encodes them), then a scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_bypass_attempts_over_a_socket_store_nothing() {
+    let config = GatewayConfig {
+        route_prefix: "/pg".to_owned(),
+        deny_paths: PUSH_RULES.map(str::to_owned).to_vec(),
+        ..GatewayConfig::default()
+    };
+    let (addr, rejections, stop, task) = running(config).await;
+    let put = |path: &str| {
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nConnection: close\r\n\r\nm 1\n"
+        )
+    };
+    let attempts = table(PUSH_BYPASS_ATTEMPTS);
+    for (name, path) in &attempts {
+        let answer = exchange(addr, put(path)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "case {name}: PUT {path}:\n{answer}"
+        );
+    }
+    assert_eq!(rejections.get(Reason::DeniedPath), attempts.len() as u64);
+    let allowed = exchange(addr, put("/pg/metrics/job/public")).await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    let scrape = exchange(
+        addr,
+        "GET /pg/metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(scrape.contains("job=\"public\""), "{scrape}");
+    assert_no_denied_group(&scrape);
+    let _ = stop.send(());
+    task.await.expect("server task").expect("clean stop");
 }

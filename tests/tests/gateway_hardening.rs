@@ -18,6 +18,8 @@ use dropgate_tests::{http, may_run};
 use hardening::{raw_exchange, status_of, Client, Gateway, TempDir};
 
 const BYPASS_ATTEMPTS: &str = include_str!("../../gateway/tests/data/bypass-attempts.tsv");
+const PUSH_BYPASS_ATTEMPTS: &str =
+    include_str!("../../gateway/tests/data/push-bypass-attempts.tsv");
 
 fn counted(exposition: &str, reason: &str) -> u64 {
     http::sample_sum(
@@ -66,6 +68,62 @@ fn bypass_attempts_over_a_real_socket_are_all_denied() {
     assert!(
         denied >= 25,
         "only {denied} of the attempts reached the filter"
+    );
+}
+
+/// Pushes past `--web.deny-path` rules with curl (`--path-as-is`, so curl sends the
+/// path untouched): `@base64`, `;`, percent-encoding, the route prefix. Every one
+/// is 404 and no denied group is stored.
+#[test]
+fn push_bypass_attempts_with_curl_store_nothing() {
+    if !may_run(
+        "push_bypass_attempts_with_curl_store_nothing",
+        hardening::have("curl"),
+        "curl",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("push-bypass");
+    let gateway = Gateway::start(
+        &dir,
+        &[
+            "--web.route-prefix=/pg",
+            "--web.deny-path=^/metrics/job/secret(/|$)",
+            "--web.deny-path=/team/red(/|$)",
+            "--web.deny-path=evil",
+        ],
+    );
+    let attempts: Vec<(&str, &str)> = PUSH_BYPASS_ATTEMPTS
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| line.split_once('\t').expect("name<TAB>path"))
+        .collect();
+    assert!(attempts.len() >= 25);
+    let push = |path: &str| {
+        let url = format!("http://{}{path}", gateway.addr);
+        curl(
+            dir.path(),
+            &url,
+            &["--path-as-is", "-X", "PUT", "--data-binary", "m 1\n"],
+        )
+    };
+    for (name, path) in &attempts {
+        let (exit, status) = push(path);
+        assert_eq!((exit, status), (0, 404), "case {name}: PUT {path}");
+    }
+    assert_eq!(push("/pg/metrics/job/public"), (0, 200), "an allowed push");
+    let exposition = http::get(gateway.addr, "/pg/metrics").expect("scrape").body;
+    assert!(exposition.contains("job=\"public\""), "{exposition}");
+    for denied in ["job=\"secret\"", "team=\"red\"", "evil"] {
+        assert!(
+            !exposition.to_ascii_lowercase().contains(denied),
+            "a denied group was stored ({denied}):\n{exposition}"
+        );
+    }
+    assert_eq!(
+        counted(&exposition, "denied_path"),
+        attempts.len() as u64,
+        "every 404 was the filter's"
     );
 }
 

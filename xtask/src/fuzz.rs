@@ -1,6 +1,12 @@
 //! `cargo xtask fuzz [--seconds N] [TARGET]`: the gateway's fuzz targets (text parser,
-//! protobuf decoder, push paths and the path filter, body decoding) under libFuzzer for
-//! a bounded time each; any crash fails the task and names the input that caused it.
+//! protobuf decoder, push paths and the path filter, body decoding, the persistence
+//! file decoder, the web config parser) under libFuzzer for a bounded time each; any
+//! crash fails the task and names the input that caused it.
+//!
+//! Every unit is bounded too, as the gateway bounds every request: one input may use
+//! at most [`RSS_LIMIT_MB`] of resident memory (and no single allocation more) and
+//! [`UNIT_TIMEOUT_SECS`] of time; one over either is a failure like a crash, with
+//! its input kept, so a slow or memory-hungry input cannot pass unnoticed.
 //!
 //! The targets live in `gateway/fuzz`, a workspace of its own built by cargo-fuzz with
 //! nightly (installed here when missing). The committed corpus (`gateway/fuzz/corpus`)
@@ -19,7 +25,20 @@ const TARGETS: &[&str] = &[
     "protobuf_decoder",
     "path_labels",
     "body_decoder",
+    "persistence_decoder",
+    "web_config",
 ];
+
+/// libFuzzer's `-rss_limit_mb` (and so `-malloc_limit_mb`, the largest single
+/// allocation): the whole fuzzing process, AddressSanitizer's quarantine and the
+/// growing corpus included. A correct build peaked at 207-503 MB per target in
+/// 60 s runs (2-vCPU build VM, 2026-12-06), half of this; libFuzzer's default is
+/// twice as much again, which would hide a 4 KiB input that allocates a gigabyte.
+const RSS_LIMIT_MB: u32 = 1024;
+/// libFuzzer's `-timeout`: the most one input may take, in seconds. A correct build
+/// handles each in milliseconds (thousands of runs a second); a unit that takes
+/// seconds is the quadratic or amplifying work the gateway's limits exist to stop.
+const UNIT_TIMEOUT_SECS: u32 = 5;
 
 pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     let targets: Vec<&str> = match only {
@@ -56,6 +75,8 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
             .arg(&seeds)
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+            .arg(format!("-timeout={UNIT_TIMEOUT_SECS}"))
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .arg("-print_final_stats=1")
             .output()
@@ -69,12 +90,20 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
                 artifacts.display()
             );
         }
-        table.push((target, runs(&log), corpus_size(&corpus), started.elapsed()));
+        table.push((
+            target,
+            runs(&log),
+            peak_rss(&log),
+            corpus_size(&corpus),
+            started.elapsed(),
+        ));
     }
-    eprintln!("xtask: fuzzing found no crash\n  target            runs        corpus  time");
-    for (target, runs, corpus, elapsed) in table {
+    eprintln!(
+        "xtask: fuzzing found no crash, no unit over {UNIT_TIMEOUT_SECS} s or {RSS_LIMIT_MB} MB\n  target               runs  peak RSS  corpus  time"
+    );
+    for (target, runs, rss, corpus, elapsed) in table {
         eprintln!(
-            "  {target:<17} {runs:>10}  {corpus:>6}  {:.0}s",
+            "  {target:<19} {runs:>10}  {rss:>5} MB  {corpus:>6}  {:.0}s",
             elapsed.as_secs_f64()
         );
     }
@@ -121,6 +150,13 @@ fn runs(log: &str) -> String {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or("?")
         .to_owned()
+}
+
+/// libFuzzer's `stat::peak_rss_mb` (printed with `-print_final_stats=1`).
+fn peak_rss(log: &str) -> String {
+    log.lines()
+        .find_map(|line| line.strip_prefix("stat::peak_rss_mb:"))
+        .map_or_else(|| "?".to_owned(), |mb| mb.trim().to_owned())
 }
 
 fn corpus_size(dir: &Path) -> usize {

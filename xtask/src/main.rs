@@ -51,12 +51,14 @@ enum Task {
         what: String,
     },
     /// Fuzz the gateway's parsers (text, protobuf, push paths and the path filter, body
-    /// decoding) with cargo-fuzz on nightly for a bounded time each; a crash fails.
+    /// decoding, persistence file, web config) with cargo-fuzz on nightly for a bounded
+    /// time each; a crash, a unit over 5 s or over 1 GiB of memory fails.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (text_parser, protobuf_decoder, path_labels, body_decoder).
+        /// Only this target (text_parser, protobuf_decoder, path_labels, body_decoder,
+        /// persistence_decoder, web_config).
         target: Option<String>,
     },
 }

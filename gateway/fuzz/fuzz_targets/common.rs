@@ -10,11 +10,17 @@ use gateway::store::{exposition, MetricStore, ReservedNames, WriteCommand};
 
 /// Stores `families` as a push would (the check may refuse them), then renders the
 /// store in both formats: whatever parses must never panic further on.
+#[allow(dead_code)] // The persistence target restores rather than pushes.
 pub fn push_and_render(families: Vec<MetricFamily>) {
     let store = Arc::new(MetricStore::new(ReservedNames::default()));
     let key = GroupingKey::from_path("job/fuzz/instance/i").expect("a valid key");
     let _ = store.apply(WriteCommand::Put { key, families }, SystemTime::now());
+    render(&store);
+}
+
+/// Renders the store in both formats; whatever it holds must render.
+pub fn render(store: &MetricStore) {
     for format in [Format::Text, Format::DelimitedProtobuf] {
-        let _ = exposition(&store, &NoSource, format);
+        let _ = exposition(store, &NoSource, format);
     }
 }

@@ -27,11 +27,9 @@ pub(super) async fn push(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let inner = &state.inner;
-    let rest = uri
-        .path()
-        .strip_prefix(&state.prefixed("/metrics/"))
-        .ok_or(ApiError::NotFound)?;
-    let key = GroupingKey::from_path(rest)?;
+    // The same function the path filter judged this request with.
+    let key = GroupingKey::of_request_path(uri.path(), &inner.route_prefix)
+        .ok_or(ApiError::NotFound)??;
     if method == Method::DELETE {
         inner
             .store

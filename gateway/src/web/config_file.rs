@@ -153,10 +153,26 @@ pub fn load(file: &Path) -> Result<(WebSettings, Fingerprint), WebConfigError> {
         path: file.to_path_buf(),
         source,
     })?;
+    let settings = settings_from(&text, file, &mut stamps)?;
+    Ok((settings, Fingerprint(stamps)))
+}
+
+/// Parses and checks `text` as the web config `file` (files it names are read
+/// relative to `file`'s folder); what [`load`] does after reading the file. The fuzz
+/// target of the web config calls it directly.
+pub fn parse(text: &[u8], file: &Path) -> Result<WebSettings, WebConfigError> {
+    settings_from(text, file, &mut Vec::new())
+}
+
+fn settings_from(
+    text: &[u8],
+    file: &Path,
+    stamps: &mut Vec<(PathBuf, Stamp)>,
+) -> Result<WebSettings, WebConfigError> {
     let raw: RawWebConfig = if text.trim_ascii().is_empty() {
         RawWebConfig::default()
     } else {
-        serde_yaml::from_slice(&text).map_err(|error| WebConfigError::Syntax {
+        serde_yaml::from_slice(text).map_err(|error| WebConfigError::Syntax {
             file: file.to_path_buf(),
             reason: error.to_string(),
         })?
@@ -169,11 +185,7 @@ pub fn load(file: &Path) -> Result<(WebSettings, Fingerprint), WebConfigError> {
 
     let users = raw.basic_auth_users.unwrap_or_default();
     for (user, hash) in &users {
-        if hash.parse::<bcrypt::HashParts>().is_err() {
-            return Err(invalid(format!(
-                "basic_auth_users: the hash of {user:?} is not a bcrypt hash; create one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"
-            )));
-        }
+        check_bcrypt_hash(user, hash).map_err(invalid)?;
     }
 
     let mut headers = Vec::new();
@@ -187,7 +199,7 @@ pub fn load(file: &Path) -> Result<(WebSettings, Fingerprint), WebConfigError> {
 
     let tls = match raw.tls_server_config {
         Some(tls) if tls_configured(&tls) => {
-            let config = tls_config(&tls, dir, &mut stamps).map_err(|error| match error {
+            let config = tls_config(&tls, dir, stamps).map_err(|error| match error {
                 TlsSetupError::Read { path, source } => WebConfigError::Read {
                     file: file.to_path_buf(),
                     path,
@@ -199,12 +211,52 @@ pub fn load(file: &Path) -> Result<(WebSettings, Fingerprint), WebConfigError> {
         }
         _ => None,
     };
-    let settings = WebSettings {
+    Ok(WebSettings {
         tls,
         users,
         headers,
+    })
+}
+
+/// bcrypt costs above this are logged at load: each step doubles what a check of a
+/// wrong password (or of a right one not yet cached) costs.
+const BCRYPT_COST_WARN: u32 = 12;
+/// bcrypt costs above this are refused: one check would take seconds of a core, so a
+/// few wrong passwords a second would starve the gateway (31 takes days).
+const BCRYPT_COST_MAX: u32 = 14;
+/// The costs bcrypt itself defines; outside them no password ever matches.
+const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=31;
+/// How to make a good hash, for every refusal.
+const MAKE_A_HASH: &str = "create one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`";
+
+/// A user's bcrypt hash is well formed and its cost one the gateway can afford.
+fn check_bcrypt_hash(user: &str, hash: &str) -> Result<(), String> {
+    let Ok(parts) = hash.parse::<bcrypt::HashParts>() else {
+        return Err(format!(
+            "basic_auth_users: the hash of {user:?} is not a bcrypt hash; {MAKE_A_HASH}"
+        ));
     };
-    Ok((settings, Fingerprint(stamps)))
+    let cost = parts.get_cost();
+    if !BCRYPT_COSTS.contains(&cost) {
+        return Err(format!(
+            "basic_auth_users: the bcrypt cost {cost} of user {user:?} is outside bcrypt's valid {}-{}, so no password could ever match; {MAKE_A_HASH}",
+            BCRYPT_COSTS.start(),
+            BCRYPT_COSTS.end()
+        ));
+    }
+    if cost > BCRYPT_COST_MAX {
+        return Err(format!(
+            "basic_auth_users: the bcrypt cost {cost} of user {user:?} is above {BCRYPT_COST_MAX}: every check of a wrong password would take seconds to hours of CPU, so a few requests could stall the gateway; use a cost of 10 to 12, {MAKE_A_HASH}"
+        ));
+    }
+    if cost > BCRYPT_COST_WARN {
+        tracing::warn!(
+            user,
+            cost,
+            "basic_auth_users: a bcrypt cost above {BCRYPT_COST_WARN} makes every check of a wrong password slow; 10 to 12 is usual"
+        );
+    }
+    Ok(())
 }
 
 type Stamp = Option<(SystemTime, u64)>;
@@ -217,9 +269,29 @@ fn stamp(path: &Path) -> Stamp {
 /// Reads `path`, noting how it looked *before* the read: a change during the read
 /// then shows as a change at the next look.
 fn stamped_read(path: &Path, stamps: &mut Vec<(PathBuf, Stamp)>) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+
     stamps.push((path.to_path_buf(), stamp(path)));
-    std::fs::read(path)
+    // A config or PEM file is a few KiB; a path to a device or a huge file must not
+    // take the gateway's memory (`/dev/zero` never ends).
+    let mut text = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB; a web config, certificate or key is a few KiB",
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(text)
 }
+
+/// The most read of the web config or any file it names.
+const MAX_FILE_BYTES: u64 = 4 << 20;
 
 impl Fingerprint {
     /// The same files, looked at again.
@@ -646,6 +718,68 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A real cost-4 hash of "secret" with its cost field replaced: the check at load
+    /// reads the cost, it never runs bcrypt on these.
+    fn hash_with_cost(cost: &str) -> String {
+        let real = hash();
+        format!("$2y${cost}${}", &real[7..])
+    }
+
+    #[test]
+    fn bcrypt_costs_are_checked_at_load() {
+        let dir = temp_dir("costs");
+        // (name, cost field, None: accepted / Some(text the refusal must contain))
+        let table: [(&str, &str, Option<&str>); 9] = [
+            ("lowest valid", "04", None),
+            ("usual", "10", None),
+            ("high, warned", "12", None),
+            ("higher, warned", "14", None),
+            (
+                "too slow",
+                "15",
+                Some("cost 15 of user \"alice\" is above 14"),
+            ),
+            (
+                "bcrypt's maximum",
+                "31",
+                Some("cost 31 of user \"alice\" is above 14"),
+            ),
+            (
+                "below bcrypt's range",
+                "03",
+                Some("cost 3 of user \"alice\" is outside"),
+            ),
+            ("zero", "00", Some("cost 0 of user \"alice\" is outside")),
+            (
+                "above bcrypt's range",
+                "32",
+                Some("cost 32 of user \"alice\" is outside"),
+            ),
+        ];
+        for (name, cost, want) in table {
+            let file = write(
+                &dir,
+                "web.yml",
+                &format!("basic_auth_users:\n  alice: {}\n", hash_with_cost(cost)),
+            );
+            match (load(&file), want) {
+                (Ok(_), None) => {}
+                (Err(error), Some(want)) => {
+                    let error = error.to_string();
+                    assert!(error.contains(want), "case {name}: {error}");
+                    assert!(error.contains("web.yml"), "case {name}: {error}");
+                    assert!(
+                        error.contains("htpasswd -nBC"),
+                        "case {name}: says what to do: {error}"
+                    );
+                }
+                (Ok(_), Some(want)) => panic!("case {name}: accepted, wanted {want:?}"),
+                (Err(error), None) => panic!("case {name}: refused: {error}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn invalid_files_say_what_is_wrong() {
         let dir = temp_dir("invalid");
@@ -682,6 +816,11 @@ mod tests {
                 "client_auth_type",
             ),
             ("bad yaml", "tls_server_config: [\n", "web.yml"),
+            (
+                "endless certificate",
+                "tls_server_config:\n  cert_file: /dev/zero\n  key_file: /dev/zero\n",
+                "larger than 4 MiB",
+            ),
             (
                 "sans",
                 "tls_server_config:\n  client_allowed_sans: [a]\n  cert_file: c.pem\n",

@@ -6,7 +6,8 @@
 //! and without the route prefix, case-insensitively: the router is case-sensitive,
 //! so `/DEBUG` reaches nothing today, but a rule that says "deny /debug" should keep
 //! meaning that whatever is mounted later. The default rule, `^/(debug|pprof)`, always
-//! applies; `--web.deny-path` adds rules to it.
+//! applies; `--web.deny-path` adds rules to it. A push path is matched a third way, as
+//! the group it writes, decoded by the very function the push handler uses.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -14,6 +15,7 @@ use axum::http::Method;
 use regex::{Regex, RegexBuilder};
 
 use super::path::{normalise, strip_route_prefix};
+use crate::grouping::GroupingKey;
 
 /// The rule that is always on: what the seed's nginx denied.
 pub const DEFAULT_DENY_PATH: &str = "^/(debug|pprof)";
@@ -59,13 +61,36 @@ impl PathFilter {
     }
 
     /// Whether a request for `raw_path` (as received) must be answered 404.
+    ///
+    /// A push path is also matched as the group it writes ([`GroupingKey::to_push_path`]
+    /// of the key the push handler takes from the same function), so `@base64`, `;`
+    /// and percent-encoding cannot name a denied group in a form the rules miss.
     #[must_use]
     pub fn is_denied(&self, raw_path: &str) -> bool {
         let normal = normalise(raw_path);
         let under_prefix = strip_route_prefix(&normal, &self.route_prefix);
-        self.rules
-            .iter()
-            .any(|rule| rule.is_match(&normal) || under_prefix.is_some_and(|p| rule.is_match(p)))
+        let pushed = self.pushed_group(raw_path);
+        self.rules.iter().any(|rule| {
+            rule.is_match(&normal)
+                || under_prefix.is_some_and(|p| rule.is_match(p))
+                || pushed
+                    .as_ref()
+                    .is_some_and(|(bare, prefixed)| rule.is_match(bare) || rule.is_match(prefixed))
+        })
+    }
+
+    /// The group a push or delete to `raw_path` would write, as a plain push path
+    /// without and with the route prefix; `None` for other paths and for invalid
+    /// keys (the handler refuses those with 400, writing nothing). Paths without the
+    /// prefix are read too, though the router does not route them: a rule should not
+    /// depend on that.
+    fn pushed_group(&self, raw_path: &str) -> Option<(String, String)> {
+        let key = GroupingKey::of_request_path(raw_path, &self.route_prefix)
+            .or_else(|| GroupingKey::of_request_path(raw_path, ""))?
+            .ok()?;
+        let bare = key.to_push_path();
+        let prefixed = format!("{}{bare}", self.route_prefix);
+        Some((bare, prefixed))
     }
 
     /// Whether a request changes state (push, delete, wipe, quit) rather than reads:
@@ -233,6 +258,48 @@ mod tests {
                 filter.is_denied(path),
                 "case {name}: {path:?} was let through"
             );
+        }
+    }
+
+    /// The push table shared with the guard and socket tests, and the rules it is
+    /// written against (listed in its header).
+    const PUSH_BYPASS_ATTEMPTS: &str = include_str!("../../tests/data/push-bypass-attempts.tsv");
+    const PUSH_RULES: [&str; 3] = ["^/metrics/job/secret(/|$)", "/team/red(/|$)", "evil"];
+
+    fn push_rules() -> Vec<String> {
+        PUSH_RULES.map(str::to_owned).to_vec()
+    }
+
+    #[test]
+    fn every_push_bypass_attempt_is_denied() {
+        let filter = PathFilter::new(&push_rules(), "/pg").expect("rules compile");
+        let attempts: Vec<(&str, &str)> = PUSH_BYPASS_ATTEMPTS
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| line.split_once('\t').expect("name<TAB>path"))
+            .collect();
+        assert!(attempts.len() >= 25, "the table must stay large");
+        let through: Vec<String> = attempts
+            .iter()
+            .filter(|(_, path)| !filter.is_denied(path))
+            .map(|(name, path)| format!("{name}: {path}"))
+            .collect();
+        assert!(through.is_empty(), "let through:\n{}", through.join("\n"));
+    }
+
+    #[test]
+    fn push_rules_deny_only_what_they_name() {
+        let filter = PathFilter::new(&push_rules(), "/pg").expect("rules compile");
+        for path in [
+            "/pg/metrics/job/public",
+            "/pg/metrics/job/secretary",
+            "/pg/metrics/job/x/team/blue",
+            "/pg/metrics/job/x/team@base64/Ymx1ZQ",
+            // The job "a/team/red" (base64): a value, not a label team="red".
+            "/pg/metrics/job@base64/YS90ZWFtL3JlZA",
+            "/pg/metrics",
+        ] {
+            assert!(!filter.is_denied(path), "{path:?} was denied");
         }
     }
 

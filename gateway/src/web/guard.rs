@@ -3,7 +3,8 @@
 //!
 //! In this order: a denied path is answered 404 (as if nothing were there, and before
 //! asking for credentials, so the answer says nothing about what exists); then basic
-//! authentication when the web config has users (401); then writes from outside
+//! authentication when the web config has users (401, or 429/503 when too many
+//! password checks are already queued or the wait for one is over); then writes from outside
 //! `--web.allow-push-from` (403); then the handler, bounded by `--web.request-timeout`
 //! (408). Every refusal, its own and the handlers' ([`Reason`] response extensions), is
 //! counted in [`Rejections`]. Every response leaves without a `Server` header and
@@ -11,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +36,27 @@ const DUMMY_HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV
 const AUTH_CACHE_SIZE: usize = 256;
 /// bcrypt checks run at once; more wait, so guessing cannot take every thread.
 const CONCURRENT_BCRYPT: usize = 4;
+/// Requests that may wait for a bcrypt check beyond those running; more are answered
+/// 429 at once rather than queued without bound.
+const BCRYPT_QUEUE: usize = 64;
+/// The longest a request waits for its bcrypt check to start (or
+/// `--web.request-timeout`, if shorter); then it is answered 503.
+const BCRYPT_WAIT: Duration = Duration::from_secs(2);
+
+/// A cached login: the user, the hash it was checked against (a reload that changes
+/// it forgets the login) and a keyed digest of the password, so the cache never holds
+/// a password or anything an offline guesser could test candidates against.
+type LoginKey = (String, String, [u8; 32]);
+
+/// Why basic authentication did not let a request through.
+enum AuthRefusal {
+    /// No or wrong credentials: 401.
+    Unauthorized,
+    /// Too many bcrypt checks queued already: 429.
+    QueueFull,
+    /// The check did not start within the wait: 503.
+    WaitedTooLong(Duration),
+}
 
 /// What the guard decides with. Built once per server; the web settings can change
 /// underneath it (reload).
@@ -43,8 +66,15 @@ pub struct Guard {
     request_timeout: Duration,
     settings: watch::Receiver<Arc<WebSettings>>,
     rejections: Arc<Rejections>,
-    auth_cache: Mutex<HashSet<(String, String)>>,
-    bcrypt_permits: Semaphore,
+    auth_cache: Mutex<HashSet<LoginKey>>,
+    /// Keys the password digests of the cache; random per process.
+    cache_key: ring::hmac::Key,
+    /// Admission to a bcrypt check: running plus queued ([`BCRYPT_QUEUE`]).
+    bcrypt_admission: Semaphore,
+    /// Shared with the blocking task that holds one, so a check whose request went
+    /// away still counts until bcrypt is done with it.
+    bcrypt_permits: Arc<Semaphore>,
+    bcrypt_runs: AtomicU64,
 }
 
 impl Guard {
@@ -64,8 +94,17 @@ impl Guard {
             settings,
             rejections,
             auth_cache: Mutex::new(HashSet::new()),
-            bcrypt_permits: Semaphore::new(CONCURRENT_BCRYPT),
+            cache_key: random_hmac_key(),
+            bcrypt_admission: Semaphore::new(CONCURRENT_BCRYPT + BCRYPT_QUEUE),
+            bcrypt_permits: Arc::new(Semaphore::new(CONCURRENT_BCRYPT)),
+            bcrypt_runs: AtomicU64::new(0),
         }
+    }
+
+    /// bcrypt checks run so far (cached logins run none).
+    #[must_use]
+    pub fn bcrypt_checks(&self) -> u64 {
+        self.bcrypt_runs.load(Ordering::Relaxed)
     }
 
     /// `router` with this guard in front of all its routes and its fallback.
@@ -81,16 +120,33 @@ impl Guard {
             return ApiError::NotFound.into_response();
         }
         let settings = Arc::clone(&self.settings.borrow());
-        if !settings.users.is_empty()
-            && !self
-                .authorized(
-                    &settings.users,
-                    request.headers().get(header::AUTHORIZATION),
-                )
-                .await
-        {
-            self.rejections.count(Reason::Unauthorized);
-            return unauthorized();
+        if !settings.users.is_empty() {
+            let authorization = request.headers().get(header::AUTHORIZATION);
+            match self.authorized(&settings.users, authorization).await {
+                Ok(()) => {}
+                Err(AuthRefusal::Unauthorized) => {
+                    self.rejections.count(Reason::Unauthorized);
+                    return unauthorized();
+                }
+                Err(AuthRefusal::QueueFull) => {
+                    self.rejections.count(Reason::AuthBusy);
+                    return busy(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "too many password checks are waiting ({CONCURRENT_BCRYPT} run at once, {BCRYPT_QUEUE} may wait); retry in a second\n"
+                        ),
+                    );
+                }
+                Err(AuthRefusal::WaitedTooLong(waited)) => {
+                    self.rejections.count(Reason::AuthBusy);
+                    return busy(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the password check did not start within {waited:?}: the gateway is busy checking other passwords; retry in a second\n"
+                        ),
+                    );
+                }
+            }
         }
         let peer = request
             .extensions()
@@ -124,43 +180,59 @@ impl Guard {
     }
 
     /// Whether `authorization` carries the right password of a configured user.
+    ///
+    /// A login seen before (same user, hash and password) is answered from the cache;
+    /// anything else costs one bcrypt check, at most [`CONCURRENT_BCRYPT`] at once,
+    /// with at most [`BCRYPT_QUEUE`] more waiting, each for at most [`BCRYPT_WAIT`].
     async fn authorized(
         &self,
         users: &BTreeMap<String, String>,
         authorization: Option<&HeaderValue>,
-    ) -> bool {
-        let Some(raw) = authorization.and_then(|value| value.to_str().ok()) else {
-            return false;
-        };
-        let Some((user, password)) = basic_credentials(raw) else {
-            return false;
-        };
+    ) -> Result<(), AuthRefusal> {
+        let raw = authorization
+            .and_then(|value| value.to_str().ok())
+            .ok_or(AuthRefusal::Unauthorized)?;
+        let (user, password) = basic_credentials(raw).ok_or(AuthRefusal::Unauthorized)?;
         let known = users.get(&user);
-        let key = (raw.to_owned(), known.cloned().unwrap_or_default());
+        let digest = ring::hmac::sign(&self.cache_key, password.as_bytes());
+        let mut digest_bytes = [0u8; 32];
+        digest_bytes.copy_from_slice(&digest.as_ref()[..32]);
+        let key: LoginKey = (user, known.cloned().unwrap_or_default(), digest_bytes);
         if known.is_some() && self.cache().contains(&key) {
-            return true;
+            return Ok(());
         }
         let hash = known.map_or(DUMMY_HASH.to_owned(), Clone::clone);
-        let Ok(_permit) = self.bcrypt_permits.acquire().await else {
-            return false;
+        let Ok(_admitted) = self.bcrypt_admission.try_acquire() else {
+            return Err(AuthRefusal::QueueFull);
         };
-        let verified = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false);
-        let ok = verified && known.is_some();
-        if ok {
-            let mut cache = self.cache();
-            if cache.len() >= AUTH_CACHE_SIZE {
-                cache.clear();
-            }
-            cache.insert(key);
+        let wait = BCRYPT_WAIT.min(self.request_timeout);
+        let permits = Arc::clone(&self.bcrypt_permits);
+        let permit = match tokio::time::timeout(wait, permits.acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(AuthRefusal::Unauthorized),
+            Err(_elapsed) => return Err(AuthRefusal::WaitedTooLong(wait)),
+        };
+        self.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
+        let verified = tokio::task::spawn_blocking(move || {
+            let _running = permit;
+            bcrypt::verify(password, &hash)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false);
+        if !(verified && known.is_some()) {
+            return Err(AuthRefusal::Unauthorized);
         }
-        ok
+        let mut cache = self.cache();
+        if cache.len() >= AUTH_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(key);
+        Ok(())
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<LoginKey>> {
         self.auth_cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -196,6 +268,24 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
+}
+
+/// A random key for the login cache's password digests.
+fn random_hmac_key() -> ring::hmac::Key {
+    let rng = ring::rand::SystemRandom::new();
+    // Without the system's randomness a fixed key still keeps passwords out of the
+    // cache; only the digests become comparable across processes.
+    ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+        .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"dropgate login cache"))
+}
+
+/// 429 or 503 with `Retry-After: 1`.
+fn busy(status: StatusCode, body: String) -> Response {
+    let mut response = plain(status, body);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn unauthorized() -> Response {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::model::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+use crate::persistence::SaveFailures;
 use crate::source::MetricSource;
 use crate::status::StatusSection;
 
@@ -26,6 +27,8 @@ pub enum Reason {
     PushNotAllowed,
     /// Missing or wrong basic-auth credentials (401).
     Unauthorized,
+    /// Too many basic-auth password checks queued (429) or waited for too long (503).
+    AuthBusy,
     /// The body exceeded `--web.max-body-bytes` (413).
     BodyTooLarge,
     /// A series had more labels than `--push.max-labels-per-series` (400).
@@ -46,7 +49,8 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order they are exposed.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
+        Self::AuthBusy,
         Self::BodyTooLarge,
         Self::DeniedPath,
         Self::HeaderTimeout,
@@ -67,6 +71,7 @@ impl Reason {
             Self::DeniedPath => "denied_path",
             Self::PushNotAllowed => "push_not_allowed",
             Self::Unauthorized => "unauthorized",
+            Self::AuthBusy => "auth_busy",
             Self::BodyTooLarge => "body_too_large",
             Self::TooManyLabels => "too_many_labels",
             Self::TooManySeries => "too_many_series",
@@ -134,19 +139,31 @@ impl Rejections {
 /// A [`MetricSource`] that adds the gateway's own families to another source's.
 pub struct WithGatewayMetrics {
     rejections: Arc<Rejections>,
+    save_failures: Arc<SaveFailures>,
     inner: Arc<dyn MetricSource>,
 }
 
 impl WithGatewayMetrics {
-    /// `inner`'s families plus the rejection counters.
+    /// `inner`'s families plus the rejection and save-failure counters.
     pub fn new(rejections: Arc<Rejections>, inner: Arc<dyn MetricSource>) -> Self {
-        Self { rejections, inner }
+        Self {
+            rejections,
+            save_failures: Arc::default(),
+            inner,
+        }
+    }
+
+    /// The save-failure counter these metrics expose, for the persister to count in.
+    #[must_use]
+    pub fn save_failures(&self) -> Arc<SaveFailures> {
+        Arc::clone(&self.save_failures)
     }
 }
 
 impl MetricSource for WithGatewayMetrics {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.inner.collect();
+        families.push(self.save_failures.family());
         families.push(self.rejections.family());
         families
     }
