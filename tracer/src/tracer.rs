@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use aya::maps::RingBuf;
+use aya::maps::{MapData, RingBuf};
 
 use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
@@ -42,9 +42,66 @@ pub struct Tracer {
     probe: Probe,
 }
 
+/// The privileged half of starting: the probe loaded and attached, its maps and the
+/// symbol table opened. Creates no thread, so that the capabilities it needed can be
+/// dropped before any thread exists (see [`crate::privileges`]).
+pub struct Attached {
+    collector: Arc<DropCollector>,
+    ring: RingBuf<MapData>,
+    probe: Probe,
+    recent_samples: usize,
+    docker_host: Option<String>,
+}
+
+impl Attached {
+    /// Gives up every capability not in `keep` (see
+    /// [`privileges::runtime_capabilities`]), checking that the maps stay readable.
+    pub fn drop_capabilities(&self, keep: &caps::CapsHashSet) -> anyhow::Result<()> {
+        let dropped = privileges::drop_capabilities(keep, || self.collector.can_read_maps())
+            .context("dropping the capabilities only loading needed")?;
+        tracing::info!(
+            capabilities = %privileges::describe(&dropped.kept),
+            map_reads = ?dropped.map_reads,
+            bounding_set = if dropped.bounding_shrunk { "shrunk" } else { "unchanged (no CAP_SETPCAP)" },
+            "dropped capabilities no longer needed, on every thread"
+        );
+        Ok(())
+    }
+
+    /// Starts the threads and tasks that name and read what the probe sees (needs a
+    /// tokio runtime).
+    pub fn start(self) -> Tracer {
+        let hub = Arc::new(SampleHub::new(self.recent_samples));
+        let enricher = Arc::new(Enricher::new(
+            self.collector.names(),
+            self.docker_host.as_deref(),
+        ));
+        let namer = self.collector.namer(enricher);
+        let ring = self.ring;
+        let reader = tokio::spawn({
+            let hub = Arc::clone(&hub);
+            async move {
+                if let Err(err) = samples::read_samples(ring, namer, hub).await {
+                    tracing::error!("reading drop samples stopped: {err}");
+                }
+            }
+        });
+        let forwarding = ForwardingWatch::start(self.collector.names());
+        tracing::info!(hook = %self.probe.hook, reasons = self.probe.has_reason, "tracing kernel drops");
+        Tracer {
+            collector: self.collector,
+            samples: hub,
+            forwarding,
+            hook: self.probe.hook,
+            reader,
+            probe: self.probe,
+        }
+    }
+}
+
 impl Tracer {
-    /// Loads and attaches the probe and starts reading samples (needs a tokio runtime).
-    pub fn start(options: &TracerOptions) -> anyhow::Result<Self> {
+    /// Loads and attaches the probe and opens what needs privileges; starts nothing.
+    pub fn attach(options: &TracerOptions) -> anyhow::Result<Attached> {
         let btf = Btf::from_sys_fs()?;
         let mut probe = loader::load(&options.load, &btf)?;
         let kallsyms = Kallsyms::load()?;
@@ -58,30 +115,19 @@ impl Tracer {
                 .context("map SAMPLES missing from the object")?,
         )
         .context("opening the sample ring buffer")?;
-        let hub = Arc::new(SampleHub::new(options.recent_samples));
-        let enricher = Arc::new(Enricher::new(
-            collector.names(),
-            options.docker_host.as_deref(),
-        ));
-        let namer = collector.namer(enricher);
-        let reader = tokio::spawn({
-            let hub = Arc::clone(&hub);
-            async move {
-                if let Err(err) = samples::read_samples(ring, namer, hub).await {
-                    tracing::error!("reading drop samples stopped: {err}");
-                }
-            }
-        });
-        let forwarding = ForwardingWatch::start(collector.names());
-        tracing::info!(hook = %probe.hook, reasons = probe.has_reason, "tracing kernel drops");
-        Ok(Self {
+        Ok(Attached {
             collector,
-            samples: hub,
-            forwarding,
-            hook: probe.hook,
-            reader,
+            ring,
             probe,
+            recent_samples: options.recent_samples,
+            docker_host: options.docker_host.clone(),
         })
+    }
+
+    /// [`Tracer::attach`] and [`Attached::start`] in one, keeping every capability
+    /// (`diagnose`, which runs for seconds and drops nothing).
+    pub fn start(options: &TracerOptions) -> anyhow::Result<Self> {
+        Ok(Self::attach(options)?.start())
     }
 
     /// Everything the trace side exports, as one source for the gateway: drop counts,
@@ -93,21 +139,6 @@ impl Tracer {
             forwarding: Arc::clone(&self.forwarding),
             findings,
         })
-    }
-
-    /// Gives up the capabilities that only loading and attaching needed (see
-    /// [`privileges::runtime_capabilities`]). Call after the gateway's socket is bound.
-    pub fn drop_capabilities(&self, listen_port: u16) {
-        let collector = Arc::clone(&self.collector);
-        match privileges::drop_capabilities(
-            privileges::runtime_capabilities(listen_port),
-            move || collector.can_read_maps(),
-        ) {
-            Ok(set) => {
-                tracing::info!(capabilities = %privileges::describe(set), "dropped capabilities no longer needed");
-            }
-            Err(err) => tracing::warn!("could not drop capabilities: {err}"),
-        }
     }
 
     /// Stops reading samples, detaches and unloads the probe.
