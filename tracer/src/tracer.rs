@@ -17,6 +17,7 @@ use crate::{
     kallsyms::Kallsyms,
     loader::{self, Hook, LoadOptions, Probe},
     privileges,
+    program_stats::ProgramStats,
     samples::{self, SampleHub},
 };
 
@@ -37,6 +38,9 @@ pub struct Tracer {
     pub samples: Arc<SampleHub>,
     pub forwarding: Arc<ForwardingWatch>,
     pub hook: Hook,
+    /// The kernel's counters of the attached program (`None` if its descriptor could
+    /// not be duplicated).
+    program: Option<Arc<ProgramStats>>,
     reader: tokio::task::JoinHandle<()>,
     // Declared last: dropped after the reader has been aborted.
     probe: Probe,
@@ -47,6 +51,7 @@ pub struct Tracer {
 /// dropped before any thread exists (see [`crate::privileges`]).
 pub struct Attached {
     collector: Arc<DropCollector>,
+    program: Option<Arc<ProgramStats>>,
     ring: RingBuf<MapData>,
     probe: Probe,
     recent_samples: usize,
@@ -93,6 +98,7 @@ impl Attached {
             samples: hub,
             forwarding,
             hook: self.probe.hook,
+            program: self.program,
             reader,
             probe: self.probe,
         }
@@ -115,8 +121,16 @@ impl Tracer {
                 .context("map SAMPLES missing from the object")?,
         )
         .context("opening the sample ring buffer")?;
+        let program = match attached_program(&probe) {
+            Ok(fd) => Some(Arc::new(ProgramStats::new(fd))),
+            Err(err) => {
+                tracing::warn!("dropgate_tracer_recursion_misses_total will be missing: {err:#}");
+                None
+            }
+        };
         Ok(Attached {
             collector,
+            program,
             ring,
             probe,
             recent_samples: options.recent_samples,
@@ -136,6 +150,7 @@ impl Tracer {
     pub fn metrics(&self, findings: Arc<Findings>) -> Arc<TraceMetrics> {
         Arc::new(TraceMetrics {
             collector: Arc::clone(&self.collector),
+            program: self.program.clone(),
             forwarding: Arc::clone(&self.forwarding),
             findings,
         })
@@ -149,10 +164,30 @@ impl Tracer {
     }
 }
 
+/// A descriptor of the program that is attached (the other one of the object is never
+/// loaded), for the kernel's counters of it.
+fn attached_program(probe: &Probe) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd as _;
+    let name = match probe.hook {
+        Hook::TpBtf => "kfree_skb_btf",
+        Hook::Tracepoint => "kfree_skb_tp",
+    };
+    let program = probe
+        .ebpf
+        .program(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    Ok(program
+        .fd()
+        .with_context(|| format!("program {name} has no descriptor"))?
+        .as_fd()
+        .try_clone_to_owned()?)
+}
+
 /// The trace side's metric families (drop counts, forwarding state, problems) and its
 /// sections of the status page.
 pub struct TraceMetrics {
     collector: Arc<DropCollector>,
+    program: Option<Arc<ProgramStats>>,
     forwarding: Arc<ForwardingWatch>,
     findings: Arc<Findings>,
 }
@@ -160,6 +195,27 @@ pub struct TraceMetrics {
 impl gateway::MetricSource for TraceMetrics {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.collector.collect();
+        if let Some(program) = &self.program {
+            match program.recursion_misses() {
+                Ok(missed) => families.push(MetricFamily {
+                    name: Some("dropgate_tracer_recursion_misses_total".into()),
+                    help: Some(
+                        "Drop events the kernel did not trace because the program was already running on that CPU (bpf_prog_info.recursion_misses); counted nowhere else."
+                            .into(),
+                    ),
+                    r#type: Some(MetricType::Counter as i32),
+                    metric: vec![Metric {
+                        counter: Some(Counter {
+                            value: Some(missed as f64),
+                            ..Counter::default()
+                        }),
+                        ..Metric::default()
+                    }],
+                    unit: None,
+                }),
+                Err(err) => tracing::warn!("reading the program's recursion misses: {err}"),
+            }
+        }
         let mut state = Vec::new();
         let mut changes = Vec::new();
         for (netns, ns) in self.forwarding.snapshot() {
