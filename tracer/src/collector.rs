@@ -184,10 +184,7 @@ impl DropCollector {
         for (key, counts) in raw {
             let labels = DropLabels {
                 interface: self.names.interface(key.netns, key.ifindex),
-                location: self
-                    .kallsyms
-                    .function_at(key.location)
-                    .map_or_else(|| format!("{:#x}", key.location), str::to_owned),
+                location: self.kallsyms.name_at(key.location),
                 netns: self.names.namespace(key.netns),
                 protocol: protocol_name(key.ethertype, key.l4_proto),
                 reason: self.reasons.name(key.reason),
