@@ -121,11 +121,13 @@ async fn run(cli: Cli, attached: Option<Attached>) -> anyhow::Result<ExitCode> {
             hook,
             packets,
             corrupt_offset,
+            late_modules,
         } => {
             let report = tracer::selftest::run(&tracer::selftest::SelftestOptions {
                 hook: hook.into(),
                 packets,
                 corrupt_offset,
+                late_modules,
             })?;
             println!("{}", report.line());
             Ok(if report.pass {
