@@ -279,6 +279,9 @@ fn late_module(
     packets: u32,
     collector: &DropCollector,
 ) -> anyhow::Result<LateModuleReport> {
+    // Only what the tunnel adds counts: a namespace made now may get the inode of the
+    // one the ip_error part used (the kernel reuses freed inode numbers at once).
+    let before = collector.drops();
     for module in modules {
         load_module(module)?;
     }
@@ -295,11 +298,15 @@ fn late_module(
     let mut locations: Vec<String> = Vec::new();
     let mut count = 0;
     for (labels, counts) in collector.drops() {
-        if labels.netns != netns {
+        let added = counts.packets
+            - before
+                .get(&labels)
+                .map_or(0, |earlier| earlier.packets.min(counts.packets));
+        if labels.netns != netns || added == 0 {
             continue;
         }
         if labels.location == TUNNEL_DROP_FUNCTION {
-            count += counts.packets;
+            count += added;
         }
         if !locations.contains(&labels.location) {
             locations.push(labels.location);
