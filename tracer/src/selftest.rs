@@ -81,7 +81,8 @@ impl Default for SelftestOptions {
 /// What the late-module part measured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LateModuleReport {
-    /// The location label(s) the tunnel's drops got, `+`-joined; `none` if none.
+    /// The location labels of every drop added in the tunnel's namespace, `+`-joined;
+    /// `none` if none.
     pub location: String,
     /// Drops in the tunnel's namespace named after [`TUNNEL_DROP_FUNCTION`].
     pub count: u64,
@@ -250,9 +251,12 @@ pub fn run(options: &SelftestOptions) -> anyhow::Result<SelftestReport> {
     let pass = exact
         && traffic.in_addr_errors_delta == u64::from(options.packets)
         && reason == expected_reason
-        && late_module.as_ref().is_none_or(|late| {
-            late.location == TUNNEL_DROP_FUNCTION && late.count == u64::from(options.packets)
-        });
+        // Other drops may share the namespace (creating tunl0 frees a probe skb per
+        // CPU in napi_get_frags_check on 6.1): what must hold is that every tunnel
+        // drop carries the module's function.
+        && late_module
+            .as_ref()
+            .is_none_or(|late| late.count == u64::from(options.packets));
     Ok(SelftestReport {
         kernel,
         hook,
