@@ -4,7 +4,8 @@
 //! Each suite gets a private apt state under the cache folder (its own sources.list,
 //! lists, package cache and an empty status file), pointed at the Debian mirror the
 //! machine's own sources already use. The suite's `linux-image-amd64` names the kernel
-//! package; from 7.x the image itself is in a `linux-binary-*` package it depends on.
+//! package; from 7.x the image itself is in a `linux-binary-*` package it depends on,
+//! and the modules in a `linux-modules-*` one.
 //! Only the `vmlinuz` is kept, one per suite, with the few modules the late-module
 //! self-test loads (ipip and what it needs); later runs use them without the network.
 
@@ -135,19 +136,36 @@ fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf, 
         release.starts_with(&format!("{series}.")),
         "{suite}'s current kernel is {release}, not a {series}.x one; update the matrix's table"
     );
-    let package = depends_with_prefix(&apt.show(&image)?, "linux-binary-").unwrap_or(image);
-    let download = scratch.join("download");
-    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
-    apt.download(&package, &download)?;
-    let deb = fs::read_dir(&download)
-        .with_context(|| format!("reading {}", download.display()))?
+    let image_show = apt.show(&image)?;
+    // From 7.x the image and the modules are packages of their own.
+    let modules_package = depends_with_prefix(&image_show, "linux-modules-");
+    let package = depends_with_prefix(&image_show, "linux-binary-").unwrap_or(image);
+    let deb = download_one(&apt, &package, &scratch.join("download"))?;
+    let extracted = extract_vmlinuz(&deb, &scratch.join("root"))?;
+    let modules_deb = match modules_package {
+        Some(modules_package) => {
+            download_one(&apt, &modules_package, &scratch.join("download-modules"))?
+        }
+        None => deb,
+    };
+    let modules = extract_late_modules(
+        &modules_deb,
+        &scratch.join("modules-root"),
+        &scratch.join("late"),
+    )?;
+    Ok((release, extracted, modules))
+}
+
+/// `apt-get download package` into the folder `into`; the `.deb` it left.
+fn download_one(apt: &PrivateApt, package: &str, into: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
+    apt.download(package, into)?;
+    fs::read_dir(into)
+        .with_context(|| format!("reading {}", into.display()))?
         .flatten()
         .map(|entry| entry.path())
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .with_context(|| format!("apt-get download {package} left no .deb"))?;
-    let extracted = extract_vmlinuz(&deb, &scratch.join("root"))?;
-    let modules = extract_late_modules(&deb, &scratch.join("modules-root"), &scratch.join("late"))?;
-    Ok((release, extracted, modules))
+        .with_context(|| format!("apt-get download {package} left no .deb"))
 }
 
 /// Extracts `net/ipv4`'s modules from the package and leaves [`LATE_MODULES`],
