@@ -234,9 +234,18 @@ mod tests {
 
     #[test]
     fn refuses_to_drop_with_other_threads_running() {
-        // The test harness runs this on a thread of its own, so the process has several.
+        // A second thread that lives across the call, whatever the harness does
+        // (with --test-threads=1 it runs tests on the main thread).
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || wait.recv());
         let keep = runtime_capabilities(None);
-        let err = drop_capabilities(&keep, || true).expect_err("more than one thread exists");
+        let result = drop_capabilities(&keep, || true);
+        release.send(()).expect("the other thread waits");
+        other
+            .join()
+            .expect("the other thread ends")
+            .expect("released");
+        let err = result.expect_err("more than one thread exists");
         assert!(
             matches!(err, PrivilegeError::NotSingleThreaded { threads } if threads > 1),
             "{err}"
