@@ -75,6 +75,12 @@ impl Watch {
         Self { process, lines }
     }
 
+    /// The process id of `dropgate watch`.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     /// Sends `signal` (e.g. `"INT"` for Ctrl-C) and waits for the exit.
     pub fn stop(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
         self.process.stop(signal, Duration::from_secs(10))

@@ -54,6 +54,12 @@ pub enum Command {
         /// Hand the probe a wrong sk_buff offset, to show the check can fail.
         #[arg(long, hide = true)]
         corrupt_offset: bool,
+        /// Kernel modules (files, `:`-separated, in load order, the last one ipip) to
+        /// load after the probe is attached; the drops of ipip's fallback tunnel must
+        /// then be named after ipip's own function. For the kernel matrix's guests
+        /// only: this loads modules into the running kernel.
+        #[arg(long, hide = true, value_delimiter = ':')]
+        late_modules: Vec<std::path::PathBuf>,
     },
     /// Copy every group of a running pushgateway into a running dropgate (a migration
     /// without losing the last pushes). Exit code 1 if any group failed.

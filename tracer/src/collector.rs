@@ -300,10 +300,7 @@ impl DropCollector {
                 } else {
                     self.names.interface(key.netns, key.ifindex)
                 },
-                location: self
-                    .kallsyms
-                    .function_at(key.location)
-                    .map_or_else(|| format!("{:#x}", key.location), str::to_owned),
+                location: self.kallsyms.name_at(key.location),
                 netns: if key.netns == NETNS_GONE {
                     GONE.into()
                 } else {

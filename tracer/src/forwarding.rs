@@ -85,13 +85,24 @@ impl ForwardingWatch {
     }
 
     /// A copy of the current state, by namespace label.
+    ///
+    /// Takes one lock at a time, never both: the scanner holds `listeners` while it
+    /// starts and stops listeners, and a scrape that held `state` while waiting for
+    /// `listeners` could meet a scanner waiting for `state` — and hang the gateway.
     pub fn snapshot(&self) -> Vec<(String, NamespaceForwarding)> {
+        let names: HashMap<u32, String> = self
+            .listeners
+            .lock()
+            .expect("listeners lock")
+            .iter()
+            .map(|(inode, listener)| (*inode, listener.name.clone()))
+            .collect();
         let state = self.state.lock().expect("forwarding lock");
-        let listeners = self.listeners.lock().expect("listeners lock");
         let mut out: Vec<(String, NamespaceForwarding)> = state
             .iter()
-            .filter_map(|(inode, ns)| Some((listeners.get(inode)?.name.clone(), ns.clone())))
+            .filter_map(|(inode, ns)| Some((names.get(inode)?.clone(), ns.clone())))
             .collect();
+        drop(state);
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -106,36 +117,51 @@ impl ForwardingWatch {
                 PathBuf::from("/proc/self/ns/net"),
             ));
         }
-        let mut listeners = self.listeners.lock().expect("listeners lock");
-        listeners.retain(|inode, listener| {
-            let keep = present.iter().any(|(i, _, _)| i == inode);
-            if !keep {
-                listener.stop.store(true, Ordering::Relaxed);
-                self.state.lock().expect("forwarding lock").remove(inode);
+        self.follow(present, own);
+    }
+
+    /// Stops the listeners of namespaces no longer `present`, forgets their state, and
+    /// starts listeners for new ones. Like [`Self::snapshot`], never holds both locks.
+    fn follow(&self, present: Vec<(u32, String, PathBuf)>, own: u32) {
+        let mut gone = Vec::new();
+        {
+            let mut listeners = self.listeners.lock().expect("listeners lock");
+            listeners.retain(|inode, listener| {
+                let keep = present.iter().any(|(i, _, _)| i == inode);
+                if !keep {
+                    listener.stop.store(true, Ordering::Relaxed);
+                    gone.push(*inode);
+                }
+                keep
+            });
+            for (inode, name, path) in present {
+                if listeners.contains_key(&inode) {
+                    continue;
+                }
+                let name = if inode == own {
+                    crate::netns::OWN_NAMESPACE.to_owned()
+                } else {
+                    name
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                let state = Arc::clone(&self.state);
+                let thread_stop = Arc::clone(&stop);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("netconf-{inode}"))
+                    .spawn(move || {
+                        if let Err(err) = listen(&path, inode, &state, &thread_stop) {
+                            tracing::debug!("forwarding watch of {} ended: {err}", path.display());
+                        }
+                    });
+                if spawned.is_ok() {
+                    listeners.insert(inode, Listener { name, stop });
+                }
             }
-            keep
-        });
-        for (inode, name, path) in present {
-            if listeners.contains_key(&inode) {
-                continue;
-            }
-            let name = if inode == own {
-                crate::netns::OWN_NAMESPACE.to_owned()
-            } else {
-                name
-            };
-            let stop = Arc::new(AtomicBool::new(false));
-            let state = Arc::clone(&self.state);
-            let thread_stop = Arc::clone(&stop);
-            let spawned = std::thread::Builder::new()
-                .name(format!("netconf-{inode}"))
-                .spawn(move || {
-                    if let Err(err) = listen(&path, inode, &state, &thread_stop) {
-                        tracing::debug!("forwarding watch of {} ended: {err}", path.display());
-                    }
-                });
-            if spawned.is_ok() {
-                listeners.insert(inode, Listener { name, stop });
+        }
+        if !gone.is_empty() {
+            let mut state = self.state.lock().expect("forwarding lock");
+            for inode in gone {
+                state.remove(&inode);
             }
         }
     }
@@ -172,6 +198,11 @@ fn listen(
             continue;
         }
         let mut state = state.lock().expect("forwarding lock");
+        // Checked under the lock: once the scanner has removed this namespace's state
+        // (after setting `stop`), a late update must not bring it back.
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let ns = state.entry(inode).or_default();
         for update in updates {
             apply(ns, update);
@@ -246,6 +277,61 @@ pub fn parse_netconf(data: &[u8]) -> Vec<NetconfUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scanner must never wait for `state` while holding `listeners`: a scrape
+    /// takes `state` first (it did, and any reader may), and the two would wait for
+    /// each other forever. Here the test is that scrape, holding `state` while the
+    /// scanner forgets a vanished namespace.
+    #[test]
+    fn forgetting_a_namespace_never_waits_for_state_while_holding_listeners() {
+        const GONE: u32 = 7;
+        let watch = Arc::new(ForwardingWatch {
+            state: Arc::new(Mutex::new(HashMap::from([(
+                GONE,
+                NamespaceForwarding::default(),
+            )]))),
+            listeners: Mutex::new(HashMap::from([(
+                GONE,
+                Listener {
+                    name: "gone".into(),
+                    stop: Arc::default(),
+                },
+            )])),
+            names: Arc::new(Names::new()),
+        });
+        let state = watch.state.lock().expect("forwarding lock");
+        let scanner = std::thread::spawn({
+            let watch = Arc::clone(&watch);
+            // Nothing present any more: the listener of GONE is stopped, its state removed.
+            move || watch.follow(Vec::new(), 0)
+        });
+        // While this thread holds `state`, `listeners` must become free.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut free = false;
+        while std::time::Instant::now() < deadline {
+            // Give the scanner time to reach the point where it needs `state`.
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(listeners) = watch.listeners.try_lock() {
+                free = listeners.is_empty();
+                if free {
+                    break;
+                }
+            }
+        }
+        drop(state);
+        scanner
+            .join()
+            .expect("the scanner finishes once state is free");
+        assert!(
+            free,
+            "the scanner held `listeners` while waiting for `state`: a scrape doing the same in the other order deadlocks"
+        );
+        assert!(
+            watch.state.lock().expect("forwarding lock").is_empty(),
+            "the vanished namespace's state is forgotten"
+        );
+        assert!(watch.snapshot().is_empty());
+    }
 
     fn message(ifindex: i32, forwarding: i32) -> Vec<u8> {
         let mut msg = Vec::new();

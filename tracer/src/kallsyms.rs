@@ -3,8 +3,25 @@
 //! `kfree_skb`'s `location` is a return address inside the dropping function
 //! (`ip_error+0x94`); metrics carry the function name only, so every call site in one
 //! function is one series and the label stays low-cardinality.
+//!
+//! Modules loaded after start (br_netfilter, nf_tables when dockerd or firewalld starts
+//! later) are not in a table read once: their addresses would be named after the last
+//! symbol below them, another module's. So the table is read again whenever the set of
+//! loaded modules changes, checked at most once a second from `/proc/modules` (name,
+//! size, state and load address of each; not the use counts, which change with every
+//! firewall rule). Both files are read through descriptors opened at start, while
+//! dropgate still has CAP_SYSLOG: the kernel decides whether to show real addresses
+//! from the credentials the file was *opened* with (`kallsyms_show_value(file->f_cred)`
+//! in both), so re-reading from offset 0 after CAP_SYSLOG is gone still shows them,
+//! while a fresh open would show only zeros (checked on 6.18).
 
-use std::path::Path;
+use std::{
+    fs::File,
+    io::{Read as _, Seek as _, SeekFrom},
+    path::Path,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
 
 /// Errors loading the symbol table.
 #[derive(Debug, thiserror::Error)]
@@ -22,37 +39,19 @@ pub enum KallsymsError {
     Hidden { path: String },
 }
 
+/// How often, at most, `/proc/modules` is compared with what the table was read for.
+const MODULE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A sorted table of kernel text symbols.
-pub struct Kallsyms {
+#[derive(Debug, Default)]
+struct SymbolTable {
     /// (address, name), sorted by address.
-    symbols: Vec<(u64, Box<str>)>,
+    symbols: Vec<(u64, Arc<str>)>,
 }
 
-impl Kallsyms {
-    /// Loads `/proc/kallsyms`.
-    pub fn load() -> Result<Self, KallsymsError> {
-        Self::from_file(Path::new("/proc/kallsyms"))
-    }
-
-    /// Loads a kallsyms-format file.
-    pub fn from_file(path: &Path) -> Result<Self, KallsymsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KallsymsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let table = Self::parse(&text);
-        if table.symbols.is_empty() {
-            return Err(KallsymsError::Hidden {
-                path: path.display().to_string(),
-            });
-        }
-        Ok(table)
-    }
-
-    /// Parses kallsyms text, keeping text (code) symbols with a non-zero address.
-    #[must_use]
-    pub fn parse(text: &str) -> Self {
-        let mut symbols: Vec<(u64, Box<str>)> = text
+impl SymbolTable {
+    fn parse(text: &str) -> Self {
+        let mut symbols: Vec<(u64, Arc<str>)> = text
             .lines()
             .filter_map(|line| {
                 let mut fields = line.split_ascii_whitespace();
@@ -66,11 +65,182 @@ impl Kallsyms {
         Self { symbols }
     }
 
+    fn function_at(&self, address: u64) -> Option<&Arc<str>> {
+        let index = self.symbols.partition_point(|(start, _)| *start <= address);
+        index.checked_sub(1).map(|i| &self.symbols[i].1)
+    }
+}
+
+/// What identifies the set of loaded modules in `/proc/modules`: per line the name,
+/// size, state and load address, without the use count and users, which change with
+/// every rule that uses a module.
+#[must_use]
+pub fn modules_fingerprint(text: &str) -> Vec<[&str; 4]> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            Some(
+                [
+                    fields.first()?,
+                    fields.get(1)?,
+                    fields.get(4)?,
+                    fields.get(5)?,
+                ]
+                .map(|f| *f),
+            )
+        })
+        .collect()
+}
+
+/// The descriptors the table is re-read through, and what it was last read for.
+struct Source {
+    kallsyms: File,
+    kallsyms_path: String,
+    /// `None` on kernels without loadable modules (no `/proc/modules`): nothing to follow.
+    modules: Option<File>,
+    /// `/proc/modules` as of the last read of the table.
+    modules_text: String,
+    checked: Instant,
+    interval: Duration,
+}
+
+/// Reads the whole file again from its start, through the same descriptor.
+fn reread(file: &mut File) -> std::io::Result<String> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The kernel's text symbols, kept up to date with the loaded modules.
+pub struct Kallsyms {
+    table: RwLock<Arc<SymbolTable>>,
+    source: Option<Mutex<Source>>,
+}
+
+impl Kallsyms {
+    /// Opens `/proc/kallsyms` and `/proc/modules` and keeps them open for later
+    /// re-reads (call while CAP_SYSLOG is still effective).
+    pub fn load() -> Result<Self, KallsymsError> {
+        Self::open(
+            Path::new("/proc/kallsyms"),
+            Some(Path::new("/proc/modules")),
+            MODULE_CHECK_INTERVAL,
+        )
+    }
+
+    /// Loads a kallsyms-format file once (no module tracking).
+    pub fn from_file(path: &Path) -> Result<Self, KallsymsError> {
+        Self::open(path, None, MODULE_CHECK_INTERVAL)
+    }
+
+    /// Opens `kallsyms` and, if it exists, `modules`, reads the table, and re-reads it
+    /// when `modules` changes, checked at most every `interval`.
+    pub fn open(
+        kallsyms: &Path,
+        modules: Option<&Path>,
+        interval: Duration,
+    ) -> Result<Self, KallsymsError> {
+        let kallsyms_path = kallsyms.display().to_string();
+        let read_error = |source| KallsymsError::Read {
+            path: kallsyms_path.clone(),
+            source,
+        };
+        let mut file = File::open(kallsyms).map_err(read_error)?;
+        // Absent on kernels built without module support; then nothing ever changes.
+        let mut modules = modules.and_then(|path| File::open(path).ok());
+        let modules_text = match &mut modules {
+            Some(file) => reread(file).unwrap_or_default(),
+            None => String::new(),
+        };
+        let table = SymbolTable::parse(&reread(&mut file).map_err(read_error)?);
+        if table.symbols.is_empty() {
+            return Err(KallsymsError::Hidden {
+                path: kallsyms_path,
+            });
+        }
+        Ok(Self {
+            table: RwLock::new(Arc::new(table)),
+            source: Some(Mutex::new(Source {
+                kallsyms: file,
+                kallsyms_path,
+                modules,
+                modules_text,
+                checked: Instant::now(),
+                interval,
+            })),
+        })
+    }
+
+    /// Parses kallsyms text, keeping text (code) symbols with a non-zero address.
+    #[must_use]
+    pub fn parse(text: &str) -> Self {
+        Self {
+            table: RwLock::new(Arc::new(SymbolTable::parse(text))),
+            source: None,
+        }
+    }
+
+    /// Re-reads the table if the loaded modules changed since it was read (at most one
+    /// check per interval; a check another thread is doing is not waited for).
+    pub fn refresh_if_modules_changed(&self) {
+        let Some(source) = &self.source else {
+            return;
+        };
+        let Ok(mut source) = source.try_lock() else {
+            return;
+        };
+        if source.checked.elapsed() < source.interval {
+            return;
+        }
+        source.checked = Instant::now();
+        let Some(modules) = &mut source.modules else {
+            return;
+        };
+        let now = match reread(modules) {
+            Ok(text) => text,
+            Err(err) => {
+                tracing::debug!("cannot re-read /proc/modules: {err}");
+                return;
+            }
+        };
+        if modules_fingerprint(&now) == modules_fingerprint(&source.modules_text) {
+            return;
+        }
+        match reread(&mut source.kallsyms) {
+            Ok(text) => {
+                let table = SymbolTable::parse(&text);
+                if table.symbols.is_empty() {
+                    tracing::warn!(
+                        "{} re-read without addresses; keeping the old table",
+                        source.kallsyms_path
+                    );
+                    return;
+                }
+                tracing::info!(
+                    symbols = table.symbols.len(),
+                    "loaded kernel modules changed: kernel symbols re-read"
+                );
+                *self.table.write().expect("kallsyms lock") = Arc::new(table);
+                source.modules_text = now;
+            }
+            Err(err) => tracing::warn!("cannot re-read {}: {err}", source.kallsyms_path),
+        }
+    }
+
     /// The function containing `address`, if it falls inside the kernel's text.
     #[must_use]
-    pub fn function_at(&self, address: u64) -> Option<&str> {
-        let index = self.symbols.partition_point(|(start, _)| *start <= address);
-        index.checked_sub(1).map(|i| &*self.symbols[i].1)
+    pub fn function_at(&self, address: u64) -> Option<Arc<str>> {
+        self.refresh_if_modules_changed();
+        let table = Arc::clone(&self.table.read().expect("kallsyms lock"));
+        table.function_at(address).cloned()
+    }
+
+    /// The label for `address`: its function, or the address in hex if it is in none.
+    #[must_use]
+    pub fn name_at(&self, address: u64) -> String {
+        self.function_at(address)
+            .map_or_else(|| format!("{address:#x}"), |name| name.to_string())
     }
 }
 
@@ -103,7 +273,7 @@ ffffffffc0001000 t nft_do_chain\t[nf_tables]
             ("below all text", 0x1000, None),
         ];
         for (name, address, want) in cases {
-            assert_eq!(table.function_at(address), want, "case {name}");
+            assert_eq!(table.function_at(address).as_deref(), want, "case {name}");
         }
     }
 
@@ -116,5 +286,155 @@ ffffffffc0001000 t nft_do_chain\t[nf_tables]
             .expect("hidden addresses are an error");
         std::fs::remove_file(&dir).expect("remove temp file");
         assert!(err.to_string().contains("kptr_restrict"), "{err}");
+    }
+
+    #[test]
+    fn module_fingerprint_ignores_use_counts() {
+        let before = "nf_tables 364544 3 nft_compat, Live 0xffffffffc0a00000\n\
+                      libcrc32c 12288 1 nf_tables, Live 0xffffffffc0900000\n";
+        let cases = [
+            (
+                "a rule starts using a module",
+                "nf_tables 364544 9 nft_compat,nft_chain_nat, Live 0xffffffffc0a00000\n\
+                 libcrc32c 12288 1 nf_tables, Live 0xffffffffc0900000\n",
+                true,
+            ),
+            (
+                "a module is loaded",
+                "br_netfilter 32768 0 - Live 0xffffffffc0b00000\n\
+                 nf_tables 364544 3 nft_compat, Live 0xffffffffc0a00000\n\
+                 libcrc32c 12288 1 nf_tables, Live 0xffffffffc0900000\n",
+                false,
+            ),
+            (
+                "a module finished loading",
+                "nf_tables 364544 3 nft_compat, Loading 0xffffffffc0a00000\n\
+                 libcrc32c 12288 1 nf_tables, Live 0xffffffffc0900000\n",
+                false,
+            ),
+            (
+                "unloaded and loaded again elsewhere",
+                "nf_tables 364544 3 nft_compat, Live 0xffffffffc0c00000\n\
+                 libcrc32c 12288 1 nf_tables, Live 0xffffffffc0900000\n",
+                false,
+            ),
+        ];
+        for (name, after, same) in cases {
+            assert_eq!(
+                modules_fingerprint(before) == modules_fingerprint(after),
+                same,
+                "case {name}"
+            );
+        }
+    }
+
+    /// A module loaded after start: its addresses first fall after the last symbol of
+    /// the table read at start (another module's), and after the refresh get its own.
+    #[test]
+    fn a_module_loaded_later_gets_its_own_symbols_after_the_refresh() {
+        let dir =
+            std::env::temp_dir().join(format!("dropgate-kallsyms-refresh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let kallsyms = dir.join("kallsyms");
+        let modules = dir.join("modules");
+        std::fs::write(&kallsyms, SAMPLE).expect("write kallsyms");
+        std::fs::write(&modules, "nf_tables 364544 0 - Live 0xffffffffc0001000\n")
+            .expect("write modules");
+        let table = Kallsyms::open(&kallsyms, Some(&modules), Duration::ZERO)
+            .expect("the sample has addresses");
+        let in_new_module = 0xffff_ffff_c000_5010;
+        assert_eq!(
+            table.function_at(in_new_module).as_deref(),
+            Some("nft_do_chain"),
+            "before the module is known, its address reads as the last symbol below it"
+        );
+
+        // Only a use count changes: no re-read (the file gains a symbol that must not
+        // show up yet, which proves the table was not read again).
+        let mut later = SAMPLE.to_owned();
+        later.push_str("ffffffffc0005000 t br_nf_pre_routing_finish\t[br_netfilter]\n");
+        std::fs::write(&kallsyms, &later).expect("rewrite kallsyms");
+        std::fs::write(
+            &modules,
+            "nf_tables 364544 4 nft_compat, Live 0xffffffffc0001000\n",
+        )
+        .expect("rewrite modules");
+        assert_eq!(
+            table.function_at(in_new_module).as_deref(),
+            Some("nft_do_chain"),
+            "a use count change does not re-read the table"
+        );
+
+        // The module appears in /proc/modules: the table is read again.
+        std::fs::write(
+            &modules,
+            "br_netfilter 32768 0 - Live 0xffffffffc0005000\n\
+             nf_tables 364544 4 nft_compat, Live 0xffffffffc0001000\n",
+        )
+        .expect("rewrite modules");
+        assert_eq!(
+            table.function_at(in_new_module).as_deref(),
+            Some("br_nf_pre_routing_finish")
+        );
+        assert_eq!(
+            table.name_at(0x1000),
+            "0x1000",
+            "outside all text: the address"
+        );
+        std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    }
+
+    #[test]
+    fn without_module_support_nothing_is_re_read() {
+        let dir =
+            std::env::temp_dir().join(format!("dropgate-kallsyms-nomod-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let kallsyms = dir.join("kallsyms");
+        std::fs::write(&kallsyms, SAMPLE).expect("write kallsyms");
+        let table = Kallsyms::open(
+            &kallsyms,
+            Some(&dir.join("no-such-modules")),
+            Duration::ZERO,
+        )
+        .expect("the sample has addresses");
+        std::fs::write(&kallsyms, "ffffffff81a00000 t renamed\n").expect("rewrite kallsyms");
+        assert_eq!(
+            table.function_at(0xffff_ffff_81a0_0010).as_deref(),
+            Some("ip_error")
+        );
+        std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    }
+
+    /// The kernel fact the refresh rests on: whether addresses are shown is decided
+    /// when the file is opened, so a descriptor opened with CAP_SYSLOG keeps showing
+    /// them after the capability is gone. Runs on a thread of its own: capabilities
+    /// are per thread, and the drop ends with it.
+    #[test]
+    fn a_descriptor_opened_with_cap_syslog_shows_addresses_after_the_drop() {
+        use caps::{CapSet, Capability};
+        std::thread::spawn(|| {
+            if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SYSLOG).unwrap_or(false) {
+                eprintln!("SKIP: needs CAP_SYSLOG (run as root)");
+                return;
+            }
+            let mut file = File::open("/proc/kallsyms").expect("open /proc/kallsyms");
+            let before = SymbolTable::parse(&reread(&mut file).expect("read")).symbols.len();
+            if before == 0 {
+                eprintln!("SKIP: kernel.kptr_restrict=2 hides addresses even from root");
+                return;
+            }
+            caps::drop(None, CapSet::Effective, Capability::CAP_SYSLOG)
+                .expect("drop CAP_SYSLOG on this thread");
+            let fresh = std::fs::read_to_string("/proc/kallsyms").expect("open again");
+            let fresh = SymbolTable::parse(&fresh).symbols.len();
+            let again = SymbolTable::parse(&reread(&mut file).expect("re-read")).symbols.len();
+            eprintln!("text symbols: {before} at open, {again} re-read after the drop, {fresh} on a fresh open");
+            assert_eq!(
+                again, before,
+                "the descriptor opened with CAP_SYSLOG still shows every address"
+            );
+        })
+        .join()
+        .expect("the capability thread");
     }
 }

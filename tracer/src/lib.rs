@@ -20,6 +20,7 @@ pub mod loader;
 pub mod netlink;
 pub mod netns;
 pub mod privileges;
+pub mod program_stats;
 pub mod samples;
 pub mod selftest;
 pub mod status;

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use tracer::{
     cli::{Cli, Command, DiagnoseArgs, GatewayArgs, WatchFilter},
     loader::LoadOptions,
-    tracer::{Tracer, TracerOptions},
+    tracer::{Attached, Tracer, TracerOptions},
 };
 
 /// Exit codes, in one place.
@@ -36,6 +36,16 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Capabilities are per thread and copied into each new one: `run` and `watch` load
+    // and attach, then drop what only that needed, while this is the only thread; the
+    // runtime's workers and every other thread are started after that.
+    let attached = match attach_and_drop_privileges(&cli.command) {
+        Ok(attached) => attached,
+        Err(err) => {
+            eprintln!("dropgate: error: {err:#}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,7 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, attached)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("dropgate: error: {err:#}");
@@ -55,7 +65,54 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// The tracer options of `run` and `watch`, and the port `run` listens on.
+fn trace_options(command: &Command) -> Option<(TracerOptions, Option<u16>)> {
+    match command {
+        Command::Run { gateway, trace } => Some((
+            TracerOptions {
+                load: LoadOptions {
+                    hook: trace.hook.into(),
+                    samples_per_sec: trace.samples_per_sec,
+                    cache_slots: trace.cache_slots,
+                    max_keys: trace.max_keys,
+                },
+                recent_samples: trace.recent_samples,
+                docker_host: Some(trace.docker_host.clone()).filter(|h| !h.is_empty()),
+            },
+            Some(gateway.listen_address.port()),
+        )),
+        Command::Watch {
+            samples_per_sec,
+            hook,
+            docker_host,
+            ..
+        } => Some((
+            TracerOptions {
+                load: LoadOptions {
+                    hook: (*hook).into(),
+                    samples_per_sec: *samples_per_sec,
+                    ..LoadOptions::default()
+                },
+                recent_samples: 0,
+                docker_host: Some(docker_host.clone()).filter(|h| !h.is_empty()),
+            },
+            None,
+        )),
+        _ => None,
+    }
+}
+
+/// For `run` and `watch`: the privileged start, then the drop to the kept capabilities.
+fn attach_and_drop_privileges(command: &Command) -> anyhow::Result<Option<Attached>> {
+    let Some((options, listen_port)) = trace_options(command) else {
+        return Ok(None);
+    };
+    let attached = Tracer::attach(&options)?;
+    attached.drop_capabilities(&tracer::privileges::runtime_capabilities(listen_port))?;
+    Ok(Some(attached))
+}
+
+async fn run(cli: Cli, attached: Option<Attached>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Gateway { gateway } => serve(gateway, Arc::new(::gateway::source::NoSource))
             .await
@@ -65,11 +122,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hook,
             packets,
             corrupt_offset,
+            late_modules,
         } => {
             let report = tracer::selftest::run(&tracer::selftest::SelftestOptions {
                 hook: hook.into(),
                 packets,
                 corrupt_offset,
+                late_modules,
             })?;
             println!("{}", report.line());
             Ok(if report.pass {
@@ -79,17 +138,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Run { gateway, trace } => {
-            let tracer = Tracer::start(&TracerOptions {
-                load: LoadOptions {
-                    hook: trace.hook.into(),
-                    samples_per_sec: trace.samples_per_sec,
-                    cache_slots: trace.cache_slots,
-                    max_keys: trace.max_keys,
-                },
-                recent_samples: trace.recent_samples,
-                docker_host: Some(trace.docker_host).filter(|h| !h.is_empty()),
-            })?;
-            tracer.drop_capabilities(gateway.listen_address.port());
+            let tracer = attached
+                .context("the tracer was not attached before the runtime started")?
+                .start();
             let config = gateway.into_config();
             let prefix = ::gateway::config::normalize_route_prefix(&config.route_prefix);
             let routes = tracer::api::routes(Arc::clone(&tracer.samples), &prefix);
@@ -110,22 +161,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result.map(|()| ExitCode::SUCCESS)
         }
         Command::Import { from, to } => import(from, to).await,
-        Command::Watch {
-            filter,
-            json,
-            samples_per_sec,
-            hook,
-            docker_host,
-        } => {
-            let tracer = Tracer::start(&TracerOptions {
-                load: LoadOptions {
-                    hook: hook.into(),
-                    samples_per_sec,
-                    ..LoadOptions::default()
-                },
-                recent_samples: 0,
-                docker_host: Some(docker_host).filter(|h| !h.is_empty()),
-            })?;
+        Command::Watch { filter, json, .. } => {
+            let tracer = attached
+                .context("the tracer was not attached before the runtime started")?
+                .start();
             let result = watch(&tracer, &filter, json).await;
             tracer.stop();
             result.map(|()| ExitCode::SUCCESS)

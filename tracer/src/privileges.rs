@@ -1,34 +1,50 @@
 //! What the process may do: capability checks before loading BPF, with clear errors
-//! instead of a bare EPERM from deep inside the loader.
+//! instead of a bare EPERM from deep inside the loader, and the drop to the few
+//! capabilities `dropgate run` and `dropgate watch` keep once attached.
+//!
+//! Capabilities belong to threads, not processes: `capset` and `PR_CAPBSET_DROP` change
+//! the calling thread only, and a new thread starts with a copy of its creator's sets.
+//! So the drop happens while the main thread is the only one, and everything started
+//! afterwards (the async runtime's workers, the enrichment and forwarding threads)
+//! inherits the reduced sets; [`drop_capabilities`] refuses to run otherwise.
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+use std::collections::BTreeSet;
 
-/// The effective capability set of this process, from `/proc/self/status`.
-#[must_use]
-pub fn effective_capabilities() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                let hex = line.strip_prefix("CapEff:")?.trim();
-                u64::from_str_radix(hex, 16).ok()
-            })
-        })
-        .unwrap_or(0)
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// Errors dropping capabilities.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// Other threads exist: a drop now would leave them with every capability.
+    #[error("capabilities must be dropped while the main thread is the only one, but {threads} threads exist; this is a bug in dropgate")]
+    NotSingleThreaded { threads: usize },
+    /// The kernel refused to read or change a capability set.
+    #[error("changing the {set} capability set failed: {source}")]
+    Kernel {
+        set: &'static str,
+        source: caps::errors::CapsError,
+    },
+    /// The maps could not be read any more with the capabilities that would be kept.
+    #[error(
+        "the probe's maps cannot be read after dropping capabilities; this is a bug in dropgate"
+    )]
+    MapsUnreadable,
 }
 
-fn has(caps: u64, cap: u32) -> bool {
-    caps & (1 << cap) != 0
+fn kernel(set: &'static str) -> impl FnOnce(caps::errors::CapsError) -> PrivilegeError {
+    move |source| PrivilegeError::Kernel { set, source }
+}
+
+fn effective_has(cap: Capability) -> bool {
+    caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false)
 }
 
 /// Whether the kernel will let us load tracing programs: CAP_BPF with CAP_PERFMON
 /// (5.8+), or CAP_SYS_ADMIN.
 #[must_use]
 pub fn can_load_bpf() -> bool {
-    let caps = effective_capabilities();
-    has(caps, CAP_SYS_ADMIN) || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON))
+    effective_has(Capability::CAP_SYS_ADMIN)
+        || (effective_has(Capability::CAP_BPF) && effective_has(Capability::CAP_PERFMON))
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it where we may. Newer
@@ -48,138 +64,136 @@ pub fn raise_memlock_limit() {
     }
 }
 
-const CAP_DAC_READ_SEARCH: u32 = 2;
-const CAP_SETPCAP: u32 = 8;
-const CAP_NET_BIND_SERVICE: u32 = 10;
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_LAST: u32 = 40;
-
-/// `struct __user_cap_header_struct` (linux/capability.h).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-/// `struct __user_cap_data_struct`; version 3 uses two of them (capabilities 0-31, 32-63).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-fn capset(effective: u64, permitted: u64) -> std::io::Result<()> {
-    let header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        CapData {
-            effective: effective as u32,
-            permitted: permitted as u32,
-            inheritable: 0,
-        },
-        CapData {
-            effective: (effective >> 32) as u32,
-            permitted: (permitted >> 32) as u32,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: capset(2) reads one header and two data structs of the v3 layout, both
-    // valid for the duration of the call.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Capabilities `dropgate run` keeps once its programs are attached, and why:
+/// Capabilities `dropgate run` and `dropgate watch` keep once their programs are
+/// attached, and why:
 /// - CAP_SYS_ADMIN: `setns` into other namespaces to name their interfaces and follow
 ///   their forwarding state (the kernel has no narrower capability for that);
 /// - CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: open `/proc/<pid>/ns/net` of processes in
 ///   namespaces without a bind mount;
-/// - CAP_NET_ADMIN: netlink requests inside those namespaces;
+/// - CAP_NET_ADMIN: netlink requests inside those namespaces, and reading the
+///   firewall (`nft`, `iptables-nft`) in `run`'s periodic checks;
+/// - CAP_NET_RAW: `iptables-legacy` reads its tables through a raw socket (the same
+///   periodic checks, on hosts whose Docker still uses the legacy backend);
 /// - CAP_NET_BIND_SERVICE: only when listening on a port below 1024.
 ///
 /// Dropped: CAP_BPF and CAP_PERFMON (the maps are read through descriptors already
-/// open), and every other capability root has.
+/// open; see [`drop_capabilities`] for when CAP_BPF stays), CAP_SYSLOG (the symbol
+/// table is re-read through a descriptor opened before), and every other capability
+/// root has.
 #[must_use]
-pub fn runtime_capabilities(listen_port: u16) -> u64 {
-    let mut keep = [
-        CAP_SYS_ADMIN,
-        CAP_SYS_PTRACE,
-        CAP_DAC_READ_SEARCH,
-        CAP_NET_ADMIN,
+pub fn runtime_capabilities(listen_port: Option<u16>) -> CapsHashSet {
+    let mut keep: CapsHashSet = [
+        Capability::CAP_SYS_ADMIN,
+        Capability::CAP_SYS_PTRACE,
+        Capability::CAP_DAC_READ_SEARCH,
+        Capability::CAP_NET_ADMIN,
+        Capability::CAP_NET_RAW,
     ]
-    .iter()
-    .fold(0u64, |set, cap| set | (1 << cap));
-    if listen_port < 1024 {
-        keep |= 1 << CAP_NET_BIND_SERVICE;
+    .into_iter()
+    .collect();
+    if listen_port.is_some_and(|port| port < 1024) {
+        keep.insert(Capability::CAP_NET_BIND_SERVICE);
     }
     keep
 }
 
-/// Drops every capability not in `keep` from the effective and permitted sets (and the
-/// bounding set, so no child can regain them), after checking with `still_works` that
-/// the process still does its job without CAP_BPF/CAP_PERFMON: kernels before 6.5 check
-/// `bpf_capable()` even for map reads through a descriptor; there they are kept.
-/// Returns the capability set in force afterwards.
-pub fn drop_capabilities(mut keep: u64, still_works: impl Fn() -> bool) -> std::io::Result<u64> {
-    let current = effective_capabilities();
-    let bpf = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_ADMIN);
-    // Try without the BPF capabilities in the effective set only (reversible). CAP_SETPCAP
-    // stays effective until the bounding set has been shrunk, which needs it.
-    capset(
-        current & (keep | (1 << CAP_SETPCAP)) & !((1 << CAP_BPF) | (1 << CAP_PERFMON)),
-        current,
-    )?;
-    if !still_works() {
-        tracing::info!("this kernel needs CAP_BPF to read BPF maps: keeping it");
-        keep |= bpf & current;
-    }
-    let target = current & keep;
-    for cap in 0..=CAP_LAST {
-        if target & (1 << cap) == 0 {
-            // SAFETY: prctl with integer arguments only. EINVAL (a capability this kernel
-            // does not know) and EPERM (no CAP_SETPCAP, e.g. under a systemd unit whose
-            // bounding set already excludes it) leave the bounding set as it was.
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
-        }
-    }
-    capset(target, target)?;
-    Ok(effective_capabilities())
+/// What the kernel checks for a read of a BPF map through a descriptor the process
+/// already holds, as measured by [`drop_capabilities`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapReads {
+    /// Nothing beyond the descriptor's read mode (kernels from 6.5, where the
+    /// `bpf_capable()` check moved from every `bpf()` command to map and program
+    /// creation; older ones with `kernel.unprivileged_bpf_disabled=0`).
+    NeedNoCapability,
+    /// `bpf_capable()`, i.e. CAP_BPF or CAP_SYS_ADMIN (kernels before 6.5 with
+    /// `kernel.unprivileged_bpf_disabled` set, Debian's default).
+    NeedBpfCapable,
 }
 
-/// Names of the capabilities in `set` that dropgate cares about, for logs.
-#[must_use]
-pub fn describe(set: u64) -> String {
-    let names = [
-        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
-        (CAP_NET_BIND_SERVICE, "CAP_NET_BIND_SERVICE"),
-        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
-        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-        (CAP_PERFMON, "CAP_PERFMON"),
-        (CAP_BPF, "CAP_BPF"),
-    ];
-    let known: Vec<&str> = names
-        .iter()
-        .filter(|(cap, _)| set & (1 << cap) != 0)
-        .map(|(_, name)| *name)
-        .collect();
-    let others = (set & !names.iter().fold(0, |m, (c, _)| m | (1 << c))).count_ones();
-    if others == 0 {
-        known.join(",")
-    } else {
-        format!("{} +{others} others", known.join(","))
+/// The outcome of [`drop_capabilities`], for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    /// The effective and permitted sets now (equal).
+    pub kept: CapsHashSet,
+    /// What map reads were found to need.
+    pub map_reads: MapReads,
+    /// Whether the bounding set was shrunk too (needs CAP_SETPCAP, which a systemd unit
+    /// with a minimal bounding set does not grant; there it is minimal already).
+    pub bounding_shrunk: bool,
+}
+
+/// Threads of this process, from `/proc/self/task`.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(1, Iterator::count)
+}
+
+/// Drops every capability not in `keep` from the effective, permitted, inheritable and
+/// ambient sets, and from the bounding set where CAP_SETPCAP allows, so that neither a
+/// later thread nor a child process gets them back. Must be called before any other
+/// thread exists (it checks).
+///
+/// `can_read_maps` decides whether CAP_BPF must stay: it is called with an empty
+/// effective set (the permitted set unchanged, so this is reversible), which asks the
+/// kernel exactly the question that matters. Only if the read fails then do reads need
+/// `bpf_capable()`, and only if CAP_SYS_ADMIN is not kept anyway does CAP_BPF stay.
+/// With CAP_SYS_ADMIN still effective the check could never fail, whatever the kernel.
+pub fn drop_capabilities(
+    keep: &CapsHashSet,
+    can_read_maps: impl Fn() -> bool,
+) -> Result<Dropped, PrivilegeError> {
+    let threads = thread_count();
+    if threads > 1 {
+        return Err(PrivilegeError::NotSingleThreaded { threads });
     }
+    let permitted = caps::read(None, CapSet::Permitted).map_err(kernel("permitted"))?;
+    let effective = caps::read(None, CapSet::Effective).map_err(kernel("effective"))?;
+
+    caps::clear(None, CapSet::Effective).map_err(kernel("effective"))?;
+    let map_reads = if can_read_maps() {
+        MapReads::NeedNoCapability
+    } else {
+        MapReads::NeedBpfCapable
+    };
+    caps::set(None, CapSet::Effective, &effective).map_err(kernel("effective"))?;
+
+    let mut target: CapsHashSet = keep.intersection(&permitted).copied().collect();
+    if map_reads == MapReads::NeedBpfCapable
+        && !target.contains(&Capability::CAP_SYS_ADMIN)
+        && permitted.contains(&Capability::CAP_BPF)
+    {
+        tracing::info!("this kernel checks CAP_BPF for map reads: keeping it");
+        target.insert(Capability::CAP_BPF);
+    }
+
+    // The bounding set first: shrinking it needs CAP_SETPCAP in the effective set.
+    let bounding_shrunk = caps::raise(None, CapSet::Effective, Capability::CAP_SETPCAP).is_ok();
+    if bounding_shrunk {
+        let bounding = caps::read(None, CapSet::Bounding).map_err(kernel("bounding"))?;
+        for cap in bounding.difference(&target) {
+            caps::drop(None, CapSet::Bounding, *cap).map_err(kernel("bounding"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(kernel("ambient"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(kernel("inheritable"))?;
+    // Effective before permitted: the kernel refuses an effective set larger than the
+    // permitted one.
+    caps::set(None, CapSet::Effective, &target).map_err(kernel("effective"))?;
+    caps::set(None, CapSet::Permitted, &target).map_err(kernel("permitted"))?;
+    if !can_read_maps() {
+        return Err(PrivilegeError::MapsUnreadable);
+    }
+    Ok(Dropped {
+        kept: caps::read(None, CapSet::Effective).map_err(kernel("effective"))?,
+        map_reads,
+        bounding_shrunk,
+    })
+}
+
+/// The names of `set`, sorted, comma-separated (`CAP_NET_ADMIN,CAP_SYS_ADMIN`).
+#[must_use]
+pub fn describe(set: &CapsHashSet) -> String {
+    let names: BTreeSet<String> = set.iter().map(ToString::to_string).collect();
+    names.into_iter().collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -188,27 +202,53 @@ mod tests {
 
     #[test]
     fn runtime_set_keeps_only_what_naming_needs() {
-        let high = runtime_capabilities(9091);
-        assert_eq!(
-            describe(high),
-            "CAP_DAC_READ_SEARCH,CAP_NET_ADMIN,CAP_SYS_PTRACE,CAP_SYS_ADMIN"
+        let cases = [
+            (
+                "high port",
+                Some(9091),
+                "CAP_DAC_READ_SEARCH,CAP_NET_ADMIN,CAP_NET_RAW,CAP_SYS_ADMIN,CAP_SYS_PTRACE",
+            ),
+            (
+                "port 80 needs CAP_NET_BIND_SERVICE",
+                Some(80),
+                "CAP_DAC_READ_SEARCH,CAP_NET_ADMIN,CAP_NET_BIND_SERVICE,CAP_NET_RAW,CAP_SYS_ADMIN,CAP_SYS_PTRACE",
+            ),
+            (
+                "no listener (watch)",
+                None,
+                "CAP_DAC_READ_SEARCH,CAP_NET_ADMIN,CAP_NET_RAW,CAP_SYS_ADMIN,CAP_SYS_PTRACE",
+            ),
+        ];
+        for (name, port, want) in cases {
+            let set = runtime_capabilities(port);
+            assert_eq!(describe(&set), want, "case {name}");
+            for gone in [
+                Capability::CAP_BPF,
+                Capability::CAP_PERFMON,
+                Capability::CAP_SYSLOG,
+            ] {
+                assert!(!set.contains(&gone), "case {name}: {gone} is not kept");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_to_drop_with_other_threads_running() {
+        // A second thread that lives across the call, whatever the harness does
+        // (with --test-threads=1 it runs tests on the main thread).
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || wait.recv());
+        let keep = runtime_capabilities(None);
+        let result = drop_capabilities(&keep, || true);
+        release.send(()).expect("the other thread waits");
+        other
+            .join()
+            .expect("the other thread ends")
+            .expect("released");
+        let err = result.expect_err("more than one thread exists");
+        assert!(
+            matches!(err, PrivilegeError::NotSingleThreaded { threads } if threads > 1),
+            "{err}"
         );
-        assert_eq!(
-            high & (1 << CAP_BPF),
-            0,
-            "CAP_BPF is not needed after loading"
-        );
-        assert_eq!(
-            high & (1 << CAP_PERFMON),
-            0,
-            "CAP_PERFMON is not needed after attaching"
-        );
-        let low = runtime_capabilities(80);
-        assert_ne!(
-            low & (1 << CAP_NET_BIND_SERVICE),
-            0,
-            "port 80 needs CAP_NET_BIND_SERVICE"
-        );
-        assert_eq!(describe((1 << 0) | (1 << CAP_BPF)), "CAP_BPF +1 others");
     }
 }

@@ -124,10 +124,7 @@ impl Namer {
             dst,
             dport: sample.dport,
             reason: self.reasons.name(sample.reason),
-            location: self
-                .kallsyms
-                .function_at(sample.location)
-                .map_or_else(|| format!("{:#x}", sample.location), str::to_owned),
+            location: self.kallsyms.name_at(sample.location),
             len: sample.len,
             target: dst
                 .map(|addr| self.enricher.destination(sample.netns, addr))

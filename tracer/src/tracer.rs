@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use aya::maps::RingBuf;
+use aya::maps::{MapData, RingBuf};
 
 use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
@@ -17,6 +17,7 @@ use crate::{
     kallsyms::Kallsyms,
     loader::{self, Hook, LoadOptions, Probe},
     privileges,
+    program_stats::ProgramStats,
     samples::{self, SampleHub},
 };
 
@@ -37,15 +38,79 @@ pub struct Tracer {
     pub samples: Arc<SampleHub>,
     pub forwarding: Arc<ForwardingWatch>,
     pub hook: Hook,
+    /// The kernel's counters of the attached program (`None` if its descriptor could
+    /// not be duplicated).
+    program: Option<Arc<ProgramStats>>,
     reader: tokio::task::JoinHandle<()>,
     evictor: tokio::task::JoinHandle<()>,
     // Declared last: dropped after the reader has been aborted.
     probe: Probe,
 }
 
+/// The privileged half of starting: the probe loaded and attached, its maps and the
+/// symbol table opened. Creates no thread, so that the capabilities it needed can be
+/// dropped before any thread exists (see [`crate::privileges`]).
+pub struct Attached {
+    collector: Arc<DropCollector>,
+    program: Option<Arc<ProgramStats>>,
+    ring: RingBuf<MapData>,
+    probe: Probe,
+    recent_samples: usize,
+    docker_host: Option<String>,
+}
+
+impl Attached {
+    /// Gives up every capability not in `keep` (see
+    /// [`privileges::runtime_capabilities`]), checking that the maps stay readable.
+    pub fn drop_capabilities(&self, keep: &caps::CapsHashSet) -> anyhow::Result<()> {
+        let dropped = privileges::drop_capabilities(keep, || self.collector.can_read_maps())
+            .context("dropping the capabilities only loading needed")?;
+        tracing::info!(
+            capabilities = %privileges::describe(&dropped.kept),
+            map_reads = ?dropped.map_reads,
+            bounding_set = if dropped.bounding_shrunk { "shrunk" } else { "unchanged (no CAP_SETPCAP)" },
+            "dropped capabilities no longer needed, on every thread"
+        );
+        Ok(())
+    }
+
+    /// Starts the threads and tasks that name and read what the probe sees (needs a
+    /// tokio runtime).
+    pub fn start(self) -> Tracer {
+        let hub = Arc::new(SampleHub::new(self.recent_samples));
+        let enricher = Arc::new(Enricher::new(
+            self.collector.names(),
+            self.docker_host.as_deref(),
+        ));
+        let namer = self.collector.namer(enricher);
+        let ring = self.ring;
+        let reader = tokio::spawn({
+            let hub = Arc::clone(&hub);
+            async move {
+                if let Err(err) = samples::read_samples(ring, namer, hub).await {
+                    tracing::error!("reading drop samples stopped: {err}");
+                }
+            }
+        });
+        let evictor = tokio::spawn(evict_regularly(Arc::clone(&self.collector)));
+        let forwarding = ForwardingWatch::start(self.collector.names());
+        tracing::info!(hook = %self.probe.hook, reasons = self.probe.has_reason, "tracing kernel drops");
+        Tracer {
+            collector: self.collector,
+            samples: hub,
+            forwarding,
+            hook: self.probe.hook,
+            program: self.program,
+            reader,
+            evictor,
+            probe: self.probe,
+        }
+    }
+}
+
 impl Tracer {
-    /// Loads and attaches the probe and starts reading samples (needs a tokio runtime).
-    pub fn start(options: &TracerOptions) -> anyhow::Result<Self> {
+    /// Loads and attaches the probe and opens what needs privileges; starts nothing.
+    pub fn attach(options: &TracerOptions) -> anyhow::Result<Attached> {
         let btf = Btf::from_sys_fs()?;
         let mut probe = loader::load(&options.load, &btf)?;
         let kallsyms = Kallsyms::load()?;
@@ -59,32 +124,27 @@ impl Tracer {
                 .context("map SAMPLES missing from the object")?,
         )
         .context("opening the sample ring buffer")?;
-        let hub = Arc::new(SampleHub::new(options.recent_samples));
-        let enricher = Arc::new(Enricher::new(
-            collector.names(),
-            options.docker_host.as_deref(),
-        ));
-        let namer = collector.namer(enricher);
-        let reader = tokio::spawn({
-            let hub = Arc::clone(&hub);
-            async move {
-                if let Err(err) = samples::read_samples(ring, namer, hub).await {
-                    tracing::error!("reading drop samples stopped: {err}");
-                }
+        let program = match attached_program(&probe) {
+            Ok(fd) => Some(Arc::new(ProgramStats::new(fd))),
+            Err(err) => {
+                tracing::warn!("dropgate_tracer_recursion_misses_total will be missing: {err:#}");
+                None
             }
-        });
-        let evictor = tokio::spawn(evict_regularly(Arc::clone(&collector)));
-        let forwarding = ForwardingWatch::start(collector.names());
-        tracing::info!(hook = %probe.hook, reasons = probe.has_reason, "tracing kernel drops");
-        Ok(Self {
+        };
+        Ok(Attached {
             collector,
-            samples: hub,
-            forwarding,
-            hook: probe.hook,
-            reader,
-            evictor,
+            program,
+            ring,
             probe,
+            recent_samples: options.recent_samples,
+            docker_host: options.docker_host.clone(),
         })
+    }
+
+    /// [`Tracer::attach`] and [`Attached::start`] in one, keeping every capability
+    /// (`diagnose`, which runs for seconds and drops nothing).
+    pub fn start(options: &TracerOptions) -> anyhow::Result<Self> {
+        Ok(Self::attach(options)?.start())
     }
 
     /// Everything the trace side exports, as one source for the gateway: drop counts,
@@ -93,24 +153,10 @@ impl Tracer {
     pub fn metrics(&self, findings: Arc<Findings>) -> Arc<TraceMetrics> {
         Arc::new(TraceMetrics {
             collector: Arc::clone(&self.collector),
+            program: self.program.clone(),
             forwarding: Arc::clone(&self.forwarding),
             findings,
         })
-    }
-
-    /// Gives up the capabilities that only loading and attaching needed (see
-    /// [`privileges::runtime_capabilities`]). Call after the gateway's socket is bound.
-    pub fn drop_capabilities(&self, listen_port: u16) {
-        let collector = Arc::clone(&self.collector);
-        match privileges::drop_capabilities(
-            privileges::runtime_capabilities(listen_port),
-            move || collector.can_read_maps(),
-        ) {
-            Ok(set) => {
-                tracing::info!(capabilities = %privileges::describe(set), "dropped capabilities no longer needed");
-            }
-            Err(err) => tracing::warn!("could not drop capabilities: {err}"),
-        }
     }
 
     /// Stops reading samples, detaches and unloads the probe.
@@ -144,10 +190,30 @@ async fn evict_regularly(collector: Arc<DropCollector>) {
 /// How often the maps are read for eviction when nobody scrapes.
 const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A descriptor of the program that is attached (the other one of the object is never
+/// loaded), for the kernel's counters of it.
+fn attached_program(probe: &Probe) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd as _;
+    let name = match probe.hook {
+        Hook::TpBtf => "kfree_skb_btf",
+        Hook::Tracepoint => "kfree_skb_tp",
+    };
+    let program = probe
+        .ebpf
+        .program(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    Ok(program
+        .fd()
+        .with_context(|| format!("program {name} has no descriptor"))?
+        .as_fd()
+        .try_clone_to_owned()?)
+}
+
 /// The trace side's metric families (drop counts, forwarding state, problems) and its
 /// sections of the status page.
 pub struct TraceMetrics {
     collector: Arc<DropCollector>,
+    program: Option<Arc<ProgramStats>>,
     forwarding: Arc<ForwardingWatch>,
     findings: Arc<Findings>,
 }
@@ -155,6 +221,27 @@ pub struct TraceMetrics {
 impl gateway::MetricSource for TraceMetrics {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.collector.collect();
+        if let Some(program) = &self.program {
+            match program.recursion_misses() {
+                Ok(missed) => families.push(MetricFamily {
+                    name: Some("dropgate_tracer_recursion_misses_total".into()),
+                    help: Some(
+                        "Drop events the kernel did not trace because the program was already running on that CPU (bpf_prog_info.recursion_misses); counted nowhere else."
+                            .into(),
+                    ),
+                    r#type: Some(MetricType::Counter as i32),
+                    metric: vec![Metric {
+                        counter: Some(Counter {
+                            value: Some(missed as f64),
+                            ..Counter::default()
+                        }),
+                        ..Metric::default()
+                    }],
+                    unit: None,
+                }),
+                Err(err) => tracing::warn!("reading the program's recursion misses: {err}"),
+            }
+        }
         let mut state = Vec::new();
         let mut changes = Vec::new();
         for (netns, ns) in self.forwarding.snapshot() {

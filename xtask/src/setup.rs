@@ -38,6 +38,10 @@ const APT_PACKAGES: &[&str] = &[
     "docker-compose",
     "qemu-system-x86",
     "busybox-static",
+    // The matrix's guests load modules from their kernel's package, which Debian
+    // compresses with xz (zstd is ready for when it switches).
+    "xz-utils",
+    "zstd",
     // The status page test loads the page in headless Chromium and keeps a screenshot.
     "chromium",
 ];

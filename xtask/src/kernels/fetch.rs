@@ -4,8 +4,10 @@
 //! Each suite gets a private apt state under the cache folder (its own sources.list,
 //! lists, package cache and an empty status file), pointed at the Debian mirror the
 //! machine's own sources already use. The suite's `linux-image-amd64` names the kernel
-//! package; from 7.x the image itself is in a `linux-binary-*` package it depends on.
-//! Only the `vmlinuz` is kept, one per suite; later runs use it without the network.
+//! package; from 7.x the image itself is in a `linux-binary-*` package it depends on,
+//! and the modules in a `linux-modules-*` one.
+//! Only the `vmlinuz` is kept, one per suite, with the few modules the late-module
+//! self-test loads (ipip and what it needs); later runs use them without the network.
 
 use std::{
     fs,
@@ -22,12 +24,34 @@ const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// The metapackage whose dependency names a suite's current kernel.
 const METAPACKAGE: &str = "linux-image-amd64";
 
+/// The modules the late-module self-test loads, in load order; ipip last. Those the
+/// kernel has built in are not in its package and are simply not loaded.
+pub const LATE_MODULES: [&str; 3] = ["tunnel4", "ip_tunnel", "ipip"];
+
 /// A kernel ready to boot.
 #[derive(Clone, Debug)]
 pub struct Kernel {
     /// `uname -r` of the kernel, e.g. `6.1.0-40-amd64`.
     pub release: String,
     pub vmlinuz: PathBuf,
+    /// Uncompressed files of [`LATE_MODULES`] that this kernel has as modules, in
+    /// load order (empty when ipip is built in).
+    pub late_modules: Vec<PathBuf>,
+}
+
+/// The files of `dir` named after [`LATE_MODULES`], in load order; none unless ipip is
+/// among them.
+fn late_modules_in(dir: &Path) -> Vec<PathBuf> {
+    let found: Vec<PathBuf> = LATE_MODULES
+        .iter()
+        .map(|name| dir.join(format!("{name}.ko")))
+        .filter(|path| path.is_file())
+        .collect();
+    if found.last().is_some_and(|last| last.ends_with("ipip.ko")) {
+        found
+    } else {
+        Vec::new()
+    }
 }
 
 /// `$XDG_CACHE_HOME/dropgate/kernels`, else `~/.cache/dropgate/kernels`: outside the
@@ -51,10 +75,17 @@ pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
     let dir = cache_dir().join(suite);
     let vmlinuz = dir.join("vmlinuz");
     let release_file = dir.join("release");
-    if let (true, Ok(release)) = (vmlinuz.is_file(), fs::read_to_string(&release_file)) {
+    let modules = dir.join("late-modules");
+    // A cache from before the late modules (no folder) is fetched again once.
+    if let (true, true, Ok(release)) = (
+        vmlinuz.is_file(),
+        modules.is_dir(),
+        fs::read_to_string(&release_file),
+    ) {
         return Ok(Kernel {
             release: release.trim().to_owned(),
             vmlinuz,
+            late_modules: late_modules_in(&modules),
         });
     }
     // Scratch space per process, so that two runs fetching at once share neither apt's
@@ -62,21 +93,33 @@ pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
     // is tens of megabytes and cheap to rebuild.
     let scratch = dir.join(format!("fetch.{}", std::process::id()));
     let fetched = fetch(suite, series, &scratch);
-    let kernel = fetched.and_then(|(release, extracted)| {
+    let kernel = fetched.and_then(|(release, extracted, extracted_modules)| {
         fs::write(&release_file, format!("{release}\n"))
             .with_context(|| format!("writing {}", release_file.display()))?;
+        let _ = fs::remove_dir_all(&modules);
+        fs::rename(&extracted_modules, &modules).with_context(|| {
+            format!(
+                "moving {} to {}",
+                extracted_modules.display(),
+                modules.display()
+            )
+        })?;
         // The image appearing is what makes the cache entry complete.
         fs::rename(&extracted, &vmlinuz)
             .with_context(|| format!("moving {} to {}", extracted.display(), vmlinuz.display()))?;
-        Ok(Kernel { release, vmlinuz })
+        Ok(Kernel {
+            release,
+            vmlinuz,
+            late_modules: late_modules_in(&modules),
+        })
     });
     let _ = fs::remove_dir_all(&scratch);
     kernel
 }
 
-/// Resolves and downloads `suite`'s kernel in `scratch`; its release and the path of
-/// the extracted image.
-fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf)> {
+/// Resolves and downloads `suite`'s kernel in `scratch`; its release, the path of the
+/// extracted image and a folder with the late modules it has.
+fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf, PathBuf)> {
     let apt = PrivateApt::create(&scratch.join("apt"), suite)?;
     eprintln!(
         "xtask: fetching the {suite} kernel (private apt state in {})",
@@ -93,18 +136,83 @@ fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf)>
         release.starts_with(&format!("{series}.")),
         "{suite}'s current kernel is {release}, not a {series}.x one; update the matrix's table"
     );
-    let package = depends_with_prefix(&apt.show(&image)?, "linux-binary-").unwrap_or(image);
-    let download = scratch.join("download");
-    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
-    apt.download(&package, &download)?;
-    let deb = fs::read_dir(&download)
-        .with_context(|| format!("reading {}", download.display()))?
+    let image_show = apt.show(&image)?;
+    // From 7.x the image and the modules are packages of their own.
+    let modules_package = depends_with_prefix(&image_show, "linux-modules-");
+    let package = depends_with_prefix(&image_show, "linux-binary-").unwrap_or(image);
+    let deb = download_one(&apt, &package, &scratch.join("download"))?;
+    let extracted = extract_vmlinuz(&deb, &scratch.join("root"))?;
+    let modules_deb = match modules_package {
+        Some(modules_package) => {
+            download_one(&apt, &modules_package, &scratch.join("download-modules"))?
+        }
+        None => deb,
+    };
+    let modules = extract_late_modules(
+        &modules_deb,
+        &scratch.join("modules-root"),
+        &scratch.join("late"),
+    )?;
+    Ok((release, extracted, modules))
+}
+
+/// `apt-get download package` into the folder `into`; the `.deb` it left.
+fn download_one(apt: &PrivateApt, package: &str, into: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
+    apt.download(package, into)?;
+    fs::read_dir(into)
+        .with_context(|| format!("reading {}", into.display()))?
         .flatten()
         .map(|entry| entry.path())
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .with_context(|| format!("apt-get download {package} left no .deb"))?;
-    let extracted = extract_vmlinuz(&deb, &scratch.join("root"))?;
-    Ok((release, extracted))
+        .with_context(|| format!("apt-get download {package} left no .deb"))
+}
+
+/// Extracts `net/ipv4`'s modules from the package and leaves [`LATE_MODULES`],
+/// uncompressed (Debian compresses them with xz, newer ones maybe zstd), in `into`.
+fn extract_late_modules(deb: &Path, scratch: &Path, into: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
+    // A kernel with everything built in has no such folder; then there is nothing to load.
+    if extract(deb, scratch, "*/kernel/net/ipv4/*").is_err() {
+        return Ok(into.to_path_buf());
+    }
+    for name in LATE_MODULES {
+        for (suffix, decompress) in [
+            (".ko", None),
+            (".ko.xz", Some("xz")),
+            (".ko.zst", Some("zstd")),
+        ] {
+            let Some(found) = find_regular_file(scratch, &format!("{name}{suffix}"))?.filter(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy() == format!("{name}{suffix}"))
+            }) else {
+                continue;
+            };
+            let target = into.join(format!("{name}.ko"));
+            match decompress {
+                None => {
+                    fs::copy(&found, &target)
+                        .with_context(|| format!("copying {}", found.display()))?;
+                }
+                Some(tool) => {
+                    let output = Command::new(tool)
+                        .arg("-dc")
+                        .arg(&found)
+                        .output()
+                        .with_context(|| format!("cannot run {tool}"))?;
+                    ensure!(
+                        output.status.success(),
+                        "{tool} -dc {} failed",
+                        found.display()
+                    );
+                    fs::write(&target, output.stdout)
+                        .with_context(|| format!("writing {}", target.display()))?;
+                }
+            }
+            break;
+        }
+    }
+    Ok(into.to_path_buf())
 }
 
 /// An apt configuration of our own: nothing read from or written to the machine's.
@@ -247,6 +355,13 @@ fn depends_with_prefix(show: &str, prefix: &str) -> Option<String> {
 /// Extracts only the kernel image from a kernel package (the modules would be
 /// hundreds of megabytes): `dpkg-deb --fsys-tarfile | tar -x '*vmlinuz*'`.
 fn extract_vmlinuz(deb: &Path, into: &Path) -> Result<PathBuf> {
+    extract(deb, into, "*vmlinuz*")?;
+    find_regular_file(into, "vmlinuz")?
+        .with_context(|| format!("{} holds no vmlinuz", deb.display()))
+}
+
+/// `dpkg-deb --fsys-tarfile DEB | tar -x -C INTO --wildcards PATTERN`.
+fn extract(deb: &Path, into: &Path, pattern: &str) -> Result<()> {
     fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
     let mut dpkg = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
@@ -259,18 +374,17 @@ fn extract_vmlinuz(deb: &Path, into: &Path) -> Result<PathBuf> {
         .arg("-x")
         .arg("-C")
         .arg(into)
-        .args(["--wildcards", "*vmlinuz*"])
+        .args(["--wildcards", pattern])
         .stdin(tar_input)
         .status()
         .context("cannot run tar")?;
     let dpkg = dpkg.wait().context("waiting for dpkg-deb")?;
     ensure!(
         dpkg.success() && tar.success(),
-        "extracting {} failed (dpkg-deb {dpkg}, tar {tar})",
+        "extracting {pattern} from {} failed (dpkg-deb {dpkg}, tar {tar})",
         deb.display()
     );
-    find_regular_file(into, "vmlinuz")?
-        .with_context(|| format!("{} holds no vmlinuz", deb.display()))
+    Ok(())
 }
 
 /// The first regular file (not a symlink) under `dir` whose name starts with `prefix`.

@@ -48,8 +48,12 @@ done
 poweroff -f
 "#;
 
-/// Builds the initramfs for `binary` into `out` (a `.cpio.gz`).
-pub fn build(binary: &Path, out: &Path) -> Result<()> {
+/// Where the late-module self-test finds its module files in the guest.
+pub const LATE_MODULES_DIR: &str = "/lib/late";
+
+/// Builds the initramfs for `binary` into `out` (a `.cpio.gz`), with `modules` (files
+/// for the late-module self-test) in [`LATE_MODULES_DIR`].
+pub fn build(binary: &Path, out: &Path, modules: &[PathBuf]) -> Result<()> {
     let work = out.with_extension("work");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut archive = Archive::default();
@@ -69,6 +73,18 @@ pub fn build(binary: &Path, out: &Path) -> Result<()> {
         let data = fs::read(&library).with_context(|| format!("reading {}", library.display()))?;
         let inside = library.strip_prefix("/").unwrap_or(&library);
         archive.file(&inside.to_string_lossy(), 0o755, &data);
+    }
+    for module in modules {
+        let data = fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+        let name = module
+            .file_name()
+            .with_context(|| format!("{} has no file name", module.display()))?;
+        let inside = format!(
+            "{}/{}",
+            LATE_MODULES_DIR.trim_start_matches('/'),
+            name.to_string_lossy()
+        );
+        archive.file(&inside, 0o644, &data);
     }
     let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
     gzip.write_all(&archive.finish())
