@@ -277,153 +277,36 @@ impl Classifier {
 mod tests {
     use super::*;
 
+    /// (what, reason, location, protocol, class), as the drops of each scenario look on
+    /// the kernels of the matrix (see kernel.md's table and tests/busy_host.rs).
+    #[rustfmt::skip]
+    const KNOWN: &[(&str, &str, &str, &str, DropClass)] = &[
+        ("the incident", "IP_INADDRERRORS", "ip_error", "tcp", DropClass::Transit),
+        ("FORWARD DROP", "NETFILTER_DROP", "nft_do_chain", "tcp", DropClass::Transit),
+        ("rp_filter", "IP_RPFILTER", "ip_rcv_finish_core", "icmp", DropClass::Transit),
+        ("stale DNAT", "NEIGH_FAILED", "neigh_invalidate", "tcp", DropClass::Transit),
+        ("never seen before", "SOMETHING_NEW", "new_function", "tcp", DropClass::Transit),
+        ("closed TCP port", "NO_SOCKET", "tcp_v4_rcv", "tcp", DropClass::Refused),
+        ("closed UDP port", "NO_SOCKET", "__udp4_lib_rcv", "udp", DropClass::Refused),
+        ("ping's second delivery", "NO_SOCKET", "ping_rcv", "icmp", DropClass::Local),
+        ("closed HTTP connection", "QUEUE_PURGE", "sk_stream_kill_queues", "tcp", DropClass::Local),
+        ("unix socket", "SOCKET_CLOSE", "unix_release_sock", "unknown", DropClass::Local),
+        ("unix socket, no reason", "NOT_SPECIFIED", "unix_stream_connect", "unknown", DropClass::Local),
+        ("tcpdump filter", "SOCKET_FILTER", "packet_rcv", "tcp", DropClass::Local),
+        ("UDP socket filter", "SOCKET_FILTER", "sk_filter_trim_cap", "udp", DropClass::Transit),
+        ("IPv6 multicast", "NOT_SPECIFIED", "ip6_mc_input", "icmpv6", DropClass::Local),
+        ("other NOT_SPECIFIED", "NOT_SPECIFIED", "br_nf_pre_routing_finish", "tcp", DropClass::Transit),
+        ("IGMP", "NOT_SPECIFIED", "ip_rcv_finish_core", "igmp", DropClass::Local),
+        ("no route, not IGMP", "IP_INNOROUTES", "ip_rcv_finish_core", "udp", DropClass::Transit),
+        ("5.10 ip_error", "unknown", "ip_error", "tcp", DropClass::Transit),
+        ("5.10 closed port", "unknown", "tcp_v4_rcv", "tcp", DropClass::Refused),
+        ("5.10 queue purge", "unknown", "sk_stream_kill_queues", "tcp", DropClass::Local),
+    ];
+
     #[test]
     fn classes_of_known_drops() {
         let table = Classifier::default();
-        let cases = [
-            // (what, reason, location, protocol, class)
-            (
-                "the incident",
-                "IP_INADDRERRORS",
-                "ip_error",
-                "tcp",
-                DropClass::Transit,
-            ),
-            (
-                "FORWARD DROP",
-                "NETFILTER_DROP",
-                "nft_do_chain",
-                "tcp",
-                DropClass::Transit,
-            ),
-            (
-                "rp_filter",
-                "IP_RPFILTER",
-                "ip_rcv_finish_core",
-                "icmp",
-                DropClass::Transit,
-            ),
-            (
-                "stale DNAT",
-                "NEIGH_FAILED",
-                "neigh_invalidate",
-                "tcp",
-                DropClass::Transit,
-            ),
-            (
-                "never seen before",
-                "SOMETHING_NEW",
-                "new_function",
-                "tcp",
-                DropClass::Transit,
-            ),
-            (
-                "closed TCP port",
-                "NO_SOCKET",
-                "tcp_v4_rcv",
-                "tcp",
-                DropClass::Refused,
-            ),
-            (
-                "closed UDP port",
-                "NO_SOCKET",
-                "__udp4_lib_rcv",
-                "udp",
-                DropClass::Refused,
-            ),
-            (
-                "ping's second delivery",
-                "NO_SOCKET",
-                "ping_rcv",
-                "icmp",
-                DropClass::Local,
-            ),
-            (
-                "closed HTTP connection",
-                "QUEUE_PURGE",
-                "sk_stream_kill_queues",
-                "tcp",
-                DropClass::Local,
-            ),
-            (
-                "unix socket",
-                "SOCKET_CLOSE",
-                "unix_release_sock",
-                "unknown",
-                DropClass::Local,
-            ),
-            (
-                "unix socket, no reason",
-                "NOT_SPECIFIED",
-                "unix_stream_connect",
-                "unknown",
-                DropClass::Local,
-            ),
-            (
-                "tcpdump filter",
-                "SOCKET_FILTER",
-                "packet_rcv",
-                "tcp",
-                DropClass::Local,
-            ),
-            (
-                "UDP socket filter",
-                "SOCKET_FILTER",
-                "sk_filter_trim_cap",
-                "udp",
-                DropClass::Transit,
-            ),
-            (
-                "IPv6 multicast",
-                "NOT_SPECIFIED",
-                "ip6_mc_input",
-                "icmpv6",
-                DropClass::Local,
-            ),
-            (
-                "other NOT_SPECIFIED",
-                "NOT_SPECIFIED",
-                "br_nf_pre_routing_finish",
-                "tcp",
-                DropClass::Transit,
-            ),
-            (
-                "IGMP",
-                "NOT_SPECIFIED",
-                "ip_rcv_finish_core",
-                "igmp",
-                DropClass::Local,
-            ),
-            (
-                "no route, not IGMP",
-                "IP_INNOROUTES",
-                "ip_rcv_finish_core",
-                "udp",
-                DropClass::Transit,
-            ),
-            (
-                "5.10 ip_error",
-                "unknown",
-                "ip_error",
-                "tcp",
-                DropClass::Transit,
-            ),
-            (
-                "5.10 closed port",
-                "unknown",
-                "tcp_v4_rcv",
-                "tcp",
-                DropClass::Refused,
-            ),
-            (
-                "5.10 queue purge",
-                "unknown",
-                "sk_stream_kill_queues",
-                "tcp",
-                DropClass::Local,
-            ),
-        ];
-        for (what, reason, location, protocol, want) in cases {
+        for &(what, reason, location, protocol, want) in KNOWN {
             assert_eq!(table.class(reason, location, protocol), want, "case {what}");
         }
     }

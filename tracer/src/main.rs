@@ -87,6 +87,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 recent_samples: trace.recent_samples,
                 docker_host: Some(trace.docker_host).filter(|h| !h.is_empty()),
+                classes: trace.classes.classifier(),
+                namespaces: trace.netns,
             })?;
             tracer.drop_capabilities(gateway.listen_address.port());
             let config = gateway.into_config();
@@ -115,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             samples_per_sec,
             hook,
             docker_host,
+            classes,
         } => {
             let tracer = Tracer::start(&TracerOptions {
                 load: LoadOptions {
@@ -124,6 +127,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 recent_samples: 0,
                 docker_host: Some(docker_host).filter(|h| !h.is_empty()),
+                classes: classes.classifier(),
+                namespaces: Vec::new(),
             })?;
             let result = watch(&tracer, &filter, json).await;
             tracer.stop();
@@ -138,6 +143,7 @@ async fn diagnose(args: DiagnoseArgs) -> ExitCode {
         duration: args.duration,
         hook: args.hook.into(),
         docker_host: Some(args.docker_host).filter(|h| !h.is_empty()),
+        classes: args.classes.classifier(),
     })
     .await;
     if args.json {

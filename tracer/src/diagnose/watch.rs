@@ -13,7 +13,7 @@ use super::{
     host::HostState,
     own_drops,
 };
-use crate::{netns::OWN_NAMESPACE, tracer::Tracer};
+use crate::{drop_class::DropClass, netns::OWN_NAMESPACE, tracer::Tracer};
 
 /// The latest findings; cheap to read from scrapes and page renders.
 #[derive(Default)]
@@ -49,7 +49,7 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
             let recent: Vec<_> = samples
                 .recent(1000)
                 .iter()
-                .filter(|e| e.netns == OWN_NAMESPACE)
+                .filter(|e| e.netns == OWN_NAMESPACE && e.class != DropClass::Local)
                 .map(|e| (**e).clone())
                 .collect();
             let found = findings::findings(&Evidence {
