@@ -27,14 +27,15 @@ pub fn round(topo: &DockerLikeHost, done: &mut Done) {
     // Connections closed with unread data: ask, then hang up before reading the answer.
     topo.ext.sh(&format!(
         "for i in 1 2 3; do python3 -c \"import socket; s=socket.create_connection(('{h}', {p}), 2); \
-         s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); s.close()\" 2>/dev/null; done",
+         s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); s.close()\" 2>/dev/null; done; true",
         h = DockerLikeHost::HOST_ADDR,
         p = DockerLikeHost::PUBLISHED_PORT
     ));
     // Clients to closed ports: TCP gets a RST, UDP an ICMP port unreachable.
     topo.ext.sh(&format!(
         "for i in 1 2 3; do curl -s -m 1 http://{h}:{CLOSED_PORT}/ >/dev/null; done; \
-         for i in 1 2 3; do echo x > /dev/udp/{h}/{CLOSED_PORT}; done; true",
+         python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         [s.sendto(b'x', ('{h}', {CLOSED_PORT})) for _ in range(3)]\"",
         h = DockerLikeHost::HOST_ADDR
     ));
     done.udp_to_closed += 3;

@@ -51,6 +51,13 @@ fn grew(before: &str, after: &str, labels: &[(&str, &str)]) -> u64 {
 /// counts the same thing.
 fn check_healthy(topo: &DockerLikeHost, before: &str, after: &str, kernel: &Kernel) {
     let transit = class_drops(after, topo, "transit") - class_drops(before, topo, "transit");
+    // The per-class counts of the run, for the record (BENCHMARKS.md / closing notes).
+    eprintln!(
+        "busy run: transit {transit}, refused {}, local {}; {:?}",
+        class_drops(after, topo, "refused") - class_drops(before, topo, "refused"),
+        class_drops(after, topo, "local") - class_drops(before, topo, "local"),
+        kernel.done
+    );
     assert_eq!(
         transit as u64,
         0,
