@@ -51,17 +51,18 @@ fn site_get(site: &Netns, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn query(site: &Netns, promql: &str) -> serde_json::Value {
+/// The central Prometheus's answer to an instant query, or `None` while it is not up.
+fn try_query(site: &Netns, promql: &str) -> Option<serde_json::Value> {
     let out = site.sh_output(&format!(
         "curl -s -m 5 -G 'http://{CENTRAL}/api/v1/query' --data-urlencode {}",
         shell_quote(&format!("query={promql}"))
     ));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
-        panic!(
-            "central Prometheus answered {:?} to {promql}: {err}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn query(site: &Netns, promql: &str) -> serde_json::Value {
+    try_query(site, promql)
+        .unwrap_or_else(|| panic!("the central Prometheus did not answer {promql}"))
 }
 
 fn shell_quote(s: &str) -> String {
@@ -104,13 +105,14 @@ fn start_host(index: usize, site: &Netns) -> FleetHost {
     topo.host.sh(&format!(
         "ip addr add {addr}/24 dev site && ip link set site up"
     ));
+    // Not :9091: the host's DNAT rule sends that port to its container.
     let mut command = in_netns(&topo.host, &dropgate_bin());
     // --trace.netns root: every dropgate sees the one kernel of this machine; a host
     // reports its own namespace, as a real host's dropgate does.
     command.args([
         "run",
         "--web.listen-address",
-        &format!("{addr}:9091"),
+        &format!("{addr}:9092"),
         "--trace.netns",
         "root",
         "--diagnose.interval",
@@ -119,7 +121,7 @@ fn start_host(index: usize, site: &Netns) -> FleetHost {
     let dropgate = Guarded::spawn(command, &format!("dropgate run on host {index}"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while site
-        .sh_output(&format!("curl -sf -m 2 http://{addr}:9091/-/ready"))
+        .sh_output(&format!("curl -sf -m 2 http://{addr}:9092/-/ready"))
         .status
         .code()
         != Some(0)
@@ -132,11 +134,11 @@ fn start_host(index: usize, site: &Netns) -> FleetHost {
     }
     // A pushed group, so the dashboard's push-health panels have something to show.
     site.sh(&format!(
-        "echo 'job_last_success 1' | curl -sf --data-binary @- http://{addr}:9091/metrics/job/nightly"
+        "echo 'job_last_success 1' | curl -sf --data-binary @- http://{addr}:9092/metrics/job/nightly"
     ));
     FleetHost {
         topo,
-        addr: format!("{addr}:9091"),
+        addr: format!("{addr}:9092"),
         _dropgate: dropgate,
     }
 }
@@ -178,7 +180,7 @@ fn start_prometheus(site: &Netns, dir: &TempDir, hosts: &[FleetHost]) -> (Guarde
         ))
         .arg(format!("--web.listen-address={CENTRAL}"))
         .arg("--web.enable-remote-write-receiver")
-        .stderr(std::process::Stdio::null());
+        .stderr(log(dir, "central.log"));
     let central = Guarded::spawn(central, "central prometheus");
     let mut agent = in_netns(site, prometheus);
     agent
@@ -189,24 +191,39 @@ fn start_prometheus(site: &Netns, dir: &TempDir, hosts: &[FleetHost]) -> (Guarde
             dir.join("agent").display()
         ))
         .arg(format!("--web.listen-address={AGENT}"))
-        .stderr(std::process::Stdio::null());
+        .stderr(log(dir, "agent.log"));
     let agent = Guarded::spawn(agent, "prometheus agent");
     (central, agent)
 }
 
+/// The last lines of a log, for failure messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// A log file in `dir` for a server's stderr (read when a wait times out).
+fn log(dir: &TempDir, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(name)).expect("create a log file")
+}
+
 /// Waits until the central Prometheus has `promql` with at least `want` series.
-fn wait_for_series(site: &Netns, promql: &str, want: usize, timeout: Duration) {
+fn wait_for_series(site: &Netns, dir: &TempDir, promql: &str, want: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let got = query(site, promql)["data"]["result"]
-            .as_array()
-            .map_or(0, Vec::len);
+        let got = try_query(site, promql)
+            .and_then(|answer| answer["data"]["result"].as_array().map(Vec::len))
+            .unwrap_or(0);
         if got >= want {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "central Prometheus has {got} of {want} series of {promql} after {timeout:?}"
+            "central Prometheus has {got} of {want} series of {promql} after {timeout:?}; \
+             central: {}\nagent: {}",
+            tail(&dir.join("central.log")),
+            tail(&dir.join("agent.log"))
         );
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -225,7 +242,13 @@ fn fleet_alerts_only_for_the_broken_host() {
     let dir = TempDir::new("fleet");
     let hosts: Vec<FleetHost> = (1..=HOSTS).map(|i| start_host(i, &site)).collect();
     let (_central, _agent) = start_prometheus(&site, &dir, &hosts);
-    wait_for_series(&site, "dropgate_tracer_info", HOSTS, Duration::from_mins(1));
+    wait_for_series(
+        &site,
+        &dir,
+        "dropgate_tracer_info",
+        HOSTS,
+        Duration::from_mins(1),
+    );
 
     // Busy and healthy, all three at once (rounds interleaved).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -237,6 +260,7 @@ fn fleet_alerts_only_for_the_broken_host() {
     // Let the last scrapes travel through the agent and the rules evaluate.
     std::thread::sleep(Duration::from_secs(5));
     let healthy = alerts(&site);
+    eprintln!("fleet, busy and healthy: dropgate alerts {healthy:?}");
     assert!(
         healthy.is_empty(),
         "no dropgate alert may be pending or firing on a healthy fleet: {healthy:?}"
@@ -259,6 +283,10 @@ fn fleet_alerts_only_for_the_broken_host() {
             "no DropgateTrafficLost and DropgateProblem for the broken host within 60 s: {now:?}"
         );
     };
+    eprintln!(
+        "fleet, forwarding off on {}: dropgate alerts {firing:?}",
+        broken.addr
+    );
     for (name, instance, state) in &firing {
         assert_eq!(
             instance, &broken.addr,
