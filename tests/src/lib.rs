@@ -4,6 +4,8 @@
 //! promtool, prometheus) skip with a printed reason when they cannot run, but fail when
 //! `DROPGATE_E2E=require` is set, as `.ci/run` does: in CI a skip would hide a regression.
 
+pub mod busy;
+pub mod dashboard;
 pub mod docker;
 pub mod dropgate;
 pub mod gateway;

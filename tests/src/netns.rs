@@ -135,9 +135,15 @@ impl DockerLikeHost {
 
     /// Builds the topology with IPv4 forwarding off in `host`, as on the broken machine.
     pub fn build() -> Self {
-        let ext = Netns::create("ext");
-        let host = Netns::create("host");
-        let ctr = Netns::create("ctr");
+        Self::build_as("")
+    }
+
+    /// [`Self::build`] with `tag` in the namespace names, for tests that need several
+    /// such hosts at once (`dg-host<tag>-<pid>`, ...).
+    pub fn build_as(tag: &str) -> Self {
+        let ext = Netns::create(&format!("ext{tag}"));
+        let host = Netns::create(&format!("host{tag}"));
+        let ctr = Netns::create(&format!("ctr{tag}"));
         // Links are created in `host` and moved out, so no name is ever used in the
         // machine's own namespace.
         host.sh(&format!(

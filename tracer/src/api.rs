@@ -69,6 +69,7 @@ mod tests {
             dport: 80,
             reason: "IP_INADDRERRORS".into(),
             location: "ip_error".into(),
+            class: crate::drop_class::DropClass::Transit,
             len: 60,
             target: Destination::default(),
         }

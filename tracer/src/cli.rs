@@ -87,7 +87,31 @@ pub enum Command {
         /// Docker Engine API, to name containers; empty: off.
         #[arg(long = "docker-host", default_value = "unix:///var/run/docker.sock")]
         docker_host: String,
+        #[command(flatten)]
+        classes: ClassArgs,
     },
+}
+
+/// `--trace.class`, shared by every command that classifies drops.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ClassArgs {
+    /// Classify drops of REASON (or `*`) in LOCATION (a function, or a prefix ending in
+    /// `*`) as CLASS (transit, refused, local), over the built-in table; repeatable,
+    /// the most specific line wins. E.g. `NO_SOCKET@__udp4_lib_rcv=local`.
+    #[arg(long = "trace.class", value_name = "REASON[@LOCATION]=CLASS", value_parser = class_rule)]
+    pub class: Vec<crate::drop_class::Rule>,
+}
+
+impl ClassArgs {
+    /// The table with these lines on top.
+    #[must_use]
+    pub fn classifier(&self) -> crate::drop_class::Classifier {
+        crate::drop_class::Classifier::new(self.class.clone())
+    }
+}
+
+fn class_rule(text: &str) -> Result<crate::drop_class::Rule, String> {
+    text.parse()
 }
 
 /// Options of `diagnose`.
@@ -109,6 +133,8 @@ pub struct DiagnoseArgs {
     /// Docker Engine API, to name containers; empty: off.
     #[arg(long = "docker-host", default_value = "unix:///var/run/docker.sock")]
     pub docker_host: String,
+    #[command(flatten)]
+    pub classes: ClassArgs,
 }
 
 /// Which drops `watch` prints; every given filter must match.
@@ -135,6 +161,9 @@ pub struct WatchFilter {
     /// Interface name.
     #[arg(long)]
     pub interface: Option<String>,
+    /// Also print drops of class `local` (socket housekeeping, not traffic loss).
+    #[arg(long)]
+    pub all: bool,
 }
 
 impl WatchFilter {
@@ -144,7 +173,8 @@ impl WatchFilter {
         let eq = |want: &Option<String>, have: &str| {
             want.as_ref().is_none_or(|w| w.eq_ignore_ascii_case(have))
         };
-        eq(&self.reason, &event.reason)
+        (self.all || event.class != crate::drop_class::DropClass::Local)
+            && eq(&self.reason, &event.reason)
             && eq(&self.location, &event.location)
             && eq(&self.proto, event.protocol)
             && eq(&self.netns, &event.netns)
@@ -265,6 +295,12 @@ pub struct TraceArgs {
     /// turns it off. An unreachable engine is not an error: samples just lack the names.
     #[arg(long = "docker-host", default_value = "unix:///var/run/docker.sock")]
     pub docker_host: String,
+    #[command(flatten)]
+    pub classes: ClassArgs,
+    /// Report only drops in this network namespace (its name as in the `netns` label:
+    /// `root` for dropgate's own); repeatable. Default: every namespace.
+    #[arg(long = "trace.netns", value_name = "NAME")]
+    pub netns: Vec<String>,
     /// How often the findings are recomputed; shorter in tests.
     #[arg(long = "diagnose.interval", default_value = "15s", value_parser = parse_duration, hide = true)]
     pub diagnose_interval: Duration,
@@ -431,6 +467,7 @@ mod tests {
             dport: 80,
             reason: "IP_INADDRERRORS".into(),
             location: "ip_error".into(),
+            class: crate::drop_class::DropClass::Transit,
             len: 60,
             target: crate::enrich::Destination::default(),
         };
@@ -470,6 +507,47 @@ mod tests {
         for (name, args, want) in cases {
             assert_eq!(parse(args).matches(&event), want, "case {name}");
         }
+        // Local drops only with --all, whatever else matches.
+        let local = crate::samples::DropEvent {
+            reason: "QUEUE_PURGE".into(),
+            class: crate::drop_class::DropClass::Local,
+            ..event
+        };
+        assert!(!parse(&[]).matches(&local), "local hidden by default");
+        assert!(parse(&["--all"]).matches(&local), "--all shows local");
+        assert!(
+            !parse(&["--all", "--reason", "NO_SOCKET"]).matches(&local),
+            "--all does not turn off the other filters"
+        );
+    }
+
+    #[test]
+    fn class_lines_are_checked_while_parsing() {
+        let parsed = Cli::try_parse_from([
+            "dropgate",
+            "run",
+            "--trace.class",
+            "NO_SOCKET@__udp4_lib_rcv=local",
+            "--trace.netns",
+            "root",
+        ]);
+        let Command::Run { trace, .. } = parsed.expect("valid flags").command else {
+            panic!("run subcommand expected");
+        };
+        assert_eq!(trace.netns, ["root"]);
+        assert_eq!(
+            trace
+                .classes
+                .classifier()
+                .class("NO_SOCKET", "__udp4_lib_rcv", "udp"),
+            crate::drop_class::DropClass::Local
+        );
+        let err = Cli::try_parse_from(["dropgate", "run", "--trace.class", "NO_SOCKET=gone"])
+            .expect_err("an unknown class is refused");
+        assert!(
+            err.to_string().contains("transit, refused or local"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tracer_common::{
 
 use crate::{
     btf::Btf,
+    drop_class::{Classifier, DropClass},
     enrich::Enricher,
     eviction::{Evictions, Fate},
     kallsyms::Kallsyms,
@@ -94,6 +95,8 @@ pub fn protocol_name(ethertype: u16, l4_proto: u8) -> &'static str {
 /// The labels of one dropped-packets series, in the exposition's order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DropLabels {
+    /// What the drop means for traffic; a function of the other labels.
+    pub class: DropClass,
     pub interface: String,
     pub location: String,
     pub netns: String,
@@ -107,8 +110,25 @@ pub struct DropCollector {
     reasons: Arc<ReasonNames>,
     kallsyms: Arc<Kallsyms>,
     names: Arc<Names>,
+    view: Arc<View>,
     hook: String,
     kernel: String,
+}
+
+/// How drops are presented: their class, and which namespaces are reported.
+#[derive(Debug, Default)]
+pub struct View {
+    pub classes: Classifier,
+    /// Report only drops in these namespaces (names as in the `netns` label); empty: all.
+    pub namespaces: Vec<String>,
+}
+
+impl View {
+    /// Whether drops in the namespace named `netns` are reported.
+    #[must_use]
+    pub fn reports(&self, netns: &str) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == netns)
+    }
 }
 
 struct Maps {
@@ -239,7 +259,12 @@ impl Maps {
 impl DropCollector {
     /// Takes the maps out of the probe (the programs stay attached as long as `probe`
     /// lives) and prepares the name tables.
-    pub fn new(probe: &mut Probe, btf: &Btf, kallsyms: Kallsyms) -> anyhow::Result<Self> {
+    pub fn new(
+        probe: &mut Probe,
+        btf: &Btf,
+        kallsyms: Kallsyms,
+        view: View,
+    ) -> anyhow::Result<Self> {
         let mut take = |name: &str| {
             probe
                 .ebpf
@@ -263,6 +288,7 @@ impl DropCollector {
             reasons: Arc::new(ReasonNames::from_btf(btf)),
             kallsyms: Arc::new(kallsyms),
             names: Arc::new(Names::new()),
+            view: Arc::new(view),
             hook: probe.hook.to_string(),
             kernel,
         })
@@ -281,6 +307,7 @@ impl DropCollector {
             Arc::clone(&self.reasons),
             Arc::clone(&self.kallsyms),
             Arc::clone(&self.names),
+            Arc::clone(&self.view),
             enricher,
         )
     }
@@ -294,20 +321,28 @@ impl DropCollector {
             .into_iter()
             .map(|(key, fate, counts)| (fate.folded(&key), counts));
         for (key, counts) in live.chain(retained) {
+            let netns = if key.netns == NETNS_GONE {
+                GONE.into()
+            } else {
+                self.names.namespace(key.netns)
+            };
+            if !self.view.reports(&netns) {
+                continue;
+            }
+            let location = self.kallsyms.name_at(key.location);
+            let protocol = protocol_name(key.ethertype, key.l4_proto);
+            let reason = self.reasons.name(key.reason);
             let labels = DropLabels {
+                class: self.view.classes.class(&reason, &location, protocol),
                 interface: if key.ifindex == IFINDEX_GONE {
                     GONE.into()
                 } else {
                     self.names.interface(key.netns, key.ifindex)
                 },
-                location: self.kallsyms.name_at(key.location),
-                netns: if key.netns == NETNS_GONE {
-                    GONE.into()
-                } else {
-                    self.names.namespace(key.netns)
-                },
-                protocol: protocol_name(key.ethertype, key.l4_proto),
-                reason: self.reasons.name(key.reason),
+                location,
+                netns,
+                protocol,
+                reason,
             };
             let entry = series.entry(labels).or_default();
             entry.packets += counts.packets;
@@ -346,6 +381,7 @@ fn sum(per_cpu: &[DropCounts]) -> DropCounts {
 
 fn label_pairs(labels: &DropLabels) -> Vec<LabelPair> {
     vec![
+        LabelPair::new("class", labels.class.label()),
         LabelPair::new("interface", &labels.interface),
         LabelPair::new("location", &labels.location),
         LabelPair::new("netns", &labels.netns),
@@ -397,7 +433,7 @@ impl gateway::MetricSource for DropCollector {
         vec![
             counter_family(
                 "dropgate_packets_dropped_total",
-                "Packets the kernel dropped (kfree_skb), by reason, dropping function, ingress interface, network namespace and protocol.",
+                "Packets the kernel dropped (kfree_skb), by class (transit: traffic lost; refused: the sender was told; local: socket housekeeping), reason, dropping function, interface, network namespace and protocol.",
                 packets,
             ),
             counter_family(

@@ -10,6 +10,7 @@ pub mod btf;
 pub mod cli;
 pub mod collector;
 pub mod diagnose;
+pub mod drop_class;
 pub mod enrich;
 pub mod eviction;
 pub mod forwarding;

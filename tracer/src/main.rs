@@ -78,6 +78,8 @@ fn trace_options(command: &Command) -> Option<(TracerOptions, Option<u16>)> {
                 },
                 recent_samples: trace.recent_samples,
                 docker_host: Some(trace.docker_host.clone()).filter(|h| !h.is_empty()),
+                classes: trace.classes.classifier(),
+                namespaces: trace.netns.clone(),
             },
             Some(gateway.listen_address.port()),
         )),
@@ -85,6 +87,7 @@ fn trace_options(command: &Command) -> Option<(TracerOptions, Option<u16>)> {
             samples_per_sec,
             hook,
             docker_host,
+            classes,
             ..
         } => Some((
             TracerOptions {
@@ -95,6 +98,8 @@ fn trace_options(command: &Command) -> Option<(TracerOptions, Option<u16>)> {
                 },
                 recent_samples: 0,
                 docker_host: Some(docker_host.clone()).filter(|h| !h.is_empty()),
+                classes: classes.classifier(),
+                namespaces: Vec::new(),
             },
             None,
         )),
@@ -178,6 +183,7 @@ async fn diagnose(args: DiagnoseArgs) -> ExitCode {
         duration: args.duration,
         hook: args.hook.into(),
         docker_host: Some(args.docker_host).filter(|h| !h.is_empty()),
+        classes: args.classes.classifier(),
     })
     .await;
     if args.json {

@@ -20,7 +20,8 @@ use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracer_common::DropSample;
 
 use crate::{
-    collector::{protocol_name, ReasonNames},
+    collector::{protocol_name, ReasonNames, View},
+    drop_class::DropClass,
     enrich::{Destination, Enricher},
     kallsyms::Kallsyms,
     netns::Names,
@@ -40,6 +41,8 @@ pub struct DropEvent {
     pub dport: u16,
     pub reason: String,
     pub location: String,
+    /// What the drop means for traffic (transit, refused, local).
+    pub class: DropClass,
     pub len: u32,
     /// Who is behind `dst` (bridge, Docker network, container, compose service).
     #[serde(skip_serializing_if = "Destination::is_empty")]
@@ -47,7 +50,8 @@ pub struct DropEvent {
 }
 
 impl DropEvent {
-    /// One line, like tcpdump or pwru print: `time netns iface proto src:port > dst:port reason location`.
+    /// One line, like tcpdump or pwru print:
+    /// `time netns iface proto src:port > dst:port reason location class`.
     #[must_use]
     pub fn line(&self) -> String {
         let endpoint = |addr: Option<IpAddr>, port: u16| match (addr, port) {
@@ -58,7 +62,7 @@ impl DropEvent {
             (Some(a), p) => format!("{a}:{p}"),
         };
         let mut line = format!(
-            "{} {} {} {} {} > {} {} {}",
+            "{} {} {} {} {} > {} {} {} {}",
             self.time,
             self.netns,
             self.interface,
@@ -66,7 +70,8 @@ impl DropEvent {
             endpoint(self.src, self.sport),
             endpoint(self.dst, self.dport),
             self.reason,
-            self.location
+            self.location,
+            self.class
         );
         let target = &self.target;
         for (key, value) in [
@@ -88,6 +93,7 @@ pub struct Namer {
     pub reasons: Arc<ReasonNames>,
     pub kallsyms: Arc<Kallsyms>,
     pub names: Arc<Names>,
+    pub view: Arc<View>,
     pub enricher: Arc<Enricher>,
     /// Wall-clock time at monotonic zero, to date `bpf_ktime_get_ns()` stamps.
     boot_time: SystemTime,
@@ -99,12 +105,14 @@ impl Namer {
         reasons: Arc<ReasonNames>,
         kallsyms: Arc<Kallsyms>,
         names: Arc<Names>,
+        view: Arc<View>,
         enricher: Arc<Enricher>,
     ) -> Self {
         Self {
             reasons,
             kallsyms,
             names,
+            view,
             enricher,
             boot_time: SystemTime::now() - monotonic_now(),
         }
@@ -114,17 +122,21 @@ impl Namer {
     pub fn event(&self, sample: &DropSample) -> DropEvent {
         let time = self.boot_time + Duration::from_nanos(sample.timestamp_ns);
         let (src, dst) = addresses(sample);
+        let reason = self.reasons.name(sample.reason);
+        let location = self.kallsyms.name_at(sample.location);
+        let protocol = protocol_name(sample.ethertype, sample.l4_proto);
         DropEvent {
             time: humantime::format_rfc3339_micros(time).to_string(),
             netns: self.names.namespace(sample.netns),
             interface: self.names.interface(sample.netns, sample.ifindex),
-            protocol: protocol_name(sample.ethertype, sample.l4_proto),
+            protocol,
             src,
             sport: sample.sport,
             dst,
             dport: sample.dport,
-            reason: self.reasons.name(sample.reason),
-            location: self.kallsyms.name_at(sample.location),
+            class: self.view.classes.class(&reason, &location, protocol),
+            reason,
+            location,
             len: sample.len,
             target: dst
                 .map(|addr| self.enricher.destination(sample.netns, addr))
@@ -257,6 +269,7 @@ mod tests {
             dport,
             reason: "IP_INADDRERRORS".into(),
             location: "ip_error".into(),
+            class: DropClass::Transit,
             len: 60,
             target: Destination::default(),
         }
@@ -272,7 +285,7 @@ mod tests {
         );
         assert_eq!(
             v4.line(),
-            "2026-11-25T10:00:00.000001Z host eth0 tcp 10.0.0.2:40000 > 172.18.0.2:80 IP_INADDRERRORS ip_error"
+            "2026-11-25T10:00:00.000001Z host eth0 tcp 10.0.0.2:40000 > 172.18.0.2:80 IP_INADDRERRORS ip_error transit"
         );
         let v6 = event(
             Some("fe80::1".parse().expect("ip")),
@@ -293,7 +306,7 @@ mod tests {
         assert!(
             docker
                 .line()
-                .ends_with("ip_error container=pushgateway-1 service=pushgateway"),
+                .ends_with("ip_error transit container=pushgateway-1 service=pushgateway"),
             "{}",
             docker.line()
         );

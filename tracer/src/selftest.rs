@@ -31,7 +31,7 @@ use anyhow::{bail, ensure, Context as _};
 
 use crate::{
     btf::Btf,
-    collector::DropCollector,
+    collector::{DropCollector, View},
     kallsyms::Kallsyms,
     loader::{self, HookChoice, LoadOptions, SkbOffsets},
     netns::inode_of,
@@ -194,7 +194,7 @@ pub fn run(options: &SelftestOptions) -> anyhow::Result<SelftestReport> {
     let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let hook = probe.hook.to_string();
     let reads = probe.reads.to_string();
-    let collector = DropCollector::new(&mut probe, &btf, Kallsyms::load()?)
+    let collector = DropCollector::new(&mut probe, &btf, Kallsyms::load()?, View::default())
         .context("reading the probe's maps")?;
     let reason_names: Vec<String> = btf
         .enum_values("skb_drop_reason")

@@ -14,13 +14,14 @@ use tracer_common::DropCounts;
 use crate::{
     collector::DropLabels,
     diagnose::findings::{Finding, Severity},
+    drop_class::DropClass,
     forwarding::NamespaceForwarding,
 };
 
 /// At most this many drop rows: the page is for reading, `/metrics` has every series.
 const DROP_ROWS: usize = 100;
 
-/// The three sections, most urgent first.
+/// The four sections, most urgent first.
 #[must_use]
 pub fn sections(
     findings: &[Finding],
@@ -30,8 +31,9 @@ pub fn sections(
 ) -> Vec<StatusSection> {
     vec![
         findings_section(findings, notes),
-        drops_section(drops),
+        drops_section(drops, Shown::Traffic),
         forwarding_section(forwarding),
+        drops_section(drops, Shown::Local),
     ]
 }
 
@@ -87,11 +89,29 @@ struct DropSummary {
     protocols: BTreeSet<&'static str>,
 }
 
-fn drops_section(drops: &BTreeMap<DropLabels, DropCounts>) -> StatusSection {
-    let mut summary: BTreeMap<(&str, &str, &str), DropSummary> = BTreeMap::new();
+/// Which drops a table shows: the page leads with the ones that concern traffic and
+/// keeps socket housekeeping in a table of its own, further down.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// `transit` and `refused`.
+    Traffic,
+    /// `local`.
+    Local,
+}
+
+fn drops_section(drops: &BTreeMap<DropLabels, DropCounts>, shown: Shown) -> StatusSection {
+    let mut summary: BTreeMap<(DropClass, &str, &str, &str), DropSummary> = BTreeMap::new();
     for (labels, counts) in drops {
+        if (labels.class == DropClass::Local) != (shown == Shown::Local) {
+            continue;
+        }
         let row = summary
-            .entry((&labels.netns, &labels.interface, &labels.reason))
+            .entry((
+                labels.class,
+                &labels.netns,
+                &labels.interface,
+                &labels.reason,
+            ))
             .or_default();
         row.packets += counts.packets;
         row.bytes += counts.bytes;
@@ -102,9 +122,11 @@ fn drops_section(drops: &BTreeMap<DropLabels, DropCounts>) -> StatusSection {
     // Most dropped first; ties in label order, so the page does not shuffle.
     rows.sort_by(|(a_key, a), (b_key, b)| b.packets.cmp(&a.packets).then(a_key.cmp(b_key)));
     let total = rows.len();
-    let mut notes = vec![
-        "Packets the kernel dropped since dropgate started, per network namespace, ingress interface and drop reason, summed over the dropping functions and protocols listed. Every series: dropgate_packets_dropped_total on /metrics.".to_owned(),
-    ];
+    let mut notes = vec![match shown {
+        Shown::Traffic => "Packets the kernel dropped since dropgate started, per class, network namespace, interface and drop reason, summed over the dropping functions and protocols listed: transit means traffic was lost without the sender being told, refused that the sender was told (RST, ICMP unreachable). Socket housekeeping is under \"Local drops\" below. Every series: dropgate_packets_dropped_total on /metrics.",
+        Shown::Local => "Drops of class local: the normal end of local conversations (sockets closed with data queued, unix sockets, capture filters, ping's second delivery), not traffic loss. Counted exactly like the others, shown apart so they do not hide what matters.",
+    }
+    .to_owned()];
     if total > DROP_ROWS {
         notes.push(format!(
             "Showing the {DROP_ROWS} rows with the most drops of {total}."
@@ -112,9 +134,14 @@ fn drops_section(drops: &BTreeMap<DropLabels, DropCounts>) -> StatusSection {
     }
     let join = |items: Vec<&str>| items.join(", ");
     StatusSection {
-        title: "Drops".into(),
+        title: match shown {
+            Shown::Traffic => "Drops",
+            Shown::Local => "Local drops",
+        }
+        .into(),
         notes,
         columns: vec![
+            StatusColumn::text("class"),
             StatusColumn::text("namespace"),
             StatusColumn::text("interface"),
             StatusColumn::text("reason"),
@@ -126,10 +153,15 @@ fn drops_section(drops: &BTreeMap<DropLabels, DropCounts>) -> StatusSection {
         rows: rows
             .into_iter()
             .take(DROP_ROWS)
-            .map(|((netns, interface, reason), row)| {
+            .map(|((class, netns, interface, reason), row)| {
                 StatusRow::new(
-                    Tone::Normal,
+                    if class == DropClass::Transit {
+                        Tone::Warning
+                    } else {
+                        Tone::Normal
+                    },
                     vec![
+                        class.label().into(),
                         netns.into(),
                         interface.into(),
                         reason.into(),
@@ -141,7 +173,11 @@ fn drops_section(drops: &BTreeMap<DropLabels, DropCounts>) -> StatusSection {
                 )
             })
             .collect(),
-        empty: "No packet dropped since dropgate started.".into(),
+        empty: match shown {
+            Shown::Traffic => "No packet lost or refused since dropgate started.",
+            Shown::Local => "No local drop since dropgate started.",
+        }
+        .into(),
     }
 }
 
@@ -204,6 +240,7 @@ mod tests {
 
     fn labels(netns: &str, interface: &str, reason: &str, location: &str) -> DropLabels {
         DropLabels {
+            class: crate::drop_class::Classifier::default().class(reason, location, "tcp"),
             interface: interface.into(),
             location: location.into(),
             netns: netns.into(),
@@ -282,12 +319,13 @@ mod tests {
                 },
             ),
         ]);
-        let section = drops_section(&drops);
+        let section = drops_section(&drops, Shown::Traffic);
         let rows: Vec<Vec<String>> = section.rows.iter().map(cells).collect();
         assert_eq!(
             rows,
             [
                 [
+                    "transit",
                     "dg-host",
                     "vh-ext",
                     "IP_INADDRERRORS",
@@ -296,9 +334,50 @@ mod tests {
                     "6",
                     "360"
                 ],
-                ["host", "eth0", "NO_SOCKET", "tcp_v4_rcv", "tcp", "2", "120"],
+                [
+                    "refused",
+                    "host",
+                    "eth0",
+                    "NO_SOCKET",
+                    "tcp_v4_rcv",
+                    "tcp",
+                    "2",
+                    "120"
+                ],
             ]
         );
+        assert_eq!(
+            section.rows[0].tone,
+            Tone::Warning,
+            "lost traffic stands out"
+        );
+    }
+
+    #[test]
+    fn local_drops_have_a_table_of_their_own() {
+        let drops = BTreeMap::from([
+            (
+                labels("host", "", "QUEUE_PURGE", "sk_stream_kill_queues"),
+                DropCounts {
+                    packets: 500,
+                    bytes: 0,
+                },
+            ),
+            (
+                labels("host", "eth0", "IP_INADDRERRORS", "ip_error"),
+                DropCounts {
+                    packets: 3,
+                    bytes: 180,
+                },
+            ),
+        ]);
+        let traffic = drops_section(&drops, Shown::Traffic);
+        assert_eq!(traffic.rows.len(), 1);
+        assert_eq!(cells(&traffic.rows[0])[3], "IP_INADDRERRORS");
+        let local = drops_section(&drops, Shown::Local);
+        assert_eq!(local.title, "Local drops");
+        assert_eq!(local.rows.len(), 1);
+        assert_eq!(cells(&local.rows[0])[3], "QUEUE_PURGE");
     }
 
     #[test]
@@ -314,9 +393,9 @@ mod tests {
                 )
             })
             .collect();
-        let section = drops_section(&drops);
+        let section = drops_section(&drops, Shown::Traffic);
         assert_eq!(section.rows.len(), DROP_ROWS);
-        assert_eq!(cells(&section.rows[0])[1], format!("if{}", DROP_ROWS + 4));
+        assert_eq!(cells(&section.rows[0])[2], format!("if{}", DROP_ROWS + 4));
         assert!(
             section.notes.iter().any(|n| n.contains("of 105")),
             "{:?}",

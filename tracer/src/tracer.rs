@@ -10,8 +10,9 @@ use gateway::model::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType
 
 use crate::{
     btf::Btf,
-    collector::DropCollector,
+    collector::{DropCollector, View},
     diagnose::watch::Findings,
+    drop_class::Classifier,
     enrich::Enricher,
     forwarding::ForwardingWatch,
     kallsyms::Kallsyms,
@@ -30,6 +31,10 @@ pub struct TracerOptions {
     /// Docker Engine API address for naming containers (`unix:///var/run/docker.sock`);
     /// `None`: no Docker enrichment.
     pub docker_host: Option<String>,
+    /// How drops are classified and which namespaces are reported.
+    pub classes: Classifier,
+    /// Report only these namespaces (`--trace.netns`); empty: all.
+    pub namespaces: Vec<String>,
 }
 
 /// A started tracer. Dropping it detaches the probe and stops the sample reader.
@@ -115,7 +120,16 @@ impl Tracer {
         let mut probe = loader::load(&options.load, &btf)?;
         let kallsyms = Kallsyms::load()?;
         let collector = Arc::new(
-            DropCollector::new(&mut probe, &btf, kallsyms).context("reading the probe's maps")?,
+            DropCollector::new(
+                &mut probe,
+                &btf,
+                kallsyms,
+                View {
+                    classes: options.classes.clone(),
+                    namespaces: options.namespaces.clone(),
+                },
+            )
+            .context("reading the probe's maps")?,
         );
         let ring = RingBuf::try_from(
             probe

@@ -19,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "iputils-ping",
+    "tcpdump",
     "bpftool",
     "bpftrace",
     "curl",

@@ -724,6 +724,7 @@ mod tests {
             dport: 80,
             reason: "IP_INADDRERRORS".into(),
             location: location.into(),
+            class: crate::drop_class::DropClass::Transit,
             len: 60,
             target: crate::enrich::Destination::default(),
         }

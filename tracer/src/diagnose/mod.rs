@@ -19,6 +19,7 @@ use self::{
     host::HostState,
 };
 use crate::{
+    drop_class::{Classifier, DropClass},
     loader::{HookChoice, LoadOptions},
     netns::OWN_NAMESPACE,
     samples::DropEvent,
@@ -99,6 +100,8 @@ pub struct DiagnoseOptions {
     pub duration: Duration,
     pub hook: HookChoice,
     pub docker_host: Option<String>,
+    /// How drops are classified; `local` ones are not evidence of anything.
+    pub classes: Classifier,
 }
 
 /// Runs the checks and, when allowed, a live trace over `duration`.
@@ -114,6 +117,8 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
             },
             recent_samples: 1000,
             docker_host: options.docker_host.clone(),
+            classes: options.classes.clone(),
+            namespaces: Vec::new(),
         }) {
             Ok(tracer) => Some(tracer),
             Err(err) => {
@@ -139,7 +144,7 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
                 .samples
                 .recent(1000)
                 .iter()
-                .filter(|e| e.netns == OWN_NAMESPACE)
+                .filter(|e| e.netns == OWN_NAMESPACE && e.class != DropClass::Local)
                 .map(|e| (**e).clone())
                 .collect();
             (Some(delta), samples)
@@ -203,6 +208,8 @@ fn own_drops(collector: &crate::collector::DropCollector) -> Vec<TracedDrop> {
         // An interface that went away takes its past counts to `gone` all at once: no
         // new drops, and nothing a finding should be about.
         .filter(|(labels, _)| labels.interface != crate::collector::GONE)
+        // Socket housekeeping is not evidence of lost traffic.
+        .filter(|(labels, _)| labels.class != DropClass::Local)
         .map(|(labels, counts)| TracedDrop {
             reason: labels.reason,
             location: labels.location,

@@ -13,7 +13,7 @@ use super::{
     host::HostState,
     own_drops,
 };
-use crate::{netns::OWN_NAMESPACE, tracer::Tracer};
+use crate::{drop_class::DropClass, netns::OWN_NAMESPACE, tracer::Tracer};
 
 /// Now, formatted as sample times are.
 fn now_rfc3339() -> String {
@@ -63,8 +63,11 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
                 .iter()
                 // This round's samples only: an older one would keep deciding where
                 // drops were going long after the traffic changed. The times are
-                // fixed-width RFC 3339 in UTC, so they compare as text.
-                .filter(|e| e.netns == OWN_NAMESPACE && e.time >= since)
+                // fixed-width RFC 3339 in UTC, so they compare as text. Socket
+                // housekeeping is not evidence of lost traffic.
+                .filter(|e| {
+                    e.netns == OWN_NAMESPACE && e.time >= since && e.class != DropClass::Local
+                })
                 .map(|e| (**e).clone())
                 .collect();
             let evidence = Evidence {
