@@ -31,6 +31,7 @@ use tokio::sync::watch;
 pub use error::ApiError;
 pub use v1::rfc3339_nano;
 
+use crate::codec::limits::PushLimits;
 use crate::config::{normalize_route_prefix, GatewayConfig};
 use crate::source::MetricSource;
 use crate::store::{MetricStore, ReservedNames};
@@ -50,8 +51,9 @@ struct Inner {
     enable_lifecycle: bool,
     disable_consistency_check: bool,
     body_limit: usize,
-    max_labels_per_series: usize,
-    max_series_per_push: usize,
+    push_limits: PushLimits,
+    max_grouping_key_bytes: usize,
+    max_render_factor: usize,
     status_flags: BTreeMap<String, String>,
     start_time: SystemTime,
     quit: QuitSignal,
@@ -75,8 +77,9 @@ impl AppState {
                 enable_lifecycle: config.enable_lifecycle,
                 disable_consistency_check: config.disable_consistency_check,
                 body_limit: config.body_limit,
-                max_labels_per_series: config.max_labels_per_series,
-                max_series_per_push: config.max_series_per_push,
+                push_limits: config.push_limits(),
+                max_grouping_key_bytes: config.max_grouping_key_bytes,
+                max_render_factor: config.max_render_factor,
                 status_flags: config.status_flags(),
                 start_time: SystemTime::now(),
                 quit: QuitSignal::new(),

@@ -13,9 +13,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::{ApiError, AppState};
+use crate::codec::limits::{LimitError, RENDER_FLOOR_BYTES};
 use crate::codec::{self, PushFormat};
 use crate::grouping::GroupingKey;
-use crate::model::MetricFamily;
+use crate::model::{MetricFamily, MetricType};
 use crate::store::WriteCommand;
 
 /// Handles a push or a delete.
@@ -32,6 +33,14 @@ pub(super) async fn push(
         .strip_prefix(&state.prefixed("/metrics/"))
         .ok_or(ApiError::NotFound)?;
     let key = GroupingKey::from_path(rest)?;
+    let key_bytes = grouping_bytes(&key);
+    if key_bytes > inner.max_grouping_key_bytes {
+        return Err(LimitError::GroupingKeyTooLong {
+            len: key_bytes,
+            limit: inner.max_grouping_key_bytes,
+        }
+        .into());
+    }
     if method == Method::DELETE {
         inner
             .store
@@ -41,30 +50,109 @@ pub(super) async fn push(
 
     let limit = inner.body_limit;
     let raw = read_body(&headers, body, limit).await?;
-    let decoded = codec::body::decode(header_str(&headers, header::CONTENT_ENCODING), raw, limit)?;
-    let families = match codec::push_format(header_str(&headers, header::CONTENT_TYPE)) {
-        PushFormat::Text => codec::text::parse(&decoded)?,
-        PushFormat::DelimitedProtobuf => codec::protobuf::decode_delimited(&decoded)?,
-    };
-    drop(decoded);
-    check_limits(
-        &key,
-        &families,
-        inner.max_labels_per_series,
-        inner.max_series_per_push,
-    )?;
-    let command = if method == Method::PUT {
-        WriteCommand::Put { key, families }
-    } else {
-        WriteCommand::Post { key, families }
-    };
-    inner.store.apply(command, SystemTime::now())?;
-    Ok(if inner.disable_consistency_check {
+    let request_bytes = uri.to_string().len() + raw.len();
+    let encoding = header_str(&headers, header::CONTENT_ENCODING).map(str::to_owned);
+    let format = codec::push_format(header_str(&headers, header::CONTENT_TYPE));
+    let replace = method == Method::PUT;
+    let disable_consistency_check = inner.disable_consistency_check;
+    // Decoding, parsing, checking and rendering take time in proportion to the body:
+    // off the async workers, so that other requests (and `/-/healthy`) keep being
+    // answered and the request timeout can answer this one.
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let inner = &state.inner;
+        let decoded = codec::body::decode(encoding.as_deref(), raw, limit)?;
+        let families = match format {
+            PushFormat::Text => codec::text::parse_limited(&decoded, inner.push_limits)?,
+            PushFormat::DelimitedProtobuf => {
+                codec::protobuf::decode_delimited_limited(&decoded, inner.push_limits)?
+            }
+        };
+        drop(decoded);
+        check_limits(
+            &key,
+            &families,
+            inner.push_limits.max_labels_per_series,
+            inner.push_limits.max_series,
+        )?;
+        check_render_cost(&families, key_bytes, request_bytes, inner.max_render_factor)?;
+        let command = if replace {
+            WriteCommand::Put { key, families }
+        } else {
+            WriteCommand::Post { key, families }
+        };
+        inner.store.apply(command, SystemTime::now())?;
+        Ok::<_, ApiError>(())
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("push task failed: {error}")))??;
+    Ok(if disable_consistency_check {
         // Upstream answers before storing when the check is off.
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     })
+}
+
+/// Bytes of the grouping key: its names and decoded values.
+fn grouping_bytes(key: &GroupingKey) -> usize {
+    key.labels()
+        .map(|(name, value)| name.len() + value.len())
+        .sum()
+}
+
+/// Fixed bytes of one exposition line besides its name and labels: braces, quotes,
+/// `instance=""`, the value and the newline.
+const LINE_OVERHEAD: usize = 40;
+
+/// `--push.max-render-factor`: refuses a push whose exposition would take more than
+/// `factor` times its request (but never below [`RENDER_FLOOR_BYTES`]). Every line of
+/// the exposition repeats its series' labels and the grouping labels, so this is where
+/// a few bytes on the wire can turn into much memory in the store.
+fn check_render_cost(
+    families: &[MetricFamily],
+    key_bytes: usize,
+    request_bytes: usize,
+    factor: usize,
+) -> Result<(), LimitError> {
+    let budget = request_bytes.saturating_mul(factor).max(RENDER_FLOOR_BYTES);
+    let mut rendered = 0_usize;
+    for family in families {
+        let name = family.name.as_deref().unwrap_or_default().len();
+        let kind = family
+            .r#type
+            .and_then(|kind| MetricType::try_from(kind).ok())
+            .unwrap_or(MetricType::Counter);
+        for metric in &family.metric {
+            let lines = match kind {
+                MetricType::Summary => 2 + metric.summary.as_ref().map_or(0, |s| s.quantile.len()),
+                MetricType::Histogram | MetricType::GaugeHistogram => {
+                    3 + metric.histogram.as_ref().map_or(0, |h| h.bucket.len())
+                }
+                _ => 1,
+            };
+            let labels: usize = metric
+                .label
+                .iter()
+                .map(|pair| {
+                    pair.name.as_deref().map_or(0, str::len)
+                        + pair.value.as_deref().map_or(0, str::len)
+                        + 4
+                })
+                .sum();
+            // The text line and the sort key both carry the labels.
+            let line = name + 2 * (labels + key_bytes) + LINE_OVERHEAD;
+            rendered = rendered.saturating_add(lines.saturating_mul(line));
+            if rendered > budget {
+                return Err(LimitError::TooCostly {
+                    rendered,
+                    request: request_bytes,
+                    factor,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--push.max-series-per-push` and `--push.max-labels-per-series`, checked before the

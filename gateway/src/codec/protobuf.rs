@@ -5,8 +5,12 @@
 //! `writeDelimitedTo`, Go's `pbutil`). Decoding never trusts a length prefix beyond the
 //! bytes actually present, so a hostile prefix cannot make us allocate.
 
+use std::collections::HashMap;
+
+use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
 
+use super::limits::{LimitError, PushLimits};
 use crate::model::MetricFamily;
 
 /// Longest varint a length prefix may use (Go's `binary.MaxVarintLen32`).
@@ -48,6 +52,9 @@ pub enum ProtobufError {
         /// What protobuf decoding found wrong.
         source: prost::DecodeError,
     },
+    /// The body goes over a limit of the push (found before decoding the message).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// Decodes every length-delimited `MetricFamily` in `body`.
@@ -56,7 +63,21 @@ pub enum ProtobufError {
 /// whose name repeats an earlier one replaces it (keeping the earlier position). Unlike
 /// it, a body cut off inside a prefix or a message is an error rather than a silent end.
 pub fn decode_delimited(body: &[u8]) -> Result<Vec<MetricFamily>, ProtobufError> {
+    decode_delimited_limited(body, PushLimits::UNLIMITED)
+}
+
+/// [`decode_delimited`] under `limits`: each message's series, labels, label lengths
+/// and buckets are counted on its wire bytes before it is decoded, so that a message
+/// over a limit is refused without building its structs (an empty `Metric` takes 2
+/// bytes on the wire and hundreds once decoded).
+pub fn decode_delimited_limited(
+    body: &[u8],
+    limits: PushLimits,
+) -> Result<Vec<MetricFamily>, ProtobufError> {
     let mut families: Vec<MetricFamily> = Vec::new();
+    // Position of each name in `families`: a repeated name replaces in constant time.
+    let mut positions: HashMap<Option<String>, usize> = HashMap::new();
+    let mut counts = Counts::default();
     let mut offset = 0;
     while offset < body.len() {
         let (length, prefix_len) = read_length_prefix(&body[offset..], offset)?;
@@ -72,15 +93,134 @@ pub fn decode_delimited(body: &[u8]) -> Result<Vec<MetricFamily>, ProtobufError>
                 })
             }
         };
+        counts.family(&body[start..end], limits)?;
         let family = MetricFamily::decode(&body[start..end])
             .map_err(|source| ProtobufError::InvalidMessage { offset, source })?;
-        match families.iter_mut().find(|known| known.name == family.name) {
-            Some(known) => *known = family,
-            None => families.push(family),
+        if let Some(&at) = positions.get(&family.name) {
+            families[at] = family;
+        } else {
+            positions.insert(family.name.clone(), families.len());
+            families.push(family);
         }
         offset = end;
     }
     Ok(families)
+}
+
+/// What the messages of one body would decode into, counted on their wire bytes.
+#[derive(Default)]
+struct Counts {
+    families: usize,
+    series: usize,
+}
+
+/// One field of a message on the wire: its number and what follows its key.
+enum Field<'a> {
+    /// A length-delimited field's bytes.
+    Bytes(u32, &'a [u8]),
+    /// Any other field (its number), already skipped.
+    Other(u32),
+}
+
+/// The fields of a message, in order. Malformed input ends the walk quietly: counting
+/// is only a bound, and the decoder that runs next names what is wrong.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Field<'a>;
+
+    fn next(&mut self) -> Option<Field<'a>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let (tag, wire_type) = decode_key(&mut self.0).ok()?;
+        let skip = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut self.0).ok()?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut self.0).ok()?).ok()?;
+                let bytes = self.0.get(..len)?;
+                self.0 = &self.0[len..];
+                return Some(Field::Bytes(tag, bytes));
+            }
+            // Groups are not part of these messages; the decoder refuses them.
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        self.0 = self.0.get(skip..)?;
+        Some(Field::Other(tag))
+    }
+}
+
+impl Counts {
+    /// Counts one `MetricFamily` message against `limits`.
+    fn family(&mut self, message: &[u8], limits: PushLimits) -> Result<(), LimitError> {
+        self.families += 1;
+        limits.check_series(self.families)?;
+        let name = Fields(message)
+            .filter_map(|field| match field {
+                Field::Bytes(1, name) => Some(String::from_utf8_lossy(name).into_owned()),
+                _ => None,
+            })
+            .last()
+            .unwrap_or_default();
+        for field in Fields(message) {
+            if let Field::Bytes(4, metric) = field {
+                self.series += 1;
+                limits.check_series(self.series)?;
+                count_metric(&name, metric, limits)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts one `Metric`'s labels and buckets (every `summary` and `histogram` field of
+/// it, as repeated occurrences merge into one).
+fn count_metric(family: &str, metric: &[u8], limits: PushLimits) -> Result<(), LimitError> {
+    let mut labels = 0;
+    let mut buckets = 0;
+    for field in Fields(metric) {
+        match field {
+            Field::Bytes(1, pair) => {
+                labels += 1;
+                limits.check_labels(family, labels)?;
+                for part in Fields(pair) {
+                    match part {
+                        Field::Bytes(1, name) => limits.check_label_name(family, name.len())?,
+                        Field::Bytes(2, value) => limits.check_label_value(family, value.len())?,
+                        _ => {}
+                    }
+                }
+            }
+            // Summary: `quantile` (3).
+            Field::Bytes(4, summary) => {
+                buckets += Fields(summary)
+                    .filter(|field| matches!(field, Field::Bytes(3, _)))
+                    .count();
+            }
+            Field::Bytes(7, histogram) => buckets += histogram_entries(histogram),
+            _ => {}
+        }
+        limits.check_buckets(family, buckets)?;
+    }
+    Ok(())
+}
+
+/// Entries a `Histogram` decodes into: buckets, spans, deltas, counts and exemplars.
+/// Packed scalars count by their bytes (at least one per varint, eight per double).
+fn histogram_entries(histogram: &[u8]) -> usize {
+    Fields(histogram)
+        .map(|field| match field {
+            Field::Bytes(10 | 13, packed) => packed.len(),
+            Field::Bytes(11 | 14, packed) => packed.len() / 8,
+            Field::Bytes(3 | 9 | 12 | 16, _) | Field::Other(10 | 11 | 13 | 14) => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Reads the varint at the start of `bytes`; returns its value and encoded length.

@@ -9,11 +9,11 @@
 //! returned in order of first appearance (Go returns a map), and families that end up
 //! without samples are dropped, as in Go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use super::limits::{LimitError, PushLimits};
 use crate::model::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
-    Summary, Untyped,
+    Bucket, Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Quantile, Untyped,
 };
 
 /// A text format error, displayed exactly as Go's parser words it.
@@ -26,13 +26,33 @@ pub struct TextParseError {
     pub message: String,
 }
 
+/// Why a push body was refused by [`parse_limited`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    /// The body does not parse.
+    #[error(transparent)]
+    Syntax(#[from] TextParseError),
+    /// The body parses so far but goes over a limit of the push.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+}
+
 /// Parses a whole text format body into families, in order of first appearance.
 ///
 /// Untyped samples get [`MetricType::Untyped`]; summaries and histograms are assembled
 /// from their `_sum`, `_count`, `_bucket` and `quantile`/`le` samples. Timestamps are
 /// kept in `timestamp_ms` (rejecting them is the store's business, not the parser's).
 pub fn parse(body: &[u8]) -> Result<Vec<MetricFamily>, TextParseError> {
-    let mut parser = Parser::new(body);
+    parse_limited(body, PushLimits::UNLIMITED).map_err(|error| match error {
+        TextError::Syntax(error) => error,
+        TextError::Limit(_) => unreachable!("no limit to go over"),
+    })
+}
+
+/// [`parse`], stopping at the first series, label, bucket or family over `limits`, so
+/// that a hostile body never turns into more structs than the limits allow.
+pub fn parse_limited(body: &[u8], limits: PushLimits) -> Result<Vec<MetricFamily>, TextError> {
+    let mut parser = Parser::new(body, limits);
     let mut state = State::StartOfLine;
     loop {
         let next = match state {
@@ -55,11 +75,12 @@ pub fn parse(body: &[u8]) -> Result<Vec<MetricFamily>, TextParseError> {
                     // Go turns a premature io.EOF into this friendlier text.
                     Halt::Eof => "unexpected end of input stream".to_owned(),
                     Halt::Invalid(message) => message,
+                    Halt::Limit(error) => return Err(TextError::Limit(error)),
                 };
-                return Err(TextParseError {
+                return Err(TextError::Syntax(TextParseError {
                     line: parser.line,
                     message,
-                });
+                }));
             }
         };
     }
@@ -90,6 +111,14 @@ enum Halt {
     Eof,
     /// The input is malformed; the message is Go's.
     Invalid(String),
+    /// The input goes over a limit of the push.
+    Limit(LimitError),
+}
+
+impl From<LimitError> for Halt {
+    fn from(error: LimitError) -> Self {
+        Self::Limit(error)
+    }
 }
 
 type Step<T = State> = Result<T, Halt>;
@@ -122,6 +151,11 @@ struct Parser<'a> {
     family: usize,
     /// Labels of the sample line being read.
     labels: Vec<LabelPair>,
+    /// Their names, so that a repeated one is found in constant time per label.
+    label_names: HashSet<String>,
+    limits: PushLimits,
+    /// Series created so far, across families.
+    series: usize,
     /// Set while reading the value of a summary's `quantile` or a histogram's `le`
     /// label (named here), which becomes a bound rather than a label.
     bound_label: Option<&'static str>,
@@ -134,7 +168,7 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn new(input: &'a [u8]) -> Self {
+    fn new(input: &'a [u8], limits: PushLimits) -> Self {
         Self {
             input,
             pos: 0,
@@ -146,6 +180,9 @@ impl<'a> Parser<'a> {
             compound: HashMap::new(),
             family: 0,
             labels: Vec::new(),
+            label_names: HashSet::new(),
+            limits,
+            series: 0,
             bound_label: None,
             role: SampleRole::Plain,
             bound: f64::NAN,
@@ -221,7 +258,7 @@ impl<'a> Parser<'a> {
         if !is_blank_or_tab(self.byte) {
             return Err(invalid("invalid metric name in comment".to_owned()));
         }
-        self.set_or_create_current_family();
+        self.set_or_create_current_family()?;
         self.skip_blank_tab()?;
         if self.byte == b'\n' {
             return Ok(State::StartOfLine);
@@ -234,12 +271,13 @@ impl<'a> Parser<'a> {
         if self.token.is_empty() {
             return Err(invalid("invalid metric name".to_owned()));
         }
-        self.set_or_create_current_family();
+        self.set_or_create_current_family()?;
         let family = &mut self.families[self.family];
         if family.r#type.is_none() {
             family.r#type = Some(MetricType::Untyped as i32);
         }
         self.labels.clear();
+        self.label_names.clear();
         self.skip_blank_tab_if_current_blank_tab()?;
         Ok(State::ReadingLabels)
     }
@@ -268,6 +306,8 @@ impl<'a> Parser<'a> {
                 quote_str(self.family_name().as_bytes())
             )));
         }
+        self.limits
+            .check_label_name(self.family_name(), self.token.len())?;
         // Label names are ASCII by construction of the token.
         let name = String::from_utf8_lossy(&self.token).into_owned();
         if name == "__name__" {
@@ -280,7 +320,11 @@ impl<'a> Parser<'a> {
             _ => None,
         };
         let special = self.bound_label.is_some();
+        let mut repeated = false;
         if !special {
+            self.limits
+                .check_labels(self.family_name(), self.labels.len() + 1)?;
+            repeated = !self.label_names.insert(name.clone());
             self.labels.push(LabelPair {
                 name: Some(name),
                 value: None,
@@ -294,13 +338,11 @@ impl<'a> Parser<'a> {
             )));
         }
         // Earlier names were checked on their own turn, so only the new one can clash.
-        if let Some((new, earlier)) = self.labels.split_last() {
-            if !special && earlier.iter().any(|label| label.name == new.name) {
-                return Err(invalid(format!(
-                    "duplicate label names for metric {}",
-                    quote_str(self.family_name().as_bytes())
-                )));
-            }
+        if repeated {
+            return Err(invalid(format!(
+                "duplicate label names for metric {}",
+                quote_str(self.family_name().as_bytes())
+            )));
         }
         Ok(State::StartLabelValue)
     }
@@ -314,6 +356,8 @@ impl<'a> Parser<'a> {
             )));
         }
         self.read_token_as_label_value()?;
+        self.limits
+            .check_label_value(self.family_name(), self.token.len())?;
         let Ok(value) = std::str::from_utf8(&self.token) else {
             return Err(invalid(format!(
                 "invalid label value {}",
@@ -372,6 +416,8 @@ impl<'a> Parser<'a> {
             next_index
         };
         if self.metric == next_index {
+            self.series += 1;
+            self.limits.check_series(self.series)?;
             family.metric.push(Metric {
                 label: labels,
                 ..Metric::default()
@@ -384,17 +430,19 @@ impl<'a> Parser<'a> {
                 quote_str(&self.token)
             )));
         };
-        self.store_value(value);
+        self.store_value(value)?;
         if self.byte == b'\n' {
             return Ok(State::StartOfLine);
         }
         Ok(State::StartTimestamp)
     }
 
-    fn store_value(&mut self, value: f64) {
+    fn store_value(&mut self, value: f64) -> Step<()> {
         let kind = self.current_type();
         let (role, bound) = (self.role, self.bound);
-        let metric = &mut self.families[self.family].metric[self.metric];
+        let family = &mut self.families[self.family];
+        let name = family.name.as_deref().unwrap_or_default();
+        let metric = &mut family.metric[self.metric];
         match kind {
             Some(MetricType::Counter) => {
                 metric.counter = Some(Counter {
@@ -405,27 +453,35 @@ impl<'a> Parser<'a> {
             Some(MetricType::Gauge) => metric.gauge = Some(Gauge { value: Some(value) }),
             Some(MetricType::Untyped) => metric.untyped = Some(Untyped { value: Some(value) }),
             Some(MetricType::Summary) => {
-                let summary = metric.summary.get_or_insert_with(Summary::default);
+                let summary = metric.summary.get_or_insert_with(Box::default);
                 match role {
                     SampleRole::Count => summary.sample_count = Some(go_float_to_u64(value)),
                     SampleRole::Sum => summary.sample_sum = Some(value),
-                    SampleRole::Plain if !bound.is_nan() => summary.quantile.push(Quantile {
-                        quantile: Some(bound),
-                        value: Some(value),
-                    }),
+                    SampleRole::Plain if !bound.is_nan() => {
+                        self.limits
+                            .check_buckets(name, summary.quantile.len() + 1)?;
+                        summary.quantile.push(Quantile {
+                            quantile: Some(bound),
+                            value: Some(value),
+                        });
+                    }
                     SampleRole::Plain => {}
                 }
             }
             Some(MetricType::Histogram) => {
-                let histogram = metric.histogram.get_or_insert_with(Histogram::default);
+                let histogram = metric.histogram.get_or_insert_with(Box::default);
                 match role {
                     SampleRole::Count => histogram.sample_count = Some(go_float_to_u64(value)),
                     SampleRole::Sum => histogram.sample_sum = Some(value),
-                    SampleRole::Plain if !bound.is_nan() => histogram.bucket.push(Bucket {
-                        upper_bound: Some(bound),
-                        cumulative_count: Some(go_float_to_u64(value)),
-                        ..Bucket::default()
-                    }),
+                    SampleRole::Plain if !bound.is_nan() => {
+                        self.limits
+                            .check_buckets(name, histogram.bucket.len() + 1)?;
+                        histogram.bucket.push(Bucket {
+                            upper_bound: Some(bound),
+                            cumulative_count: Some(go_float_to_u64(value)),
+                            ..Bucket::default()
+                        });
+                    }
                     SampleRole::Plain => {}
                 }
             }
@@ -433,6 +489,7 @@ impl<'a> Parser<'a> {
             // format cannot carry (gauge histogram), the sample is silently valueless.
             Some(MetricType::GaugeHistogram) | None => {}
         }
+        Ok(())
     }
 
     fn start_timestamp(&mut self) -> Step {
@@ -500,13 +557,13 @@ impl<'a> Parser<'a> {
 
     /// Finds the family the name in `token` belongs to, creating it if needed; a
     /// `_count`, `_sum` (or `_bucket`) name joins an existing summary (or histogram).
-    fn set_or_create_current_family(&mut self) {
+    fn set_or_create_current_family(&mut self) -> Step<()> {
         self.role = SampleRole::Plain;
         // Metric names are ASCII by construction of the token.
         let name = String::from_utf8_lossy(&self.token);
         if let Some(&index) = self.by_name.get(name.as_ref()) {
             self.family = index;
-            return;
+            return Ok(());
         }
         let role = if name.len() > 6 && name.ends_with("_count") {
             SampleRole::Count
@@ -524,7 +581,7 @@ impl<'a> Parser<'a> {
             if self.families[index].r#type == Some(MetricType::Summary as i32) {
                 self.family = index;
                 self.role = role;
-                return;
+                return Ok(());
             }
         }
         let histogram_name =
@@ -537,9 +594,12 @@ impl<'a> Parser<'a> {
             if self.families[index].r#type == Some(MetricType::Histogram as i32) {
                 self.family = index;
                 self.role = role;
-                return;
+                return Ok(());
             }
         }
+        // A family is counted like a series: a body of headers without samples would
+        // otherwise build families without bound.
+        self.limits.check_series(self.families.len() + 1)?;
         let name = name.into_owned();
         self.family = self.families.len();
         self.by_name.insert(name.clone(), self.family);
@@ -547,6 +607,7 @@ impl<'a> Parser<'a> {
             name: Some(name),
             ..MetricFamily::default()
         });
+        Ok(())
     }
 
     fn skip_blank_tab(&mut self) -> Step<()> {

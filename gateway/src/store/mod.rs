@@ -237,16 +237,27 @@ impl MetricStore {
         replace: bool,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        // The checks that need only the push run before taking the lock.
-        let prepared = prepare(&key, families, &self.reserved);
+        // The checks that need only the push, and the rendering, run before taking the
+        // lock: they take time in proportion to the push, and every other push and
+        // scrape would wait for them. Under the lock only the index is consulted and
+        // the rendered families are swapped in.
+        let prepared = prepare(&key, families, &self.reserved).map(|prepared| {
+            let stored = StoredFamily::new_all(
+                prepared
+                    .iter()
+                    .map(|p| (&p.family, p.kind, p.hashes.as_slice())),
+                now,
+            );
+            (prepared, stored)
+        });
         let mut state = self.write();
-        let verdict = prepared.and_then(|prepared| {
+        let verdict = prepared.and_then(|(prepared, stored)| {
             state.check(&key, &prepared, replace)?;
-            Ok(prepared)
+            Ok((prepared, stored))
         });
         match verdict {
-            Ok(prepared) => {
-                state.store_push(key, &prepared, replace, now);
+            Ok((prepared, stored)) => {
+                state.store_push(key, &prepared, stored, replace, now);
                 drop(state);
                 self.bump();
                 Ok(())
@@ -443,6 +454,7 @@ impl State {
         &mut self,
         key: GroupingKey,
         prepared: &[PreparedFamily],
+        stored: Vec<StoredFamily>,
         replace: bool,
         now: SystemTime,
     ) {
@@ -467,10 +479,7 @@ impl State {
                 self.remove_member(&key, &name);
             }
         }
-        let pushed = prepared
-            .iter()
-            .map(|p| (&p.family, p.kind, p.hashes.as_slice()));
-        for stored in StoredFamily::new_all(pushed, now) {
+        for stored in stored {
             self.insert_member(&key, stored);
         }
         self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, unix_seconds(now), now);

@@ -585,7 +585,7 @@ mod tests {
         let counter = |exemplar: Option<Exemplar>| Metric {
             counter: Some(Counter {
                 value: Some(3.0),
-                exemplar,
+                exemplar: exemplar.map(Box::new),
                 created_timestamp: None,
             }),
             ..Metric::default()
@@ -601,7 +601,7 @@ mod tests {
         let histogram = |kind: MetricType, histogram: Histogram| MetricFamily {
             r#type: Some(kind as i32),
             metric: vec![Metric {
-                histogram: Some(histogram),
+                histogram: Some(Box::new(histogram)),
                 ..Metric::default()
             }],
             ..gauge(0.0)
