@@ -151,6 +151,7 @@ impl GatewayConfig {
             max_label_name_bytes: self.max_label_name_bytes,
             max_label_value_bytes: self.max_label_value_bytes,
             max_buckets_per_series: self.max_buckets_per_series,
+            max_decoded_factor: self.max_render_factor,
         }
     }
 

@@ -113,6 +113,9 @@ impl ApiError {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BodyTooLarge { .. } | Self::Limit(LimitError::Inflates { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::Grouping(_)
             | Self::BodyRead(_)
             | Self::Encoding(_)
@@ -122,7 +125,6 @@ impl ApiError {
             | Self::Limit(_)
             | Self::TooManyLabels { .. }
             | Self::TooManySeries { .. } => StatusCode::BAD_REQUEST,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::LifecycleDisabled => StatusCode::FORBIDDEN,
@@ -147,13 +149,16 @@ impl ApiError {
             Self::TooManyLabels { .. } => Some(Reason::TooManyLabels),
             Self::TooManySeries { .. } => Some(Reason::TooManySeries),
             Self::Limit(limit) => Some(match limit {
+                LimitError::Inflates { .. } => Reason::BodyTooLarge,
                 LimitError::TooManySeries { .. } => Reason::TooManySeries,
                 LimitError::TooManyLabels { .. } => Reason::TooManyLabels,
                 LimitError::LabelNameTooLong { .. }
                 | LimitError::LabelValueTooLong { .. }
                 | LimitError::GroupingKeyTooLong { .. } => Reason::LabelTooLong,
                 LimitError::TooManyBuckets { .. } => Reason::TooManyBuckets,
-                LimitError::TooCostly { .. } => Reason::TooCostly,
+                LimitError::TooCostly { .. } | LimitError::DecodesTooLarge { .. } => {
+                    Reason::TooCostly
+                }
             }),
             Self::NotFound
             | Self::MethodNotAllowed { .. }

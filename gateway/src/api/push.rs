@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::{ApiError, AppState};
+use crate::codec::body::BodyError;
 use crate::codec::limits::{LimitError, RENDER_FLOOR_BYTES};
 use crate::codec::{self, PushFormat};
 use crate::grouping::GroupingKey;
@@ -61,7 +62,22 @@ pub(super) async fn push(
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let inner = &state.inner;
-        let decoded = codec::body::decode(encoding.as_deref(), raw, limit)?;
+        // A compressed body may inflate by the render factor (and to 1 MiB always),
+        // never past the body limit: a bomb of a few KB stops early, before it costs.
+        let wire = raw.len();
+        let factor = inner.max_render_factor;
+        let inflated_limit = limit.min(wire.saturating_mul(factor).max(RENDER_FLOOR_BYTES));
+        let decoded = match codec::body::decode(encoding.as_deref(), raw, inflated_limit) {
+            Err(BodyError::TooLarge { .. }) if inflated_limit < limit => {
+                return Err(LimitError::Inflates {
+                    encoding: encoding.unwrap_or_default(),
+                    body: wire,
+                    factor,
+                }
+                .into())
+            }
+            decoded => decoded?,
+        };
         let families = match format {
             PushFormat::Text => codec::text::parse_limited(&decoded, inner.push_limits)?,
             PushFormat::DelimitedProtobuf => {
@@ -104,6 +120,9 @@ fn grouping_bytes(key: &GroupingKey) -> usize {
 /// Fixed bytes of one exposition line besides its name and labels: braces, quotes,
 /// `instance=""`, the value and the newline.
 const LINE_OVERHEAD: usize = 40;
+/// What a family costs the store besides its lines: its index entry, its stored header
+/// and its place in the group (a family without metrics takes 9 bytes on the wire).
+const FAMILY_OVERHEAD: usize = 256;
 
 /// `--push.max-render-factor`: refuses a push whose exposition would take more than
 /// `factor` times its request (but never below [`RENDER_FLOOR_BYTES`]). Every line of
@@ -118,6 +137,7 @@ fn check_render_cost(
     let budget = request_bytes.saturating_mul(factor).max(RENDER_FLOOR_BYTES);
     let mut rendered = 0_usize;
     for family in families {
+        rendered = rendered.saturating_add(FAMILY_OVERHEAD);
         let name = family.name.as_deref().unwrap_or_default().len();
         let kind = family
             .r#type
@@ -143,13 +163,13 @@ fn check_render_cost(
             // The text line and the sort key both carry the labels.
             let line = name + 2 * (labels + key_bytes) + LINE_OVERHEAD;
             rendered = rendered.saturating_add(lines.saturating_mul(line));
-            if rendered > budget {
-                return Err(LimitError::TooCostly {
-                    rendered,
-                    request: request_bytes,
-                    factor,
-                });
-            }
+        }
+        if rendered > budget {
+            return Err(LimitError::TooCostly {
+                rendered,
+                request: request_bytes,
+                factor,
+            });
         }
     }
     Ok(())

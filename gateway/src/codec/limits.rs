@@ -44,6 +44,9 @@ pub struct PushLimits {
     pub max_label_value_bytes: usize,
     /// Buckets, quantiles or native-histogram spans/deltas/counts of one series.
     pub max_buckets_per_series: usize,
+    /// Bytes the decoded structs of a protobuf body may take per byte of the body
+    /// (`--push.max-render-factor`; never less than [`RENDER_FLOOR_BYTES`]).
+    pub max_decoded_factor: usize,
 }
 
 impl PushLimits {
@@ -54,7 +57,22 @@ impl PushLimits {
         max_label_name_bytes: usize::MAX,
         max_label_value_bytes: usize::MAX,
         max_buckets_per_series: usize::MAX,
+        max_decoded_factor: usize::MAX,
     };
+
+    pub(crate) fn check_decoded(&self, decoded: usize, body: usize) -> Result<(), LimitError> {
+        let budget = body
+            .saturating_mul(self.max_decoded_factor)
+            .max(RENDER_FLOOR_BYTES);
+        if decoded > budget {
+            return Err(LimitError::DecodesTooLarge {
+                decoded,
+                body,
+                factor: self.max_decoded_factor,
+            });
+        }
+        Ok(())
+    }
 
     pub(crate) fn check_series(&self, count: usize) -> Result<(), LimitError> {
         if count > self.max_series {
@@ -169,6 +187,28 @@ pub enum LimitError {
         len: usize,
         /// The limit.
         limit: usize,
+    },
+    /// A compressed body inflates to more than `--push.max-render-factor` times its
+    /// size on the wire (answered 413, like a body over the size limit).
+    #[error("the {encoding} body of {body} bytes inflates to more than {factor} times its size; send it uncompressed or less repetitive, or raise --push.max-render-factor")]
+    Inflates {
+        /// The `Content-Encoding`.
+        encoding: String,
+        /// Its size on the wire.
+        body: usize,
+        /// The factor.
+        factor: usize,
+    },
+    /// A protobuf body would decode into more than `--push.max-render-factor` times its
+    /// size (empty metrics: 2 bytes on the wire, a whole struct decoded).
+    #[error("the protobuf body would decode into at least {decoded} bytes, more than {factor} times its {body} bytes; push fewer, fuller metrics, or raise --push.max-render-factor")]
+    DecodesTooLarge {
+        /// The estimated decoded size so far.
+        decoded: usize,
+        /// The (decompressed) body's size.
+        body: usize,
+        /// The factor.
+        factor: usize,
     },
     /// The push would render into more bytes than `--push.max-render-factor` times its
     /// request.

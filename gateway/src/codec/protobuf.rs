@@ -6,12 +6,13 @@
 //! bytes actually present, so a hostile prefix cannot make us allocate.
 
 use std::collections::HashMap;
+use std::mem::size_of;
 
 use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
 
 use super::limits::{LimitError, PushLimits};
-use crate::model::MetricFamily;
+use crate::model::{Bucket, Histogram, LabelPair, Metric, MetricFamily, Summary};
 
 /// Longest varint a length prefix may use (Go's `binary.MaxVarintLen32`).
 const MAX_PREFIX_BYTES: usize = 5;
@@ -94,6 +95,7 @@ pub fn decode_delimited_limited(
             }
         };
         counts.family(&body[start..end], limits)?;
+        limits.check_decoded(counts.decoded, body.len())?;
         let family = MetricFamily::decode(&body[start..end])
             .map_err(|source| ProtobufError::InvalidMessage { offset, source })?;
         if let Some(&at) = positions.get(&family.name) {
@@ -112,6 +114,8 @@ pub fn decode_delimited_limited(
 struct Counts {
     families: usize,
     series: usize,
+    /// Bytes the decoded structs will take, about (heap blocks are rounded up).
+    decoded: usize,
 }
 
 /// One field of a message on the wire: its number and what follows its key.
@@ -160,6 +164,8 @@ impl Counts {
     fn family(&mut self, message: &[u8], limits: PushLimits) -> Result<(), LimitError> {
         self.families += 1;
         limits.check_series(self.families)?;
+        // The family, its name, and the name again as a key of the de-duplication map.
+        self.decoded += 2 * size_of::<MetricFamily>() + 2 * message.len().min(64) + 64;
         let name = Fields(message)
             .filter_map(|field| match field {
                 Field::Bytes(1, name) => Some(String::from_utf8_lossy(name).into_owned()),
@@ -171,7 +177,7 @@ impl Counts {
             if let Field::Bytes(4, metric) = field {
                 self.series += 1;
                 limits.check_series(self.series)?;
-                count_metric(&name, metric, limits)?;
+                self.decoded += count_metric(&name, metric, limits)?;
             }
         }
         Ok(())
@@ -179,15 +185,17 @@ impl Counts {
 }
 
 /// Counts one `Metric`'s labels and buckets (every `summary` and `histogram` field of
-/// it, as repeated occurrences merge into one).
-fn count_metric(family: &str, metric: &[u8], limits: PushLimits) -> Result<(), LimitError> {
+/// it, as repeated occurrences merge into one); returns the bytes it decodes into.
+fn count_metric(family: &str, metric: &[u8], limits: PushLimits) -> Result<usize, LimitError> {
     let mut labels = 0;
     let mut buckets = 0;
+    let mut decoded = size_of::<Metric>();
     for field in Fields(metric) {
         match field {
             Field::Bytes(1, pair) => {
                 labels += 1;
                 limits.check_labels(family, labels)?;
+                decoded += size_of::<LabelPair>() + pair.len();
                 for part in Fields(pair) {
                     match part {
                         Field::Bytes(1, name) => limits.check_label_name(family, name.len())?,
@@ -198,16 +206,21 @@ fn count_metric(family: &str, metric: &[u8], limits: PushLimits) -> Result<(), L
             }
             // Summary: `quantile` (3).
             Field::Bytes(4, summary) => {
+                decoded += size_of::<Summary>();
                 buckets += Fields(summary)
                     .filter(|field| matches!(field, Field::Bytes(3, _)))
                     .count();
             }
-            Field::Bytes(7, histogram) => buckets += histogram_entries(histogram),
+            Field::Bytes(7, histogram) => {
+                decoded += size_of::<Histogram>();
+                buckets += histogram_entries(histogram);
+            }
             _ => {}
         }
         limits.check_buckets(family, buckets)?;
     }
-    Ok(())
+    // Every entry counted as a classic bucket, the largest of them.
+    Ok(decoded + buckets * size_of::<Bucket>())
 }
 
 /// Entries a `Histogram` decodes into: buckets, spans, deltas, counts and exemplars.
@@ -365,6 +378,130 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn limits_are_counted_on_the_wire_before_decoding() {
+        use crate::model::{Bucket, Histogram, Summary};
+        let limits = PushLimits {
+            max_series: 2,
+            max_labels_per_series: 2,
+            max_label_name_bytes: 4,
+            max_label_value_bytes: 4,
+            max_buckets_per_series: 2,
+            max_decoded_factor: 16,
+        };
+        let with = |labels: &[(&str, &str)], metrics: usize| MetricFamily {
+            metric: vec![
+                Metric {
+                    label: labels.iter().map(|(n, v)| LabelPair::new(*n, *v)).collect(),
+                    gauge: Some(Gauge { value: Some(1.0) }),
+                    ..Metric::default()
+                };
+                metrics
+            ],
+            ..gauge_family("m", 1.0)
+        };
+        let mut buckets = with(&[], 1);
+        buckets.metric[0].histogram = Some(Box::new(Histogram {
+            bucket: vec![Bucket::default(); 3],
+            ..Histogram::default()
+        }));
+        let mut quantiles = with(&[], 1);
+        quantiles.metric[0].summary = Some(Box::new(Summary {
+            quantile: vec![crate::model::Quantile::default(); 3],
+            ..Summary::default()
+        }));
+        let table: Vec<(&str, Vec<MetricFamily>, Option<&str>)> = vec![
+            (
+                "within every limit",
+                vec![with(&[("a", "1"), ("b", "2")], 2)],
+                None,
+            ),
+            (
+                "third series",
+                vec![with(&[], 3)],
+                Some("at least 3 series"),
+            ),
+            (
+                "third family",
+                vec![
+                    gauge_family("a", 1.0),
+                    gauge_family("b", 1.0),
+                    gauge_family("c", 1.0),
+                ],
+                Some("at least 3 series (or families)"),
+            ),
+            (
+                "third label",
+                vec![with(&[("a", "1"), ("b", "2"), ("c", "3")], 1)],
+                Some("at least 3 labels"),
+            ),
+            (
+                "long name",
+                vec![with(&[("abcde", "1")], 1)],
+                Some("label name of \"m\" is 5 bytes"),
+            ),
+            (
+                "long value",
+                vec![with(&[("a", "12345")], 1)],
+                Some("label value of \"m\" is 5 bytes"),
+            ),
+            ("third bucket", vec![buckets], Some("at least 3 buckets")),
+            (
+                "third quantile",
+                vec![quantiles],
+                Some("at least 3 buckets"),
+            ),
+        ];
+        for (name, families, want) in table {
+            let result = decode_delimited_limited(&encode(&families), limits);
+            match want {
+                None => assert_eq!(result.expect(name), families, "{name}"),
+                Some(want) => {
+                    let error = result.expect_err(name);
+                    assert!(
+                        matches!(error, ProtobufError::Limit(_)),
+                        "{name}: {error:?}"
+                    );
+                    assert!(error.to_string().contains(want), "{name}: {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_metrics_are_refused_before_they_are_decoded() {
+        // 2 bytes each on the wire; a whole `Metric` each once decoded.
+        let mut family = Vec::new();
+        for _ in 0..400_000 {
+            family.extend_from_slice(&[0x22, 0x00]);
+        }
+        let mut body = Vec::new();
+        prost::encoding::encode_varint(family.len() as u64, &mut body);
+        body.extend_from_slice(&family);
+        let limits = PushLimits {
+            max_decoded_factor: 16,
+            ..PushLimits::UNLIMITED
+        };
+        let error = decode_delimited_limited(&body, limits).expect_err("too costly");
+        assert!(
+            matches!(
+                error,
+                ProtobufError::Limit(LimitError::DecodesTooLarge { .. })
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn many_repeated_families_keep_the_last_in_linear_time() {
+        let families: Vec<MetricFamily> = (0..50_000)
+            .map(|i| gauge_family(&format!("f{}", i % 20_000), f64::from(i)))
+            .collect();
+        let decoded = decode_delimited(&encode(&families)).expect("decodes");
+        assert_eq!(decoded.len(), 20_000, "one per name");
+        assert_eq!(decoded[0], gauge_family("f0", 40_000.0), "the last f0 wins");
     }
 
     #[test]

@@ -306,8 +306,6 @@ impl<'a> Parser<'a> {
                 quote_str(self.family_name().as_bytes())
             )));
         }
-        self.limits
-            .check_label_name(self.family_name(), self.token.len())?;
         // Label names are ASCII by construction of the token.
         let name = String::from_utf8_lossy(&self.token).into_owned();
         if name == "__name__" {
@@ -322,6 +320,8 @@ impl<'a> Parser<'a> {
         let special = self.bound_label.is_some();
         let mut repeated = false;
         if !special {
+            self.limits
+                .check_label_name(self.family_name(), name.len())?;
             self.limits
                 .check_labels(self.family_name(), self.labels.len() + 1)?;
             repeated = !self.label_names.insert(name.clone());
@@ -900,6 +900,49 @@ fn push_hex(out: &mut String, prefix: char, code: u32, width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_stop_the_parse_where_they_are_crossed() {
+        let limits = PushLimits {
+            max_series: 2,
+            max_labels_per_series: 2,
+            max_label_name_bytes: 4,
+            max_label_value_bytes: 4,
+            max_buckets_per_series: 2,
+            max_decoded_factor: 16,
+        };
+        let table: &[(&str, &str, Option<&str>)] = &[
+            ("within every limit", "m{a=\"1\",b=\"2\"} 1\nn 2\n", None),
+            ("third series", "m{a=\"1\"} 1\nm{a=\"2\"} 1\nm{a=\"3\"} 1\n", Some("at least 3 series")),
+            ("third family without samples", "# TYPE a gauge\n# TYPE b gauge\n# TYPE c gauge\n", Some("at least 3 series (or families)")),
+            ("third label", "m{a=\"1\",b=\"2\",c=\"3\"} 1\n", Some("at least 3 labels")),
+            ("long name", "m{abcde=\"1\"} 1\n", Some("label name of \"m\" is 5 bytes")),
+            ("long value", "m{a=\"12345\"} 1\n", Some("label value of \"m\" is 5 bytes")),
+            ("third bucket", "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"3\"} 1\n", Some("at least 3 buckets")),
+            ("third quantile", "# TYPE s summary\ns{quantile=\"0.1\"} 1\ns{quantile=\"0.2\"} 1\ns{quantile=\"0.3\"} 1\n", Some("at least 3 buckets or quantiles")),
+            // Counted before the rest of the line is read: the syntax error comes later.
+            ("limit before a later syntax error", "m{a=\"1\",b=\"2\",c=\"3\"} x\n", Some("at least 3 labels")),
+        ];
+        for (name, body, want) in table {
+            let result = parse_limited(body.as_bytes(), limits);
+            match want {
+                None => assert!(result.is_ok(), "{name}: {result:?}"),
+                Some(want) => {
+                    let error = result.expect_err(name);
+                    assert!(matches!(error, TextError::Limit(_)), "{name}: {error:?}");
+                    assert!(error.to_string().contains(want), "{name}: {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_labels_are_found_among_many() {
+        let labels: Vec<String> = (0..100).map(|i| format!("l{i}=\"\"")).collect();
+        let body = format!("m{{{},l57=\"x\"}} 1\n", labels.join(","));
+        let error = parse(body.as_bytes()).expect_err("l57 twice");
+        assert!(error.message.contains("duplicate label names"), "{error}");
+    }
 
     #[test]
     fn byte_level_errors_quote_like_go() {

@@ -728,6 +728,28 @@ mod tests {
     }
 
     #[test]
+    fn series_hash_is_keyed_per_process_not_fixed() {
+        // Fixed keys (DefaultHasher::new) make collisions computable offline; the
+        // keys here come from the OS once per process, so they are not those.
+        let labels = [LabelPair::new("a", "1"), LabelPair::new("b", "2")];
+        let mut fixed = std::hash::DefaultHasher::new();
+        for (name, value) in identity_pairs(&labels) {
+            name.hash(&mut fixed);
+            value.hash(&mut fixed);
+        }
+        assert_ne!(
+            series_hash(&labels),
+            fixed.finish(),
+            "keyed, not the fixed keys"
+        );
+        assert_eq!(
+            series_hash(&labels),
+            series_hash(&labels),
+            "stable within the process"
+        );
+    }
+
+    #[test]
     fn series_identity_ignores_empty_values() {
         let with_empty = [LabelPair::new("a", ""), LabelPair::new("b", "x")];
         let without = [LabelPair::new("b", "x")];
