@@ -11,6 +11,9 @@
 #![allow(clippy::format_push_string, clippy::format_collect)]
 
 use std::io::Write as _;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::gateway::{Reply, Request, Server};
@@ -342,20 +345,60 @@ pub struct Cost {
     pub growth_kib: u64,
     /// Bytes on the wire.
     pub wire_bytes: usize,
+    /// Whether the server was killed for going over the memory cap of [`measure`].
+    pub capped: bool,
+}
+
+/// Kills `pid` (SIGKILL) if its resident size goes over `cap_kib` before `done` is set;
+/// returns whether it did. Polls every 5 ms: a process can outgrow the cap by what it
+/// allocates in that time, which is far less than a shared machine has spare.
+fn watch_memory(pid: u32, cap_kib: u64, done: &AtomicBool) -> bool {
+    while !done.load(Ordering::Relaxed) {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return false;
+        };
+        let rss: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            .unwrap_or_default();
+        if rss > cap_kib {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
 /// Sends `request` to `server` and measures it: the peak is reset first, so the growth
-/// is the peak during the request over the resident size before it.
+/// is the peak during the request over the resident size before it. A server whose
+/// resident size passes `cap_kib` is killed (the machine is shared; a hostile request
+/// can take gigabytes), and its growth is reported as the cap.
 #[must_use]
-pub fn measure(server: &Server, request: &Request) -> Cost {
+pub fn measure(server: &Server, request: &Request, cap_kib: u64) -> Cost {
     let pid = server.process.child.id();
     reset_peak(pid);
     let before = status_kib(pid, "VmRSS");
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || watch_memory(pid, cap_kib, &done))
+    };
     let started = Instant::now();
     let reply: Option<Reply> = request.send(server.addr).ok();
     let elapsed = started.elapsed();
-    let peak = status_kib(pid, "VmHWM");
+    done.store(true, Ordering::Relaxed);
+    let capped = watcher.join().unwrap_or(true);
+    let peak = if capped {
+        before + cap_kib
+    } else {
+        status_kib(pid, "VmHWM")
+    };
     Cost {
+        capped,
         status: reply.as_ref().map(|reply| reply.status),
         answer: reply.map_or_else(
             || "no answer".to_owned(),
