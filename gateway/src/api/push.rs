@@ -4,6 +4,8 @@
 //! body: size limit, `Content-Encoding`, text or protobuf by `Content-Type`; then the
 //! write, whose consistency check may still reject it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -60,6 +62,10 @@ pub(super) async fn push(
     // off the async workers, so that other requests (and `/-/healthy`) keep being
     // answered and the request timeout can answer this one.
     let state = state.clone();
+    // Set when this handler is dropped (the request timed out, or the client went
+    // away) before the work is done: a push answered 408 must not be stored after.
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let _abandon_on_drop = AbandonOnDrop(Arc::clone(&abandoned));
     tokio::task::spawn_blocking(move || {
         let inner = &state.inner;
         // A compressed body may inflate by the render factor (and to 1 MiB always),
@@ -97,6 +103,11 @@ pub(super) async fn push(
         } else {
             WriteCommand::Post { key, families }
         };
+        if abandoned.load(Ordering::Acquire) {
+            return Err(ApiError::Internal(
+                "push abandoned before it was stored (request timed out)".to_owned(),
+            ));
+        }
         inner.store.apply(command, SystemTime::now())?;
         Ok::<_, ApiError>(())
     })
@@ -108,6 +119,15 @@ pub(super) async fn push(
     } else {
         StatusCode::OK
     })
+}
+
+/// Marks a push abandoned when the handler's future is dropped.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Bytes of the grouping key: its names and decoded values.
