@@ -10,6 +10,7 @@
 //! without samples are dropped, as in Go.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher as _, RandomState};
 
 use super::limits::{LimitError, PushLimits};
 use crate::model::{
@@ -151,8 +152,10 @@ struct Parser<'a> {
     family: usize,
     /// Labels of the sample line being read.
     labels: Vec<LabelPair>,
-    /// Their names, so that a repeated one is found in constant time per label.
-    label_names: HashSet<String>,
+    /// Hashes of their names, so that a repeated one is found in constant time per
+    /// label (a hash seen before is confirmed on the names).
+    label_names: HashSet<u64>,
+    name_hasher: RandomState,
     limits: PushLimits,
     /// Series created so far, across families.
     series: usize,
@@ -181,6 +184,7 @@ impl<'a> Parser<'a> {
             family: 0,
             labels: Vec::new(),
             label_names: HashSet::new(),
+            name_hasher: RandomState::new(),
             limits,
             series: 0,
             bound_label: None,
@@ -324,7 +328,11 @@ impl<'a> Parser<'a> {
                 .check_label_name(self.family_name(), name.len())?;
             self.limits
                 .check_labels(self.family_name(), self.labels.len() + 1)?;
-            repeated = !self.label_names.insert(name.clone());
+            repeated = !self.label_names.insert(self.name_hasher.hash_one(&name))
+                && self
+                    .labels
+                    .iter()
+                    .any(|label| label.name.as_deref() == Some(name.as_str()));
             self.labels.push(LabelPair {
                 name: Some(name),
                 value: None,

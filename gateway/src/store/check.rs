@@ -271,6 +271,8 @@ pub(crate) fn apply_grouping_labels(metric: &mut Metric, key: &GroupingKey) {
         key.label(pair.name.as_deref().unwrap_or_default())
             .is_none()
     });
+    // Exactly: growing by doubling would leave a push's label vectors half empty.
+    metric.label.reserve_exact(key.labels().count() + 1);
     metric.label.extend(
         key.labels()
             .map(|(name, value)| LabelPair::new(name, value)),
