@@ -28,13 +28,12 @@ const TIME_FLOOR: Duration = Duration::from_millis(250);
 /// How much slower than the release build a debug build may answer: unoptimised code
 /// parses several times slower, and the issue's bound is for what ships.
 const DEBUG_BUILD_SLOWDOWN: u32 = 5;
-/// Cases still over the memory bound, and why. The test fails when one of them comes
-/// under it, so this list can only shrink.
-const KNOWN_OVER_MEMORY: &[(&str, &str)] = &[(
-    "text, 1,500 series of 121 labels",
-    "an accepted push is parsed into prost structs (about 110 bytes per 8-byte label) and \
-     parsed again from its rendering to check the round trip: about 33x at the peak",
-)];
+/// Cases allowed more than [`MEMORY_FACTOR`], with the factor they are held to and why.
+/// An accepted push of many tiny labels is parsed into prost structs (about 110 bytes
+/// per 8-byte label), rendered, and parsed again from its rendering to check the round
+/// trip; the two parses are no longer held at once, which brought it from 33x to about
+/// 20x, right at the bound.
+const MEMORY_EXCEPTIONS: &[(&str, u64)] = &[("text, 1,500 series of 121 labels", 25)];
 /// A server past this resident size is killed: the machine is shared.
 const MEMORY_CAP_KIB: u64 = 2 * 1024 * 1024;
 /// Growth allowed per byte of request.
@@ -79,8 +78,8 @@ fn time_bound(wire_bytes: usize) -> Duration {
     }
 }
 
-fn memory_bound_kib(wire_bytes: usize) -> u64 {
-    (MEMORY_FACTOR * wire_bytes as u64 / 1024).max(MEMORY_FLOOR_KIB)
+fn memory_bound_kib(wire_bytes: usize, factor: u64) -> u64 {
+    (factor * wire_bytes as u64 / 1024).max(MEMORY_FLOOR_KIB)
 }
 
 fn row(name: &str, cost: &Cost) -> String {
@@ -109,24 +108,16 @@ fn every_hostile_request_costs_bounded_time_and_memory_and_changes_nothing() {
                 case.name, case.finding, cost.elapsed
             ));
         }
-        let memory = memory_bound_kib(cost.wire_bytes);
-        let known = KNOWN_OVER_MEMORY
+        let factor = MEMORY_EXCEPTIONS
             .iter()
             .find(|(name, _)| *name == case.name)
-            .map(|(_, why)| why);
-        match known {
-            None if cost.growth_kib > memory => failures.push(format!(
-                "{} ({}): resident memory grew by {} KiB, more than {memory} KiB",
+            .map_or(MEMORY_FACTOR, |(_, factor)| *factor);
+        let memory = memory_bound_kib(cost.wire_bytes, factor);
+        if cost.growth_kib > memory {
+            failures.push(format!(
+                "{} ({}): resident memory grew by {} KiB, more than {memory} KiB ({factor}x)",
                 case.name, case.finding, cost.growth_kib
-            )),
-            Some(why) if cost.growth_kib > memory => {
-                eprintln!("  known to be over the memory bound ({memory} KiB): {why}");
-            }
-            Some(_) => failures.push(format!(
-                "{}: now within the memory bound ({} KiB of {memory}); take it off KNOWN_OVER_MEMORY",
-                case.name, cost.growth_kib
-            )),
-            None => {}
+            ));
         }
         let refused = cost.status.is_none_or(|status| status >= 400);
         match pushed(&server) {
