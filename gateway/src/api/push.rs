@@ -61,12 +61,18 @@ pub(super) async fn push(
     // Decoding, parsing, checking and rendering take time in proportion to the body:
     // off the async workers, so that other requests (and `/-/healthy`) keep being
     // answered and the request timeout can answer this one.
+    // Waiting here is asynchronous: the request timeout still applies.
+    let permit = Arc::clone(&inner.parse_permits)
+        .acquire_owned()
+        .await
+        .map_err(|error| ApiError::Internal(format!("parse permits closed: {error}")))?;
     let state = state.clone();
     // Set when this handler is dropped (the request timed out, or the client went
     // away) before the work is done: a push answered 408 must not be stored after.
     let abandoned = Arc::new(AtomicBool::new(false));
     let _abandon_on_drop = AbandonOnDrop(Arc::clone(&abandoned));
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let inner = &state.inner;
         // A compressed body may inflate by the render factor (and to 1 MiB always),
         // never past the body limit: a bomb of a few KB stops early, before it costs.
