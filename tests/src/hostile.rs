@@ -269,8 +269,9 @@ pub fn corpus() -> Vec<Case> {
         "many families",
         text_push("/metrics/job/x", families),
     ));
-    // The Accept header of a scrape: no authentication needed.
-    let accept: String = (0..30_000)
+    // The Accept header of a scrape: no authentication needed. 358 KB: the issue's
+    // 320 KB took 7.7 s; past about 400 KB the HTTP layer refuses the head (431).
+    let accept: String = (0..20_000)
         .map(|i| format!("a/b{i};q=0.{i}"))
         .collect::<Vec<_>>()
         .join(",");
