@@ -8,6 +8,8 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::codec::limits;
+
 /// Default body limit: 16 MiB, after `Content-Encoding` decoding, and the same for the
 /// bytes on the wire. A push of 100,000 series in text format is about 6 MiB, so this
 /// leaves room for any sane push while bounding what one request can make us hold.
@@ -85,6 +87,18 @@ pub struct GatewayConfig {
     pub max_labels_per_series: usize,
     /// `--push.max-series-per-push`: series in one push (400 past it).
     pub max_series_per_push: usize,
+    /// `--push.max-label-name-bytes`: bytes of one label name (400 past it).
+    pub max_label_name_bytes: usize,
+    /// `--push.max-label-value-bytes`: bytes of one label value (400 past it).
+    pub max_label_value_bytes: usize,
+    /// `--push.max-buckets-per-series`: buckets or quantiles of one series (400 past it).
+    pub max_buckets_per_series: usize,
+    /// `--push.max-grouping-key-bytes`: names and decoded values of a URL's grouping
+    /// labels (400 past it).
+    pub max_grouping_key_bytes: usize,
+    /// `--push.max-render-factor`: rendered bytes a push may take per byte of its
+    /// request (400 past it; see [`crate::codec::limits`]).
+    pub max_render_factor: usize,
 }
 
 impl Default for GatewayConfig {
@@ -107,6 +121,11 @@ impl Default for GatewayConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_labels_per_series: DEFAULT_MAX_LABELS_PER_SERIES,
             max_series_per_push: DEFAULT_MAX_SERIES_PER_PUSH,
+            max_label_name_bytes: limits::DEFAULT_MAX_LABEL_NAME_BYTES,
+            max_label_value_bytes: limits::DEFAULT_MAX_LABEL_VALUE_BYTES,
+            max_buckets_per_series: limits::DEFAULT_MAX_BUCKETS_PER_SERIES,
+            max_grouping_key_bytes: limits::DEFAULT_MAX_GROUPING_KEY_BYTES,
+            max_render_factor: limits::DEFAULT_MAX_RENDER_FACTOR,
         }
     }
 }
@@ -123,6 +142,19 @@ pub enum ConfigError {
 }
 
 impl GatewayConfig {
+    /// The limits the push parsers enforce.
+    #[must_use]
+    pub fn push_limits(&self) -> limits::PushLimits {
+        limits::PushLimits {
+            max_series: self.max_series_per_push,
+            max_labels_per_series: self.max_labels_per_series,
+            max_label_name_bytes: self.max_label_name_bytes,
+            max_label_value_bytes: self.max_label_value_bytes,
+            max_buckets_per_series: self.max_buckets_per_series,
+            max_decoded_factor: self.max_render_factor,
+        }
+    }
+
     /// The `flags` object of `/api/v1/status`, named as upstream names its flags.
     #[must_use]
     pub fn status_flags(&self) -> BTreeMap<String, String> {

@@ -96,11 +96,17 @@ impl AcceptClause<'_> {
     }
 }
 
+/// Clauses of an `Accept` header that take part in the negotiation; later ones are
+/// ignored. Scrapers send a handful; the sort below is quadratic in their number, and
+/// anyone may send `GET /metrics`.
+pub const MAX_ACCEPT_CLAUSES: usize = 32;
+
 /// goautoneg's `ParseAccept`, with its ranking and its insertion sort (what Go's
-/// `sort.Sort` does for short lists), so that ties fall the same way.
+/// `sort.Sort` does for short lists), so that ties fall the same way; only the first
+/// [`MAX_ACCEPT_CLAUSES`] clauses count.
 fn parse_accept(header: &str) -> Vec<AcceptClause<'_>> {
     let mut clauses: Vec<AcceptClause<'_>> = Vec::new();
-    for part in header.split(',') {
+    for part in header.split(',').take(MAX_ACCEPT_CLAUSES) {
         let mut pieces = part.trim_matches(' ').split(';');
         let range = pieces.next().unwrap_or_default();
         let mut halves = range.split('/');
@@ -585,7 +591,7 @@ mod tests {
 
     fn summary() -> Metric {
         Metric {
-            summary: Some(Summary {
+            summary: Some(Box::new(Summary {
                 sample_count: Some(4),
                 sample_sum: Some(3.5),
                 quantile: vec![Quantile {
@@ -593,7 +599,7 @@ mod tests {
                     value: Some(7.0),
                 }],
                 created_timestamp: None,
-            }),
+            })),
             ..labelled(&[("job", "j")])
         }
     }
@@ -612,12 +618,12 @@ mod tests {
             });
         }
         Metric {
-            histogram: Some(Histogram {
+            histogram: Some(Box::new(Histogram {
                 sample_count: Some(3),
                 sample_sum: Some(1.5),
                 bucket,
                 ..Histogram::default()
-            }),
+            })),
             ..labelled(&[("job", "j")])
         }
     }

@@ -4,7 +4,9 @@
 //! so the build needs no `protoc`. Fields are proto2: `Option` keeps presence, which the
 //! exposition needs (a timestamp of 0 is still a timestamp). Tags follow
 //! `prometheus/client_model` `metrics.proto`; exemplars and native-histogram spans are
-//! kept so a protobuf push round-trips without loss.
+//! kept so a protobuf push round-trips without loss. The summary, the histogram and a
+//! counter's exemplar are boxed: inline, every decoded `Metric` took about 600 bytes
+//! whatever its type, 300 times the 2 bytes an empty one takes on the wire.
 
 /// `io.prometheus.client.MetricType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -54,8 +56,8 @@ pub struct Exemplar {
 pub struct Counter {
     #[prost(double, optional, tag = "1")]
     pub value: Option<f64>,
-    #[prost(message, optional, tag = "2")]
-    pub exemplar: Option<Exemplar>,
+    #[prost(message, optional, boxed, tag = "2")]
+    pub exemplar: Option<Box<Exemplar>>,
     #[prost(message, optional, tag = "3")]
     pub created_timestamp: Option<Timestamp>,
 }
@@ -150,12 +152,12 @@ pub struct Metric {
     pub gauge: Option<Gauge>,
     #[prost(message, optional, tag = "3")]
     pub counter: Option<Counter>,
-    #[prost(message, optional, tag = "4")]
-    pub summary: Option<Summary>,
+    #[prost(message, optional, boxed, tag = "4")]
+    pub summary: Option<Box<Summary>>,
     #[prost(message, optional, tag = "5")]
     pub untyped: Option<Untyped>,
-    #[prost(message, optional, tag = "7")]
-    pub histogram: Option<Histogram>,
+    #[prost(message, optional, boxed, tag = "7")]
+    pub histogram: Option<Box<Histogram>>,
     #[prost(int64, optional, tag = "6")]
     pub timestamp_ms: Option<i64>,
 }

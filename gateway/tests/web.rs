@@ -521,6 +521,9 @@ async fn push_limits_reject_and_change_nothing() {
     let mut setup = Setup::default();
     setup.config.max_series_per_push = 3;
     setup.config.max_labels_per_series = 5;
+    setup.config.max_label_value_bytes = 8;
+    setup.config.max_buckets_per_series = 2;
+    setup.config.max_grouping_key_bytes = 16;
     let gw = guarded(setup);
     let ok = gw
         .call(
@@ -554,6 +557,24 @@ async fn push_limits_reject_and_change_nothing() {
             "a{l1=\"1\"} 1\n",
             "6 labels",
         ),
+        (
+            "long label value",
+            "/metrics/job/j",
+            "a{l1=\"123456789\"} 1\n",
+            "label value of \"a\" is 9 bytes long",
+        ),
+        (
+            "three buckets",
+            "/metrics/job/j",
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"3\"} 1\n",
+            "at least 3 buckets",
+        ),
+        (
+            "long grouping key",
+            "/metrics/job/j/g/0123456789abcdef",
+            "a 1\n",
+            "grouping key of the URL is 21 bytes long",
+        ),
     ];
     for (name, path, body, want) in table {
         let answer = gw.call(Method::PUT, path, "127.0.0.1:1", body).await;
@@ -577,6 +598,8 @@ async fn push_limits_reject_and_change_nothing() {
     }
     assert_eq!(gw.rejections.get(Reason::TooManySeries), 1);
     assert_eq!(gw.rejections.get(Reason::TooManyLabels), 2);
+    assert_eq!(gw.rejections.get(Reason::LabelTooLong), 2);
+    assert_eq!(gw.rejections.get(Reason::TooManyBuckets), 1);
     let exposed = gw
         .call(Method::GET, "/metrics", "127.0.0.1:1", "")
         .await

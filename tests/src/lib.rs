@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod docker;
 pub mod dropgate;
 pub mod gateway;
+pub mod hostile;
 pub mod http;
 pub mod netns;
 pub mod process;

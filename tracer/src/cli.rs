@@ -240,6 +240,22 @@ pub struct GatewayArgs {
     /// Series in one push; more: 400.
     #[arg(long = "push.max-series-per-push", default_value_t = gateway::config::DEFAULT_MAX_SERIES_PER_PUSH)]
     pub max_series_per_push: usize,
+    /// Bytes of one pushed label name; longer: 400.
+    #[arg(long = "push.max-label-name-bytes", default_value_t = gateway::codec::limits::DEFAULT_MAX_LABEL_NAME_BYTES)]
+    pub max_label_name_bytes: usize,
+    /// Bytes of one pushed label value; longer: 400.
+    #[arg(long = "push.max-label-value-bytes", default_value_t = gateway::codec::limits::DEFAULT_MAX_LABEL_VALUE_BYTES)]
+    pub max_label_value_bytes: usize,
+    /// Buckets or quantiles of one pushed series; more: 400.
+    #[arg(long = "push.max-buckets-per-series", default_value_t = gateway::codec::limits::DEFAULT_MAX_BUCKETS_PER_SERIES)]
+    pub max_buckets_per_series: usize,
+    /// Bytes of a push URL's grouping labels (names and decoded values); more: 400.
+    #[arg(long = "push.max-grouping-key-bytes", default_value_t = gateway::codec::limits::DEFAULT_MAX_GROUPING_KEY_BYTES)]
+    pub max_grouping_key_bytes: usize,
+    /// Bytes a push may take in the exposition per byte of its request (1 MiB always
+    /// allowed); more: 400.
+    #[arg(long = "push.max-render-factor", default_value_t = gateway::codec::limits::DEFAULT_MAX_RENDER_FACTOR)]
+    pub max_render_factor: usize,
 }
 
 impl GatewayArgs {
@@ -263,6 +279,11 @@ impl GatewayArgs {
             max_connections: self.max_connections,
             max_labels_per_series: self.max_labels_per_series,
             max_series_per_push: self.max_series_per_push,
+            max_label_name_bytes: self.max_label_name_bytes,
+            max_label_value_bytes: self.max_label_value_bytes,
+            max_buckets_per_series: self.max_buckets_per_series,
+            max_grouping_key_bytes: self.max_grouping_key_bytes,
+            max_render_factor: self.max_render_factor,
             ..gateway::config::GatewayConfig::default()
         }
     }

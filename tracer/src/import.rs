@@ -296,12 +296,12 @@ fn metric_of(kind: MetricType, json: &Value) -> Result<Metric, String> {
                 })
                 .collect::<Option<Vec<_>>>()
                 .ok_or("a quantile's value is not a number")?;
-            metric.summary = Some(Summary {
+            metric.summary = Some(Box::new(Summary {
                 sample_count: Some(count()?),
                 sample_sum: Some(float("sum")?),
                 quantile,
                 created_timestamp: None,
-            });
+            }));
         }
         MetricType::Histogram | MetricType::GaugeHistogram => {
             if json.get("buckets").is_none() {
@@ -318,12 +318,12 @@ fn metric_of(kind: MetricType, json: &Value) -> Result<Metric, String> {
                 })
                 .collect::<Option<Vec<_>>>()
                 .ok_or("a bucket's count is not a count")?;
-            metric.histogram = Some(Histogram {
+            metric.histogram = Some(Box::new(Histogram {
                 sample_count: Some(count()?),
                 sample_sum: Some(float("sum")?),
                 bucket,
                 ..Histogram::default()
-            });
+            }));
         }
     }
     Ok(metric)

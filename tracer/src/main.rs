@@ -56,7 +56,12 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(run(cli, attached)) {
+    let outcome = runtime.block_on(run(cli, attached));
+    // Everything that must be done (the final save included) is done when `run` returns;
+    // a push still parsing on a blocking thread after its request timed out must not
+    // hold up the exit past the service manager's stop timeout.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(err) => {
             eprintln!("dropgate: error: {err:#}");

@@ -41,7 +41,8 @@ pub fn bench(what: &str) -> Result<()> {
     match what {
         "tracer" => tracer(),
         "gateway" => crate::bench_gateway::run(),
-        other => bail!("unknown bench {other:?}; known: tracer, gateway"),
+        "hostile" => crate::bench_hostile::run(),
+        other => bail!("unknown bench {other:?}; known: tracer, gateway, hostile"),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_gateway;
+mod bench_hostile;
 mod cmd;
 mod fuzz;
 mod kernels;
@@ -45,9 +46,10 @@ enum Task {
     TestKernels,
     /// Run a benchmark (as root) and record its table in BENCHMARKS.md; `tracer`: the
     /// kernel program's cost per drop next to an empty program and bpftrace; `gateway`:
-    /// dropgate gateway next to Debian's pushgateway (needs no root).
+    /// dropgate gateway next to Debian's pushgateway (needs no root); `hostile`: the
+    /// hostile-request corpus against both (time, memory growth, answer).
     Bench {
-        /// What to benchmark: `tracer` or `gateway`.
+        /// What to benchmark: `tracer`, `gateway` or `hostile`.
         what: String,
     },
     /// Fuzz the gateway's parsers (text, protobuf, push paths and the path filter, body

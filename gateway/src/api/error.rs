@@ -8,8 +8,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::codec::body::BodyError;
+use crate::codec::limits::LimitError;
 use crate::codec::protobuf::ProtobufError;
-use crate::codec::text::TextParseError;
+use crate::codec::text::{TextError, TextParseError};
 use crate::grouping::GroupingError;
 use crate::store::StoreError;
 use crate::web::rejections::Reason;
@@ -56,7 +57,10 @@ pub enum ApiError {
     Text(#[from] TextParseError),
     /// The protobuf body does not decode (400).
     #[error(transparent)]
-    Protobuf(#[from] ProtobufError),
+    Protobuf(ProtobufError),
+    /// The push goes over one of the limits the parsers enforce (400).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// The push was rejected by the consistency check (400).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -86,20 +90,41 @@ impl From<BodyError> for ApiError {
     }
 }
 
+impl From<TextError> for ApiError {
+    fn from(error: TextError) -> Self {
+        match error {
+            TextError::Syntax(error) => Self::Text(error),
+            TextError::Limit(error) => Self::Limit(error),
+        }
+    }
+}
+
+impl From<ProtobufError> for ApiError {
+    fn from(error: ProtobufError) -> Self {
+        match error {
+            ProtobufError::Limit(error) => Self::Limit(error),
+            other => Self::Protobuf(other),
+        }
+    }
+}
+
 impl ApiError {
     /// The status code this error is answered with.
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BodyTooLarge { .. } | Self::Limit(LimitError::Inflates { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::Grouping(_)
             | Self::BodyRead(_)
             | Self::Encoding(_)
             | Self::Text(_)
             | Self::Protobuf(_)
             | Self::Store(_)
+            | Self::Limit(_)
             | Self::TooManyLabels { .. }
             | Self::TooManySeries { .. } => StatusCode::BAD_REQUEST,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::LifecycleDisabled => StatusCode::FORBIDDEN,
@@ -123,6 +148,18 @@ impl ApiError {
             Self::BodyTooLarge { .. } => Some(Reason::BodyTooLarge),
             Self::TooManyLabels { .. } => Some(Reason::TooManyLabels),
             Self::TooManySeries { .. } => Some(Reason::TooManySeries),
+            Self::Limit(limit) => Some(match limit {
+                LimitError::Inflates { .. } => Reason::BodyTooLarge,
+                LimitError::TooManySeries { .. } => Reason::TooManySeries,
+                LimitError::TooManyLabels { .. } => Reason::TooManyLabels,
+                LimitError::LabelNameTooLong { .. }
+                | LimitError::LabelValueTooLong { .. }
+                | LimitError::GroupingKeyTooLong { .. } => Reason::LabelTooLong,
+                LimitError::TooManyBuckets { .. } => Reason::TooManyBuckets,
+                LimitError::TooCostly { .. } | LimitError::DecodesTooLarge { .. } => {
+                    Reason::TooCostly
+                }
+            }),
             Self::NotFound
             | Self::MethodNotAllowed { .. }
             | Self::LifecycleDisabled

@@ -26,11 +26,12 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, on, MethodFilter, MethodRouter};
 use axum::Router;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 pub use error::ApiError;
 pub use v1::rfc3339_nano;
 
+use crate::codec::limits::PushLimits;
 use crate::config::{normalize_route_prefix, GatewayConfig};
 use crate::source::MetricSource;
 use crate::store::{MetricStore, ReservedNames};
@@ -50,8 +51,13 @@ struct Inner {
     enable_lifecycle: bool,
     disable_consistency_check: bool,
     body_limit: usize,
-    max_labels_per_series: usize,
-    max_series_per_push: usize,
+    push_limits: PushLimits,
+    max_grouping_key_bytes: usize,
+    max_render_factor: usize,
+    /// Pushes parsed at once: one core fewer than the machine has (at least one), so
+    /// that however many large pushes arrive, a core is left for the async workers
+    /// (`/-/healthy`, scrapes, small pushes) and memory holds that many at most.
+    parse_permits: Arc<Semaphore>,
     status_flags: BTreeMap<String, String>,
     start_time: SystemTime,
     quit: QuitSignal,
@@ -75,8 +81,10 @@ impl AppState {
                 enable_lifecycle: config.enable_lifecycle,
                 disable_consistency_check: config.disable_consistency_check,
                 body_limit: config.body_limit,
-                max_labels_per_series: config.max_labels_per_series,
-                max_series_per_push: config.max_series_per_push,
+                push_limits: config.push_limits(),
+                max_grouping_key_bytes: config.max_grouping_key_bytes,
+                max_render_factor: config.max_render_factor,
+                parse_permits: Arc::new(Semaphore::new(parse_permits())),
                 status_flags: config.status_flags(),
                 start_time: SystemTime::now(),
                 quit: QuitSignal::new(),
@@ -106,6 +114,14 @@ impl AppState {
     fn prefixed(&self, path: &str) -> String {
         format!("{}{path}", self.inner.route_prefix)
     }
+}
+
+/// How many pushes are parsed at once: the machine's cores but one, at least one.
+fn parse_permits() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .saturating_sub(1)
+        .max(1)
 }
 
 /// A one-shot "please shut down" flag, set by `/-/quit`, awaited by the server.

@@ -4,6 +4,8 @@
 //! body: size limit, `Content-Encoding`, text or protobuf by `Content-Type`; then the
 //! write, whose consistency check may still reject it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -13,9 +15,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::{ApiError, AppState};
+use crate::codec::body::BodyError;
+use crate::codec::limits::{LimitError, RENDER_FLOOR_BYTES};
 use crate::codec::{self, PushFormat};
 use crate::grouping::GroupingKey;
-use crate::model::MetricFamily;
+use crate::model::{MetricFamily, MetricType};
 use crate::store::WriteCommand;
 
 /// Handles a push or a delete.
@@ -30,6 +34,14 @@ pub(super) async fn push(
     // The same function the path filter judged this request with.
     let key = GroupingKey::of_request_path(uri.path(), &inner.route_prefix)
         .ok_or(ApiError::NotFound)??;
+    let key_bytes = grouping_bytes(&key);
+    if key_bytes > inner.max_grouping_key_bytes {
+        return Err(LimitError::GroupingKeyTooLong {
+            len: key_bytes,
+            limit: inner.max_grouping_key_bytes,
+        }
+        .into());
+    }
     if method == Method::DELETE {
         inner
             .store
@@ -39,30 +51,168 @@ pub(super) async fn push(
 
     let limit = inner.body_limit;
     let raw = read_body(&headers, body, limit).await?;
-    let decoded = codec::body::decode(header_str(&headers, header::CONTENT_ENCODING), raw, limit)?;
-    let families = match codec::push_format(header_str(&headers, header::CONTENT_TYPE)) {
-        PushFormat::Text => codec::text::parse(&decoded)?,
-        PushFormat::DelimitedProtobuf => codec::protobuf::decode_delimited(&decoded)?,
+    let request_bytes = uri.to_string().len() + raw.len();
+    let encoding = header_str(&headers, header::CONTENT_ENCODING).map(str::to_owned);
+    let format = codec::push_format(header_str(&headers, header::CONTENT_TYPE));
+    let replace = method == Method::PUT;
+    let disable_consistency_check = inner.disable_consistency_check;
+    let work = {
+        let state = state.clone();
+        move |abandoned: &AtomicBool| {
+            let inner = &state.inner;
+            // A compressed body may inflate by the render factor (and to 1 MiB always),
+            // never past the body limit: a bomb of a few KB stops early, before it costs.
+            let wire = raw.len();
+            let factor = inner.max_render_factor;
+            let inflated_limit = limit.min(wire.saturating_mul(factor).max(RENDER_FLOOR_BYTES));
+            let decoded = match codec::body::decode(encoding.as_deref(), raw, inflated_limit) {
+                Err(BodyError::TooLarge { .. }) if inflated_limit < limit => {
+                    return Err(LimitError::Inflates {
+                        encoding: encoding.unwrap_or_default(),
+                        body: wire,
+                        factor,
+                    }
+                    .into())
+                }
+                decoded => decoded?,
+            };
+            let families = match format {
+                PushFormat::Text => codec::text::parse_limited(&decoded, inner.push_limits)?,
+                PushFormat::DelimitedProtobuf => {
+                    codec::protobuf::decode_delimited_limited(&decoded, inner.push_limits)?
+                }
+            };
+            drop(decoded);
+            check_limits(
+                &key,
+                &families,
+                inner.push_limits.max_labels_per_series,
+                inner.push_limits.max_series,
+            )?;
+            check_render_cost(&families, key_bytes, request_bytes, inner.max_render_factor)?;
+            let command = if replace {
+                WriteCommand::Put { key, families }
+            } else {
+                WriteCommand::Post { key, families }
+            };
+            if abandoned.load(Ordering::Acquire) {
+                return Err(ApiError::Internal(
+                    "push abandoned before it was stored (request timed out)".to_owned(),
+                ));
+            }
+            inner.store.apply(command, SystemTime::now())?;
+            Ok::<_, ApiError>(())
+        }
     };
-    drop(decoded);
-    check_limits(
-        &key,
-        &families,
-        inner.max_labels_per_series,
-        inner.max_series_per_push,
-    )?;
-    let command = if method == Method::PUT {
-        WriteCommand::Put { key, families }
+    if request_bytes <= INLINE_PUSH_BYTES {
+        // Small pushes, nearly all of them, cost well under a millisecond: a thread
+        // hop and a queue would cost them more than they could hold up a worker.
+        work(&AtomicBool::new(false))?;
     } else {
-        WriteCommand::Post { key, families }
-    };
-    inner.store.apply(command, SystemTime::now())?;
-    Ok(if inner.disable_consistency_check {
+        // Decoding, parsing, checking and rendering take time in proportion to the
+        // body: off the async workers, so that other requests (and `/-/healthy`) keep
+        // being answered and the request timeout can answer this one. Waiting for a
+        // permit is asynchronous: the request timeout still applies.
+        let permit = Arc::clone(&inner.parse_permits)
+            .acquire_owned()
+            .await
+            .map_err(|error| ApiError::Internal(format!("parse permits closed: {error}")))?;
+        // Set when this handler is dropped (the request timed out, or the client went
+        // away) before the work is done: a push answered 408 must not be stored after.
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let _abandon_on_drop = AbandonOnDrop(Arc::clone(&abandoned));
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work(&abandoned)
+        })
+        .await
+        .map_err(|error| ApiError::Internal(format!("push task failed: {error}")))??;
+    }
+    Ok(if disable_consistency_check {
         // Upstream answers before storing when the check is off.
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     })
+}
+
+/// Pushes up to this size (URL and body on the wire) are parsed on the async worker
+/// that read them; larger ones on the blocking pool. At 64 KiB the whole push takes
+/// about a millisecond.
+const INLINE_PUSH_BYTES: usize = 64 * 1024;
+
+/// Marks a push abandoned when the handler's future is dropped.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Bytes of the grouping key: its names and decoded values.
+fn grouping_bytes(key: &GroupingKey) -> usize {
+    key.labels()
+        .map(|(name, value)| name.len() + value.len())
+        .sum()
+}
+
+/// Fixed bytes of one exposition line besides its name and labels: braces, quotes,
+/// `instance=""`, the value and the newline.
+const LINE_OVERHEAD: usize = 40;
+/// What a family costs the store besides its lines: its index entry, its stored header
+/// and its place in the group (a family without metrics takes 9 bytes on the wire).
+const FAMILY_OVERHEAD: usize = 256;
+
+/// `--push.max-render-factor`: refuses a push whose exposition would take more than
+/// `factor` times its request (but never below [`RENDER_FLOOR_BYTES`]). Every line of
+/// the exposition repeats its series' labels and the grouping labels, so this is where
+/// a few bytes on the wire can turn into much memory in the store.
+fn check_render_cost(
+    families: &[MetricFamily],
+    key_bytes: usize,
+    request_bytes: usize,
+    factor: usize,
+) -> Result<(), LimitError> {
+    let budget = request_bytes.saturating_mul(factor).max(RENDER_FLOOR_BYTES);
+    let mut rendered = 0_usize;
+    for family in families {
+        rendered = rendered.saturating_add(FAMILY_OVERHEAD);
+        let name = family.name.as_deref().unwrap_or_default().len();
+        let kind = family
+            .r#type
+            .and_then(|kind| MetricType::try_from(kind).ok())
+            .unwrap_or(MetricType::Counter);
+        for metric in &family.metric {
+            let lines = match kind {
+                MetricType::Summary => 2 + metric.summary.as_ref().map_or(0, |s| s.quantile.len()),
+                MetricType::Histogram | MetricType::GaugeHistogram => {
+                    3 + metric.histogram.as_ref().map_or(0, |h| h.bucket.len())
+                }
+                _ => 1,
+            };
+            let labels: usize = metric
+                .label
+                .iter()
+                .map(|pair| {
+                    pair.name.as_deref().map_or(0, str::len)
+                        + pair.value.as_deref().map_or(0, str::len)
+                        + 4
+                })
+                .sum();
+            // The text line and the sort key both carry the labels.
+            let line = name + 2 * (labels + key_bytes) + LINE_OVERHEAD;
+            rendered = rendered.saturating_add(lines.saturating_mul(line));
+        }
+        if rendered > budget {
+            return Err(LimitError::TooCostly {
+                rendered,
+                request: request_bytes,
+                factor,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `--push.max-series-per-push` and `--push.max-labels-per-series`, checked before the

@@ -4,6 +4,7 @@
 //! header values, and maps their errors to status codes.
 
 pub mod body;
+pub mod limits;
 pub mod protobuf;
 pub mod text;
 

@@ -5,9 +5,14 @@
 //! `writeDelimitedTo`, Go's `pbutil`). Decoding never trusts a length prefix beyond the
 //! bytes actually present, so a hostile prefix cannot make us allocate.
 
+use std::collections::HashMap;
+use std::mem::size_of;
+
+use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
 
-use crate::model::MetricFamily;
+use super::limits::{LimitError, PushLimits};
+use crate::model::{Bucket, Histogram, LabelPair, Metric, MetricFamily, Summary};
 
 /// Longest varint a length prefix may use (Go's `binary.MaxVarintLen32`).
 const MAX_PREFIX_BYTES: usize = 5;
@@ -48,6 +53,9 @@ pub enum ProtobufError {
         /// What protobuf decoding found wrong.
         source: prost::DecodeError,
     },
+    /// The body goes over a limit of the push (found before decoding the message).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// Decodes every length-delimited `MetricFamily` in `body`.
@@ -56,7 +64,21 @@ pub enum ProtobufError {
 /// whose name repeats an earlier one replaces it (keeping the earlier position). Unlike
 /// it, a body cut off inside a prefix or a message is an error rather than a silent end.
 pub fn decode_delimited(body: &[u8]) -> Result<Vec<MetricFamily>, ProtobufError> {
+    decode_delimited_limited(body, PushLimits::UNLIMITED)
+}
+
+/// [`decode_delimited`] under `limits`: each message's series, labels, label lengths
+/// and buckets are counted on its wire bytes before it is decoded, so that a message
+/// over a limit is refused without building its structs (an empty `Metric` takes 2
+/// bytes on the wire and hundreds once decoded).
+pub fn decode_delimited_limited(
+    body: &[u8],
+    limits: PushLimits,
+) -> Result<Vec<MetricFamily>, ProtobufError> {
     let mut families: Vec<MetricFamily> = Vec::new();
+    // Position of each name in `families`: a repeated name replaces in constant time.
+    let mut positions: HashMap<Option<String>, usize> = HashMap::new();
+    let mut counts = Counts::default();
     let mut offset = 0;
     while offset < body.len() {
         let (length, prefix_len) = read_length_prefix(&body[offset..], offset)?;
@@ -72,15 +94,146 @@ pub fn decode_delimited(body: &[u8]) -> Result<Vec<MetricFamily>, ProtobufError>
                 })
             }
         };
+        counts.family(&body[start..end], limits)?;
+        limits.check_decoded(counts.decoded, body.len())?;
         let family = MetricFamily::decode(&body[start..end])
             .map_err(|source| ProtobufError::InvalidMessage { offset, source })?;
-        match families.iter_mut().find(|known| known.name == family.name) {
-            Some(known) => *known = family,
-            None => families.push(family),
+        if let Some(&at) = positions.get(&family.name) {
+            families[at] = family;
+        } else {
+            positions.insert(family.name.clone(), families.len());
+            families.push(family);
         }
         offset = end;
     }
     Ok(families)
+}
+
+/// What the messages of one body would decode into, counted on their wire bytes.
+#[derive(Default)]
+struct Counts {
+    families: usize,
+    series: usize,
+    /// Bytes the decoded structs will take, about (heap blocks are rounded up).
+    decoded: usize,
+}
+
+/// One field of a message on the wire: its number and what follows its key.
+enum Field<'a> {
+    /// A length-delimited field's bytes.
+    Bytes(u32, &'a [u8]),
+    /// Any other field (its number), already skipped.
+    Other(u32),
+}
+
+/// The fields of a message, in order. Malformed input ends the walk quietly: counting
+/// is only a bound, and the decoder that runs next names what is wrong.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Field<'a>;
+
+    fn next(&mut self) -> Option<Field<'a>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let (tag, wire_type) = decode_key(&mut self.0).ok()?;
+        let skip = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut self.0).ok()?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut self.0).ok()?).ok()?;
+                let bytes = self.0.get(..len)?;
+                self.0 = &self.0[len..];
+                return Some(Field::Bytes(tag, bytes));
+            }
+            // Groups are not part of these messages; the decoder refuses them.
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        self.0 = self.0.get(skip..)?;
+        Some(Field::Other(tag))
+    }
+}
+
+impl Counts {
+    /// Counts one `MetricFamily` message against `limits`.
+    fn family(&mut self, message: &[u8], limits: PushLimits) -> Result<(), LimitError> {
+        self.families += 1;
+        limits.check_series(self.families)?;
+        // The family, its name, and the name again as a key of the de-duplication map.
+        self.decoded += 2 * size_of::<MetricFamily>() + 2 * message.len().min(64) + 64;
+        let name = Fields(message)
+            .filter_map(|field| match field {
+                Field::Bytes(1, name) => Some(String::from_utf8_lossy(name).into_owned()),
+                _ => None,
+            })
+            .last()
+            .unwrap_or_default();
+        for field in Fields(message) {
+            if let Field::Bytes(4, metric) = field {
+                self.series += 1;
+                limits.check_series(self.series)?;
+                self.decoded += count_metric(&name, metric, limits)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts one `Metric`'s labels and buckets (every `summary` and `histogram` field of
+/// it, as repeated occurrences merge into one); returns the bytes it decodes into.
+fn count_metric(family: &str, metric: &[u8], limits: PushLimits) -> Result<usize, LimitError> {
+    let mut labels = 0;
+    let mut buckets = 0;
+    let mut decoded = size_of::<Metric>();
+    for field in Fields(metric) {
+        match field {
+            Field::Bytes(1, pair) => {
+                labels += 1;
+                limits.check_labels(family, labels)?;
+                decoded += size_of::<LabelPair>() + pair.len();
+                for part in Fields(pair) {
+                    match part {
+                        Field::Bytes(1, name) => limits.check_label_name(family, name.len())?,
+                        Field::Bytes(2, value) => limits.check_label_value(family, value.len())?,
+                        _ => {}
+                    }
+                }
+            }
+            // Summary: `quantile` (3).
+            Field::Bytes(4, summary) => {
+                decoded += size_of::<Summary>();
+                buckets += Fields(summary)
+                    .filter(|field| matches!(field, Field::Bytes(3, _)))
+                    .count();
+            }
+            Field::Bytes(7, histogram) => {
+                decoded += size_of::<Histogram>();
+                buckets += histogram_entries(histogram);
+            }
+            _ => {}
+        }
+        limits.check_buckets(family, buckets)?;
+    }
+    // Every entry counted as a classic bucket, the largest of them.
+    Ok(decoded + buckets * size_of::<Bucket>())
+}
+
+/// Entries a `Histogram` decodes into: buckets, spans, deltas, counts and exemplars.
+/// Packed scalars count by their bytes (at least one per varint, eight per double).
+fn histogram_entries(histogram: &[u8]) -> usize {
+    Fields(histogram)
+        .map(|field| match field {
+            Field::Bytes(10 | 13, packed) => packed.len(),
+            Field::Bytes(11 | 14, packed) => packed.len() / 8,
+            Field::Bytes(3 | 9 | 12 | 16, _) | Field::Other(10 | 11 | 13 | 14) => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Reads the varint at the start of `bytes`; returns its value and encoded length.
@@ -225,6 +378,130 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn limits_are_counted_on_the_wire_before_decoding() {
+        use crate::model::{Bucket, Histogram, Summary};
+        let limits = PushLimits {
+            max_series: 2,
+            max_labels_per_series: 2,
+            max_label_name_bytes: 4,
+            max_label_value_bytes: 4,
+            max_buckets_per_series: 2,
+            max_decoded_factor: 16,
+        };
+        let with = |labels: &[(&str, &str)], metrics: usize| MetricFamily {
+            metric: vec![
+                Metric {
+                    label: labels.iter().map(|(n, v)| LabelPair::new(*n, *v)).collect(),
+                    gauge: Some(Gauge { value: Some(1.0) }),
+                    ..Metric::default()
+                };
+                metrics
+            ],
+            ..gauge_family("m", 1.0)
+        };
+        let mut buckets = with(&[], 1);
+        buckets.metric[0].histogram = Some(Box::new(Histogram {
+            bucket: vec![Bucket::default(); 3],
+            ..Histogram::default()
+        }));
+        let mut quantiles = with(&[], 1);
+        quantiles.metric[0].summary = Some(Box::new(Summary {
+            quantile: vec![crate::model::Quantile::default(); 3],
+            ..Summary::default()
+        }));
+        let table: Vec<(&str, Vec<MetricFamily>, Option<&str>)> = vec![
+            (
+                "within every limit",
+                vec![with(&[("a", "1"), ("b", "2")], 2)],
+                None,
+            ),
+            (
+                "third series",
+                vec![with(&[], 3)],
+                Some("at least 3 series"),
+            ),
+            (
+                "third family",
+                vec![
+                    gauge_family("a", 1.0),
+                    gauge_family("b", 1.0),
+                    gauge_family("c", 1.0),
+                ],
+                Some("at least 3 series (or families)"),
+            ),
+            (
+                "third label",
+                vec![with(&[("a", "1"), ("b", "2"), ("c", "3")], 1)],
+                Some("at least 3 labels"),
+            ),
+            (
+                "long name",
+                vec![with(&[("abcde", "1")], 1)],
+                Some("label name of \"m\" is 5 bytes"),
+            ),
+            (
+                "long value",
+                vec![with(&[("a", "12345")], 1)],
+                Some("label value of \"m\" is 5 bytes"),
+            ),
+            ("third bucket", vec![buckets], Some("at least 3 buckets")),
+            (
+                "third quantile",
+                vec![quantiles],
+                Some("at least 3 buckets"),
+            ),
+        ];
+        for (name, families, want) in table {
+            let result = decode_delimited_limited(&encode(&families), limits);
+            match want {
+                None => assert_eq!(result.expect(name), families, "{name}"),
+                Some(want) => {
+                    let error = result.expect_err(name);
+                    assert!(
+                        matches!(error, ProtobufError::Limit(_)),
+                        "{name}: {error:?}"
+                    );
+                    assert!(error.to_string().contains(want), "{name}: {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_metrics_are_refused_before_they_are_decoded() {
+        // 2 bytes each on the wire; a whole `Metric` each once decoded.
+        let mut family = Vec::new();
+        for _ in 0..400_000 {
+            family.extend_from_slice(&[0x22, 0x00]);
+        }
+        let mut body = Vec::new();
+        prost::encoding::encode_varint(family.len() as u64, &mut body);
+        body.extend_from_slice(&family);
+        let limits = PushLimits {
+            max_decoded_factor: 16,
+            ..PushLimits::UNLIMITED
+        };
+        let error = decode_delimited_limited(&body, limits).expect_err("too costly");
+        assert!(
+            matches!(
+                error,
+                ProtobufError::Limit(LimitError::DecodesTooLarge { .. })
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn many_repeated_families_keep_the_last_in_linear_time() {
+        let families: Vec<MetricFamily> = (0..50_000)
+            .map(|i| gauge_family(&format!("f{}", i % 20_000), f64::from(i)))
+            .collect();
+        let decoded = decode_delimited(&encode(&families)).expect("decodes");
+        assert_eq!(decoded.len(), 20_000, "one per name");
+        assert_eq!(decoded[0], gauge_family("f0", 40_000.0), "the last f0 wins");
     }
 
     #[test]

@@ -9,11 +9,12 @@
 //! returned in order of first appearance (Go returns a map), and families that end up
 //! without samples are dropped, as in Go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher as _, RandomState};
 
+use super::limits::{LimitError, PushLimits};
 use crate::model::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
-    Summary, Untyped,
+    Bucket, Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Quantile, Untyped,
 };
 
 /// A text format error, displayed exactly as Go's parser words it.
@@ -26,13 +27,33 @@ pub struct TextParseError {
     pub message: String,
 }
 
+/// Why a push body was refused by [`parse_limited`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    /// The body does not parse.
+    #[error(transparent)]
+    Syntax(#[from] TextParseError),
+    /// The body parses so far but goes over a limit of the push.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+}
+
 /// Parses a whole text format body into families, in order of first appearance.
 ///
 /// Untyped samples get [`MetricType::Untyped`]; summaries and histograms are assembled
 /// from their `_sum`, `_count`, `_bucket` and `quantile`/`le` samples. Timestamps are
 /// kept in `timestamp_ms` (rejecting them is the store's business, not the parser's).
 pub fn parse(body: &[u8]) -> Result<Vec<MetricFamily>, TextParseError> {
-    let mut parser = Parser::new(body);
+    parse_limited(body, PushLimits::UNLIMITED).map_err(|error| match error {
+        TextError::Syntax(error) => error,
+        TextError::Limit(_) => unreachable!("no limit to go over"),
+    })
+}
+
+/// [`parse`], stopping at the first series, label, bucket or family over `limits`, so
+/// that a hostile body never turns into more structs than the limits allow.
+pub fn parse_limited(body: &[u8], limits: PushLimits) -> Result<Vec<MetricFamily>, TextError> {
+    let mut parser = Parser::new(body, limits);
     let mut state = State::StartOfLine;
     loop {
         let next = match state {
@@ -55,11 +76,12 @@ pub fn parse(body: &[u8]) -> Result<Vec<MetricFamily>, TextParseError> {
                     // Go turns a premature io.EOF into this friendlier text.
                     Halt::Eof => "unexpected end of input stream".to_owned(),
                     Halt::Invalid(message) => message,
+                    Halt::Limit(error) => return Err(TextError::Limit(error)),
                 };
-                return Err(TextParseError {
+                return Err(TextError::Syntax(TextParseError {
                     line: parser.line,
                     message,
-                });
+                }));
             }
         };
     }
@@ -90,6 +112,14 @@ enum Halt {
     Eof,
     /// The input is malformed; the message is Go's.
     Invalid(String),
+    /// The input goes over a limit of the push.
+    Limit(LimitError),
+}
+
+impl From<LimitError> for Halt {
+    fn from(error: LimitError) -> Self {
+        Self::Limit(error)
+    }
 }
 
 type Step<T = State> = Result<T, Halt>;
@@ -122,6 +152,13 @@ struct Parser<'a> {
     family: usize,
     /// Labels of the sample line being read.
     labels: Vec<LabelPair>,
+    /// Hashes of their names, so that a repeated one is found in constant time per
+    /// label (a hash seen before is confirmed on the names).
+    label_names: HashSet<u64>,
+    name_hasher: RandomState,
+    limits: PushLimits,
+    /// Series created so far, across families.
+    series: usize,
     /// Set while reading the value of a summary's `quantile` or a histogram's `le`
     /// label (named here), which becomes a bound rather than a label.
     bound_label: Option<&'static str>,
@@ -134,7 +171,7 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn new(input: &'a [u8]) -> Self {
+    fn new(input: &'a [u8], limits: PushLimits) -> Self {
         Self {
             input,
             pos: 0,
@@ -146,6 +183,10 @@ impl<'a> Parser<'a> {
             compound: HashMap::new(),
             family: 0,
             labels: Vec::new(),
+            label_names: HashSet::new(),
+            name_hasher: RandomState::new(),
+            limits,
+            series: 0,
             bound_label: None,
             role: SampleRole::Plain,
             bound: f64::NAN,
@@ -221,7 +262,7 @@ impl<'a> Parser<'a> {
         if !is_blank_or_tab(self.byte) {
             return Err(invalid("invalid metric name in comment".to_owned()));
         }
-        self.set_or_create_current_family();
+        self.set_or_create_current_family()?;
         self.skip_blank_tab()?;
         if self.byte == b'\n' {
             return Ok(State::StartOfLine);
@@ -234,12 +275,13 @@ impl<'a> Parser<'a> {
         if self.token.is_empty() {
             return Err(invalid("invalid metric name".to_owned()));
         }
-        self.set_or_create_current_family();
+        self.set_or_create_current_family()?;
         let family = &mut self.families[self.family];
         if family.r#type.is_none() {
             family.r#type = Some(MetricType::Untyped as i32);
         }
         self.labels.clear();
+        self.label_names.clear();
         self.skip_blank_tab_if_current_blank_tab()?;
         Ok(State::ReadingLabels)
     }
@@ -280,7 +322,17 @@ impl<'a> Parser<'a> {
             _ => None,
         };
         let special = self.bound_label.is_some();
+        let mut repeated = false;
         if !special {
+            self.limits
+                .check_label_name(self.family_name(), name.len())?;
+            self.limits
+                .check_labels(self.family_name(), self.labels.len() + 1)?;
+            repeated = !self.label_names.insert(self.name_hasher.hash_one(&name))
+                && self
+                    .labels
+                    .iter()
+                    .any(|label| label.name.as_deref() == Some(name.as_str()));
             self.labels.push(LabelPair {
                 name: Some(name),
                 value: None,
@@ -294,13 +346,11 @@ impl<'a> Parser<'a> {
             )));
         }
         // Earlier names were checked on their own turn, so only the new one can clash.
-        if let Some((new, earlier)) = self.labels.split_last() {
-            if !special && earlier.iter().any(|label| label.name == new.name) {
-                return Err(invalid(format!(
-                    "duplicate label names for metric {}",
-                    quote_str(self.family_name().as_bytes())
-                )));
-            }
+        if repeated {
+            return Err(invalid(format!(
+                "duplicate label names for metric {}",
+                quote_str(self.family_name().as_bytes())
+            )));
         }
         Ok(State::StartLabelValue)
     }
@@ -314,6 +364,8 @@ impl<'a> Parser<'a> {
             )));
         }
         self.read_token_as_label_value()?;
+        self.limits
+            .check_label_value(self.family_name(), self.token.len())?;
         let Ok(value) = std::str::from_utf8(&self.token) else {
             return Err(invalid(format!(
                 "invalid label value {}",
@@ -372,6 +424,8 @@ impl<'a> Parser<'a> {
             next_index
         };
         if self.metric == next_index {
+            self.series += 1;
+            self.limits.check_series(self.series)?;
             family.metric.push(Metric {
                 label: labels,
                 ..Metric::default()
@@ -384,17 +438,19 @@ impl<'a> Parser<'a> {
                 quote_str(&self.token)
             )));
         };
-        self.store_value(value);
+        self.store_value(value)?;
         if self.byte == b'\n' {
             return Ok(State::StartOfLine);
         }
         Ok(State::StartTimestamp)
     }
 
-    fn store_value(&mut self, value: f64) {
+    fn store_value(&mut self, value: f64) -> Step<()> {
         let kind = self.current_type();
         let (role, bound) = (self.role, self.bound);
-        let metric = &mut self.families[self.family].metric[self.metric];
+        let family = &mut self.families[self.family];
+        let name = family.name.as_deref().unwrap_or_default();
+        let metric = &mut family.metric[self.metric];
         match kind {
             Some(MetricType::Counter) => {
                 metric.counter = Some(Counter {
@@ -405,27 +461,35 @@ impl<'a> Parser<'a> {
             Some(MetricType::Gauge) => metric.gauge = Some(Gauge { value: Some(value) }),
             Some(MetricType::Untyped) => metric.untyped = Some(Untyped { value: Some(value) }),
             Some(MetricType::Summary) => {
-                let summary = metric.summary.get_or_insert_with(Summary::default);
+                let summary = metric.summary.get_or_insert_with(Box::default);
                 match role {
                     SampleRole::Count => summary.sample_count = Some(go_float_to_u64(value)),
                     SampleRole::Sum => summary.sample_sum = Some(value),
-                    SampleRole::Plain if !bound.is_nan() => summary.quantile.push(Quantile {
-                        quantile: Some(bound),
-                        value: Some(value),
-                    }),
+                    SampleRole::Plain if !bound.is_nan() => {
+                        self.limits
+                            .check_buckets(name, summary.quantile.len() + 1)?;
+                        summary.quantile.push(Quantile {
+                            quantile: Some(bound),
+                            value: Some(value),
+                        });
+                    }
                     SampleRole::Plain => {}
                 }
             }
             Some(MetricType::Histogram) => {
-                let histogram = metric.histogram.get_or_insert_with(Histogram::default);
+                let histogram = metric.histogram.get_or_insert_with(Box::default);
                 match role {
                     SampleRole::Count => histogram.sample_count = Some(go_float_to_u64(value)),
                     SampleRole::Sum => histogram.sample_sum = Some(value),
-                    SampleRole::Plain if !bound.is_nan() => histogram.bucket.push(Bucket {
-                        upper_bound: Some(bound),
-                        cumulative_count: Some(go_float_to_u64(value)),
-                        ..Bucket::default()
-                    }),
+                    SampleRole::Plain if !bound.is_nan() => {
+                        self.limits
+                            .check_buckets(name, histogram.bucket.len() + 1)?;
+                        histogram.bucket.push(Bucket {
+                            upper_bound: Some(bound),
+                            cumulative_count: Some(go_float_to_u64(value)),
+                            ..Bucket::default()
+                        });
+                    }
                     SampleRole::Plain => {}
                 }
             }
@@ -433,6 +497,7 @@ impl<'a> Parser<'a> {
             // format cannot carry (gauge histogram), the sample is silently valueless.
             Some(MetricType::GaugeHistogram) | None => {}
         }
+        Ok(())
     }
 
     fn start_timestamp(&mut self) -> Step {
@@ -500,13 +565,13 @@ impl<'a> Parser<'a> {
 
     /// Finds the family the name in `token` belongs to, creating it if needed; a
     /// `_count`, `_sum` (or `_bucket`) name joins an existing summary (or histogram).
-    fn set_or_create_current_family(&mut self) {
+    fn set_or_create_current_family(&mut self) -> Step<()> {
         self.role = SampleRole::Plain;
         // Metric names are ASCII by construction of the token.
         let name = String::from_utf8_lossy(&self.token);
         if let Some(&index) = self.by_name.get(name.as_ref()) {
             self.family = index;
-            return;
+            return Ok(());
         }
         let role = if name.len() > 6 && name.ends_with("_count") {
             SampleRole::Count
@@ -524,7 +589,7 @@ impl<'a> Parser<'a> {
             if self.families[index].r#type == Some(MetricType::Summary as i32) {
                 self.family = index;
                 self.role = role;
-                return;
+                return Ok(());
             }
         }
         let histogram_name =
@@ -537,9 +602,12 @@ impl<'a> Parser<'a> {
             if self.families[index].r#type == Some(MetricType::Histogram as i32) {
                 self.family = index;
                 self.role = role;
-                return;
+                return Ok(());
             }
         }
+        // A family is counted like a series: a body of headers without samples would
+        // otherwise build families without bound.
+        self.limits.check_series(self.families.len() + 1)?;
         let name = name.into_owned();
         self.family = self.families.len();
         self.by_name.insert(name.clone(), self.family);
@@ -547,6 +615,7 @@ impl<'a> Parser<'a> {
             name: Some(name),
             ..MetricFamily::default()
         });
+        Ok(())
     }
 
     fn skip_blank_tab(&mut self) -> Step<()> {
@@ -839,6 +908,49 @@ fn push_hex(out: &mut String, prefix: char, code: u32, width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_stop_the_parse_where_they_are_crossed() {
+        let limits = PushLimits {
+            max_series: 2,
+            max_labels_per_series: 2,
+            max_label_name_bytes: 4,
+            max_label_value_bytes: 4,
+            max_buckets_per_series: 2,
+            max_decoded_factor: 16,
+        };
+        let table: &[(&str, &str, Option<&str>)] = &[
+            ("within every limit", "m{a=\"1\",b=\"2\"} 1\nn 2\n", None),
+            ("third series", "m{a=\"1\"} 1\nm{a=\"2\"} 1\nm{a=\"3\"} 1\n", Some("at least 3 series")),
+            ("third family without samples", "# TYPE a gauge\n# TYPE b gauge\n# TYPE c gauge\n", Some("at least 3 series (or families)")),
+            ("third label", "m{a=\"1\",b=\"2\",c=\"3\"} 1\n", Some("at least 3 labels")),
+            ("long name", "m{abcde=\"1\"} 1\n", Some("label name of \"m\" is 5 bytes")),
+            ("long value", "m{a=\"12345\"} 1\n", Some("label value of \"m\" is 5 bytes")),
+            ("third bucket", "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"3\"} 1\n", Some("at least 3 buckets")),
+            ("third quantile", "# TYPE s summary\ns{quantile=\"0.1\"} 1\ns{quantile=\"0.2\"} 1\ns{quantile=\"0.3\"} 1\n", Some("at least 3 buckets or quantiles")),
+            // Counted before the rest of the line is read: the syntax error comes later.
+            ("limit before a later syntax error", "m{a=\"1\",b=\"2\",c=\"3\"} x\n", Some("at least 3 labels")),
+        ];
+        for (name, body, want) in table {
+            let result = parse_limited(body.as_bytes(), limits);
+            match want {
+                None => assert!(result.is_ok(), "{name}: {result:?}"),
+                Some(want) => {
+                    let error = result.expect_err(name);
+                    assert!(matches!(error, TextError::Limit(_)), "{name}: {error:?}");
+                    assert!(error.to_string().contains(want), "{name}: {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_labels_are_found_among_many() {
+        let labels: Vec<String> = (0..100).map(|i| format!("l{i}=\"\"")).collect();
+        let body = format!("m{{{},l57=\"x\"}} 1\n", labels.join(","));
+        let error = parse(body.as_bytes()).expect_err("l57 twice");
+        assert!(error.message.contains("duplicate label names"), "{error}");
+    }
 
     #[test]
     fn byte_level_errors_quote_like_go() {

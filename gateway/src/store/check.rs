@@ -14,7 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::hash::{BuildHasher as _, Hash as _, Hasher as _, RandomState};
+use std::sync::OnceLock;
 
 use crate::exposition::format_float;
 use crate::grouping::{go_quote, is_proper_label_name, GroupingKey};
@@ -270,6 +271,8 @@ pub(crate) fn apply_grouping_labels(metric: &mut Metric, key: &GroupingKey) {
         key.label(pair.name.as_deref().unwrap_or_default())
             .is_none()
     });
+    // Exactly: growing by doubling would leave a push's label vectors half empty.
+    metric.label.reserve_exact(key.labels().count() + 1);
     metric.label.extend(
         key.labels()
             .map(|(name, value)| LabelPair::new(name, value)),
@@ -392,13 +395,23 @@ pub(crate) fn suffix_clash(
 /// Prometheus treats an empty value as an absent label, so `m{a=""}` and `m` are the
 /// same series. This hashes that identity (labels are sorted by name already); equal
 /// hashes are confirmed with [`same_identity`] before anything is rejected.
+///
+/// The SipHash keys are random per process ([`series_hash_keys`]): with fixed keys a
+/// collision could be computed offline, and a colliding series taken for one of the
+/// pushing group's own would let a real duplicate through. Hashes are never persisted.
 pub(crate) fn series_hash(labels: &[LabelPair]) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = series_hash_keys().build_hasher();
     for (name, value) in identity_pairs(labels) {
         name.hash(&mut hasher);
         value.hash(&mut hasher);
     }
     hasher.finish()
+}
+
+/// The process's keys for [`series_hash`], drawn once from the OS's randomness.
+pub(crate) fn series_hash_keys() -> &'static RandomState {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    KEYS.get_or_init(RandomState::new)
 }
 
 /// Whether two label sets name the same series (non-empty labels equal).
@@ -652,7 +665,7 @@ mod tests {
         let mut summary = untyped("s", &[], 1.0);
         summary.r#type = Some(MetricType::Summary as i32);
         summary.metric[0].untyped = None;
-        summary.metric[0].summary = Some(crate::model::Summary::default());
+        summary.metric[0].summary = Some(Box::default());
         let gauge_count = MetricFamily {
             name: Some("s_count".to_owned()),
             r#type: Some(MetricType::Gauge as i32),
@@ -714,6 +727,28 @@ mod tests {
             let err = prepare(&grouping, families, &reserved).expect_err(name);
             assert!(err.to_string().contains(want), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn series_hash_is_keyed_per_process_not_fixed() {
+        // Fixed keys (DefaultHasher::new) make collisions computable offline; the
+        // keys here come from the OS once per process, so they are not those.
+        let labels = [LabelPair::new("a", "1"), LabelPair::new("b", "2")];
+        let mut fixed = std::hash::DefaultHasher::new();
+        for (name, value) in identity_pairs(&labels) {
+            name.hash(&mut fixed);
+            value.hash(&mut fixed);
+        }
+        assert_ne!(
+            series_hash(&labels),
+            fixed.finish(),
+            "keyed, not the fixed keys"
+        );
+        assert_eq!(
+            series_hash(&labels),
+            series_hash(&labels),
+            "stable within the process"
+        );
     }
 
     #[test]

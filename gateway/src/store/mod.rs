@@ -237,16 +237,31 @@ impl MetricStore {
         replace: bool,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        // The checks that need only the push run before taking the lock.
-        let prepared = prepare(&key, families, &self.reserved);
+        // The checks that need only the push, and the rendering, run before taking the
+        // lock: they take time in proportion to the push, and every other push and
+        // scrape would wait for them. Under the lock only the index is consulted and
+        // the rendered families are swapped in.
+        let prepared = prepare(&key, families, &self.reserved).map(|mut prepared| {
+            let stored = StoredFamily::new_all(
+                prepared.iter_mut().map(
+                    |PreparedFamily {
+                         family,
+                         kind,
+                         hashes,
+                     }| (family, *kind, hashes.as_slice()),
+                ),
+                now,
+            );
+            (prepared, stored)
+        });
         let mut state = self.write();
-        let verdict = prepared.and_then(|prepared| {
-            state.check(&key, &prepared, replace)?;
-            Ok(prepared)
+        let verdict = prepared.and_then(|(prepared, stored)| {
+            state.check(&key, &prepared, &stored, replace)?;
+            Ok((prepared, stored))
         });
         match verdict {
-            Ok(prepared) => {
-                state.store_push(key, &prepared, replace, now);
+            Ok((prepared, stored)) => {
+                state.store_push(key, &prepared, stored, replace, now);
                 drop(state);
                 self.bump();
                 Ok(())
@@ -289,11 +304,19 @@ impl MetricStore {
                         existing: group.key.to_string(),
                     });
                 }
-                state.check(&group.key, &prepared, true)?;
-                Ok(prepared)
+                let stored: Vec<StoredFamily> = prepared
+                    .iter()
+                    .map(|p| {
+                        let name = p.family.name.as_deref().unwrap_or_default();
+                        let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
+                        StoredFamily::new(&p.family, p.kind, &p.hashes, pushed_at)
+                    })
+                    .collect();
+                state.check(&group.key, &prepared, &stored, true)?;
+                Ok(stored)
             });
             match verdict {
-                Ok(prepared) => state.store_restored(&group.key, prepared, &times, &gauges),
+                Ok(stored) => state.store_restored(&group.key, stored, &gauges),
                 Err(inconsistency) => skipped.push((group.key, inconsistency)),
             }
         }
@@ -351,10 +374,15 @@ impl MetricStore {
 
 impl State {
     /// The checks of a prepared push against the other groups.
+    ///
+    /// `stored` are the prepared families rendered, in the same order; a prepared
+    /// family's metrics may have been dropped once rendered (see
+    /// [`StoredFamily::new_all`]), so a series is looked at in its stored form.
     fn check(
         &self,
         key: &GroupingKey,
         prepared: &[PreparedFamily],
+        stored: &[StoredFamily],
         replace: bool,
     ) -> Result<(), Inconsistency> {
         let existing = self.groups.get(key);
@@ -380,7 +408,7 @@ impl State {
             let removed_by_put = replace && !is_push_gauge(name);
             (!(only_this_group && removed_by_put)).then_some(entry.kind)
         };
-        for p in prepared {
+        for (p, rendered) in prepared.iter().zip(stored) {
             let name = p.family.name.as_deref().unwrap_or_default();
             if let Some(entry) = self.families.get(name) {
                 if entry.kind != p.kind {
@@ -395,7 +423,10 @@ impl State {
                 }
                 // This group's own stored hashes, sorted, taken at the first hit.
                 let mut own: Option<Vec<u64>> = None;
-                for (hash, metric) in p.hashes.iter().zip(&p.family.metric) {
+                // The pushed family decoded back, taken at the first hash another group
+                // has (rare: a push about to be refused, or a hash collision).
+                let mut ours: Option<MetricFamily> = None;
+                for (i, hash) in p.hashes.iter().enumerate() {
                     if !entry.series.contains(hash) {
                         continue;
                     }
@@ -413,6 +444,10 @@ impl State {
                     }
                     // Another group has the hash; confirm on its metrics: equal hashes may
                     // still differ.
+                    let ours = ours.get_or_insert_with(|| rendered.family());
+                    let Some(metric) = ours.metric.get(i) else {
+                        continue;
+                    };
                     let owner = entry.members.iter().find(|(owner, stored)| {
                         owner.as_ref() != key
                             && stored.hashes().any(|theirs| theirs == *hash)
@@ -443,6 +478,7 @@ impl State {
         &mut self,
         key: GroupingKey,
         prepared: &[PreparedFamily],
+        stored: Vec<StoredFamily>,
         replace: bool,
         now: SystemTime,
     ) {
@@ -467,10 +503,7 @@ impl State {
                 self.remove_member(&key, &name);
             }
         }
-        let pushed = prepared
-            .iter()
-            .map(|p| (&p.family, p.kind, p.hashes.as_slice()));
-        for stored in StoredFamily::new_all(pushed, now) {
+        for stored in stored {
             self.insert_member(&key, stored);
         }
         self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, unix_seconds(now), now);
@@ -521,15 +554,11 @@ impl State {
     fn store_restored(
         &mut self,
         key: &GroupingKey,
-        prepared: Vec<PreparedFamily>,
-        times: &HashMap<String, SystemTime>,
+        stored: Vec<StoredFamily>,
         gauges: &[(MetricFamily, SystemTime)],
     ) {
         let key = self.ensure_group(key.clone());
-        for p in prepared {
-            let name = p.family.name.as_deref().unwrap_or_default();
-            let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
-            let stored = StoredFamily::new(&p.family, p.kind, &p.hashes, pushed_at);
+        for stored in stored {
             self.insert_member(&key, stored);
         }
         for (name, help) in [

@@ -77,13 +77,26 @@ impl StoredFamily {
     /// When the joint parse gives back every family, in order, each text alone gives
     /// its family back too: each starts with its own `# TYPE` line, and a line can only
     /// land in another family by name, which would show as a difference.
+    ///
+    /// Each family's metrics are dropped as soon as they are rendered (the caller is
+    /// done with them), so that a push's decoded structs and the parse of its rendering
+    /// are never held at the same time: each takes ten times the push or more.
     pub(crate) fn new_all<'a>(
-        families: impl Iterator<Item = (&'a MetricFamily, MetricType, &'a [u64])>,
+        families: impl Iterator<Item = (&'a mut MetricFamily, MetricType, &'a [u64])>,
         pushed_at: SystemTime,
     ) -> Vec<Self> {
         let candidates: Vec<(Self, Vec<u8>)> = families
-            .map(|(family, kind, hashes)| Self::text_only(family, kind, hashes, pushed_at))
+            .map(|(family, kind, hashes)| {
+                let candidate = Self::text_only(family, kind, hashes, pushed_at);
+                family.metric = Vec::new();
+                candidate
+            })
             .collect();
+        Self::verified(candidates)
+    }
+
+    /// The candidates, each keeping its encoding unless its text gives it back.
+    fn verified(candidates: Vec<(Self, Vec<u8>)>) -> Vec<Self> {
         let mut text = Vec::new();
         for (stored, _) in &candidates {
             stored.write_text(&mut text);
@@ -531,8 +544,10 @@ mod tests {
             .iter()
             .map(|(_, family, _)| (0..family.metric.len() as u64).collect())
             .collect();
+        let mut families: Vec<MetricFamily> =
+            cases.iter().map(|(_, family, _)| family.clone()).collect();
         let all = StoredFamily::new_all(
-            cases.iter().zip(&hashes).map(|((_, family, _), hashes)| {
+            families.iter_mut().zip(&hashes).map(|(family, hashes)| {
                 let kind =
                     MetricType::try_from(family.r#type.unwrap_or_default()).expect("a known type");
                 (family, kind, hashes.as_slice())
@@ -543,7 +558,7 @@ mod tests {
             check(case, stored, family, *text_only);
         }
         // And a push of text families only is checked by the joint parse alone.
-        let gauges: Vec<MetricFamily> = (0..3)
+        let mut gauges: Vec<MetricFamily> = (0..3)
             .map(|i| MetricFamily {
                 name: Some(format!("g{i}")),
                 ..gauge(f64::from(i))
@@ -551,7 +566,7 @@ mod tests {
             .collect();
         let all = StoredFamily::new_all(
             gauges
-                .iter()
+                .iter_mut()
                 .map(|f| (f, MetricType::Gauge, [0].as_slice())),
             SystemTime::UNIX_EPOCH,
         );
@@ -585,7 +600,7 @@ mod tests {
         let counter = |exemplar: Option<Exemplar>| Metric {
             counter: Some(Counter {
                 value: Some(3.0),
-                exemplar,
+                exemplar: exemplar.map(Box::new),
                 created_timestamp: None,
             }),
             ..Metric::default()
@@ -601,7 +616,7 @@ mod tests {
         let histogram = |kind: MetricType, histogram: Histogram| MetricFamily {
             r#type: Some(kind as i32),
             metric: vec![Metric {
-                histogram: Some(histogram),
+                histogram: Some(Box::new(histogram)),
                 ..Metric::default()
             }],
             ..gauge(0.0)

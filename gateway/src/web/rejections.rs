@@ -35,6 +35,12 @@ pub enum Reason {
     TooManyLabels,
     /// A push had more series than `--push.max-series-per-push` (400).
     TooManySeries,
+    /// A label name, label value or grouping key over its `--push.max-*-bytes` (400).
+    LabelTooLong,
+    /// A series with more buckets or quantiles than `--push.max-buckets-per-series` (400).
+    TooManyBuckets,
+    /// A push whose exposition would exceed `--push.max-render-factor` times its size (400).
+    TooCostly,
     /// The push did not parse: URL, encoding, text or protobuf (400).
     InvalidPush,
     /// The push failed the consistency check (400).
@@ -49,15 +55,18 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order they are exposed.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 15] = [
         Self::AuthBusy,
         Self::BodyTooLarge,
         Self::DeniedPath,
         Self::HeaderTimeout,
         Self::InconsistentPush,
         Self::InvalidPush,
+        Self::LabelTooLong,
         Self::PushNotAllowed,
         Self::RequestTimeout,
+        Self::TooCostly,
+        Self::TooManyBuckets,
         Self::TooManyConnections,
         Self::TooManyLabels,
         Self::TooManySeries,
@@ -75,6 +84,9 @@ impl Reason {
             Self::BodyTooLarge => "body_too_large",
             Self::TooManyLabels => "too_many_labels",
             Self::TooManySeries => "too_many_series",
+            Self::LabelTooLong => "label_too_long",
+            Self::TooManyBuckets => "too_many_buckets",
+            Self::TooCostly => "too_costly",
             Self::InvalidPush => "invalid_push",
             Self::InconsistentPush => "inconsistent_push",
             Self::HeaderTimeout => "header_timeout",
