@@ -136,3 +136,108 @@ time.sleep(0.2); r.close()
         "no unread datagram is labelled as having come in on no interface"
     );
 }
+
+/// Fragments of datagrams that never complete wait in the reassembly queue, an rbtree
+/// whose node shares its memory with `skb->dev`: the struct layout says such a drop
+/// could read another skb as its device. The kernel proves that reading wrong for this
+/// path: the head fragment is freed in `ip_expire` with `dev` restored, a fragment
+/// chained to a run keeps its `dev`, and a tree node is erased leftmost-first before it
+/// is freed in `inet_frag_rbtree_purge`, so its `rb_left` (the word `dev` shares) is
+/// always NULL there, never a pointer. Those nodes have no device and no socket: their
+/// namespace cannot be known from the skb, and dropgate says `unknown` with the index of
+/// the interface they came in on rather than guess. Every fragment the kernel took
+/// into reassembly is counted, under the receiver's `fr` or under that honest unknown,
+/// and under nothing else.
+#[test]
+fn timed_out_fragments_keep_their_namespace_and_interface() {
+    if !may_run("fragment queue e2e", is_root(), "root (namespaces, BPF)") {
+        return;
+    }
+    let sender = Netns::create("fragsend");
+    let receiver = Netns::create("fragrecv");
+    // A veth pair first, so `fr` is not the receiver's second interface: a wrong read
+    // cannot name it by chance.
+    receiver.sh("ip link add d1 type veth peer name d2");
+    sender.sh(&format!(
+        "ip link add fs type veth peer name fr netns {r} && \
+         ip addr add 10.78.0.1/24 dev fs && ip link set fs up",
+        r = receiver.name
+    ));
+    // The reassembly timeout is per namespace: one second instead of thirty.
+    receiver.sh("ip addr add 10.78.0.2/24 dev fr && ip link set fr up && \
+         sysctl -qw net.ipv4.ipfrag_time=1");
+    let dropgate = DropgateRun::start(&["--trace.samples-per-sec", "0"]);
+    let before = dropgate.scrape();
+    let reassembly_before = receiver.snmp("Ip", "ReasmReqds");
+    // Ten datagrams, each sent as its first three fragments only (raw IPv4, MF set).
+    sender.sh(
+        "python3 -c \"
+import socket, struct
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    return ~(s + (s >> 16)) & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+src, dst = socket.inet_aton('10.78.0.1'), socket.inet_aton('10.78.0.2')
+for ident in range(100, 110):
+    for offset in (0, 1480, 2960):
+        h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 1500, ident, 0x2000 | offset // 8, 64, 17, 0, src, dst)
+        h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+        s.sendto(h + b'x' * 1480, ('10.78.0.2', 0))
+\"",
+    );
+    let fragments = receiver.snmp("Ip", "ReasmReqds") - reassembly_before;
+    assert_eq!(
+        fragments, 30,
+        "the receiver took every fragment into reassembly"
+    );
+    // Wait for the timeout (1 s) and the queue's expiry to run.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reason = [("reason", "FRAG_REASM_TIMEOUT")];
+    let after = loop {
+        let now = dropgate.scrape();
+        if count(&now, &reason) - count(&before, &reason) >= fragments || Instant::now() > deadline
+        {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let fr_index = receiver
+        .sh("cat /sys/class/net/fr/ifindex")
+        .trim()
+        .to_owned();
+    let unknown_interface = format!("if{fr_index}");
+    let named = [
+        ("reason", "FRAG_REASM_TIMEOUT"),
+        ("netns", receiver.name.as_str()),
+        ("interface", "fr"),
+    ];
+    let unknown = [
+        ("reason", "FRAG_REASM_TIMEOUT"),
+        ("netns", "unknown"),
+        ("interface", unknown_interface.as_str()),
+    ];
+    let grew = |labels: &[(&str, &str)]| count(&after, labels) - count(&before, labels);
+    let lines: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains("FRAG_REASM_TIMEOUT"))
+        .collect();
+    eprintln!("timed-out fragments:\n{}", lines.join("\n"));
+    assert!(
+        grew(&named) >= 20,
+        "the head fragments (ip_expire) and the chained ones keep the receiver and fr:\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(
+        grew(&named) + grew(&unknown),
+        fragments,
+        "every timed-out fragment is under the receiver's fr or an honest unknown:\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(
+        grew(&reason),
+        fragments,
+        "and none is counted under any other namespace or interface:\n{}",
+        lines.join("\n")
+    );
+}
