@@ -525,6 +525,19 @@ pub fn notes(ev: &Evidence) -> Vec<String> {
         .collect()
 }
 
+/// The interfaces whose IP settings applied to `drops`: bridge ports mapped to their
+/// bridge, in order, without repeats.
+fn routing_interfaces(host: &HostState, drops: &[&TracedDrop]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in interfaces_of(drops) {
+        let routing = host.routing_interface(&name).to_owned();
+        if !out.contains(&routing) {
+            out.push(routing);
+        }
+    }
+    out
+}
+
 fn rp_filter(ev: &Evidence, out: &mut Vec<Finding>) {
     let drops = ev.drops_where(|d| d.reason == "IP_RPFILTER");
     let count = sum(&drops);
@@ -532,10 +545,10 @@ fn rp_filter(ev: &Evidence, out: &mut Vec<Finding>) {
         return;
     }
     let host = ev.after;
-    let ifaces = interfaces_of(&drops);
+    let ifaces = routing_interfaces(host, &drops);
     let mut evidence = vec![format!(
         "{count} packets dropped as IP_RPFILTER on {}",
-        ifaces.join(", ")
+        interfaces_of(&drops).join(", ")
     )];
     evidence.push(format!(
         "net.ipv4.conf.all.rp_filter = {}",
@@ -579,7 +592,8 @@ fn br_netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
         return;
     }
     let host = ev.after;
-    let bridges = interfaces_of(&drops);
+    // Labelled with the bridge port they came in on; the bridge is what routes them.
+    let bridges = routing_interfaces(host, &drops);
     let bridge = bridges
         .first()
         .cloned()
@@ -738,11 +752,13 @@ mod tests {
                     name: "eth0".into(),
                     forwarding: ip_forward,
                     rp_filter: 0,
+                    master: None,
                 },
                 Interface {
                     name: "docker0".into(),
                     forwarding: ip_forward,
                     rp_filter: 0,
+                    master: None,
                 },
             ],
             dnat: vec![dnat()],
@@ -1165,11 +1181,19 @@ mod tests {
                 "check the route to the DNAT target: ip route get <container address> iif <bridge> from <source>",
             ),
         ];
-        for (name, state, cause, fix) in cases {
+        for (name, mut state, cause, fix) in cases {
+            // The drop is labelled with the bridge port the frame came in on (skb_iif);
+            // the bridge's settings are the ones that decide.
+            state.interfaces.push(Interface {
+                name: "veth1a2b".into(),
+                forwarding: true,
+                rp_filter: 0,
+                master: Some("docker0".into()),
+            });
             let drops = [drop(
                 "NOT_SPECIFIED",
                 "br_nf_pre_routing_finish",
-                "docker0",
+                "veth1a2b",
                 2,
             )];
             let found = findings(&Evidence {

@@ -34,6 +34,9 @@ pub struct Interface {
     pub name: String,
     pub forwarding: bool,
     pub rp_filter: u8,
+    /// The bridge this interface is a port of. A bridged packet is labelled with the
+    /// port it came in on, but routing (forwarding, rp_filter) sees the bridge.
+    pub master: Option<String>,
 }
 
 /// A sysctl file line that sets forwarding off.
@@ -262,6 +265,14 @@ impl HostState {
         self.interfaces.iter().find(|i| i.name == name)
     }
 
+    /// The interface whose IP settings apply to traffic that came in on `name`: its
+    /// bridge when it is a bridge port, else itself.
+    pub fn routing_interface<'a>(&'a self, name: &'a str) -> &'a str {
+        self.interface(name)
+            .and_then(|i| i.master.as_deref())
+            .unwrap_or(name)
+    }
+
     /// The bridge whose subnet holds `addr`.
     pub fn bridge_of(&self, addr: &str) -> Option<&str> {
         let addr = addr.parse().ok()?;
@@ -299,6 +310,7 @@ fn interfaces() -> Vec<Interface> {
     let Ok(entries) = std::fs::read_dir("/proc/sys/net/ipv4/conf") else {
         return Vec::new();
     };
+    let masters = bridge_masters();
     let mut out: Vec<Interface> = entries
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
@@ -309,11 +321,34 @@ fn interfaces() -> Vec<Interface> {
             rp_filter: sysctl(&format!("net/ipv4/conf/{name}/rp_filter"))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            master: masters.get(&name).cloned(),
             name,
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// Port -> bridge, from `ip -o link` (netlink, so it is this namespace's view; /sys
+/// shows the namespace that mounted it).
+fn bridge_masters() -> std::collections::HashMap<String, String> {
+    run("ip", &["-o", "link", "show"])
+        .map(|text| parse_masters(&text))
+        .unwrap_or_default()
+}
+
+/// `ip -o link` lines: `3: vh-ctr@if2: <...> mtu 1500 master br0 state UP ...`.
+fn parse_masters(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.nth(1)?.trim_end_matches(':');
+            let name = name.split('@').next()?;
+            let mut rest = fields.skip_while(|f| *f != "master");
+            rest.next()?;
+            Some((name.to_owned(), rest.next()?.to_owned()))
+        })
+        .collect()
 }
 
 fn ip_counters() -> IpCounters {
@@ -498,6 +533,17 @@ pub fn sets_forwarding_off(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_ports_and_their_bridge() {
+        let text = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00
+4: br0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT group default qlen 1000\\    link/ether 5a:1c:e1:00:00:01 brd ff:ff:ff:ff:ff:ff
+5: vh-ctr@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master br0 state UP mode DEFAULT group default qlen 1000\\    link/ether 5a:1c:e1:00:00:02 brd ff:ff:ff:ff:ff:ff link-netns ctr
+";
+        let masters = parse_masters(text);
+        assert_eq!(masters.get("vh-ctr").map(String::as_str), Some("br0"));
+        assert_eq!(masters.len(), 1, "{masters:?}");
+    }
 
     #[test]
     fn dnat_rules_of_iptables() {
