@@ -12,7 +12,7 @@ pub mod collector;
 pub mod diagnose;
 pub mod enrich;
 pub mod forwarding;
-pub mod http1;
+pub mod http_client;
 pub mod import;
 pub mod kallsyms;
 pub mod loader;
