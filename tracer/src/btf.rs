@@ -112,7 +112,9 @@ impl Btf {
         })
     }
 
-    fn parse(data: Vec<u8>) -> Result<Self, String> {
+    /// Parses BTF bytes; the error says what is wrong with them (for a message that
+    /// names the file, use [`Self::from_file`]).
+    pub fn parse(data: Vec<u8>) -> Result<Self, String> {
         let u16_at = |off: usize| -> Result<u16, String> {
             data.get(off..off + 2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]))

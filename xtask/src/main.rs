@@ -56,7 +56,7 @@ enum Task {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (text_parser, protobuf_decoder, path_labels, body_decoder).
+        /// Only this target (text_parser, protobuf_decoder, path_labels, body_decoder, btf_reader).
         target: Option<String>,
     },
 }
