@@ -112,7 +112,9 @@ impl Btf {
         })
     }
 
-    fn parse(data: Vec<u8>) -> Result<Self, String> {
+    /// Parses BTF bytes; the error says what is wrong with them (for a message that
+    /// names the file, use [`Self::from_file`]).
+    pub fn parse(data: Vec<u8>) -> Result<Self, String> {
         let u16_at = |off: usize| -> Result<u16, String> {
             data.get(off..off + 2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -162,6 +164,12 @@ impl Btf {
             };
             types.push(raw);
             pos = raw.extra + extra_len;
+            if pos > types_end {
+                return Err(format!(
+                    "the type at byte {} runs past the end of the type section",
+                    raw.extra - 12
+                ));
+            }
         }
         let mut btf = Self {
             data,
@@ -261,13 +269,22 @@ impl Btf {
     /// Finds `member` directly in the struct/union `id` or inside its anonymous members.
     /// Returns (bit offset, member type id).
     fn find_member(&self, id: u32, member: &str) -> Option<(u32, u32)> {
+        self.find_member_within(id, member, 0)
+    }
+
+    /// [`Self::find_member`] at a nesting `depth` of anonymous members: real kernels nest
+    /// a few levels, and a bound keeps a member that contains itself from recursing on.
+    fn find_member_within(&self, id: u32, member: &str, depth: u32) -> Option<(u32, u32)> {
+        const MAX_ANONYMOUS_DEPTH: u32 = 32;
         for m in self.members(self.resolve(id)) {
             if m.name == member {
                 return Some((m.bit_offset, m.type_id));
             }
-            if m.name.is_empty() {
-                if let Some((inner, type_id)) = self.find_member(m.type_id, member) {
-                    return Some((m.bit_offset + inner, type_id));
+            if m.name.is_empty() && depth < MAX_ANONYMOUS_DEPTH {
+                if let Some((inner, type_id)) =
+                    self.find_member_within(m.type_id, member, depth + 1)
+                {
+                    return Some((m.bit_offset.saturating_add(inner), type_id));
                 }
             }
         }
@@ -278,7 +295,7 @@ impl Btf {
     /// `struct strukt`, looking through anonymous structs and unions.
     pub fn member_offset(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
         let mut id = self.struct_id(strukt)?;
-        let mut bits = 0;
+        let mut bits: u32 = 0;
         for part in path.split('.') {
             let (offset, type_id) =
                 self.find_member(id, part)
@@ -286,7 +303,7 @@ impl Btf {
                         strukt: strukt.to_owned(),
                         member: path.to_owned(),
                     })?;
-            bits += offset;
+            bits = bits.saturating_add(offset);
             id = type_id;
         }
         Ok(bits / 8)
@@ -415,6 +432,44 @@ mod tests {
             params >= 4,
             "kfree_skb has a reason argument here ({params} params)"
         );
+    }
+
+    /// A little-endian BTF blob: header, `types` (raw words), then `strings`.
+    fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let type_len = u32::try_from(types.len() * 4).expect("small");
+        let str_len = u32::try_from(strings.len()).expect("small");
+        let mut data = vec![0x9f, 0xeb, 1, 0];
+        for word in [24, 0, type_len, type_len, str_len] {
+            data.extend_from_slice(&u32::to_le_bytes(word));
+        }
+        for word in types {
+            data.extend_from_slice(&word.to_le_bytes());
+        }
+        data.extend_from_slice(strings);
+        data
+    }
+
+    /// `info` of a struct with `vlen` members.
+    fn struct_info(vlen: u32) -> u32 {
+        (KIND_STRUCT << 24) | vlen
+    }
+
+    #[test]
+    fn types_running_past_their_section_are_malformed() {
+        // `struct s` says it has 3 members but the section ends after its header.
+        let data = blob(&[1, struct_info(3), 8], b"\0s\0");
+        let err = Btf::parse(data).err().expect("members past the end");
+        assert!(err.contains("past the end of the type section"), "{err}");
+    }
+
+    #[test]
+    fn anonymous_members_that_loop_end_the_search() {
+        // `struct s { struct s; }`: an anonymous member of its own type, as crafted BTF
+        // could say; looking for a member must end, not recurse forever.
+        let data = blob(&[1, struct_info(1), 8, 0, 1, 0], b"\0s\0");
+        let btf = Btf::parse(data).expect("well-formed, if absurd");
+        let err = btf.member_offset("s", "x").expect_err("no member x");
+        assert!(matches!(err, BtfError::MissingMember { .. }), "{err}");
     }
 
     #[test]

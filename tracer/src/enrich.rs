@@ -7,8 +7,7 @@
 //! miss, at most once a second) with the bridges of every known namespace (an rtnetlink
 //! dump of links and addresses, asked from a short-lived thread that entered the
 //! namespace) and the Docker engine's networks and containers (its HTTP API over the
-//! unix socket, with a small HTTP/1.1 client of our own: two GET requests do not need a
-//! client library).
+//! unix socket, through hyper's client: see `http_client`).
 
 mod docker;
 pub mod rtnetlink;

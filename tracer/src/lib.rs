@@ -14,7 +14,7 @@ pub mod drop_class;
 pub mod enrich;
 pub mod eviction;
 pub mod forwarding;
-pub mod http1;
+pub mod http_client;
 pub mod import;
 pub mod kallsyms;
 pub mod loader;

@@ -1,16 +1,17 @@
-//! `cargo xtask fuzz [--seconds N] [TARGET]`: the gateway's fuzz targets (text parser,
-//! protobuf decoder, push paths and the path filter, body decoding, the persistence
-//! file decoder, the web config parser) under libFuzzer for a bounded time each; any
-//! crash fails the task and names the input that caused it.
+//! `cargo xtask fuzz [--seconds N] [TARGET]`: the fuzz targets of the parsers that read
+//! input from outside (the gateway's text parser, protobuf decoder, push paths and path
+//! filter, body decoding, persistence file decoder, web config parser; the tracer's BTF
+//! reader) under libFuzzer for a bounded time each; any crash fails the task and names
+//! the input that caused it.
 //!
 //! Every unit is bounded too, as the gateway bounds every request: one input may use
 //! at most [`RSS_LIMIT_MB`] of resident memory (and no single allocation more) and
 //! [`UNIT_TIMEOUT_SECS`] of time; one over either is a failure like a crash, with
 //! its input kept, so a slow or memory-hungry input cannot pass unnoticed.
 //!
-//! The targets live in `gateway/fuzz`, a workspace of its own built by cargo-fuzz with
-//! nightly (installed here when missing). The committed corpus (`gateway/fuzz/corpus`)
-//! is only read: new inputs go to `target/fuzz/corpus`, crashes to
+//! The targets live in `gateway/fuzz` and `tracer/fuzz`, workspaces of their own built by
+//! cargo-fuzz with nightly (installed here when missing). The committed corpus
+//! (`<crate>/fuzz/corpus`) is only read: new inputs go to `target/fuzz/corpus`, crashes to
 //! `target/fuzz/artifacts`, so the repository's corpus stays small.
 
 use std::{path::Path, process::Command, time::Instant};
@@ -19,14 +20,15 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd::{self, stdout_of, workspace_root};
 
-/// Every target, in the order they run.
-const TARGETS: &[&str] = &[
-    "text_parser",
-    "protobuf_decoder",
-    "path_labels",
-    "body_decoder",
-    "persistence_decoder",
-    "web_config",
+/// Every target with the crate whose `fuzz/` holds it, in the order they run.
+const TARGETS: &[(&str, &str)] = &[
+    ("gateway", "text_parser"),
+    ("gateway", "protobuf_decoder"),
+    ("gateway", "path_labels"),
+    ("gateway", "body_decoder"),
+    ("gateway", "persistence_decoder"),
+    ("gateway", "web_config"),
+    ("tracer", "btf_reader"),
 ];
 
 /// libFuzzer's `-rss_limit_mb` (and so `-malloc_limit_mb`, the largest single
@@ -41,35 +43,41 @@ const RSS_LIMIT_MB: u32 = 1024;
 const UNIT_TIMEOUT_SECS: u32 = 5;
 
 pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
-    let targets: Vec<&str> = match only {
-        Some(name) if TARGETS.contains(&name) => vec![name],
-        Some(name) => bail!(
-            "no fuzz target {name:?}; the targets are {}",
-            TARGETS.join(", ")
-        ),
+    let targets: Vec<(&str, &str)> = match only {
+        Some(name) => match TARGETS.iter().find(|(_, target)| *target == name) {
+            Some(&found) => vec![found],
+            None => bail!(
+                "no fuzz target {name:?}; the targets are {}",
+                TARGETS
+                    .iter()
+                    .map(|(_, target)| *target)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
         None => TARGETS.to_vec(),
     };
     cargo_fuzz()?;
     let root = workspace_root();
-    let gateway = root.join("gateway");
     let scratch = root.join("target/fuzz");
-    cmd::run(
-        nightly_cargo()
-            .current_dir(&gateway)
-            .args(["fuzz", "build"]),
-    )?;
+    let mut built = Vec::new();
     let mut table = Vec::new();
-    for target in targets {
+    for (krate, target) in targets {
+        let krate = root.join(krate);
+        if !built.contains(&krate) {
+            cmd::run(nightly_cargo().current_dir(&krate).args(["fuzz", "build"]))?;
+            built.push(krate.clone());
+        }
         let corpus = scratch.join("corpus").join(target);
         let artifacts = scratch.join("artifacts").join(target);
         for dir in [&corpus, &artifacts] {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let seeds = gateway.join("fuzz/corpus").join(target);
+        let seeds = krate.join("fuzz/corpus").join(target);
         let started = Instant::now();
         let output = nightly_cargo()
-            .current_dir(&gateway)
+            .current_dir(&krate)
             .args(["fuzz", "run", target])
             .arg(&corpus)
             .arg(&seeds)
@@ -85,9 +93,10 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         if !output.status.success() {
             eprintln!("{log}");
             bail!(
-                "fuzz target {target} failed ({}); the input is in {} — reproduce with `cd gateway && cargo +nightly fuzz run {target} <file>`",
+                "fuzz target {target} failed ({}); the input is in {} — reproduce with `cd {} && cargo +nightly fuzz run {target} <file>`",
                 output.status,
-                artifacts.display()
+                artifacts.display(),
+                krate.display()
             );
         }
         table.push((

@@ -172,9 +172,13 @@ fn settings_from(
     let raw: RawWebConfig = if text.trim_ascii().is_empty() {
         RawWebConfig::default()
     } else {
-        serde_yaml::from_slice(text).map_err(|error| WebConfigError::Syntax {
+        serde_saphyr::from_slice(text).map_err(|error| WebConfigError::Syntax {
             file: file.to_path_buf(),
-            reason: error.to_string(),
+            // One line for logs, without the file's lines (they may hold hashes).
+            reason: error.render_with_options(serde_saphyr::render_options! {
+                formatter: &serde_saphyr::UserMessageFormatter,
+                snippets: serde_saphyr::SnippetMode::Off,
+            }),
         })?
     };
     let dir = file.parent().unwrap_or(Path::new("."));
@@ -835,6 +839,35 @@ mod tests {
             assert!(
                 error.contains("web.yml"),
                 "case {name} names the file: {error}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        // Which of two hashes for one user applies must not depend on the YAML parser.
+        let dir = temp_dir("twice");
+        let table = [
+            (
+                "user",
+                format!(
+                    "basic_auth_users:\n  alice: {}\n  alice: {}\n",
+                    hash(),
+                    hash()
+                ),
+            ),
+            (
+                "section",
+                "http_server_config: {}\nhttp_server_config: {}\n".to_owned(),
+            ),
+        ];
+        for (name, text) in table {
+            let file = write(&dir, "web.yml", &text);
+            let error = load(&file).expect_err(name).to_string();
+            assert!(
+                error.contains("web.yml") && error.contains("duplicate"),
+                "case {name}: {error}"
             );
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,22 +1,21 @@
 //! The Docker Engine API, as far as naming a destination needs it: `GET /networks` and
 //! `GET /containers/json` over the engine's unix socket, turned into a [`DockerView`].
 //!
-//! The HTTP/1.1 client is ours and minimal (one request per connection, `Connection:
-//! close`, bodies by `Content-Length`, chunked or up to the end): two GET requests do not
-//! justify a client library, and it runs on the enricher's own thread, off the sample path.
+//! Two GET requests, one connection each, through hyper (see [`crate::http_client`]); they
+//! run on the enricher's own thread, off the sample path.
 
-use std::{
-    collections::HashMap,
-    io::{Read as _, Write as _},
-    net::IpAddr,
-    os::unix::net::UnixStream,
-    path::Path,
-    time::{Duration, Instant},
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    header::{ACCEPT, CONNECTION, HOST, USER_AGENT},
+    Request,
 };
-
 use serde::Deserialize;
+use tokio::{net::UnixStream, time::timeout};
 
 use super::{EnrichError, Subnet};
+use crate::http_client;
 
 /// Bound on one Docker API call (connect, request, whole response).
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -178,53 +177,38 @@ struct EndpointJson {
 
 /// `GET uri` on the Docker socket; the body of a 200 answer.
 fn http_get(socket: &Path, uri: &'static str) -> Result<Vec<u8>, EnrichError> {
-    let io = |source| EnrichError::DockerIo {
-        path: socket.to_owned(),
-        source,
-    };
-    let deadline = Instant::now() + DOCKER_TIMEOUT;
-    let mut stream = UnixStream::connect(socket).map_err(io)?;
-    stream.set_read_timeout(Some(DOCKER_TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(DOCKER_TIMEOUT)).map_err(io)?;
-    let request = format!(
-        "GET {uri} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dropgate\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    // Connection: close, so the answer ends where the stream does.
-    let mut raw = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = stream.read(&mut chunk).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&chunk[..n]);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if raw.len() > DOCKER_MAX_RESPONSE || remaining.is_zero() {
-            return Err(EnrichError::DockerHttp {
-                path: socket.to_owned(),
-                uri,
-                what: "answer too large or too slow".into(),
-            });
-        }
-        stream.set_read_timeout(Some(remaining)).map_err(io)?;
-    }
-    parse_http_response(&raw).map_err(|what| EnrichError::DockerHttp {
+    let http = |what: String| EnrichError::DockerHttp {
         path: socket.to_owned(),
         uri,
         what,
-    })
-}
-
-/// The body of a complete HTTP/1.1 `200` response (`Content-Length`, chunked, or up to
-/// the end of the stream).
-pub fn parse_http_response(raw: &[u8]) -> Result<Vec<u8>, String> {
-    let response = crate::http1::parse_response(raw)?;
+    };
+    let call = async {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| EnrichError::DockerIo {
+                path: socket.to_owned(),
+                source,
+            })?;
+        let request = Request::get(uri)
+            .header(HOST, "docker")
+            .header(USER_AGENT, "dropgate")
+            .header(ACCEPT, "application/json")
+            .header(CONNECTION, "close")
+            .body(Full::default())
+            .expect("a request of constant, valid parts");
+        http_client::exchange(stream, request, DOCKER_MAX_RESPONSE, DOCKER_TIMEOUT)
+            .await
+            .map_err(|error| http(error.to_string()))
+    };
+    // The deadline's timer needs the runtime: made inside the call.
+    let response = http_client::block_on(async { timeout(DOCKER_TIMEOUT, call).await })
+        .map_err(|error| http(error.to_string()))?
+        .map_err(|_| http(format!("no complete answer within {DOCKER_TIMEOUT:?}")))??;
     if response.status != 200 {
-        return Err(format!(
+        return Err(http(format!(
             "status {} ({})",
             response.status, response.status_line
-        ));
+        )));
     }
     Ok(response.body)
 }
@@ -341,6 +325,14 @@ mod tests {
         );
     }
 
+    /// `GET /networks` on a socket whose server answers `raw`.
+    fn docker_get(name: &str, raw: &'static [u8]) -> Result<Vec<u8>, EnrichError> {
+        let (socket, server) = crate::http_client::test_server::unix(name, raw);
+        let result = http_get(&socket, "/networks");
+        server.join().expect("the test server ends");
+        result
+    }
+
     #[test]
     fn http_bodies_by_length_chunks_or_close() {
         let cases: [(&str, &[u8], &[u8]); 4] = [
@@ -358,7 +350,7 @@ mod tests {
             ("empty body", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b""),
         ];
         for (name, raw, body) in cases {
-            assert_eq!(parse_http_response(raw).expect(name), body, "{name}");
+            assert_eq!(docker_get(name, raw).expect(name), body, "{name}");
         }
     }
 
@@ -368,17 +360,17 @@ mod tests {
             (
                 "not found",
                 b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
-                "404",
+                "status 404 (HTTP/1.1 404 Not Found)",
             ),
             (
                 "no header end",
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
-                "headers",
+                "before message completed",
             ),
             (
                 "cut short",
                 b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n[]",
-                "cut short",
+                "before message length reached",
             ),
             (
                 "bad chunk",
@@ -388,12 +380,27 @@ mod tests {
             (
                 "chunk missing",
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[]",
-                "cut short",
+                "before message length reached",
             ),
         ];
         for (name, raw, needle) in cases {
-            let err = parse_http_response(raw).expect_err(name);
-            assert!(err.contains(needle), "{name}: {err}");
+            let err = docker_get(name, raw).expect_err(name).to_string();
+            assert!(
+                err.contains("GET /networks") && err.contains(needle),
+                "{name}: {err}"
+            );
         }
+    }
+
+    #[test]
+    fn a_missing_socket_is_an_io_error_naming_it() {
+        let socket =
+            std::env::temp_dir().join(format!("dropgate-no-docker-{}.sock", std::process::id()));
+        let err = http_get(&socket, "/networks").expect_err("nothing listens");
+        assert!(matches!(err, EnrichError::DockerIo { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&*socket.to_string_lossy()),
+            "{err}"
+        );
     }
 }

@@ -1,22 +1,31 @@
-//! A small blocking HTTP/1.1 client, enough to read a pushgateway's JSON and push
-//! groups: `http://` only, one request per connection (`Connection: close`), bodies
-//! with `Content-Length`, chunked or up to EOF. The import runs once, on the order of a
-//! request per group, so a connection pool or an async stack would buy nothing here;
-//! hyper's client is not enabled in the workspace, and this keeps dependencies as they are.
+//! The import's HTTP side, enough to read a pushgateway's JSON and push groups:
+//! `http://` only, one request per connection (`Connection: close`) through hyper (see
+//! [`crate::http_client`]). The import runs once, on the order of a request per group, so
+//! a connection pool would buy nothing here.
 
 use std::{
-    io::{self, Read as _, Write as _},
-    net::{SocketAddr, TcpStream, ToSocketAddrs as _},
+    io,
+    net::{SocketAddr, ToSocketAddrs as _},
     time::Duration,
 };
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    header::{CONNECTION, CONTENT_TYPE, HOST, USER_AGENT},
+    Request,
+};
+use tokio::{net::TcpStream, time::timeout};
+
+use crate::http_client::{self, HttpError};
+
 /// How long connecting to one address may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a read or write may stall.
+/// How long the server may stay silent (before its head, between pieces of its body).
 const IO_TIMEOUT: Duration = Duration::from_mins(1);
 /// The largest response read: far above a pushgateway's JSON with thousands of groups,
 /// and a bound on what a wrong URL can make us hold.
-const MAX_RESPONSE: u64 = 512 * 1024 * 1024;
+const MAX_RESPONSE: usize = 512 * 1024 * 1024;
 
 /// Why a URL cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +59,7 @@ pub struct BaseUrl {
     prefix: String,
 }
 
-pub use crate::http1::Response;
+pub use crate::http_client::Response;
 
 impl BaseUrl {
     /// Parses `http://host[:port][/prefix]` (port 80 by default) and resolves the host.
@@ -104,36 +113,42 @@ impl BaseUrl {
         content_type: Option<&str>,
         body: &[u8],
     ) -> io::Result<Response> {
-        let mut stream = self.connect()?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        let mut head = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: dropgate-import/{}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.prefix,
-            self.host,
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header(HOST, &self.host)
+            .header(
+                USER_AGENT,
+                concat!("dropgate-import/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(CONNECTION, "close");
         if let Some(content_type) = content_type {
-            head.push_str("Content-Type: ");
-            head.push_str(content_type);
-            head.push_str("\r\n");
+            request = request.header(CONTENT_TYPE, content_type);
         }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        stream.flush()?;
-        let mut raw = Vec::new();
-        stream.take(MAX_RESPONSE).read_to_end(&mut raw)?;
-        parse_response(&raw)
+        let request = request
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        http_client::block_on(async {
+            let stream = self.connect().await?;
+            http_client::exchange(stream, request, MAX_RESPONSE, IO_TIMEOUT)
+                .await
+                .map_err(into_io)
+        })
+        .map_err(into_io)?
     }
 
-    fn connect(&self) -> io::Result<TcpStream> {
+    async fn connect(&self) -> io::Result<TcpStream> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
         for addr in &self.addrs {
-            match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
-                Ok(stream) => return Ok(stream),
-                Err(error) => last = error,
+            match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(error)) => last = error,
+                Err(_) => {
+                    last = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to {addr} took over {CONNECT_TIMEOUT:?}"),
+                    );
+                }
             }
         }
         Err(last)
@@ -153,13 +168,14 @@ fn split_port(authority: &str) -> Option<(&str, u16)> {
     }
 }
 
-fn parse_response(raw: &[u8]) -> io::Result<Response> {
-    crate::http1::parse_response(raw).map_err(|why| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the answer is not valid HTTP: {why}"),
-        )
-    })
+/// The import reports failures as I/O errors with hyper's reason in the message.
+fn into_io(error: HttpError) -> io::Error {
+    let kind = match error {
+        HttpError::Stalled(_) => io::ErrorKind::TimedOut,
+        HttpError::Invalid(_) | HttpError::TooLarge { .. } => io::ErrorKind::InvalidData,
+        HttpError::Runtime(_) => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, error)
 }
 
 #[cfg(test)]
@@ -227,7 +243,10 @@ mod tests {
             ("not http", b"SSH-2.0-OpenSSH\r\n", None),
         ];
         for (name, raw, want) in cases {
-            let got = parse_response(raw).ok();
+            let (addr, server) = crate::http_client::test_server::tcp(raw);
+            let base = BaseUrl::parse(&format!("http://{addr}")).expect("a loopback URL");
+            let got = base.request("GET", "/", None, b"").ok();
+            server.join().expect("the test server ends");
             assert_eq!(
                 got.as_ref().map(|r| (r.status, r.body.as_slice())),
                 want,

@@ -2,8 +2,9 @@
 //! and runs the self-tests the kernel command line names, and the dropgate binary with
 //! the shared libraries it links (the guest has no other userland).
 //!
-//! The newc cpio is written here rather than by `cpio`, so that `/dev/console` (without
-//! it `/init` has no stdout) needs no `mknod` privileges, then gzip'd.
+//! The newc cpio is written in memory (the `cpio` crate) rather than by the `cpio` tool,
+//! so that `/dev/console` (without it `/init` has no stdout) needs no `mknod`
+//! privileges, then gzip'd.
 
 use std::{
     collections::BTreeSet,
@@ -188,42 +189,21 @@ impl Archive {
         self.next_inode += 1;
         let nlink = if mode & S_IFDIR == S_IFDIR { 2 } else { 1 };
         let size = u32::try_from(data.len()).expect("initramfs members are below 4 GiB");
-        let name_size = u32::try_from(name.len() + 1).expect("short names");
-        let fields = [
-            self.next_inode,
-            mode,
-            0, // uid
-            0, // gid
-            nlink,
-            0, // mtime
-            size,
-            0, // devmajor
-            0, // devminor
-            device.0,
-            device.1,
-            name_size,
-            0, // check
-        ];
-        self.bytes.extend_from_slice(b"070701");
-        for field in fields {
-            self.bytes
-                .extend_from_slice(format!("{field:08X}").as_bytes());
-        }
-        self.bytes.extend_from_slice(name.as_bytes());
-        self.bytes.push(0);
-        self.pad();
-        self.bytes.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while !self.bytes.len().is_multiple_of(4) {
-            self.bytes.push(0);
-        }
+        let mut writer = cpio::newc::Builder::new(name)
+            .ino(self.next_inode)
+            .mode(mode)
+            .nlink(nlink)
+            .rdev_major(device.0)
+            .rdev_minor(device.1)
+            .write(&mut self.bytes, size);
+        writer
+            .write_all(data)
+            .and_then(|()| writer.finish())
+            .expect("an entry of the size it declares, into memory");
     }
 
     fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, &[], (0, 0));
+        cpio::newc::trailer(&mut self.bytes).expect("the trailer, into memory");
         self.bytes
     }
 }
@@ -236,25 +216,49 @@ mod tests {
     fn newc_entries_are_aligned_and_parents_come_first() {
         let mut archive = Archive::default();
         archive.file("bin/x", 0o755, b"hello");
+        archive.char_device("dev/console", 0o600, (5, 1));
         let bytes = archive.finish();
-        let text = String::from_utf8_lossy(&bytes);
-        let names: Vec<&str> = ["bin\0", "bin/x\0", "TRAILER!!!\0"]
-            .into_iter()
-            .filter(|name| text.contains(name))
-            .collect();
-        assert_eq!(names.len(), 3, "directory, file and trailer are all there");
-        assert!(text.find("bin\0") < text.find("bin/x\0"), "parent first");
         assert_eq!(bytes.len() % 4, 0, "padded to 4 bytes");
-        // The file's header: inode 2, regular 0755, size 5, name size 6.
-        let (header_at, _) = text.match_indices("070701").nth(1).expect("second header");
-        let file = &text[header_at..];
-        assert!(
-            file.starts_with("07070100000002000081ED"),
-            "{}",
-            &file[..30]
-        );
-        assert_eq!(&file[6 + 6 * 8..6 + 7 * 8], "00000005", "filesize field");
-        assert_eq!(&file[6 + 11 * 8..6 + 12 * 8], "00000006", "namesize field");
+        // Read back as the kernel's unpacker would: entry by entry, to the trailer.
+        let mut entries = Vec::new();
+        let mut rest = bytes.as_slice();
+        loop {
+            let mut reader = cpio::NewcReader::new(rest).expect("a newc header");
+            if reader.entry().is_trailer() {
+                break;
+            }
+            let entry = reader.entry();
+            let summary = (
+                entry.name().to_owned(),
+                entry.ino(),
+                entry.mode(),
+                entry.nlink(),
+                (entry.rdev_major(), entry.rdev_minor()),
+            );
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut data).expect("the entry's data");
+            entries.push((summary, data));
+            rest = reader.finish().expect("the next entry");
+        }
+        let want = [
+            (
+                ("bin".to_owned(), 1, S_IFDIR | 0o755, 2, (0, 0)),
+                Vec::new(),
+            ),
+            (
+                ("bin/x".to_owned(), 2, S_IFREG | 0o755, 1, (0, 0)),
+                b"hello".to_vec(),
+            ),
+            (
+                ("dev".to_owned(), 3, S_IFDIR | 0o755, 2, (0, 0)),
+                Vec::new(),
+            ),
+            (
+                ("dev/console".to_owned(), 4, S_IFCHR | 0o600, 1, (5, 1)),
+                Vec::new(),
+            ),
+        ];
+        assert_eq!(entries, want, "parents first, then each entry as written");
     }
 
     #[test]
