@@ -306,7 +306,9 @@ fn late_module(
             - before
                 .get(&labels)
                 .map_or(0, |earlier| earlier.packets.min(counts.packets));
-        if labels.netns != netns || added == 0 {
+        // The tunnel's namespace ends with its thread: by now its keys may already
+        // be folded into `gone` (counts move there whole, so the delta still holds).
+        if (labels.netns != netns && labels.netns != crate::collector::GONE) || added == 0 {
             continue;
         }
         if labels.location == TUNNEL_DROP_FUNCTION {
