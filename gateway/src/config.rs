@@ -8,6 +8,8 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::build_info::BuildInfo;
+
 /// Default body limit: 16 MiB, after `Content-Encoding` decoding, and the same for the
 /// bytes on the wire. A push of 100,000 series in text format is about 6 MiB, so this
 /// leaves room for any sane push while bounding what one request can make us hold.
@@ -85,6 +87,8 @@ pub struct GatewayConfig {
     pub max_labels_per_series: usize,
     /// `--push.max-series-per-push`: series in one push (400 past it).
     pub max_series_per_push: usize,
+    /// The running build, for `/api/v1/status` and `dropgate_build_info`.
+    pub build_info: BuildInfo,
 }
 
 impl Default for GatewayConfig {
@@ -107,6 +111,7 @@ impl Default for GatewayConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_labels_per_series: DEFAULT_MAX_LABELS_PER_SERIES,
             max_series_per_push: DEFAULT_MAX_SERIES_PER_PUSH,
+            build_info: BuildInfo::default(),
         }
     }
 }

@@ -104,8 +104,11 @@ impl Gateway {
             None => (WebSettings::default(), None),
         };
         let rejections = Arc::new(Rejections::default());
-        let source: Arc<dyn MetricSource> =
-            Arc::new(WithGatewayMetrics::new(Arc::clone(&rejections), source));
+        let source: Arc<dyn MetricSource> = Arc::new(WithGatewayMetrics::new(
+            Arc::clone(&rejections),
+            &config.build_info,
+            source,
+        ));
         let store = Arc::new(MetricStore::new(ReservedNames::of_source(source.as_ref())));
         if let Some(path) = config.persistence_file.clone() {
             let restoring = Arc::clone(&store);

@@ -109,6 +109,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result.map(|()| ExitCode::SUCCESS)
         }
         Command::Import { from, to } => import(from, to).await,
+        Command::Generate { what } => {
+            tracer::cli::generate(what, &mut std::io::stdout().lock())
+                .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Watch {
             filter,
             json,

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 pub use error::ApiError;
 pub use v1::rfc3339_nano;
 
+use crate::build_info::BuildInfo;
 use crate::config::{normalize_route_prefix, GatewayConfig};
 use crate::source::MetricSource;
 use crate::store::{MetricStore, ReservedNames};
@@ -53,6 +54,7 @@ struct Inner {
     max_labels_per_series: usize,
     max_series_per_push: usize,
     status_flags: BTreeMap<String, String>,
+    build_info: BuildInfo,
     start_time: SystemTime,
     quit: QuitSignal,
 }
@@ -78,6 +80,7 @@ impl AppState {
                 max_labels_per_series: config.max_labels_per_series,
                 max_series_per_push: config.max_series_per_push,
                 status_flags: config.status_flags(),
+                build_info: config.build_info,
                 start_time: SystemTime::now(),
                 quit: QuitSignal::new(),
             }),

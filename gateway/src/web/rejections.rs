@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::build_info::BuildInfo;
 use crate::model::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use crate::source::MetricSource;
 use crate::status::StatusSection;
@@ -134,13 +135,22 @@ impl Rejections {
 /// A [`MetricSource`] that adds the gateway's own families to another source's.
 pub struct WithGatewayMetrics {
     rejections: Arc<Rejections>,
+    build_info: MetricFamily,
     inner: Arc<dyn MetricSource>,
 }
 
 impl WithGatewayMetrics {
-    /// `inner`'s families plus the rejection counters.
-    pub fn new(rejections: Arc<Rejections>, inner: Arc<dyn MetricSource>) -> Self {
-        Self { rejections, inner }
+    /// `inner`'s families plus the rejection counters and `dropgate_build_info`.
+    pub fn new(
+        rejections: Arc<Rejections>,
+        build_info: &BuildInfo,
+        inner: Arc<dyn MetricSource>,
+    ) -> Self {
+        Self {
+            rejections,
+            build_info: build_info.family(),
+            inner,
+        }
     }
 }
 
@@ -148,6 +158,7 @@ impl MetricSource for WithGatewayMetrics {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.inner.collect();
         families.push(self.rejections.family());
+        families.push(self.build_info.clone());
         families
     }
 
