@@ -182,6 +182,28 @@ fn unit_values<'u>(unit: &'u str, key: &str) -> Vec<&'u str> {
         .collect()
 }
 
+/// The flags the unit runs with: its `DROPGATE_ARGS` default, which the packaged
+/// /etc/default/dropgate must repeat (so a package install and a bare unit agree).
+fn unit_flags(unit: &str) -> String {
+    let defaults = fs::read_to_string(Path::new(DIST).join("dropgate.default"))
+        .expect("read tracer/dist/dropgate.default");
+    let in_defaults: Vec<&str> = defaults
+        .lines()
+        .filter_map(|l| l.strip_prefix("DROPGATE_ARGS="))
+        .map(|v| v.trim_matches('"'))
+        .collect();
+    let in_unit: Vec<&str> = unit_values(unit, "Environment")
+        .iter()
+        .filter_map(|v| v.trim_matches('"').strip_prefix("DROPGATE_ARGS="))
+        .collect();
+    assert_eq!(in_unit.len(), 1, "the unit sets DROPGATE_ARGS once");
+    assert_eq!(
+        in_defaults, in_unit,
+        "dropgate.default repeats the unit's flags"
+    );
+    in_unit[0].to_owned()
+}
+
 #[test]
 fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
     let test = "the_systemd_unit_verifies_and_its_capabilities_are_enough";
@@ -203,21 +225,26 @@ fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
 
     // `verify` checks that ExecStart's binary exists: point it at the one under test.
     let exec_start = unit_values(&unit, "ExecStart");
-    assert_eq!(exec_start.len(), 1, "one ExecStart");
-    let mut args = exec_start[0].split_whitespace();
-    assert_eq!(args.next(), Some("/usr/local/bin/dropgate"));
-    let args: Vec<&str> = args.collect();
+    assert_eq!(
+        exec_start,
+        ["/usr/bin/dropgate run $DROPGATE_ARGS"],
+        "one ExecStart"
+    );
+    let flags = unit_flags(&unit);
+    let mut args = vec!["run"];
+    args.extend(flags.split_whitespace());
     let copy = temp.join("dropgate.service");
     fs::write(
         &copy,
         unit.replace(
-            "ExecStart=/usr/local/bin/dropgate ",
+            "ExecStart=/usr/bin/dropgate ",
             &format!("ExecStart={} ", dropgate.display()),
         ),
     )
     .expect("write the unit's copy");
     let verify = Command::new("timeout")
-        .args(["60", "systemd-analyze", "verify"])
+        // --man=no: the man page the unit names comes with the package.
+        .args(["60", "systemd-analyze", "verify", "--man=no"])
         .arg(&copy)
         .output()
         .expect("run systemd-analyze verify");
