@@ -5,6 +5,7 @@
 mod bench;
 mod bench_gateway;
 mod cmd;
+mod dist;
 mod fuzz;
 mod kernels;
 mod run;
@@ -39,6 +40,12 @@ enum Task {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Build what ships, into target/dist: static (musl) binaries for x86_64 and
+    /// aarch64, a .deb for each, and an OCI image for each; then check them.
+    Dist {
+        /// Only this architecture (x86_64 or aarch64).
+        arch: Option<String>,
+    },
     /// Boot Debian's 5.10, 6.1, 6.12 and 7.x kernels under qemu and prove the tracer on
     /// each, and on this machine's kernel: exact counts, the right hook and reason.
     /// `DROPGATE_BIN=path` tests that binary instead of building one.
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::Run { args } => run::run(&args),
         Task::Test { filter } => test::test(filter.as_deref()),
+        Task::Dist { arch } => dist::dist_task(arch.as_deref()),
         Task::TestKernels => kernels::test_kernels_task(),
         Task::Bench { what } => bench::bench(&what),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),

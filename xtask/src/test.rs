@@ -3,13 +3,14 @@
 //! Formatting and lints first, then the host crates' unit and integration tests (in
 //! parallel), then the end-to-end crate one test at a time: its tests create network
 //! namespaces, iptables rules and BPF programs, and must not see each other's traffic.
-//! Last the kernel matrix: the same binary on other kernels under qemu.
+//! Then what ships (`cargo xtask dist`, checked), and last the kernel matrix: the
+//! static binaries users get, on other kernels and on arm64 under qemu.
 
 use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{cmd, kernels, setup};
+use crate::{cmd, dist, kernels, setup};
 
 /// Crates tested on the host (tracer-ebpf is for the BPF target only).
 const HOST_CRATES: &[&str] = &["gateway", "tracer", "tracer-common", "xtask"];
@@ -50,7 +51,16 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         e2e.args(["--test-threads=1", "--nocapture"])
             .env("DROPGATE_BIN", &binary),
     )?;
-    kernels::test_kernels(&binary)?;
+    let shipped = dist::dist(None)?;
+    dist::check(&shipped)?;
+    let binary_of = |name: &str| {
+        shipped
+            .iter()
+            .find(|a| a.arch.name == name)
+            .map(|a| a.binary.clone())
+            .expect("dist builds both architectures")
+    };
+    kernels::test_kernels(&binary_of("x86_64"), &binary_of("aarch64"))?;
     eprintln!(
         "xtask: all tests passed in {:.0}s",
         started.elapsed().as_secs_f64()

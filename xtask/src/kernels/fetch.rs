@@ -19,8 +19,9 @@ use crate::cmd;
 
 /// Keys that sign every Debian suite the matrix uses (package debian-archive-keyring).
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
-/// The metapackage whose dependency names a suite's current kernel.
-const METAPACKAGE: &str = "linux-image-amd64";
+/// The metapackages whose dependency names a suite's current kernel start so; the
+/// Debian architecture follows.
+const METAPACKAGE_PREFIX: &str = "linux-image-";
 
 /// A kernel ready to boot.
 #[derive(Clone, Debug)]
@@ -45,10 +46,15 @@ pub fn cache_dir() -> PathBuf {
     base.join("dropgate/kernels")
 }
 
-/// The current kernel of Debian `suite` whose release starts with `series`, from the
-/// cache or fetched into it.
-pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
-    let dir = cache_dir().join(suite);
+/// The current kernel of Debian `suite` for Debian architecture `arch` whose release
+/// starts with `series`, from the cache or fetched into it.
+pub fn kernel(suite: &str, series: &str, arch: &str) -> Result<Kernel> {
+    // amd64 keeps the folder it always had, so existing caches stay valid.
+    let dir = if arch == "amd64" {
+        cache_dir().join(suite)
+    } else {
+        cache_dir().join(format!("{suite}-{arch}"))
+    };
     let vmlinuz = dir.join("vmlinuz");
     let release_file = dir.join("release");
     if let (true, Ok(release)) = (vmlinuz.is_file(), fs::read_to_string(&release_file)) {
@@ -61,7 +67,7 @@ pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
     // lock nor files; removed whatever happens. Only the image is kept: the apt state
     // is tens of megabytes and cheap to rebuild.
     let scratch = dir.join(format!("fetch.{}", std::process::id()));
-    let fetched = fetch(suite, series, &scratch);
+    let fetched = fetch(suite, series, arch, &scratch);
     let kernel = fetched.and_then(|(release, extracted)| {
         fs::write(&release_file, format!("{release}\n"))
             .with_context(|| format!("writing {}", release_file.display()))?;
@@ -74,17 +80,49 @@ pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
     kernel
 }
 
+/// `/bin/busybox` of Debian `suite`'s busybox-static for `arch`, from the cache or
+/// fetched into it: the userland of a guest that is not this machine's architecture.
+pub fn busybox(suite: &str, arch: &str) -> Result<PathBuf> {
+    let dir = cache_dir().join(format!("busybox-{suite}-{arch}"));
+    let busybox = dir.join("busybox");
+    if busybox.is_file() {
+        return Ok(busybox);
+    }
+    let scratch = dir.join(format!("fetch.{}", std::process::id()));
+    let fetched = (|| {
+        let apt = PrivateApt::create(&scratch.join("apt"), suite, arch)?;
+        eprintln!("xtask: fetching {suite}'s busybox-static for {arch}");
+        apt.update()?;
+        let download = scratch.join("download");
+        fs::create_dir_all(&download)
+            .with_context(|| format!("creating {}", download.display()))?;
+        apt.download("busybox-static", &download)?;
+        let deb = download
+            .read_dir()?
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+            .context("apt-get download busybox-static left no .deb")?;
+        let extracted = extract(&deb, &scratch.join("root"), "./bin/busybox")?;
+        fs::rename(&extracted, &busybox)
+            .with_context(|| format!("moving {} to {}", extracted.display(), busybox.display()))
+    })();
+    let _ = fs::remove_dir_all(&scratch);
+    fetched.map(|()| busybox)
+}
+
 /// Resolves and downloads `suite`'s kernel in `scratch`; its release and the path of
 /// the extracted image.
-fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf)> {
-    let apt = PrivateApt::create(&scratch.join("apt"), suite)?;
+fn fetch(suite: &str, series: &str, arch: &str, scratch: &Path) -> Result<(String, PathBuf)> {
+    let apt = PrivateApt::create(&scratch.join("apt"), suite, arch)?;
+    let metapackage = format!("{METAPACKAGE_PREFIX}{arch}");
     eprintln!(
         "xtask: fetching the {suite} kernel (private apt state in {})",
         apt.root.display()
     );
     apt.update()?;
-    let image = depends_with_prefix(&apt.show(METAPACKAGE)?, "linux-image-")
-        .with_context(|| format!("{suite}'s {METAPACKAGE} depends on no linux-image-* package"))?;
+    let image = depends_with_prefix(&apt.show(&metapackage)?, "linux-image-", &metapackage)
+        .with_context(|| format!("{suite}'s {metapackage} depends on no linux-image-* package"))?;
     let release = image
         .strip_prefix("linux-image-")
         .expect("matched on this prefix")
@@ -93,7 +131,8 @@ fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf)>
         release.starts_with(&format!("{series}.")),
         "{suite}'s current kernel is {release}, not a {series}.x one; update the matrix's table"
     );
-    let package = depends_with_prefix(&apt.show(&image)?, "linux-binary-").unwrap_or(image);
+    let package =
+        depends_with_prefix(&apt.show(&image)?, "linux-binary-", &metapackage).unwrap_or(image);
     let download = scratch.join("download");
     fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
     apt.download(&package, &download)?;
@@ -103,17 +142,22 @@ fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf)>
         .map(|entry| entry.path())
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .with_context(|| format!("apt-get download {package} left no .deb"))?;
-    let extracted = extract_vmlinuz(&deb, &scratch.join("root"))?;
+    let root = scratch.join("root");
+    extract(&deb, &root, "*vmlinuz*")?;
+    let extracted = find_regular_file(&root, "vmlinuz")?
+        .with_context(|| format!("{} holds no vmlinuz", deb.display()))?;
     Ok((release, extracted))
 }
 
 /// An apt configuration of our own: nothing read from or written to the machine's.
 struct PrivateApt {
     root: PathBuf,
+    /// Debian architecture of the packages (not necessarily this machine's).
+    arch: String,
 }
 
 impl PrivateApt {
-    fn create(root: &Path, suite: &str) -> Result<Self> {
+    fn create(root: &Path, suite: &str, arch: &str) -> Result<Self> {
         for sub in [
             "lists/partial",
             "cache/archives/partial",
@@ -124,13 +168,15 @@ impl PrivateApt {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mirror = debian_mirror()?;
-        let sources = format!("deb [signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n");
+        let sources =
+            format!("deb [arch={arch} signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n");
         let path = root.join("sources.list");
         fs::write(&path, sources).with_context(|| format!("writing {}", path.display()))?;
         let status = root.join("status");
         fs::write(&status, "").with_context(|| format!("writing {}", status.display()))?;
         Ok(Self {
             root: root.to_path_buf(),
+            arch: arch.to_owned(),
         })
     }
 
@@ -147,6 +193,8 @@ impl PrivateApt {
             option("Dir::Cache", "cache"),
             // The cache folder is usually in a home that apt's `_apt` user cannot enter.
             "APT::Sandbox::User=root".to_owned(),
+            format!("APT::Architecture={}", self.arch),
+            format!("APT::Architectures={}", self.arch),
             "Acquire::Languages=none".to_owned(),
         ] {
             command.args(["-o", &setting]);
@@ -233,20 +281,21 @@ fn mirror_in(text: &str) -> Option<String> {
 }
 
 /// The name of the first dependency (in `Depends:`) that starts with `prefix`.
-fn depends_with_prefix(show: &str, prefix: &str) -> Option<String> {
+fn depends_with_prefix(show: &str, prefix: &str, metapackage: &str) -> Option<String> {
     let depends = show
         .lines()
         .find_map(|line| line.strip_prefix("Depends: "))?;
     depends
         .split([',', '|'])
         .filter_map(|item| item.split_ascii_whitespace().next())
-        .find(|name| name.starts_with(prefix) && *name != METAPACKAGE)
+        .find(|name| name.starts_with(prefix) && *name != metapackage)
         .map(str::to_owned)
 }
 
-/// Extracts only the kernel image from a kernel package (the modules would be
-/// hundreds of megabytes): `dpkg-deb --fsys-tarfile | tar -x '*vmlinuz*'`.
-fn extract_vmlinuz(deb: &Path, into: &Path) -> Result<PathBuf> {
+/// Extracts only the files matching `pattern` from a package (of a kernel package
+/// only the image: the modules would be hundreds of megabytes):
+/// `dpkg-deb --fsys-tarfile | tar -x PATTERN`; the path of `pattern` if it is one.
+fn extract(deb: &Path, into: &Path, pattern: &str) -> Result<PathBuf> {
     fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
     let mut dpkg = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
@@ -259,7 +308,7 @@ fn extract_vmlinuz(deb: &Path, into: &Path) -> Result<PathBuf> {
         .arg("-x")
         .arg("-C")
         .arg(into)
-        .args(["--wildcards", "*vmlinuz*"])
+        .args(["--wildcards", pattern])
         .stdin(tar_input)
         .status()
         .context("cannot run tar")?;
@@ -269,8 +318,7 @@ fn extract_vmlinuz(deb: &Path, into: &Path) -> Result<PathBuf> {
         "extracting {} failed (dpkg-deb {dpkg}, tar {tar})",
         deb.display()
     );
-    find_regular_file(into, "vmlinuz")?
-        .with_context(|| format!("{} holds no vmlinuz", deb.display()))
+    Ok(into.join(pattern))
 }
 
 /// The first regular file (not a symlink) under `dir` whose name starts with `prefix`.
@@ -345,7 +393,7 @@ mod tests {
         ];
         for (name, show, prefix, want) in cases {
             assert_eq!(
-                depends_with_prefix(show, prefix).as_deref(),
+                depends_with_prefix(show, prefix, "linux-image-amd64").as_deref(),
                 want,
                 "case {name}"
             );
