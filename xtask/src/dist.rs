@@ -242,7 +242,66 @@ fn check_binary(a: &Artifacts, revision: &str) -> Result<()> {
             "{} --version lacks the build information of {revision}:\n{version}",
             a.binary.display()
         );
+        check_served_build_info(&a.binary, revision)?;
     }
+    Ok(())
+}
+
+/// `dropgate gateway` serves the same build in `dropgate_build_info` and
+/// `/api/v1/status` (no privileges needed; a free port on 127.0.0.1).
+fn check_served_build_info(binary: &Path, revision: &str) -> Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut gateway = Command::new(binary)
+        .args([
+            "gateway",
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} gateway", binary.display()))?;
+    let get = |path: &str| -> Option<String> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        answer.starts_with("HTTP/1.1 200").then_some(answer)
+    };
+    let mut metrics = None;
+    for _ in 0..100 {
+        metrics = get("/metrics");
+        if metrics.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = get("/api/v1/status");
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let metrics = metrics.context("dropgate gateway did not answer /metrics within 5 s")?;
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with("dropgate_build_info{"))
+        .context("/metrics has no dropgate_build_info")?;
+    ensure!(
+        gauge.contains(&format!("revision=\"{revision}\""))
+            && gauge.contains(&format!("version=\"{VERSION}\""))
+            && gauge.ends_with(" 1"),
+        "dropgate_build_info does not name this build ({revision}): {gauge}"
+    );
+    let status = status.context("no /api/v1/status")?;
+    ensure!(
+        status.contains(&format!("\"revision\":\"{revision}\""))
+            && !status.contains("\"buildDate\":\"\""),
+        "/api/v1/status lacks the build information: {status}"
+    );
     Ok(())
 }
 
