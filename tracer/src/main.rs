@@ -10,6 +10,12 @@ use tracer::{
     tracer::{Tracer, TracerOptions},
 };
 
+/// musl's malloc is slow for the gateway's many small allocations (pushes took twice as
+/// long as with glibc's, measured with wrk): the static builds use mimalloc.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit codes, in one place.
 mod exit {
     /// Something failed; the message says what.
