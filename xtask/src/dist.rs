@@ -5,8 +5,10 @@
 //! information in it; a `.deb` (the binary, the systemd unit, `/etc/default/dropgate`,
 //! the man page and completions generated from the binary's own clap definitions, the
 //! Prometheus rules and dashboard, the README); and an OCI image holding the binary
-//! alone. The eBPF object inside is the same for both: it is built for the BPF target,
-//! whatever the host. Everything lands in `target/dist/`.
+//! alone. The eBPF object inside comes from the same source for both, compiled for the
+//! BPF target; aya-build sets `bpf_target_arch` to the binary's architecture (aya's
+//! helper bindings are per architecture), so the two objects differ in those symbol
+//! names only. Everything lands in `target/dist/`.
 //!
 //! The packaging is spelled out here rather than delegated (cargo-deb, a Docker engine)
 //! so that what goes where can be read in one file; `check` verifies the artifacts with
