@@ -16,6 +16,7 @@
 
 mod deb;
 mod image;
+mod install_test;
 
 use std::{
     fs,
@@ -178,6 +179,24 @@ fn static_binary(arch: Arch, out: &Path) -> Result<PathBuf> {
     fs::copy(&output, &copy)
         .with_context(|| format!("copying {} to {}", output.display(), copy.display()))?;
     Ok(copy)
+}
+
+/// `cargo xtask test-install`: the amd64 package (`DROPGATE_DEB`, else built) installed,
+/// run, stopped and purged on a freshly bootstrapped Debian 12 under systemd.
+pub fn test_install_task() -> Result<()> {
+    crate::setup::setup()?;
+    let deb = match std::env::var_os("DROPGATE_DEB") {
+        Some(deb) => PathBuf::from(deb),
+        None => dist(Some("x86_64"))?.remove(0).deb,
+    };
+    test_install(&deb)
+}
+
+/// The install test with `deb`, on the matrix's cached Debian 12 kernel.
+pub fn test_install(deb: &Path) -> Result<()> {
+    let kernel = crate::kernels::fetch::kernel("bookworm", "6.1", "amd64")
+        .context("fetching Debian 12's kernel for the install test")?;
+    install_test::test_install(deb, &kernel.vmlinuz)
 }
 
 /// Checks the artifacts as an installer would meet them; what `cargo xtask test` runs.

@@ -14,7 +14,7 @@
 //! A kernel that cannot be fetched is reported as such and is never a pass; with
 //! `DROPGATE_E2E=require` (CI) it fails the matrix.
 
-mod fetch;
+pub mod fetch;
 mod guest;
 mod initramfs;
 

@@ -54,6 +54,9 @@ const DIST_APT_PACKAGES: &[&str] = &[
     "skopeo",
     // The arm64 guest of the kernel matrix.
     "qemu-system-arm",
+    // The install test: a fresh Debian 12 root, packed as the guest's initramfs.
+    "debootstrap",
+    "cpio",
 ];
 
 /// The rustup targets of the static binaries.
