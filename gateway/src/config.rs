@@ -8,6 +8,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::build_info::BuildInfo;
 use crate::codec::limits;
 
 /// Default body limit: 16 MiB, after `Content-Encoding` decoding, and the same for the
@@ -99,6 +100,8 @@ pub struct GatewayConfig {
     /// `--push.max-render-factor`: rendered bytes a push may take per byte of its
     /// request (400 past it; see [`crate::codec::limits`]).
     pub max_render_factor: usize,
+    /// The running build, for `/api/v1/status` and `dropgate_build_info`.
+    pub build_info: BuildInfo,
 }
 
 impl Default for GatewayConfig {
@@ -126,6 +129,7 @@ impl Default for GatewayConfig {
             max_buckets_per_series: limits::DEFAULT_MAX_BUCKETS_PER_SERIES,
             max_grouping_key_bytes: limits::DEFAULT_MAX_GROUPING_KEY_BYTES,
             max_render_factor: limits::DEFAULT_MAX_RENDER_FACTOR,
+            build_info: BuildInfo::default(),
         }
     }
 }

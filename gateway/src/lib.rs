@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod build_info;
 pub mod codec;
 pub mod config;
 pub mod exposition;

@@ -106,7 +106,7 @@ impl Gateway {
             None => (WebSettings::default(), None),
         };
         let rejections = Arc::new(Rejections::default());
-        let with_own = WithGatewayMetrics::new(Arc::clone(&rejections), source);
+        let with_own = WithGatewayMetrics::new(Arc::clone(&rejections), &config.build_info, source);
         let save_failures = with_own.save_failures();
         let source: Arc<dyn MetricSource> = Arc::new(with_own);
         let store = Arc::new(MetricStore::new(ReservedNames::of_source(source.as_ref())));

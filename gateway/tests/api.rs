@@ -726,6 +726,14 @@ fn assert_cors(answer: &Answer) {
 async fn api_v1_status_and_cors() {
     let config = GatewayConfig {
         persistence_file: Some("/var/lib/dropgate/store".into()),
+        build_info: gateway::build_info::BuildInfo {
+            version: "9.8.7",
+            revision: "0123456789abcdef",
+            branch: "release-9",
+            build_user: "builder@ci",
+            build_date: "20260102-03:04:05",
+            rust_version: "1.95.0",
+        },
         ..GatewayConfig::default()
     };
     let gw = gateway_with(&config, Arc::new(NoSource));
@@ -740,7 +748,18 @@ async fn api_v1_status_and_cors() {
     assert_eq!(flags["persistence.interval"], "5m0s");
     assert_eq!(flags["web.enable-admin-api"], "false");
     assert_eq!(flags["web.listen-address"], "[::]:9091");
-    assert!(json["data"]["build_information"]["version"].is_string());
+    // The pushgateway's keys, carrying the build the binary embedded.
+    assert_eq!(
+        json["data"]["build_information"],
+        serde_json::json!({
+            "branch": "release-9",
+            "buildDate": "20260102-03:04:05",
+            "buildUser": "builder@ci",
+            "goVersion": "1.95.0",
+            "revision": "0123456789abcdef",
+            "version": "9.8.7",
+        })
+    );
     assert!(json["data"]["start_time"]
         .as_str()
         .is_some_and(|t| t.ends_with('Z') && t.contains('T')));

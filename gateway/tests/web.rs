@@ -65,6 +65,7 @@ fn guarded(setup: Setup) -> Guarded {
     let rejections = Arc::new(Rejections::default());
     let source = Arc::new(WithGatewayMetrics::new(
         Arc::clone(&rejections),
+        &setup.config.build_info,
         Arc::new(NoSource),
     ));
     let state = AppState::with_empty_store(&setup.config, source);

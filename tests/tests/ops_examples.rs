@@ -182,6 +182,28 @@ fn unit_values<'u>(unit: &'u str, key: &str) -> Vec<&'u str> {
         .collect()
 }
 
+/// The flags the unit runs with: its `DROPGATE_ARGS` default, which the packaged
+/// /etc/default/dropgate must repeat (so a package install and a bare unit agree).
+fn unit_flags(unit: &str) -> String {
+    let defaults = fs::read_to_string(Path::new(DIST).join("dropgate.default"))
+        .expect("read tracer/dist/dropgate.default");
+    let in_defaults: Vec<&str> = defaults
+        .lines()
+        .filter_map(|l| l.strip_prefix("DROPGATE_ARGS="))
+        .map(|v| v.trim_matches('"'))
+        .collect();
+    let in_unit: Vec<&str> = unit_values(unit, "Environment")
+        .iter()
+        .filter_map(|v| v.trim_matches('"').strip_prefix("DROPGATE_ARGS="))
+        .collect();
+    assert_eq!(in_unit.len(), 1, "the unit sets DROPGATE_ARGS once");
+    assert_eq!(
+        in_defaults, in_unit,
+        "dropgate.default repeats the unit's flags"
+    );
+    in_unit[0].to_owned()
+}
+
 #[test]
 fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
     let test = "the_systemd_unit_verifies_and_its_capabilities_are_enough";
@@ -203,21 +225,26 @@ fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
 
     // `verify` checks that ExecStart's binary exists: point it at the one under test.
     let exec_start = unit_values(&unit, "ExecStart");
-    assert_eq!(exec_start.len(), 1, "one ExecStart");
-    let mut args = exec_start[0].split_whitespace();
-    assert_eq!(args.next(), Some("/usr/local/bin/dropgate"));
-    let args: Vec<&str> = args.collect();
+    assert_eq!(
+        exec_start,
+        ["/usr/bin/dropgate run $DROPGATE_ARGS"],
+        "one ExecStart"
+    );
+    let flags = unit_flags(&unit);
+    let mut args = vec!["run"];
+    args.extend(flags.split_whitespace());
     let copy = temp.join("dropgate.service");
     fs::write(
         &copy,
         unit.replace(
-            "ExecStart=/usr/local/bin/dropgate ",
+            "ExecStart=/usr/bin/dropgate ",
             &format!("ExecStart={} ", dropgate.display()),
         ),
     )
     .expect("write the unit's copy");
     let verify = Command::new("timeout")
-        .args(["60", "systemd-analyze", "verify"])
+        // --man=no: the man page the unit names comes with the package.
+        .args(["60", "systemd-analyze", "verify", "--man=no"])
         .arg(&copy)
         .output()
         .expect("run systemd-analyze verify");
@@ -278,5 +305,103 @@ fn the_systemd_unit_verifies_and_its_capabilities_are_enough() {
     assert!(
         String::from_utf8_lossy(&persisted).contains("ops_example_pushed"),
         "the pushed group is in the state directory's persistence file"
+    );
+}
+
+/// The image of `cargo xtask dist` (`DROPGATE_IMAGE`, which `cargo xtask test` sets),
+/// loaded into a real engine and run with the flags the README documents: it attaches,
+/// names a drop in the engine's namespace, serves `/metrics` and stops cleanly.
+#[test]
+fn the_dist_image_runs_with_the_documented_docker_flags() {
+    let test = "the_dist_image_runs_with_the_documented_docker_flags";
+    let image = std::env::var_os("DROPGATE_IMAGE").map(std::path::PathBuf::from);
+    if !may_run(test, is_root(), "root (namespaces, BPF)")
+        || !may_run(
+            test,
+            docker_available(),
+            "dockerd and docker (cargo xtask setup)",
+        )
+        || !may_run(
+            test,
+            image.as_ref().is_some_and(|i| i.is_file()),
+            "DROPGATE_IMAGE, the image tar of `cargo xtask dist` (cargo xtask test sets it)",
+        )
+    {
+        return;
+    }
+    let image = image.expect("checked above");
+    let engine = DockerEngine::start("image");
+    let loaded = engine.docker(&["load", "-i", &image.to_string_lossy()]);
+    let tag = loaded
+        .lines()
+        .find_map(|l| l.strip_prefix("Loaded image: "))
+        .unwrap_or_else(|| panic!("docker load names the image it loaded: {loaded}"))
+        .trim()
+        .to_owned();
+    fs::create_dir_all(engine.exec_root().join("netns")).expect("create the netns folder");
+    let name = format!("dgimage{}", std::process::id());
+    let volume = |from: &Path, to: &str| format!("{}:{to}:ro", from.display());
+    // README's `docker run` line; only the engine's own socket and netns folder stand in
+    // for the system's, and the persistence volume is the engine's anonymous one.
+    let mut args: Vec<String> = [
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "host",
+        "--pid",
+        "host",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--cap-add",
+        "SYSLOG",
+        "--cap-add",
+        "SYS_PTRACE",
+        "--cap-add",
+        "DAC_READ_SEARCH",
+        "--cap-add",
+        "NET_ADMIN",
+        "--security-opt",
+        "apparmor=unconfined",
+        "-v",
+        "/sys/kernel/btf:/sys/kernel/btf:ro",
+        "-v",
+        "/sys/kernel/tracing:/sys/kernel/tracing:ro",
+        "-v",
+        "/var/lib/dropgate",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend([
+        "-v".to_owned(),
+        volume(&engine.exec_root().join("netns"), "/run/docker/netns"),
+        "-v".to_owned(),
+        volume(engine.socket(), "/var/run/docker.sock"),
+        tag,
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    engine.docker(&refs);
+    wait_ready(
+        &engine.netns,
+        "the dist image under docker run",
+        || false,
+        || engine.docker(&["logs", &name]),
+    );
+    let metrics = push_and_see_a_drop(&engine.netns);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dropgate_build_info{") && l.ends_with(" 1")),
+        "the image's binary says which build it is:\n{metrics}"
+    );
+    engine.docker(&["stop", "-t", "30", &name]);
+    assert_eq!(
+        engine.docker(&["inspect", "-f", "{{.State.ExitCode}}", &name]),
+        "0",
+        "SIGTERM ends dropgate cleanly: {}",
+        engine.docker(&["logs", &name])
     );
 }

@@ -15,6 +15,7 @@ use crate::loader::HookChoice;
 #[command(
     name = "dropgate",
     version,
+    long_version = crate::build_info::LONG_VERSION,
     about = "Traces every packet the kernel drops, names the cause, and serves the metrics with a Pushgateway-compatible gateway",
     long_about = None
 )]
@@ -71,6 +72,14 @@ pub enum Command {
         #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9091")]
         to: String,
     },
+    /// Write the man page or a shell's completion script to stdout, generated from
+    /// these definitions (for packages: `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        #[arg(value_enum)]
+        what: Generated,
+    },
     /// Print every sampled drop as it happens, one line each (or JSON lines).
     Watch {
         #[command(flatten)]
@@ -112,6 +121,35 @@ impl ClassArgs {
 
 fn class_rule(text: &str) -> Result<crate::drop_class::Rule, String> {
     text.parse()
+}
+
+/// What `dropgate generate` writes.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generated {
+    /// dropgate(1), in roff.
+    Man,
+    /// bash completion.
+    Bash,
+    /// zsh completion.
+    Zsh,
+    /// fish completion.
+    Fish,
+}
+
+/// Writes `what` for the command line defined here, so the packaged man page and
+/// completions can never disagree with the flags the binary parses.
+pub fn generate(what: Generated, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let mut command = Cli::command();
+    let shell = match what {
+        Generated::Man => return clap_mangen::Man::new(command).render(out),
+        Generated::Bash => Shell::Bash,
+        Generated::Zsh => Shell::Zsh,
+        Generated::Fish => Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut command, "dropgate", out);
+    Ok(())
 }
 
 /// Options of `diagnose`.
@@ -284,6 +322,7 @@ impl GatewayArgs {
             max_buckets_per_series: self.max_buckets_per_series,
             max_grouping_key_bytes: self.max_grouping_key_bytes,
             max_render_factor: self.max_render_factor,
+            build_info: crate::build_info::BUILD,
             ..gateway::config::GatewayConfig::default()
         }
     }
@@ -434,6 +473,35 @@ mod tests {
             panic!("run subcommand expected");
         };
         assert_eq!(trace.max_keys, MAX_DROP_KEYS);
+    }
+
+    #[test]
+    fn man_page_and_completions_carry_the_real_flags() {
+        let render = |what| {
+            let mut out = Vec::new();
+            generate(what, &mut out).expect("generating into memory cannot fail");
+            String::from_utf8(out).expect("generated text is UTF-8")
+        };
+        let man = render(Generated::Man);
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH dropgate 1"),
+            "roff: {man:.200}"
+        );
+        for command in ["run", "gateway", "diagnose", "selftest", "import", "watch"] {
+            assert!(man.contains(command), "the man page lists `{command}`");
+        }
+        assert!(!man.contains("generate"), "the hidden command stays hidden");
+        for (shell, marker) in [
+            (Generated::Bash, "complete -F"),
+            (Generated::Zsh, "#compdef dropgate"),
+            (Generated::Fish, "complete -c dropgate"),
+        ] {
+            let script = render(shell);
+            assert!(script.contains(marker), "{shell:?}: {script:.200}");
+            for flag in ["web.listen-address", "persistence.file", "trace.hook"] {
+                assert!(script.contains(flag), "{shell:?} completes --{flag}");
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod btf;
+pub mod build_info;
 pub mod cli;
 pub mod collector;
 pub mod diagnose;

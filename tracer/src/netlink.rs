@@ -48,9 +48,11 @@ pub fn route_socket(groups: u32, timeout: Duration) -> std::io::Result<OwnedFd> 
             return Err(std::io::Error::last_os_error());
         }
     }
+    // The field types, not their names: libc deprecates `time_t` and `suseconds_t`
+    // on musl (the static builds), whose widths it plans to change.
     let timeout = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(1),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+        tv_sec: timeout.as_secs().try_into().unwrap_or(1),
+        tv_usec: timeout.subsec_micros().into(),
     };
     // SAFETY: setsockopt reads one timeval of the given size from valid memory.
     let rc = unsafe {

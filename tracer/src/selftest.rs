@@ -575,6 +575,11 @@ fn interface_index(name: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
+/// ioctl's request argument is an unsigned long in glibc and an int in musl (the
+/// static builds); the numbers fit either.
+const IOCTL_GET_FLAGS: libc::Ioctl = libc::SIOCGIFFLAGS as libc::Ioctl;
+const IOCTL_SET_FLAGS: libc::Ioctl = libc::SIOCSIFFLAGS as libc::Ioctl;
+
 /// `ip link set NAME up`, through the SIOCGIFFLAGS/SIOCSIFFLAGS ioctls.
 fn set_interface_up(name: &str) -> anyhow::Result<()> {
     // SAFETY: plain socket creation; the result is checked before use.
@@ -591,11 +596,12 @@ fn set_interface_up(name: &str) -> anyhow::Result<()> {
         "interface name {name} too long"
     );
     for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *slot = byte.cast_signed();
+        // c_char is i8 on x86_64 and u8 on aarch64: same bits either way.
+        *slot = libc::c_char::from_ne_bytes([byte]);
     }
     // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `request`, a valid
     // ifreq that outlives the call.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut request) } != 0 {
+    if unsafe { libc::ioctl(socket.as_raw_fd(), IOCTL_GET_FLAGS, &raw mut request) } != 0 {
         return Err(io::Error::last_os_error()).with_context(|| format!("reading {name}'s flags"));
     }
     // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
@@ -603,7 +609,7 @@ fn set_interface_up(name: &str) -> anyhow::Result<()> {
         request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
     }
     // SAFETY: as above; SIOCSIFFLAGS reads name and flags.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const request) } != 0 {
+    if unsafe { libc::ioctl(socket.as_raw_fd(), IOCTL_SET_FLAGS, &raw const request) } != 0 {
         return Err(io::Error::last_os_error()).with_context(|| format!("setting {name} up"));
     }
     Ok(())

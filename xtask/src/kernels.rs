@@ -2,8 +2,9 @@
 //! kernel a data centre runs; this proves it on every test run.
 //!
 //! Debian's current 5.10, 6.1, 6.12 and 7.x kernels are fetched into a cache outside
-//! the repository and booted under qemu with a minimal initramfs holding the dropgate
-//! binary. In each guest `dropgate selftest` loads the probe (tp_btf, then the classic
+//! the repository and booted under qemu with a minimal initramfs holding the static
+//! dropgate binary (`cargo xtask dist`'s, as users get it); Debian 12's arm64 kernel is
+//! booted under qemu-system-aarch64 with the aarch64 binary and an arm64 busybox. In each guest `dropgate selftest` loads the probe (tp_btf, then the classic
 //! tracepoint), makes the kernel drop frames in `ip_error` with forwarding off, and
 //! checks the probe's count against the kernel's own `InAddrErrors` and the reason name
 //! against the kernel's BTF; here the reason is also checked against what that kernel
@@ -13,7 +14,7 @@
 //! A kernel that cannot be fetched is reported as such and is never a pass; with
 //! `DROPGATE_E2E=require` (CI) it fails the matrix.
 
-mod fetch;
+pub mod fetch;
 mod guest;
 mod initramfs;
 
@@ -60,6 +61,13 @@ const MATRIX: [KernelSpec; 4] = [
         reason: "IP_INADDRERRORS",
     },
 ];
+
+/// The arm64 guest: Debian 12's kernel, the release most arm64 servers run.
+const ARM64: KernelSpec = KernelSpec {
+    suite: "bookworm",
+    series: "6.1",
+    reason: "IP_INADDRERRORS",
+};
 
 /// The suite whose kernel also runs the deliberately broken case.
 const BROKEN_ON: &str = "bookworm";
@@ -113,20 +121,23 @@ const BROKEN: Case = Case {
 /// Upper bound for one boot with its self-tests (TCG on a slow CI machine).
 const BOOT_TIMEOUT: Duration = Duration::from_mins(5);
 
-/// `cargo xtask test-kernels`: set up, build (unless `DROPGATE_BIN` names a binary),
-/// and run the matrix.
+/// `cargo xtask test-kernels`: set up, build the static binaries (unless
+/// `DROPGATE_BIN` and `DROPGATE_BIN_AARCH64` name them), and run the matrix.
 pub fn test_kernels_task() -> Result<()> {
     crate::setup::setup()?;
-    let binary = if let Some(binary) = std::env::var_os("DROPGATE_BIN") {
-        PathBuf::from(binary)
-    } else {
-        cmd::build_dropgate(false)?
+    let given = |variable: &str, arch: &str| match std::env::var_os(variable) {
+        Some(binary) => Ok(PathBuf::from(binary)),
+        None => crate::dist::static_binary_for(arch),
     };
-    test_kernels(&binary)
+    test_kernels(
+        &given("DROPGATE_BIN", "x86_64")?,
+        &given("DROPGATE_BIN_AARCH64", "aarch64")?,
+    )
 }
 
-/// Runs the matrix with `binary` as the guests' (and this machine's) dropgate.
-pub fn test_kernels(binary: &Path) -> Result<()> {
+/// Runs the matrix with the static `binary` as the x86_64 guests' (and this
+/// machine's) dropgate, and `aarch64` as the arm64 guest's.
+pub fn test_kernels(binary: &Path, aarch64: &Path) -> Result<()> {
     let started = Instant::now();
     let required = std::env::var("DROPGATE_E2E").is_ok_and(|v| v == "require");
     if let Err(missing) = check_tools() {
@@ -139,12 +150,19 @@ pub fn test_kernels(binary: &Path) -> Result<()> {
     let out = cmd::target_dir().join("kernel-matrix");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let initrd = out.join("initramfs.cpio.gz");
-    initramfs::build(binary, &initrd, &[]).context("building the guests' initramfs")?;
+    initramfs::build(binary, Path::new(initramfs::BUSYBOX), &initrd, &[])
+        .context("building the guests' initramfs")?;
 
     let mut rows = Vec::new();
     for spec in &MATRIX {
-        rows.extend(kernel_rows(spec, binary, &initrd, &out));
+        let x86_64 = Guest {
+            machine: &guest::X86_64,
+            binary,
+            busybox: Path::new(initramfs::BUSYBOX),
+        };
+        rows.extend(kernel_rows(spec, &x86_64, &initrd, &out));
     }
+    rows.extend(arm64_rows(aarch64, &out));
     rows.extend(host_rows(binary));
 
     println!("{}", table(&rows));
@@ -174,9 +192,9 @@ pub fn test_kernels(binary: &Path) -> Result<()> {
 }
 
 fn check_tools() -> Result<()> {
-    for tool in ["qemu-system-x86_64", initramfs::BUSYBOX] {
+    for tool in [guest::X86_64.qemu, guest::AARCH64.qemu, initramfs::BUSYBOX] {
         if cmd::stdout_of(Command::new("which").arg(tool)).is_none() {
-            bail!("{tool} not found; `cargo xtask setup` as root installs qemu-system-x86 and busybox-static");
+            bail!("{tool} not found; `cargo xtask setup` as root installs qemu-system-x86, qemu-system-arm and busybox-static");
         }
     }
     fetch::check_tools()
@@ -258,10 +276,49 @@ impl Measured {
     }
 }
 
+/// The arm64 guest: its own initramfs (aarch64 dropgate, arm64 busybox) and kernel.
+fn arm64_rows(binary: &Path, out: &Path) -> Vec<Row> {
+    let initrd = out.join("initramfs-arm64.cpio.gz");
+    let built = fetch::busybox(ARM64.suite, guest::AARCH64.deb_arch)
+        .and_then(|busybox| initramfs::build(binary, &busybox, &initrd, &[]).map(|()| busybox));
+    match built {
+        Ok(busybox) => kernel_rows(
+            &ARM64,
+            &Guest {
+                machine: &guest::AARCH64,
+                binary,
+                busybox: &busybox,
+            },
+            &initrd,
+            out,
+        ),
+        Err(err) => vec![Row {
+            kernel: format!("{}.x ({} arm64)", ARM64.series, ARM64.suite),
+            case: "-",
+            boot: None,
+            measured: None,
+            verdict: Verdict::NotFetched(format!("{err:#}")),
+        }],
+    }
+}
+
 /// Fetches and boots one kernel; its rows, or one "not fetched" row.
-fn kernel_rows(spec: &KernelSpec, binary: &Path, initrd: &Path, out: &Path) -> Vec<Row> {
-    let name = format!("{}.x ({})", spec.series, spec.suite);
-    let kernel = match fetch::kernel(spec.suite, spec.series) {
+/// What a guest of one architecture runs: its machine, dropgate and busybox (the
+/// late-module run builds an initramfs of its own from them).
+struct Guest<'a> {
+    machine: &'a guest::Machine,
+    binary: &'a Path,
+    busybox: &'a Path,
+}
+
+fn kernel_rows(spec: &KernelSpec, guest: &Guest, initrd: &Path, out: &Path) -> Vec<Row> {
+    let Guest {
+        machine,
+        binary,
+        busybox,
+    } = *guest;
+    let name = format!("{}.x ({} {})", spec.series, spec.suite, machine.deb_arch);
+    let kernel = match fetch::kernel(spec.suite, spec.series, machine.deb_arch) {
         Ok(kernel) => kernel,
         Err(err) => {
             return vec![Row {
@@ -278,10 +335,13 @@ fn kernel_rows(spec: &KernelSpec, binary: &Path, initrd: &Path, out: &Path) -> V
         cases.push(&BROKEN);
     }
     // The late-module run goes last: the modules it loads stay for the rest of the boot.
-    let own_initrd = out.join(format!("initramfs-{}.cpio.gz", spec.suite));
+    let own_initrd = out.join(format!(
+        "initramfs-{}-{}.cpio.gz",
+        spec.suite, machine.deb_arch
+    ));
     let late =
         late_module_argument(&kernel.late_modules).and_then(|argument| {
-            match initramfs::build(binary, &own_initrd, &kernel.late_modules) {
+            match initramfs::build(binary, busybox, &own_initrd, &kernel.late_modules) {
                 Ok(()) => Some(argument),
                 Err(err) => {
                     eprintln!("xtask: no late-module run on {}: {err:#}", kernel.release);
@@ -302,10 +362,10 @@ fn kernel_rows(spec: &KernelSpec, binary: &Path, initrd: &Path, out: &Path) -> V
     if let (Some(argument), Some(run)) = (&late, runs.last_mut()) {
         run.push(argument);
     }
-    let log = out.join(format!("{}.console", spec.suite));
+    let log = out.join(format!("{}-{}.console", spec.suite, machine.deb_arch));
     eprintln!("xtask: booting {} under qemu", kernel.release);
     let started = Instant::now();
-    let boot = guest::boot(&kernel.vmlinuz, initrd, &runs, BOOT_TIMEOUT, &log);
+    let boot = guest::boot(machine, &kernel.vmlinuz, initrd, &runs, BOOT_TIMEOUT, &log);
     eprintln!(
         "xtask: {} done in {:.1}s",
         kernel.release,

@@ -6,6 +6,7 @@ mod bench;
 mod bench_gateway;
 mod bench_hostile;
 mod cmd;
+mod dist;
 mod fuzz;
 mod kernels;
 mod run;
@@ -40,6 +41,16 @@ enum Task {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Build what ships, into target/dist: static (musl) binaries for x86_64 and
+    /// aarch64, a .deb for each, and an OCI image for each; then check them.
+    Dist {
+        /// Only this architecture (x86_64 or aarch64).
+        arch: Option<String>,
+    },
+    /// Install the amd64 .deb on a freshly bootstrapped Debian 12 booted with systemd
+    /// under qemu: active, /metrics, the incident's drops, stop, purge.
+    /// `DROPGATE_DEB=path` tests that package instead of building one.
+    TestInstall,
     /// Boot Debian's 5.10, 6.1, 6.12 and 7.x kernels under qemu and prove the tracer on
     /// each, and on this machine's kernel: exact counts, the right hook and reason.
     /// `DROPGATE_BIN=path` tests that binary instead of building one.
@@ -71,6 +82,8 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::Run { args } => run::run(&args),
         Task::Test { filter } => test::test(filter.as_deref()),
+        Task::Dist { arch } => dist::dist_task(arch.as_deref()),
+        Task::TestInstall => dist::test_install_task(),
         Task::TestKernels => kernels::test_kernels_task(),
         Task::Bench { what } => bench::bench(&what),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),

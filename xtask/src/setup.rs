@@ -47,11 +47,32 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
 ];
 
+/// What `cargo xtask dist` needs besides the build: the musl C compiler and the arm64
+/// cross toolchain (ring's C parts, the aarch64 linker), and the packaging tools and
+/// their checkers.
+const DIST_APT_PACKAGES: &[&str] = &[
+    "musl-tools",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "file",
+    "lintian",
+    "skopeo",
+    // The arm64 guest of the kernel matrix.
+    "qemu-system-arm",
+    // The install test: a fresh Debian 12 root, packed as the guest's initramfs.
+    "debootstrap",
+    "cpio",
+];
+
+/// The rustup targets of the static binaries.
+const DIST_TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup() -> Result<()> {
     let started = std::time::Instant::now();
     apt_packages()?;
+    dist_tools()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
     mounts();
@@ -62,8 +83,33 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// The dist toolchain (see [`DIST_APT_PACKAGES`], [`DIST_TARGETS`]), when missing.
+pub fn dist_tools() -> Result<()> {
+    apt_install(DIST_APT_PACKAGES)?;
+    let installed = stdout_of(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup not found; install Rust with rustup (https://rustup.rs)")?;
+    let missing: Vec<&str> = DIST_TARGETS
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l == *t))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: adding rustup targets: {}", missing.join(" "));
+        cmd::run(
+            Command::new("rustup")
+                .args(["target", "add"])
+                .args(&missing),
+        )?;
+    }
+    Ok(())
+}
+
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| {

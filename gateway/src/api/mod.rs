@@ -31,6 +31,7 @@ use tokio::sync::{watch, Semaphore};
 pub use error::ApiError;
 pub use v1::rfc3339_nano;
 
+use crate::build_info::BuildInfo;
 use crate::codec::limits::PushLimits;
 use crate::config::{normalize_route_prefix, GatewayConfig};
 use crate::source::MetricSource;
@@ -59,6 +60,7 @@ struct Inner {
     /// (`/-/healthy`, scrapes, small pushes) and memory holds that many at most.
     parse_permits: Arc<Semaphore>,
     status_flags: BTreeMap<String, String>,
+    build_info: BuildInfo,
     start_time: SystemTime,
     quit: QuitSignal,
 }
@@ -86,6 +88,7 @@ impl AppState {
                 max_render_factor: config.max_render_factor,
                 parse_permits: Arc::new(Semaphore::new(parse_permits())),
                 status_flags: config.status_flags(),
+                build_info: config.build_info,
                 start_time: SystemTime::now(),
                 quit: QuitSignal::new(),
             }),

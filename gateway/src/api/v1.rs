@@ -83,14 +83,7 @@ struct StatusData<'a> {
 /// `GET /api/v1/status`.
 pub(super) async fn status(State(state): State<AppState>) -> Response {
     // Upstream's keys, so that its UI and scripts find them; values are ours.
-    let build_information = BTreeMap::from([
-        ("branch", ""),
-        ("buildDate", ""),
-        ("buildUser", ""),
-        ("goVersion", ""),
-        ("revision", ""),
-        ("version", env!("CARGO_PKG_VERSION")),
-    ]);
+    let build_information = BTreeMap::from(state.inner.build_info.status_fields());
     json(StatusData {
         build_information,
         flags: &state.inner.status_flags,

@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::build_info::BuildInfo;
 use crate::model::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use crate::persistence::SaveFailures;
 use crate::source::MetricSource;
@@ -152,15 +153,22 @@ impl Rejections {
 pub struct WithGatewayMetrics {
     rejections: Arc<Rejections>,
     save_failures: Arc<SaveFailures>,
+    build_info: MetricFamily,
     inner: Arc<dyn MetricSource>,
 }
 
 impl WithGatewayMetrics {
-    /// `inner`'s families plus the rejection and save-failure counters.
-    pub fn new(rejections: Arc<Rejections>, inner: Arc<dyn MetricSource>) -> Self {
+    /// `inner`'s families plus the rejection and save-failure counters and
+    /// `dropgate_build_info`.
+    pub fn new(
+        rejections: Arc<Rejections>,
+        build_info: &BuildInfo,
+        inner: Arc<dyn MetricSource>,
+    ) -> Self {
         Self {
             rejections,
             save_failures: Arc::default(),
+            build_info: build_info.family(),
             inner,
         }
     }
@@ -177,6 +185,7 @@ impl MetricSource for WithGatewayMetrics {
         let mut families = self.inner.collect();
         families.push(self.save_failures.family());
         families.push(self.rejections.family());
+        families.push(self.build_info.clone());
         families
     }
 

@@ -21,8 +21,9 @@ use crate::cmd;
 
 /// Keys that sign every Debian suite the matrix uses (package debian-archive-keyring).
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
-/// The metapackage whose dependency names a suite's current kernel.
-const METAPACKAGE: &str = "linux-image-amd64";
+/// The metapackages whose dependency names a suite's current kernel start so; the
+/// Debian architecture follows.
+const METAPACKAGE_PREFIX: &str = "linux-image-";
 
 /// The modules the late-module self-test loads, in load order; ipip last. Those the
 /// kernel has built in are not in its package and are simply not loaded.
@@ -69,10 +70,15 @@ pub fn cache_dir() -> PathBuf {
     base.join("dropgate/kernels")
 }
 
-/// The current kernel of Debian `suite` whose release starts with `series`, from the
-/// cache or fetched into it.
-pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
-    let dir = cache_dir().join(suite);
+/// The current kernel of Debian `suite` for Debian architecture `arch` whose release
+/// starts with `series`, from the cache or fetched into it.
+pub fn kernel(suite: &str, series: &str, arch: &str) -> Result<Kernel> {
+    // amd64 keeps the folder it always had, so existing caches stay valid.
+    let dir = if arch == "amd64" {
+        cache_dir().join(suite)
+    } else {
+        cache_dir().join(format!("{suite}-{arch}"))
+    };
     let vmlinuz = dir.join("vmlinuz");
     let release_file = dir.join("release");
     let modules = dir.join("late-modules");
@@ -92,7 +98,7 @@ pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
     // lock nor files; removed whatever happens. Only the image is kept: the apt state
     // is tens of megabytes and cheap to rebuild.
     let scratch = dir.join(format!("fetch.{}", std::process::id()));
-    let fetched = fetch(suite, series, &scratch);
+    let fetched = fetch(suite, series, arch, &scratch);
     let kernel = fetched.and_then(|(release, extracted, extracted_modules)| {
         fs::write(&release_file, format!("{release}\n"))
             .with_context(|| format!("writing {}", release_file.display()))?;
@@ -117,17 +123,54 @@ pub fn kernel(suite: &str, series: &str) -> Result<Kernel> {
     kernel
 }
 
+/// `/bin/busybox` of Debian `suite`'s busybox-static for `arch`, from the cache or
+/// fetched into it: the userland of a guest that is not this machine's architecture.
+pub fn busybox(suite: &str, arch: &str) -> Result<PathBuf> {
+    let dir = cache_dir().join(format!("busybox-{suite}-{arch}"));
+    let busybox = dir.join("busybox");
+    if busybox.is_file() {
+        return Ok(busybox);
+    }
+    let scratch = dir.join(format!("fetch.{}", std::process::id()));
+    let fetched = (|| {
+        let apt = PrivateApt::create(&scratch.join("apt"), suite, arch)?;
+        eprintln!("xtask: fetching {suite}'s busybox-static for {arch}");
+        apt.update()?;
+        let download = scratch.join("download");
+        fs::create_dir_all(&download)
+            .with_context(|| format!("creating {}", download.display()))?;
+        apt.download("busybox-static", &download)?;
+        let deb = download
+            .read_dir()?
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+            .context("apt-get download busybox-static left no .deb")?;
+        let extracted = extract(&deb, &scratch.join("root"), "./bin/busybox")?;
+        fs::rename(&extracted, &busybox)
+            .with_context(|| format!("moving {} to {}", extracted.display(), busybox.display()))
+    })();
+    let _ = fs::remove_dir_all(&scratch);
+    fetched.map(|()| busybox)
+}
+
 /// Resolves and downloads `suite`'s kernel in `scratch`; its release, the path of the
 /// extracted image and a folder with the late modules it has.
-fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf, PathBuf)> {
-    let apt = PrivateApt::create(&scratch.join("apt"), suite)?;
+fn fetch(
+    suite: &str,
+    series: &str,
+    arch: &str,
+    scratch: &Path,
+) -> Result<(String, PathBuf, PathBuf)> {
+    let apt = PrivateApt::create(&scratch.join("apt"), suite, arch)?;
+    let metapackage = format!("{METAPACKAGE_PREFIX}{arch}");
     eprintln!(
         "xtask: fetching the {suite} kernel (private apt state in {})",
         apt.root.display()
     );
     apt.update()?;
-    let image = depends_with_prefix(&apt.show(METAPACKAGE)?, "linux-image-")
-        .with_context(|| format!("{suite}'s {METAPACKAGE} depends on no linux-image-* package"))?;
+    let image = depends_with_prefix(&apt.show(&metapackage)?, "linux-image-", &metapackage)
+        .with_context(|| format!("{suite}'s {metapackage} depends on no linux-image-* package"))?;
     let release = image
         .strip_prefix("linux-image-")
         .expect("matched on this prefix")
@@ -138,8 +181,8 @@ fn fetch(suite: &str, series: &str, scratch: &Path) -> Result<(String, PathBuf, 
     );
     let image_show = apt.show(&image)?;
     // From 7.x the image and the modules are packages of their own.
-    let modules_package = depends_with_prefix(&image_show, "linux-modules-");
-    let package = depends_with_prefix(&image_show, "linux-binary-").unwrap_or(image);
+    let modules_package = depends_with_prefix(&image_show, "linux-modules-", &metapackage);
+    let package = depends_with_prefix(&image_show, "linux-binary-", &metapackage).unwrap_or(image);
     let deb = download_one(&apt, &package, &scratch.join("download"))?;
     let extracted = extract_vmlinuz(&deb, &scratch.join("root"))?;
     let modules_deb = match modules_package {
@@ -218,10 +261,12 @@ fn extract_late_modules(deb: &Path, scratch: &Path, into: &Path) -> Result<PathB
 /// An apt configuration of our own: nothing read from or written to the machine's.
 struct PrivateApt {
     root: PathBuf,
+    /// Debian architecture of the packages (not necessarily this machine's).
+    arch: String,
 }
 
 impl PrivateApt {
-    fn create(root: &Path, suite: &str) -> Result<Self> {
+    fn create(root: &Path, suite: &str, arch: &str) -> Result<Self> {
         for sub in [
             "lists/partial",
             "cache/archives/partial",
@@ -232,13 +277,15 @@ impl PrivateApt {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mirror = debian_mirror()?;
-        let sources = format!("deb [signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n");
+        let sources =
+            format!("deb [arch={arch} signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n");
         let path = root.join("sources.list");
         fs::write(&path, sources).with_context(|| format!("writing {}", path.display()))?;
         let status = root.join("status");
         fs::write(&status, "").with_context(|| format!("writing {}", status.display()))?;
         Ok(Self {
             root: root.to_path_buf(),
+            arch: arch.to_owned(),
         })
     }
 
@@ -255,6 +302,8 @@ impl PrivateApt {
             option("Dir::Cache", "cache"),
             // The cache folder is usually in a home that apt's `_apt` user cannot enter.
             "APT::Sandbox::User=root".to_owned(),
+            format!("APT::Architecture={}", self.arch),
+            format!("APT::Architectures={}", self.arch),
             "Acquire::Languages=none".to_owned(),
         ] {
             command.args(["-o", &setting]);
@@ -341,14 +390,14 @@ fn mirror_in(text: &str) -> Option<String> {
 }
 
 /// The name of the first dependency (in `Depends:`) that starts with `prefix`.
-fn depends_with_prefix(show: &str, prefix: &str) -> Option<String> {
+fn depends_with_prefix(show: &str, prefix: &str, metapackage: &str) -> Option<String> {
     let depends = show
         .lines()
         .find_map(|line| line.strip_prefix("Depends: "))?;
     depends
         .split([',', '|'])
         .filter_map(|item| item.split_ascii_whitespace().next())
-        .find(|name| name.starts_with(prefix) && *name != METAPACKAGE)
+        .find(|name| name.starts_with(prefix) && *name != metapackage)
         .map(str::to_owned)
 }
 
@@ -360,8 +409,10 @@ fn extract_vmlinuz(deb: &Path, into: &Path) -> Result<PathBuf> {
         .with_context(|| format!("{} holds no vmlinuz", deb.display()))
 }
 
-/// `dpkg-deb --fsys-tarfile DEB | tar -x -C INTO --wildcards PATTERN`.
-fn extract(deb: &Path, into: &Path, pattern: &str) -> Result<()> {
+/// Extracts only the files matching `pattern` from a package (of a kernel package
+/// only the image: the modules would be hundreds of megabytes):
+/// `dpkg-deb --fsys-tarfile | tar -x PATTERN`; the path of `pattern` if it is one.
+fn extract(deb: &Path, into: &Path, pattern: &str) -> Result<PathBuf> {
     fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
     let mut dpkg = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
@@ -384,7 +435,7 @@ fn extract(deb: &Path, into: &Path, pattern: &str) -> Result<()> {
         "extracting {pattern} from {} failed (dpkg-deb {dpkg}, tar {tar})",
         deb.display()
     );
-    Ok(())
+    Ok(into.join(pattern))
 }
 
 /// The first regular file (not a symlink) under `dir` whose name starts with `prefix`.
@@ -459,7 +510,7 @@ mod tests {
         ];
         for (name, show, prefix, want) in cases {
             assert_eq!(
-                depends_with_prefix(show, prefix).as_deref(),
+                depends_with_prefix(show, prefix, "linux-image-amd64").as_deref(),
                 want,
                 "case {name}"
             );

@@ -17,6 +17,43 @@ use super::initramfs::{EXIT_MARKER, READY_MARKER, RUNS_VARIABLE};
 /// The self-test's result line (the JSON follows the space).
 const RESULT_PREFIX: &str = "DROPGATE-SELFTEST {";
 
+/// How a guest of one architecture is booted: qemu's system emulator (TCG), its
+/// machine options, and the serial console the kernel writes to.
+pub struct Machine {
+    /// Debian's architecture name (the kernel package's suffix).
+    pub deb_arch: &'static str,
+    pub qemu: &'static str,
+    pub args: &'static [&'static str],
+    pub console: &'static str,
+}
+
+pub const X86_64: Machine = Machine {
+    deb_arch: "amd64",
+    qemu: "qemu-system-x86_64",
+    args: &["-accel", "tcg", "-cpu", "max", "-m", "512M", "-smp", "1"],
+    console: "ttyS0",
+};
+
+/// The `virt` board; `pauth-impdef` makes TCG's pointer authentication cheap (the
+/// architected algorithm is slow to emulate, and Debian's arm64 kernels use it).
+pub const AARCH64: Machine = Machine {
+    deb_arch: "arm64",
+    qemu: "qemu-system-aarch64",
+    args: &[
+        "-M",
+        "virt",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,pauth-impdef=on",
+        "-m",
+        "1G",
+        "-smp",
+        "1",
+    ],
+    console: "ttyAMA0",
+};
+
 /// What one boot produced.
 pub struct Boot {
     /// From starting qemu to `/init` running.
@@ -40,6 +77,7 @@ pub struct RunOutput {
 /// Boots `vmlinuz` with `initrd`, running one self-test per entry of `runs` (each the
 /// arguments after `dropgate selftest`), and writes the console to `log`.
 pub fn boot(
+    machine: &Machine,
     vmlinuz: &Path,
     initrd: &Path,
     runs: &[Vec<&str>],
@@ -48,12 +86,13 @@ pub fn boot(
 ) -> Result<Boot> {
     let runs_value: Vec<String> = runs.iter().map(|args| args.join(",")).collect();
     let append = format!(
-        "console=ttyS0 panic=-1 quiet {RUNS_VARIABLE}={}",
+        "console={} panic=-1 quiet {RUNS_VARIABLE}={}",
+        machine.console,
         runs_value.join(";")
     );
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "512M", "-smp", "1"])
+    let mut child = Command::new(machine.qemu)
+        .args(machine.args)
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(vmlinuz)
@@ -64,7 +103,12 @@ pub fn boot(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot start qemu-system-x86_64; install qemu-system-x86")?;
+        .with_context(|| {
+            format!(
+                "cannot start {}; `cargo xtask setup` installs it",
+                machine.qemu
+            )
+        })?;
     let (lines_tx, lines) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");

@@ -1,6 +1,6 @@
 //! The guests' initramfs: static busybox, an `/init` that mounts what the tracer needs
-//! and runs the self-tests the kernel command line names, and the dropgate binary with
-//! the shared libraries it links (the guest has no other userland).
+//! and runs the self-tests the kernel command line names, the static dropgate binary
+//! (the guest has no other userland), and the modules of the late-module self-test.
 //!
 //! The newc cpio is written in memory (the `cpio` crate) rather than by the `cpio` tool,
 //! so that `/dev/console` (without it `/init` has no stdout) needs no `mknod`
@@ -11,7 +11,6 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{ensure, Context as _, Result};
@@ -52,11 +51,17 @@ poweroff -f
 /// Where the late-module self-test finds its module files in the guest.
 pub const LATE_MODULES_DIR: &str = "/lib/late";
 
-/// Builds the initramfs for `binary` into `out` (a `.cpio.gz`), with `modules` (files
-/// for the late-module self-test) in [`LATE_MODULES_DIR`].
-pub fn build(binary: &Path, out: &Path, modules: &[PathBuf]) -> Result<()> {
-    let work = out.with_extension("work");
-    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+/// Builds the initramfs for the static `binary` and `busybox` (both of the guest's
+/// architecture) into `out` (a `.cpio.gz`), with `modules` (files for the late-module
+/// self-test) in [`LATE_MODULES_DIR`].
+pub fn build(binary: &Path, busybox: &Path, out: &Path, modules: &[PathBuf]) -> Result<()> {
+    let dropgate = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    ensure!(
+        is_static(&dropgate),
+        "{} loads shared libraries, which the guests do not have: give the static binary \
+         of `cargo xtask dist` (target/dist/dropgate-*)",
+        binary.display()
+    );
     let mut archive = Archive::default();
     archive.char_device("dev/console", 0o600, (5, 1));
     archive.char_device("dev/null", 0o666, (1, 3));
@@ -64,17 +69,11 @@ pub fn build(binary: &Path, out: &Path, modules: &[PathBuf]) -> Result<()> {
         archive.dir(dir);
     }
     archive.file("init", 0o755, INIT.as_bytes());
-    let busybox =
-        fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX}; install busybox-static"))?;
+    let busybox = fs::read(busybox)
+        .with_context(|| format!("reading {}; install busybox-static", busybox.display()))?;
     archive.file("bin/busybox", 0o755, &busybox);
     archive.symlink("bin/sh", "busybox");
-    let dropgate = stripped(binary, &work.join("dropgate"))?;
     archive.file("bin/dropgate", 0o755, &dropgate);
-    for library in shared_libraries(binary)? {
-        let data = fs::read(&library).with_context(|| format!("reading {}", library.display()))?;
-        let inside = library.strip_prefix("/").unwrap_or(&library);
-        archive.file(&inside.to_string_lossy(), 0o755, &data);
-    }
     for module in modules {
         let data = fs::read(module).with_context(|| format!("reading {}", module.display()))?;
         let name = module
@@ -91,55 +90,33 @@ pub fn build(binary: &Path, out: &Path, modules: &[PathBuf]) -> Result<()> {
     gzip.write_all(&archive.finish())
         .and_then(|()| gzip.finish())
         .and_then(|bytes| fs::write(out, bytes))
-        .with_context(|| format!("writing {}", out.display()))?;
-    let _ = fs::remove_dir_all(&work);
-    Ok(())
+        .with_context(|| format!("writing {}", out.display()))
 }
 
-/// The binary without debug info (a third of the size: faster to unpack under TCG);
-/// the binary as it is where `strip` is missing.
-fn stripped(binary: &Path, scratch: &Path) -> Result<Vec<u8>> {
-    let ok = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(scratch)
-        .arg(binary)
-        .status()
-        .is_ok_and(|status| status.success());
-    let path = if ok { scratch } else { binary };
-    fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// The shared libraries `binary` loads (and the dynamic loader), from `ldd`.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let output = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .context("cannot run ldd")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        // A static binary: `not a dynamic executable`.
-        return Ok(Vec::new());
+/// Whether an ELF64 file has no program interpreter (`PT_INTERP`): a static binary.
+fn is_static(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let read = |at: usize, len: usize| elf.get(at..at + len);
+    let number = |at: usize, len: usize| {
+        read(at, len).map(|b| {
+            b.iter()
+                .rev()
+                .fold(0u64, |n, byte| n << 8 | u64::from(*byte))
+        })
+    };
+    // Little-endian ELF64 only: both of dist's targets are.
+    if read(0, 6) != Some(b"\x7fELF\x02\x01") {
+        return false;
     }
-    parse_ldd(&text)
-}
-
-fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
-    let mut libraries = Vec::new();
-    for line in text.lines().map(str::trim) {
-        ensure!(
-            !line.contains("not found"),
-            "a library of the dropgate binary is missing: {line}"
-        );
-        let path = match line.split_once("=>") {
-            Some((_, resolved)) => resolved.split_ascii_whitespace().next(),
-            None => line.split_ascii_whitespace().next(),
-        };
-        if let Some(path) = path.filter(|p| p.starts_with('/')) {
-            libraries.push(PathBuf::from(path));
-        }
-    }
-    Ok(libraries)
+    let (Some(phoff), Some(entsize), Some(count)) =
+        (number(0x20, 8), number(0x36, 2), number(0x38, 2))
+    else {
+        return false;
+    };
+    (0..count).all(|i| {
+        let at = (phoff + i * entsize) as usize;
+        number(at, 4).is_some_and(|kind| kind != u64::from(PT_INTERP))
+    })
 }
 
 const S_IFDIR: u32 = 0o040_000;
@@ -262,18 +239,25 @@ mod tests {
     }
 
     #[test]
-    fn libraries_from_ldd() {
-        let debian = "\tlinux-vdso.so.1 (0x00007ffd1b5f5000)\n\
-                      \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f3c)\n\
-                      \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f3b)\n\
-                      \t/lib64/ld-linux-x86-64.so.2 (0x00007f3d)\n";
-        let want = [
-            "/lib/x86_64-linux-gnu/libgcc_s.so.1",
-            "/lib/x86_64-linux-gnu/libc.so.6",
-            "/lib64/ld-linux-x86-64.so.2",
-        ]
-        .map(PathBuf::from);
-        assert_eq!(parse_ldd(debian).expect("parses"), want);
-        assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
+    fn static_binaries_are_told_from_dynamic_ones() {
+        // Real files of every Debian machine the matrix runs on (busybox-static is
+        // installed by setup), and two that are no ELF executable at all.
+        let cases: [(&str, Vec<u8>, bool); 4] = [
+            (
+                "busybox-static",
+                fs::read(BUSYBOX).expect("busybox-static"),
+                true,
+            ),
+            (
+                "dash, dynamic",
+                fs::read("/bin/dash").expect("/bin/dash"),
+                false,
+            ),
+            ("a script", b"#!/bin/sh\n".to_vec(), false),
+            ("truncated", b"\x7fELF\x02\x01\x01".to_vec(), false),
+        ];
+        for (name, data, want) in cases {
+            assert_eq!(is_static(&data), want, "{name}");
+        }
     }
 }
