@@ -438,7 +438,14 @@ impl Attached {
     fn programs(&self) -> Result<Vec<u64>> {
         match self {
             Self::Nothing => Ok(Vec::new()),
-            Self::Process(child) => Ok(bpf_fds(child.id()).programs),
+            Self::Process(child) => {
+                // A process may hold one program through several descriptors (dropgate
+                // keeps a duplicate for the kernel's counters): count each program once.
+                let mut ids = bpf_fds(child.id()).programs;
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(ids)
+            }
             Self::Empty(program) => Ok(vec![program.id()?]),
         }
     }
