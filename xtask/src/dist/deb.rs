@@ -318,9 +318,6 @@ dropgate: statically-linked-binary [usr/bin/dropgate]
 # Rust's static-pie executables are ET_DYN (for address randomisation), so lintian
 # takes the binary for a shared library; it is the program.
 dropgate: shared-library-lacks-prerequisites [usr/bin/dropgate]
-# unsafe-libyaml, a Rust translation of libyaml, is compiled in by serde_yaml (reading
-# --web.config.file); there is no C libyaml to link.
-dropgate: embedded-library libyaml [usr/bin/dropgate]
 ";
 
 /// On install: enable the unit and start it (restart on upgrade), through
