@@ -455,11 +455,9 @@ COMMIT\n\
 [5:300] -A DOCKER ! -i br0 -p tcp -m tcp --dport 9091 -j DNAT --to-destination 172.31.231.2:80\n\
 COMMIT\n";
 
-    #[test]
-    fn iptables_save_rules_hooks_counters_comments() {
-        let (rules, tables) = parse_iptables_save("iptables-nft", SAVE);
-        assert_eq!(tables, vec!["filter", "nat"]);
-        let drops: Vec<DropRow> = rules
+    /// The dropping rules of `rules` as comparable rows.
+    fn drop_rows(rules: &[Rule]) -> Vec<DropRow<'_>> {
+        rules
             .iter()
             .filter(|r| r.drops())
             .map(|r| {
@@ -471,7 +469,14 @@ COMMIT\n";
                     r.comment.as_deref(),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn iptables_save_rules_hooks_counters_comments() {
+        let (rules, tables) = parse_iptables_save("iptables-nft", SAVE);
+        assert_eq!(tables, vec!["filter", "nat"]);
+        let drops = drop_rows(&rules);
         assert_eq!(
             drops,
             vec![
@@ -524,19 +529,7 @@ table inet dg {\n\
     #[test]
     fn nft_ruleset_rules_hooks_counters_comments() {
         let rules = parse_nft_ruleset(NFT, &["ip filter".to_owned()]);
-        let drops: Vec<DropRow> = rules
-            .iter()
-            .filter(|r| r.drops())
-            .map(|r| {
-                (
-                    r.chain.as_str(),
-                    r.text.as_str(),
-                    r.hooks.clone(),
-                    r.packets,
-                    r.comment.as_deref(),
-                )
-            })
-            .collect();
+        let drops = drop_rows(&rules);
         assert_eq!(
             drops,
             vec![
