@@ -120,7 +120,11 @@ pub fn build(arch: Arch, binary: &Path, generated: &Generated, out: &Path) -> Re
         0o644,
         &gzip(&read(&root.join("README.md"))?)?,
     )?;
-    tree.file(&format!("{doc}/copyright"), 0o644, COPYRIGHT.as_bytes())?;
+    tree.file(
+        &format!("{doc}/copyright"),
+        0o644,
+        copyright(&embedded_crates(arch)?).as_bytes(),
+    )?;
     tree.file(
         &format!("{doc}/changelog.gz"),
         0o644,
@@ -295,7 +299,114 @@ fn changelog() -> Result<String> {
     ))
 }
 
-const COPYRIGHT: &str = "\
+/// A crate linked into the binary (or the eBPF object inside it), as `cargo metadata`
+/// names it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Crate {
+    name: String,
+    version: String,
+    license: String,
+}
+
+/// Every crate the shipped binary contains: the normal (not dev, not build, not
+/// proc-macro) dependency closure of `tracer` (the binary) and `tracer-ebpf` (the program it embeds) for this
+/// architecture's target, read from Cargo's resolve rather than written down, so the
+/// copyright file cannot drift from `Cargo.lock`.
+fn embedded_crates(arch: Arch) -> Result<Vec<Crate>> {
+    let out = cmd::stdout_of(cmd::cargo().args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--locked",
+        "--filter-platform",
+        arch.rust_target,
+    ]))
+    .context("cargo metadata failed")?;
+    let metadata: serde_json::Value = serde_json::from_str(&out)?;
+    crates_in(&metadata, &["tracer", "tracer-ebpf"])
+}
+
+fn crates_in(metadata: &serde_json::Value, roots: &[&str]) -> Result<Vec<Crate>> {
+    use std::collections::{BTreeSet, HashMap};
+    let str_of = |v: &serde_json::Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
+    let packages: HashMap<String, &serde_json::Value> = metadata["packages"]
+        .as_array()
+        .context("cargo metadata: no packages")?
+        .iter()
+        .map(|p| (str_of(p, "id"), p))
+        .collect();
+    let nodes: HashMap<String, &serde_json::Value> = metadata["resolve"]["nodes"]
+        .as_array()
+        .context("cargo metadata: no resolve graph")?
+        .iter()
+        .map(|n| (str_of(n, "id"), n))
+        .collect();
+    let workspace: BTreeSet<String> = metadata["workspace_members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect();
+    let mut todo: Vec<String> = packages
+        .values()
+        .filter(|p| roots.contains(&p["name"].as_str().unwrap_or_default()))
+        .map(|p| str_of(p, "id"))
+        .collect();
+    ensure!(
+        todo.len() == roots.len(),
+        "cargo metadata lacks one of {roots:?}"
+    );
+    let mut seen = BTreeSet::new();
+    while let Some(id) = todo.pop() {
+        // A proc-macro runs in the compiler; neither it nor what only it uses is linked.
+        let proc_macro = packages.get(&id).is_some_and(|p| {
+            p["targets"].as_array().into_iter().flatten().any(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "proc-macro"))
+            })
+        });
+        if proc_macro || !seen.insert(id.clone()) {
+            continue;
+        }
+        for dep in nodes
+            .get(&id)
+            .and_then(|n| n["deps"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            // `kind` null is a normal dependency: what ends up in the artifact.
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k["kind"].is_null());
+            if normal {
+                todo.push(str_of(dep, "pkg"));
+            }
+        }
+    }
+    let mut crates: Vec<Crate> = seen
+        .iter()
+        .filter(|id| !workspace.contains(*id))
+        .filter_map(|id| packages.get(id))
+        .map(|p| Crate {
+            name: str_of(p, "name"),
+            version: str_of(p, "version"),
+            license: p["license"]
+                .as_str()
+                .map_or_else(|| "see the crate's licence file".to_owned(), str::to_owned),
+        })
+        .collect();
+    crates.sort();
+    Ok(crates)
+}
+
+/// `debian/copyright` in the machine-readable format: dropgate's own licence, then every
+/// crate and musl the static binary carries, each with its licence expression.
+fn copyright(crates: &[Crate]) -> String {
+    let mut text = String::from(
+        "\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: dropgate
 
@@ -304,10 +415,16 @@ Copyright: 2026 dropgate developers
 License: Apache-2.0
  On Debian systems, the full text of the Apache License, Version 2.0, is in
  /usr/share/common-licenses/Apache-2.0.
-Comment: The static binary also contains the Rust crates it is built from
- (listed in the source's Cargo.lock), under MIT and/or Apache-2.0 licences,
- and musl libc (MIT).
-";
+Comment: The static binary also contains musl libc (MIT) and the following Rust
+ crates, as resolved in the source's Cargo.lock, each under the licence expression
+ its authors declare (the full texts ship in each crate's source):
+",
+    );
+    for c in crates {
+        text.push_str(&format!(" {} {}: {}\n", c.name, c.version, c.license));
+    }
+    text
+}
 
 /// Each override says why the finding is intended.
 const LINTIAN_OVERRIDES: &str = "\
@@ -373,3 +490,56 @@ if [ "$1" = purge ]; then
 fi
 exit 0
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(crates: &[Crate]) -> Vec<&str> {
+        crates.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_copyright_lists_what_the_static_binary_links_and_nothing_else() {
+        let crates = embedded_crates(super::super::ARCHES[0]).unwrap();
+        let names = names(&crates);
+        // From the binary, from the eBPF object, and the musl-only allocator.
+        for linked in ["aya", "hyper", "aya-ebpf", "mimalloc"] {
+            assert!(names.contains(&linked), "{linked} missing from {names:?}");
+        }
+        // A build dependency, proc-macros (and what only they use) and the workspace's own
+        // crates are not in the artifact.
+        for absent in [
+            "aya-build",
+            "serde_derive",
+            "syn",
+            "tracer",
+            "gateway",
+            "tracer-common",
+        ] {
+            assert!(!names.contains(&absent), "{absent} listed: {names:?}");
+        }
+        assert!(crates.iter().all(|c| !c.license.is_empty()));
+        let text = copyright(&crates);
+        assert!(text.contains(&format!(
+            " mimalloc {}: {}\n",
+            crates[names.iter().position(|n| *n == "mimalloc").unwrap()].version,
+            crates[names.iter().position(|n| *n == "mimalloc").unwrap()].license
+        )));
+    }
+
+    #[test]
+    fn a_glibc_build_would_not_list_the_musl_allocator() {
+        let gnu = Arch {
+            rust_target: "x86_64-unknown-linux-gnu",
+            ..super::super::ARCHES[0]
+        };
+        let names_gnu: Vec<String> = embedded_crates(gnu)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert!(!names_gnu.iter().any(|n| n == "mimalloc"));
+        assert!(names_gnu.iter().any(|n| n == "aya"));
+    }
+}
