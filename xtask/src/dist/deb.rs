@@ -405,6 +405,7 @@ fn crates_in(metadata: &serde_json::Value, roots: &[&str]) -> Result<Vec<Crate>>
 /// `debian/copyright` in the machine-readable format: dropgate's own licence, then every
 /// crate and musl the static binary carries, each with its licence expression.
 fn copyright(crates: &[Crate]) -> String {
+    use std::fmt::Write as _;
     let mut text = String::from(
         "\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -421,7 +422,8 @@ Comment: The static binary also contains musl libc (MIT) and the following Rust
 ",
     );
     for c in crates {
-        text.push_str(&format!(" {} {}: {}\n", c.name, c.version, c.license));
+        // Writing into a String cannot fail.
+        let _ = writeln!(text, " {} {}: {}", c.name, c.version, c.license);
     }
     text
 }
