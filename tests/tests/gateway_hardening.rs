@@ -272,22 +272,29 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
 /// A CA `name` (name.pem, name.key) and a leaf `leaf` signed by it with `extensions`.
 fn ca_and_leaf(dir: &Path, name: &str, leaf: &str, extensions: &str) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
     let mut ca = vec!["req", "-x509", "-days", "2", "-subj"];
     let ca_subject = format!("/CN={name}");
     ca.push(&ca_subject);
-    ca.extend(ec);
+    ca.extend(EC_KEY);
     let (ca_key, ca_pem) = (format!("{name}.key"), format!("{name}.pem"));
     ca.extend(["-keyout", &ca_key, "-out", &ca_pem]);
     openssl(dir, &ca);
+    leaf_of(dir, name, leaf, extensions);
+}
+
+/// A leaf `leaf` (leaf.pem, leaf.key) signed by the existing CA `ca` with `extensions`.
+fn leaf_of(dir: &Path, ca: &str, leaf: &str, extensions: &str) {
+    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
     let (key, csr, pem, ext) = (
         format!("{leaf}.key"),
         format!("{leaf}.csr"),
@@ -296,7 +303,7 @@ fn ca_and_leaf(dir: &Path, name: &str, leaf: &str, extensions: &str) {
     );
     let subject = format!("/CN={leaf}");
     let mut request = vec!["req", "-new", "-subj", &subject];
-    request.extend(ec);
+    request.extend(EC_KEY);
     request.extend(["-keyout", &key, "-out", &csr]);
     openssl(dir, &request);
     std::fs::write(dir.join(&ext), extensions).expect("write the extensions file");
@@ -477,6 +484,80 @@ fn tls_and_basic_auth_with_curl_and_openssl() {
 
     check_with_openssl(d, port);
     check_reloads(&gateway, &config, &run, &with, &all);
+}
+
+/// exporter-toolkit's `client_allowed_sans`: among client certificates signed by the
+/// same trusted CA, only those with a SAN equal to a listed value get in — DNS names,
+/// URIs and IP addresses, compared exactly (a wildcard SAN is not a listed name).
+#[test]
+fn client_allowed_sans_admit_only_the_listed_clients() {
+    let tools =
+        hardening::have("openssl") && Command::new("curl").arg("--version").output().is_ok();
+    if !may_run(
+        "client_allowed_sans_admit_only_the_listed_clients",
+        tools,
+        "openssl and curl",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("sans");
+    let d = dir.path();
+    ca_and_leaf(
+        d,
+        "ca",
+        "server",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    );
+    let client = |san: &str| {
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    };
+    ca_and_leaf(d, "clients", "pusher", &client("DNS:pusher.batch.example"));
+    leaf_of(
+        d,
+        "clients",
+        "spiffe",
+        &client("URI:spiffe://batch/nightly"),
+    );
+    leaf_of(d, "clients", "byip", &client("IP:fd00::7"));
+    leaf_of(d, "clients", "other", &client("DNS:other.batch.example"));
+    leaf_of(d, "clients", "wildcard", &client("DNS:*.batch.example"));
+    let config = dir.join("web.yml");
+    replace_file(
+        &config,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_ca_file: clients.pem\n  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans:\n    - pusher.batch.example\n    - spiffe://batch/nightly\n    - fd00::7\n    - a.batch.example\n",
+    );
+    let gateway = Gateway::start(&dir, &[&format!("--web.config.file={}", config.display())]);
+    let url = format!("https://127.0.0.1:{}/metrics", gateway.addr.port());
+    let as_client = |name: &str| {
+        let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+        curl(
+            d,
+            &url,
+            &["--cacert", "ca.pem", "--cert", &cert, "--key", &key],
+        )
+    };
+    for admitted in ["pusher", "spiffe", "byip"] {
+        assert_eq!(as_client(admitted), (0, 200), "{admitted} is listed");
+    }
+    for refused in ["other", "wildcard"] {
+        let (exit, status) = as_client(refused);
+        assert!(
+            exit != 0 && status == 0,
+            "{refused}: signed by the trusted CA but not listed: curl {exit}, HTTP {status}"
+        );
+    }
+    let (exit, status) = curl(d, &url, &["--cacert", "ca.pem"]);
+    assert!(
+        exit != 0 && status == 0,
+        "no client certificate: curl {exit}, HTTP {status}"
+    );
+    assert!(
+        gateway
+            .log_text()
+            .contains("none of its SANs is in client_allowed_sans"),
+        "the refusal is logged: {}",
+        gateway.log_text()
+    );
 }
 
 /// openssl s_client: the handshake is verified, TLS 1.2 works, 1.1 does not.

@@ -8,8 +8,11 @@
 //! directory, as exporter-toolkit does. TLS is rustls: TLS 1.2 and 1.3 only (a
 //! `min_version` of TLS10/TLS11 still gets 1.2 at least, with a warning), and
 //! `cipher_suites`/`curve_preferences` pick from rustls's suites and groups by their
-//! Go/IANA names. `client_allowed_sans` is refused rather than ignored: a restriction
-//! that silently did nothing would be worse than an error.
+//! Go/IANA names. `client_allowed_sans` admits a verified client certificate only if one
+//! of its SANs (DNS name, e-mail address, IP address, URI) equals a listed value, as
+//! exporter-toolkit compares them; unlike Go it is refused where it could not restrict
+//! anything (no CA verifies the certificate, so any client could claim any SAN) and
+//! makes a certificate mandatory (Go fails such connections only by accident).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -412,13 +415,7 @@ fn tls_config(
     dir: &Path,
     stamps: &mut Vec<(PathBuf, Stamp)>,
 ) -> Result<ServerConfig, TlsSetupError> {
-    if tls
-        .client_allowed_sans
-        .as_ref()
-        .is_some_and(|s| !s.is_empty())
-    {
-        return Err("tls_server_config.client_allowed_sans is not supported by dropgate; remove it and use a client CA that signs only the allowed clients".to_owned().into());
-    }
+    let allowed_sans = tls.client_allowed_sans.clone().unwrap_or_default();
     if tls.prefer_server_cipher_suites.is_some() {
         tracing::debug!("tls_server_config.prefer_server_cipher_suites is ignored, as in Go");
     }
@@ -432,6 +429,14 @@ fn tls_config(
             return Err(format!("tls_server_config.client_auth_type {other:?} is invalid; use NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert").into());
         }
     };
+    if !allowed_sans.is_empty()
+        && !matches!(
+            client_auth,
+            ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
+        )
+    {
+        return Err(format!("tls_server_config.client_allowed_sans needs a verified client certificate, but client_auth_type is {client_auth:?}; set client_auth_type: RequireAndVerifyClientCert with client_ca_file, or remove client_allowed_sans").into());
+    }
     let mut pem = |inline: Option<&String>, file: Option<&String>, what: &str| {
         pem_source(inline, file, dir, what, stamps)
     };
@@ -491,11 +496,17 @@ fn tls_config(
             } else {
                 verifier
             };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|error| format!("tls_server_config.client_ca_file: {error}"))?,
-            )
+            let verifier = verifier
+                .build()
+                .map_err(|error| format!("tls_server_config.client_ca_file: {error}"))?;
+            if allowed_sans.is_empty() {
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_client_cert_verifier(Arc::new(AllowedSans {
+                    verified_by: verifier,
+                    allowed: allowed_sans,
+                }))
+            }
         }
     };
     let mut config = builder.with_single_cert(certs, key).map_err(|error| {
@@ -681,6 +692,105 @@ impl ClientCertVerifier for AnyClientCert {
     }
 }
 
+/// `client_allowed_sans`: the CA's verification first, then one of the certificate's
+/// subject alternative names must equal a listed value. Equality as exporter-toolkit
+/// compares them: no wildcards, IP addresses in their usual text form.
+#[derive(Debug)]
+struct AllowedSans {
+    verified_by: Arc<dyn ClientCertVerifier>,
+    allowed: Vec<String>,
+}
+
+/// The subject alternative names of a DER certificate as text: DNS names, e-mail
+/// addresses, IP addresses and URIs (the kinds exporter-toolkit compares).
+fn subject_alt_names(der: &[u8]) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|error| format!("unreadable client certificate: {error}"))?;
+    let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|error| format!("client certificate's SAN extension: {error}"))?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                Some((*s).to_owned())
+            }
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+impl ClientCertVerifier for AllowedSans {
+    // With a SAN list a certificate is required: without one there is nothing to check.
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.verified_by.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .verified_by
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let names = subject_alt_names(end_entity).map_err(rustls::Error::General)?;
+        if names.iter().any(|name| self.allowed.contains(name)) {
+            Ok(verified)
+        } else {
+            tracing::info!(
+                sans = ?names,
+                "client certificate refused: none of its SANs is in client_allowed_sans"
+            );
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verified_by.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verified_by.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verified_by.supported_verify_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -826,9 +936,14 @@ mod tests {
                 "larger than 4 MiB",
             ),
             (
-                "sans",
+                "sans without verification",
                 "tls_server_config:\n  client_allowed_sans: [a]\n  cert_file: c.pem\n",
-                "client_allowed_sans",
+                "client_allowed_sans needs a verified client certificate",
+            ),
+            (
+                "sans with unverified certificates",
+                "tls_server_config:\n  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [a]\n  cert_file: c.pem\n",
+                "client_auth_type is RequireAnyClientCert",
             ),
         ];
         write(&dir, "c.pem", "not pem");
