@@ -1001,3 +1001,57 @@ async fn disabled_consistency_check_answers_202_like_upstream() {
         "still checked: fix 1 depends on it"
     );
 }
+
+/// Upstream ≥ 1.8: a pushed native histogram (protobuf) shows in `/api/v1/metrics` with
+/// its buckets as `[boundaries, lower, upper, count]` and its native count.
+#[tokio::test]
+async fn native_histograms_in_the_metrics_api_as_since_1_8() {
+    use gateway::model::{BucketSpan, Histogram};
+    let gw = gateway();
+    let family = MetricFamily {
+        name: Some("latency_seconds".to_owned()),
+        help: Some("Latency.".to_owned()),
+        r#type: Some(MetricType::Histogram as i32),
+        metric: vec![Metric {
+            histogram: Some(Box::new(Histogram {
+                sample_count: Some(6),
+                sample_sum: Some(3.25),
+                schema: Some(1),
+                zero_threshold: Some(0.001),
+                zero_count: Some(1),
+                positive_span: vec![BucketSpan {
+                    offset: Some(-1),
+                    length: Some(2),
+                }],
+                positive_delta: vec![2, 1],
+                ..Histogram::default()
+            })),
+            ..Default::default()
+        }],
+        unit: None,
+    };
+    let mut body = Vec::new();
+    gateway::codec::protobuf::encode_delimited(std::slice::from_ref(&family), &mut body);
+    let push = gw
+        .call(
+            Method::PUT,
+            "/metrics/job/native",
+            &[("content-type", PROTOBUF)],
+            body,
+        )
+        .await;
+    assert_eq!(push.status, StatusCode::OK, "{}", push.text());
+    let api = gw.get("/api/v1/metrics").await.json();
+    let metric = &api["data"][0]["latency_seconds"]["metrics"][0];
+    // Schema 1: bucket -1 is (2^-1, 2^-0.5], bucket 0 is (2^-0.5, 1].
+    assert_eq!(
+        metric["buckets"],
+        serde_json::json!([
+            [3, "-0.001", "0.001", "1"],
+            [0, "0.5", "0.7071067811865476", "2"],
+            [0, "0.7071067811865476", "1", "3"]
+        ])
+    );
+    assert_eq!(metric["count"], "6");
+    assert_eq!(metric["sum"], "3.25");
+}

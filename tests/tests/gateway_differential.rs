@@ -19,7 +19,10 @@
 //!   web.external-url, web.local-assets, web.systemd-socket), the build information's
 //!   values and the start time; the listen address and persistence file, which differ
 //!   by construction, are checked against what each was given;
-//! - the order of groups in `/api/v1/metrics`, which is random upstream.
+//! - the order of groups in `/api/v1/metrics`, which is random upstream;
+//! - in the pushgateway's `/api/v1/metrics`, a histogram without any bucket shows
+//!   `"buckets": {}` (1.5.1) where 1.8 and later, which the spec follows, show the
+//!   (empty) list of native buckets `[]`.
 //!
 //! Error bodies: ours must start with Go's message (it may explain more after it); for
 //! consistency-check rejections only up to "...inconsistent with existing metrics:", as
@@ -1001,7 +1004,8 @@ fn line_diff(theirs: &str, mine: &str) -> String {
 /// random), `time_stamp` and time gauge values masked. With `skip_job`, that group is left
 /// out of the comparison.
 fn compare_json(theirs: &str, mine: &str, skip_job: Option<&str>) -> Result<(), String> {
-    let t = normalize_api_metrics(theirs, skip_job)?;
+    let mut t = normalize_api_metrics(theirs, skip_job)?;
+    as_since_1_8(&mut t);
     let m = normalize_api_metrics(mine, skip_job)?;
     if t == m {
         return Ok(());
@@ -1025,6 +1029,31 @@ fn compare_json(theirs: &str, mine: &str, skip_job: Option<&str>) -> Result<(), 
         let _ = write!(out, "\n  only dropgate:    {g}");
     }
     Err(out)
+}
+
+/// Debian's 1.5.1 answer as pushgateway ≥ 1.8 gives it (what the spec follows): a
+/// histogram without classic buckets shows its native buckets as a list, so one with
+/// no buckets at all has `"buckets": []` where 1.5.1 printed `{}`.
+fn as_since_1_8(json: &mut Value) {
+    for group in json["data"].as_array_mut().into_iter().flatten() {
+        for family in group
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|g| g.values_mut())
+        {
+            if family["type"] != "HISTOGRAM" {
+                continue;
+            }
+            for metric in family["metrics"].as_array_mut().into_iter().flatten() {
+                if metric["buckets"]
+                    .as_object()
+                    .is_some_and(serde_json::Map::is_empty)
+                {
+                    metric["buckets"] = Value::Array(Vec::new());
+                }
+            }
+        }
+    }
 }
 
 fn normalize_api_metrics(text: &str, skip_job: Option<&str>) -> Result<Value, String> {

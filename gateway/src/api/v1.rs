@@ -21,6 +21,7 @@ use super::{ApiError, AppState};
 use crate::exposition::format_float;
 use crate::grouping::GroupingKey;
 use crate::model::{Metric, MetricType};
+use crate::native_histogram;
 use crate::store::{go_type_name, GroupSnapshot, StoredFamily, WriteCommand};
 
 /// Upstream's CORS headers, on every `/api/v1` answer but the wipe.
@@ -187,7 +188,7 @@ impl FamilyJson {
 #[derive(Serialize)]
 struct MetricJson {
     #[serde(skip_serializing_if = "Option::is_none")]
-    buckets: Option<BTreeMap<String, String>>,
+    buckets: Option<Buckets>,
     #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<String>,
     labels: BTreeMap<String, String>,
@@ -197,6 +198,23 @@ struct MetricJson {
     sum: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<String>,
+}
+
+/// A histogram's `buckets`: upstream ≥ 1.8 shows classic buckets as an object (upper
+/// bound → cumulative count) and, for a histogram without classic buckets, the native
+/// buckets as `[boundaries, "lower", "upper", "count"]` arrays.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Buckets {
+    Classic(BTreeMap<String, String>),
+    Native(Vec<(u8, String, String, String)>),
+}
+
+fn native_count(count: native_histogram::Count) -> String {
+    match count {
+        native_histogram::Count::Integer(n) => n.to_string(),
+        native_histogram::Count::Float(x) => go_float(x),
+    }
 }
 
 impl MetricJson {
@@ -238,21 +256,38 @@ impl MetricJson {
                 json.sum = Some(go_float(summary.sample_sum.unwrap_or_default()));
             }
             MetricType::Histogram => {
-                let histogram = metric.histogram.clone().unwrap_or_default();
-                json.buckets = Some(
-                    histogram
-                        .bucket
-                        .iter()
-                        .map(|b| {
-                            (
-                                go_float(b.upper_bound.unwrap_or_default()),
-                                b.cumulative_count.unwrap_or_default().to_string(),
-                            )
-                        })
-                        .collect(),
-                );
-                json.count = Some(histogram.sample_count.unwrap_or_default().to_string());
+                let histogram = metric.histogram.as_deref().cloned().unwrap_or_default();
                 json.sum = Some(go_float(histogram.sample_sum.unwrap_or_default()));
+                if histogram.bucket.is_empty() {
+                    json.buckets = Some(Buckets::Native(
+                        native_histogram::intervals(&histogram)
+                            .into_iter()
+                            .map(|b| {
+                                (
+                                    b.boundaries as u8,
+                                    go_float(b.lower),
+                                    go_float(b.upper),
+                                    native_count(b.count),
+                                )
+                            })
+                            .collect(),
+                    ));
+                    json.count = Some(native_count(native_histogram::total(&histogram)));
+                } else {
+                    json.buckets = Some(Buckets::Classic(
+                        histogram
+                            .bucket
+                            .iter()
+                            .map(|b| {
+                                (
+                                    go_float(b.upper_bound.unwrap_or_default()),
+                                    b.cumulative_count.unwrap_or_default().to_string(),
+                                )
+                            })
+                            .collect(),
+                    ));
+                    json.count = Some(histogram.sample_count.unwrap_or_default().to_string());
+                }
             }
             _ => {
                 let value = metric
@@ -336,6 +371,73 @@ mod tests {
             let at = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
             assert_eq!(rfc3339_nano(at), want);
         }
+    }
+
+    /// Upstream ≥ 1.8's shape for native histograms (api/v1 of pushgateway 1.9): no
+    /// classic buckets → `[boundaries, lower, upper, count]` per non-empty bucket,
+    /// negative ones first, and `count` from the native count; classic buckets keep
+    /// the object form even when native buckets are there too.
+    #[test]
+    fn native_histograms_show_their_buckets_as_intervals() {
+        use crate::model::{Bucket, BucketSpan, Histogram};
+        let span = |offset, length| BucketSpan {
+            offset: Some(offset),
+            length: Some(length),
+        };
+        let native = Histogram {
+            sample_count: Some(7),
+            sample_sum: Some(-1.5),
+            schema: Some(0),
+            zero_threshold: Some(0.125),
+            zero_count: Some(2),
+            positive_span: vec![span(1, 1)],
+            positive_delta: vec![4],
+            negative_span: vec![span(0, 1)],
+            negative_delta: vec![1],
+            ..Histogram::default()
+        };
+        let metric = |histogram: Histogram| Metric {
+            histogram: Some(Box::new(histogram)),
+            ..Metric::default()
+        };
+        let json = serde_json::to_string(&MetricJson::new(
+            &metric(native.clone()),
+            MetricType::Histogram,
+        ))
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"buckets":[[1,"-1","-0.5","1"],[3,"-0.125","0.125","2"],[0,"1","2","4"]],"count":"7","labels":{},"sum":"-1.5"}"#
+        );
+
+        let float = Histogram {
+            sample_count_float: Some(2.5),
+            schema: Some(0),
+            positive_span: vec![span(0, 1)],
+            positive_count: vec![2.5],
+            ..Histogram::default()
+        };
+        let json =
+            serde_json::to_string(&MetricJson::new(&metric(float), MetricType::Histogram)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"buckets":[[0,"0.5","1","2.5"]],"count":"2.5","labels":{},"sum":"0"}"#
+        );
+
+        let both = Histogram {
+            bucket: vec![Bucket {
+                cumulative_count: Some(7),
+                upper_bound: Some(f64::INFINITY),
+                ..Bucket::default()
+            }],
+            ..native
+        };
+        let json =
+            serde_json::to_string(&MetricJson::new(&metric(both), MetricType::Histogram)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"buckets":{"+Inf":"7"},"count":"7","labels":{},"sum":"-1.5"}"#
+        );
     }
 
     #[test]
