@@ -12,11 +12,61 @@ use std::io::Write as _;
 use crate::codec::protobuf::encode_delimited;
 use crate::model::{LabelPair, Metric, MetricFamily, MetricType};
 
-/// `Content-Type` of the text exposition.
+/// `Content-Type` of the text exposition (without the escaping parameter).
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// `Content-Type` of the delimited protobuf exposition.
+/// `Content-Type` of the delimited protobuf exposition (without the escaping parameter).
 pub const CONTENT_TYPE_PROTOBUF: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
+/// The name escaping a scrape negotiated (`escaping=` of `Accept`, Prometheus 3), as
+/// the pushgateway ≥ 1.8 names it in its `Content-Type`. Every stored name is a legacy
+/// Prometheus name (pushes with others are refused), so the schemes write the same
+/// bytes; the header tells the scraper which one applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escaping {
+    AllowUtf8,
+    Underscores,
+    Dots,
+    /// The default of pushgateway 1.8 and 1.9 (prometheus/common 0.5x).
+    Values,
+}
+
+impl Escaping {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "allow-utf-8" => Some(Self::AllowUtf8),
+            "underscores" => Some(Self::Underscores),
+            "dots" => Some(Self::Dots),
+            "values" => Some(Self::Values),
+            _ => None,
+        }
+    }
+}
+
+/// What a scrape's `Accept` negotiated: the format and the name escaping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub format: Format,
+    pub escaping: Escaping,
+}
+
+impl Negotiated {
+    /// The `Content-Type` header: the format's, with `; escaping=…` as upstream ≥ 1.8.
+    #[must_use]
+    pub fn content_type(self) -> &'static str {
+        use Escaping::{AllowUtf8, Dots, Underscores, Values};
+        match (self.format, self.escaping) {
+            (Format::Text, AllowUtf8) => "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8",
+            (Format::Text, Underscores) => "text/plain; version=0.0.4; charset=utf-8; escaping=underscores",
+            (Format::Text, Dots) => "text/plain; version=0.0.4; charset=utf-8; escaping=dots",
+            (Format::Text, Values) => "text/plain; version=0.0.4; charset=utf-8; escaping=values",
+            (Format::DelimitedProtobuf, AllowUtf8) => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=allow-utf-8",
+            (Format::DelimitedProtobuf, Underscores) => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=underscores",
+            (Format::DelimitedProtobuf, Dots) => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=dots",
+            (Format::DelimitedProtobuf, Values) => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=values",
+        }
+    }
+}
 
 /// An exposition format negotiated from `Accept`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,30 +101,38 @@ impl Format {
     }
 }
 
-/// Picks the format from an `Accept` header like Go's `expfmt.Negotiate` (v0.37): the
-/// clauses are ranked by `q` and specificity, and the first that names delimited
-/// protobuf or `text/plain` (version 0.0.4 or none) decides; otherwise text.
+/// Picks the format from an `Accept` header like Go's `expfmt.Negotiate` (v0.54, the
+/// pushgateway 1.9's): the clauses are ranked by `q` and specificity, and the first that
+/// names delimited protobuf or `text/plain` (version 0.0.4 or none) decides; otherwise
+/// text. The escaping is the last valid `escaping=` seen in rank order up to and
+/// including the deciding clause — so a preferred clause that did not match still
+/// passes its escaping on, as upstream's loop does — else `values`.
 ///
 /// Go would also serve protobuf's text and compact-text encodings; we answer those
 /// clients with the text format.
 #[must_use]
-pub fn negotiate(accept: Option<&str>) -> Format {
+pub fn negotiate(accept: Option<&str>) -> Negotiated {
+    let mut escaping = Escaping::Values;
+    let decided = |format, escaping| Negotiated { format, escaping };
     for clause in parse_accept(accept.unwrap_or_default()) {
+        if let Some(asked) = clause.param("escaping").and_then(Escaping::parse) {
+            escaping = asked;
+        }
         if clause.media_type == "application/vnd.google.protobuf"
             && clause.param("proto") == Some("io.prometheus.client.MetricFamily")
         {
             match clause.param("encoding") {
-                Some("delimited") => return Format::DelimitedProtobuf,
-                Some("text" | "compact-text") => return Format::Text,
+                Some("delimited") => return decided(Format::DelimitedProtobuf, escaping),
+                Some("text" | "compact-text") => return decided(Format::Text, escaping),
                 _ => {}
             }
         }
         let version = clause.param("version").unwrap_or_default();
         if clause.media_type == "text/plain" && (version.is_empty() || version == "0.0.4") {
-            return Format::Text;
+            return decided(Format::Text, escaping);
         }
     }
-    Format::Text
+    decided(Format::Text, escaping)
 }
 
 /// One clause of an `Accept` header.
@@ -817,7 +875,44 @@ mod tests {
             ),
         ];
         for (name, accept, want) in table {
-            assert_eq!(negotiate(accept.as_deref()), want, "{name}");
+            assert_eq!(negotiate(accept.as_deref()).format, want, "{name}");
+        }
+    }
+
+    /// Upstream ≥ 1.8 names the escaping in `Content-Type`: `values` by default, the
+    /// deciding clause's, or one carried over from a preferred clause that did not match.
+    #[test]
+    fn escaping_is_negotiated_like_go() {
+        let table = [
+            (None, "text/plain; version=0.0.4; charset=utf-8; escaping=values"),
+            (
+                // Prometheus 3's default scrape Accept: OpenMetrics first (not served
+                // here), its allow-utf-8 carries over to the text clause.
+                Some("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"),
+                "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8",
+            ),
+            (
+                // Prometheus 2's: no escaping anywhere.
+                Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+                "text/plain; version=0.0.4; charset=utf-8; escaping=values",
+            ),
+            (
+                Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=underscores"),
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=underscores",
+            ),
+            (
+                // An unknown scheme is ignored.
+                Some("text/plain;version=0.0.4;escaping=shout"),
+                "text/plain; version=0.0.4; charset=utf-8; escaping=values",
+            ),
+            (
+                // A later-ranked clause's escaping does not reach back.
+                Some("text/plain;version=0.0.4;q=0.9,*/*;escaping=dots;q=0.1"),
+                "text/plain; version=0.0.4; charset=utf-8; escaping=values",
+            ),
+        ];
+        for (accept, want) in table {
+            assert_eq!(negotiate(accept).content_type(), want, "{accept:?}");
         }
     }
 

@@ -183,7 +183,7 @@ async fn put_then_scrape_shows_grouping_labels_sorted_with_instance() {
     assert_eq!(scrape.status, StatusCode::OK);
     assert_eq!(
         scrape.header("content-type"),
-        "text/plain; version=0.0.4; charset=utf-8"
+        "text/plain; version=0.0.4; charset=utf-8; escaping=values"
     );
     assert_eq!(
         drop_families(
@@ -955,7 +955,10 @@ async fn protobuf_push_and_protobuf_and_gzip_scrapes() {
             Body::empty(),
         )
         .await;
-    assert_eq!(scrape.header("content-type"), PROTOBUF);
+    assert_eq!(
+        scrape.header("content-type"),
+        format!("{PROTOBUF}; escaping=values")
+    );
     let families =
         gateway::codec::protobuf::decode_delimited(&scrape.body).expect("delimited protobuf");
     let names: Vec<&str> = families.iter().filter_map(|f| f.name.as_deref()).collect();

@@ -802,8 +802,11 @@ async fn shutdown_finishes_the_push_in_flight_saves_it_and_accepts_no_more() {
     task.await.expect("join").expect("clean stop");
     let store = gateway::store::MetricStore::new(gateway::store::ReservedNames::default());
     gateway::persistence::load(&store, &file).expect("the saved file loads");
-    let exposition =
-        gateway::store::exposition(&store, &NoSource, gateway::exposition::negotiate(None));
+    let exposition = gateway::store::exposition(
+        &store,
+        &NoSource,
+        gateway::exposition::negotiate(None).format,
+    );
     let text = String::from_utf8(exposition).expect("text");
     assert!(
         text.contains("in_flight{instance=\"\",job=\"flight\"} 42"),

@@ -29,9 +29,13 @@ pub(super) async fn scrape(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = negotiate(accept);
-    let chunks = exposition_chunks(&state.inner.store, state.inner.source.as_ref(), format);
-    let content_type = HeaderValue::from_static(format.content_type());
+    let negotiated = negotiate(accept);
+    let chunks = exposition_chunks(
+        &state.inner.store,
+        state.inner.source.as_ref(),
+        negotiated.format,
+    );
+    let content_type = HeaderValue::from_static(negotiated.content_type());
     if !gzip_accepted(&headers) {
         let body = Body::new(Chunks::new(chunks));
         return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
