@@ -204,16 +204,22 @@ pub fn parse_listen_address(address: &str) -> Result<SocketAddr, ConfigError> {
     address.parse().map_err(|_| error())
 }
 
-/// Upstream's `computeRoutePrefix`: `""` and `/` mean none, otherwise one leading `/`
-/// and no trailing one (`metrics/` → `/metrics`).
+/// Upstream's `computeRoutePrefix` as of 1.7 (the seed's 1.9): `""` and `/` mean none;
+/// otherwise a `/` is put in front if missing and ONE trailing `/` is cut, nothing else
+/// (`gw/` → `/gw`, `/gw//` → `/gw/`, `//gw` stays; 1.5.1 trimmed every slash). The
+/// routes are this string followed by `/metrics` etc., exactly as upstream registers
+/// them; the deny filter compares paths in normal form and normalises the prefix too.
 #[must_use]
 pub fn normalize_route_prefix(prefix: &str) -> String {
-    let trimmed = prefix.trim_matches('/');
-    if trimmed.is_empty() {
-        String::new()
-    } else {
-        format!("/{trimmed}")
+    if prefix.is_empty() || prefix == "/" {
+        return String::new();
     }
+    let prefix = if prefix.starts_with('/') {
+        prefix.to_owned()
+    } else {
+        format!("/{prefix}")
+    };
+    prefix.strip_suffix('/').unwrap_or(&prefix).to_owned()
 }
 
 /// A duration as Go's `time.Duration.String` writes it (`5m0s`, `1h0m0s`, `1.5s`,
@@ -302,7 +308,11 @@ mod tests {
             ("/", ""),
             ("gw", "/gw"),
             ("/gw/", "/gw"),
-            ("//a/b//", "/a/b"),
+            ("gw/", "/gw"),
+            // Since 1.7 only one trailing slash goes, and leading ones stay.
+            ("//a/b//", "//a/b/"),
+            ("/gw//", "/gw/"),
+            ("//", "/"),
         ] {
             assert_eq!(normalize_route_prefix(input), want, "{input:?}");
         }

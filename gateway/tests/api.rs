@@ -857,6 +857,26 @@ async fn route_prefix_moves_every_route() {
         gw.put("/metrics/job/a", "m 1\n").await.status,
         StatusCode::NOT_FOUND
     );
+
+    // Pushgateway ≥ 1.7 cuts one trailing slash only: `/gw//` registers routes under
+    // `/gw/` (`/gw//metrics`), which Go's ServeMux never reaches: it redirects the
+    // unclean path to `/gw/metrics`, which is not routed. The same here.
+    let config = GatewayConfig {
+        route_prefix: "/gw//".to_owned(),
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(&config, Arc::new(NoSource));
+    let unclean = gw.get("/gw//metrics").await;
+    assert_eq!(unclean.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(unclean.header("location"), "/gw/metrics");
+    assert_eq!(gw.get("/gw/metrics").await.status, StatusCode::NOT_FOUND);
+    // `gw/` is `/gw`, as before.
+    let config = GatewayConfig {
+        route_prefix: "gw/".to_owned(),
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(&config, Arc::new(NoSource));
+    assert_eq!(gw.get("/gw/metrics").await.status, StatusCode::OK);
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

@@ -43,7 +43,10 @@ pub enum FilterError {
 #[derive(Debug, Clone)]
 pub struct PathFilter {
     rules: Vec<Regex>,
+    /// As the router has it (upstream's form, which may hold `//` or end in `/`).
     route_prefix: String,
+    /// In normal form, to compare with normal paths (`""` for none).
+    normal_prefix: String,
 }
 
 impl PathFilter {
@@ -54,9 +57,14 @@ impl PathFilter {
             .chain(extra.iter().map(String::as_str))
             .map(compile_rule)
             .collect::<Result<_, _>>()?;
+        let normal_prefix = match normalise(route_prefix) {
+            root if root == "/" => String::new(),
+            normal => normal,
+        };
         Ok(Self {
             rules,
             route_prefix: route_prefix.to_owned(),
+            normal_prefix,
         })
     }
 
@@ -68,7 +76,7 @@ impl PathFilter {
     #[must_use]
     pub fn is_denied(&self, raw_path: &str) -> bool {
         let normal = normalise(raw_path);
-        let under_prefix = strip_route_prefix(&normal, &self.route_prefix);
+        let under_prefix = strip_route_prefix(&normal, &self.normal_prefix);
         let pushed = self.pushed_group(raw_path);
         self.rules.iter().any(|rule| {
             rule.is_match(&normal)
@@ -89,7 +97,7 @@ impl PathFilter {
             .or_else(|| GroupingKey::of_request_path(raw_path, ""))?
             .ok()?;
         let bare = key.to_push_path();
-        let prefixed = format!("{}{bare}", self.route_prefix);
+        let prefixed = format!("{}{bare}", self.normal_prefix);
         Some((bare, prefixed))
     }
 
@@ -102,7 +110,7 @@ impl PathFilter {
             return true;
         }
         let normal = normalise(raw_path);
-        let path = strip_route_prefix(&normal, &self.route_prefix).unwrap_or(&normal);
+        let path = strip_route_prefix(&normal, &self.normal_prefix).unwrap_or(&normal);
         let lower = path.to_ascii_lowercase();
         lower.starts_with("/api/v1/admin") || lower.starts_with("/-/quit")
     }
@@ -285,6 +293,28 @@ mod tests {
             .map(|(name, path)| format!("{name}: {path}"))
             .collect();
         assert!(through.is_empty(), "let through:\n{}", through.join("\n"));
+    }
+
+    /// Since pushgateway 1.7 a prefix keeps all but one trailing slash (`/pg//` → routes
+    /// under `/pg/`, e.g. `/pg//metrics`); the rules still see every spelling.
+    #[test]
+    fn a_prefix_with_a_slash_left_at_its_end_is_matched_in_normal_form() {
+        let prefix = crate::config::normalize_route_prefix("/pg//");
+        assert_eq!(prefix, "/pg/");
+        let filter = PathFilter::new(&push_rules(), &prefix).expect("rules compile");
+        for denied in [
+            "/pg//debug/pprof",
+            "/pg/debug/pprof/heap",
+            "/pg//metrics/job/secret",
+            "/pg//metrics/job@base64/c2VjcmV0",
+            "/pg//metrics/job/x/team/red",
+        ] {
+            assert!(filter.is_denied(denied), "{denied} let through");
+        }
+        for allowed in ["/pg//metrics", "/pg//metrics/job/ok", "/pg//-/healthy"] {
+            assert!(!filter.is_denied(allowed), "{allowed} denied");
+        }
+        assert!(filter.is_write(&Method::GET, "/pg//api/v1/admin/wipe"));
     }
 
     #[test]
