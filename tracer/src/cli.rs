@@ -173,6 +173,12 @@ pub struct DiagnoseArgs {
     pub docker_host: String,
     #[command(flatten)]
     pub classes: ClassArgs,
+    /// Reproduce a connection from another host: from a short-lived namespace attached
+    /// by a veth that enters like outside traffic, connect and trace where it dies.
+    /// Alone: every published port (DNAT rules); or PORT[/tcp|/udp], ADDR:PORT[/proto].
+    /// Repeatable. Never changes the firewall; nothing is left behind.
+    #[arg(long, value_name = "PORT|ADDR:PORT", num_args = 0..=1, default_missing_value = "published")]
+    pub probe: Vec<crate::diagnose::probe::ProbeSpec>,
 }
 
 /// Which drops `watch` prints; every given filter must match.

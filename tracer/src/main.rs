@@ -200,6 +200,7 @@ async fn diagnose(args: DiagnoseArgs) -> ExitCode {
         hook: args.hook.into(),
         docker_host: Some(args.docker_host).filter(|h| !h.is_empty()),
         classes: args.classes.classifier(),
+        probes: args.probe,
     })
     .await;
     if args.json {

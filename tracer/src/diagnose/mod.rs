@@ -8,6 +8,7 @@
 pub mod findings;
 pub mod firewall;
 pub mod host;
+pub mod probe;
 pub mod watch;
 
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
@@ -48,6 +49,8 @@ pub struct Report {
     /// Drops traced in this namespace during the window (empty without a trace).
     pub drops: Vec<TracedDrop>,
     pub window_seconds: f64,
+    /// `--probe`: the connection attempts made and what happened to each.
+    pub probes: Vec<probe::ProbeResult>,
     pub host: HostState,
 }
 
@@ -55,7 +58,7 @@ impl Report {
     /// The exit code this report calls for.
     #[must_use]
     pub fn exit_code(&self) -> u8 {
-        if !self.findings.is_empty() {
+        if !self.findings.is_empty() || self.probes.iter().any(|p| !p.reachable()) {
             exit::PROBLEM
         } else if self.unchecked.is_empty() {
             exit::HEALTHY
@@ -68,8 +71,13 @@ impl Report {
     #[must_use]
     pub fn text(&self) -> String {
         let mut out = String::new();
-        if self.findings.is_empty() {
+        if self.findings.is_empty() && self.probes.iter().all(probe::ProbeResult::reachable) {
             let _ = writeln!(out, "no problem found ({:.0}s window)", self.window_seconds);
+        }
+        for p in &self.probes {
+            for line in p.lines() {
+                let _ = writeln!(out, "{line}");
+            }
         }
         for f in &self.findings {
             let severity = match f.severity {
@@ -102,6 +110,9 @@ pub struct DiagnoseOptions {
     pub docker_host: Option<String>,
     /// How drops are classified; `local` ones are not evidence of anything.
     pub classes: Classifier,
+    /// `--probe`: connection attempts to make from a namespace entering like outside
+    /// traffic (empty: none).
+    pub probes: Vec<probe::ProbeSpec>,
 }
 
 /// Runs the checks and, when allowed, a live trace over `duration`.
@@ -112,10 +123,16 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         match Tracer::start(&TracerOptions {
             load: LoadOptions {
                 hook: options.hook,
-                samples_per_sec: 100,
+                // A probe must find its own few packets among every namespace's
+                // samples on a busy host: a larger budget for this short command.
+                samples_per_sec: if options.probes.is_empty() { 100 } else { 5000 },
                 ..LoadOptions::default()
             },
-            recent_samples: 1000,
+            recent_samples: if options.probes.is_empty() {
+                1000
+            } else {
+                50_000
+            },
             docker_host: options.docker_host.clone(),
             classes: options.classes.clone(),
             namespaces: Vec::new(),
@@ -134,7 +151,22 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         None
     };
     let baseline = tracer.as_ref().map(|t| own_drops(&t.collector));
-    tokio::time::sleep(options.duration).await;
+    let started = std::time::Instant::now();
+    // The link is kept until the drops are read: a deleted interface's counts move to
+    // `gone`.
+    let (probes, probe_link) = if options.probes.is_empty() {
+        (Vec::new(), None)
+    } else {
+        match run_probes(&options.probes, &before, tracer.as_ref()).await {
+            Ok((results, link)) => (results, Some(link)),
+            Err(err) => {
+                unchecked.insert("probe".into(), format!("{err:#}"));
+                (Vec::new(), None)
+            }
+        }
+    };
+    // The probes ran inside the window; it lasts `duration` in all.
+    tokio::time::sleep(options.duration.saturating_sub(started.elapsed())).await;
     let after = HostState::read();
     unchecked.extend(after.unchecked.clone());
     let (drops, samples): (Option<Vec<TracedDrop>>, Vec<DropEvent>) = match (&tracer, baseline) {
@@ -151,6 +183,9 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         }
         _ => (None, Vec::new()),
     };
+    // The probe's packets came in on its own veth, standing in for the uplink whose
+    // settings it copied: the findings are about the uplink.
+    let (drops, samples) = as_if_on_the_uplink(&probes, drops, samples);
     let evidence = Evidence {
         before: Some(&before),
         after: &after,
@@ -159,6 +194,9 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
     };
     let findings = findings::findings(&evidence);
     let notes = findings::notes(&evidence);
+    if let Some(link) = probe_link {
+        link.remove().await;
+    }
     if let Some(tracer) = tracer {
         tracer.stop();
     }
@@ -169,9 +207,70 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         notes,
         unchecked,
         drops: drops.unwrap_or_default(),
-        window_seconds: options.duration.as_secs_f64(),
+        window_seconds: options
+            .duration
+            .as_secs_f64()
+            .max(started.elapsed().as_secs_f64()),
+        probes,
         host,
     }
+}
+
+/// The probes, with the flow's drops read from the trace's recent samples.
+async fn run_probes(
+    specs: &[probe::ProbeSpec],
+    host: &HostState,
+    tracer: Option<&Tracer>,
+) -> anyhow::Result<(Vec<probe::ProbeResult>, probe::ProbeLink)> {
+    let recent = || {
+        tracer
+            .map(|t| {
+                t.samples
+                    .recent(50_000)
+                    .iter()
+                    .map(|e| (**e).clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    probe::run(specs, host, recent).await
+}
+
+/// `drops` and `samples` with each probe's ingress interface named as the uplink it
+/// stands in for.
+fn as_if_on_the_uplink(
+    probes: &[probe::ProbeResult],
+    drops: Option<Vec<TracedDrop>>,
+    mut samples: Vec<DropEvent>,
+) -> (Option<Vec<TracedDrop>>, Vec<DropEvent>) {
+    let uplink_of = |interface: &str| {
+        probes
+            .iter()
+            .find(|p| p.ingress == interface)
+            .map(|p| p.copied_from.clone())
+    };
+    for sample in &mut samples {
+        if let Some(uplink) = uplink_of(&sample.interface) {
+            sample.interface = uplink;
+        }
+    }
+    let drops = drops.map(|drops| {
+        let mut merged: Vec<TracedDrop> = Vec::new();
+        for mut d in drops {
+            if let Some(uplink) = uplink_of(&d.interface) {
+                d.interface = uplink;
+            }
+            match merged.iter_mut().find(|m| {
+                (&m.reason, &m.location, &m.interface, &m.protocol)
+                    == (&d.reason, &d.location, &d.interface, &d.protocol)
+            }) {
+                Some(m) => m.packets += d.packets,
+                None => merged.push(d),
+            }
+        }
+        merged
+    });
+    (drops, samples)
 }
 
 /// Drops in `now` that were not yet in `baseline` (both totals since the probe started).
