@@ -112,13 +112,17 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         match Tracer::start(&TracerOptions {
             load: LoadOptions {
                 hook: options.hook,
-                samples_per_sec: 100,
+                // The kernel's sample budget is shared by every namespace: on a host
+                // where containers drop thousands of packets a second, a small budget
+                // would be spent on theirs and leave none for this namespace's drops.
+                samples_per_sec: 10_000,
                 ..LoadOptions::default()
             },
             recent_samples: 1000,
             docker_host: options.docker_host.clone(),
             classes: options.classes.clone(),
-            namespaces: Vec::new(),
+            // Only this namespace's drops and samples are evidence.
+            namespaces: vec![OWN_NAMESPACE.to_owned()],
         }) {
             Ok(tracer) => Some(tracer),
             Err(err) => {
