@@ -423,6 +423,28 @@ pub fn parse_nft_ruleset(text: &str, skip: &[String]) -> Vec<Rule> {
     rules
 }
 
+/// Firewall managers whose chains or tables are in `rules`: `ufw` (its `ufw-*` and
+/// `ufw6-*` chains) and `firewalld` (its `firewalld` nft tables), so that a drop in
+/// their chains, or the FORWARD policy they set, is named after them.
+#[must_use]
+pub fn managers(rules: &[Rule]) -> Vec<String> {
+    let ufw = |name: &str| name.starts_with("ufw-") || name.starts_with("ufw6-");
+    let mut out = Vec::new();
+    if rules
+        .iter()
+        .any(|r| ufw(&r.chain) || r.jumps.iter().any(|j| ufw(j)))
+    {
+        out.push("ufw".to_owned());
+    }
+    if rules
+        .iter()
+        .any(|r| r.tool == "nft" && r.table.ends_with(" firewalld"))
+    {
+        out.push("firewalld".to_owned());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

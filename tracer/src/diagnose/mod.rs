@@ -5,6 +5,7 @@
 //! ([`findings`]) with a verdict, the evidence and the fix. Without privileges it runs
 //! the checks it can and says which it could not.
 
+pub mod datapath;
 pub mod findings;
 pub mod firewall;
 pub mod host;
