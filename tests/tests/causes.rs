@@ -373,6 +373,15 @@ fn no_route_for_a_dnat_target_or_for_replies_names_the_destination() {
         )),
         "{verdict}"
     );
+    let run = RunInNamespace::start(&topo.host);
+    run.shows("no_route", DockerLikeHost::SPOOFED_ADDR, || {
+        let _ = topo.ext.sh_output(&format!(
+            "curl -s -m 2 --interface {} http://{}:{}/",
+            DockerLikeHost::SPOOFED_ADDR,
+            DockerLikeHost::HOST_ADDR,
+            DockerLikeHost::PUBLISHED_PORT
+        ));
+    });
 }
 
 /// Three bare TCP ACKs from `ext` to the container, for a connection nobody opened.
@@ -433,6 +442,8 @@ fn conntrack_invalid_drops_name_the_rule_and_the_counter() {
         text.contains("evidence: /proc/net/stat/nf_conntrack invalid rose by 3"),
         "{text}"
     );
+    let run = RunInNamespace::start(&topo.host);
+    run.shows("conntrack_invalid", "drop invalid", || bare_acks(&topo));
 }
 
 /// Two published ports on a Docker-like filter (policy DROP, DOCKER-USER, the bridge's
@@ -517,6 +528,12 @@ fn firewall_manager_forward_policies_are_named_after_the_manager() {
         text.contains("fix: allow the routed traffic: ufw route allow"),
         "{text}"
     );
+    {
+        let run = RunInNamespace::start(&topo.host);
+        run.shows("firewall_manager_drop", "ufw dropped", || {
+            let _ = topo.curl_from_ext("/", 1);
+        });
+    }
 
     // firewalld: its own nft table, a zone's forward chain rejecting.
     topo.host.sh(

@@ -360,4 +360,38 @@ mod tests {
             found[0].summary
         );
     }
+
+    #[test]
+    fn ipv6_names_packet_too_big_and_the_icmpv6_filter() {
+        let mut state = host(true);
+        state.datapath.links =
+            parse_links("3: br0: <UP> mtu 1280 qdisc\n4: eth0: <UP> mtu 1500 qdisc\n");
+        state.datapath.routes = parse_routes("fd29::/64 dev br0 proto kernel metric 256\n");
+        let mut filter = rule(
+            "FORWARD",
+            Hook::Forward,
+            "-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 2 -j DROP",
+            None,
+            0,
+        );
+        filter.tool = "ip6tables-nft".into();
+        filter.jumps = vec!["DROP".into()];
+        state.drop_rules = vec![filter];
+        let mut s = sample("ip6_forward");
+        s.reason = "PKT_TOO_BIG".into();
+        s.dst = Some("fd29::2".parse().expect("ip"));
+        s.len = 1400;
+        let drops = [drop("PKT_TOO_BIG", "ip6_forward", "eth0", 2)];
+        let found = super::super::findings(&Evidence {
+            before: Some(&state),
+            after: &state,
+            drops: Some(&drops),
+            samples: &[s],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].summary,
+            "MTU black hole: 2 packets of up to 1400 bytes to fd29::2 do not fit br0 (MTU 1280; they came in on eth0, MTU 1500) and ICMPv6 \"packet too big\" is filtered here, so the senders are never told to send smaller"
+        );
+    }
 }
