@@ -177,6 +177,15 @@ impl Evidence<'_> {
         by_dst.into_iter().collect()
     }
 
+    /// Whether the sampled drops that `pred` selects were all of this host's own
+    /// packets (from one of its addresses): then the sending socket was told (an
+    /// error from connect or send), nothing was lost silently on its way through.
+    /// False without such samples, so that a drop is never hidden for lack of them.
+    fn only_own_traffic(&self, pred: impl Fn(&DropEvent) -> bool) -> bool {
+        let mut sampled = self.samples.iter().filter(|s| pred(s)).peekable();
+        sampled.peek().is_some() && sampled.all(|s| s.src.is_some_and(|a| self.after.is_local(a)))
+    }
+
     /// The DNAT rules that send traffic to `addr`.
     fn dnat_to(&self, addr: std::net::IpAddr) -> Vec<&Dnat> {
         let addr = addr.to_string();

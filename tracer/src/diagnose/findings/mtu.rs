@@ -58,7 +58,7 @@ pub(super) fn filtered_by(ev: &Evidence, rule: &Rule) -> bool {
 pub(super) fn packet_too_big(ev: &Evidence, out: &mut Vec<Finding>) {
     let drops: Vec<&TracedDrop> = ev.drops_where(|d| d.reason == "PKT_TOO_BIG");
     let count = sum(&drops);
-    if count == 0 {
+    if count == 0 || ev.only_own_traffic(|s| s.reason == "PKT_TOO_BIG") {
         return;
     }
     let host = ev.after;

@@ -18,7 +18,7 @@ fn is_neighbour_drop(reason: &str) -> bool {
 pub(super) fn neighbour_failed(ev: &Evidence, out: &mut Vec<Finding>) {
     let drops: Vec<&TracedDrop> = ev.drops_where(|d| is_neighbour_drop(&d.reason));
     let count = sum(&drops);
-    if count == 0 {
+    if count == 0 || ev.only_own_traffic(|s| is_neighbour_drop(&s.reason)) {
         return;
     }
     let data = &ev.after.datapath;
@@ -197,5 +197,34 @@ mod tests {
             "{:?}",
             f.fix
         );
+    }
+
+    /// The host's own packets (a local probe of a dead address, a local send too big
+    /// for its route) are told to their socket: no finding. Forwarded ones are.
+    #[test]
+    fn only_forwarded_traffic_is_a_finding() {
+        let mut state = host(true);
+        state.local_addresses = vec!["10.0.0.1".parse().expect("ip")];
+        let cases = [
+            ("NEIGH_FAILED", "neigh_invalidate", Kind::NeighbourFailed),
+            ("PKT_TOO_BIG", "ip_forward", Kind::PacketTooBig),
+            ("IP_INNOROUTES", "ip_error", Kind::NoRoute),
+        ];
+        for (reason, location, kind) in cases {
+            let drops = [drop(reason, location, "eth0", 2)];
+            for (src, want) in [("10.0.0.1", vec![]), ("10.0.0.9", vec![kind])] {
+                let mut s = sample(location);
+                s.reason = reason.into();
+                s.src = Some(src.parse().expect("ip"));
+                let found = super::super::findings(&Evidence {
+                    before: Some(&state),
+                    after: &state,
+                    drops: Some(&drops),
+                    samples: &[s],
+                });
+                let kinds: Vec<Kind> = found.iter().map(|f| f.kind).collect();
+                assert_eq!(kinds, want, "{reason} from {src}: {found:?}");
+            }
+        }
     }
 }

@@ -32,7 +32,7 @@ pub(super) fn no_route(ev: &Evidence, out: &mut Vec<Finding>) {
     let drops: Vec<&TracedDrop> =
         ev.drops_where(|d| is_no_route(&d.reason) && !forwarding_off_at(host, d));
     let count = sum(&drops);
-    if count == 0 {
+    if count == 0 || ev.only_own_traffic(|s| is_no_route(&s.reason)) {
         return;
     }
     let mut reasons: Vec<String> = drops
