@@ -677,6 +677,11 @@ fn docker_isolation_and_docker_user_drops_are_named_as_such() {
         "{verdict}"
     );
     assert!(text.contains("docker network connect"), "{text}");
+    assert!(
+        text.contains("> 172.29.2.10:80 (bridge br-")
+            && text.contains("network back, container api)"),
+        "the sampled flow names the network and container it was headed for:\n{text}"
+    );
 
     engine
         .netns

@@ -145,11 +145,18 @@ fn sampled_flows(ev: &Evidence) -> Vec<String> {
         .filter(|s| s.reason == "NETFILTER_DROP")
         .filter_map(|s| {
             let (src, dst) = (s.src?, s.dst?);
-            let container = s
-                .target
-                .container
-                .as_ref()
-                .map_or(String::new(), |c| format!(", container {c}"));
+            // The Docker network and container behind the destination, as the
+            // engine names them: what the user has to connect or open.
+            let container: String = [
+                s.target.network.as_ref().map(|n| format!(", network {n}")),
+                s.target
+                    .container
+                    .as_ref()
+                    .map(|c| format!(", container {c}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             Some(format!(
                 "sampled: {src}{} > {dst}:{}{} ({}{container})",
                 bridge(src),
