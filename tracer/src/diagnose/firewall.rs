@@ -629,4 +629,31 @@ table inet dg {\n\
         // No earlier reading of the table: no baseline, no count.
         assert_eq!(later[1].packets_since(&[]), None);
     }
+
+    #[test]
+    fn firewall_managers_by_their_chains_and_tables() {
+        let ufw = "*filter\n:FORWARD DROP [0:0]\n:ufw-before-forward - [0:0]\n\
+                   [0:0] -A FORWARD -j ufw-before-forward\nCOMMIT\n";
+        let firewalld = "table inet firewalld {\n\tchain filter_FORWARD {\n\t\ttype filter hook forward priority filter + 10; policy accept;\n\t\tjump filter_FWD_public\n\t}\n}\n";
+        let cases = [
+            (
+                "ufw",
+                parse_iptables_save("iptables-nft", ufw).0,
+                vec!["ufw"],
+            ),
+            (
+                "firewalld",
+                parse_nft_ruleset(firewalld, &[]),
+                vec!["firewalld"],
+            ),
+            (
+                "Docker alone",
+                parse_iptables_save("iptables-nft", SAVE).0,
+                vec![],
+            ),
+        ];
+        for (name, rules, want) in cases {
+            assert_eq!(managers(&rules), want, "case {name}");
+        }
+    }
 }
