@@ -244,7 +244,12 @@ pub async fn read_samples(
         }
         guard.clear_ready();
         for (i, sample) in batch.iter().enumerate() {
-            hub.publish(namer.event(sample));
+            let event = namer.event(sample);
+            // Only the namespaces asked for (`--trace.netns`, diagnose's own): others'
+            // samples would push theirs out of the recent ones.
+            if namer.view.reports(&event.netns) {
+                hub.publish(event);
+            }
             // Let consumers run during a long burst instead of overrunning them.
             if i % 256 == 255 {
                 tokio::task::yield_now().await;

@@ -10,6 +10,13 @@ use super::{
 };
 use crate::samples::DropEvent;
 
+// Causes beyond forwarding and the firewall's own rules, one module per family.
+mod chains;
+mod conntrack;
+mod mtu;
+mod neighbour;
+mod no_route;
+
 /// What kind of problem a finding is; also the `kind` label of `dropgate_problem`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,6 +33,22 @@ pub enum Kind {
     RpFilterDrop,
     /// br_netfilter frees DNAT-ed bridged traffic that cannot be routed.
     BrNetfilterDnat,
+    /// Nobody answers ARP/ND for the next hop (a stale DNAT to a stopped container).
+    NeighbourFailed,
+    /// Packets too big for the egress link (a PMTU black hole when ICMP is filtered).
+    PacketTooBig,
+    /// No route for forwarded traffic or its replies.
+    NoRoute,
+    /// A rule drops what conntrack marks INVALID.
+    ConntrackInvalid,
+    /// The conntrack table is full: new connections are dropped.
+    ConntrackFull,
+    /// Docker's isolation between its networks drops the traffic.
+    DockerIsolation,
+    /// A rule in DOCKER-USER (the administrator's chain) drops the traffic.
+    DockerUserDrop,
+    /// ufw's or firewalld's FORWARD rules or policy drop the traffic.
+    FirewallManagerDrop,
 }
 
 impl Kind {
@@ -38,6 +61,14 @@ impl Kind {
             Kind::NetfilterDrop => "netfilter_drop",
             Kind::RpFilterDrop => "rp_filter_drop",
             Kind::BrNetfilterDnat => "br_netfilter_dnat",
+            Kind::NeighbourFailed => "neighbour_failed",
+            Kind::PacketTooBig => "packet_too_big",
+            Kind::NoRoute => "no_route",
+            Kind::ConntrackInvalid => "conntrack_invalid",
+            Kind::ConntrackFull => "conntrack_full",
+            Kind::DockerIsolation => "docker_isolation",
+            Kind::DockerUserDrop => "docker_user_drop",
+            Kind::FirewallManagerDrop => "firewall_manager_drop",
         }
     }
 }
@@ -130,6 +161,41 @@ impl Evidence<'_> {
         hits
     }
 
+    /// The destinations of the samples `pred` selects, each with its samples, in
+    /// address order.
+    fn sampled_destinations(
+        &self,
+        pred: impl Fn(&DropEvent) -> bool,
+    ) -> Vec<(std::net::IpAddr, Vec<&DropEvent>)> {
+        let mut by_dst: std::collections::BTreeMap<std::net::IpAddr, Vec<&DropEvent>> =
+            std::collections::BTreeMap::new();
+        for s in self.samples.iter().filter(|s| pred(s)) {
+            if let Some(dst) = s.dst {
+                by_dst.entry(dst).or_default().push(s);
+            }
+        }
+        by_dst.into_iter().collect()
+    }
+
+    /// Whether the sampled drops that `pred` selects were all of this host's own
+    /// packets (from one of its addresses): then the sending socket was told (an
+    /// error from connect or send), nothing was lost silently on its way through.
+    /// False without such samples, so that a drop is never hidden for lack of them.
+    fn only_own_traffic(&self, pred: impl Fn(&DropEvent) -> bool) -> bool {
+        let mut sampled = self.samples.iter().filter(|s| pred(s)).peekable();
+        sampled.peek().is_some() && sampled.all(|s| s.src.is_some_and(|a| self.after.is_local(a)))
+    }
+
+    /// The DNAT rules that send traffic to `addr`.
+    fn dnat_to(&self, addr: std::net::IpAddr) -> Vec<&Dnat> {
+        let addr = addr.to_string();
+        self.after
+            .dnat
+            .iter()
+            .filter(|d| d.to_addr == addr)
+            .collect()
+    }
+
     /// The DNAT rule a sample's destination came from, if any.
     fn dnat_for<'h>(&'h self, sample: &DropEvent) -> Option<&'h Dnat> {
         let dst = sample.dst?.to_string();
@@ -151,6 +217,11 @@ impl RuleHit<'_> {
         self.rule.hooks.contains(&Hook::Forward)
     }
 
+    /// On the FORWARD path and named by no finding of its own ([`chains::claimed`]).
+    fn generic_forward(&self, host: &HostState) -> bool {
+        self.on_forward_path() && chains::claimed(self.rule, host).is_none()
+    }
+
     fn line(&self) -> String {
         format!(
             "{} packets: {} ({}; {})",
@@ -160,6 +231,16 @@ impl RuleHit<'_> {
             hooks_label(&self.rule.hooks)
         )
     }
+}
+
+/// `published port 9091 -> 172.18.0.2:80`.
+fn published_port(d: &Dnat) -> String {
+    format!(
+        "published port {} -> {}:{}",
+        d.dport,
+        d.to_addr,
+        d.to_port.map_or("*".into(), |p| p.to_string())
+    )
 }
 
 fn hooks_label(hooks: &[Hook]) -> String {
@@ -199,6 +280,12 @@ pub fn findings(evidence: &Evidence) -> Vec<Finding> {
     netfilter(evidence, &mut out);
     rp_filter(evidence, &mut out);
     br_netfilter(evidence, &mut out);
+    neighbour::neighbour_failed(evidence, &mut out);
+    mtu::packet_too_big(evidence, &mut out);
+    no_route::no_route(evidence, &mut out);
+    conntrack::invalid(evidence, &mut out);
+    conntrack::table_full(evidence, &mut out);
+    chains::named_chains(evidence, &mut out);
     out
 }
 
@@ -409,8 +496,12 @@ fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
     let traced = ev.drops_where(|d| d.reason == "NETFILTER_DROP");
     let count = sum(&traced);
     let hits = ev.rule_hits();
-    let forward: Vec<&RuleHit> = hits.iter().filter(|h| h.on_forward_path()).collect();
-    let unexplained = count.saturating_sub(hits.iter().map(|h| h.packets).sum());
+    // Drops by Docker's own chains, a firewall manager, an INVALID rule or a full
+    // conntrack table are named by their own findings.
+    let forward: Vec<&RuleHit> = hits.iter().filter(|h| h.generic_forward(host)).collect();
+    let unexplained = count.saturating_sub(
+        hits.iter().map(|h| h.packets).sum::<u64>() + conntrack::table_full_drops(ev),
+    );
     let sampled: Vec<&DropEvent> = ev
         .samples
         .iter()
@@ -516,6 +607,9 @@ pub fn notes(ev: &Evidence) -> Vec<String> {
     ev.rule_hits()
         .iter()
         .filter(|h| !h.on_forward_path())
+        // An ICMP "fragmentation needed" filtered on its way out is part of the MTU
+        // finding, not the host's own business.
+        .filter(|h| !mtu::filtered_by(ev, h.rule))
         .map(|h| {
             format!(
                 "the firewall dropped {} outside the FORWARD path: the host's own policy for traffic to or from it, not a problem",
@@ -664,7 +758,7 @@ mod tests {
     use super::*;
     use crate::diagnose::host::{Interface, IpCounters};
 
-    fn dnat() -> Dnat {
+    pub(super) fn dnat() -> Dnat {
         Dnat {
             protocol: "tcp".into(),
             dport: 9091,
@@ -677,7 +771,13 @@ mod tests {
     }
 
     /// A drop rule (or policy) of iptables-nft's filter table with its counter.
-    fn rule(chain: &str, hook: Hook, text: &str, comment: Option<&str>, packets: u64) -> Rule {
+    pub(super) fn rule(
+        chain: &str,
+        hook: Hook,
+        text: &str,
+        comment: Option<&str>,
+        packets: u64,
+    ) -> Rule {
         Rule {
             tool: "iptables-nft".into(),
             table: "filter".into(),
@@ -716,7 +816,7 @@ mod tests {
         }
     }
 
-    fn drop(reason: &str, location: &str, interface: &str, packets: u64) -> TracedDrop {
+    pub(super) fn drop(reason: &str, location: &str, interface: &str, packets: u64) -> TracedDrop {
         TracedDrop {
             reason: reason.into(),
             location: location.into(),
@@ -726,7 +826,7 @@ mod tests {
         }
     }
 
-    fn sample(location: &str) -> DropEvent {
+    pub(super) fn sample(location: &str) -> DropEvent {
         DropEvent {
             time: String::new(),
             netns: "root".into(),
@@ -744,7 +844,7 @@ mod tests {
         }
     }
 
-    fn host(ip_forward: bool) -> HostState {
+    pub(super) fn host(ip_forward: bool) -> HostState {
         HostState {
             ip_forward: Some(ip_forward),
             interfaces: vec![

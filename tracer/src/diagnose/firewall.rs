@@ -423,6 +423,28 @@ pub fn parse_nft_ruleset(text: &str, skip: &[String]) -> Vec<Rule> {
     rules
 }
 
+/// Firewall managers whose chains or tables are in `rules`: `ufw` (its `ufw-*` and
+/// `ufw6-*` chains) and `firewalld` (its `firewalld` nft tables), so that a drop in
+/// their chains, or the FORWARD policy they set, is named after them.
+#[must_use]
+pub fn managers(rules: &[Rule]) -> Vec<String> {
+    let ufw = |name: &str| name.starts_with("ufw-") || name.starts_with("ufw6-");
+    let mut out = Vec::new();
+    if rules
+        .iter()
+        .any(|r| ufw(&r.chain) || r.jumps.iter().any(|j| ufw(j)))
+    {
+        out.push("ufw".to_owned());
+    }
+    if rules
+        .iter()
+        .any(|r| r.tool == "nft" && r.table.ends_with(" firewalld"))
+    {
+        out.push("firewalld".to_owned());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,5 +628,32 @@ table inet dg {\n\
         assert_eq!(deltas, vec![Some(0), Some(3), Some(0)]);
         // No earlier reading of the table: no baseline, no count.
         assert_eq!(later[1].packets_since(&[]), None);
+    }
+
+    #[test]
+    fn firewall_managers_by_their_chains_and_tables() {
+        let ufw = "*filter\n:FORWARD DROP [0:0]\n:ufw-before-forward - [0:0]\n\
+                   [0:0] -A FORWARD -j ufw-before-forward\nCOMMIT\n";
+        let firewalld = "table inet firewalld {\n\tchain filter_FORWARD {\n\t\ttype filter hook forward priority filter + 10; policy accept;\n\t\tjump filter_FWD_public\n\t}\n}\n";
+        let cases = [
+            (
+                "ufw",
+                parse_iptables_save("iptables-nft", ufw).0,
+                vec!["ufw"],
+            ),
+            (
+                "firewalld",
+                parse_nft_ruleset(firewalld, &[]),
+                vec!["firewalld"],
+            ),
+            (
+                "Docker alone",
+                parse_iptables_save("iptables-nft", SAVE).0,
+                vec![],
+            ),
+        ];
+        for (name, rules, want) in cases {
+            assert_eq!(managers(&rules), want, "case {name}");
+        }
     }
 }

@@ -10,7 +10,10 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path, process::Command};
 
 use serde::Serialize;
 
-use super::firewall::{parse_iptables_save, parse_nft_ruleset, Hook, Rule};
+use super::{
+    datapath::Datapath,
+    firewall::{parse_iptables_save, parse_nft_ruleset, Hook, Rule},
+};
 use crate::enrich::rtnetlink::{bridges_in, BridgeSubnet};
 
 /// A published port: traffic to `dport` is DNAT-ed to `to_addr:to_port`.
@@ -77,6 +80,10 @@ pub struct HostState {
     pub bridges: Vec<BridgeSubnet>,
     pub forwarding_off_sources: Vec<SysctlSource>,
     pub counters: IpCounters,
+    /// MTUs, neighbours, routes, conntrack: what decides whether a packet can leave.
+    pub datapath: Datapath,
+    /// Firewall managers whose chains or tables are in the ruleset (`ufw`, `firewalld`).
+    pub firewall_managers: Vec<String>,
     /// Checks that could not run, with why.
     pub unchecked: BTreeMap<String, String>,
 }
@@ -98,6 +105,7 @@ impl HostState {
             bridge_nf_call_iptables: sysctl("net/bridge/bridge-nf-call-iptables").map(|v| v == "1"),
             counters: ip_counters(),
             forwarding_off_sources: forwarding_off_sources(),
+            datapath: Datapath::read(),
             ..Self::default()
         };
         state.interfaces = interfaces();
@@ -204,6 +212,7 @@ impl HostState {
                 && (r.chain.starts_with("DOCKER")
                     || r.jumps.iter().any(|j| j.starts_with("DOCKER")))
         });
+        self.firewall_managers = super::firewall::managers(&rules);
         self.dnat = rules.iter().filter_map(dnat_of).collect();
         self.source_nat = rules
             .iter()

@@ -5,6 +5,7 @@
 //! ([`findings`]) with a verdict, the evidence and the fix. Without privileges it runs
 //! the checks it can and says which it could not.
 
+pub mod datapath;
 pub mod findings;
 pub mod firewall;
 pub mod host;
@@ -123,19 +124,22 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         match Tracer::start(&TracerOptions {
             load: LoadOptions {
                 hook: options.hook,
-                // A probe must find its own few packets among every namespace's
-                // samples on a busy host: a larger budget for this short command.
-                samples_per_sec: if options.probes.is_empty() { 100 } else { 5000 },
+                // The kernel's sample budget is shared by every namespace: on a host
+                // where containers drop thousands of packets a second, a small budget
+                // would be spent on theirs and leave none for this namespace's drops.
+                samples_per_sec: 10_000,
                 ..LoadOptions::default()
             },
+            // A probe's few packets must still be there when it looks for them.
             recent_samples: if options.probes.is_empty() {
                 1000
             } else {
-                50_000
+                10_000
             },
             docker_host: options.docker_host.clone(),
             classes: options.classes.clone(),
-            namespaces: Vec::new(),
+            // Only this namespace's drops and samples are evidence.
+            namespaces: vec![OWN_NAMESPACE.to_owned()],
         }) {
             Ok(tracer) => Some(tracer),
             Err(err) => {

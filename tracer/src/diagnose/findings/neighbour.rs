@@ -1,0 +1,230 @@
+//! Neighbour failure: forwarded packets wait for an ARP (IPv4) or neighbour discovery
+//! (IPv6) answer that never comes and are freed with `NEIGH_FAILED` (or queued past
+//! the limit: `NEIGH_QUEUEFULL`). The usual cause on a Docker host is a published
+//! port whose DNAT still points at a stopped or re-addressed container: routing is
+//! fine, the address is on the bridge, and nobody owns it.
+
+use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr};
+
+use super::{interfaces_of, published_port, sum, Evidence, Finding, Kind, Severity, TracedDrop};
+use crate::samples::DropEvent;
+
+/// The drop reasons of the neighbour layer (`NEIGH_FAILED`, `NEIGH_QUEUEFULL`,
+/// `NEIGH_CREATEFAIL`, `NEIGH_DEAD`, ...).
+fn is_neighbour_drop(reason: &str) -> bool {
+    reason.starts_with("NEIGH_")
+}
+
+pub(super) fn neighbour_failed(ev: &Evidence, out: &mut Vec<Finding>) {
+    let drops: Vec<&TracedDrop> = ev.drops_where(|d| is_neighbour_drop(&d.reason));
+    let count = sum(&drops);
+    if count == 0 || ev.only_own_traffic(|s| is_neighbour_drop(&s.reason)) {
+        return;
+    }
+    let data = &ev.after.datapath;
+    let reasons = reason_list(&drops);
+    let mut evidence = vec![format!(
+        "{count} packets dropped ({reasons}) on {}",
+        interfaces_of(&drops).join(", ")
+    )];
+    let mut named = Vec::new();
+    let mut fix = Vec::new();
+    let mut egress: Option<String> = None;
+    let targets = ev.sampled_destinations(|s| is_neighbour_drop(&s.reason));
+    for (addr, samples) in &targets {
+        let (what, dev) = target(ev, *addr, samples, &mut evidence, &mut fix);
+        named.push(what);
+        egress = egress.or(dev);
+    }
+    if targets.is_empty() {
+        // Without samples, the table's failed entries are the candidates.
+        for n in data
+            .neighbours
+            .iter()
+            .filter(|n| matches!(n.state.as_str(), "FAILED" | "INCOMPLETE"))
+        {
+            evidence.push(format!("ip neigh: {} dev {} {}", n.addr, n.dev, n.state));
+        }
+        fix.push(
+            "see which next hop fails: ip neigh show nud failed; ip neigh show nud incomplete"
+                .into(),
+        );
+    }
+    fix.push("if a container was meant to be there: start it (docker compose up -d) so that it owns the address again".into());
+    fix.dedup();
+    let summary = if named.is_empty() {
+        format!(
+            "{count} forwarded packets dropped: no ARP/ND answer for their next hop ({reasons})"
+        )
+    } else {
+        format!(
+            "{}: {count} forwarded packets dropped ({reasons})",
+            named.join("; ")
+        )
+    };
+    out.push(Finding {
+        kind: Kind::NeighbourFailed,
+        severity: Severity::Critical,
+        interface: egress.or_else(|| interfaces_of(&drops).first().cloned()),
+        summary,
+        evidence,
+        fix,
+    });
+}
+
+/// What is known of one address nobody answers for: the verdict's words for it and
+/// the interface it is looked for on; evidence and fixes are added as found.
+fn target(
+    ev: &Evidence,
+    addr: IpAddr,
+    samples: &[&DropEvent],
+    evidence: &mut Vec<String>,
+    fix: &mut Vec<String>,
+) -> (String, Option<String>) {
+    let data = &ev.after.datapath;
+    let protocol = if addr.is_ipv4() {
+        "ARP"
+    } else {
+        "neighbour discovery"
+    };
+    let neighbour = data.neighbour(addr);
+    let dev = neighbour
+        .map(|n| n.dev.clone())
+        .or_else(|| data.route_to(addr).and_then(|r| r.dev.clone()));
+    if let Some(n) = neighbour {
+        evidence.push(format!("ip neigh: {} dev {} {}", n.addr, n.dev, n.state));
+    }
+    let ports: BTreeSet<String> = samples
+        .iter()
+        .map(|s| format!("{addr}:{} ({})", s.dport, s.protocol))
+        .collect();
+    let sources: BTreeSet<String> = samples
+        .iter()
+        .filter_map(|s| s.src)
+        .map(|a| a.to_string())
+        .collect();
+    evidence.push(format!(
+        "sampled packets to {} from {}",
+        ports.into_iter().collect::<Vec<_>>().join(", "),
+        sources.into_iter().collect::<Vec<_>>().join(", ")
+    ));
+    let on = dev.as_ref().map_or(String::new(), |d| format!(" on {d}"));
+    let mut what = format!("nobody answers {protocol} for {addr}{on}");
+    for d in ev.dnat_to(addr) {
+        evidence.push(format!("DNAT: {}", d.rule));
+        let _ = write!(what, "; {} points there", published_port(d));
+        fix.push(stale_dnat_fix(&d.rule));
+    }
+    if let Some(container) = samples.iter().find_map(|s| s.target.container.as_ref()) {
+        let _ = write!(what, " (container {container})");
+    }
+    fix.push(format!(
+        "see who should answer: ip neigh show {addr}; arping -c 3{} {addr}",
+        dev.as_ref().map_or(String::new(), |d| format!(" -I {d}"))
+    ));
+    (what, dev)
+}
+
+/// `NEIGH_FAILED in neigh_invalidate, ...`: each reason and where, once.
+fn reason_list(drops: &[&TracedDrop]) -> String {
+    let mut reasons: Vec<String> = drops
+        .iter()
+        .map(|d| format!("{} in {}", d.reason, d.location))
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    reasons.join(", ")
+}
+
+/// How to remove a DNAT rule that points at an address nobody has.
+fn stale_dnat_fix(rule: &str) -> String {
+    if let Some(spec) = rule.strip_prefix("-A ") {
+        let hint = if spec.starts_with("DOCKER ") {
+            " (a rule dockerd left behind: restarting dockerd rewrites its rules)"
+        } else {
+            ""
+        };
+        format!("remove the stale DNAT: iptables -t nat -D {spec}{hint}")
+    } else {
+        format!("remove the stale DNAT `{rule}`: nft -a list ruleset, then nft delete rule <family> <table> <chain> handle <n>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{dnat, drop, host, sample};
+    use super::*;
+    use crate::diagnose::datapath::{parse_neighbours, parse_routes};
+
+    #[test]
+    fn names_the_address_nobody_answers_for_and_the_dnat_pointing_there() {
+        let mut state = host(true);
+        state.dnat.push(crate::diagnose::host::Dnat {
+            dport: 9092,
+            to_addr: "172.18.0.9".into(),
+            rule: "-A PREROUTING -p tcp -m tcp --dport 9092 -j DNAT --to-destination 172.18.0.9:80"
+                .into(),
+            ..dnat()
+        });
+        state.datapath.neighbours = parse_neighbours("172.18.0.9 dev docker0  FAILED\n");
+        state.datapath.routes = parse_routes("172.18.0.0/16 dev docker0 scope link\n");
+        let mut s = sample("neigh_invalidate");
+        s.reason = "NEIGH_FAILED".into();
+        s.dst = Some("172.18.0.9".parse().expect("ip"));
+        let drops = [drop("NEIGH_FAILED", "neigh_invalidate", "eth0", 3)];
+        let found = super::super::findings(&Evidence {
+            before: Some(&state),
+            after: &state,
+            drops: Some(&drops),
+            samples: &[s],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(f.kind, Kind::NeighbourFailed);
+        assert_eq!(f.interface.as_deref(), Some("docker0"));
+        assert_eq!(
+            f.summary,
+            "nobody answers ARP for 172.18.0.9 on docker0; published port 9092 -> 172.18.0.9:80 points there: 3 forwarded packets dropped (NEIGH_FAILED in neigh_invalidate)"
+        );
+        assert!(
+            f.evidence
+                .contains(&"ip neigh: 172.18.0.9 dev docker0 FAILED".to_owned()),
+            "{:?}",
+            f.evidence
+        );
+        assert!(
+            f.fix.contains(&"remove the stale DNAT: iptables -t nat -D PREROUTING -p tcp -m tcp --dport 9092 -j DNAT --to-destination 172.18.0.9:80".to_owned()),
+            "{:?}",
+            f.fix
+        );
+    }
+
+    /// The host's own packets (a local probe of a dead address, a local send too big
+    /// for its route) are told to their socket: no finding. Forwarded ones are.
+    #[test]
+    fn only_forwarded_traffic_is_a_finding() {
+        let mut state = host(true);
+        state.local_addresses = vec!["10.0.0.1".parse().expect("ip")];
+        let cases = [
+            ("NEIGH_FAILED", "neigh_invalidate", Kind::NeighbourFailed),
+            ("PKT_TOO_BIG", "ip_forward", Kind::PacketTooBig),
+            ("IP_INNOROUTES", "ip_error", Kind::NoRoute),
+        ];
+        for (reason, location, kind) in cases {
+            let drops = [drop(reason, location, "eth0", 2)];
+            for (src, want) in [("10.0.0.1", vec![]), ("10.0.0.9", vec![kind])] {
+                let mut s = sample(location);
+                s.reason = reason.into();
+                s.src = Some(src.parse().expect("ip"));
+                let found = super::super::findings(&Evidence {
+                    before: Some(&state),
+                    after: &state,
+                    drops: Some(&drops),
+                    samples: &[s],
+                });
+                let kinds: Vec<Kind> = found.iter().map(|f| f.kind).collect();
+                assert_eq!(kinds, want, "{reason} from {src}: {found:?}");
+            }
+        }
+    }
+}
