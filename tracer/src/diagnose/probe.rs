@@ -316,8 +316,8 @@ pub async fn run(
 }
 
 /// The flow's traced drops once they have stopped coming in. Samples are named in user
-/// space before they are published, which on a host with many namespaces can take a
-/// moment; an attempt that got no answer waits up to 3 s for its first drop.
+/// space before they are published, which on a busy host with many namespaces can take
+/// seconds; an attempt that got no answer waits up to 6 s for its first drop.
 async fn settled_drops(
     samples: &impl Fn() -> Vec<DropEvent>,
     source: IpAddr,
@@ -325,7 +325,7 @@ async fn settled_drops(
     outcome: &Outcome,
 ) -> Vec<ProbeDrop> {
     let patience = if matches!(outcome, Outcome::NoAnswer) {
-        Duration::from_secs(3)
+        Duration::from_secs(6)
     } else {
         Duration::from_millis(500)
     };
