@@ -144,6 +144,15 @@ fn wait_gateway_ready(engine: &DockerEngine, compose: &ComposeProject) {
 /// Runs `dropgate diagnose` on `H` for 6 s; `traffic` runs once its trace is attached.
 /// The exit code and the report.
 fn diagnose(engine: &DockerEngine, traffic: impl FnOnce()) -> (Option<i32>, String) {
+    diagnose_with(engine, &[], traffic)
+}
+
+/// [`diagnose`] with `extra` arguments.
+fn diagnose_with(
+    engine: &DockerEngine,
+    extra: &[&str],
+    traffic: impl FnOnce(),
+) -> (Option<i32>, String) {
     let mut command = Command::new(dropgate_bin());
     command
         .args([
@@ -154,6 +163,7 @@ fn diagnose(engine: &DockerEngine, traffic: impl FnOnce()) -> (Option<i32>, Stri
             &engine.netns.name,
         ])
         .args(["--docker-host", &engine.host()])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -348,6 +358,39 @@ fn the_compose_incident_is_named_by_diagnose_and_fixed_by_its_sysctl() {
     assert_eq!(code, Some(1), "diagnose finds a problem:\n{report}");
     assert_names_container_port_setting_and_fix(&report, &container);
 
+    // The same without the remote host: the probe's own SYN shows it.
+    let target = format!("{ENGINE_ADDR}:{PUBLISHED_PORT}");
+    let (code, report) = diagnose_with(&engine, &["--probe", &target], || {});
+    assert_eq!(
+        code,
+        Some(1),
+        "the probe finds the problem alone:\n{report}"
+    );
+    let probe = report
+        .lines()
+        .find(|l| l.starts_with("probe "))
+        .unwrap_or_else(|| panic!("a probe line:\n{report}"));
+    assert!(
+        probe.starts_with(&format!(
+            "probe {target}/tcp (published -> {ip}:80, container {name}, compose service {SERVICE}): TCP SYN",
+            ip = container.ip,
+            name = container.name
+        )) && probe.contains("UNREACHABLE"),
+        "the probe names the container and its compose service: {probe}"
+    );
+    assert!(
+        report.contains("dropped at ip_error (IP_INADDRERRORS)"),
+        "{report}"
+    );
+    assert_names_container_port_setting_and_fix(
+        report
+            .split_once("\nPROBLEM")
+            .map(|(_, rest)| format!("PROBLEM{rest}"))
+            .as_deref()
+            .unwrap_or(&report),
+        &container,
+    );
+
     // The fix the report gives.
     engine.netns.sh("sysctl -w net.ipv4.ip_forward=1");
     let (code, report) = diagnose(&engine, || {
@@ -358,6 +401,20 @@ fn the_compose_incident_is_named_by_diagnose_and_fixed_by_its_sysctl() {
         );
     });
     assert_eq!(code, Some(0), "healthy after the fix:\n{report}");
+    let (code, report) = diagnose_with(&engine, &["--probe", &target], || {});
+    assert_eq!(
+        code,
+        Some(0),
+        "the probe gets through after the fix:\n{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with(&format!("probe {target}/tcp"))
+                && l.contains("reachable: answered in")
+                && l.contains("HTTP GET / answered 200")),
+        "{report}"
+    );
     assert!(report.starts_with("no problem found"), "{report}");
 
     assert_both_pushes_arrived(&remote);

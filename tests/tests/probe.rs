@@ -107,7 +107,10 @@ fn forwarding_off_the_probe_names_ip_error_and_the_fix_then_reachable_after_it()
     let report: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
     let first = &report["probes"][0];
     assert_eq!(first["target"]["port"], 9091, "{first}");
-    assert_eq!(first["target"]["published_to"], "172.31.231.2:80", "{first}");
+    assert_eq!(
+        first["target"]["published_to"], "172.31.231.2:80",
+        "{first}"
+    );
     assert_eq!(first["outcome"]["result"], "reachable", "{first}");
     assert_eq!(first["outcome"]["http_status"], 200, "{first}");
 }
@@ -162,6 +165,17 @@ fn without_a_default_route_the_probe_says_what_to_give_it() {
     assert_eq!(code, Some(2), "unchecked, not healthy: {text}");
     assert!(
         text.contains("not checked: probe: no default route") && text.contains("--probe ADDR:PORT"),
+        "{text}"
+    );
+    // Given the host's address, the interface holding it is the uplink.
+    topo.start_http_service();
+    let (code, text) = probe(&topo, &["10.231.0.1:9091"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("probe 10.231.0.1:9091/tcp")
+                && l.contains("(settings of vh-ext)")
+                && l.contains("HTTP GET / answered 200")),
         "{text}"
     );
 }

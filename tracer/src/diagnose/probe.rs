@@ -27,7 +27,7 @@ use futures_util::TryStreamExt as _;
 use serde::Serialize;
 
 use super::host::HostState;
-use crate::samples::DropEvent;
+use crate::{enrich::Destination, samples::DropEvent};
 
 /// Prefix of the probe's link names: `dgp<pid>h` on the host, `dgp<pid>p` inside.
 const LINK_PREFIX: &str = "dgp";
@@ -166,6 +166,10 @@ pub struct ProbeResult {
     pub outcome: Outcome,
     /// The probe's packets the kernel dropped, by where (empty if none were traced).
     pub drops: Vec<ProbeDrop>,
+    /// Who was behind the destination its dropped packets had (bridge, Docker network,
+    /// container, compose service), as the trace named it.
+    #[serde(skip_serializing_if = "Destination::is_empty")]
+    pub behind: Destination,
 }
 
 impl ProbeResult {
@@ -192,12 +196,28 @@ impl ProbeResult {
             Protocol::Tcp => "TCP SYN",
             Protocol::Udp => "UDP datagram",
         };
-        let published = self
-            .target
-            .published_to
-            .as_ref()
-            .map(|to| format!(" (published -> {to})"))
-            .unwrap_or_default();
+        let behind: Vec<String> = [
+            self.target
+                .published_to
+                .as_ref()
+                .map(|to| format!("published -> {to}")),
+            self.behind
+                .container
+                .as_ref()
+                .map(|c| format!("container {c}")),
+            self.behind
+                .service
+                .as_ref()
+                .map(|s| format!("compose service {s}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let published = if behind.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", behind.join(", "))
+        };
         let happened = match &self.outcome {
             Outcome::Reachable {
                 http_status,
@@ -276,7 +296,11 @@ pub async fn run(
     samples: impl Fn() -> Vec<DropEvent>,
 ) -> anyhow::Result<(Vec<ProbeResult>, ProbeLink)> {
     remove_stale_links().await;
-    let uplink = uplink().await?;
+    let given = specs.iter().find_map(|spec| match spec {
+        ProbeSpec::Address { addr, .. } => Some(*addr),
+        _ => None,
+    });
+    let uplink = uplink(given).await?;
     let targets = targets(specs, host, &uplink)?;
     if targets.is_empty() {
         bail!("nothing to probe: no published port found in the DNAT rules; name one with --probe PORT or --probe ADDR:PORT");
@@ -303,6 +327,10 @@ pub async fn run(
                 .await
                 .context("the probe thread stopped")??;
         let drops = settled_drops(&samples, source_addr, source_port, &outcome).await;
+        let behind = flow_samples(&samples(), source_addr, source_port)
+            .find(|e| !e.target.is_empty())
+            .map(|e| e.target.clone())
+            .unwrap_or_default();
         results.push(ProbeResult {
             source: SocketAddr::new(source_addr, source_port).to_string(),
             ingress: link.host_name.clone(),
@@ -310,6 +338,7 @@ pub async fn run(
             target,
             outcome,
             drops,
+            behind,
         });
     }
     Ok((results, link))
@@ -341,6 +370,16 @@ async fn settled_drops(
         }
         let quiet = unchanged_since.elapsed() >= Duration::from_millis(400);
         if (quiet && !last.is_empty()) || started.elapsed() >= patience {
+            if last.is_empty() && matches!(outcome, Outcome::NoAnswer) {
+                // Most often: the kernel's sample budget was spent on a flood of drops
+                // elsewhere (the counts stay exact; only the flow is not named).
+                let recent = samples();
+                tracing::warn!(
+                    recent = recent.len(),
+                    last = ?recent.last().map(DropEvent::line),
+                    "no traced drop of the probe's flow {source} port {port}"
+                );
+            }
             return last;
         }
     }
@@ -416,49 +455,63 @@ fn targets(specs: &[ProbeSpec], host: &HostState, uplink: &Uplink) -> anyhow::Re
     Ok(out)
 }
 
-/// The interface of the default route (IPv4 first) and its addresses.
-async fn uplink() -> anyhow::Result<Uplink> {
+/// The interface outside traffic comes in on: the one holding `holding` (an address
+/// the probe was given) if it is local, else the default route's (IPv4 first); with
+/// its first IPv4 and global IPv6 address.
+async fn uplink(holding: Option<IpAddr>) -> anyhow::Result<Uplink> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let (v4_dev, v6_dev) =
-        default_route_interfaces(&read("/proc/net/route"), &read("/proc/net/ipv6_route"));
-    let Some(name) = v4_dev.or(v6_dev) else {
-        bail!("no default route here, so no uplink to enter like outside traffic; name the address with --probe ADDR:PORT (the interface holding it is taken as the uplink)");
-    };
     let (connection, handle, _) = rtnetlink::new_connection().context("netlink")?;
     let task = tokio::spawn(connection);
     let result = async {
-        let link = handle
-            .link()
-            .get()
-            .match_name(name.clone())
-            .execute()
-            .try_next()
-            .await?
-            .with_context(|| format!("uplink {name} not found"))?;
-        let mut addresses = handle
-            .address()
-            .get()
-            .set_link_index_filter(link.header.index)
-            .execute();
-        let (mut v4, mut v6) = (None, None);
-        while let Some(message) = addresses.try_next().await? {
+        let mut addresses: Vec<(u32, IpAddr)> = Vec::new();
+        let mut dump = handle.address().get().execute();
+        while let Some(message) = dump.try_next().await? {
             for attr in &message.attributes {
                 if let netlink_packet_route::address::AddressAttribute::Address(addr) = attr {
-                    match addr {
-                        IpAddr::V4(a) if v4.is_none() => v4 = Some(*a),
-                        IpAddr::V6(a) if v6.is_none() && (a.segments()[0] & 0xffc0) != 0xfe80 => {
-                            v6 = Some(*a);
-                        }
-                        _ => {}
-                    }
+                    addresses.push((message.header.index, *addr));
                 }
             }
         }
-        anyhow::Ok(Uplink {
-            name: name.clone(),
-            v4,
-            v6,
-        })
+        let by_address = holding.and_then(|want| {
+            addresses.iter().find(|(_, a)| *a == want).map(|(index, _)| *index)
+        });
+        let index = match by_address {
+            Some(index) => index,
+            None => {
+                let (v4_dev, v6_dev) = default_route_interfaces(
+                    &read("/proc/net/route"),
+                    &read("/proc/net/ipv6_route"),
+                );
+                let Some(name) = v4_dev.or(v6_dev) else {
+                    bail!("no default route here, so no uplink to enter like outside traffic; name an address of this host with --probe ADDR:PORT (the interface holding it is taken as the uplink)");
+                };
+                index_of(&handle, &name).await?
+            }
+        };
+        let name = handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await?
+            .and_then(|link| {
+                link.attributes.into_iter().find_map(|a| match a {
+                    netlink_packet_route::link::LinkAttribute::IfName(name) => Some(name),
+                    _ => None,
+                })
+            })
+            .with_context(|| format!("the uplink (index {index}) has no name"))?;
+        let of_uplink = || addresses.iter().filter(|(i, _)| *i == index).map(|(_, a)| *a);
+        let v4 = of_uplink().find_map(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = of_uplink().find_map(|a| match a {
+            IpAddr::V6(a) if (a.segments()[0] & 0xffc0) != 0xfe80 => Some(a),
+            _ => None,
+        });
+        anyhow::Ok(Uplink { name, v4, v6 })
     }
     .await;
     task.abort();
@@ -834,13 +887,21 @@ fn http_status(stream: &mut std::net::TcpStream, target: &Target) -> Option<u16>
     rest.get(2..5)?.parse().ok()
 }
 
+/// The samples of the flow from (`source`, `port`), either way.
+fn flow_samples(
+    samples: &[DropEvent],
+    source: IpAddr,
+    port: u16,
+) -> impl Iterator<Item = &DropEvent> {
+    samples.iter().filter(move |e| {
+        (e.src == Some(source) && e.sport == port) || (e.dst == Some(source) && e.dport == port)
+    })
+}
+
 /// The traced drops of the flow from (`source`, `port`), either way, grouped.
 fn flow_drops(samples: &[DropEvent], source: IpAddr, port: u16) -> Vec<ProbeDrop> {
     let mut out: Vec<ProbeDrop> = Vec::new();
-    let ours = samples.iter().filter(|e| {
-        (e.src == Some(source) && e.sport == port) || (e.dst == Some(source) && e.dport == port)
-    });
-    for e in ours {
+    for e in flow_samples(samples, source, port) {
         match out.iter_mut().find(|d| {
             d.reason == e.reason && d.location == e.location && d.interface == e.interface
         }) {
@@ -949,7 +1010,7 @@ mod tests {
             location: "ip_error".into(),
             class: crate::drop_class::DropClass::Transit,
             len: 60,
-            target: crate::enrich::Destination::default(),
+            target: Destination::default(),
         }
     }
 
