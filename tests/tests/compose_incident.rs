@@ -280,6 +280,59 @@ fn assert_both_pushes_arrived(remote: &Netns) {
     );
 }
 
+/// `diagnose --probe` with no other traffic: exit 1, the probe's SYN dropped in
+/// `ip_error`, the container and compose service named, and the same verdict.
+fn assert_the_probe_alone_names_it(engine: &DockerEngine, target: &str, container: &Container) {
+    let (code, report) = diagnose_with(engine, &["--probe", target], || {});
+    assert_eq!(
+        code,
+        Some(1),
+        "the probe finds the problem alone:\n{report}"
+    );
+    let probe = report
+        .lines()
+        .find(|l| l.starts_with("probe "))
+        .unwrap_or_else(|| panic!("a probe line:\n{report}"));
+    assert!(
+        probe.starts_with(&format!(
+            "probe {target}/tcp (published -> {ip}:80, container {name}, compose service {SERVICE}): TCP SYN",
+            ip = container.ip,
+            name = container.name
+        )) && probe.contains("UNREACHABLE"),
+        "the probe names the container and its compose service: {probe}"
+    );
+    assert!(
+        report.contains("dropped at ip_error (IP_INADDRERRORS)"),
+        "{report}"
+    );
+    assert_names_container_port_setting_and_fix(
+        report
+            .split_once("\nPROBLEM")
+            .map(|(_, rest)| format!("PROBLEM{rest}"))
+            .as_deref()
+            .unwrap_or(&report),
+        container,
+    );
+}
+
+/// After the fix `diagnose --probe` answers: reachable, with the gateway's HTTP status.
+fn assert_the_probe_gets_through(engine: &DockerEngine, target: &str) {
+    let (code, report) = diagnose_with(engine, &["--probe", target], || {});
+    assert_eq!(
+        code,
+        Some(0),
+        "the probe gets through after the fix:\n{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with(&format!("probe {target}/tcp"))
+                && l.contains("reachable: answered in")
+                && l.contains("HTTP GET / answered 200")),
+        "{report}"
+    );
+}
+
 #[test]
 fn the_compose_incident_is_named_by_diagnose_and_fixed_by_its_sysctl() {
     let test = "the_compose_incident_is_named_by_diagnose_and_fixed_by_its_sysctl";
@@ -360,36 +413,7 @@ fn the_compose_incident_is_named_by_diagnose_and_fixed_by_its_sysctl() {
 
     // The same without the remote host: the probe's own SYN shows it.
     let target = format!("{ENGINE_ADDR}:{PUBLISHED_PORT}");
-    let (code, report) = diagnose_with(&engine, &["--probe", &target], || {});
-    assert_eq!(
-        code,
-        Some(1),
-        "the probe finds the problem alone:\n{report}"
-    );
-    let probe = report
-        .lines()
-        .find(|l| l.starts_with("probe "))
-        .unwrap_or_else(|| panic!("a probe line:\n{report}"));
-    assert!(
-        probe.starts_with(&format!(
-            "probe {target}/tcp (published -> {ip}:80, container {name}, compose service {SERVICE}): TCP SYN",
-            ip = container.ip,
-            name = container.name
-        )) && probe.contains("UNREACHABLE"),
-        "the probe names the container and its compose service: {probe}"
-    );
-    assert!(
-        report.contains("dropped at ip_error (IP_INADDRERRORS)"),
-        "{report}"
-    );
-    assert_names_container_port_setting_and_fix(
-        report
-            .split_once("\nPROBLEM")
-            .map(|(_, rest)| format!("PROBLEM{rest}"))
-            .as_deref()
-            .unwrap_or(&report),
-        &container,
-    );
+    assert_the_probe_alone_names_it(&engine, &target, &container);
 
     // The fix the report gives.
     engine.netns.sh("sysctl -w net.ipv4.ip_forward=1");

@@ -475,18 +475,15 @@ async fn uplink(holding: Option<IpAddr>) -> anyhow::Result<Uplink> {
         let by_address = holding.and_then(|want| {
             addresses.iter().find(|(_, a)| *a == want).map(|(index, _)| *index)
         });
-        let index = match by_address {
-            Some(index) => index,
-            None => {
-                let (v4_dev, v6_dev) = default_route_interfaces(
-                    &read("/proc/net/route"),
-                    &read("/proc/net/ipv6_route"),
-                );
-                let Some(name) = v4_dev.or(v6_dev) else {
-                    bail!("no default route here, so no uplink to enter like outside traffic; name an address of this host with --probe ADDR:PORT (the interface holding it is taken as the uplink)");
-                };
-                index_of(&handle, &name).await?
-            }
+        let index = if let Some(index) = by_address {
+            index
+        } else {
+            let (v4_dev, v6_dev) =
+                default_route_interfaces(&read("/proc/net/route"), &read("/proc/net/ipv6_route"));
+            let Some(name) = v4_dev.or(v6_dev) else {
+                bail!("no default route here, so no uplink to enter like outside traffic; name an address of this host with --probe ADDR:PORT (the interface holding it is taken as the uplink)");
+            };
+            index_of(&handle, &name).await?
         };
         let name = handle
             .link()
