@@ -425,21 +425,8 @@ fn the_compose_incident_is_named_by_diagnose_and_fixed_by_its_sysctl() {
         );
     });
     assert_eq!(code, Some(0), "healthy after the fix:\n{report}");
-    let (code, report) = diagnose_with(&engine, &["--probe", &target], || {});
-    assert_eq!(
-        code,
-        Some(0),
-        "the probe gets through after the fix:\n{report}"
-    );
-    assert!(
-        report
-            .lines()
-            .any(|l| l.starts_with(&format!("probe {target}/tcp"))
-                && l.contains("reachable: answered in")
-                && l.contains("HTTP GET / answered 200")),
-        "{report}"
-    );
     assert!(report.starts_with("no problem found"), "{report}");
+    assert_the_probe_gets_through(&engine, &target);
 
     assert_both_pushes_arrived(&remote);
 
