@@ -369,3 +369,73 @@ fn snmp6(topo: &DockerLikeHost, field: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no {field} in /proc/net/snmp6"))
 }
+
+#[test]
+fn a_udp_port_is_probed_with_a_datagram() {
+    if !privileged("a_udp_port_is_probed_with_a_datagram") {
+        return;
+    }
+    let topo = host();
+    // A published UDP port and a service in the container that answers each datagram.
+    topo.host.sh(&format!(
+        "iptables -t nat -A PREROUTING -p udp --dport 5353 -j DNAT --to-destination {}:5353",
+        DockerLikeHost::CTR_ADDR
+    ));
+    topo.ctr.sh(
+        "(/usr/bin/python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",5353))\nwhile True:\n d,a=s.recvfrom(512)\n s.sendto(d,a)' >/dev/null 2>&1 &) ; sleep 0.5",
+    );
+    let (code, text) = probe(&topo, &["5353/udp"]);
+    println!("--- UDP, forwarding off ---\n{text}");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "probe 10.231.0.1:5353/udp (published -> 172.31.231.2:5353): UDP datagram from"
+        ) && l.contains("UNREACHABLE")),
+        "{text}"
+    );
+    assert!(
+        text.contains("dropped at ip_error (IP_INADDRERRORS)"),
+        "{text}"
+    );
+    topo.set_forwarding(true);
+    let (code, text) = probe(&topo, &["5353/udp"]);
+    println!("--- UDP, forwarding on ---\n{text}");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("probe 10.231.0.1:5353/udp")
+                && l.contains("reachable: answered in")),
+        "{text}"
+    );
+}
+
+#[test]
+fn without_privileges_the_probe_refuses_and_says_what_it_needs() {
+    if !privileged("without_privileges_the_probe_refuses_and_says_what_it_needs") {
+        return;
+    }
+    // As nobody, in the machine's namespace: creating the probe's namespace fails before
+    // anything is created or sent.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(dropgate_bin())
+        .args(["diagnose", "--duration", "1s", "--probe", "127.0.0.1:9"])
+        .output()
+        .expect("run setpriv");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "unchecked: {text}");
+    assert!(
+        text.contains("not checked: probe:")
+            && text.contains("needs CAP_NET_ADMIN and CAP_SYS_ADMIN"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("probe 127.0.0.1:9"),
+        "nothing was probed: {text}"
+    );
+}
