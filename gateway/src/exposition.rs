@@ -405,7 +405,7 @@ fn write_labels(out: &mut Vec<u8>, labels: &[LabelPair], extra: Option<(&str, f6
 }
 
 /// Escapes `\` and newline (HELP text), and with `quote` also `"` (label values).
-fn write_escaped(out: &mut Vec<u8>, text: &str, quote: bool) {
+pub(crate) fn write_escaped(out: &mut Vec<u8>, text: &str, quote: bool) {
     let bytes = text.as_bytes();
     let mut start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
@@ -429,7 +429,7 @@ fn write_int(out: &mut Vec<u8>, value: i64) {
     write_uint(out, value.unsigned_abs());
 }
 
-fn write_uint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn write_uint(out: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0_u8; 20];
     let mut at = digits.len();
     loop {
@@ -458,7 +458,7 @@ pub fn format_float(value: f64) -> String {
 /// Largest magnitude for which `%g` prints an integer without an exponent.
 const PLAIN_INTEGER_LIMIT: f64 = 1e6;
 
-fn write_float(out: &mut Vec<u8>, value: f64) {
+pub(crate) fn write_float(out: &mut Vec<u8>, value: f64) {
     if value == 0.0 {
         out.push(b'0');
         return;

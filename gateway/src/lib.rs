@@ -15,6 +15,7 @@ pub mod exposition;
 pub mod grouping;
 pub mod model;
 pub mod native_histogram;
+pub mod openmetrics;
 pub mod persistence;
 pub mod server;
 pub mod source;
