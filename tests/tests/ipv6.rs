@@ -1,0 +1,394 @@
+//! The incident in its IPv6 form, on a dual-stack Docker-like host built in namespaces:
+//! IPv6 forwarding off globally or only for the ingress interface, each family's
+//! finding alone, ip6tables and nft `inet` FORWARD drops quoted by rule, and a healthy
+//! dual-stack host. The drops `ip6_forward` makes are counted exactly against the
+//! namespace's own `Ip6InAddrErrors`.
+
+use std::{
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use dropgate_tests::{
+    dropgate::{run_diagnose, DropgateRun},
+    is_root, may_run,
+    netns::{DockerLikeHost, Netns},
+};
+
+fn privileged(test: &str) -> bool {
+    may_run(test, is_root(), "root (namespaces, ip6tables, nft, BPF)")
+}
+
+/// The host's address on its uplink, as `ext` sees it.
+const HOST6: &str = "fd31:10::1";
+const EXT6: &str = "fd31:10::2";
+const BRIDGE6: &str = "fd31:231::1";
+const CTR6: &str = "fd31:231::2";
+
+/// Adds IPv6 to the topology the way Docker's IPv6 networks look: a ULA subnet on the
+/// bridge, the container routed through it, and the published port DNAT-ed by
+/// ip6tables too. Forwarding of both families is left off, as `build` leaves IPv4.
+/// Starts a dual-stack HTTP service on the container's port 80.
+fn dual_stack() -> DockerLikeHost {
+    let topo = DockerLikeHost::build();
+    // `nodad`: the addresses are usable at once, so no test waits on duplicate
+    // address detection.
+    topo.host.sh(&format!(
+        "ip addr add {HOST6}/64 dev {up} nodad && ip addr add {BRIDGE6}/64 dev br0 nodad && \
+         sysctl -qw net.ipv6.conf.all.forwarding=0 && \
+         ip6tables -t nat -A PREROUTING -p tcp --dport {p} -j DNAT --to-destination [{CTR6}]:{cp}",
+        up = DockerLikeHost::HOST_UPLINK,
+        p = DockerLikeHost::PUBLISHED_PORT,
+        cp = DockerLikeHost::CTR_PORT,
+    ));
+    topo.ext.sh(&format!(
+        "ip addr add {EXT6}/64 dev ve-ext nodad && ip -6 route add default via {HOST6}"
+    ));
+    topo.ctr.sh(&format!(
+        "ip addr add {CTR6}/64 dev eth0 nodad && ip -6 route add default via {BRIDGE6}"
+    ));
+    // `::` takes both families (IPV6_V6ONLY is off by default).
+    topo.ctr
+        .sh("(/usr/bin/python3 -m http.server 80 --bind :: >/dev/null 2>&1 &) ; sleep 0.5");
+    topo
+}
+
+fn set_ipv6_forwarding(topo: &DockerLikeHost, on: bool) {
+    topo.host.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.forwarding={}",
+        u8::from(on)
+    ));
+}
+
+/// curl from `ext` to the host's IPv6 address and published port.
+fn curl6_from_ext(topo: &DockerLikeHost, timeout_s: u32) -> Option<u16> {
+    let out = topo.ext.sh_output(&format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' -m {timeout_s} http://[{HOST6}]:{}/",
+        DockerLikeHost::PUBLISHED_PORT
+    ));
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (out.status.success() && code != 0).then_some(code)
+}
+
+/// `count` pings from `ext` straight to the container (routed, no NAT); how many were
+/// answered.
+fn ping6_ctr(topo: &DockerLikeHost, count: u32) -> u32 {
+    let out = topo
+        .ext
+        .sh_output(&format!("ping -6 -n -c {count} -i 0.2 -W 1 {CTR6}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" packets transmitted, ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The host's `Ip6InAddrErrors` (`/proc/net/snmp6` of its namespace).
+fn ip6_in_addr_errors(ns: &Netns) -> u64 {
+    ns.sh("cat /proc/net/snmp6")
+        .lines()
+        .find_map(|l| l.strip_prefix("Ip6InAddrErrors"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Ip6InAddrErrors in /proc/net/snmp6")
+}
+
+/// `dropgate diagnose --netns <host>` over a 5 s window while `traffic` runs.
+fn diagnose(ns: &Netns, extra: &[&str], traffic: impl FnOnce()) -> (ExitStatus, String) {
+    let mut args = vec!["--duration", "5s", "--netns", &ns.name];
+    args.extend(extra);
+    run_diagnose(&args, &[], traffic)
+}
+
+/// The verdict lines (`PROBLEM [...]`/`WARNING [...]`) of a report.
+fn verdicts(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("PROBLEM [") || l.starts_with("WARNING ["))
+        .collect()
+}
+
+#[test]
+fn ipv6_forwarding_off_is_named_and_its_drops_counted_exactly() {
+    if !privileged("ipv6_forwarding_off_is_named_and_its_drops_counted_exactly") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    let (out, text) = diagnose(&topo.host, &[], || {
+        assert_eq!(
+            topo.curl_from_ext("/", 3),
+            Some(200),
+            "IPv4 forwarding is on: the published port answers over IPv4"
+        );
+        assert_eq!(curl6_from_ext(&topo, 2), None, "and hangs over IPv6");
+    });
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "the IPv6 finding alone:\n{text}");
+    assert!(
+        found[0].starts_with("PROBLEM [ipv6_forwarding_off]: IPv6 forwarding is off on vh-ext (net.ipv6.conf.all.forwarding = 0); published port 9091 -> [fd31:231::2]:80 (bridge br0)"),
+        "names IPv6 forwarding, the ingress interface, the port and the bridge:\n{text}"
+    );
+    assert!(
+        text.contains("evidence: /proc/net/snmp6 Ip6InAddrErrors rose by")
+            && text.contains("in ip6_forward (IP_INADDRERRORS) on vh-ext")
+            && text.contains("fix: sysctl -w net.ipv6.conf.all.forwarding=1")
+            && text.contains("/etc/sysctl.d/99-dropgate-ipv6-forwarding.conf")
+            && text.contains("network_mode: host"),
+        "evidence and fix:\n{text}"
+    );
+
+    // The counts: every packet ip6_forward refused, and nothing else, as the kernel's
+    // own counter of the namespace says.
+    let dropgate = DropgateRun::start(&[]);
+    let host = topo.host.name.as_str();
+    let refused = |d: &DropgateRun| {
+        d.value(
+            "dropgate_packets_dropped_total",
+            &[
+                ("netns", host),
+                ("location", "ip6_forward"),
+                ("reason", "IP_INADDRERRORS"),
+            ],
+        ) as u64
+    };
+    let before_traced = refused(&dropgate);
+    let before_kernel = ip6_in_addr_errors(&topo.host);
+    assert_eq!(ping6_ctr(&topo, 7), 0, "no ping is forwarded");
+    assert_eq!(curl6_from_ext(&topo, 1), None);
+    let kernel = ip6_in_addr_errors(&topo.host) - before_kernel;
+    assert!(
+        kernel >= 7,
+        "the kernel counted the refused packets: {kernel}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut traced = refused(&dropgate) - before_traced;
+    while traced < kernel && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        traced = refused(&dropgate) - before_traced;
+    }
+    assert_eq!(
+        traced, kernel,
+        "ip6_forward drops counted exactly against the Ip6InAddrErrors delta"
+    );
+    let exposition = dropgate.scrape();
+    assert!(
+        exposition.contains(&format!(
+            "dropgate_ipv6_forwarding{{interface=\"all\",netns=\"{host}\"}} 0"
+        )),
+        "net.ipv6.conf.all.forwarding = 0 in the metric:\n{exposition}"
+    );
+    assert!(
+        exposition.contains(&format!(
+            "dropgate_ipv4_forwarding{{interface=\"all\",netns=\"{host}\"}} 1"
+        )),
+        "IPv4 stays on:\n{exposition}"
+    );
+    // A flip is seen when it happens (NETCONF event), not at a poll.
+    set_ipv6_forwarding(&topo, true);
+    let on_line = format!("dropgate_ipv6_forwarding{{interface=\"all\",netns=\"{host}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut on = false;
+    while !on && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        on = dropgate.scrape().contains(&on_line);
+    }
+    assert!(on, "the flip to 1 reaches the metric");
+    assert_eq!(curl6_from_ext(&topo, 3), Some(200), "and IPv6 works again");
+}
+
+/// Kernels from 6.17 forward what arrives on an interface with `force_forwarding = 1`
+/// while `all.forwarding = 0`: IPv6 forwarding is then off for the other interfaces only.
+#[test]
+fn ipv6_forwarding_off_only_for_the_ingress_interface() {
+    if !privileged("ipv6_forwarding_off_only_for_the_ingress_interface") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    let force = topo
+        .host
+        .sh_output("test -e /proc/sys/net/ipv6/conf/br0/force_forwarding");
+    if !may_run(
+        "ipv6_forwarding_off_only_for_the_ingress_interface",
+        force.status.success(),
+        "a kernel with net.ipv6.conf.<if>.force_forwarding (6.17 or later)",
+    ) {
+        return;
+    }
+    // The container side forwards its replies; what arrives on the uplink is refused.
+    topo.host
+        .sh("sysctl -qw net.ipv6.conf.br0.force_forwarding=1");
+    let (out, text) = diagnose(&topo.host, &[], || {
+        assert_eq!(curl6_from_ext(&topo, 2), None, "the uplink's traffic dies");
+        assert_eq!(ping6_ctr(&topo, 3), 0);
+    });
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(
+        found[0].starts_with("PROBLEM [ipv6_forwarding_off_interface]: IPv6 forwarding is off for traffic arriving on vh-ext (net.ipv6.conf.all.forwarding = 0 and net.ipv6.conf.vh-ext.force_forwarding = 0)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: sysctl -w net.ipv6.conf.vh-ext.force_forwarding=1")
+            && text.contains("fix: sysctl -w net.ipv6.conf.all.forwarding=1")
+            && text.contains("br0 forward with force_forwarding = 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn each_family_off_alone_gives_its_own_finding_alone() {
+    if !privileged("each_family_off_alone_gives_its_own_finding_alone") {
+        return;
+    }
+    let topo = dual_stack();
+    // IPv6 on, IPv4 off.
+    set_ipv6_forwarding(&topo, true);
+    topo.set_forwarding(false);
+    let (out, text) = diagnose(&topo.host, &[], || {
+        assert_eq!(curl6_from_ext(&topo, 3), Some(200), "IPv6 passes");
+        assert_eq!(topo.curl_from_ext("/", 2), None, "IPv4 hangs");
+    });
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(
+        found[0].starts_with(
+            "PROBLEM [forwarding_off]: forwarding is off on vh-ext (net.ipv4.ip_forward = 0)"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("ipv6"), "no IPv6 finding or fix:\n{text}");
+
+    // IPv4 on, IPv6 off.
+    set_ipv6_forwarding(&topo, false);
+    topo.set_forwarding(true);
+    let (out, text) = diagnose(&topo.host, &[], || {
+        assert_eq!(topo.curl_from_ext("/", 3), Some(200), "IPv4 passes");
+        assert_eq!(curl6_from_ext(&topo, 2), None, "IPv6 hangs");
+    });
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(
+        found[0].starts_with("PROBLEM [ipv6_forwarding_off]:"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("net.ipv4.ip_forward"),
+        "no IPv4 finding or fix:\n{text}"
+    );
+}
+
+#[test]
+fn healthy_dual_stack_host_has_no_finding() {
+    if !privileged("healthy_dual_stack_host_has_no_finding") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    // The uplink's own IPv6 `forwarding` off only makes it behave as a host there: the
+    // kernel still forwards what arrives on it, so it must be no finding.
+    topo.host.sh(&format!(
+        "sysctl -qw net.ipv6.conf.{}.forwarding=0",
+        DockerLikeHost::HOST_UPLINK
+    ));
+    let (out, text) = diagnose(&topo.host, &[], || {
+        for _ in 0..2 {
+            assert_eq!(topo.curl_from_ext("/", 3), Some(200), "IPv4 passes");
+            assert_eq!(curl6_from_ext(&topo, 3), Some(200), "IPv6 passes");
+        }
+        assert_eq!(ping6_ctr(&topo, 3), 3, "routed IPv6 passes");
+    });
+    assert_eq!(out.code(), Some(0), "{text}");
+    assert!(text.starts_with("no problem found"), "{text}");
+}
+
+/// Adds a FORWARD drop of IPv6 web traffic with `tool` (`ip6tables-nft` or
+/// `ip6tables-legacy`) and checks that the finding quotes it with its comment.
+fn ip6tables_rule_is_quoted(tool: &str) {
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    topo.host.sh(&format!(
+        "{tool} -A FORWARD -p tcp --dport 81 -m comment --comment 'first: old admin port' -j DROP && \
+         {tool} -A FORWARD -p tcp --dport 80 -m comment --comment 'v6 web closed' -j DROP"
+    ));
+    let (out, text) = diagnose(&topo.host, &[], || {
+        assert_eq!(
+            topo.curl_from_ext("/", 3),
+            Some(200),
+            "IPv4 is not filtered"
+        );
+        assert_eq!(
+            curl6_from_ext(&topo, 2),
+            None,
+            "the ip6tables rule drops it"
+        );
+    });
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(
+        found[0].starts_with("PROBLEM [forward_policy_drop]: the FORWARD path drops traffic (")
+            && found[0].contains(
+                "-A FORWARD -p tcp -m tcp --dport 80 -m comment --comment \"v6 web closed\" -j DROP"
+            )
+            && found[0].contains(&format!("({tool} table filter chain FORWARD, comment \"v6 web closed\")")),
+        "the headline quotes the ip6tables rule:\n{text}"
+    );
+    assert!(!found[0].contains("first:"), "{text}");
+}
+
+#[test]
+fn the_finding_quotes_the_ip6tables_forward_drop_rule() {
+    if !privileged("the_finding_quotes_the_ip6tables_forward_drop_rule") {
+        return;
+    }
+    ip6tables_rule_is_quoted("ip6tables-nft");
+}
+
+#[test]
+fn the_finding_quotes_the_legacy_ip6tables_forward_drop_rule() {
+    if !privileged("the_finding_quotes_the_legacy_ip6tables_forward_drop_rule") {
+        return;
+    }
+    ip6tables_rule_is_quoted("ip6tables-legacy");
+}
+
+#[test]
+fn the_finding_quotes_the_nft_inet_rule_dropping_ipv6() {
+    if !privileged("the_finding_quotes_the_nft_inet_rule_dropping_ipv6") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    topo.host.sh(&format!(
+        "nft add table inet dgv6 && \
+         nft add chain inet dgv6 fw '{{ type filter hook forward priority 0; policy accept; }}' && \
+         nft add rule inet dgv6 fw ip6 daddr {CTR6} tcp dport 81 counter drop comment '\"first: old admin port\"' && \
+         nft add rule inet dgv6 fw ip6 daddr {CTR6} tcp dport 80 counter drop comment '\"v6 web closed\"'"
+    ));
+    let (out, text) = diagnose(&topo.host, &[], || {
+        assert_eq!(
+            topo.curl_from_ext("/", 3),
+            Some(200),
+            "IPv4 is not filtered"
+        );
+        assert_eq!(curl6_from_ext(&topo, 2), None, "the inet rule drops it");
+    });
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(
+        found[0].contains(&format!(
+            "ip6 daddr {CTR6} tcp dport 80 counter drop comment \"v6 web closed\""
+        )) && found[0].contains("nft table inet dgv6 chain fw"),
+        "the headline quotes the inet rule:\n{text}"
+    );
+}
