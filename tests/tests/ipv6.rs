@@ -10,7 +10,7 @@ use std::{
 };
 
 use dropgate_tests::{
-    dropgate::{run_diagnose, DropgateRun},
+    dropgate::{run_diagnose, DropgateRun, Watch},
     is_root, may_run,
     netns::{DockerLikeHost, Netns},
 };
@@ -390,5 +390,74 @@ fn the_finding_quotes_the_nft_inet_rule_dropping_ipv6() {
             "ip6 daddr {CTR6} tcp dport 80 counter drop comment \"v6 web closed\""
         )) && found[0].contains("nft table inet dgv6 chain fw"),
         "the headline quotes the inet rule:\n{text}"
+    );
+}
+
+/// One UDP datagram from `ext` to the container's `port`, carrying the IPv6 extension
+/// header set with the socket option `option` (`IPV6_HOPOPTS`, `IPV6_DSTOPTS`; none
+/// for `""`) and `size` bytes (above the MTU: sent as fragments).
+fn udp6_with_extension(topo: &DockerLikeHost, option: &str, port: u16, size: usize) {
+    // An 8-byte options header: next header and length (filled by the kernel), then
+    // a PadN option of 4 bytes so the header is one 8-byte unit.
+    let set = if option.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "s.setsockopt(socket.IPPROTO_IPV6, socket.{option}, bytes([0, 0, 1, 4, 0, 0, 0, 0]))\n"
+        )
+    };
+    topo.ext.sh(&format!(
+        "python3 -c '\nimport socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n{set}s.sendto(bytes({size}), (\"{CTR6}\", {port}))\n'"
+    ));
+}
+
+/// Samples of IPv6 packets behind extension headers name the upper-layer protocol and
+/// its ports, as the kernel's own parser would: hop-by-hop and destination options,
+/// and fragments (the first carries the ports; later ones keep the protocol).
+#[test]
+fn samples_follow_ipv6_extension_headers_to_protocol_and_ports() {
+    if !privileged("samples_follow_ipv6_extension_headers_to_protocol_and_ports") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    let watch = Watch::start(
+        &[
+            "--json",
+            "--netns",
+            &topo.host.name,
+            "--location",
+            "ip6_forward",
+        ],
+        Duration::from_secs(2),
+    );
+    let cases = [
+        ("IPV6_HOPOPTS", 5353, 16),
+        ("IPV6_DSTOPTS", 5354, 16),
+        ("", 5355, 3000),
+    ];
+    for (option, port, size) in cases {
+        udp6_with_extension(&topo, option, port, size);
+        // Past the watch's per-second sample limit.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut samples: Vec<serde_json::Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline && samples.len() < 4 {
+        if let Some(line) = watch.next_line(Duration::from_millis(500)) {
+            samples.push(serde_json::from_str(&line).expect("a JSON sample"));
+        }
+    }
+    let to_ctr: Vec<&serde_json::Value> = samples.iter().filter(|s| s["dst"] == CTR6).collect();
+    let ports: Vec<u64> = to_ctr.iter().filter_map(|s| s["dport"].as_u64()).collect();
+    for (option, port, _) in cases {
+        assert!(
+            ports.contains(&u64::from(port)),
+            "the packet with {option:?} is sampled with its port {port}: {samples:?}"
+        );
+    }
+    assert!(
+        to_ctr.iter().all(|s| s["protocol"] == "udp"),
+        "every sample names udp, none an extension header: {samples:?}"
     );
 }
