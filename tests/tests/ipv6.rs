@@ -10,6 +10,7 @@ use std::{
 };
 
 use dropgate_tests::{
+    docker::{docker_available, on_path, ComposeProject, DockerEngine, IMAGE, UPLINK},
     dropgate::{run_diagnose, DropgateRun, Watch},
     is_root, may_run,
     netns::{DockerLikeHost, Netns},
@@ -459,5 +460,170 @@ fn samples_follow_ipv6_extension_headers_to_protocol_and_ports() {
     assert!(
         to_ctr.iter().all(|s| s["protocol"] == "udp"),
         "every sample names udp, none an extension header: {samples:?}"
+    );
+}
+
+/// The Docker host's IPv6 address on its uplink, and the remote host's.
+const ENGINE6: &str = "fd33:10::1";
+const REMOTE6: &str = "fd33:10::2";
+const WEB_SERVICE: &str = "web";
+
+/// A web service on an IPv6-enabled bridge network, port 9091 published (compose file
+/// format 2.4: `enable_ipv6` is not in format 3 for docker-compose 1.29).
+fn ipv6_compose_file() -> String {
+    format!(
+        r#"version: "2.4"
+services:
+  {WEB_SERVICE}:
+    image: {IMAGE}
+    command: ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
+    ports:
+      - "{port}:80"
+    networks:
+      - front
+networks:
+  front:
+    driver: bridge
+    enable_ipv6: true
+    ipam:
+      config:
+        - subnet: 172.29.33.0/24
+        - subnet: fd33:233::/64
+"#,
+        port = DockerLikeHost::PUBLISHED_PORT
+    )
+}
+
+/// curl from `ns` to `[addr]:9091`; the HTTP status, `None` when no answer came.
+fn curl6(ns: &Netns, addr: &str, timeout_s: u32) -> Option<u16> {
+    let out = ns.sh_output(&format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' -m {timeout_s} http://[{addr}]:{}/",
+        DockerLikeHost::PUBLISHED_PORT
+    ));
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (out.status.success() && code != 0).then_some(code)
+}
+
+/// The remote host of [`DockerEngine::wire_remote`], with IPv6 on the same link.
+fn wire_remote6(engine: &DockerEngine) -> Netns {
+    let remote = engine.wire_remote();
+    engine
+        .netns
+        .sh(&format!("ip addr add {ENGINE6}/64 dev {UPLINK} nodad"));
+    remote.sh(&format!(
+        "ip addr add {REMOTE6}/64 dev ve-remote nodad && ip -6 route add default via {ENGINE6}"
+    ));
+    remote
+}
+
+/// The container's name and IPv6 address, from `docker inspect`.
+fn name_and_ipv6(engine: &DockerEngine, id: &str) -> (String, String) {
+    let name = engine
+        .docker(&["inspect", "-f", "{{.Name}}", id])
+        .trim_start_matches('/')
+        .to_owned();
+    let ip6 = engine.docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}",
+        id,
+    ]);
+    (name, ip6)
+}
+
+/// Real dockerd with IPv6 and ip6tables (its DNAT of published ports over IPv6), a
+/// compose service on an IPv6 network: with IPv6 forwarding off on the Docker host, the
+/// remote host's IPv6 requests hang, and `diagnose` names the IPv6 incident with the
+/// container and its compose service; IPv4 keeps working and is no finding.
+#[test]
+fn the_ipv6_compose_incident_names_container_and_service() {
+    let this = "the_ipv6_compose_incident_names_container_and_service";
+    if !may_run(this, is_root(), "root (namespaces, ip6tables, BPF)")
+        || !may_run(
+            this,
+            docker_available() && on_path("docker-compose"),
+            "dockerd, docker, docker-compose and a static /bin/busybox (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    // `ip6tables` makes dockerd DNAT published ports over IPv6 (experimental in 20.10).
+    let engine = DockerEngine::start_with_options(
+        "dock6",
+        &[
+            "\"experimental\": true",
+            "\"ipv6\": true",
+            "\"ip6tables\": true",
+            "\"fixed-cidr-v6\": \"fd33:1::/64\"",
+        ],
+    );
+    engine.import_busybox();
+    let compose = ComposeProject::up(
+        &engine,
+        &format!("dgipv6{}", std::process::id()),
+        &ipv6_compose_file(),
+    );
+    let remote = wire_remote6(&engine);
+    let (name, ip6) = name_and_ipv6(&engine, &compose.container_id(WEB_SERVICE));
+    assert!(
+        ip6.parse::<std::net::Ipv6Addr>().is_ok(),
+        "the container has an IPv6 address: {ip6:?}"
+    );
+    assert_eq!(
+        engine
+            .netns
+            .sh("sysctl -n net.ipv6.conf.all.forwarding")
+            .trim(),
+        "1",
+        "dockerd turns IPv6 forwarding on for an IPv6 network"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut answered = None;
+    while answered.is_none() && Instant::now() < deadline {
+        answered = curl6(&remote, ENGINE6, 2);
+    }
+    assert_eq!(
+        answered,
+        Some(200),
+        "IPv6 forwarding on: the remote host reaches the published port over IPv6\n{}",
+        engine.netns.sh("ip6tables-save -t nat 2>&1 || true")
+    );
+
+    engine.netns.sh("sysctl -qw net.ipv6.conf.all.forwarding=0");
+    let (out, text) = run_diagnose(
+        &[
+            "--duration",
+            "6s",
+            "--netns",
+            &engine.netns.name,
+            "--docker-host",
+            &engine.host(),
+        ],
+        &[],
+        // Short requests early in the window: the samples' container names come from
+        // dockerd's API, which leaves them time to arrive before the window ends.
+        || {
+            for _ in 0..3 {
+                assert_eq!(curl6(&remote, ENGINE6, 1), None, "IPv6 hangs");
+            }
+        },
+    );
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "the IPv6 finding alone:\n{text}");
+    let want = format!(
+        "PROBLEM [ipv6_forwarding_off]: IPv6 forwarding is off on {UPLINK} (net.ipv6.conf.all.forwarding = 0); published port {} -> [{ip6}]:80 (bridge br-",
+        DockerLikeHost::PUBLISHED_PORT
+    );
+    assert!(found[0].starts_with(&want), "want {want}...\n{text}");
+    assert!(
+        found[0].contains(&format!(
+            "container {name}, compose service {WEB_SERVICE}) dropped"
+        )),
+        "names the container and its compose service:\n{text}"
+    );
+    assert!(
+        text.contains("fix: sysctl -w net.ipv6.conf.all.forwarding=1"),
+        "{text}"
     );
 }
