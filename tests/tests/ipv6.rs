@@ -5,15 +5,16 @@
 //! namespace's own `Ip6InAddrErrors`.
 
 use std::{
-    process::ExitStatus,
+    process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
 use dropgate_tests::{
     docker::{docker_available, on_path, ComposeProject, DockerEngine, IMAGE, UPLINK},
     dropgate::{run_diagnose, DropgateRun, Watch},
-    is_root, may_run,
+    dropgate_bin, http, is_root, may_run,
     netns::{DockerLikeHost, Netns},
+    process::Guarded,
 };
 
 fn privileged(test: &str) -> bool {
@@ -429,6 +430,8 @@ fn samples_follow_ipv6_extension_headers_to_protocol_and_ports() {
             &topo.host.name,
             "--location",
             "ip6_forward",
+            "--host",
+            CTR6,
         ],
         Duration::from_secs(2),
     );
@@ -449,7 +452,9 @@ fn samples_follow_ipv6_extension_headers_to_protocol_and_ports() {
             samples.push(serde_json::from_str(&line).expect("a JSON sample"));
         }
     }
-    let to_ctr: Vec<&serde_json::Value> = samples.iter().filter(|s| s["dst"] == CTR6).collect();
+    // `--host` with an IPv6 address lets only the container's packets through.
+    assert!(samples.iter().all(|s| s["dst"] == CTR6), "{samples:?}");
+    let to_ctr: Vec<&serde_json::Value> = samples.iter().collect();
     let ports: Vec<u64> = to_ctr.iter().filter_map(|s| s["dport"].as_u64()).collect();
     for (option, port, _) in cases {
         assert!(
@@ -625,5 +630,94 @@ fn the_ipv6_compose_incident_names_container_and_service() {
     assert!(
         text.contains("fix: sysctl -w net.ipv6.conf.all.forwarding=1"),
         "{text}"
+    );
+}
+
+/// `diagnose --json`, `dropgate_problem` and the status page of `dropgate run` (inside
+/// the host's namespace, so its findings are that host's) carry the IPv6 finding.
+#[test]
+fn the_ipv6_finding_reaches_json_the_problem_metric_and_the_status_page() {
+    if !privileged("the_ipv6_finding_reaches_json_the_problem_metric_and_the_status_page") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    let (out, json) = diagnose(&topo.host, &["--json"], || {
+        assert_eq!(curl6_from_ext(&topo, 2), None);
+    });
+    assert_eq!(out.code(), Some(1), "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("a JSON report");
+    let findings = report["findings"].as_array().expect("findings");
+    assert_eq!(findings.len(), 1, "{json}");
+    assert_eq!(findings[0]["kind"], "ipv6_forwarding_off", "{json}");
+    assert_eq!(
+        findings[0]["interface"],
+        DockerLikeHost::HOST_UPLINK,
+        "{json}"
+    );
+    assert!(
+        findings[0]["fix"][0] == "sysctl -w net.ipv6.conf.all.forwarding=1",
+        "{json}"
+    );
+    assert_eq!(
+        report["host"]["ipv6"]["forwarding"], false,
+        "the host state carries the IPv6 switch: {json}"
+    );
+
+    // `dropgate run` in the namespace, checking every 2 s.
+    let port = http::free_port();
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{}", topo.host.name))
+        .arg(dropgate_bin())
+        .args([
+            "run",
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--diagnose.interval",
+            "2s",
+            "--docker-host=",
+        ])
+        .stdout(Stdio::null());
+    let _run = Guarded::spawn(command, "dropgate run in the host's namespace");
+    let get = |path: &str| {
+        let out = topo
+            .host
+            .sh_output(&format!("curl -sf -m 5 http://127.0.0.1:{port}{path}"));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let problem = format!(
+        "dropgate_problem{{interface=\"{}\",kind=\"ipv6_forwarding_off\",severity=\"critical\"}} 1",
+        DockerLikeHost::HOST_UPLINK
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut metrics, mut page) = (String::new(), String::new());
+    while Instant::now() < deadline {
+        // Traffic in every round: the critical finding holds while drops are seen.
+        let _ = curl6_from_ext(&topo, 1);
+        metrics = get("/metrics").unwrap_or_default();
+        page = get("/").unwrap_or_default();
+        if metrics.contains(&problem) && page.contains("ipv6_forwarding_off") {
+            break;
+        }
+    }
+    assert!(
+        metrics.contains(&problem),
+        "want {problem} in:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("dropgate_problem") || l.contains("forwarding"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        page.contains("ipv6_forwarding_off") && page.contains("net.ipv6.conf.all.forwarding"),
+        "the status page shows the finding and the IPv6 switch"
+    );
+    assert!(
+        !metrics.contains("kind=\"forwarding_off\""),
+        "IPv4 forwarding is on: no IPv4 problem"
     );
 }
