@@ -721,3 +721,45 @@ fn the_ipv6_finding_reaches_json_the_problem_metric_and_the_status_page() {
         "IPv4 forwarding is on: no IPv4 problem"
     );
 }
+
+/// A port published over IPv6 by a native nft `inet` NAT rule (what Docker's nftables
+/// backend and firewalld write) is recognised like ip6tables' DNAT: it needs IPv6
+/// forwarding, and the verdict names it.
+#[test]
+fn an_nft_inet_dnat_over_ipv6_is_a_published_port() {
+    if !privileged("an_nft_inet_dnat_over_ipv6_is_a_published_port") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    topo.host.sh(&format!(
+        "ip6tables -t nat -F PREROUTING && \
+         nft add table inet dgnat6 && \
+         nft add chain inet dgnat6 pre '{{ type nat hook prerouting priority dstnat; policy accept; }}' && \
+         nft add rule inet dgnat6 pre ip6 daddr {HOST6} tcp dport 9092 counter dnat ip6 to [{CTR6}]:80"
+    ));
+    let curl = || {
+        let out = topo
+            .ext
+            .sh_output(&format!("curl -s -o /dev/null -m 2 http://[{HOST6}]:9092/"));
+        out.status.success()
+    };
+    // Nothing sent yet: the published port alone needs forwarding (a warning).
+    let (out, text) = diagnose(&topo.host, &[], || {});
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(
+        found[0].starts_with("WARNING [ipv6_forwarding_off]: IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0): published port 9092 -> [fd31:231::2]:80 cannot be reached from other hosts over IPv6"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("evidence: DNAT: ip6 daddr {HOST6} tcp dport 9092")),
+        "the nft rule is evidence:\n{text}"
+    );
+    set_ipv6_forwarding(&topo, true);
+    assert!(
+        curl(),
+        "with IPv6 forwarding on, the nft DNAT reaches the container"
+    );
+}
