@@ -96,9 +96,13 @@ fn ip6_in_addr_errors(ns: &Netns) -> u64 {
         .expect("Ip6InAddrErrors in /proc/net/snmp6")
 }
 
-/// `dropgate diagnose --netns <host>` over a 5 s window while `traffic` runs.
+/// `dropgate diagnose --netns <host>` over a 5 s window (unless `extra` says otherwise)
+/// while `traffic` runs.
 fn diagnose(ns: &Netns, extra: &[&str], traffic: impl FnOnce()) -> (ExitStatus, String) {
-    let mut args = vec!["--duration", "5s", "--netns", &ns.name];
+    let mut args = vec!["--netns", &ns.name];
+    if !extra.contains(&"--duration") {
+        args.extend(["--duration", "5s"]);
+    }
     args.extend(extra);
     run_diagnose(&args, &[], traffic)
 }
@@ -761,5 +765,64 @@ fn an_nft_inet_dnat_over_ipv6_is_a_published_port() {
     assert!(
         curl(),
         "with IPv6 forwarding on, the nft DNAT reaches the container"
+    );
+}
+
+/// A UDP sender pinned to `cpu` in `ns`: `rate` datagrams a second to `target`'s closed
+/// port for `seconds`, each dropped (NO_SOCKET) there. Bounded in count and time.
+fn paced_udp(ns: &Netns, cpu: usize, target: &str, rate: u32, seconds: u32) -> Guarded {
+    let mut command = ns.command("taskset");
+    command
+        .args(["-c", &cpu.to_string(), "python3", "-c"])
+        .arg(format!(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             end = time.monotonic() + {seconds}\n\
+             for _ in range({rate} * {seconds}):\n\
+             \x20   if time.monotonic() > end: break\n\
+             \x20   s.sendto(b'x', ('{target}', 9))\n\
+             \x20   time.sleep(1 / {rate})\n"
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Guarded::spawn(command, "a paced UDP sender")
+}
+
+/// On a host where other namespaces drop packets all the time (a busy Docker host),
+/// the samples of the diagnosed namespace are kept for the verdict: it still names the
+/// bridge behind the IPv6 destination. Before, diagnose read the last 1,000 samples of
+/// every namespace at the end of the window, and others' drops had pushed its own out.
+#[test]
+fn the_verdict_keeps_its_own_samples_on_a_host_busy_with_other_namespaces() {
+    if !privileged("the_verdict_keeps_its_own_samples_on_a_host_busy_with_other_namespaces") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    // Another pair of namespaces whose drops are sampled at the kernel's limit (100 a
+    // second per CPU) on both CPUs for the whole window: more than 1,000 samples.
+    let noisy = Netns::create("noisy");
+    let sink = Netns::create("sink");
+    noisy.sh(&format!(
+        "ip link add ve-noisy type veth peer name ve-sink netns {} && \
+         ip addr add 10.237.0.1/24 dev ve-noisy && ip link set ve-noisy up",
+        sink.name
+    ));
+    sink.sh("ip addr add 10.237.0.2/24 dev ve-sink && ip link set ve-sink up");
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut senders = Vec::new();
+    let (out, text) = diagnose(&topo.host, &["--duration", "12s"], || {
+        assert_eq!(curl6_from_ext(&topo, 2), None, "IPv6 hangs");
+        for cpu in 0..cpus.min(4) {
+            senders.push(paced_udp(&noisy, cpu, "10.237.0.2", 300, 11));
+        }
+    });
+    drop(senders);
+    assert_eq!(out.code(), Some(1), "{text}");
+    let found = verdicts(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(
+        found[0].contains("published port 9091 -> [fd31:231::2]:80 (bridge br0)"),
+        "the sampled destination is still named:\n{text}"
     );
 }
