@@ -637,6 +637,36 @@ fn the_ipv6_compose_incident_names_container_and_service() {
     );
 }
 
+/// `dropgate run` inside `ns` (nsenter, so /sys stays the machine's) with findings
+/// rounds of 2 s and `extra` arguments, its gateway on the namespace's loopback; the
+/// process and the port.
+fn run_in(ns: &Netns, extra: &[&str]) -> (Guarded, u16) {
+    let port = http::free_port();
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .arg(dropgate_bin())
+        .args([
+            "run",
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--diagnose.interval",
+            "2s",
+            "--docker-host=",
+        ])
+        .args(extra)
+        .stdout(Stdio::null());
+    (Guarded::spawn(command, "dropgate run in a namespace"), port)
+}
+
+/// `GET path` from inside `ns`; the body, `None` when no answer came.
+fn get_in(ns: &Netns, port: u16, path: &str) -> Option<String> {
+    let out = ns.sh_output(&format!("curl -sf -m 5 http://127.0.0.1:{port}{path}"));
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `diagnose --json`, `dropgate_problem` and the status page of `dropgate run` (inside
 /// the host's namespace, so its findings are that host's) carry the IPv6 finding.
 #[test]
@@ -669,29 +699,8 @@ fn the_ipv6_finding_reaches_json_the_problem_metric_and_the_status_page() {
     );
 
     // `dropgate run` in the namespace, checking every 2 s.
-    let port = http::free_port();
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net=/run/netns/{}", topo.host.name))
-        .arg(dropgate_bin())
-        .args([
-            "run",
-            "--web.listen-address",
-            &format!("127.0.0.1:{port}"),
-            "--diagnose.interval",
-            "2s",
-            "--docker-host=",
-        ])
-        .stdout(Stdio::null());
-    let _run = Guarded::spawn(command, "dropgate run in the host's namespace");
-    let get = |path: &str| {
-        let out = topo
-            .host
-            .sh_output(&format!("curl -sf -m 5 http://127.0.0.1:{port}{path}"));
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let (_run, port) = run_in(&topo.host, &[]);
+    let get = |path: &str| get_in(&topo.host, port, path);
     let problem = format!(
         "dropgate_problem{{interface=\"{}\",kind=\"ipv6_forwarding_off\",severity=\"critical\"}} 1",
         DockerLikeHost::HOST_UPLINK
@@ -824,5 +833,37 @@ fn the_verdict_keeps_its_own_samples_on_a_host_busy_with_other_namespaces() {
     assert!(
         found[0].contains("published port 9091 -> [fd31:231::2]:80 (bridge br0)"),
         "the sampled destination is still named:\n{text}"
+    );
+}
+
+/// `dropgate run`'s rounds name the sampled destination on the status page even when
+/// the API keeps no samples (`--trace.recent-samples 0`) and, by the same token, when
+/// other namespaces' samples fill what it keeps: each round gathers its own namespace's
+/// samples as they come.
+#[test]
+fn run_rounds_keep_their_own_samples() {
+    if !privileged("run_rounds_keep_their_own_samples") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    let (_run, port) = run_in(&topo.host, &["--trace.recent-samples", "0"]);
+    let named = "[fd31:231::2]:80 (bridge br0)";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut page = String::new();
+    while Instant::now() < deadline {
+        let _ = curl6_from_ext(&topo, 1);
+        page = get_in(&topo.host, port, "/").unwrap_or_default();
+        if page.contains(named) {
+            break;
+        }
+    }
+    assert!(
+        page.contains(named),
+        "the status page names the destination behind the drops:\n{}",
+        page.lines()
+            .filter(|l| l.contains("ipv6"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
