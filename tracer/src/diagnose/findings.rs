@@ -1526,6 +1526,11 @@ mod tests {
         v4_only_publishing
             .dnat
             .retain(|d| d.family() == IpFamily::V4);
+        let mut v6_only_publishing = dual_stack(true);
+        v6_only_publishing.ip_forward = Some(false);
+        v6_only_publishing
+            .dnat
+            .retain(|d| d.family() == IpFamily::V6);
         let mut no_ipv6 = host(true);
         no_ipv6.ipv6.forwarding = None;
         let healthy = dual_stack(true);
@@ -1581,6 +1586,12 @@ mod tests {
                 vec![],
             ),
             ("no IPv6 at all", &no_ipv6, vec![], vec![]),
+            (
+                "IPv4 off on a host publishing over IPv6 only: no IPv4 finding",
+                &v6_only_publishing,
+                vec![],
+                vec![],
+            ),
         ];
         for (name, state, drops, want) in cases {
             assert_eq!(kinds_of(state, state, &drops), want, "case {name}");
@@ -1631,6 +1642,36 @@ mod tests {
         assert_eq!(f.fix[0], "sysctl -w net.ipv6.conf.all.forwarding=1");
         assert!(f.fix[1].contains("/etc/sysctl.d/"), "{:?}", f.fix);
         assert!(f.fix.iter().any(|x| x.contains("network_mode: host")));
+    }
+
+    #[test]
+    fn without_a_trace_the_ipv6_counter_is_the_evidence() {
+        let before = dual_stack(false);
+        let mut after = dual_stack(false);
+        after.ipv6.counters.in_addr_errors = 3;
+        let found = findings(&Evidence {
+            before: Some(&before),
+            after: &after,
+            drops: None,
+            samples: &[],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].severity, Severity::Critical);
+        assert!(
+            found[0]
+                .summary
+                .starts_with("IPv6 forwarding is off on this host (net.ipv6.conf.all.forwarding = 0); published port 9091 -> [fd18::2]:80 dropped 3 times"),
+            "{}",
+            found[0].summary
+        );
+        // With a trace, the counter alone (other refusals count there too) is no drop.
+        let traced = findings(&Evidence {
+            before: Some(&before),
+            after: &after,
+            drops: Some(&[]),
+            samples: &[],
+        });
+        assert_eq!(traced[0].severity, Severity::Warning, "{traced:?}");
     }
 
     #[test]
