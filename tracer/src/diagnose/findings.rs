@@ -1644,6 +1644,29 @@ mod tests {
         assert!(f.fix.iter().any(|x| x.contains("network_mode: host")));
     }
 
+    /// IPv6 is often routed to containers without NAT: the sampled destination alone
+    /// names who the traffic was for.
+    #[test]
+    fn routed_ipv6_is_named_by_its_sampled_container() {
+        let mut state = dual_stack(false);
+        state.dnat.retain(|d| d.family() == IpFamily::V4);
+        let mut routed = v6_sample();
+        routed.dst = Some("fd18::3".parse().expect("ip"));
+        routed.dport = 443;
+        let drops = [drop("IP_INADDRERRORS", "ip6_forward", "eth0", 2)];
+        let found = findings(&Evidence {
+            before: Some(&state),
+            after: &state,
+            drops: Some(&drops),
+            samples: &[routed],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].summary,
+            "IPv6 forwarding is off on eth0 (net.ipv6.conf.all.forwarding = 0); traffic to [fd18::3]:443 (container app_pushgateway_1, compose service pushgateway) dropped 2 times"
+        );
+    }
+
     #[test]
     fn without_a_trace_the_ipv6_counter_is_the_evidence() {
         let before = dual_stack(false);
