@@ -122,6 +122,12 @@ pub struct DockerEngine {
 impl DockerEngine {
     /// Starts dockerd in a new namespace `dg-<role>-<pid>` and waits until it answers.
     pub fn start(role: &str) -> Self {
+        Self::start_with_options(role, &[])
+    }
+
+    /// [`DockerEngine::start`] with `options` (`"key": value` JSON members) added to its
+    /// daemon.json, e.g. `"ipv6": true`.
+    pub fn start_with_options(role: &str, options: &[&str]) -> Self {
         let netns = Netns::create(role);
         let dir = std::env::temp_dir().join(format!("dropgate-{role}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -130,13 +136,14 @@ impl DockerEngine {
         let pidfile = dir.join("dockerd.pid");
         // Our own daemon.json: the machine's /etc/docker/daemon.json must not change the
         // engine, and before Docker 25 the trust key goes to /etc/docker unless moved.
-        let config = match dockerd_major_version() {
-            Some(major) if major < 25 => format!(
-                "{{\"deprecated-key-path\": \"{}\"}}",
+        let mut members: Vec<String> = options.iter().map(|o| (*o).to_owned()).collect();
+        if dockerd_major_version().is_some_and(|major| major < 25) {
+            members.push(format!(
+                "\"deprecated-key-path\": \"{}\"",
                 dir.join("key.json").display()
-            ),
-            _ => "{}".to_owned(),
-        };
+            ));
+        }
+        let config = format!("{{{}}}", members.join(", "));
         fs::write(dir.join("daemon.json"), config).expect("write daemon.json");
         let log = fs::File::create(dir.join("dockerd.log")).expect("create dockerd.log");
         let mut command = Command::new("nsenter");

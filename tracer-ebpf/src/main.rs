@@ -425,7 +425,7 @@ fn send_sample(cpu: &mut CpuState, network: Option<u64>, key: &DropKey, len: u32
     cpu.stats[stat::SAMPLES_SENT as usize] += 1;
 }
 
-/// Addresses and ports from the packet's headers (IPv4 and IPv6 without extension
+/// Addresses and ports from the packet's headers (IPv4, and IPv6 behind its extension
 /// headers); leaves them zero where a header is missing.
 #[inline(always)]
 fn read_flow(network: Option<u64>, sample: &mut DropSample) {
@@ -445,7 +445,13 @@ fn read_flow(network: Option<u64>, sample: &mut DropSample) {
         ETH_P_IPV6 => {
             sample.saddr = read(ip, 8).unwrap_or([0; 16]);
             sample.daddr = read(ip, 24).unwrap_or([0; 16]);
-            40
+            match read::<u8>(ip, 6) {
+                Some(next) if is_ipv6_extension(next) => match ipv6_upper_layer(ip, next).1 {
+                    Some(offset) => offset,
+                    None => return,
+                },
+                _ => 40,
+            }
         }
         _ => return,
     };
@@ -471,7 +477,7 @@ fn network_header<M: KernelMemory>(skb: u64) -> Option<u64> {
 fn l4_protocol(network: Option<u64>, ethertype: u16) -> u8 {
     let (field, header) = match ethertype {
         ETH_P_IP => (9, &BTF_ID_IPHDR),     // iphdr.protocol
-        ETH_P_IPV6 => (6, &BTF_ID_IPV6HDR), // ipv6hdr.nexthdr (extension headers are not followed)
+        ETH_P_IPV6 => (6, &BTF_ID_IPV6HDR), // ipv6hdr.nexthdr
         _ => return 0,
     };
     let Some(ip) = network else {
@@ -480,10 +486,65 @@ fn l4_protocol(network: Option<u64>, ethertype: u16) -> u8 {
     // `head` is an untyped `unsigned char *` even on tp_btf. Cast to the header's type,
     // the byte is a direct load; without the kfunc it is a helper call, about a third
     // of the whole program's cost.
-    if cast_available() {
+    let proto = if cast_available() {
         Typed::read(rdonly_cast(ip, global(header)), field).unwrap_or(0)
     } else {
         read(ip, field).unwrap_or(0)
+    };
+    // Packets without extension headers (nearly all) pay one comparison here.
+    if ethertype == ETH_P_IPV6 && is_ipv6_extension(proto) {
+        ipv6_upper_layer(ip, proto).0
+    } else {
+        proto
+    }
+}
+
+/// At most this many IPv6 extension headers are stepped over; the kernel's own parser
+/// has no limit, but real packets carry one or two and the verifier wants a bound.
+const IPV6_EXTENSIONS_MAX: u32 = 4;
+
+/// Hop-by-hop options, routing, fragment, authentication, destination options.
+#[inline(always)]
+fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(next_header, 0 | 43 | 44 | 51 | 60)
+}
+
+/// The upper-layer protocol behind the IPv6 extension headers that start with
+/// `next_header`, and its offset from the network header; no offset when its header is
+/// not in this packet (a fragment after the first, too many extensions, a read failed).
+/// Reads through `bpf_probe_read_kernel`: only packets with extensions come here.
+#[inline(always)]
+fn ipv6_upper_layer(ip: u64, mut next_header: u8) -> (u8, Option<u64>) {
+    let mut offset: u32 = 40;
+    for _ in 0..IPV6_EXTENSIONS_MAX {
+        if !is_ipv6_extension(next_header) {
+            return (next_header, Some(u64::from(offset)));
+        }
+        // Every extension starts with its next header and a length byte.
+        let Some([next, len, frag_hi, frag_lo]) = read::<[u8; 4]>(ip, offset) else {
+            return (next_header, None);
+        };
+        let length = match next_header {
+            // Fragment: fixed 8 bytes; only the first fragment (offset 0) holds the
+            // upper-layer header.
+            44 => {
+                if u16::from_be_bytes([frag_hi, frag_lo]) & 0xfff8 != 0 {
+                    return (next, None);
+                }
+                8
+            }
+            // Authentication: length in 4-byte units, minus 2.
+            51 => (u32::from(len) + 2) * 4,
+            // Hop-by-hop, routing, destination options: 8-byte units, minus 1.
+            _ => (u32::from(len) + 1) * 8,
+        };
+        next_header = next;
+        offset += length;
+    }
+    if is_ipv6_extension(next_header) {
+        (next_header, None)
+    } else {
+        (next_header, Some(u64::from(offset)))
     }
 }
 

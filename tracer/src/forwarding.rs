@@ -1,10 +1,11 @@
-//! IPv4 forwarding state of every network namespace, and every change to it.
+//! IPv4 and IPv6 forwarding state of every network namespace, and every change to it.
 //!
 //! Forwarding is the setting behind the incident: Docker turns it on, a sysctl reload
 //! turns it off again, and published ports stop working for other hosts. For each
 //! namespace dropgate knows, a thread enters it, asks the kernel for the state of every
-//! interface (`RTM_GETNETCONF` dump) and then listens for `RTM_NEWNETCONF` events, so a
-//! flip is seen when it happens, not at the next poll. A listener ends when its
+//! interface of both families (one `RTM_GETNETCONF` dump with `AF_UNSPEC`) and then
+//! listens for `RTM_NEWNETCONF` events of both, so a flip is seen when it happens, not
+//! at the next poll. A listener ends when its
 //! namespace disappears, so dropgate never keeps a deleted namespace alive.
 
 use std::{
@@ -31,6 +32,25 @@ const NETCONFA_FORWARDING: u16 = 2;
 const NETCONFA_IFINDEX_ALL: i32 = -1;
 const NETCONFA_IFINDEX_DEFAULT: i32 = -2;
 const RTNLGRP_IPV4_NETCONF: u32 = 24;
+const RTNLGRP_IPV6_NETCONF: u32 = 25;
+
+/// The address family a NETCONF message is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    fn from_byte(family: u8) -> Option<Self> {
+        match i32::from(family) {
+            libc::AF_INET => Some(Self::Ipv4),
+            libc::AF_INET6 => Some(Self::Ipv6),
+            // MPLS (and any later family) has NETCONF messages too: not ours.
+            _ => None,
+        }
+    }
+}
 
 /// Forwarding state of one namespace.
 #[derive(Clone, Debug, Default)]
@@ -41,11 +61,18 @@ pub struct NamespaceForwarding {
     pub interfaces: BTreeMap<i32, (String, bool)>,
     /// How often `all` changed while dropgate watched.
     pub changes: u64,
+    /// `net.ipv6.conf.all.forwarding`, once known. For IPv6 this one switch decides
+    /// whether anything is forwarded (with `force_forwarding` per interface from
+    /// kernel 6.17); the per-interface value below sets router or host behaviour.
+    pub ipv6_all: Option<bool>,
+    /// Per interface: name and `net.ipv6.conf.<if>.forwarding`.
+    pub ipv6_interfaces: BTreeMap<i32, (String, bool)>,
 }
 
 /// An update decoded from one netlink message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetconfUpdate {
+    pub family: Family,
     pub ifindex: i32,
     pub forwarding: bool,
 }
@@ -180,7 +207,8 @@ fn listen(
         return Err(std::io::Error::last_os_error());
     }
     drop(ns);
-    let socket = netlink::route_socket(1 << (RTNLGRP_IPV4_NETCONF - 1), Duration::from_secs(1))?;
+    let groups = (1 << (RTNLGRP_IPV4_NETCONF - 1)) | (1 << (RTNLGRP_IPV6_NETCONF - 1));
+    let socket = netlink::route_socket(groups, Duration::from_secs(1))?;
     send_dump_request(&socket)?;
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
@@ -212,12 +240,17 @@ fn listen(
 }
 
 fn apply(ns: &mut NamespaceForwarding, update: NetconfUpdate) {
+    let (all, interfaces) = match update.family {
+        Family::Ipv4 => (&mut ns.all, &mut ns.interfaces),
+        Family::Ipv6 => (&mut ns.ipv6_all, &mut ns.ipv6_interfaces),
+    };
     match update.ifindex {
         NETCONFA_IFINDEX_ALL => {
-            if ns.all.is_some_and(|was| was != update.forwarding) {
+            // `changes` is `dropgate_forwarding_changes_total`: flips of net.ipv4.ip_forward.
+            if update.family == Family::Ipv4 && all.is_some_and(|was| was != update.forwarding) {
                 ns.changes += 1;
             }
-            ns.all = Some(update.forwarding);
+            *all = Some(update.forwarding);
         }
         NETCONFA_IFINDEX_DEFAULT => {}
         ifindex => {
@@ -225,7 +258,7 @@ fn apply(ns: &mut NamespaceForwarding, update: NetconfUpdate) {
                 .ok()
                 .and_then(crate::netns::index_to_name)
                 .unwrap_or_else(|| format!("if{ifindex}"));
-            ns.interfaces.insert(ifindex, (name, update.forwarding));
+            interfaces.insert(ifindex, (name, update.forwarding));
         }
     }
 }
@@ -238,7 +271,9 @@ fn send_dump_request(socket: &OwnedFd) -> std::io::Result<()> {
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     msg[6..8].copy_from_slice(&flags.to_ne_bytes());
     msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    msg[16] = libc::AF_INET as u8;
+    // AF_UNSPEC: the kernel answers for every family with NETCONF (IPv4, IPv6, MPLS) in
+    // one dump; a second dump could only start once the first is done.
+    msg[16] = libc::AF_UNSPEC as u8;
     // SAFETY: send from a buffer we own, with its true length.
     let n = unsafe { libc::send(socket.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
     if n < 0 {
@@ -252,11 +287,10 @@ fn send_dump_request(socket: &OwnedFd) -> std::io::Result<()> {
 pub fn parse_netconf(data: &[u8]) -> Vec<NetconfUpdate> {
     netlink_messages(data)
         .into_iter()
-        .filter(|(kind, _, payload)| {
-            *kind == RTM_NEWNETCONF && payload.first() == Some(&(libc::AF_INET as u8))
-        })
+        .filter(|(kind, _, _)| *kind == RTM_NEWNETCONF)
         .filter_map(|(_, _, payload)| {
             // struct netconfmsg is one byte of family, padded to 4.
+            let family = Family::from_byte(*payload.first()?)?;
             let (mut ifindex, mut forwarding) = (None, None);
             for (kind, value) in attributes(payload.get(4..)?) {
                 let value = i32::from_ne_bytes(value.get(..4)?.try_into().ok()?);
@@ -267,6 +301,7 @@ pub fn parse_netconf(data: &[u8]) -> Vec<NetconfUpdate> {
                 }
             }
             Some(NetconfUpdate {
+                family,
                 ifindex: ifindex?,
                 forwarding: forwarding?,
             })
@@ -333,12 +368,12 @@ mod tests {
         assert!(watch.snapshot().is_empty());
     }
 
-    fn message(ifindex: i32, forwarding: i32) -> Vec<u8> {
+    fn message(family: i32, ifindex: i32, forwarding: i32) -> Vec<u8> {
         let mut msg = Vec::new();
         msg.extend_from_slice(&36u32.to_ne_bytes());
         msg.extend_from_slice(&RTM_NEWNETCONF.to_ne_bytes());
         msg.extend_from_slice(&[0; 10]);
-        msg.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        msg.extend_from_slice(&[u8::try_from(family).expect("a family byte"), 0, 0, 0]);
         for (kind, value) in [
             (NETCONFA_IFINDEX, ifindex),
             (NETCONFA_FORWARDING, forwarding),
@@ -350,22 +385,31 @@ mod tests {
         msg
     }
 
+    fn update(family: Family, ifindex: i32, forwarding: bool) -> NetconfUpdate {
+        NetconfUpdate {
+            family,
+            ifindex,
+            forwarding,
+        }
+    }
+
     #[test]
-    fn decodes_netconf_messages() {
-        let mut datagram = message(NETCONFA_IFINDEX_ALL, 0);
-        datagram.extend(message(3, 1));
+    fn decodes_netconf_messages_of_both_families() {
+        const AF_MPLS: i32 = 28;
+        let mut datagram = message(libc::AF_INET, NETCONFA_IFINDEX_ALL, 0);
+        datagram.extend(message(libc::AF_INET, 3, 1));
+        datagram.extend(message(libc::AF_INET6, NETCONFA_IFINDEX_ALL, 1));
+        datagram.extend(message(AF_MPLS, 3, 1));
+        datagram.extend(message(libc::AF_INET6, 3, 0));
         assert_eq!(
             parse_netconf(&datagram),
             vec![
-                NetconfUpdate {
-                    ifindex: -1,
-                    forwarding: false
-                },
-                NetconfUpdate {
-                    ifindex: 3,
-                    forwarding: true
-                },
-            ]
+                update(Family::Ipv4, -1, false),
+                update(Family::Ipv4, 3, true),
+                update(Family::Ipv6, -1, true),
+                update(Family::Ipv6, 3, false),
+            ],
+            "MPLS is left out"
         );
         assert!(
             parse_netconf(&datagram[..20]).is_empty(),
@@ -374,29 +418,28 @@ mod tests {
     }
 
     #[test]
-    fn counts_changes_of_the_global_switch_only() {
+    fn counts_changes_of_the_global_ipv4_switch_only() {
         let mut ns = NamespaceForwarding::default();
-        for (ifindex, on) in [
-            (-1, true),
-            (-1, true),
-            (-1, false),
-            (2, true),
-            (2, false),
-            (-1, true),
+        for (family, ifindex, on) in [
+            (Family::Ipv4, -1, true),
+            (Family::Ipv4, -1, true),
+            (Family::Ipv4, -1, false),
+            (Family::Ipv4, 2, true),
+            (Family::Ipv4, 2, false),
+            (Family::Ipv6, -1, true),
+            (Family::Ipv6, -1, false),
+            (Family::Ipv6, 2, true),
+            (Family::Ipv4, -1, true),
         ] {
-            apply(
-                &mut ns,
-                NetconfUpdate {
-                    ifindex,
-                    forwarding: on,
-                },
-            );
+            apply(&mut ns, update(family, ifindex, on));
         }
         assert_eq!(ns.all, Some(true));
         assert_eq!(
             ns.changes, 2,
-            "on->off and off->on; the first reading is not a change"
+            "on->off and off->on of IPv4; the first reading is not a change"
         );
         assert_eq!(ns.interfaces.get(&2).map(|(_, on)| *on), Some(false));
+        assert_eq!(ns.ipv6_all, Some(false), "IPv6 kept apart from IPv4");
+        assert_eq!(ns.ipv6_interfaces.get(&2).map(|(_, on)| *on), Some(true));
     }
 }

@@ -195,7 +195,7 @@ fn forwarding_section(forwarding: &[(String, NamespaceForwarding)]) -> StatusSec
                 names.sort_unstable();
                 names.join(", ").into()
             };
-            let all = match ns.all {
+            let state = |all: Option<bool>| match all {
                 Some(true) => "on",
                 Some(false) => "off",
                 None => "unknown",
@@ -208,10 +208,11 @@ fn forwarding_section(forwarding: &[(String, NamespaceForwarding)]) -> StatusSec
                 },
                 vec![
                     netns.as_str().into(),
-                    all.into(),
+                    state(ns.all).into(),
                     names(true),
                     names(false),
                     ns.changes.to_string().into(),
+                    state(ns.ipv6_all).into(),
                 ],
             )
         })
@@ -220,6 +221,7 @@ fn forwarding_section(forwarding: &[(String, NamespaceForwarding)]) -> StatusSec
         title: "Forwarding".into(),
         notes: vec![
             "IPv4 forwarding of every network namespace dropgate knows, as the kernel reports it, updated the moment it changes. A Docker host needs it on for published ports to be reachable from other hosts; containers usually have it off.".into(),
+            "IPv6 has one switch, net.ipv6.conf.all.forwarding: with it off nothing is forwarded whatever the interfaces say (from kernel 6.17 except what arrives on an interface with force_forwarding = 1).".into(),
         ],
         columns: vec![
             StatusColumn::text("namespace"),
@@ -227,6 +229,7 @@ fn forwarding_section(forwarding: &[(String, NamespaceForwarding)]) -> StatusSec
             StatusColumn::text("on for"),
             StatusColumn::text("off for"),
             StatusColumn::number("changes seen"),
+            StatusColumn::text("net.ipv6.conf.all.forwarding"),
         ],
         rows,
         empty: "No namespace's forwarding state is known yet.".into(),
@@ -413,12 +416,14 @@ mod tests {
                 (4, ("br0".to_owned(), true)),
             ]),
             changes: 2,
+            ipv6_all: Some(true),
+            ..NamespaceForwarding::default()
         };
         let section = forwarding_section(&[("dg-host".into(), ns)]);
         assert_eq!(section.rows[0].tone, Tone::Normal);
         assert_eq!(
             cells(&section.rows[0]),
-            ["dg-host", "off", "br0", "lo, vh-ext", "2"]
+            ["dg-host", "off", "br0", "lo, vh-ext", "2", "on"]
         );
         let on = NamespaceForwarding {
             all: Some(true),

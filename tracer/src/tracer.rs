@@ -223,6 +223,42 @@ fn attached_program(probe: &Probe) -> anyhow::Result<std::os::fd::OwnedFd> {
         .try_clone_to_owned()?)
 }
 
+/// `dropgate_ipv6_forwarding`: `net.ipv6.conf.all.forwarding` as `interface="all"` and
+/// each interface's `forwarding`, per namespace.
+fn ipv6_forwarding_family(
+    snapshot: &[(String, crate::forwarding::NamespaceForwarding)],
+) -> MetricFamily {
+    let mut metric = Vec::new();
+    for (netns, ns) in snapshot {
+        let gauge = |interface: &str, on: bool| Metric {
+            label: vec![
+                LabelPair::new("interface", interface),
+                LabelPair::new("netns", netns),
+            ],
+            gauge: Some(Gauge {
+                value: Some(if on { 1.0 } else { 0.0 }),
+            }),
+            ..Metric::default()
+        };
+        metric.extend(ns.ipv6_all.map(|all| gauge("all", all)));
+        metric.extend(
+            ns.ipv6_interfaces
+                .values()
+                .map(|(name, on)| gauge(name, *on)),
+        );
+    }
+    MetricFamily {
+        name: Some("dropgate_ipv6_forwarding".into()),
+        help: Some(
+            "IPv6 forwarding per namespace and interface (1 on, 0 off); interface=\"all\" is net.ipv6.conf.all.forwarding, the switch that decides whether IPv6 is forwarded."
+                .into(),
+        ),
+        r#type: Some(MetricType::Gauge as i32),
+        metric,
+        unit: None,
+    }
+}
+
 /// The trace side's metric families (drop counts, forwarding state, problems) and its
 /// sections of the status page.
 pub struct TraceMetrics {
@@ -294,6 +330,7 @@ impl gateway::MetricSource for TraceMetrics {
             metric: state,
             unit: None,
         });
+        families.push(ipv6_forwarding_family(&self.forwarding.snapshot()));
         let problems = self
             .findings
             .current()

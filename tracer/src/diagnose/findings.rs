@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{
     firewall::{Hook, Rule},
-    host::{Dnat, HostState},
+    host::{Dnat, HostState, IpFamily},
 };
 use crate::samples::DropEvent;
 
@@ -33,6 +33,11 @@ pub enum Kind {
     RpFilterDrop,
     /// br_netfilter frees DNAT-ed bridged traffic that cannot be routed.
     BrNetfilterDnat,
+    /// `net.ipv6.conf.all.forwarding = 0` where IPv6 forwarding is needed.
+    Ipv6ForwardingOff,
+    /// IPv6 forwarding off for one ingress interface: `all.forwarding = 0` with
+    /// `force_forwarding` on other interfaces only.
+    Ipv6ForwardingOffInterface,
     /// Nobody answers ARP/ND for the next hop (a stale DNAT to a stopped container).
     NeighbourFailed,
     /// Packets too big for the egress link (a PMTU black hole when ICMP is filtered).
@@ -61,6 +66,8 @@ impl Kind {
             Kind::NetfilterDrop => "netfilter_drop",
             Kind::RpFilterDrop => "rp_filter_drop",
             Kind::BrNetfilterDnat => "br_netfilter_dnat",
+            Kind::Ipv6ForwardingOff => "ipv6_forwarding_off",
+            Kind::Ipv6ForwardingOffInterface => "ipv6_forwarding_off_interface",
             Kind::NeighbourFailed => "neighbour_failed",
             Kind::PacketTooBig => "packet_too_big",
             Kind::NoRoute => "no_route",
@@ -131,6 +138,16 @@ impl Evidence<'_> {
             .iter()
             .filter(|d| pred(d))
             .collect()
+    }
+
+    fn ip6_in_addr_errors_delta(&self) -> u64 {
+        self.before.map_or(0, |b| {
+            self.after
+                .ipv6
+                .counters
+                .in_addr_errors
+                .saturating_sub(b.ipv6.counters.in_addr_errors)
+        })
     }
 
     fn in_addr_errors_delta(&self) -> u64 {
@@ -277,6 +294,7 @@ fn persist_forwarding(key: &str) -> Vec<String> {
 pub fn findings(evidence: &Evidence) -> Vec<Finding> {
     let mut out = Vec::new();
     forwarding(evidence, &mut out);
+    ipv6_forwarding(evidence, &mut out);
     netfilter(evidence, &mut out);
     rp_filter(evidence, &mut out);
     br_netfilter(evidence, &mut out);
@@ -336,7 +354,7 @@ fn published_targets(ev: &Evidence) -> String {
     published.sort();
     published.dedup();
     if published.is_empty() {
-        host.published()
+        host.published_in(IpFamily::V4)
             .map(|d| {
                 format!(
                     "published port {} -> {}:{}",
@@ -362,7 +380,8 @@ fn forwarding_off_globally(ev: &Evidence, target: &str, out: &mut Vec<Finding>) 
     // address, as Proxmox and libvirt's bridged networks do; Docker with
     // `iptables=false`): traffic through this host needs it, which a port published to
     // other hosts or source NAT for what sits behind the host says.
-    let needs_forwarding = host.published().next().is_some() || !host.source_nat.is_empty();
+    let needs_forwarding =
+        host.published_in(IpFamily::V4).next().is_some() || !host.source_nat.is_empty();
     let mut evidence = Vec::new();
     let ingress = interfaces_of(&ip_error);
     if traced > 0 {
@@ -375,7 +394,7 @@ fn forwarding_off_globally(ev: &Evidence, target: &str, out: &mut Vec<Finding>) 
         evidence.push(format!("/proc/net/snmp Ip InAddrErrors rose by {snmp}"));
     }
     evidence.extend(br_netfilter_note(host, &ingress));
-    for d in host.published() {
+    for d in host.published_in(IpFamily::V4) {
         evidence.push(format!("DNAT: {}", d.rule));
     }
     for nat in &host.source_nat {
@@ -431,7 +450,7 @@ fn forwarding_off_on_interfaces(ev: &Evidence, target: &str, out: &mut Vec<Findi
             .filter(|d| d.interface == iface.name)
             .collect();
         let count = sum(&here);
-        if count == 0 && host.published().next().is_none() {
+        if count == 0 && host.published_in(IpFamily::V4).next().is_none() {
             continue;
         }
         let key = format!("net.ipv4.conf.{}.forwarding", iface.name);
@@ -468,6 +487,238 @@ fn forwarding_off_on_interfaces(ev: &Evidence, target: &str, out: &mut Vec<Findi
             summary,
             evidence,
             fix,
+        });
+    }
+}
+
+/// The drops `ip6_forward` makes when forwarding is off: IP_INADDRERRORS since the
+/// kernel names drop reasons there, before that unnamed.
+fn ip6_forward_refused(d: &TracedDrop) -> bool {
+    d.location == "ip6_forward"
+        && matches!(
+            d.reason.as_str(),
+            "IP_INADDRERRORS" | "NOT_SPECIFIED" | "unknown"
+        )
+}
+
+/// Who the IPv6 traffic dropped in `ip6_forward` was for: the published port and the
+/// container behind it, or (IPv6 is often routed to containers without NAT) the
+/// container the destination belongs to; else every IPv6 published port.
+fn ipv6_targets(ev: &Evidence) -> String {
+    let host = ev.after;
+    let mut targets: Vec<String> = ev
+        .samples
+        .iter()
+        .filter(|s| s.location == "ip6_forward")
+        .filter_map(|s| {
+            let dst = s.dst?;
+            let behind: Vec<String> = [
+                host.bridge_of(&dst.to_string())
+                    .map(|b| format!("bridge {b}")),
+                s.target
+                    .container
+                    .as_ref()
+                    .map(|c| format!("container {c}")),
+                s.target
+                    .service
+                    .as_ref()
+                    .map(|c| format!("compose service {c}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let behind = if behind.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", behind.join(", "))
+            };
+            match ev.dnat_for(s) {
+                Some(d) => Some(format!(
+                    "published port {} -> [{}]:{}{behind}",
+                    d.dport, d.to_addr, s.dport
+                )),
+                None if !behind.is_empty() => {
+                    Some(format!("traffic to [{dst}]:{}{behind}", s.dport))
+                }
+                None => None,
+            }
+        })
+        .collect();
+    targets.sort();
+    targets.dedup();
+    if targets.is_empty() {
+        host.published_in(IpFamily::V6)
+            .map(|d| {
+                format!(
+                    "published port {} -> [{}]:{}",
+                    d.dport,
+                    d.to_addr,
+                    d.to_port.map_or("*".into(), |p| p.to_string())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        targets.join(", ")
+    }
+}
+
+/// The fix for IPv6 forwarding, `first` before the global switch.
+fn ipv6_forwarding_fix(first: Option<String>) -> Vec<String> {
+    let key = "net.ipv6.conf.all.forwarding";
+    first
+        .into_iter()
+        .chain([
+            format!("sysctl -w {key}=1"),
+            format!(
+                "echo '{key} = 1' > /etc/sysctl.d/99-dropgate-ipv6-forwarding.conf  # makes it last across reboots and sysctl reloads"
+            ),
+            "if this host takes its own IPv6 address or route from router advertisements, also set net.ipv6.conf.<uplink>.accept_ra=2: with forwarding on, the kernel ignores them otherwise".into(),
+            "or, where sysctls may not be changed: run the service with host networking (docker-compose `network_mode: host`), which needs no forwarding".into(),
+        ])
+        .collect()
+}
+
+/// IPv6 forwarding off where it is needed. Unlike IPv4, where the ingress interface's
+/// `forwarding` decides, `ip6_forward` looks at `net.ipv6.conf.all.forwarding` only
+/// (and, from kernel 6.17, the ingress interface's `force_forwarding`): a per-interface
+/// `forwarding = 0` blocks nothing, so it is no finding. Off on one interface means
+/// `all` off with `force_forwarding` on for others.
+fn ipv6_forwarding(ev: &Evidence, out: &mut Vec<Finding>) {
+    let host = ev.after;
+    let v6 = &host.ipv6;
+    if v6.forwarding != Some(false) {
+        return;
+    }
+    let refused = ev.drops_where(ip6_forward_refused);
+    let traced = sum(&refused);
+    let snmp = ev.ip6_in_addr_errors_delta();
+    // Ip6InAddrErrors also counts other refusals (no route to an unspecified address,
+    // bad source addresses): with a trace, the drops in ip6_forward decide; without
+    // one, the counter is the only sign.
+    let dropping = traced > 0 || (ev.drops.is_none() && snmp > 0);
+    let needs_forwarding =
+        host.published_in(IpFamily::V6).next().is_some() || !v6.source_nat.is_empty();
+    if !dropping && !needs_forwarding {
+        return;
+    }
+    let target = ipv6_targets(ev);
+    let forced: Vec<&str> = v6
+        .interfaces
+        .iter()
+        .filter(|i| i.force_forwarding == Some(true))
+        .map(|i| i.name.as_str())
+        .collect();
+    let mut common = Vec::new();
+    if snmp > 0 {
+        common.push(format!("/proc/net/snmp6 Ip6InAddrErrors rose by {snmp}"));
+    }
+    common.push("net.ipv6.conf.all.forwarding = 0".to_owned());
+    for d in host.published_in(IpFamily::V6) {
+        common.push(format!("DNAT: {}", d.rule));
+    }
+    for nat in &v6.source_nat {
+        common.push(format!("source NAT: {nat}"));
+    }
+    for source in &v6.forwarding_off_sources {
+        common.push(format!(
+            "{}:{} sets `{}`",
+            source.file, source.line, source.text
+        ));
+    }
+    let what = |count: u64| {
+        if target.is_empty() {
+            format!("{count} forwarded IPv6 packets dropped")
+        } else {
+            format!("{target} dropped {count} times")
+        }
+    };
+    if !forced.is_empty() {
+        ipv6_forwarding_off_on_interfaces(ev, &forced, &refused, &common, &what, out);
+        return;
+    }
+    let ingress = routing_interfaces(host, &refused);
+    let mut evidence = Vec::new();
+    if traced > 0 {
+        evidence.push(format!(
+            "{traced} packets dropped in ip6_forward (IP_INADDRERRORS) on {}",
+            interfaces_of(&refused).join(", ")
+        ));
+    }
+    evidence.extend(common);
+    let summary = if dropping {
+        let on = if ingress.is_empty() {
+            "this host".to_owned()
+        } else {
+            ingress.join(", ")
+        };
+        format!(
+            "IPv6 forwarding is off on {on} (net.ipv6.conf.all.forwarding = 0); {}",
+            what(traced.max(snmp))
+        )
+    } else if target.is_empty() {
+        "IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0) on a host that source-NATs IPv6 traffic from behind it: that traffic cannot leave this host".to_owned()
+    } else {
+        format!("IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0): {target} cannot be reached from other hosts over IPv6")
+    };
+    out.push(Finding {
+        kind: Kind::Ipv6ForwardingOff,
+        severity: if dropping {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        interface: ingress.first().cloned(),
+        summary,
+        evidence,
+        fix: ipv6_forwarding_fix(None),
+    });
+}
+
+/// With `force_forwarding` on some interfaces, a finding for each ingress interface
+/// whose traffic died because it has not.
+fn ipv6_forwarding_off_on_interfaces(
+    ev: &Evidence,
+    forced: &[&str],
+    refused: &[&TracedDrop],
+    common: &[String],
+    what: &dyn Fn(u64) -> String,
+    out: &mut Vec<Finding>,
+) {
+    let host = ev.after;
+    for iface in routing_interfaces(host, refused) {
+        if forced.contains(&iface.as_str()) {
+            continue;
+        }
+        let here: Vec<&TracedDrop> = refused
+            .iter()
+            .copied()
+            .filter(|d| host.routing_interface(&d.interface) == iface)
+            .collect();
+        let count = sum(&here);
+        let mut evidence = vec![
+            format!(
+                "{count} packets dropped in ip6_forward (IP_INADDRERRORS) on {}",
+                interfaces_of(&here).join(", ")
+            ),
+            format!(
+                "net.ipv6.conf.{iface}.force_forwarding = 0 while {} forward with force_forwarding = 1",
+                forced.join(", ")
+            ),
+        ];
+        evidence.extend(common.iter().cloned());
+        out.push(Finding {
+            kind: Kind::Ipv6ForwardingOffInterface,
+            severity: Severity::Critical,
+            interface: Some(iface.clone()),
+            summary: format!(
+                "IPv6 forwarding is off for traffic arriving on {iface} (net.ipv6.conf.all.forwarding = 0 and net.ipv6.conf.{iface}.force_forwarding = 0); {}",
+                what(count)
+            ),
+            evidence,
+            fix: ipv6_forwarding_fix(Some(format!(
+                "sysctl -w net.ipv6.conf.{iface}.force_forwarding=1  # forwards what arrives on {iface} only; or turn forwarding on for all:"
+            ))),
         });
     }
 }
@@ -756,7 +1007,7 @@ fn br_netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::host::{Interface, IpCounters};
+    use crate::diagnose::host::{Interface, IpCounters, Ipv6Interface};
 
     pub(super) fn dnat() -> Dnat {
         Dnat {
@@ -1309,5 +1560,265 @@ mod tests {
             assert!(f.summary.ends_with(cause), "case {name}: {}", f.summary);
             assert_eq!(f.fix[0], fix, "case {name}");
         }
+    }
+
+    /// A dual-stack Docker-like host: IPv4 on, IPv6 `all.forwarding` as given, a port
+    /// published over IPv6 too, the ingress `eth0` and the bridge `docker0`.
+    fn dual_stack(ipv6_all: bool) -> HostState {
+        let mut host = host(true);
+        host.dnat.push(Dnat {
+            to_addr: "fd18::2".into(),
+            rule: "-A DOCKER -p tcp -m tcp --dport 9091 -j DNAT --to-destination [fd18::2]:80"
+                .into(),
+            ..dnat()
+        });
+        host.ipv6.forwarding = Some(ipv6_all);
+        host.ipv6.interfaces = ["eth0", "docker0"]
+            .iter()
+            .map(|name| Ipv6Interface {
+                name: (*name).into(),
+                forwarding: ipv6_all,
+                force_forwarding: Some(false),
+            })
+            .collect();
+        host
+    }
+
+    fn v6_sample() -> DropEvent {
+        let mut s = sample("ip6_forward");
+        s.src = Some("fd10::9".parse().expect("ip"));
+        s.dst = Some("fd18::2".parse().expect("ip"));
+        s.target.container = Some("app_pushgateway_1".into());
+        s.target.service = Some("pushgateway".into());
+        s
+    }
+
+    fn kinds_of(before: &HostState, after: &HostState, drops: &[TracedDrop]) -> Vec<Kind> {
+        findings(&Evidence {
+            before: Some(before),
+            after,
+            drops: Some(drops),
+            samples: &[],
+        })
+        .iter()
+        .map(|f| f.kind)
+        .collect()
+    }
+
+    #[test]
+    fn ipv6_forwarding_verdicts_by_scenario() {
+        let v6_off = dual_stack(false);
+        let mut v4_off = dual_stack(true);
+        v4_off.ip_forward = Some(false);
+        for i in &mut v4_off.interfaces {
+            i.forwarding = false;
+        }
+        // IPv6 on, but the ingress interface's own `forwarding` is 0: the kernel still
+        // forwards (only all.forwarding and force_forwarding decide).
+        let mut v6_per_if_forwarding_zero = dual_stack(true);
+        v6_per_if_forwarding_zero.ipv6.interfaces[0].forwarding = false;
+        let mut only_bridge_forced = dual_stack(false);
+        only_bridge_forced.ipv6.interfaces[1].force_forwarding = Some(true);
+        let mut v6_nat = dual_stack(false);
+        v6_nat.dnat.retain(|d| d.family() == IpFamily::V4);
+        v6_nat.ipv6.source_nat = vec!["ip6tables-nft table nat chain POSTROUTING: -A POSTROUTING -s fd18::/64 ! -o docker0 -j MASQUERADE".into()];
+        let mut v4_only_publishing = dual_stack(false);
+        v4_only_publishing
+            .dnat
+            .retain(|d| d.family() == IpFamily::V4);
+        let mut v6_only_publishing = dual_stack(true);
+        v6_only_publishing.ip_forward = Some(false);
+        v6_only_publishing
+            .dnat
+            .retain(|d| d.family() == IpFamily::V6);
+        let mut no_ipv6 = host(true);
+        no_ipv6.ipv6.forwarding = None;
+        let healthy = dual_stack(true);
+        let v6_drops = |n| vec![drop("IP_INADDRERRORS", "ip6_forward", "eth0", n)];
+        let cases: Vec<(&str, &HostState, Vec<TracedDrop>, Vec<Kind>)> = vec![
+            ("dual stack healthy", &healthy, vec![], vec![]),
+            (
+                "IPv6 off, IPv4 on, drops in ip6_forward",
+                &v6_off,
+                v6_drops(4),
+                vec![Kind::Ipv6ForwardingOff],
+            ),
+            (
+                "IPv6 off, nothing dropped yet, a port published over IPv6",
+                &v6_off,
+                vec![],
+                vec![Kind::Ipv6ForwardingOff],
+            ),
+            (
+                "IPv4 off, IPv6 on: the IPv4 finding alone",
+                &v4_off,
+                vec![drop("IP_INADDRERRORS", "ip_error", "eth0", 3)],
+                vec![Kind::ForwardingOff],
+            ),
+            (
+                "IPv6 on, ingress conf.eth0.forwarding = 0: forwarded anyway",
+                &v6_per_if_forwarding_zero,
+                vec![],
+                vec![],
+            ),
+            (
+                "IPv6 off with force_forwarding on the bridge only",
+                &only_bridge_forced,
+                v6_drops(2),
+                vec![Kind::Ipv6ForwardingOffInterface],
+            ),
+            (
+                "IPv6 off, IPv6 source NAT behind the host",
+                &v6_nat,
+                vec![],
+                vec![Kind::Ipv6ForwardingOff],
+            ),
+            (
+                "IPv6 off on a host publishing over IPv4 only, nothing dropped",
+                &v4_only_publishing,
+                vec![],
+                vec![],
+            ),
+            (
+                "IPv6 on, ip6_forward drops for another reason",
+                &healthy,
+                vec![drop("PKT_TOO_BIG", "ip6_forward", "eth0", 2)],
+                vec![],
+            ),
+            ("no IPv6 at all", &no_ipv6, vec![], vec![]),
+            (
+                "IPv4 off on a host publishing over IPv6 only: no IPv4 finding",
+                &v6_only_publishing,
+                vec![],
+                vec![],
+            ),
+        ];
+        for (name, state, drops, want) in cases {
+            assert_eq!(kinds_of(state, state, &drops), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn the_ipv6_verdict_names_interface_container_counter_and_fix() {
+        let before = dual_stack(false);
+        let mut after = dual_stack(false);
+        after.ipv6.counters.in_addr_errors = 4;
+        let drops = [drop("IP_INADDRERRORS", "ip6_forward", "eth0", 4)];
+        let found = findings(&Evidence {
+            before: Some(&before),
+            after: &after,
+            drops: Some(&drops),
+            samples: &[v6_sample()],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(
+            (f.kind, f.severity),
+            (Kind::Ipv6ForwardingOff, Severity::Critical)
+        );
+        assert_eq!(f.interface.as_deref(), Some("eth0"));
+        assert_eq!(
+            f.summary,
+            "IPv6 forwarding is off on eth0 (net.ipv6.conf.all.forwarding = 0); published port 9091 -> [fd18::2]:80 (container app_pushgateway_1, compose service pushgateway) dropped 4 times"
+        );
+        assert_eq!(
+            f.evidence[..3],
+            [
+                "4 packets dropped in ip6_forward (IP_INADDRERRORS) on eth0".to_owned(),
+                "/proc/net/snmp6 Ip6InAddrErrors rose by 4".to_owned(),
+                "net.ipv6.conf.all.forwarding = 0".to_owned(),
+            ]
+        );
+        assert!(
+            f.evidence.iter().any(|e| e.contains("[fd18::2]:80")),
+            "the IPv6 DNAT rule is evidence: {:?}",
+            f.evidence
+        );
+        assert!(
+            !f.evidence.iter().any(|e| e.contains("172.18.0.2")),
+            "the IPv4 DNAT is not: {:?}",
+            f.evidence
+        );
+        assert_eq!(f.fix[0], "sysctl -w net.ipv6.conf.all.forwarding=1");
+        assert!(f.fix[1].contains("/etc/sysctl.d/"), "{:?}", f.fix);
+        assert!(f.fix.iter().any(|x| x.contains("network_mode: host")));
+    }
+
+    /// IPv6 is often routed to containers without NAT: the sampled destination alone
+    /// names who the traffic was for.
+    #[test]
+    fn routed_ipv6_is_named_by_its_sampled_container() {
+        let mut state = dual_stack(false);
+        state.dnat.retain(|d| d.family() == IpFamily::V4);
+        let mut routed = v6_sample();
+        routed.dst = Some("fd18::3".parse().expect("ip"));
+        routed.dport = 443;
+        let drops = [drop("IP_INADDRERRORS", "ip6_forward", "eth0", 2)];
+        let found = findings(&Evidence {
+            before: Some(&state),
+            after: &state,
+            drops: Some(&drops),
+            samples: &[routed],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].summary,
+            "IPv6 forwarding is off on eth0 (net.ipv6.conf.all.forwarding = 0); traffic to [fd18::3]:443 (container app_pushgateway_1, compose service pushgateway) dropped 2 times"
+        );
+    }
+
+    #[test]
+    fn without_a_trace_the_ipv6_counter_is_the_evidence() {
+        let before = dual_stack(false);
+        let mut after = dual_stack(false);
+        after.ipv6.counters.in_addr_errors = 3;
+        let found = findings(&Evidence {
+            before: Some(&before),
+            after: &after,
+            drops: None,
+            samples: &[],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].severity, Severity::Critical);
+        assert!(
+            found[0]
+                .summary
+                .starts_with("IPv6 forwarding is off on this host (net.ipv6.conf.all.forwarding = 0); published port 9091 -> [fd18::2]:80 dropped 3 times"),
+            "{}",
+            found[0].summary
+        );
+        // With a trace, the counter alone (other refusals count there too) is no drop.
+        let traced = findings(&Evidence {
+            before: Some(&before),
+            after: &after,
+            drops: Some(&[]),
+            samples: &[],
+        });
+        assert_eq!(traced[0].severity, Severity::Warning, "{traced:?}");
+    }
+
+    #[test]
+    fn ipv6_off_for_one_interface_names_it_and_both_fixes() {
+        let mut state = dual_stack(false);
+        state.ipv6.interfaces[1].force_forwarding = Some(true);
+        let drops = [drop("IP_INADDRERRORS", "ip6_forward", "eth0", 2)];
+        let found = findings(&Evidence {
+            before: Some(&state),
+            after: &state,
+            drops: Some(&drops),
+            samples: &[],
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(f.kind, Kind::Ipv6ForwardingOffInterface);
+        assert_eq!(f.interface.as_deref(), Some("eth0"));
+        assert!(
+            f.summary
+                .contains("net.ipv6.conf.eth0.force_forwarding = 0"),
+            "{}",
+            f.summary
+        );
+        assert!(f.fix[0].starts_with("sysctl -w net.ipv6.conf.eth0.force_forwarding=1"));
+        assert_eq!(f.fix[1], "sysctl -w net.ipv6.conf.all.forwarding=1");
     }
 }

@@ -31,6 +31,39 @@ pub struct Dnat {
     pub from_other_hosts: bool,
 }
 
+impl Dnat {
+    /// The family of the DNAT target (an address that does not parse counts as IPv4,
+    /// as iptables' own syntax would have it).
+    #[must_use]
+    pub fn family(&self) -> IpFamily {
+        match self.to_addr.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => IpFamily::V6,
+            _ => IpFamily::V4,
+        }
+    }
+}
+
+/// IPv4 or IPv6: forwarding, counters and NAT are separate for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+/// Whether `rule` sees packets of `family`: by the tool (`ip6tables-*` or `iptables-*`)
+/// or, for nft, by the table's family (`inet` sees both).
+#[must_use]
+pub fn rule_applies_to(rule: &Rule, family: IpFamily) -> bool {
+    if rule.tool == "nft" {
+        let table_family = rule.table.split_whitespace().next().unwrap_or("");
+        return match family {
+            IpFamily::V4 => matches!(table_family, "ip" | "inet"),
+            IpFamily::V6 => matches!(table_family, "ip6" | "inet"),
+        };
+    }
+    rule.tool.starts_with("ip6tables") == (family == IpFamily::V6)
+}
+
 /// An interface's IPv4 settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Interface {
@@ -56,6 +89,47 @@ pub struct IpCounters {
     pub in_addr_errors: u64,
     pub in_no_routes: u64,
     pub forw_datagrams: u64,
+}
+
+/// The kernel's own IPv6 counters (`/proc/net/snmp6`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Ip6Counters {
+    /// `Ip6InAddrErrors`: what `ip6_forward` drops with forwarding off, among others.
+    pub in_addr_errors: u64,
+    pub in_no_routes: u64,
+    pub out_forw_datagrams: u64,
+}
+
+/// An interface's IPv6 forwarding settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ipv6Interface {
+    pub name: String,
+    /// `net.ipv6.conf.<if>.forwarding`: router or host behaviour on this interface (router
+    /// advertisements, neighbour flags). It does not decide whether packets arriving
+    /// there are forwarded: `all.forwarding` does.
+    pub forwarding: bool,
+    /// `net.ipv6.conf.<if>.force_forwarding` (kernel 6.17 and later; `None` before):
+    /// packets arriving here are forwarded even with `all.forwarding = 0`.
+    pub force_forwarding: Option<bool>,
+}
+
+/// The IPv6 side of the host: its forwarding switches, counters and published ports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ipv6State {
+    /// `net.ipv6.conf.all.forwarding`; `None` without IPv6.
+    pub forwarding: Option<bool>,
+    pub interfaces: Vec<Ipv6Interface>,
+    pub counters: Ip6Counters,
+    /// IPv6 source NAT (ip6tables MASQUERADE/SNAT, nft `ip6`/`inet` masquerade/snat).
+    pub source_nat: Vec<String>,
+    pub forwarding_off_sources: Vec<SysctlSource>,
+}
+
+impl Ipv6State {
+    /// The interface named `name`.
+    pub fn interface(&self, name: &str) -> Option<&Ipv6Interface> {
+        self.interfaces.iter().find(|i| i.name == name)
+    }
 }
 
 /// Everything read from the host, at one moment.
@@ -84,6 +158,7 @@ pub struct HostState {
     pub datapath: Datapath,
     /// Firewall managers whose chains or tables are in the ruleset (`ufw`, `firewalld`).
     pub firewall_managers: Vec<String>,
+    pub ipv6: Ipv6State,
     /// Checks that could not run, with why.
     pub unchecked: BTreeMap<String, String>,
 }
@@ -104,8 +179,17 @@ impl HostState {
                 .unwrap_or(0),
             bridge_nf_call_iptables: sysctl("net/bridge/bridge-nf-call-iptables").map(|v| v == "1"),
             counters: ip_counters(),
-            forwarding_off_sources: forwarding_off_sources(),
+            forwarding_off_sources: sysctl_file_lines(sets_forwarding_off),
             datapath: Datapath::read(),
+            ipv6: Ipv6State {
+                forwarding: sysctl("net/ipv6/conf/all/forwarding").map(|v| v == "1"),
+                interfaces: ipv6_interfaces(),
+                counters: ip6_counters(
+                    &std::fs::read_to_string("/proc/net/snmp6").unwrap_or_default(),
+                ),
+                forwarding_off_sources: sysctl_file_lines(sets_ipv6_forwarding_off),
+                ..Ipv6State::default()
+            },
             ..Self::default()
         };
         state.interfaces = interfaces();
@@ -214,18 +298,25 @@ impl HostState {
         });
         self.firewall_managers = super::firewall::managers(&rules);
         self.dnat = rules.iter().filter_map(dnat_of).collect();
-        self.source_nat = rules
-            .iter()
-            .filter(|r| {
-                r.text.contains("-j MASQUERADE")
-                    || r.text.contains("-j SNAT")
-                    || (r.tool == "nft"
-                        && r.text
-                            .split_whitespace()
-                            .any(|w| w == "masquerade" || w == "snat"))
-            })
-            .map(|r| format!("{}: {}", r.place(), r.text))
-            .collect();
+        let source_nat = |family: IpFamily| -> Vec<String> {
+            rules
+                .iter()
+                .filter(|r| rule_applies_to(r, family))
+                .filter(|r| {
+                    r.text.contains("-j MASQUERADE")
+                        || r.text.contains("-j SNAT")
+                        || (r.tool == "nft"
+                            && r.text
+                                .split_whitespace()
+                                .any(|w| w == "masquerade" || w == "snat"))
+                })
+                .map(|r| format!("{}: {}", r.place(), r.text))
+                .collect()
+        };
+        // Each family's forwarding is its own switch: IPv6 source NAT needs IPv6
+        // forwarding, not IPv4's.
+        self.source_nat = source_nat(IpFamily::V4);
+        self.ipv6.source_nat = source_nat(IpFamily::V6);
         // The same published port can be read twice (legacy and nft; Docker's DOCKER
         // chain is reached from PREROUTING and OUTPUT): one entry per port and target,
         // the one reachable from other hosts first so that it is the one kept.
@@ -262,6 +353,12 @@ impl HostState {
     /// The DNAT rules that publish a port to other hosts.
     pub fn published(&self) -> impl Iterator<Item = &Dnat> {
         self.dnat.iter().filter(|d| d.from_other_hosts)
+    }
+
+    /// The published ports of one family (by the DNAT target's address): each needs
+    /// that family's forwarding.
+    pub fn published_in(&self, family: IpFamily) -> impl Iterator<Item = &Dnat> {
+        self.published().filter(move |d| d.family() == family)
     }
 
     /// Whether `addr` is one of this namespace's own addresses.
@@ -358,6 +455,43 @@ fn parse_masters(text: &str) -> std::collections::HashMap<String, String> {
             Some((name.to_owned(), rest.next()?.to_owned()))
         })
         .collect()
+}
+
+fn ipv6_interfaces() -> Vec<Ipv6Interface> {
+    let Ok(entries) = std::fs::read_dir("/proc/sys/net/ipv6/conf") else {
+        return Vec::new();
+    };
+    let mut out: Vec<Ipv6Interface> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| !matches!(name.as_str(), "all" | "default" | "lo"))
+        .map(|name| Ipv6Interface {
+            forwarding: sysctl(&format!("net/ipv6/conf/{name}/forwarding"))
+                .is_some_and(|v| v == "1"),
+            force_forwarding: sysctl(&format!("net/ipv6/conf/{name}/force_forwarding"))
+                .map(|v| v == "1"),
+            name,
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// `/proc/net/snmp6`: one `Name value` pair per line.
+#[must_use]
+pub fn ip6_counters(text: &str) -> Ip6Counters {
+    let field = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .find(|(key, _)| *key == name)
+            .and_then(|(_, value)| value.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ip6Counters {
+        in_addr_errors: field("Ip6InAddrErrors"),
+        in_no_routes: field("Ip6InNoRoutes"),
+        out_forw_datagrams: field("Ip6OutForwDatagrams"),
+    }
 }
 
 fn ip_counters() -> IpCounters {
@@ -490,9 +624,9 @@ fn split_target(target: &str) -> (String, Option<u16>) {
     }
 }
 
-/// Lines of sysctl configuration files that turn IPv4 forwarding off, in the order
-/// `systemd-sysctl` reads them (a later file wins).
-fn forwarding_off_sources() -> Vec<SysctlSource> {
+/// Lines of sysctl configuration files that `wanted` picks (those that turn forwarding
+/// off), in the order `systemd-sysctl` reads them (a later file wins).
+fn sysctl_file_lines(wanted: fn(&str) -> bool) -> Vec<SysctlSource> {
     let mut files = vec![std::path::PathBuf::from("/etc/sysctl.conf")];
     for dir in [
         "/usr/lib/sysctl.d",
@@ -512,7 +646,7 @@ fn forwarding_off_sources() -> Vec<SysctlSource> {
         .flat_map(|(file, text)| {
             text.lines()
                 .enumerate()
-                .filter(|(_, line)| sets_forwarding_off(line))
+                .filter(|(_, line)| wanted(line))
                 .map(|(i, line)| SysctlSource {
                     file: file.display().to_string(),
                     line: i + 1,
@@ -539,9 +673,104 @@ pub fn sets_forwarding_off(line: &str) -> bool {
             || (key.starts_with("net.ipv4.conf.") && key.ends_with(".forwarding")))
 }
 
+/// `net.ipv6.conf.all.forwarding = 0` and the like: the one IPv6 key that stops
+/// forwarding (per-interface `forwarding` only sets router or host behaviour).
+#[must_use]
+pub fn sets_ipv6_forwarding_off(line: &str) -> bool {
+    let line = line.trim();
+    if line.starts_with('#') || line.starts_with(';') {
+        return false;
+    }
+    let Some((key, value)) = line.split_once('=') else {
+        return false;
+    };
+    let key = key.trim().trim_start_matches('-').replace('/', ".");
+    value.trim() == "0" && key == "net.ipv6.conf.all.forwarding"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysctl_lines_that_turn_ipv6_forwarding_off() {
+        let cases = [
+            ("plain", "net.ipv6.conf.all.forwarding = 0", true),
+            ("slashes", "net/ipv6/conf/all/forwarding=0", true),
+            (
+                "ignore errors prefix",
+                "-net.ipv6.conf.all.forwarding=0",
+                true,
+            ),
+            (
+                "per interface only sets router behaviour",
+                "net.ipv6.conf.eth0.forwarding = 0",
+                false,
+            ),
+            ("on", "net.ipv6.conf.all.forwarding = 1", false),
+            ("comment", "# net.ipv6.conf.all.forwarding = 0", false),
+            ("ipv4", "net.ipv4.ip_forward = 0", false),
+        ];
+        for (name, line, want) in cases {
+            assert_eq!(sets_ipv6_forwarding_off(line), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn ipv6_counters_from_snmp6() {
+        let text = "Ip6InReceives                   \t12\nIp6InNoRoutes \t3\nIp6InAddrErrors\t7\nIp6OutForwDatagrams  5\nIcmp6InMsgs 1\n";
+        assert_eq!(
+            ip6_counters(text),
+            Ip6Counters {
+                in_addr_errors: 7,
+                in_no_routes: 3,
+                out_forw_datagrams: 5,
+            }
+        );
+        assert_eq!(ip6_counters(""), Ip6Counters::default());
+    }
+
+    #[test]
+    fn source_nat_and_published_ports_by_family() {
+        let v4 = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+                  [0:0] -A PREROUTING -p tcp -m tcp --dport 9091 -j DNAT --to-destination 172.31.231.2:80\n\
+                  [0:0] -A POSTROUTING -s 172.31.231.0/24 ! -o br0 -j MASQUERADE\n\
+                  COMMIT\n";
+        let v6 = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+                  [0:0] -A PREROUTING -p tcp -m tcp --dport 9092 -j DNAT --to-destination [fd31:231::2]:80\n\
+                  [0:0] -A PREROUTING -d ::1/128 -p tcp -m tcp --dport 9093 -j DNAT --to-destination [fd31:231::2]:80\n\
+                  [0:0] -A POSTROUTING -s fd31:231::/64 ! -o br0 -j MASQUERADE\n\
+                  COMMIT\n";
+        let nft = "table ip6 nat6 {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\ttcp dport 9094 dnat ip6 to [fd31:231::3]:80\n\t}\n}\ntable inet nat46 {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"up0\" masquerade\n\t}\n}\n";
+        let mut rules = parse_iptables_save("iptables-nft", v4).0;
+        rules.extend(parse_iptables_save("ip6tables-nft", v6).0);
+        rules.extend(parse_nft_ruleset(nft, &[]));
+        let mut host = HostState::default();
+        host.absorb_rules(rules);
+        let ports = |family| {
+            host.published_in(family)
+                .map(|d| (d.dport, d.to_addr.clone(), d.to_port))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ports(IpFamily::V4),
+            vec![(9091, "172.31.231.2".to_owned(), Some(80))]
+        );
+        assert_eq!(
+            ports(IpFamily::V6),
+            vec![
+                (9092, "fd31:231::2".to_owned(), Some(80)),
+                (9094, "fd31:231::3".to_owned(), Some(80)),
+            ],
+            "ip6tables and nft ip6 DNAT; the one bound to ::1 is not published"
+        );
+        assert_eq!(host.source_nat.len(), 2, "{:?}", host.source_nat);
+        assert!(host.source_nat[0].contains("iptables-nft"));
+        assert!(host.source_nat[1].contains("inet nat46"));
+        assert_eq!(host.ipv6.source_nat.len(), 2, "{:?}", host.ipv6.source_nat);
+        assert!(host.ipv6.source_nat[0].contains("ip6tables-nft"));
+        assert!(host.ipv6.source_nat[1].contains("inet nat46"));
+    }
 
     #[test]
     fn bridge_ports_and_their_bridge() {

@@ -155,6 +155,7 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
         None
     };
     let baseline = tracer.as_ref().map(|t| own_drops(&t.collector));
+    let own_samples = tracer.as_ref().map(|t| collect_own_samples(&t.samples));
     let started = std::time::Instant::now();
     // The link is kept until the drops are read: a deleted interface's counts move to
     // `gone`.
@@ -176,13 +177,7 @@ pub async fn run(options: &DiagnoseOptions) -> Report {
     let (drops, samples): (Option<Vec<TracedDrop>>, Vec<DropEvent>) = match (&tracer, baseline) {
         (Some(tracer), Some(baseline)) => {
             let delta = subtract(&own_drops(&tracer.collector), &baseline);
-            let samples = tracer
-                .samples
-                .recent(1000)
-                .iter()
-                .filter(|e| e.netns == OWN_NAMESPACE && e.class != DropClass::Local)
-                .map(|e| (**e).clone())
-                .collect();
+            let samples = own_samples.map(OwnSamples::take).unwrap_or_default();
             (Some(delta), samples)
         }
         _ => (None, Vec::new()),
@@ -230,7 +225,7 @@ async fn run_probes(
         tracer
             .map(|t| {
                 t.samples
-                    .recent(50_000)
+                    .recent(10_000)
                     .iter()
                     .map(|e| (**e).clone())
                     .collect()
@@ -275,6 +270,51 @@ fn as_if_on_the_uplink(
         merged
     });
     (drops, samples)
+}
+
+/// At most this many samples of the diagnosed namespace are kept for the verdict.
+const OWN_SAMPLES_MAX: usize = 1000;
+
+/// The diagnosed namespace's samples, gathered as they are published.
+///
+/// The hub keeps only the newest samples of every namespace: on a busy host (other
+/// containers dropping all the time) those would push this namespace's out of it
+/// before the window ends, and the verdict could no longer name the destination.
+struct OwnSamples {
+    kept: std::sync::Arc<std::sync::Mutex<Vec<DropEvent>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OwnSamples {
+    /// What was gathered; stops gathering.
+    fn take(self) -> Vec<DropEvent> {
+        self.task.abort();
+        std::mem::take(&mut *self.kept.lock().expect("own samples lock"))
+    }
+}
+
+fn collect_own_samples(hub: &crate::samples::SampleHub) -> OwnSamples {
+    let mut feed = hub.subscribe();
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = std::sync::Arc::clone(&kept);
+    let task = tokio::spawn(async move {
+        loop {
+            match feed.recv().await {
+                Ok(event) => {
+                    if event.netns == OWN_NAMESPACE && event.class != DropClass::Local {
+                        let mut kept = into.lock().expect("own samples lock");
+                        if kept.len() < OWN_SAMPLES_MAX {
+                            kept.push((*event).clone());
+                        }
+                    }
+                }
+                // Missed some while busy: the ones that follow still count.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    OwnSamples { kept, task }
 }
 
 /// Drops in `now` that were not yet in `baseline` (both totals since the probe started).

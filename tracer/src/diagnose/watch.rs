@@ -13,12 +13,10 @@ use super::{
     host::HostState,
     own_drops,
 };
-use crate::{drop_class::DropClass, netns::OWN_NAMESPACE, tracer::Tracer};
+use crate::{drop_class::DropClass, netns::OWN_NAMESPACE, samples::DropEvent, tracer::Tracer};
 
-/// Now, formatted as sample times are.
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
-}
+/// At most this many samples of dropgate's own namespace are kept per round.
+const ROUND_SAMPLES_MAX: usize = 1000;
 
 /// The latest findings; cheap to read from scrapes and page renders.
 #[derive(Default)]
@@ -49,27 +47,17 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
             .await
             .unwrap_or_default();
         let mut baseline: Vec<TracedDrop> = own_drops(&collector);
-        let mut since = now_rfc3339();
+        // This round's own samples, gathered as they are published: the hub keeps the
+        // newest samples of every namespace for the API (or none, with
+        // `--trace.recent-samples 0`), and other namespaces' would push ours out.
+        let mut feed = samples.subscribe();
         loop {
-            tokio::time::sleep(round).await;
-            let round_end = now_rfc3339();
+            let recent = round_samples(&mut feed, round).await;
             let Ok(after) = tokio::task::spawn_blocking(HostState::read).await else {
                 continue;
             };
             let now = own_drops(&collector);
             let delta = super::subtract(&now, &baseline);
-            let recent: Vec<_> = samples
-                .recent(1000)
-                .iter()
-                // This round's samples only: an older one would keep deciding where
-                // drops were going long after the traffic changed. The times are
-                // fixed-width RFC 3339 in UTC, so they compare as text. Socket
-                // housekeeping is not evidence of lost traffic.
-                .filter(|e| {
-                    e.netns == OWN_NAMESPACE && e.time >= since && e.class != DropClass::Local
-                })
-                .map(|e| (**e).clone())
-                .collect();
             let evidence = Evidence {
                 before: Some(&before),
                 after: &after,
@@ -84,8 +72,37 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
             *shared.current.write().expect("findings lock") = (found, notes);
             before = after;
             baseline = now;
-            since = round_end;
         }
     });
     (findings, task)
+}
+
+/// The samples of dropgate's own namespace published during the next `round`; socket
+/// housekeeping is left out, it is not evidence of lost traffic.
+async fn round_samples(
+    feed: &mut tokio::sync::broadcast::Receiver<Arc<DropEvent>>,
+    round: Duration,
+) -> Vec<DropEvent> {
+    use tokio::sync::broadcast::error::RecvError;
+    let end = tokio::time::Instant::now() + round;
+    let mut kept = Vec::new();
+    loop {
+        match tokio::time::timeout_at(end, feed.recv()).await {
+            Err(_) => return kept,
+            Ok(Ok(event)) => {
+                if event.netns == OWN_NAMESPACE
+                    && event.class != DropClass::Local
+                    && kept.len() < ROUND_SAMPLES_MAX
+                {
+                    kept.push((*event).clone());
+                }
+            }
+            // Missed some while busy: the ones that follow still count.
+            Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Err(RecvError::Closed)) => {
+                tokio::time::sleep_until(end).await;
+                return kept;
+            }
+        }
+    }
 }
