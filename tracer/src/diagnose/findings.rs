@@ -1680,10 +1680,11 @@ mod tests {
                 vec![],
             ),
             (
+                // Not about forwarding being off: the MTU finding, alone.
                 "IPv6 on, ip6_forward drops for another reason",
                 &healthy,
                 vec![drop("PKT_TOO_BIG", "ip6_forward", "eth0", 2)],
-                vec![],
+                vec![Kind::PacketTooBig],
             ),
             ("no IPv6 at all", &no_ipv6, vec![], vec![]),
             (
