@@ -220,6 +220,21 @@ impl SampleHub {
     }
 }
 
+/// How often the reader looks into the ring without being woken.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Copies every sample in `ring` into `batch`. Raw samples are copied out first, and
+/// named later: naming may block briefly (namespace entry).
+fn take_samples(ring: &mut RingBuf<MapData>, batch: &mut Vec<DropSample>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<DropSample>() {
+            // SAFETY: the kernel wrote a DropSample (same #[repr(C)] definition) at the
+            // start of this record; read_unaligned copes with any alignment.
+            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropSample>()) });
+        }
+    }
+}
+
 /// Reads the ring buffer until the task is dropped, publishing every sample.
 pub async fn read_samples(
     ring: RingBuf<MapData>,
@@ -231,18 +246,17 @@ pub async fn read_samples(
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        // Raw samples are copied out first: naming may block briefly (namespace entry).
+        // Under a flood the kernel wakes this reader only now and then (see
+        // tracer-ebpf's `send_sample`): a poll every 100 ms picks up the rest.
         let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<DropSample>() {
-                // SAFETY: the kernel wrote a DropSample (same #[repr(C)] definition) at
-                // the start of this record; read_unaligned copes with any alignment.
-                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropSample>()) });
+        match tokio::time::timeout(POLL_INTERVAL, fd.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard?;
+                take_samples(guard.get_inner_mut(), &mut batch);
+                guard.clear_ready();
             }
+            Err(_elapsed) => take_samples(fd.get_mut(), &mut batch),
         }
-        guard.clear_ready();
         for (i, sample) in batch.iter().enumerate() {
             hub.publish(namer.event(sample));
             // Let consumers run during a long burst instead of overrunning them.
