@@ -17,7 +17,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::broadcast};
-use tracer_common::DropSample;
+use tracer_common::{direction, DropSample};
 
 use crate::{
     collector::{protocol_name, ReasonNames, View},
@@ -27,6 +27,36 @@ use crate::{
     netns::Names,
 };
 
+/// Which side of the packet's path a sample's interface is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The interface the packet came in on (`skb_iif`, or a received frame's device).
+    Ingress,
+    /// The interface the packet was going out of (the device on the transmit path).
+    Egress,
+}
+
+impl Direction {
+    /// The kernel program's `DropSample::direction`; `None` when no interface is known.
+    #[must_use]
+    pub fn from_sample(raw: u8) -> Option<Self> {
+        match raw {
+            direction::INGRESS => Some(Self::Ingress),
+            direction::EGRESS => Some(Self::Egress),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
 /// A sampled drop with every number turned into a name.
 #[derive(Clone, Debug, Serialize)]
 pub struct DropEvent {
@@ -34,6 +64,9 @@ pub struct DropEvent {
     pub time: String,
     pub netns: String,
     pub interface: String,
+    /// Whether `interface` is where the packet came in or where it was going out;
+    /// `null` when no interface is known.
+    pub direction: Option<Direction>,
     pub protocol: &'static str,
     pub src: Option<IpAddr>,
     pub sport: u16,
@@ -51,7 +84,7 @@ pub struct DropEvent {
 
 impl DropEvent {
     /// One line, like tcpdump or pwru print:
-    /// `time netns iface proto src:port > dst:port reason location class`.
+    /// `time netns iface(direction) proto src:port > dst:port reason location class`.
     #[must_use]
     pub fn line(&self) -> String {
         let endpoint = |addr: Option<IpAddr>, port: u16| match (addr, port) {
@@ -61,11 +94,15 @@ impl DropEvent {
             (Some(a), 0) => a.to_string(),
             (Some(a), p) => format!("{a}:{p}"),
         };
+        let interface = match self.direction {
+            Some(direction) => format!("{}({})", self.interface, direction.name()),
+            None => self.interface.clone(),
+        };
         let mut line = format!(
             "{} {} {} {} {} > {} {} {} {}",
             self.time,
             self.netns,
-            self.interface,
+            interface,
             self.protocol,
             endpoint(self.src, self.sport),
             endpoint(self.dst, self.dport),
@@ -129,6 +166,7 @@ impl Namer {
             time: humantime::format_rfc3339_micros(time).to_string(),
             netns: self.names.namespace(sample.netns),
             interface: self.names.interface(sample.netns, sample.ifindex),
+            direction: Direction::from_sample(sample.direction),
             protocol,
             src,
             sport: sample.sport,
@@ -276,6 +314,7 @@ mod tests {
             time: "2026-11-25T10:00:00.000001Z".into(),
             netns: "host".into(),
             interface: "eth0".into(),
+            direction: Some(Direction::Ingress),
             protocol: "tcp",
             src,
             sport,
@@ -299,7 +338,21 @@ mod tests {
         );
         assert_eq!(
             v4.line(),
-            "2026-11-25T10:00:00.000001Z host eth0 tcp 10.0.0.2:40000 > 172.18.0.2:80 IP_INADDRERRORS ip_error transit"
+            "2026-11-25T10:00:00.000001Z host eth0(ingress) tcp 10.0.0.2:40000 > 172.18.0.2:80 IP_INADDRERRORS ip_error transit"
+        );
+        let mut outgoing = v4.clone();
+        outgoing.direction = Some(Direction::Egress);
+        assert!(
+            outgoing.line().contains(" host eth0(egress) tcp "),
+            "{}",
+            outgoing.line()
+        );
+        let mut unknown = v4.clone();
+        unknown.direction = None;
+        assert!(
+            unknown.line().contains(" host eth0 tcp "),
+            "{}",
+            unknown.line()
         );
         let v6 = event(
             Some("fe80::1".parse().expect("ip")),
