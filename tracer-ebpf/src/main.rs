@@ -6,9 +6,11 @@
 //! typed pointers (tp_btf's own, or the tracepoint's addresses cast with the
 //! `bpf_rdonly_cast` kfunc on kernels >= 6.2), else `bpf_probe_read_kernel`. No struct
 //! offset is compiled in: aya-ebpf emits no CO-RE relocations, so the tracer reads the
-//! running kernel's BTF at start-up and hands the offsets in as read-only globals
-//! (`.rodata`, frozen before load), which also lets the verifier prune the paths a kernel
-//! does not need (e.g. reading a `reason` that 5.10 does not have).
+//! running kernel's BTF at start-up and patches each field's offset into the typed load
+//! instructions (see `tracer_common::field`), and hands the offsets and flags in as
+//! read-only globals (`.rodata`, frozen before load) for the helper reads, which also
+//! lets the verifier prune the paths a kernel does not need (e.g. reading a `reason`
+//! that 5.10 does not have).
 #![no_std]
 #![no_main]
 // `asm!` on the bpf target (the one instruction aya 0.14 cannot emit: a kfunc call).
