@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use dropgate_tests::{
-    dropgate::DropgateRun,
+    dropgate::{DropgateRun, Watch},
     http::sample_sum,
     is_root, may_run,
     netns::{DockerLikeHost, Netns},
@@ -239,5 +239,102 @@ for ident in range(100, 110):
         fragments,
         "and none is counted under any other namespace or interface:\n{}",
         lines.join("\n")
+    );
+}
+
+/// A sample says which side of the packet's path its interface is: a forwarded datagram
+/// dropped on its way out (mangle POSTROUTING, `skb->dev` already the bridge) names the
+/// uplink it came in on as `ingress`; a datagram the host itself sends, dropped at the
+/// same hook, has no incoming interface and names the bridge it was leaving by as
+/// `egress`. Both in `watch --json` and in the plain line.
+#[test]
+fn a_sample_says_whether_its_interface_is_ingress_or_egress() {
+    if !may_run(
+        "sample direction e2e",
+        is_root(),
+        "root (namespaces, iptables, BPF)",
+    ) {
+        return;
+    }
+    let topo = DockerLikeHost::build();
+    topo.set_forwarding(true);
+    topo.host.sh(
+        "iptables -t mangle -A POSTROUTING -o br0 -p udp --dport 7 -j DROP && \
+         iptables -t mangle -A POSTROUTING -o br0 -p udp --dport 8 -j DROP",
+    );
+    topo.ext.sh(&format!(
+        "ip route replace 172.31.231.0/24 via {}",
+        DockerLikeHost::HOST_ADDR
+    ));
+    let watch_args = ["--netns", &topo.host.name, "--reason", "NETFILTER_DROP"];
+    // Both attach while the second one settles.
+    let plain = Watch::start(&watch_args, Duration::ZERO);
+    let json = Watch::start(
+        &[&["--json"][..], &watch_args[..]].concat(),
+        Duration::from_secs(3),
+    );
+    let send = |from: &Netns, port: u16| {
+        from.command(env!("CARGO_BIN_EXE_flood"))
+            .args([
+                &format!("{}:{port}", DockerLikeHost::CTR_ADDR),
+                "--count",
+                "3",
+                "--seconds",
+                "5",
+                "--batch",
+                "1",
+            ])
+            .output()
+            .expect("run flood")
+    };
+    let forwarded = send(&topo.ext, 7);
+    assert!(forwarded.status.success(), "flood from ext: {forwarded:?}");
+    // The host's own sender learns of the drop: netfilter's verdict is its send's EPERM.
+    let own = send(&topo.host, 8);
+    assert!(
+        String::from_utf8_lossy(&own.stderr).contains("Operation not permitted"),
+        "the host's datagrams were dropped on their way out: {own:?}"
+    );
+    let collect = |watch: &Watch| {
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lines.len() < 6 && Instant::now() < deadline {
+            if let Some(line) = watch.next_line(Duration::from_millis(500)) {
+                lines.push(line);
+            }
+        }
+        lines
+    };
+    let json_lines = collect(&json);
+    let with = |port: &str| -> Vec<&String> {
+        json_lines
+            .iter()
+            .filter(|l| l.contains(&format!("\"dport\":{port}")))
+            .collect()
+    };
+    let (forwarded, own) = (with("7"), with("8"));
+    assert!(
+        !forwarded.is_empty() && !own.is_empty(),
+        "samples of both drops: {json_lines:#?}"
+    );
+    for line in forwarded {
+        for want in [
+            format!("\"interface\":\"{}\"", DockerLikeHost::HOST_UPLINK),
+            "\"direction\":\"ingress\"".to_owned(),
+        ] {
+            assert!(line.contains(&want), "forwarded sample {line} lacks {want}");
+        }
+    }
+    for line in own {
+        for want in ["\"interface\":\"br0\"", "\"direction\":\"egress\""] {
+            assert!(line.contains(want), "host's own sample {line} lacks {want}");
+        }
+    }
+    let plain_lines = collect(&plain);
+    let uplink = format!(" {}(ingress) udp ", DockerLikeHost::HOST_UPLINK);
+    assert!(
+        plain_lines.iter().any(|l| l.contains(&uplink))
+            && plain_lines.iter().any(|l| l.contains(" br0(egress) udp ")),
+        "watch lines say ingress and egress: {plain_lines:#?}"
     );
 }

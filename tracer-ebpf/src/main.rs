@@ -6,9 +6,11 @@
 //! typed pointers (tp_btf's own, or the tracepoint's addresses cast with the
 //! `bpf_rdonly_cast` kfunc on kernels >= 6.2), else `bpf_probe_read_kernel`. No struct
 //! offset is compiled in: aya-ebpf emits no CO-RE relocations, so the tracer reads the
-//! running kernel's BTF at start-up and hands the offsets in as read-only globals
-//! (`.rodata`, frozen before load), which also lets the verifier prune the paths a kernel
-//! does not need (e.g. reading a `reason` that 5.10 does not have).
+//! running kernel's BTF at start-up and patches each field's offset into the typed load
+//! instructions (see `tracer_common::field`), and hands the offsets and flags in as
+//! read-only globals (`.rodata`, frozen before load) for the helper reads, which also
+//! lets the verifier prune the paths a kernel does not need (e.g. reading a `reason`
+//! that 5.10 does not have).
 #![no_std]
 #![no_main]
 // `asm!` on the bpf target (the one instruction aya 0.14 cannot emit: a kfunc call).
@@ -25,8 +27,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use tracer_common::{
-    stat, CpuState, DropCounts, DropKey, DropSample, DropSlot, DROP_CACHE_SLOTS, MAX_DROP_KEYS,
-    NO_OFFSET, RDONLY_CAST_PLACEHOLDER, REASON_UNKNOWN, SAMPLE_RING_BYTES,
+    direction, field, stat, CpuState, DropCounts, DropKey, DropSample, DropSlot, DROP_CACHE_SLOTS,
+    FIELD_LOAD_PLACEHOLDER, MAX_DROP_KEYS, NO_OFFSET, RDONLY_CAST_PLACEHOLDER, REASON_UNKNOWN,
+    SAMPLE_RING_BYTES,
 };
 
 /// Read-only globals the loader fills in before loading (`.rodata`), all of one type
@@ -40,7 +43,8 @@ macro_rules! globals {
     };
 }
 
-// Offsets read from the running kernel's BTF (see tracer/src/btf.rs). Each is
+// Offsets read from the running kernel's BTF (see tracer/src/btf.rs), for reads through
+// `bpf_probe_read_kernel` (typed loads get theirs patched in; see `Word`). Each is
 // `NO_OFFSET` when the field does not exist there.
 globals!(
     u32 = NO_OFFSET;
@@ -51,6 +55,8 @@ globals!(
     SKB_PROTOCOL,
     SKB_HEAD,
     SKB_NETWORK_HEADER,
+    SKB_DATA,
+    SKB_MAC_HEADER,
     DEV_IFINDEX,
     DEV_ND_NET,
     SOCK_NET,
@@ -113,6 +119,11 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 
+/// `bpf_ringbuf_submit` flag: do not wake the reader for this record.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// Samples per wake-up of the reader while a window fills (a power of two).
+const WAKE_EVERY: u64 = 64;
+
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 /// `skb->network_header` of an skb whose network header was never set: `__alloc_skb`
@@ -136,6 +147,70 @@ fn global(value: &'static u32) -> u32 {
     unsafe { core::ptr::read_volatile(value) }
 }
 
+/// The offset of [`field`] `F` on the running kernel, from `.rodata` (for reads that
+/// go through `bpf_probe_read_kernel`, which takes an address, not an instruction).
+#[inline(always)]
+fn field_offset<const F: u8>() -> u32 {
+    match F {
+        field::SKB_LEN => global(&SKB_LEN),
+        field::SKB_DEV => global(&SKB_DEV),
+        field::SKB_SK => global(&SKB_SK),
+        field::SKB_SKB_IIF => global(&SKB_SKB_IIF),
+        field::SKB_PROTOCOL => global(&SKB_PROTOCOL),
+        field::SKB_HEAD => global(&SKB_HEAD),
+        field::SKB_NETWORK_HEADER => global(&SKB_NETWORK_HEADER),
+        field::SKB_DATA => global(&SKB_DATA),
+        field::SKB_MAC_HEADER => global(&SKB_MAC_HEADER),
+        field::DEV_IFINDEX => global(&DEV_IFINDEX),
+        field::DEV_ND_NET => global(&DEV_ND_NET),
+        field::SOCK_NET => global(&SOCK_NET),
+        field::NET_NS_INUM => global(&NET_NS_INUM),
+        field::NET_COOKIE => global(&NET_COOKIE),
+        _ => NO_OFFSET,
+    }
+}
+
+/// A scalar field of a kernel structure (integers and pointers, read as addresses).
+trait Word: Copy + Default {
+    /// Field `F` of the BTF-typed pointer `base`, in one load instruction whose offset
+    /// the loader patches (see [`tracer_common::field`]).
+    fn load<const F: u8>(base: u64) -> Self;
+}
+
+macro_rules! typed_loads {
+    ($($ty:ty => $size:literal),* $(,)?) => {$(
+        impl Word for $ty {
+            #[inline(always)]
+            fn load<const F: u8>(base: u64) -> Self {
+                let value: u64;
+                // SAFETY: `base` is a BTF-typed kernel pointer and the offset, once the
+                // loader has patched it, that of field `F` of its type in the running
+                // kernel's BTF (or the instruction became `value = 0` where the field
+                // does not exist). The verifier checks the access against the type and
+                // emits a fault-safe load (BPF_PROBE_MEM): a null or invalid pointer
+                // reads as zero instead of faulting.
+                unsafe {
+                    core::arch::asm!(
+                        concat!("{value} = *(", $size, " *)({base} + {off})"),
+                        value = lateout(reg) value,
+                        base = in(reg) base,
+                        off = const FIELD_LOAD_PLACEHOLDER + F as i16,
+                        options(nostack, readonly, pure, preserves_flags),
+                    );
+                }
+                // The load zero-extends into the register: the cast only drops zeroes.
+                // Saying so spares the shifts that would clear the upper half again
+                // wherever the value is widened.
+                // SAFETY: a load of a `$ty` leaves the upper bits of its register zero.
+                unsafe { core::hint::assert_unchecked(value <= <$ty>::MAX as u64) };
+                value as $ty
+            }
+        }
+    )*};
+}
+
+typed_loads!(u8 => "u8", u16 => "u16", u32 => "u32", u64 => "u64");
+
 /// How a program reads kernel structures (`sk_buff`, `net_device`, `net`, `sock`).
 ///
 /// tp_btf hands in BTF-typed pointers that the verifier lets us load through directly
@@ -145,50 +220,46 @@ fn global(value: &'static u32) -> u32 {
 /// `bpf_probe_read_kernel` call per field. A direct load costs a nanosecond or two, a
 /// helper call tens: on this path, that is most of a drop's cost.
 trait KernelMemory {
-    /// The field of type `T` at `offset` in the structure at `base`; `None` when `base`
-    /// is null or the field does not exist on this kernel.
-    fn read<T>(base: u64, offset: u32) -> Option<T>;
+    /// Field `F` (see [`field`]) of the structure at `base`; zero when `base` is null or
+    /// unreadable, or the field does not exist on this kernel.
+    fn field<T: Word, const F: u8>(base: u64) -> T;
 }
 
 /// Direct loads through BTF-typed pointers (tp_btf's, or cast with [`rdonly_cast`]).
 /// Only for pointers the verifier knows the type of: those and pointer fields loaded
 /// through them. Packet bytes (behind `skb->head`, an untyped `unsigned char *`) need a
-/// cast first.
+/// cast first. No null check: a load through a null pointer reads zero.
 struct Typed;
 
 impl KernelMemory for Typed {
     #[inline(always)]
-    fn read<T>(base: u64, offset: u32) -> Option<T> {
-        if base == 0 || offset == NO_OFFSET {
-            return None;
-        }
-        // SAFETY: `base` is a BTF-typed kernel pointer and `offset` (a constant from
-        // .rodata, known to the verifier) a field offset of its type from the same BTF.
-        // The verifier checks the access against that type and emits a fault-safe load
-        // (BPF_PROBE_MEM): an invalid pointer reads as zero instead of faulting.
-        Some(unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) })
+    fn field<T: Word, const F: u8>(base: u64) -> T {
+        T::load::<F>(base)
     }
 }
 
-/// `bpf_probe_read_kernel` for every read (classic tracepoint, packet bytes).
+/// `bpf_probe_read_kernel` for every read (classic tracepoint without the kfunc).
 struct Probed;
 
 impl KernelMemory for Probed {
     #[inline(always)]
-    fn read<T>(base: u64, offset: u32) -> Option<T> {
-        if base == 0 || offset == NO_OFFSET {
-            return None;
-        }
-        // SAFETY: bpf_probe_read_kernel copies from any kernel address and returns an
-        // error instead of faulting; a bad pointer yields None.
-        unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
+    fn field<T: Word, const F: u8>(base: u64) -> T {
+        read(base, field_offset::<F>()).unwrap_or_default()
     }
 }
 
-/// Packet bytes for a sample (rate-limited, so a helper call per field costs little).
+/// `T` at `base + offset` with `bpf_probe_read_kernel`: packet bytes for a sample
+/// (rate-limited, so a helper call per field costs little) and every read where the
+/// kernel has no `bpf_rdonly_cast`; `None` for a null `base`, a missing field or an
+/// unreadable address.
 #[inline(always)]
 fn read<T>(base: u64, offset: u32) -> Option<T> {
-    Probed::read(base, offset)
+    if base == 0 || offset == NO_OFFSET {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copies from any kernel address and returns an
+    // error instead of faulting; a bad pointer yields None.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -269,13 +340,13 @@ fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     // inside the program's run is skipped and counted as the program's miss).
     let cpu = unsafe { &mut *cpu };
     cpu.stats[stat::EVENTS as usize] += 1;
-    let len: u32 = M::read(skb, global(&SKB_LEN)).unwrap_or(0);
-    let dev: u64 = M::read(skb, global(&SKB_DEV)).unwrap_or(0);
-    let sk = match M::read::<u64>(skb, global(&SKB_SK)).unwrap_or(0) {
+    let len: u32 = M::field::<u32, { field::SKB_LEN }>(skb);
+    let dev: u64 = M::field::<u64, { field::SKB_DEV }>(skb);
+    let sk = match M::field::<u64, { field::SKB_SK }>(skb) {
         0 => rx_sk,
         sk => sk,
     };
-    let iif = M::read::<i32>(skb, global(&SKB_SKB_IIF)).unwrap_or(0) as u32;
+    let iif: u32 = M::field::<u32, { field::SKB_SKB_IIF }>(skb);
     // `skb->dev` shares its word with `rbnode` (TCP out-of-order queue, fragment
     // queues, some qdiscs) and `dev_scratch` (UDP receive queues): once a packet is held
     // by a socket or sits in such a tree, the word is not a device. A received packet
@@ -284,35 +355,29 @@ fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     // be checked for an address; reading through it is fault-safe, and what it yields
     // is checked below.)
     let from_dev = dev != 0 && (sk == 0 || iif == 0);
-    let (mut net, mut ifindex) = if from_dev {
-        // The label is the interface the packet came in on: on the transmit path `dev`
-        // is the outgoing device, while `skb_iif` still names the incoming one (zero for
-        // packets made here, and before the stack has seen them: then `dev` is the best
-        // there is). `skb_iif` never leaks across namespaces: crossing one scrubs it.
-        let ifindex = if iif != 0 {
-            iif
-        } else {
-            M::read(dev, global(&DEV_IFINDEX)).unwrap_or(0)
-        };
-        (
-            M::read::<u64>(dev, global(&DEV_ND_NET)).unwrap_or(0),
-            ifindex,
-        )
+    // The label is the interface the packet came in on: on the transmit path `dev` is
+    // the outgoing device, while `skb_iif` still names the incoming one (zero for
+    // packets made here, and before the stack has seen them: then `dev` is the best
+    // there is, and a sample says which side it is). `skb_iif` never leaks across
+    // namespaces: crossing one scrubs it.
+    let mut ifindex = iif;
+    let net = if from_dev {
+        if iif == 0 {
+            ifindex = M::field::<u32, { field::DEV_IFINDEX }>(dev);
+        }
+        M::field::<u64, { field::DEV_ND_NET }>(dev)
     } else {
-        (M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0), iif)
+        socket_net::<M>(sk)
     };
-    let mut netns: u32 = M::read(net, global(&NET_NS_INUM)).unwrap_or(0);
+    let (mut netns, mut netns_cookie) = namespace::<M>(net);
     if from_dev && netns < NS_INUM_MIN {
         // Another structure read as a device (a tree node pointing at another skb, a
         // UDP packet's sizes that are no address and read as zero): its "namespace" is
         // no namespace. Fall back to the socket and the interface the skb came in on.
-        net = M::read::<u64>(sk, global(&SOCK_NET)).unwrap_or(0);
-        netns = M::read(net, global(&NET_NS_INUM)).unwrap_or(0);
+        (netns, netns_cookie) = namespace::<M>(socket_net::<M>(sk));
         ifindex = iif;
     }
-    // Two loads from the same structure: no map lookup, a few nanoseconds at most.
-    let netns_cookie: u64 = M::read(net, global(&NET_COOKIE)).unwrap_or(0);
-    let ethertype = u16::from_be(M::read::<u16>(skb, global(&SKB_PROTOCOL)).unwrap_or(0));
+    let ethertype = u16::from_be(M::field::<u16, { field::SKB_PROTOCOL }>(skb));
     let network = network_header::<M>(skb);
     let l4_proto = l4_protocol(network, ethertype);
     let key = DropKey {
@@ -327,7 +392,62 @@ fn record<M: KernelMemory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     };
     count(cpu, &key, len);
     if sample_allowed(cpu) {
-        send_sample(cpu, network, &key, len);
+        // Which side `ifindex` is on: only samples say it, so it is worked out here,
+        // at the sampling rate, not per drop.
+        let side = if ifindex == 0 {
+            direction::UNKNOWN
+        } else if ifindex == iif {
+            direction::INGRESS
+        } else {
+            device_side::<M>(skb)
+        };
+        send_sample(cpu, network, &key, len, side);
+    }
+}
+
+/// Inode and cookie of network namespace `net`; zeros for none.
+#[inline(always)]
+fn namespace<M: KernelMemory>(net: u64) -> (u32, u64) {
+    // Where `net` is a constant zero (no socket) the verifier sees no pointer to load
+    // through.
+    if net == 0 {
+        return (0, 0);
+    }
+    (
+        M::field::<u32, { field::NET_NS_INUM }>(net),
+        // Two loads from the same structure: no map lookup, a few nanoseconds at most.
+        M::field::<u64, { field::NET_COOKIE }>(net),
+    )
+}
+
+/// The namespace of socket `sk`; zero for none.
+#[inline(always)]
+fn socket_net<M: KernelMemory>(sk: u64) -> u64 {
+    // `rx_sk` is an argument the verifier may only let us load through once it is
+    // known not to be null.
+    if sk == 0 {
+        return 0;
+    }
+    M::field::<u64, { field::SOCK_NET }>(sk)
+}
+
+/// Whether `skb->dev` is the device the packet came in on or the one it goes out of,
+/// for a packet without `skb_iif` (before the receive path records it, or made here).
+///
+/// A received frame has had its link header parsed and pulled (`eth_type_trans` in
+/// the driver, veth or loopback): the mac header is set and `data` is past it. On the
+/// transmit path the mac header is unset until the link header is built, then `data`
+/// points at it. Devices without a link header (tun, tunnels) look like the transmit
+/// side either way: for those a receive-side drop before the stack says egress.
+#[inline(always)]
+fn device_side<M: KernelMemory>(skb: u64) -> u8 {
+    let head: u64 = M::field::<u64, { field::SKB_HEAD }>(skb);
+    let data: u64 = M::field::<u64, { field::SKB_DATA }>(skb);
+    let mac: u16 = M::field::<u16, { field::SKB_MAC_HEADER }>(skb);
+    if mac != HEADER_UNSET_ALL_ONES && head != 0 && head + u64::from(mac) < data {
+        direction::INGRESS
+    } else {
+        direction::EGRESS
     }
 }
 
@@ -336,18 +456,29 @@ fn count(cpu: &mut CpuState, key: &DropKey, len: u32) {
     // SAFETY: a read of our own static (see `global`).
     let cache_on = unsafe { core::ptr::read_volatile(&DROP_CACHE_ON) } != 0;
     if cache_on {
+        // A flood repeats one key: the slot of the previous drop is tried before the
+        // key is hashed.
+        if let Some(slot) = DROP_CACHE.get_ptr_mut(cpu.last_slot as u32) {
+            // SAFETY: this CPU's slot of a per-CPU array of ours (see `record`).
+            let slot = unsafe { &mut *slot };
+            if slot.counts.packets != 0 && slot.key.same_as(key) {
+                slot.counts.packets += 1;
+                slot.counts.bytes += u64::from(len);
+                return;
+            }
+        }
         let index = key.cache_hash() & global(&DROP_CACHE_MASK);
         if let Some(slot) = DROP_CACHE.get_ptr_mut(index) {
             // SAFETY: this CPU's slot of a per-CPU array of ours (see `record`).
-            unsafe {
-                if (*slot).counts.packets == 0 {
-                    (*slot).key = *key;
-                }
-                if (*slot).key == *key {
-                    (*slot).counts.packets += 1;
-                    (*slot).counts.bytes += u64::from(len);
-                    return;
-                }
+            let slot = unsafe { &mut *slot };
+            if slot.counts.packets == 0 {
+                slot.key = *key;
+            }
+            if slot.key.same_as(key) {
+                slot.counts.packets += 1;
+                slot.counts.bytes += u64::from(len);
+                cpu.last_slot = u64::from(index);
+                return;
             }
         }
     }
@@ -402,7 +533,7 @@ fn sample_allowed(cpu: &mut CpuState) -> bool {
 }
 
 #[inline(always)]
-fn send_sample(cpu: &mut CpuState, network: Option<u64>, key: &DropKey, len: u32) {
+fn send_sample(cpu: &mut CpuState, network: Option<u64>, key: &DropKey, len: u32, side: u8) {
     let Some(mut entry) = SAMPLES.reserve::<DropSample>(0) else {
         cpu.stats[stat::SAMPLES_LOST as usize] += 1;
         return;
@@ -417,66 +548,106 @@ fn send_sample(cpu: &mut CpuState, network: Option<u64>, key: &DropKey, len: u32
         len,
         ethertype: key.ethertype,
         l4_proto: key.l4_proto,
+        direction: side,
         ..DropSample::default()
     };
     read_flow(network, &mut sample);
     entry.write(sample);
-    entry.submit(0);
+    // Waking the reader is an interrupt (an expensive one in a VM), which a flood would
+    // pay for every sample. The first sample of a window and every 64th after it wake
+    // it; the rest wait for the next wake-up or for the reader's own poll (100 ms).
+    let wake = cpu.window_taken & (WAKE_EVERY - 1) == 1;
+    entry.submit(if wake { 0 } else { BPF_RB_NO_WAKEUP });
     cpu.stats[stat::SAMPLES_SENT as usize] += 1;
 }
 
 /// Addresses and ports from the packet's headers (IPv4, and IPv6 behind its extension
 /// headers); leaves them zero where a header is missing.
+///
+/// One `bpf_probe_read_kernel` copies the IP header together with the four bytes of
+/// ports behind it (a second one only for an IPv4 header with options): a helper call
+/// costs tens of nanoseconds, and under a flood every sample is paid for by the drops.
 #[inline(always)]
 fn read_flow(network: Option<u64>, sample: &mut DropSample) {
     let Some(ip) = network else {
         return;
     };
-    let l4_offset = match sample.ethertype {
+    // TCP, UDP, UDP-Lite and SCTP all start with source and destination ports.
+    let has_ports = matches!(sample.l4_proto, 6 | 17 | 132 | 136);
+    let ports = match sample.ethertype {
         ETH_P_IP => {
-            if let Some(addr) = read::<[u8; 4]>(ip, 12) {
-                sample.saddr[..4].copy_from_slice(&addr);
+            let Some(head) = read::<Ipv4Head>(ip, 0) else {
+                return;
+            };
+            sample.saddr[..4].copy_from_slice(&head.saddr);
+            sample.daddr[..4].copy_from_slice(&head.daddr);
+            match u64::from(head.version_ihl & 0x0f) * 4 {
+                20 => Some(head.ports),
+                l4_offset if l4_offset > 20 && has_ports => read(ip + l4_offset, 0),
+                _ => None,
             }
-            if let Some(addr) = read::<[u8; 4]>(ip, 16) {
-                sample.daddr[..4].copy_from_slice(&addr);
-            }
-            u64::from(read::<u8>(ip, 0).unwrap_or(0) & 0x0f) * 4
         }
         ETH_P_IPV6 => {
-            sample.saddr = read(ip, 8).unwrap_or([0; 16]);
-            sample.daddr = read(ip, 24).unwrap_or([0; 16]);
-            match read::<u8>(ip, 6) {
-                Some(next) if is_ipv6_extension(next) => match ipv6_upper_layer(ip, next).1 {
-                    Some(offset) => offset,
+            let Some(head) = read::<Ipv6Head>(ip, 0) else {
+                return;
+            };
+            sample.saddr = head.saddr;
+            sample.daddr = head.daddr;
+            // The ports read with the header are only right without extension headers;
+            // behind them, one more read at the upper layer's offset.
+            let next = head.fields[6];
+            if is_ipv6_extension(next) {
+                match ipv6_upper_layer(ip, next).1 {
+                    Some(offset) if has_ports => read(ip + offset, 0),
+                    Some(_) => None,
                     None => return,
-                },
-                _ => 40,
+                }
+            } else {
+                Some(head.ports)
             }
         }
         _ => return,
     };
-    // TCP, UDP, UDP-Lite and SCTP all start with source and destination ports.
-    if matches!(sample.l4_proto, 6 | 17 | 132 | 136) && l4_offset >= 20 {
-        if let Some(ports) = read::<[u8; 4]>(ip + l4_offset, 0) {
-            sample.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            sample.dport = u16::from_be_bytes([ports[2], ports[3]]);
-        }
+    if let (true, Some(ports)) = (has_ports, ports) {
+        sample.sport = u16::from_be_bytes([ports[0], ports[1]]);
+        sample.dport = u16::from_be_bytes([ports[2], ports[3]]);
     }
+}
+
+/// An IPv4 header without options and the first four bytes behind it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Ipv4Head {
+    version_ihl: u8,
+    fields: [u8; 11],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    ports: [u8; 4],
+}
+
+/// An IPv6 header and the first four bytes behind it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Ipv6Head {
+    fields: [u8; 8],
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    ports: [u8; 4],
 }
 
 /// Kernel address of the packet's network header (`skb->head + skb->network_header`),
 /// read once per drop for both the protocol and a sample's flow.
 #[inline(always)]
 fn network_header<M: KernelMemory>(skb: u64) -> Option<u64> {
-    let head: u64 = M::read(skb, global(&SKB_HEAD)).unwrap_or(0);
-    let nh: u16 = M::read(skb, global(&SKB_NETWORK_HEADER)).unwrap_or(HEADER_UNSET);
+    let head: u64 = M::field::<u64, { field::SKB_HEAD }>(skb);
+    let nh: u16 = M::field::<u16, { field::SKB_NETWORK_HEADER }>(skb);
     (head != 0 && nh != HEADER_UNSET && nh != HEADER_UNSET_ALL_ONES).then(|| head + u64::from(nh))
 }
 
 #[inline(always)]
 fn l4_protocol(network: Option<u64>, ethertype: u16) -> u8 {
     let (field, header) = match ethertype {
-        ETH_P_IP => (9, &BTF_ID_IPHDR),     // iphdr.protocol
+        ETH_P_IP => (9_u32, &BTF_ID_IPHDR), // iphdr.protocol
         ETH_P_IPV6 => (6, &BTF_ID_IPV6HDR), // ipv6hdr.nexthdr
         _ => return 0,
     };
@@ -487,7 +658,11 @@ fn l4_protocol(network: Option<u64>, ethertype: u16) -> u8 {
     // the byte is a direct load; without the kfunc it is a helper call, about a third
     // of the whole program's cost.
     let proto = if cast_available() {
-        Typed::read(rdonly_cast(ip, global(header)), field).unwrap_or(0)
+        let ip = rdonly_cast(ip, global(header));
+        // SAFETY: `ip` is typed (iphdr or ipv6hdr) by the cast and `field` a byte inside
+        // that header; the verifier checks the access against the type, and the load is
+        // fault-safe (BPF_PROBE_MEM).
+        unsafe { core::ptr::read_volatile((ip + u64::from(field)) as *const u8) }
     } else {
         read(ip, field).unwrap_or(0)
     };

@@ -62,6 +62,7 @@ mod tests {
             time: "2026-11-25T10:00:00.000001Z".into(),
             netns: "host".into(),
             interface: "eth0".into(),
+            direction: Some(crate::samples::Direction::Ingress),
             protocol: "tcp",
             src: Some("10.0.0.2".parse().expect("ip")),
             sport: port,

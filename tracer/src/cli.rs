@@ -555,6 +555,7 @@ mod tests {
             time: String::new(),
             netns: "host".into(),
             interface: "vh-ext".into(),
+            direction: Some(crate::samples::Direction::Ingress),
             protocol: "tcp",
             src: Some("10.0.0.2".parse().expect("ip")),
             sport: 40000,

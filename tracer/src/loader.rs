@@ -12,7 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    DROP_CACHE_SLOTS, MAX_DROP_CACHE_SLOTS, MAX_DROP_KEYS, NO_OFFSET, RDONLY_CAST_PLACEHOLDER,
+    field, DROP_CACHE_SLOTS, FIELD_LOAD_PLACEHOLDER, MAX_DROP_CACHE_SLOTS, MAX_DROP_KEYS,
+    NO_OFFSET, RDONLY_CAST_PLACEHOLDER,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -124,6 +125,8 @@ pub struct SkbOffsets {
     pub skb_protocol: u32,
     pub skb_head: u32,
     pub skb_network_header: u32,
+    pub skb_data: u32,
+    pub skb_mac_header: u32,
     pub dev_ifindex: u32,
     pub dev_nd_net: u32,
     pub sock_net: u32,
@@ -144,6 +147,8 @@ impl SkbOffsets {
             skb_protocol: btf.member_offset("sk_buff", "protocol")?,
             skb_head: btf.member_offset("sk_buff", "head")?,
             skb_network_header: btf.member_offset("sk_buff", "network_header")?,
+            skb_data: btf.member_offset("sk_buff", "data")?,
+            skb_mac_header: btf.member_offset("sk_buff", "mac_header")?,
             dev_ifindex: btf.member_offset("net_device", "ifindex")?,
             dev_nd_net: btf.member_offset("net_device", "nd_net")?,
             sock_net: btf.member_offset("sock", "__sk_common.skc_net")?,
@@ -152,7 +157,7 @@ impl SkbOffsets {
         })
     }
 
-    fn globals(&self) -> [(&'static str, u32); 12] {
+    fn globals(&self) -> [(&'static str, u32); 14] {
         [
             ("SKB_LEN", self.skb_len),
             ("SKB_DEV", self.skb_dev),
@@ -161,12 +166,40 @@ impl SkbOffsets {
             ("SKB_PROTOCOL", self.skb_protocol),
             ("SKB_HEAD", self.skb_head),
             ("SKB_NETWORK_HEADER", self.skb_network_header),
+            ("SKB_DATA", self.skb_data),
+            ("SKB_MAC_HEADER", self.skb_mac_header),
             ("DEV_IFINDEX", self.dev_ifindex),
             ("DEV_ND_NET", self.dev_nd_net),
             ("SOCK_NET", self.sock_net),
             ("NET_NS_INUM", self.net_ns_inum),
             ("NET_COOKIE", self.net_cookie),
         ]
+    }
+}
+
+impl SkbOffsets {
+    /// The offset of each [`field`], indexed by its number, for the typed loads.
+    fn by_field(&self) -> [u32; field::COUNT as usize] {
+        let mut offsets = [NO_OFFSET; field::COUNT as usize];
+        for (id, offset) in [
+            (field::SKB_LEN, self.skb_len),
+            (field::SKB_DEV, self.skb_dev),
+            (field::SKB_SK, self.skb_sk),
+            (field::SKB_SKB_IIF, self.skb_skb_iif),
+            (field::SKB_PROTOCOL, self.skb_protocol),
+            (field::SKB_HEAD, self.skb_head),
+            (field::SKB_NETWORK_HEADER, self.skb_network_header),
+            (field::SKB_DATA, self.skb_data),
+            (field::SKB_MAC_HEADER, self.skb_mac_header),
+            (field::DEV_IFINDEX, self.dev_ifindex),
+            (field::DEV_ND_NET, self.dev_nd_net),
+            (field::SOCK_NET, self.sock_net),
+            (field::NET_NS_INUM, self.net_ns_inum),
+            (field::NET_COOKIE, self.net_cookie),
+        ] {
+            offsets[usize::from(id)] = offset;
+        }
+        offsets
     }
 }
 
@@ -377,6 +410,40 @@ fn rewrite_rdonly_cast(object: &[u8], kfunc: Option<u32>) -> (Vec<u8>, usize) {
     (bytes, rewritten)
 }
 
+/// `object` with the offset of every typed load of a [`field`] patched in (see
+/// `tracer_common::field`): each load instruction whose offset is
+/// `FIELD_LOAD_PLACEHOLDER + n` gets field `n`'s offset, or becomes `dst = 0` where the
+/// field does not exist on this kernel (or lies beyond what an instruction can encode).
+/// Returns the object and the number of instructions patched.
+fn patch_field_loads(object: &[u8], offsets: &[u32; field::COUNT as usize]) -> (Vec<u8>, usize) {
+    // BPF_LDX | BPF_MEM with each size: W, H, B, DW.
+    const LOADS: [u8; 4] = [0x61, 0x69, 0x71, 0x79];
+    const BPF_MOV64_IMM: u8 = 0xb7;
+    let mut bytes = object.to_vec();
+    let mut patched = 0;
+    // Instructions are 8-byte aligned in the ELF file, as is the embedded object.
+    for insn in bytes.chunks_exact_mut(8) {
+        let off = i16::from_le_bytes([insn[2], insn[3]]);
+        let Some(id) = off.checked_sub(FIELD_LOAD_PLACEHOLDER) else {
+            continue;
+        };
+        let Some(offset) = usize::try_from(id).ok().and_then(|id| offsets.get(id)) else {
+            continue;
+        };
+        if !LOADS.contains(&insn[0]) || insn[4..] != [0; 4] {
+            continue;
+        }
+        if let Ok(offset) = i16::try_from(*offset) {
+            insn[2..4].copy_from_slice(&offset.to_le_bytes());
+        } else {
+            let dst = insn[1] & 0x0f;
+            insn.copy_from_slice(&[BPF_MOV64_IMM, dst, 0, 0, 0, 0, 0, 0]);
+        }
+        patched += 1;
+    }
+    (bytes, patched)
+}
+
 /// Loads the object once (with or without the kfunc) and attaches a hook.
 fn load_object(
     options: &LoadOptions,
@@ -392,6 +459,8 @@ fn load_object(
         "{rewritten} bpf_rdonly_cast placeholders rewritten ({})",
         if cast.is_some() { "kfunc" } else { "r0 = 0" }
     );
+    let (object, patched) = patch_field_loads(&object, &offsets.by_field());
+    tracing::debug!("{patched} typed field loads given this kernel's offsets");
     let globals = offsets.globals();
     let has_cast = u8::from(cast.is_some());
     let reads = if cast.is_some() {
@@ -557,6 +626,41 @@ mod tests {
             assert!(
                 rewrite_rdonly_cast(OBJECT, None).1 >= 2,
                 "the built programs cast at least the skb and the IP header"
+            );
+        }
+    }
+
+    #[test]
+    fn typed_loads_get_the_offsets_of_their_fields() {
+        let load = |opcode: u8, regs: u8, off: i16| {
+            let mut insn = vec![opcode, regs, 0, 0, 0, 0, 0, 0];
+            insn[2..4].copy_from_slice(&off.to_le_bytes());
+            insn
+        };
+        let placeholder = |id: u8| FIELD_LOAD_PLACEHOLDER + i16::from(id);
+        let mut offsets = [NO_OFFSET; field::COUNT as usize];
+        offsets[usize::from(field::SKB_LEN)] = 112;
+        offsets[usize::from(field::NET_COOKIE)] = 40_000; // beyond an instruction's reach
+        let mut object = load(0x61, 0x72, placeholder(field::SKB_LEN)); // r2 = *(u32 *)(r7 + ..)
+        object.extend(load(0x79, 0x13, placeholder(field::NET_COOKIE)));
+        object.extend(load(0x69, 0x21, placeholder(field::SKB_DEV))); // missing on this "kernel"
+        object.extend(load(0x61, 0x72, 8)); // an ordinary load
+        object.extend(load(0x07, 0x01, placeholder(field::SKB_LEN))); // not a load
+        object.extend_from_slice(&[0; 4]);
+        object.extend(load(0x61, 0x72, placeholder(field::SKB_LEN))); // straddles: data
+
+        let (patched, n) = patch_field_loads(&object, &offsets);
+        assert_eq!(n, 3);
+        assert_eq!(patched[..8], [0x61, 0x72, 112, 0, 0, 0, 0, 0]);
+        assert_eq!(patched[8..16], [0xb7, 0x03, 0, 0, 0, 0, 0, 0], "r3 = 0");
+        assert_eq!(patched[16..24], [0xb7, 0x01, 0, 0, 0, 0, 0, 0], "r1 = 0");
+        assert_eq!(patched[24..], object[24..], "nothing else changes");
+
+        if !OBJECT.is_empty() {
+            let (_, n) = patch_field_loads(OBJECT, &[0; field::COUNT as usize]);
+            assert!(
+                n >= usize::from(field::COUNT),
+                "every field is loaded at least once in the built programs: {n} loads"
             );
         }
     }

@@ -17,7 +17,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::broadcast};
-use tracer_common::DropSample;
+use tracer_common::{direction, DropSample};
 
 use crate::{
     collector::{protocol_name, ReasonNames, View},
@@ -27,6 +27,36 @@ use crate::{
     netns::Names,
 };
 
+/// Which side of the packet's path a sample's interface is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The interface the packet came in on (`skb_iif`, or a received frame's device).
+    Ingress,
+    /// The interface the packet was going out of (the device on the transmit path).
+    Egress,
+}
+
+impl Direction {
+    /// The kernel program's `DropSample::direction`; `None` when no interface is known.
+    #[must_use]
+    pub fn from_sample(raw: u8) -> Option<Self> {
+        match raw {
+            direction::INGRESS => Some(Self::Ingress),
+            direction::EGRESS => Some(Self::Egress),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
 /// A sampled drop with every number turned into a name.
 #[derive(Clone, Debug, Serialize)]
 pub struct DropEvent {
@@ -34,6 +64,9 @@ pub struct DropEvent {
     pub time: String,
     pub netns: String,
     pub interface: String,
+    /// Whether `interface` is where the packet came in or where it was going out;
+    /// `null` when no interface is known.
+    pub direction: Option<Direction>,
     pub protocol: &'static str,
     pub src: Option<IpAddr>,
     pub sport: u16,
@@ -51,7 +84,7 @@ pub struct DropEvent {
 
 impl DropEvent {
     /// One line, like tcpdump or pwru print:
-    /// `time netns iface proto src:port > dst:port reason location class`.
+    /// `time netns iface(direction) proto src:port > dst:port reason location class`.
     #[must_use]
     pub fn line(&self) -> String {
         let endpoint = |addr: Option<IpAddr>, port: u16| match (addr, port) {
@@ -61,11 +94,15 @@ impl DropEvent {
             (Some(a), 0) => a.to_string(),
             (Some(a), p) => format!("{a}:{p}"),
         };
+        let interface = match self.direction {
+            Some(direction) => format!("{}({})", self.interface, direction.name()),
+            None => self.interface.clone(),
+        };
         let mut line = format!(
             "{} {} {} {} {} > {} {} {} {}",
             self.time,
             self.netns,
-            self.interface,
+            interface,
             self.protocol,
             endpoint(self.src, self.sport),
             endpoint(self.dst, self.dport),
@@ -129,6 +166,7 @@ impl Namer {
             time: humantime::format_rfc3339_micros(time).to_string(),
             netns: self.names.namespace(sample.netns),
             interface: self.names.interface(sample.netns, sample.ifindex),
+            direction: Direction::from_sample(sample.direction),
             protocol,
             src,
             sport: sample.sport,
@@ -220,6 +258,21 @@ impl SampleHub {
     }
 }
 
+/// How often the reader looks into the ring without being woken.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Copies every sample in `ring` into `batch`. Raw samples are copied out first, and
+/// named later: naming may block briefly (namespace entry).
+fn take_samples(ring: &mut RingBuf<MapData>, batch: &mut Vec<DropSample>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<DropSample>() {
+            // SAFETY: the kernel wrote a DropSample (same #[repr(C)] definition) at the
+            // start of this record; read_unaligned copes with any alignment.
+            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropSample>()) });
+        }
+    }
+}
+
 /// Reads the ring buffer until the task is dropped, publishing every sample.
 pub async fn read_samples(
     ring: RingBuf<MapData>,
@@ -231,18 +284,17 @@ pub async fn read_samples(
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        // Raw samples are copied out first: naming may block briefly (namespace entry).
+        // Under a flood the kernel wakes this reader only now and then (see
+        // tracer-ebpf's `send_sample`): a poll every 100 ms picks up the rest.
         let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<DropSample>() {
-                // SAFETY: the kernel wrote a DropSample (same #[repr(C)] definition) at
-                // the start of this record; read_unaligned copes with any alignment.
-                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropSample>()) });
+        match tokio::time::timeout(POLL_INTERVAL, fd.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard?;
+                take_samples(guard.get_inner_mut(), &mut batch);
+                guard.clear_ready();
             }
+            Err(_elapsed) => take_samples(fd.get_mut(), &mut batch),
         }
-        guard.clear_ready();
         for (i, sample) in batch.iter().enumerate() {
             let event = namer.event(sample);
             // Only the namespaces asked for (`--trace.netns`, diagnose's own): others'
@@ -267,6 +319,7 @@ mod tests {
             time: "2026-11-25T10:00:00.000001Z".into(),
             netns: "host".into(),
             interface: "eth0".into(),
+            direction: Some(Direction::Ingress),
             protocol: "tcp",
             src,
             sport,
@@ -290,7 +343,21 @@ mod tests {
         );
         assert_eq!(
             v4.line(),
-            "2026-11-25T10:00:00.000001Z host eth0 tcp 10.0.0.2:40000 > 172.18.0.2:80 IP_INADDRERRORS ip_error transit"
+            "2026-11-25T10:00:00.000001Z host eth0(ingress) tcp 10.0.0.2:40000 > 172.18.0.2:80 IP_INADDRERRORS ip_error transit"
+        );
+        let mut outgoing = v4.clone();
+        outgoing.direction = Some(Direction::Egress);
+        assert!(
+            outgoing.line().contains(" host eth0(egress) tcp "),
+            "{}",
+            outgoing.line()
+        );
+        let mut unknown = v4.clone();
+        unknown.direction = None;
+        assert!(
+            unknown.line().contains(" host eth0 tcp "),
+            "{}",
+            unknown.line()
         );
         let v6 = event(
             Some("fe80::1".parse().expect("ip")),

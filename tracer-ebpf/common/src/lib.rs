@@ -32,25 +32,48 @@ pub struct DropKey {
 }
 
 impl DropKey {
+    /// The key as its four 64-bit words, in memory order (the layout is fixed: see the
+    /// layout test). Comparing and hashing words costs a quarter of the instructions
+    /// of going field by field, on the kernel's per-drop path.
+    // Inlined into the kernel program's hot path: a BPF-to-BPF call would cost more.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    #[must_use]
+    pub fn words(&self) -> [u64; 4] {
+        [
+            self.location,
+            self.netns_cookie,
+            u64::from(self.netns) | (u64::from(self.ifindex) << 32),
+            u64::from(self.reason)
+                | (u64::from(self.ethertype) << 32)
+                | (u64::from(self.l4_proto) << 48)
+                | (u64::from(self.pad) << 56),
+        ]
+    }
+
+    /// Whether two keys are equal, word by word: four compares, where `==` compares
+    /// field by field and `words() == words()` becomes a `memcmp` call in BPF.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    #[must_use]
+    pub fn same_as(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+    }
+
     /// Hash of this key for the per-CPU drop cache (its slot is `hash & (slots - 1)`): a
-    /// multiplicative hash of the key's three words, upper half. Cheap in the kernel
-    /// (three multiplies, no helper call).
-    // Inlined into the kernel program's hot path: a BPF-to-BPF call would cost more
-    // than the hash.
+    /// multiplicative hash of the key's words, upper half. Cheap in the kernel (two
+    /// multiplies, no helper call).
     #[allow(clippy::inline_always)]
     #[inline(always)]
     #[must_use]
     pub fn cache_hash(&self) -> u32 {
-        let words = [
-            self.location ^ self.netns_cookie.rotate_left(32),
-            (u64::from(self.netns) << 32) | u64::from(self.ifindex),
-            (u64::from(self.reason) << 32)
-                | (u64::from(self.ethertype) << 16)
-                | (u64::from(self.l4_proto) << 8),
-        ];
-        let mixed = words[0].wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            ^ words[1].wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-            ^ words[2].wrapping_mul(0x1656_67b1_9e37_79f9);
+        let [location, cookie, place, kind] = self.words();
+        // Bits 32-47 of a product (the slot) depend only on bits 0-47 of its input:
+        // the rotations bring every field's low bits below bit 40 (the protocol byte
+        // sits at bit 48 of `kind`; the cookie's low bits land at 32).
+        let mixed = (location ^ cookie.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (place ^ kind.rotate_left(24)).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
         // The upper bits of a product depend on every bit of its input.
         (mixed >> 32) as u32
     }
@@ -100,8 +123,8 @@ pub struct DropSample {
     pub len: u32,
     pub ethertype: u16,
     pub l4_proto: u8,
-    /// Explicit padding, always 0.
-    pub pad: u8,
+    /// Which side of the packet's path `ifindex` is on (see [`direction`]).
+    pub direction: u8,
     /// Transport ports in host order; 0 when the protocol has none or they were unread.
     pub sport: u16,
     pub dport: u16,
@@ -120,6 +143,48 @@ pub const NO_OFFSET: u32 = u32::MAX;
 /// `bpf_rdonly_cast` kfunc; the loader rewrites every such instruction before loading.
 /// No helper has this number, so a call left unrewritten is refused by the verifier.
 pub const RDONLY_CAST_PLACEHOLDER: i32 = 0x0dca_5701;
+
+/// Kernel structure fields the programs load through BTF-typed pointers.
+///
+/// aya emits no CO-RE relocations, so the programs cannot carry the running kernel's
+/// offsets. Reading each offset from `.rodata` at run time costs a map-value load, an
+/// add and a check per field, which on the per-drop path is most of the program. So a
+/// typed load is emitted with a placeholder as its offset, `FIELD_LOAD_PLACEHOLDER +`
+/// the field's number, and the loader writes the field's offset (from the kernel's BTF)
+/// into each such instruction before loading: one instruction per field, as compiled C.
+pub mod field {
+    pub const SKB_LEN: u8 = 0;
+    pub const SKB_DEV: u8 = 1;
+    pub const SKB_SK: u8 = 2;
+    pub const SKB_SKB_IIF: u8 = 3;
+    pub const SKB_PROTOCOL: u8 = 4;
+    pub const SKB_HEAD: u8 = 5;
+    pub const SKB_NETWORK_HEADER: u8 = 6;
+    pub const DEV_IFINDEX: u8 = 7;
+    pub const DEV_ND_NET: u8 = 8;
+    pub const SOCK_NET: u8 = 9;
+    pub const NET_NS_INUM: u8 = 10;
+    pub const NET_COOKIE: u8 = 11;
+    pub const SKB_DATA: u8 = 12;
+    pub const SKB_MAC_HEADER: u8 = 13;
+    /// Number of fields.
+    pub const COUNT: u8 = 14;
+}
+
+/// `off` of a typed load whose offset the loader fills in: this plus the field's number
+/// (see [`field`]). No real field of the structures read is this far in, and an
+/// instruction left unpatched reads past its type and is refused by the verifier.
+pub const FIELD_LOAD_PLACEHOLDER: i16 = 0x7f00;
+
+/// Values of [`DropSample::direction`].
+pub mod direction {
+    /// No interface is known (`ifindex` 0).
+    pub const UNKNOWN: u8 = 0;
+    /// The interface the packet came in on (`skb_iif`, a received frame's device).
+    pub const INGRESS: u8 = 1;
+    /// The interface the packet was going out of (`skb->dev` on the transmit path).
+    pub const EGRESS: u8 = 2;
+}
 
 /// Indexes into [`CpuState::stats`].
 pub mod stat {
@@ -150,6 +215,8 @@ pub struct CpuState {
     pub window_taken: u64,
     /// The `jiffies` at which the clock was last read for the window.
     pub window_checked_jiffies: u64,
+    /// The drop cache slot that counted this CPU's previous drop (tried first).
+    pub last_slot: u64,
 }
 
 /// Size of the sample ring buffer in bytes (a power of two, a multiple of the page size).
@@ -190,7 +257,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<DropSlot>(), 48);
         assert_eq!(
             core::mem::size_of::<CpuState>(),
-            8 * (stat::COUNT as usize + 3)
+            8 * (stat::COUNT as usize + 4)
         );
         assert!(DROP_CACHE_SLOTS.is_power_of_two() && DROP_CACHE_SLOTS <= MAX_DROP_CACHE_SLOTS);
     }

@@ -1082,6 +1082,7 @@ mod tests {
             time: String::new(),
             netns: "root".into(),
             interface: "eth0".into(),
+            direction: Some(crate::samples::Direction::Ingress),
             protocol: "tcp",
             src: Some("10.0.0.9".parse().expect("ip")),
             sport: 40000,

@@ -998,6 +998,7 @@ mod tests {
             time: String::new(),
             netns: "host".into(),
             interface: "dgp1h".into(),
+            direction: Some(crate::samples::Direction::Ingress),
             protocol: "tcp",
             src: src.parse().ok(),
             sport,
