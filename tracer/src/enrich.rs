@@ -4,9 +4,9 @@
 //!
 //! Enrichment never fails a sample: anything unknown is left out. Samples are answered
 //! from a cache only; a background thread fills it every few seconds (sooner after a
-//! miss, at most once a second) with the bridges of every known namespace (an rtnetlink
-//! dump of links and addresses, asked from a short-lived thread that entered the
-//! namespace) and the Docker engine's networks and containers (its HTTP API over the
+//! miss, at most once a second) with the bridges of every known namespace (as the
+//! namespace loop keeps them from each namespace's link and address events: see
+//! `netlink_loop`) and the Docker engine's networks and containers (its HTTP API over the
 //! unix socket, through hyper's client: see `http_client`).
 
 mod docker;
@@ -24,8 +24,6 @@ use std::{
 };
 
 use serde::Serialize;
-
-use crate::netns::Names;
 
 use self::{docker::DockerView, rtnetlink::BridgeSubnet};
 
@@ -226,9 +224,10 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    /// `names` enters namespaces by inode; `docker_host` is the Docker Engine API address
-    /// (`unix:///path`), `None` for no Docker lookups.
-    pub fn new(names: Arc<Names>, docker_host: Option<&str>) -> Self {
+    /// `bridges` gives the bridge subnets of every namespace by inode (the namespace
+    /// loop's); `docker_host` is the Docker Engine API address (`unix:///path`), `None`
+    /// for no Docker lookups.
+    pub fn new(bridges: BridgeSource, docker_host: Option<&str>) -> Self {
         let docker = match docker_host.map(docker_socket).transpose() {
             Ok(socket) => socket,
             Err(err) => {
@@ -244,7 +243,7 @@ impl Enricher {
         let has_docker = docker.is_some();
         let refresher = Refresher {
             shared: Arc::downgrade(&shared),
-            names,
+            bridges,
             docker,
             docker_up: None,
             docker_answered: None,
@@ -288,10 +287,13 @@ impl Enricher {
     }
 }
 
-/// The background side: fills the cache from netlink and the Docker API.
+/// Where the bridge subnets of every namespace come from, by namespace inode.
+pub type BridgeSource = Arc<dyn Fn() -> HashMap<u32, Vec<BridgeSubnet>> + Send + Sync>;
+
+/// The background side: fills the cache from the namespace loop and the Docker API.
 struct Refresher {
     shared: std::sync::Weak<Shared>,
-    names: Arc<Names>,
+    bridges: BridgeSource,
     docker: Option<PathBuf>,
     /// Whether the last Docker query worked; logs only when this changes.
     docker_up: Option<bool>,
@@ -303,7 +305,7 @@ impl Refresher {
     fn run(mut self, nudges: &mpsc::Receiver<()>) {
         loop {
             let started = Instant::now();
-            let bridges = self.bridges();
+            let bridges = (self.bridges)();
             let docker = self.docker_view();
             let Some(shared) = self.shared.upgrade() else {
                 return;
@@ -326,16 +328,6 @@ impl Refresher {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-    }
-
-    /// Bridge subnets of every namespace dropgate can name (its own included).
-    fn bridges(&self) -> HashMap<u32, Vec<BridgeSubnet>> {
-        let mut namespaces: Vec<(u32, String, PathBuf)> = self.names.named();
-        let own = self.names.own_inode();
-        if !namespaces.iter().any(|(inode, _, _)| *inode == own) {
-            namespaces.push((own, "own".into(), PathBuf::from("/proc/self/ns/net")));
-        }
-        rtnetlink::bridges_in_namespaces(&namespaces)
     }
 
     /// The engine's networks and containers; `None` to keep the cached view (no engine
@@ -601,7 +593,7 @@ mod tests {
     #[test]
     fn unknown_addresses_stay_unnamed_without_an_engine() {
         let enricher = Enricher::new(
-            Arc::new(Names::new()),
+            Arc::new(HashMap::new),
             Some("unix:///nonexistent/docker.sock"),
         );
         for _ in 0..100 {

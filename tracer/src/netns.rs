@@ -28,7 +28,7 @@ pub const OWN_NAMESPACE: &str = "root";
 pub const INIT_NAMESPACE: &str = "init";
 
 /// Folders holding one bind-mounted namespace file per named namespace.
-const NAMED_NAMESPACE_DIRS: [&str; 3] =
+pub const NAMED_NAMESPACE_DIRS: [&str; 3] =
     ["/run/netns", "/run/docker/netns", "/var/run/docker/netns"];
 
 /// Re-scanning is cheap but not free: at most this often when a name is missing.
@@ -58,6 +58,8 @@ struct State {
     /// (two living namespaces never share an inode).
     dead_cookies: HashSet<u64>,
     last_scan: Option<Instant>,
+    /// Told whenever a scan finds the set of namespaces changed.
+    on_change: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Whether the namespace a drop key names still exists.
@@ -240,10 +242,34 @@ impl Names {
             .remove(&cookie);
     }
 
-    /// Paths of every namespace dropgate knows by name, with the name.
+    /// Paths of every namespace dropgate knows by name, with the name (looked for
+    /// again if the last look is older than a second).
     pub fn named(&self) -> Vec<(u32, String, PathBuf)> {
         let mut state = self.state.lock().expect("names lock");
         Self::rescan(&mut state);
+        Self::list(&state)
+    }
+
+    /// Like [`Self::named`], but always looks again (the namespace loop, told by an
+    /// event that something changed).
+    pub fn scan(&self) -> Vec<(u32, String, PathBuf)> {
+        let mut state = self.state.lock().expect("names lock");
+        Self::scan_now(&mut state);
+        Self::list(&state)
+    }
+
+    /// What the last look found, without looking again.
+    pub fn known(&self) -> Vec<(u32, String, PathBuf)> {
+        Self::list(&self.state.lock().expect("names lock"))
+    }
+
+    /// Calls `changed` (from whichever thread looked) whenever a look finds namespaces
+    /// that came or went.
+    pub fn on_change(&self, changed: impl Fn() + Send + Sync + 'static) {
+        self.state.lock().expect("names lock").on_change = Some(Box::new(changed));
+    }
+
+    fn list(state: &State) -> Vec<(u32, String, PathBuf)> {
         state
             .namespaces
             .iter()
@@ -258,7 +284,14 @@ impl Names {
         {
             return;
         }
+        Self::scan_now(state);
+    }
+
+    fn scan_now(state: &mut State) {
         state.last_scan = Some(Instant::now());
+        // `ip netns add` makes the file before it mounts the namespace on it: only a
+        // file of the namespace filesystem (the device of our own) is a namespace.
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
         let mut found: HashMap<u32, Namespace> = HashMap::new();
         for dir in NAMED_NAMESPACE_DIRS {
             let Ok(entries) = std::fs::read_dir(dir) else {
@@ -266,7 +299,14 @@ impl Names {
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                if let Some(inode) = inode_of(&path) {
+                let Ok(metadata) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                if nsfs.is_some_and(|dev| dev != metadata.dev()) {
+                    continue;
+                }
+                let inode = Some(metadata.ino() as u32);
+                if let Some(inode) = inode {
                     let name = entry.file_name().to_string_lossy().into_owned();
                     found.entry(inode).or_insert(Namespace { name, path });
                 }
@@ -307,7 +347,19 @@ impl Names {
             .interfaces
             .retain(|(inode, _), _| found.contains_key(inode));
         state.cookies.retain(|inode, _| found.contains_key(inode));
+        let changed = found.len() != state.namespaces.len()
+            || found.iter().any(|(inode, ns)| {
+                state
+                    .namespaces
+                    .get(inode)
+                    .is_none_or(|old| old.name != ns.name)
+            });
         state.namespaces = found;
+        if changed {
+            if let Some(changed) = &state.on_change {
+                changed();
+            }
+        }
     }
 }
 

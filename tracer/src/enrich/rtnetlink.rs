@@ -11,7 +11,7 @@ use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -119,33 +119,6 @@ pub fn bridge_subnets(links: &[Link], addresses: &[InterfaceAddress]) -> Vec<Bri
             })
         })
         .collect()
-}
-
-/// Bridge subnets per namespace, for every (inode, name, path) given; namespaces that
-/// cannot be entered or asked are left out.
-pub(super) fn bridges_in_namespaces(
-    namespaces: &[(u32, String, PathBuf)],
-) -> HashMap<u32, Vec<BridgeSubnet>> {
-    // One short-lived thread enters each namespace in turn, so the rest of the process
-    // never changes namespace.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let mut found = HashMap::new();
-                for (inode, name, path) in namespaces {
-                    match bridges_in(name, path) {
-                        Ok(bridges) => {
-                            found.insert(*inode, bridges);
-                        }
-                        // Namespaces come and go; a vanished one is not worth a log line.
-                        Err(err) => tracing::trace!("{err}"),
-                    }
-                }
-                found
-            })
-            .join()
-            .unwrap_or_default()
-    })
 }
 
 /// Enters the namespace at `path` (the calling thread stays there) and dumps its links
@@ -411,10 +384,7 @@ mod tests {
     /// Needs only the own namespace (no privileges): lo exists and is no bridge.
     #[test]
     fn the_own_namespace_answers_the_dumps() {
-        let bridges =
-            bridges_in_namespaces(&[(1, "own".into(), PathBuf::from("/proc/self/ns/net"))]);
-        let own = bridges
-            .get(&1)
+        let own = bridges_in("own", Path::new("/proc/self/ns/net"))
             .expect("the own namespace answers rtnetlink");
         assert!(
             own.iter().all(|b| b.bridge != "lo"),
