@@ -315,8 +315,12 @@ impl LoopState {
                     io::ErrorKind::Interrupted => {}
                     _ if err.raw_os_error() == Some(libc::ENOBUFS) => {
                         // Events were lost: ask for the whole state again.
-                        if let Err(err) = watched.resync() {
-                            tracing::debug!("namespace {inode}: {err}");
+                        let mut views = shared.views.lock().expect("namespace views lock");
+                        if let Some(view) = views.get_mut(&inode) {
+                            tracing::debug!("namespace {}: events lost, asking again", view.name);
+                            if let Err(err) = watched.resync(view) {
+                                tracing::debug!("namespace {}: {err}", view.name);
+                            }
                         }
                     }
                     _ => {

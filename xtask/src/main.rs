@@ -77,7 +77,7 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
         /// Only this target (text_parser, protobuf_decoder, path_labels, body_decoder,
-        /// persistence_decoder, web_config, btf_reader).
+        /// persistence_decoder, web_config, btf_reader, netlink_framing).
         target: Option<String>,
     },
 }

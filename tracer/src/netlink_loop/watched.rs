@@ -5,30 +5,14 @@
 //! the loop thread enters the namespace only to create it and goes back at once; from
 //! then on the socket is read from the loop's own namespace like any other descriptor.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    fs::File,
-    io,
-    net::IpAddr,
-    os::fd::AsRawFd as _,
-    path::Path,
-};
+use std::{collections::VecDeque, fs::File, io, os::fd::AsRawFd as _, path::Path};
 
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
-use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage},
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
-    RouteNetlinkMessage,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{address::AddressMessage, link::LinkMessage, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::{
-    enrich::{
-        rtnetlink::{bridge_subnets, BridgeSubnet, InterfaceAddress, Link},
-        Subnet,
-    },
+    enrich::rtnetlink::{dump_request, messages, Links},
     forwarding::{self, NamespaceForwarding},
 };
 
@@ -57,102 +41,6 @@ enum Dump {
     Netconf(u8),
     Links,
     Addresses,
-}
-
-/// The interfaces of one namespace, kept from its link and address messages.
-#[derive(Clone, Debug, Default)]
-pub struct Links {
-    links: BTreeMap<u32, Link>,
-    /// (interface, address) pairs; a few per interface.
-    addresses: Vec<InterfaceAddress>,
-}
-
-impl Links {
-    /// The name of interface `index`, if it is known.
-    pub fn name(&self, index: u32) -> Option<&str> {
-        self.links.get(&index).map(|l| l.name.as_str())
-    }
-
-    /// The subnets on the namespace's bridges.
-    pub fn bridges(&self) -> Vec<BridgeSubnet> {
-        let links: Vec<Link> = self.links.values().cloned().collect();
-        bridge_subnets(&links, &self.addresses)
-    }
-
-    fn apply(&mut self, message: &RouteNetlinkMessage) {
-        match message {
-            RouteNetlinkMessage::NewLink(link) => {
-                if let Some(link) = link_of(link) {
-                    self.links.insert(link.index, link);
-                }
-            }
-            RouteNetlinkMessage::DelLink(link) => {
-                let index = link.header.index;
-                self.links.remove(&index);
-                self.addresses.retain(|a| a.index != index);
-            }
-            RouteNetlinkMessage::NewAddress(address) => {
-                if let Some(address) = address_of(address) {
-                    if !self.addresses.contains(&address) {
-                        self.addresses.push(address);
-                    }
-                }
-            }
-            RouteNetlinkMessage::DelAddress(address) => {
-                if let Some(address) = address_of(address) {
-                    self.addresses.retain(|a| *a != address);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// A link message as [`Link`]: index, name and kind.
-fn link_of(message: &LinkMessage) -> Option<Link> {
-    let mut name = None;
-    let mut kind = None;
-    for attribute in &message.attributes {
-        match attribute {
-            LinkAttribute::IfName(n) => name = Some(n.clone()),
-            LinkAttribute::LinkInfo(infos) => {
-                kind = infos.iter().find_map(|info| match info {
-                    LinkInfo::Kind(InfoKind::Bridge) => Some("bridge".to_owned()),
-                    LinkInfo::Kind(other) => Some(other.to_string()),
-                    _ => None,
-                });
-            }
-            _ => {}
-        }
-    }
-    Some(Link {
-        index: message.header.index,
-        name: name?,
-        kind,
-    })
-}
-
-/// An address message as [`InterfaceAddress`]: `IFA_ADDRESS` is the one its prefix
-/// applies to (on point-to-point links `IFA_LOCAL` is our end), `IFA_LOCAL` only when
-/// it is missing.
-fn address_of(message: &AddressMessage) -> Option<InterfaceAddress> {
-    let find = |wanted: fn(&AddressAttribute) -> Option<IpAddr>| {
-        message.attributes.iter().find_map(wanted)
-    };
-    let addr = find(|a| match a {
-        AddressAttribute::Address(addr) => Some(*addr),
-        _ => None,
-    })
-    .or_else(|| {
-        find(|a| match a {
-            AddressAttribute::Local(addr) => Some(*addr),
-            _ => None,
-        })
-    })?;
-    Some(InterfaceAddress {
-        index: message.header.index,
-        subnet: Subnet::new(addr, message.header.prefix_len)?,
-    })
 }
 
 /// What is known of one namespace: kept by the loop, read by scrapes and enrichment.
@@ -217,8 +105,12 @@ impl Watched {
         Ok(watched)
     }
 
-    /// Asks for everything again (the socket overflowed: events were lost).
-    pub fn resync(&mut self) -> io::Result<()> {
+    /// Asks for everything again (the socket overflowed: events were lost, removals
+    /// among them, so what the dumps no longer list must go: the view starts afresh but
+    /// for the global switch and its count of changes).
+    pub fn resync(&mut self, view: &mut View) -> io::Result<()> {
+        view.links = Links::default();
+        view.forwarding.interfaces.clear();
         self.dumps = forwarding::NETCONF_DUMP_FAMILIES
             .iter()
             .map(|family| Dump::Netconf(*family))
@@ -253,13 +145,7 @@ impl Watched {
     /// Takes in one datagram read from the socket, into the namespace's `view`.
     pub fn receive(&mut self, datagram: &[u8], view: &mut View) -> io::Result<Outcome> {
         let mut outcome = Outcome::default();
-        let mut rest = datagram;
-        while let Ok(buffer) = NetlinkBuffer::new_checked(rest) {
-            let len = buffer.length() as usize;
-            let kind = buffer.message_type();
-            let seq = buffer.sequence_number();
-            let message = &rest[..len];
-            rest = rest.get(crate::netlink::align4(len)..).unwrap_or_default();
+        for (kind, seq, message) in messages(datagram) {
             match kind {
                 forwarding::RTM_NEWNETCONF => {
                     for update in forwarding::parse_netconf(message) {
@@ -273,7 +159,7 @@ impl Watched {
                         ..
                     }) => {
                         if let RouteNetlinkMessage::DelLink(link) = &inner {
-                            // Its forwarding entry goes with it (IPv4 and the rest).
+                            // Its forwarding entry goes with it.
                             if let Ok(index) = i32::try_from(link.header.index) {
                                 view.forwarding.interfaces.remove(&index);
                             }
@@ -332,16 +218,4 @@ fn route_socket(nsid_events: bool) -> io::Result<Socket> {
     }
     socket.set_non_blocking(true)?;
     Ok(socket)
-}
-
-/// A dump request for `message` (every family: a zeroed header).
-fn dump_request(message: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = seq;
-    let mut message = NetlinkMessage::new(header, NetlinkPayload::from(message));
-    message.finalize();
-    let mut buffer = vec![0; message.buffer_len()];
-    message.serialize(&mut buffer);
-    buffer
 }
