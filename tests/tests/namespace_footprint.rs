@@ -209,3 +209,52 @@ fn hundreds_of_namespaces_are_named_and_forgotten_without_a_thread_each() {
         "dropgate's threads grew from {baseline} to {most} with the namespaces"
     );
 }
+
+/// A process in a namespace of its own, killed on drop (also when the test fails).
+struct Unshared(std::process::Child);
+
+impl Drop for Unshared {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_namespace_only_a_process_holds_is_named_while_the_process_lives() {
+    if !may_run(
+        "a_namespace_only_a_process_holds_is_named_while_the_process_lives",
+        is_root(),
+        "root (BPF, network namespaces)",
+    ) {
+        return;
+    }
+    let dropgate = DropgateRun::start(&[]);
+    let (_, ready) = scrape_until(&dropgate, |m| m.contains(&forwarding_line("root")));
+    assert!(
+        ready,
+        "dropgate's own namespace never showed its forwarding state"
+    );
+    // No bind mount and no veth: only the process refers to the namespace, so only its
+    // start (and end) can tell dropgate; the safety rescan is 30 s away.
+    let mut process = Unshared(
+        Command::new("unshare")
+            .args(["--net", "sleep", "60"])
+            .spawn()
+            .expect("start unshare --net sleep"),
+    );
+    let name = format!("pid:{}:sleep", process.0.id());
+    let (_, named) = scrape_until(&dropgate, |m| m.contains(&forwarding_line(&name)));
+    assert!(
+        named,
+        "the namespace of `unshare --net sleep` is not on /metrics as {name} within {WITHIN:?}"
+    );
+    process.0.kill().expect("kill the process");
+    process.0.wait().expect("reap the process");
+    let label = format!("netns=\"{name}\"");
+    let (_, forgotten) = scrape_until(&dropgate, |m| !m.contains(&label));
+    assert!(
+        forgotten,
+        "{name} is still on /metrics {WITHIN:?} after its only process ended"
+    );
+}

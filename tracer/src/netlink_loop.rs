@@ -17,10 +17,10 @@ mod discovery;
 pub mod watched;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
@@ -34,7 +34,7 @@ use crate::{
 };
 
 use self::{
-    discovery::Discovery,
+    discovery::{Discovery, ProcessEvent, ProcessEvents},
     watched::{OpenError, View, Watched},
 };
 
@@ -47,6 +47,7 @@ const RESCAN_AT_MOST_EVERY: Duration = Duration::from_millis(100);
 const WAKER: Token = Token(0);
 const FILES: Token = Token(1);
 const MOUNTS: Token = Token(2);
+const PROCESSES: Token = Token(3);
 /// Namespace sockets are registered under their inode plus this.
 const FIRST_NAMESPACE: usize = 16;
 
@@ -72,6 +73,15 @@ impl NetlinkLoop {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let discovery = Discovery::new()?;
         discovery.register(poll.registry(), FILES, MOUNTS)?;
+        let processes = match ProcessEvents::new()
+            .and_then(|events| events.register(poll.registry(), PROCESSES).map(|()| events))
+        {
+            Ok(events) => Some(events),
+            Err(err) => {
+                tracing::info!("no process events ({err}): namespaces only a process holds are found by the rescan every {}s", SAFETY_RESCAN.as_secs());
+                None
+            }
+        };
         // A namespace found by a lookup elsewhere (a drop from an unknown one) wakes the
         // loop, which then takes it up.
         names.on_change({
@@ -87,6 +97,8 @@ impl NetlinkLoop {
             names,
             poll,
             discovery,
+            processes,
+            naming_pids: HashSet::new(),
             own: File::open("/proc/thread-self/ns/net")?,
             watched: HashMap::new(),
             last_scan: None,
@@ -134,6 +146,10 @@ struct LoopState {
     names: Arc<Names>,
     poll: Poll,
     discovery: Discovery,
+    processes: Option<ProcessEvents>,
+    /// Processes that namespaces are named after (`pid:<pid>:<comm>`): their end may
+    /// end the namespace, or rename it.
+    naming_pids: HashSet<u32>,
     /// The thread's namespace, to come back to after making a socket elsewhere.
     own: File,
     watched: HashMap<u32, Watched>,
@@ -170,6 +186,7 @@ impl LoopState {
                         }
                     }
                     MOUNTS => self.rescan_soon(),
+                    PROCESSES => self.process_events(),
                     Token(token) => {
                         let Some(inode) = token
                             .checked_sub(FIRST_NAMESPACE)
@@ -207,6 +224,27 @@ impl LoopState {
         }
     }
 
+    /// A program started in a namespace not watched yet, or a process a namespace is
+    /// named after ended: look for namespaces again.
+    fn process_events(&mut self) {
+        let Some(processes) = &mut self.processes else {
+            return;
+        };
+        let mut look = false;
+        for event in processes.drain() {
+            look |= match event {
+                ProcessEvent::Exec(pid) => {
+                    crate::netns::inode_of(Path::new(&format!("/proc/{pid}/ns/net")))
+                        .is_some_and(|inode| !self.watched.contains_key(&inode))
+                }
+                ProcessEvent::Exit(pid) => self.naming_pids.contains(&pid),
+            };
+        }
+        if look {
+            self.rescan_soon();
+        }
+    }
+
     /// Looks for namespaces soon: now, or once the last look is old enough.
     fn rescan_soon(&mut self) {
         let earliest = self
@@ -223,6 +261,10 @@ impl LoopState {
     ) -> Result<(), io::Error> {
         let own = self.names.own_inode();
         present.retain(|(inode, _, _)| *inode != own);
+        self.naming_pids = present
+            .iter()
+            .filter_map(|(_, name, _)| name.strip_prefix("pid:")?.split(':').next()?.parse().ok())
+            .collect();
         present.push((
             own,
             OWN_NAMESPACE.into(),
