@@ -34,6 +34,8 @@ const SETTLE: Duration = Duration::from_secs(5);
 const PROBES: usize = 5;
 /// Upper bound for every namespace of a row to show up, so a broken build cannot hang.
 const NAMED_WITHIN: Duration = Duration::from_mins(2);
+/// The thread that serves every namespace's netlink socket (tracer/src/netlink_loop.rs).
+const NAMESPACE_LOOP_THREAD: &str = "dropgate-netns";
 /// Upper bound for one probe namespace to show up.
 const PROBE_WITHIN: Duration = Duration::from_mins(1);
 
@@ -46,6 +48,8 @@ struct Row {
     threads: u64,
     rss_kib: u64,
     cpu_percent: f64,
+    /// Of that, the namespace loop's thread (absent in builds without one).
+    loop_percent: Option<f64>,
     /// Creation to name and forwarding state on /metrics, per probe.
     to_metrics: Vec<Duration>,
 }
@@ -66,10 +70,16 @@ pub fn run(dropgate: &Path, log: &Path) -> Result<String> {
         std::thread::sleep(SETTLE);
         let (threads, rss_kib) = process.status()?;
         let cpu_before = process.cpu_ticks()?;
+        let loop_before = process.thread_ticks(NAMESPACE_LOOP_THREAD);
         let started = Instant::now();
         std::thread::sleep(CPU_WINDOW);
         let cpu_ticks = process.cpu_ticks()? - cpu_before;
-        let cpu_percent = ticks_to_seconds(cpu_ticks) / started.elapsed().as_secs_f64() * 100.0;
+        let window = started.elapsed().as_secs_f64();
+        let cpu_percent = ticks_to_seconds(cpu_ticks) / window * 100.0;
+        let loop_percent = process
+            .thread_ticks(NAMESPACE_LOOP_THREAD)
+            .zip(loop_before)
+            .map(|(after, before)| ticks_to_seconds(after.saturating_sub(before)) / window * 100.0);
         let mut to_metrics = Vec::new();
         for probe in 0..PROBES {
             to_metrics.push(namespaces.time_probe(&mut process, extra, probe)?);
@@ -80,6 +90,7 @@ pub fn run(dropgate: &Path, log: &Path) -> Result<String> {
             threads,
             rss_kib,
             cpu_percent,
+            loop_percent,
             to_metrics,
         });
     }
@@ -112,8 +123,8 @@ fn report(rows: &[Row]) -> String {
         CPU_WINDOW.as_secs(),
     );
     out.push_str(
-        "| extra namespaces | named on /metrics | threads | RSS | RSS per extra namespace | idle CPU (% of a core) | creation to name + forwarding on /metrics (median, max) |\n\
-         |---:|---:|---:|---:|---:|---:|---:|\n",
+        "| extra namespaces | named on /metrics | threads | RSS | RSS per extra namespace | idle CPU (% of a core) | of which the namespace loop | creation to name + forwarding on /metrics (median, max) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let base = rows.first().map_or(0, |r| r.rss_kib);
     for row in rows {
@@ -131,12 +142,14 @@ fn report(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} MB | {per_ns} | {:.3} | {} ms, {} ms |",
+            "| {} | {} | {} | {:.1} MB | {per_ns} | {:.3} | {} | {} ms, {} ms |",
             crate::bench::thousands(row.extra as f64),
             crate::bench::thousands(row.named as f64),
             row.threads,
             row.rss_kib as f64 * 1.024 / 1000.0,
             row.cpu_percent,
+            row.loop_percent
+                .map_or_else(|| "-".to_owned(), |p| format!("{p:.3}")),
             median.as_millis(),
             max.as_millis(),
         );
@@ -333,6 +346,20 @@ impl Dropgate {
                 .with_context(|| format!("no {name} in /proc/pid/status"))
         };
         Ok((field("Threads:")?, field("VmRSS:")?))
+    }
+
+    /// utime + stime of the thread named `name`, in clock ticks, if there is one.
+    fn thread_ticks(&self, name: &str) -> Option<u64> {
+        let tasks = fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        tasks.flatten().find_map(|task| {
+            let comm = fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim() != name {
+                return None;
+            }
+            let stat = fs::read_to_string(task.path().join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
     }
 
     /// utime + stime of the whole process, in clock ticks.

@@ -133,19 +133,14 @@ impl ProcessEvents {
         let mut socket = Socket::new(NETLINK_CONNECTOR)?;
         socket.bind(&SocketAddr::new(0, CN_IDX_PROC))?;
         socket.set_non_blocking(true)?;
-        let mut listen = Vec::with_capacity(NLMSG_HEADER_LEN + CN_MSG_LEN + 4);
-        let total = (NLMSG_HEADER_LEN + CN_MSG_LEN + 4) as u32;
-        listen.extend_from_slice(&total.to_ne_bytes());
-        // nlmsg_type NLMSG_DONE, as the connector expects; no flags, seq 0, pid 0.
-        listen.extend_from_slice(&3u16.to_ne_bytes());
-        listen.extend_from_slice(&[0; 10]);
-        listen.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
-        listen.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
-        listen.extend_from_slice(&[0; 8]);
-        listen.extend_from_slice(&4u16.to_ne_bytes());
-        listen.extend_from_slice(&[0; 2]);
-        listen.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
-        socket.send_to(&listen, &SocketAddr::new(0, 0), 0)?;
+        // From 6.6 the kernel drops the events a listener did not ask for (every fork
+        // and thread exit of a busy host would otherwise wake the loop); older kernels
+        // take only the plain request and ignore a longer one.
+        let mut request = PROC_CN_MCAST_LISTEN.to_ne_bytes().to_vec();
+        if kernel_at_least(6, 6) {
+            request.extend_from_slice(&(PROC_EVENT_EXEC | PROC_EVENT_EXIT).to_ne_bytes());
+        }
+        socket.send_to(&listen_message(&request), &SocketAddr::new(0, 0), 0)?;
         Ok(Self {
             socket,
             buffer: vec![0; 8192],
@@ -174,6 +169,34 @@ impl ProcessEvents {
             }
         }
     }
+}
+
+/// A connector message to the proc connector carrying `data`: nlmsghdr (type
+/// NLMSG_DONE, as the connector expects), then cn_msg with the data's length.
+fn listen_message(data: &[u8]) -> Vec<u8> {
+    let total = NLMSG_HEADER_LEN + CN_MSG_LEN + data.len();
+    let mut message = Vec::with_capacity(total);
+    message.extend_from_slice(&(total as u32).to_ne_bytes());
+    message.extend_from_slice(&3u16.to_ne_bytes());
+    message.extend_from_slice(&[0; 10]);
+    message.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+    message.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+    message.extend_from_slice(&[0; 8]);
+    message.extend_from_slice(&(data.len() as u16).to_ne_bytes());
+    message.extend_from_slice(&[0; 2]);
+    message.extend_from_slice(data);
+    message
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let have = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    have >= (major, minor)
 }
 
 /// The exec and exit events in one proc connector datagram (one event per message).
