@@ -2,12 +2,12 @@
 //! address, and, when a Docker engine answers, the container, its compose service and
 //! its network.
 //!
-//! Enrichment never fails a sample: anything unknown is left out. Samples are answered
-//! from a cache only; a background thread fills it every few seconds (sooner after a
-//! miss, at most once a second) with the bridges of every known namespace (as the
-//! namespace loop keeps them from each namespace's link and address events: see
-//! `netlink_loop`) and the Docker engine's networks and containers (its HTTP API over the
-//! unix socket, through hyper's client: see `http_client`).
+//! Enrichment never fails a sample: anything unknown is left out. The bridges of the
+//! drop's namespace are read at once from what the namespace loop keeps of its link and
+//! address events (see `netlink_loop`); the Docker engine's networks and containers come
+//! from a cache that a background thread fills every few seconds (sooner after a miss,
+//! at most once a second) through its HTTP API over the unix socket (hyper's client: see
+//! `http_client`).
 
 mod docker;
 pub mod rtnetlink;
@@ -221,10 +221,11 @@ pub struct Enricher {
     /// Asks the refresher for an early refresh; capacity 1, so requests coalesce.
     nudge: SyncSender<()>,
     docker: bool,
+    bridges: BridgeSource,
 }
 
 impl Enricher {
-    /// `bridges` gives the bridge subnets of every namespace by inode (the namespace
+    /// `bridges` gives the bridge subnets of a namespace by inode (the namespace
     /// loop's); `docker_host` is the Docker Engine API address (`unix:///path`), `None`
     /// for no Docker lookups.
     pub fn new(bridges: BridgeSource, docker_host: Option<&str>) -> Self {
@@ -243,7 +244,6 @@ impl Enricher {
         let has_docker = docker.is_some();
         let refresher = Refresher {
             shared: Arc::downgrade(&shared),
-            bridges,
             docker,
             docker_up: None,
             docker_answered: None,
@@ -258,17 +258,17 @@ impl Enricher {
             shared,
             nudge,
             docker: has_docker,
+            bridges,
         }
     }
 
     /// What is known about `addr` as seen from the namespace with inode `netns`.
     pub fn destination(&self, netns: u32, addr: IpAddr) -> Destination {
-        let found = self
-            .shared
-            .cache
-            .lock()
-            .expect("enrichment cache lock")
-            .lookup(netns, addr);
+        let bridges = (self.bridges)(netns);
+        let mut cache = self.shared.cache.lock().expect("enrichment cache lock");
+        cache.bridges.insert(netns, bridges);
+        let found = cache.lookup(netns, addr);
+        drop(cache);
         if found.bridge.is_none() || (self.docker && found.container.is_none()) {
             self.ask_for_refresh();
         }
@@ -287,13 +287,12 @@ impl Enricher {
     }
 }
 
-/// Where the bridge subnets of every namespace come from, by namespace inode.
-pub type BridgeSource = Arc<dyn Fn() -> HashMap<u32, Vec<BridgeSubnet>> + Send + Sync>;
+/// The bridge subnets of the namespace with this inode, as they are now.
+pub type BridgeSource = Arc<dyn Fn(u32) -> Vec<BridgeSubnet> + Send + Sync>;
 
 /// The background side: fills the cache from the namespace loop and the Docker API.
 struct Refresher {
     shared: std::sync::Weak<Shared>,
-    bridges: BridgeSource,
     docker: Option<PathBuf>,
     /// Whether the last Docker query worked; logs only when this changes.
     docker_up: Option<bool>,
@@ -305,14 +304,15 @@ impl Refresher {
     fn run(mut self, nudges: &mpsc::Receiver<()>) {
         loop {
             let started = Instant::now();
-            let bridges = (self.bridges)();
             let docker = self.docker_view();
             let Some(shared) = self.shared.upgrade() else {
                 return;
             };
             {
                 let mut cache = shared.cache.lock().expect("enrichment cache lock");
-                cache.bridges = bridges;
+                // Filled again by each lookup, from the namespace loop: only keep it
+                // from growing with namespaces long gone.
+                cache.bridges.clear();
                 if let Some(docker) = docker {
                     cache.docker = docker;
                 }
@@ -593,7 +593,7 @@ mod tests {
     #[test]
     fn unknown_addresses_stay_unnamed_without_an_engine() {
         let enricher = Enricher::new(
-            Arc::new(HashMap::new),
+            Arc::new(|_| Vec::new()),
             Some("unix:///nonexistent/docker.sock"),
         );
         for _ in 0..100 {

@@ -102,6 +102,7 @@ impl NetlinkLoop {
             own: File::open("/proc/thread-self/ns/net")?,
             watched: HashMap::new(),
             last_scan: None,
+            last_full_scan: None,
             scan_due: Some(Instant::now()),
             buffer: vec![0; 64 * 1024],
         };
@@ -123,13 +124,13 @@ impl NetlinkLoop {
         out
     }
 
-    /// The subnets on the bridges of every namespace, by namespace inode.
-    pub fn bridges(&self) -> HashMap<u32, Vec<BridgeSubnet>> {
+    /// The subnets on the bridges of the namespace with this inode.
+    pub fn bridges_of(&self, inode: u32) -> Vec<BridgeSubnet> {
         let views = self.shared.views.lock().expect("namespace views lock");
         views
-            .iter()
-            .map(|(inode, view)| (*inode, view.links.bridges()))
-            .collect()
+            .get(&inode)
+            .map(|view| view.links.bridges())
+            .unwrap_or_default()
     }
 }
 
@@ -154,6 +155,8 @@ struct LoopState {
     own: File,
     watched: HashMap<u32, Watched>,
     last_scan: Option<Instant>,
+    /// The last look that ignored what earlier looks found (every [`SAFETY_RESCAN`]).
+    last_full_scan: Option<Instant>,
     /// When the namespaces are to be looked for next.
     scan_due: Option<Instant>,
     /// One receive buffer for every socket (a dump's datagram is at most 32 KiB).
@@ -165,7 +168,10 @@ impl LoopState {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
-            let safety = self.last_scan.map_or(now, |at| at + SAFETY_RESCAN).max(now);
+            let safety = self
+                .last_full_scan
+                .map_or(now, |at| at + SAFETY_RESCAN)
+                .max(now);
             let next = self.scan_due.map_or(safety, |due| due.min(safety));
             if let Err(err) = self.poll.poll(&mut events, Some(next - now)) {
                 if err.kind() != io::ErrorKind::Interrupted {
@@ -181,7 +187,11 @@ impl LoopState {
                 match event.token() {
                     WAKER => woken = true,
                     FILES => {
-                        if self.discovery.drain_files() {
+                        let changed = self.discovery.drain_files();
+                        if !changed.is_empty() {
+                            // Made, removed or made again under the same name: each of
+                            // these is looked at afresh.
+                            self.names.forget_files(&changed);
                             self.rescan_soon();
                         }
                     }
@@ -209,13 +219,17 @@ impl LoopState {
                 }
             }
             let now = Instant::now();
-            if self.scan_due.is_some_and(|due| due <= now)
-                || self.last_scan.is_none_or(|at| now >= at + SAFETY_RESCAN)
-            {
+            let full = self
+                .last_full_scan
+                .is_none_or(|at| now >= at + SAFETY_RESCAN);
+            if self.scan_due.is_some_and(|due| due <= now) || full {
                 self.scan_due = None;
                 self.last_scan = Some(now);
+                if full {
+                    self.last_full_scan = Some(now);
+                }
                 self.discovery.watch_folders();
-                let found = self.names.scan();
+                let found = self.names.scan(full);
                 if let Err(err) = self.follow(&shared, found) {
                     tracing::error!("namespace loop stopped: {err}");
                     return;
@@ -234,8 +248,14 @@ impl LoopState {
         for event in processes.drain() {
             look |= match event {
                 ProcessEvent::Exec(pid) => {
-                    crate::netns::inode_of(Path::new(&format!("/proc/{pid}/ns/net")))
-                        .is_some_and(|inode| !self.watched.contains_key(&inode))
+                    let elsewhere =
+                        crate::netns::inode_of(Path::new(&format!("/proc/{pid}/ns/net")))
+                            .is_some_and(|inode| !self.watched.contains_key(&inode));
+                    if elsewhere {
+                        // It may have moved since the last look (unshare, then exec).
+                        self.names.forget_process(pid);
+                    }
+                    elsewhere
                 }
                 ProcessEvent::Exit(pid) => self.naming_pids.contains(&pid),
             };

@@ -60,6 +60,10 @@ struct State {
     last_scan: Option<Instant>,
     /// Told whenever a scan finds the set of namespaces changed.
     on_change: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Namespace files in the folders as of the last look, with their inodes.
+    entries: HashMap<PathBuf, u32>,
+    /// Every process's namespace inode as of the last look.
+    pids: HashMap<u32, u32>,
 }
 
 /// Whether the namespace a drop key names still exists.
@@ -251,11 +255,26 @@ impl Names {
     }
 
     /// Like [`Self::named`], but always looks again (the namespace loop, told by an
-    /// event that something changed).
-    pub fn scan(&self) -> Vec<(u32, String, PathBuf)> {
+    /// event that something changed): `full`, or only at entries and processes that are
+    /// new since the last look.
+    pub fn scan(&self, full: bool) -> Vec<(u32, String, PathBuf)> {
         let mut state = self.state.lock().expect("names lock");
-        Self::scan_now(&mut state);
+        Self::scan_now(&mut state, full);
         Self::list(&state)
+    }
+
+    /// The next look that is not full stats these folder entries again (an event said
+    /// they were made, removed or renamed).
+    pub fn forget_files(&self, paths: &[PathBuf]) {
+        let mut state = self.state.lock().expect("names lock");
+        for path in paths {
+            state.entries.remove(path);
+        }
+    }
+
+    /// The next look that is not full asks this process for its namespace again.
+    pub fn forget_process(&self, pid: u32) {
+        self.state.lock().expect("names lock").pids.remove(&pid);
     }
 
     /// What the last look found, without looking again.
@@ -284,36 +303,48 @@ impl Names {
         {
             return;
         }
-        Self::scan_now(state);
+        Self::scan_now(state, true);
     }
 
-    fn scan_now(state: &mut State) {
+    /// Looks for namespaces. A full look stats every folder entry and every process's
+    /// namespace; otherwise entries and processes seen before are taken from the last
+    /// look (a bind mount stays what it is while its file is listed; a process moving to
+    /// another namespace shows in a full look, at most 30 s later, or through an exec),
+    /// so that a burst of events on a host with many namespaces stays cheap.
+    fn scan_now(state: &mut State, full: bool) {
         state.last_scan = Some(Instant::now());
         // `ip netns add` makes the file before it mounts the namespace on it: only a
         // file of the namespace filesystem (the device of our own) is a namespace.
         let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
         let mut found: HashMap<u32, Namespace> = HashMap::new();
+        let mut entries_seen: HashMap<PathBuf, u32> = HashMap::new();
         for dir in NAMED_NAMESPACE_DIRS {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let Ok(metadata) = std::fs::metadata(&path) else {
-                    continue;
+                let known = (!full).then(|| state.entries.get(&path).copied()).flatten();
+                let inode = if let Some(inode) = known {
+                    inode
+                } else {
+                    let Ok(metadata) = std::fs::metadata(&path) else {
+                        continue;
+                    };
+                    if nsfs.is_some_and(|dev| dev != metadata.dev()) {
+                        continue;
+                    }
+                    metadata.ino() as u32
                 };
-                if nsfs.is_some_and(|dev| dev != metadata.dev()) {
-                    continue;
-                }
-                let inode = Some(metadata.ino() as u32);
-                if let Some(inode) = inode {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    found.entry(inode).or_insert(Namespace { name, path });
-                }
+                entries_seen.insert(path.clone(), inode);
+                let name = entry.file_name().to_string_lossy().into_owned();
+                found.entry(inode).or_insert(Namespace { name, path });
             }
         }
+        state.entries = entries_seen;
         // Namespaces without a bind mount (containers started by other runtimes, tools
         // using unshare) are reachable through any process inside them.
+        let mut pids_seen: HashMap<u32, u32> = HashMap::new();
         if let Ok(procs) = std::fs::read_dir("/proc") {
             for entry in procs.flatten() {
                 let pid = entry.file_name();
@@ -323,11 +354,20 @@ impl Names {
                 else {
                     continue;
                 };
-                let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-                let Some(inode) = inode_of(&path) else {
+                let Ok(number) = pid.parse::<u32>() else {
                     continue;
                 };
+                let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                let known = (!full).then(|| state.pids.get(&number).copied()).flatten();
+                let Some(inode) = known.or_else(|| inode_of(&path)) else {
+                    continue;
+                };
+                pids_seen.insert(number, inode);
                 found.entry(inode).or_insert_with(|| {
+                    // The name it had, if this process gave it.
+                    if let Some(old) = state.namespaces.get(&inode).filter(|ns| ns.path == path) {
+                        return old.clone();
+                    }
                     let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     // init (1) and kthreadd (2) always live in the machine's initial
@@ -341,6 +381,7 @@ impl Names {
                 });
             }
         }
+        state.pids = pids_seen;
         // A namespace that is gone takes its interface names with it: a later one with
         // the same inode has interfaces of its own.
         state

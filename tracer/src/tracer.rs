@@ -1,7 +1,7 @@
 //! The running tracer: the attached probe, its collector, and the task that reads
 //! samples. `dropgate run` serves it through the gateway; `dropgate watch` prints it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -98,9 +98,9 @@ impl Attached {
         let bridges: BridgeSource = match &namespaces {
             Some(namespaces) => {
                 let namespaces = Arc::clone(namespaces);
-                Arc::new(move || namespaces.bridges())
+                Arc::new(move |inode| namespaces.bridges_of(inode))
             }
-            None => Arc::new(HashMap::new),
+            None => Arc::new(|_| Vec::new()),
         };
         let enricher = Arc::new(Enricher::new(bridges, self.docker_host.as_deref()));
         let namer = self.collector.namer(enricher);

@@ -210,18 +210,23 @@ pub fn bridges_in(name: &str, path: &Path) -> Result<Vec<BridgeSubnet>, EnrichEr
             return Err(error(io::Error::last_os_error()));
         }
     }
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(error)?;
-    socket.bind_auto().map_err(error)?;
-    receive_timeout(&socket, NETLINK_TIMEOUT).map_err(error)?;
+    Ok(links_here().map_err(error)?.bridges())
+}
+
+/// The links and addresses of the calling thread's namespace.
+fn links_here() -> io::Result<Links> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    receive_timeout(&socket, NETLINK_TIMEOUT)?;
     let mut links = Links::default();
     let requests = [
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
     ];
     for (seq, request) in (1..).zip(requests) {
-        dump(&socket, request, seq, &mut links).map_err(error)?;
+        dump(&socket, request, seq, &mut links)?;
     }
-    Ok(links.bridges())
+    Ok(links)
 }
 
 /// Sends a dump request and takes its answer into `links`, up to NLMSG_DONE.
@@ -427,6 +432,12 @@ mod tests {
     /// Needs only the own namespace (no privileges): lo exists and is no bridge.
     #[test]
     fn the_own_namespace_answers_the_dumps() {
+        let links = links_here().expect("the own namespace answers rtnetlink");
+        assert_eq!(
+            links.name(1),
+            Some("lo"),
+            "the kernel's link messages decode"
+        );
         let own = bridges_in("own", Path::new("/proc/self/ns/net"))
             .expect("the own namespace answers rtnetlink");
         assert!(

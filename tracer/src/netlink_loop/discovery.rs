@@ -8,9 +8,14 @@
 //! known yet make [`crate::netns::Names`] look too. A slow rescan catches whatever none
 //! of these announce.
 
-use std::{fs::File, io, os::fd::AsRawFd as _};
+use std::{
+    fs::File,
+    io,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
 
-use inotify::{Inotify, WatchMask};
+use inotify::{Inotify, WatchDescriptor, WatchMask};
 use mio::{unix::SourceFd, Interest, Registry, Token};
 use netlink_sys::{protocols::NETLINK_CONNECTOR, Socket, SocketAddr};
 
@@ -20,6 +25,8 @@ pub struct Discovery {
     inotify: Inotify,
     /// Which of [`NAMED_NAMESPACE_DIRS`] are watched (they may appear later).
     watched: [bool; NAMED_NAMESPACE_DIRS.len()],
+    /// The folder behind each watch, to name the files its events are about.
+    folders: Vec<(WatchDescriptor, &'static str)>,
     /// `/proc/self/mountinfo`: readable with priority when the mount table changed.
     mounts: Option<File>,
     buffer: Vec<u8>,
@@ -30,6 +37,7 @@ impl Discovery {
         let mut discovery = Self {
             inotify: Inotify::init()?,
             watched: [false; NAMED_NAMESPACE_DIRS.len()],
+            folders: Vec::new(),
             mounts: File::open("/proc/self/mountinfo").ok(),
             buffer: vec![0; 4096],
         };
@@ -66,34 +74,46 @@ impl Discovery {
                 | WatchMask::MOVED_FROM
                 | WatchMask::MOVED_TO
                 | WatchMask::DELETE_SELF;
-            if self.inotify.watches().add(dir, mask).is_ok() {
+            if let Ok(descriptor) = self.inotify.watches().add(dir, mask) {
                 *watched = true;
+                self.folders.retain(|(wd, _)| *wd != descriptor);
+                self.folders.push((descriptor, dir));
             }
         }
     }
 
-    /// Reads every pending inotify event; whether there was any. A watched folder that
-    /// was removed is watched again once it is back.
-    pub fn drain_files(&mut self) -> bool {
-        let mut any = false;
+    /// Reads every pending inotify event: the files they are about (created, deleted,
+    /// renamed; a folder's own path when it went), empty when there was none. A watched
+    /// folder that was removed is watched again once it is back.
+    pub fn drain_files(&mut self) -> Vec<PathBuf> {
+        let mut changed = Vec::new();
         loop {
             match self.inotify.read_events(&mut self.buffer) {
                 Ok(events) => {
-                    let mut none = true;
+                    let mut any = false;
                     for event in events {
-                        none = false;
                         any = true;
+                        let folder = self
+                            .folders
+                            .iter()
+                            .find(|(wd, _)| *wd == event.wd)
+                            .map(|(_, dir)| Path::new(*dir));
                         if event.mask.contains(inotify::EventMask::IGNORED) {
                             // The folder itself is gone: look for it again later.
                             self.watched = [false; NAMED_NAMESPACE_DIRS.len()];
                         }
+                        match (folder, event.name) {
+                            (Some(folder), Some(name)) => changed.push(folder.join(name)),
+                            (Some(folder), None) => changed.push(folder.to_path_buf()),
+                            _ => {}
+                        }
                     }
-                    if none {
-                        return any;
+                    if !any {
+                        return changed;
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return any,
+                Err(_) => return changed,
             }
         }
     }
