@@ -1,7 +1,7 @@
-//! Scrapes stay answered while network namespaces come and go: the forwarding watch
-//! follows every namespace, and the scrape reads its state while the scanner removes
-//! the listeners of vanished ones. A lock taken in the other order on either side hangs
-//! the gateway at the first unlucky moment.
+//! Scrapes stay answered while network namespaces come and go: the namespace loop
+//! follows every namespace and removes vanished ones while scrapes read the forwarding
+//! state it keeps, and lookups from drops look for namespaces too. A lock taken in the
+//! wrong order anywhere on that path hangs the gateway at the first unlucky moment.
 
 use std::{
     process::Command,
@@ -20,8 +20,8 @@ const DURATION: Duration = Duration::from_mins(1);
 const SCRAPE_EVERY: Duration = Duration::from_millis(10);
 /// A correctness bound, not a benchmark: a healthy scrape here takes milliseconds.
 const SLOWEST_ALLOWED: Duration = Duration::from_secs(1);
-/// Namespaces alive at any time: the scanner walks all of them while it holds its lock,
-/// which widens the window a wrong lock order needs.
+/// Namespaces alive at any time: every look for namespaces walks all of them under the
+/// names lock, which widens the window a wrong lock order needs.
 const ALIVE: usize = 150;
 
 /// Namespaces `dg-churn-<pid>-<n>` made by this test; whatever is left is deleted on drop.

@@ -2,12 +2,12 @@
 //! address, and, when a Docker engine answers, the container, its compose service and
 //! its network.
 //!
-//! Enrichment never fails a sample: anything unknown is left out. Samples are answered
-//! from a cache only; a background thread fills it every few seconds (sooner after a
-//! miss, at most once a second) with the bridges of every known namespace (an rtnetlink
-//! dump of links and addresses, asked from a short-lived thread that entered the
-//! namespace) and the Docker engine's networks and containers (its HTTP API over the
-//! unix socket, through hyper's client: see `http_client`).
+//! Enrichment never fails a sample: anything unknown is left out. The bridges of the
+//! drop's namespace are read at once from what the namespace loop keeps of its link and
+//! address events (see `netlink_loop`); the Docker engine's networks and containers come
+//! from a cache that a background thread fills every few seconds (sooner after a miss,
+//! at most once a second) through its HTTP API over the unix socket (hyper's client: see
+//! `http_client`).
 
 mod docker;
 pub mod rtnetlink;
@@ -24,8 +24,6 @@ use std::{
 };
 
 use serde::Serialize;
-
-use crate::netns::Names;
 
 use self::{docker::DockerView, rtnetlink::BridgeSubnet};
 
@@ -223,12 +221,14 @@ pub struct Enricher {
     /// Asks the refresher for an early refresh; capacity 1, so requests coalesce.
     nudge: SyncSender<()>,
     docker: bool,
+    bridges: BridgeSource,
 }
 
 impl Enricher {
-    /// `names` enters namespaces by inode; `docker_host` is the Docker Engine API address
-    /// (`unix:///path`), `None` for no Docker lookups.
-    pub fn new(names: Arc<Names>, docker_host: Option<&str>) -> Self {
+    /// `bridges` gives the bridge subnets of a namespace by inode (the namespace
+    /// loop's); `docker_host` is the Docker Engine API address (`unix:///path`), `None`
+    /// for no Docker lookups.
+    pub fn new(bridges: BridgeSource, docker_host: Option<&str>) -> Self {
         let docker = match docker_host.map(docker_socket).transpose() {
             Ok(socket) => socket,
             Err(err) => {
@@ -244,7 +244,6 @@ impl Enricher {
         let has_docker = docker.is_some();
         let refresher = Refresher {
             shared: Arc::downgrade(&shared),
-            names,
             docker,
             docker_up: None,
             docker_answered: None,
@@ -259,17 +258,17 @@ impl Enricher {
             shared,
             nudge,
             docker: has_docker,
+            bridges,
         }
     }
 
     /// What is known about `addr` as seen from the namespace with inode `netns`.
     pub fn destination(&self, netns: u32, addr: IpAddr) -> Destination {
-        let found = self
-            .shared
-            .cache
-            .lock()
-            .expect("enrichment cache lock")
-            .lookup(netns, addr);
+        let bridges = (self.bridges)(netns);
+        let mut cache = self.shared.cache.lock().expect("enrichment cache lock");
+        cache.bridges.insert(netns, bridges);
+        let found = cache.lookup(netns, addr);
+        drop(cache);
         if found.bridge.is_none() || (self.docker && found.container.is_none()) {
             self.ask_for_refresh();
         }
@@ -288,10 +287,12 @@ impl Enricher {
     }
 }
 
-/// The background side: fills the cache from netlink and the Docker API.
+/// The bridge subnets of the namespace with this inode, as they are now.
+pub type BridgeSource = Arc<dyn Fn(u32) -> Vec<BridgeSubnet> + Send + Sync>;
+
+/// The background side: fills the cache from the namespace loop and the Docker API.
 struct Refresher {
     shared: std::sync::Weak<Shared>,
-    names: Arc<Names>,
     docker: Option<PathBuf>,
     /// Whether the last Docker query worked; logs only when this changes.
     docker_up: Option<bool>,
@@ -303,14 +304,15 @@ impl Refresher {
     fn run(mut self, nudges: &mpsc::Receiver<()>) {
         loop {
             let started = Instant::now();
-            let bridges = self.bridges();
             let docker = self.docker_view();
             let Some(shared) = self.shared.upgrade() else {
                 return;
             };
             {
                 let mut cache = shared.cache.lock().expect("enrichment cache lock");
-                cache.bridges = bridges;
+                // Filled again by each lookup, from the namespace loop: only keep it
+                // from growing with namespaces long gone.
+                cache.bridges.clear();
                 if let Some(docker) = docker {
                     cache.docker = docker;
                 }
@@ -326,16 +328,6 @@ impl Refresher {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-    }
-
-    /// Bridge subnets of every namespace dropgate can name (its own included).
-    fn bridges(&self) -> HashMap<u32, Vec<BridgeSubnet>> {
-        let mut namespaces: Vec<(u32, String, PathBuf)> = self.names.named();
-        let own = self.names.own_inode();
-        if !namespaces.iter().any(|(inode, _, _)| *inode == own) {
-            namespaces.push((own, "own".into(), PathBuf::from("/proc/self/ns/net")));
-        }
-        rtnetlink::bridges_in_namespaces(&namespaces)
     }
 
     /// The engine's networks and containers; `None` to keep the cached view (no engine
@@ -601,7 +593,7 @@ mod tests {
     #[test]
     fn unknown_addresses_stay_unnamed_without_an_engine() {
         let enricher = Enricher::new(
-            Arc::new(Names::new()),
+            Arc::new(|_| Vec::new()),
             Some("unix:///nonexistent/docker.sock"),
         );
         for _ in 0..100 {

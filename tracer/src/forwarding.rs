@@ -1,31 +1,21 @@
 //! IPv4 and IPv6 forwarding state of every network namespace, and every change to it.
 //!
 //! Forwarding is the setting behind the incident: Docker turns it on, a sysctl reload
-//! turns it off again, and published ports stop working for other hosts. For each
-//! namespace dropgate knows, a thread enters it, asks the kernel for the state of every
-//! interface of both families (one `RTM_GETNETCONF` dump with `AF_UNSPEC`) and then
-//! listens for `RTM_NEWNETCONF` events of both, so a flip is seen when it happens, not
-//! at the next poll. A listener ends when its
-//! namespace disappears, so dropgate never keeps a deleted namespace alive.
+//! turns it off again, and published ports stop working for other hosts. Each
+//! namespace's socket in the namespace loop ([`crate::netlink_loop`]) asks the kernel for
+//! the state of every interface of both families (one `RTM_GETNETCONF` dump with
+//! `AF_UNSPEC`) and then receives `RTM_NEWNETCONF` events of both, so a flip is seen when
+//! it happens, not at the next poll.
+//! This module says what to ask for and what the answers mean.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fs::File,
-    os::fd::{AsRawFd, OwnedFd},
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
-    netlink::{self, attributes, netlink_messages},
-    netns::Names,
+    netlink::{attributes, netlink_messages},
+    netlink_loop::NetlinkLoop,
 };
 
-const RTM_NEWNETCONF: u16 = 80;
+pub const RTM_NEWNETCONF: u16 = 80;
 const RTM_GETNETCONF: u16 = 82;
 const NETCONFA_IFINDEX: u16 = 1;
 const NETCONFA_FORWARDING: u16 = 2;
@@ -33,6 +23,13 @@ const NETCONFA_IFINDEX_ALL: i32 = -1;
 const NETCONFA_IFINDEX_DEFAULT: i32 = -2;
 const RTNLGRP_IPV4_NETCONF: u32 = 24;
 const RTNLGRP_IPV6_NETCONF: u32 = 25;
+
+/// The multicast groups (`RTNLGRP_*`) every namespace's socket joins for forwarding.
+pub const NETCONF_GROUPS: &[u32] = &[RTNLGRP_IPV4_NETCONF, RTNLGRP_IPV6_NETCONF];
+/// The address families whose NETCONF state is dumped when a namespace is found:
+/// `AF_UNSPEC` has the kernel answer for every family with NETCONF (IPv4, IPv6, MPLS) in
+/// one dump; a second dump could only start once the first is done.
+pub const NETCONF_DUMP_FAMILIES: &[u8] = &[libc::AF_UNSPEC as u8];
 
 /// The address family a NETCONF message is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,169 +74,28 @@ pub struct NetconfUpdate {
     pub forwarding: bool,
 }
 
-struct Listener {
-    name: String,
-    stop: Arc<AtomicBool>,
-}
-
-/// Watches forwarding in every known namespace; cheap to read at scrape time.
+/// Forwarding in every known namespace; cheap to read at scrape time.
 pub struct ForwardingWatch {
-    state: Arc<Mutex<HashMap<u32, NamespaceForwarding>>>,
-    listeners: Mutex<HashMap<u32, Listener>>,
-    names: Arc<Names>,
+    /// `None` when the namespace loop could not start: nothing is known.
+    namespaces: Option<Arc<NetlinkLoop>>,
 }
 
 impl ForwardingWatch {
-    /// Starts watching; a background thread picks up new namespaces every second.
-    pub fn start(names: Arc<Names>) -> Arc<Self> {
-        let watch = Arc::new(Self {
-            state: Arc::default(),
-            listeners: Mutex::default(),
-            names,
-        });
-        let weak = Arc::downgrade(&watch);
-        std::thread::Builder::new()
-            .name("forwarding-scan".into())
-            .spawn(move || {
-                while let Some(watch) = weak.upgrade() {
-                    watch.rescan();
-                    drop(watch);
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            })
-            .expect("spawn the forwarding scanner");
-        watch
+    /// Reads the forwarding state the namespace loop keeps.
+    pub fn new(namespaces: Option<Arc<NetlinkLoop>>) -> Arc<Self> {
+        Arc::new(Self { namespaces })
     }
 
-    /// A copy of the current state, by namespace label.
-    ///
-    /// Takes one lock at a time, never both: the scanner holds `listeners` while it
-    /// starts and stops listeners, and a scrape that held `state` while waiting for
-    /// `listeners` could meet a scanner waiting for `state` — and hang the gateway.
+    /// A copy of the current state, by namespace label, sorted by label.
     pub fn snapshot(&self) -> Vec<(String, NamespaceForwarding)> {
-        let names: HashMap<u32, String> = self
-            .listeners
-            .lock()
-            .expect("listeners lock")
-            .iter()
-            .map(|(inode, listener)| (*inode, listener.name.clone()))
-            .collect();
-        let state = self.state.lock().expect("forwarding lock");
-        let mut out: Vec<(String, NamespaceForwarding)> = state
-            .iter()
-            .filter_map(|(inode, ns)| Some((names.get(inode)?.clone(), ns.clone())))
-            .collect();
-        drop(state);
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
-    fn rescan(&self) {
-        let mut present: Vec<(u32, String, PathBuf)> = self.names.named();
-        let own = self.names.own_inode();
-        if !present.iter().any(|(inode, _, _)| *inode == own) {
-            present.push((
-                own,
-                crate::netns::OWN_NAMESPACE.into(),
-                PathBuf::from("/proc/self/ns/net"),
-            ));
-        }
-        self.follow(present, own);
-    }
-
-    /// Stops the listeners of namespaces no longer `present`, forgets their state, and
-    /// starts listeners for new ones. Like [`Self::snapshot`], never holds both locks.
-    fn follow(&self, present: Vec<(u32, String, PathBuf)>, own: u32) {
-        let mut gone = Vec::new();
-        {
-            let mut listeners = self.listeners.lock().expect("listeners lock");
-            listeners.retain(|inode, listener| {
-                let keep = present.iter().any(|(i, _, _)| i == inode);
-                if !keep {
-                    listener.stop.store(true, Ordering::Relaxed);
-                    gone.push(*inode);
-                }
-                keep
-            });
-            for (inode, name, path) in present {
-                if listeners.contains_key(&inode) {
-                    continue;
-                }
-                let name = if inode == own {
-                    crate::netns::OWN_NAMESPACE.to_owned()
-                } else {
-                    name
-                };
-                let stop = Arc::new(AtomicBool::new(false));
-                let state = Arc::clone(&self.state);
-                let thread_stop = Arc::clone(&stop);
-                let spawned = std::thread::Builder::new()
-                    .name(format!("netconf-{inode}"))
-                    .spawn(move || {
-                        if let Err(err) = listen(&path, inode, &state, &thread_stop) {
-                            tracing::debug!("forwarding watch of {} ended: {err}", path.display());
-                        }
-                    });
-                if spawned.is_ok() {
-                    listeners.insert(inode, Listener { name, stop });
-                }
-            }
-        }
-        if !gone.is_empty() {
-            let mut state = self.state.lock().expect("forwarding lock");
-            for inode in gone {
-                state.remove(&inode);
-            }
-        }
+        self.namespaces
+            .as_ref()
+            .map(|namespaces| namespaces.forwarding())
+            .unwrap_or_default()
     }
 }
 
-/// Enters the namespace, dumps the forwarding state, then follows NETCONF events.
-fn listen(
-    ns_path: &PathBuf,
-    inode: u32,
-    state: &Mutex<HashMap<u32, NamespaceForwarding>>,
-    stop: &AtomicBool,
-) -> std::io::Result<()> {
-    let ns = File::open(ns_path)?;
-    // SAFETY: setns on this dedicated thread only; it never returns to the pool.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    drop(ns);
-    let groups = (1 << (RTNLGRP_IPV4_NETCONF - 1)) | (1 << (RTNLGRP_IPV6_NETCONF - 1));
-    let socket = netlink::route_socket(groups, Duration::from_secs(1))?;
-    send_dump_request(&socket)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: recv into a buffer we own, with its true length.
-        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => continue,
-                _ => return Err(err),
-            }
-        }
-        let updates = parse_netconf(&buf[..n as usize]);
-        if updates.is_empty() {
-            continue;
-        }
-        let mut state = state.lock().expect("forwarding lock");
-        // Checked under the lock: once the scanner has removed this namespace's state
-        // (after setting `stop`), a late update must not bring it back.
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let ns = state.entry(inode).or_default();
-        for update in updates {
-            apply(ns, update);
-        }
-    }
-    Ok(())
-}
-
-fn apply(ns: &mut NamespaceForwarding, update: NetconfUpdate) {
+pub fn apply(ns: &mut NamespaceForwarding, update: NetconfUpdate) {
     let (all, interfaces) = match update.family {
         Family::Ipv4 => (&mut ns.all, &mut ns.interfaces),
         Family::Ipv6 => (&mut ns.ipv6_all, &mut ns.ipv6_interfaces),
@@ -263,23 +119,18 @@ fn apply(ns: &mut NamespaceForwarding, update: NetconfUpdate) {
     }
 }
 
-fn send_dump_request(socket: &OwnedFd) -> std::io::Result<()> {
-    // nlmsghdr (16 bytes) + netconfmsg (1 byte family, padded to 4).
-    let mut msg = [0u8; 20];
+/// An `RTM_GETNETCONF` dump request for one address family: nlmsghdr (16 bytes), then
+/// netconfmsg (1 byte of family, padded to 4).
+#[must_use]
+pub fn netconf_dump_request(family: u8, seq: u32) -> Vec<u8> {
+    let mut msg = vec![0u8; 20];
     msg[0..4].copy_from_slice(&20u32.to_ne_bytes());
     msg[4..6].copy_from_slice(&RTM_GETNETCONF.to_ne_bytes());
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     msg[6..8].copy_from_slice(&flags.to_ne_bytes());
-    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    // AF_UNSPEC: the kernel answers for every family with NETCONF (IPv4, IPv6, MPLS) in
-    // one dump; a second dump could only start once the first is done.
-    msg[16] = libc::AF_UNSPEC as u8;
-    // SAFETY: send from a buffer we own, with its true length.
-    let n = unsafe { libc::send(socket.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    msg[8..12].copy_from_slice(&seq.to_ne_bytes());
+    msg[16] = family;
+    msg
 }
 
 /// Decodes the NETCONF messages in one netlink datagram.
@@ -312,61 +163,6 @@ pub fn parse_netconf(data: &[u8]) -> Vec<NetconfUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The scanner must never wait for `state` while holding `listeners`: a scrape
-    /// takes `state` first (it did, and any reader may), and the two would wait for
-    /// each other forever. Here the test is that scrape, holding `state` while the
-    /// scanner forgets a vanished namespace.
-    #[test]
-    fn forgetting_a_namespace_never_waits_for_state_while_holding_listeners() {
-        const GONE: u32 = 7;
-        let watch = Arc::new(ForwardingWatch {
-            state: Arc::new(Mutex::new(HashMap::from([(
-                GONE,
-                NamespaceForwarding::default(),
-            )]))),
-            listeners: Mutex::new(HashMap::from([(
-                GONE,
-                Listener {
-                    name: "gone".into(),
-                    stop: Arc::default(),
-                },
-            )])),
-            names: Arc::new(Names::new()),
-        });
-        let state = watch.state.lock().expect("forwarding lock");
-        let scanner = std::thread::spawn({
-            let watch = Arc::clone(&watch);
-            // Nothing present any more: the listener of GONE is stopped, its state removed.
-            move || watch.follow(Vec::new(), 0)
-        });
-        // While this thread holds `state`, `listeners` must become free.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        let mut free = false;
-        while std::time::Instant::now() < deadline {
-            // Give the scanner time to reach the point where it needs `state`.
-            std::thread::sleep(Duration::from_millis(50));
-            if let Ok(listeners) = watch.listeners.try_lock() {
-                free = listeners.is_empty();
-                if free {
-                    break;
-                }
-            }
-        }
-        drop(state);
-        scanner
-            .join()
-            .expect("the scanner finishes once state is free");
-        assert!(
-            free,
-            "the scanner held `listeners` while waiting for `state`: a scrape doing the same in the other order deadlocks"
-        );
-        assert!(
-            watch.state.lock().expect("forwarding lock").is_empty(),
-            "the vanished namespace's state is forgotten"
-        );
-        assert!(watch.snapshot().is_empty());
-    }
 
     fn message(family: i32, ifindex: i32, forwarding: i32) -> Vec<u8> {
         let mut msg = Vec::new();

@@ -17,7 +17,7 @@
 
 use std::{
     fs::File,
-    io::{Read as _, Seek as _, SeekFrom},
+    io::{BufRead, BufReader, Read as _, Seek as _, SeekFrom},
     path::Path,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
@@ -42,32 +42,79 @@ pub enum KallsymsError {
 /// How often, at most, `/proc/modules` is compared with what the table was read for.
 const MODULE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A sorted table of kernel text symbols.
+/// A sorted table of kernel text symbols, packed: the kernel has some 120,000 of them and
+/// the table stays resident, so each costs its address, an offset and its name's bytes
+/// (about 35 bytes) rather than a string allocation of its own (about 80).
 #[derive(Debug, Default)]
 struct SymbolTable {
-    /// (address, name), sorted by address.
-    symbols: Vec<(u64, Arc<str>)>,
+    /// Start addresses, sorted.
+    addresses: Vec<u64>,
+    /// Where each symbol's name ends in `names` (it starts where the previous one ends).
+    name_ends: Vec<u32>,
+    names: String,
 }
 
 impl SymbolTable {
     fn parse(text: &str) -> Self {
-        let mut symbols: Vec<(u64, Arc<str>)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split_ascii_whitespace();
-                let address = u64::from_str_radix(fields.next()?, 16).ok()?;
-                let kind = fields.next()?;
-                let name = fields.next()?;
-                (address != 0 && matches!(kind, "t" | "T")).then(|| (address, name.into()))
-            })
-            .collect();
-        symbols.sort_unstable_by_key(|(address, _)| *address);
-        Self { symbols }
+        Self::read(text.as_bytes()).unwrap_or_default()
     }
 
-    fn function_at(&self, address: u64) -> Option<&Arc<str>> {
-        let index = self.symbols.partition_point(|(start, _)| *start <= address);
-        index.checked_sub(1).map(|i| &self.symbols[i].1)
+    /// Reads kallsyms text line by line, never holding the whole file (5 MB and more).
+    fn read(mut input: impl BufRead) -> std::io::Result<Self> {
+        // (address, name start, name end) in `unsorted`, sorted afterwards.
+        let mut found: Vec<(u64, u32, u32)> = Vec::new();
+        let mut unsorted = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if input.read_line(&mut line)? == 0 {
+                break;
+            }
+            let mut fields = line.split_ascii_whitespace();
+            let (Some(address), Some(kind), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let Ok(address) = u64::from_str_radix(address, 16) else {
+                continue;
+            };
+            if address == 0 || !matches!(kind, "t" | "T") {
+                continue;
+            }
+            let start = unsorted.len() as u32;
+            unsorted.push_str(name);
+            found.push((address, start, unsorted.len() as u32));
+        }
+        found.sort_unstable_by_key(|(address, _, _)| *address);
+        let mut table = Self {
+            addresses: Vec::with_capacity(found.len()),
+            name_ends: Vec::with_capacity(found.len()),
+            names: String::with_capacity(unsorted.len()),
+        };
+        for (address, start, end) in found {
+            table.addresses.push(address);
+            table
+                .names
+                .push_str(&unsorted[start as usize..end as usize]);
+            table.name_ends.push(table.names.len() as u32);
+        }
+        Ok(table)
+    }
+
+    fn len(&self) -> usize {
+        self.addresses.len()
+    }
+
+    fn function_at(&self, address: u64) -> Option<&str> {
+        let index = self
+            .addresses
+            .partition_point(|start| *start <= address)
+            .checked_sub(1)?;
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |previous| self.name_ends[previous] as usize);
+        Some(&self.names[start..self.name_ends[index] as usize])
     }
 }
 
@@ -112,6 +159,12 @@ fn reread(file: &mut File) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// Reads the symbol table again from the file's start, through the same descriptor.
+fn reread_table(file: &mut File) -> std::io::Result<SymbolTable> {
+    file.seek(SeekFrom::Start(0))?;
+    SymbolTable::read(BufReader::with_capacity(64 * 1024, file))
+}
+
 /// The kernel's text symbols, kept up to date with the loaded modules.
 pub struct Kallsyms {
     table: RwLock<Arc<SymbolTable>>,
@@ -153,8 +206,8 @@ impl Kallsyms {
             Some(file) => reread(file).unwrap_or_default(),
             None => String::new(),
         };
-        let table = SymbolTable::parse(&reread(&mut file).map_err(read_error)?);
-        if table.symbols.is_empty() {
+        let table = reread_table(&mut file).map_err(read_error)?;
+        if table.len() == 0 {
             return Err(KallsymsError::Hidden {
                 path: kallsyms_path,
             });
@@ -207,10 +260,9 @@ impl Kallsyms {
         if modules_fingerprint(&now) == modules_fingerprint(&source.modules_text) {
             return;
         }
-        match reread(&mut source.kallsyms) {
-            Ok(text) => {
-                let table = SymbolTable::parse(&text);
-                if table.symbols.is_empty() {
+        match reread_table(&mut source.kallsyms) {
+            Ok(table) => {
+                if table.len() == 0 {
                     tracing::warn!(
                         "{} re-read without addresses; keeping the old table",
                         source.kallsyms_path
@@ -218,7 +270,7 @@ impl Kallsyms {
                     return;
                 }
                 tracing::info!(
-                    symbols = table.symbols.len(),
+                    symbols = table.len(),
                     "loaded kernel modules changed: kernel symbols re-read"
                 );
                 *self.table.write().expect("kallsyms lock") = Arc::new(table);
@@ -233,7 +285,7 @@ impl Kallsyms {
     pub fn function_at(&self, address: u64) -> Option<Arc<str>> {
         self.refresh_if_modules_changed();
         let table = Arc::clone(&self.table.read().expect("kallsyms lock"));
-        table.function_at(address).cloned()
+        table.function_at(address).map(Arc::from)
     }
 
     /// The label for `address`: its function, or the address in hex if it is in none.
@@ -418,7 +470,7 @@ ffffffffc0001000 t nft_do_chain\t[nf_tables]
                 return;
             }
             let mut file = File::open("/proc/kallsyms").expect("open /proc/kallsyms");
-            let before = SymbolTable::parse(&reread(&mut file).expect("read")).symbols.len();
+            let before = SymbolTable::parse(&reread(&mut file).expect("read")).len();
             if before == 0 {
                 eprintln!("SKIP: kernel.kptr_restrict=2 hides addresses even from root");
                 return;
@@ -426,8 +478,8 @@ ffffffffc0001000 t nft_do_chain\t[nf_tables]
             caps::drop(None, CapSet::Effective, Capability::CAP_SYSLOG)
                 .expect("drop CAP_SYSLOG on this thread");
             let fresh = std::fs::read_to_string("/proc/kallsyms").expect("open again");
-            let fresh = SymbolTable::parse(&fresh).symbols.len();
-            let again = SymbolTable::parse(&reread(&mut file).expect("re-read")).symbols.len();
+            let fresh = SymbolTable::parse(&fresh).len();
+            let again = SymbolTable::parse(&reread(&mut file).expect("re-read")).len();
             eprintln!("text symbols: {before} at open, {again} re-read after the drop, {fresh} on a fresh open");
             assert_eq!(
                 again, before,

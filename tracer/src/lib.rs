@@ -20,6 +20,7 @@ pub mod import;
 pub mod kallsyms;
 pub mod loader;
 pub mod netlink;
+pub mod netlink_loop;
 pub mod netns;
 pub mod privileges;
 pub mod program_stats;

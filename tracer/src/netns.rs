@@ -28,7 +28,7 @@ pub const OWN_NAMESPACE: &str = "root";
 pub const INIT_NAMESPACE: &str = "init";
 
 /// Folders holding one bind-mounted namespace file per named namespace.
-const NAMED_NAMESPACE_DIRS: [&str; 3] =
+pub const NAMED_NAMESPACE_DIRS: [&str; 3] =
     ["/run/netns", "/run/docker/netns", "/var/run/docker/netns"];
 
 /// Re-scanning is cheap but not free: at most this often when a name is missing.
@@ -58,6 +58,12 @@ struct State {
     /// (two living namespaces never share an inode).
     dead_cookies: HashSet<u64>,
     last_scan: Option<Instant>,
+    /// Told whenever a scan finds the set of namespaces changed.
+    on_change: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Namespace files in the folders as of the last look, with their inodes.
+    entries: HashMap<PathBuf, u32>,
+    /// Every process's namespace inode as of the last look.
+    pids: HashMap<u32, u32>,
 }
 
 /// Whether the namespace a drop key names still exists.
@@ -240,10 +246,49 @@ impl Names {
             .remove(&cookie);
     }
 
-    /// Paths of every namespace dropgate knows by name, with the name.
+    /// Paths of every namespace dropgate knows by name, with the name (looked for
+    /// again if the last look is older than a second).
     pub fn named(&self) -> Vec<(u32, String, PathBuf)> {
         let mut state = self.state.lock().expect("names lock");
         Self::rescan(&mut state);
+        Self::list(&state)
+    }
+
+    /// Like [`Self::named`], but always looks again (the namespace loop, told by an
+    /// event that something changed): `full`, or only at entries and processes that are
+    /// new since the last look.
+    pub fn scan(&self, full: bool) -> Vec<(u32, String, PathBuf)> {
+        let mut state = self.state.lock().expect("names lock");
+        Self::scan_now(&mut state, full);
+        Self::list(&state)
+    }
+
+    /// The next look that is not full stats these folder entries again (an event said
+    /// they were made, removed or renamed).
+    pub fn forget_files(&self, paths: &[PathBuf]) {
+        let mut state = self.state.lock().expect("names lock");
+        for path in paths {
+            state.entries.remove(path);
+        }
+    }
+
+    /// The next look that is not full asks this process for its namespace again.
+    pub fn forget_process(&self, pid: u32) {
+        self.state.lock().expect("names lock").pids.remove(&pid);
+    }
+
+    /// What the last look found, without looking again.
+    pub fn known(&self) -> Vec<(u32, String, PathBuf)> {
+        Self::list(&self.state.lock().expect("names lock"))
+    }
+
+    /// Calls `changed` (from whichever thread looked) whenever a look finds namespaces
+    /// that came or went.
+    pub fn on_change(&self, changed: impl Fn() + Send + Sync + 'static) {
+        self.state.lock().expect("names lock").on_change = Some(Box::new(changed));
+    }
+
+    fn list(state: &State) -> Vec<(u32, String, PathBuf)> {
         state
             .namespaces
             .iter()
@@ -258,22 +303,48 @@ impl Names {
         {
             return;
         }
+        Self::scan_now(state, true);
+    }
+
+    /// Looks for namespaces. A full look stats every folder entry and every process's
+    /// namespace; otherwise entries and processes seen before are taken from the last
+    /// look (a bind mount stays what it is while its file is listed; a process moving to
+    /// another namespace shows in a full look, at most 30 s later, or through an exec),
+    /// so that a burst of events on a host with many namespaces stays cheap.
+    fn scan_now(state: &mut State, full: bool) {
         state.last_scan = Some(Instant::now());
+        // `ip netns add` makes the file before it mounts the namespace on it: only a
+        // file of the namespace filesystem (the device of our own) is a namespace.
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
         let mut found: HashMap<u32, Namespace> = HashMap::new();
+        let mut entries_seen: HashMap<PathBuf, u32> = HashMap::new();
         for dir in NAMED_NAMESPACE_DIRS {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                if let Some(inode) = inode_of(&path) {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    found.entry(inode).or_insert(Namespace { name, path });
-                }
+                let known = (!full).then(|| state.entries.get(&path).copied()).flatten();
+                let inode = if let Some(inode) = known {
+                    inode
+                } else {
+                    let Ok(metadata) = std::fs::metadata(&path) else {
+                        continue;
+                    };
+                    if nsfs.is_some_and(|dev| dev != metadata.dev()) {
+                        continue;
+                    }
+                    metadata.ino() as u32
+                };
+                entries_seen.insert(path.clone(), inode);
+                let name = entry.file_name().to_string_lossy().into_owned();
+                found.entry(inode).or_insert(Namespace { name, path });
             }
         }
+        state.entries = entries_seen;
         // Namespaces without a bind mount (containers started by other runtimes, tools
         // using unshare) are reachable through any process inside them.
+        let mut pids_seen: HashMap<u32, u32> = HashMap::new();
         if let Ok(procs) = std::fs::read_dir("/proc") {
             for entry in procs.flatten() {
                 let pid = entry.file_name();
@@ -283,11 +354,20 @@ impl Names {
                 else {
                     continue;
                 };
-                let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-                let Some(inode) = inode_of(&path) else {
+                let Ok(number) = pid.parse::<u32>() else {
                     continue;
                 };
+                let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                let known = (!full).then(|| state.pids.get(&number).copied()).flatten();
+                let Some(inode) = known.or_else(|| inode_of(&path)) else {
+                    continue;
+                };
+                pids_seen.insert(number, inode);
                 found.entry(inode).or_insert_with(|| {
+                    // The name it had, if this process gave it.
+                    if let Some(old) = state.namespaces.get(&inode).filter(|ns| ns.path == path) {
+                        return old.clone();
+                    }
                     let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     // init (1) and kthreadd (2) always live in the machine's initial
@@ -301,13 +381,26 @@ impl Names {
                 });
             }
         }
+        state.pids = pids_seen;
         // A namespace that is gone takes its interface names with it: a later one with
         // the same inode has interfaces of its own.
         state
             .interfaces
             .retain(|(inode, _), _| found.contains_key(inode));
         state.cookies.retain(|inode, _| found.contains_key(inode));
+        let changed = found.len() != state.namespaces.len()
+            || found.iter().any(|(inode, ns)| {
+                state
+                    .namespaces
+                    .get(inode)
+                    .is_none_or(|old| old.name != ns.name)
+            });
         state.namespaces = found;
+        if changed {
+            if let Some(changed) = &state.on_change {
+                changed();
+            }
+        }
     }
 }
 

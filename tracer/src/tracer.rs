@@ -13,10 +13,11 @@ use crate::{
     collector::{DropCollector, View},
     diagnose::watch::Findings,
     drop_class::Classifier,
-    enrich::Enricher,
+    enrich::{BridgeSource, Enricher},
     forwarding::ForwardingWatch,
     kallsyms::Kallsyms,
     loader::{self, Hook, LoadOptions, Probe},
+    netlink_loop::NetlinkLoop,
     privileges,
     program_stats::ProgramStats,
     samples::{self, SampleHub},
@@ -83,10 +84,25 @@ impl Attached {
     /// tokio runtime).
     pub fn start(self) -> Tracer {
         let hub = Arc::new(SampleHub::new(self.recent_samples));
-        let enricher = Arc::new(Enricher::new(
-            self.collector.names(),
-            self.docker_host.as_deref(),
-        ));
+        // One thread for every namespace's netlink socket: forwarding state for the
+        // metrics, bridges for the enrichment.
+        let namespaces = match NetlinkLoop::start(self.collector.names()) {
+            Ok(namespaces) => Some(Arc::new(namespaces)),
+            Err(err) => {
+                tracing::warn!(
+                    "cannot follow namespaces (no forwarding state, no bridge names): {err}"
+                );
+                None
+            }
+        };
+        let bridges: BridgeSource = match &namespaces {
+            Some(namespaces) => {
+                let namespaces = Arc::clone(namespaces);
+                Arc::new(move |inode| namespaces.bridges_of(inode))
+            }
+            None => Arc::new(|_| Vec::new()),
+        };
+        let enricher = Arc::new(Enricher::new(bridges, self.docker_host.as_deref()));
         let namer = self.collector.namer(enricher);
         let ring = self.ring;
         let reader = tokio::spawn({
@@ -98,7 +114,7 @@ impl Attached {
             }
         });
         let evictor = tokio::spawn(evict_regularly(Arc::clone(&self.collector)));
-        let forwarding = ForwardingWatch::start(self.collector.names());
+        let forwarding = ForwardingWatch::new(namespaces);
         tracing::info!(hook = %self.probe.hook, reasons = self.probe.has_reason, "tracing kernel drops");
         Tracer {
             collector: self.collector,

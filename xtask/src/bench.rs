@@ -37,9 +37,13 @@ const ROUTER_ADDR: &str = "10.240.0.1";
 const TARGET: &str = "172.31.240.2:9";
 const TARGET_NET: &str = "172.31.240.0/24";
 
-pub fn bench(what: &str) -> Result<()> {
+pub fn bench(what: &str, footprint_only: bool) -> Result<()> {
+    if footprint_only && what != "tracer" {
+        bail!("--footprint is a part of the tracer bench: `cargo xtask bench tracer --footprint`");
+    }
     match what {
-        "tracer" => tracer(),
+        "tracer" if footprint_only => footprint(),
+        "tracer" => tracer().and_then(|()| footprint()),
         "gateway" => crate::bench_gateway::run(),
         "hostile" => crate::bench_hostile::run(),
         other => bail!("unknown bench {other:?}; known: tracer, gateway, hostile"),
@@ -177,6 +181,22 @@ fn tracer() -> Result<()> {
     drop(lab);
 
     publish("Tracer", &report(&tallies)?)
+}
+
+/// The footprint table of [`crate::bench_footprint`], under "Tracer footprint".
+fn footprint() -> Result<()> {
+    if !cmd::is_root() {
+        bail!("the footprint bench runs `dropgate run` and creates namespaces: run it as root");
+    }
+    let dropgate = if let Some(path) = std::env::var_os("DROPGATE_BIN") {
+        PathBuf::from(path)
+    } else {
+        cmd::build_dropgate(true)?
+    };
+    let log = cmd::target_dir().join("bench-footprint.log");
+    let report = crate::bench_footprint::run(&dropgate, &log)
+        .with_context(|| format!("footprint bench; dropgate's stderr is in {}", log.display()))?;
+    publish("Tracer footprint", &report)
 }
 
 /// Prints a bench's report and puts it under `heading` in BENCHMARKS.md.

@@ -29,6 +29,7 @@ const TARGETS: &[(&str, &str)] = &[
     ("gateway", "persistence_decoder"),
     ("gateway", "web_config"),
     ("tracer", "btf_reader"),
+    ("tracer", "netlink_framing"),
 ];
 
 /// libFuzzer's `-rss_limit_mb` (and so `-malloc_limit_mb`, the largest single

@@ -3,6 +3,7 @@
 //! commands and CI do exactly the same thing.
 
 mod bench;
+mod bench_footprint;
 mod bench_gateway;
 mod bench_hostile;
 mod cmd;
@@ -62,6 +63,11 @@ enum Task {
     Bench {
         /// What to benchmark: `tracer`, `gateway` or `hostile`.
         what: String,
+        /// With `tracer`: only the footprint table (threads, memory and idle CPU of
+        /// `dropgate run` with 0, 100 and 1,000 extra namespaces, and how fast a new one
+        /// is named), not the per-drop cost.
+        #[arg(long)]
+        footprint: bool,
     },
     /// Fuzz the gateway's parsers (text, protobuf, push paths and the path filter, body
     /// decoding, persistence file, web config) with cargo-fuzz on nightly for a bounded
@@ -71,7 +77,7 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
         /// Only this target (text_parser, protobuf_decoder, path_labels, body_decoder,
-        /// persistence_decoder, web_config, btf_reader).
+        /// persistence_decoder, web_config, btf_reader, netlink_framing).
         target: Option<String>,
     },
 }
@@ -85,7 +91,7 @@ fn main() -> ExitCode {
         Task::Dist { arch } => dist::dist_task(arch.as_deref()),
         Task::TestInstall => dist::test_install_task(),
         Task::TestKernels => kernels::test_kernels_task(),
-        Task::Bench { what } => bench::bench(&what),
+        Task::Bench { what, footprint } => bench::bench(&what, footprint),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
     };
     match result {

@@ -1,25 +1,31 @@
-//! Bridges and their subnets in one network namespace, asked from the kernel with an
-//! rtnetlink dump of links (`RTM_GETLINK`: which interfaces are bridges, from
-//! `IFLA_LINKINFO`'s kind) and of addresses (`RTM_GETADDR`: the subnets).
-//!
-//! An ifindex or an address means nothing outside its namespace, so the dumps are made
-//! by a short-lived thread that enters each namespace in turn (`setns`) and ends: the
-//! rest of the process never changes namespace. The decoding is pure and table-tested.
+//! Links, addresses and the bridges among them, from rtnetlink messages
+//! (`RTM_NEWLINK`/`RTM_DELLINK`: which interfaces are bridges, from `IFLA_LINKINFO`'s
+//! kind; `RTM_NEWADDR`/`RTM_DELADDR`: the subnets), decoded by `netlink-packet-route`.
+//! The namespace loop keeps a [`Links`] per namespace from events; `diagnose` asks its
+//! own namespace once ([`bridges_in`]).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
+    io,
+    net::IpAddr,
+    os::fd::AsRawFd as _,
+    path::Path,
     time::Duration,
 };
 
-use super::{EnrichError, Subnet};
-use crate::{
-    netlink::{self, attributes, netlink_messages, u32_at, NLMSG_HEADER_LEN},
-    netns::inode_of,
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
+
+use super::{EnrichError, Subnet};
+use crate::netns::inode_of;
 
 /// Bound on one wait for a netlink answer.
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -47,59 +53,98 @@ pub struct InterfaceAddress {
     pub subnet: Subnet,
 }
 
-const IFINFOMSG_LEN: usize = 16;
-const IFADDRMSG_LEN: usize = 8;
-
-/// A NUL-terminated (or not) attribute string.
-fn attribute_string(value: &[u8]) -> String {
-    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-    String::from_utf8_lossy(&value[..end]).into_owned()
+/// The interfaces of one namespace, kept from its link and address messages.
+#[derive(Clone, Debug, Default)]
+pub struct Links {
+    links: BTreeMap<u32, Link>,
+    /// (interface, address) pairs; a few per interface.
+    addresses: Vec<InterfaceAddress>,
 }
 
-/// Decodes an `RTM_NEWLINK` payload (ifinfomsg + attributes).
-pub fn parse_link(payload: &[u8]) -> Option<Link> {
-    let index = u32_at(payload, 4)?;
-    let attrs = attributes(payload.get(IFINFOMSG_LEN..)?);
+impl Links {
+    /// The name of interface `index`, if it is known.
+    pub fn name(&self, index: u32) -> Option<&str> {
+        self.links.get(&index).map(|l| l.name.as_str())
+    }
+
+    /// The subnets on the namespace's bridges.
+    pub fn bridges(&self) -> Vec<BridgeSubnet> {
+        let links: Vec<Link> = self.links.values().cloned().collect();
+        bridge_subnets(&links, &self.addresses)
+    }
+
+    /// Takes in one message (others than links and addresses change nothing).
+    pub fn apply(&mut self, message: &RouteNetlinkMessage) {
+        match message {
+            RouteNetlinkMessage::NewLink(link) => {
+                if let Some(link) = link_of(link) {
+                    self.links.insert(link.index, link);
+                }
+            }
+            RouteNetlinkMessage::DelLink(link) => {
+                let index = link.header.index;
+                self.links.remove(&index);
+                self.addresses.retain(|a| a.index != index);
+            }
+            RouteNetlinkMessage::NewAddress(address) => {
+                if let Some(address) = address_of(address) {
+                    if !self.addresses.contains(&address) {
+                        self.addresses.push(address);
+                    }
+                }
+            }
+            RouteNetlinkMessage::DelAddress(address) => {
+                if let Some(address) = address_of(address) {
+                    self.addresses.retain(|a| *a != address);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A link message as [`Link`]: index, name and kind.
+fn link_of(message: &LinkMessage) -> Option<Link> {
     let mut name = None;
     let mut kind = None;
-    for (attr, value) in attrs {
-        if attr == libc::IFLA_IFNAME {
-            name = Some(attribute_string(value));
-        } else if attr == libc::IFLA_LINKINFO {
-            kind = attributes(value)
-                .into_iter()
-                .find(|(a, _)| *a == libc::IFLA_INFO_KIND)
-                .map(|(_, v)| attribute_string(v));
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                kind = infos.iter().find_map(|info| match info {
+                    LinkInfo::Kind(InfoKind::Bridge) => Some("bridge".to_owned()),
+                    LinkInfo::Kind(other) => Some(other.to_string()),
+                    _ => None,
+                });
+            }
+            _ => {}
         }
     }
     Some(Link {
-        index,
+        index: message.header.index,
         name: name?,
         kind,
     })
 }
 
-/// Decodes an `RTM_NEWADDR` payload (ifaddrmsg + attributes).
-pub fn parse_address(payload: &[u8]) -> Option<InterfaceAddress> {
-    let family = i32::from(*payload.first()?);
-    let prefix = *payload.get(1)?;
-    let index = u32_at(payload, 4)?;
-    // IFA_ADDRESS is the one the prefix applies to (on point-to-point links IFA_LOCAL is
-    // our end and IFA_ADDRESS the peer's); IFA_LOCAL only when it is missing.
-    let attrs = attributes(payload.get(IFADDRMSG_LEN..)?);
-    let value = attrs
-        .iter()
-        .find(|(a, _)| *a == libc::IFA_ADDRESS)
-        .or_else(|| attrs.iter().find(|(a, _)| *a == libc::IFA_LOCAL))
-        .map(|(_, v)| *v)?;
-    let addr = match family {
-        libc::AF_INET => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(value).ok()?)),
-        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(value).ok()?)),
-        _ => return None,
+/// An address message as [`InterfaceAddress`]: `IFA_ADDRESS` is the one its prefix
+/// applies to (on point-to-point links `IFA_LOCAL` is our end and `IFA_ADDRESS` the
+/// peer's), `IFA_LOCAL` only when it is missing.
+fn address_of(message: &AddressMessage) -> Option<InterfaceAddress> {
+    let address = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(addr) => Some(*addr),
+        _ => None,
+    });
+    let local = || {
+        message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(addr) => Some(*addr),
+            _ => None,
+        })
     };
+    let addr: IpAddr = address.or_else(local)?;
     Some(InterfaceAddress {
-        index,
-        subnet: Subnet::new(addr, prefix)?,
+        index: message.header.index,
+        subnet: Subnet::new(addr, message.header.prefix_len)?,
     })
 }
 
@@ -121,30 +166,30 @@ pub fn bridge_subnets(links: &[Link], addresses: &[InterfaceAddress]) -> Vec<Bri
         .collect()
 }
 
-/// Bridge subnets per namespace, for every (inode, name, path) given; namespaces that
-/// cannot be entered or asked are left out.
-pub(super) fn bridges_in_namespaces(
-    namespaces: &[(u32, String, PathBuf)],
-) -> HashMap<u32, Vec<BridgeSubnet>> {
-    // One short-lived thread enters each namespace in turn, so the rest of the process
-    // never changes namespace.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let mut found = HashMap::new();
-                for (inode, name, path) in namespaces {
-                    match bridges_in(name, path) {
-                        Ok(bridges) => {
-                            found.insert(*inode, bridges);
-                        }
-                        // Namespaces come and go; a vanished one is not worth a log line.
-                        Err(err) => tracing::trace!("{err}"),
-                    }
-                }
-                found
-            })
-            .join()
-            .unwrap_or_default()
+/// A dump request for `message`'s kind (every family: a zeroed header).
+pub fn dump_request(message: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::from(message));
+    message.finalize();
+    let mut buffer = vec![0; message.buffer_len()];
+    message.serialize(&mut buffer);
+    buffer
+}
+
+/// The messages of one datagram: (type, sequence number, the whole message).
+pub fn messages(mut datagram: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+    std::iter::from_fn(move || {
+        let buffer = NetlinkBuffer::new_checked(datagram).ok()?;
+        let len = buffer.length() as usize;
+        let message = (
+            buffer.message_type(),
+            buffer.sequence_number(),
+            &datagram[..len],
+        );
+        datagram = datagram.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some(message)
     })
 }
 
@@ -162,211 +207,183 @@ pub fn bridges_in(name: &str, path: &Path) -> Result<Vec<BridgeSubnet>, EnrichEr
         // SAFETY: setns on a thread of our own that only does netlink requests; `file` is
         // an open namespace file for the whole call.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(error(std::io::Error::last_os_error()));
+            return Err(error(io::Error::last_os_error()));
         }
     }
-    let socket = netlink::route_socket(0, NETLINK_TIMEOUT).map_err(error)?;
-    let links: Vec<Link> = dump(&socket, libc::RTM_GETLINK, IFINFOMSG_LEN, 1)
-        .map_err(error)?
-        .iter()
-        .filter(|(kind, _)| *kind == libc::RTM_NEWLINK)
-        .filter_map(|(_, payload)| parse_link(payload))
-        .collect();
-    let addresses: Vec<InterfaceAddress> = dump(&socket, libc::RTM_GETADDR, IFADDRMSG_LEN, 2)
-        .map_err(error)?
-        .iter()
-        .filter(|(kind, _)| *kind == libc::RTM_NEWADDR)
-        .filter_map(|(_, payload)| parse_address(payload))
-        .collect();
-    Ok(bridge_subnets(&links, &addresses))
+    Ok(links_here().map_err(error)?.bridges())
 }
 
-/// Sends a dump request of `request` (with a zeroed family header of `header_len`
-/// bytes: all families) and collects the answer's messages up to NLMSG_DONE.
-fn dump(
-    socket: &OwnedFd,
-    request: u16,
-    header_len: usize,
-    seq: u32,
-) -> std::io::Result<Vec<(u16, Vec<u8>)>> {
-    let message = dump_request(request, header_len, seq);
-    // SAFETY: `message` is valid for its length; a zeroed sockaddr_nl addresses the kernel.
-    let sent = unsafe {
-        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        libc::sendto(
-            socket.as_raw_fd(),
-            message.as_ptr().cast(),
-            message.len(),
-            0,
-            (&raw const kernel).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
+/// The links and addresses of the calling thread's namespace.
+fn links_here() -> io::Result<Links> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    receive_timeout(&socket, NETLINK_TIMEOUT)?;
+    let mut links = Links::default();
+    let requests = [
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+    ];
+    for (seq, request) in (1..).zip(requests) {
+        dump(&socket, request, seq, &mut links)?;
     }
+    Ok(links)
+}
+
+/// Sends a dump request and takes its answer into `links`, up to NLMSG_DONE.
+fn dump(
+    socket: &Socket,
+    request: RouteNetlinkMessage,
+    seq: u32,
+    links: &mut Links,
+) -> io::Result<()> {
+    socket.send(&dump_request(request, seq), 0)?;
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut messages = Vec::new();
     loop {
-        // SAFETY: recv writes at most buffer.len() bytes into the buffer we own.
-        let n = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let n = usize::try_from(n).unwrap_or_default();
+        let n = socket.recv(&mut &mut buffer[..], 0)?;
         if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        for (kind, message_seq, payload) in netlink_messages(&buffer[..n]) {
+        for (_, message_seq, message) in messages(&buffer[..n]) {
             if message_seq != seq {
                 continue;
             }
-            match i32::from(kind) {
-                libc::NLMSG_DONE => return Ok(messages),
-                libc::NLMSG_ERROR => {
-                    // nlmsgerr starts with a negative errno (0: an acknowledgement).
-                    let errno = u32_at(payload, 0).map_or(0, u32::cast_signed);
-                    if errno != 0 {
-                        return Err(std::io::Error::from_raw_os_error(-errno));
+            match NetlinkMessage::<RouteNetlinkMessage>::deserialize(message) {
+                Ok(NetlinkMessage {
+                    payload: NetlinkPayload::Done(_),
+                    ..
+                }) => return Ok(()),
+                Ok(NetlinkMessage {
+                    payload: NetlinkPayload::Error(error),
+                    ..
+                }) => {
+                    if let Some(code) = error.code {
+                        return Err(io::Error::from_raw_os_error(-code.get()));
                     }
                 }
-                _ => messages.push((kind, payload.to_vec())),
+                Ok(NetlinkMessage {
+                    payload: NetlinkPayload::InnerMessage(inner),
+                    ..
+                }) => links.apply(&inner),
+                // A message the crate does not know is not one of ours.
+                _ => {}
             }
         }
     }
 }
 
-/// An rtnetlink dump request: nlmsghdr, then a zeroed family header.
-fn dump_request(request: u16, header_len: usize, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HEADER_LEN + header_len;
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    let mut message = Vec::with_capacity(len);
-    message.extend_from_slice(&(len as u32).to_ne_bytes());
-    message.extend_from_slice(&request.to_ne_bytes());
-    message.extend_from_slice(&flags.to_ne_bytes());
-    message.extend_from_slice(&seq.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes());
-    message.resize(len, 0);
-    message
+/// Bounds each receive on `socket`, so a kernel that never answers cannot hang the caller.
+fn receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    // The field types, not their names: libc deprecates `time_t` and `suseconds_t`
+    // on musl (the static builds), whose widths it plans to change.
+    let timeout = libc::timeval {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(1),
+        tv_usec: timeout.subsec_micros().into(),
+    };
+    // SAFETY: setsockopt reads one timeval of the given size from valid memory.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_route::{
+        address::AddressHeader,
+        link::{LinkHeader, LinkInfo},
+        AddressFamily,
+    };
+
     use super::*;
-    use crate::netlink::{align4, u16_at, RTATTR_HEADER_LEN};
 
     fn subnet(text: &str) -> Subnet {
         Subnet::parse(text).expect("test subnet")
     }
 
-    /// An rtattr: length, type, value, padding.
-    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&((RTATTR_HEADER_LEN + value.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(value);
-        out.resize(align4(out.len()), 0);
-        out
-    }
-
-    /// A netlink message: header, then `body`.
-    fn message(kind: u16, seq: u32, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&((NLMSG_HEADER_LEN + body.len()) as u32).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(&0u16.to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.extend_from_slice(body);
-        out.resize(align4(out.len()), 0);
-        out
-    }
-
-    fn link_message(index: u32, name: &str, kind: Option<&str>) -> Vec<u8> {
-        let mut body = vec![0u8; IFINFOMSG_LEN];
-        body[4..8].copy_from_slice(&index.to_ne_bytes());
-        body.extend(attr(libc::IFLA_MTU, &1500u32.to_ne_bytes()));
-        body.extend(attr(libc::IFLA_IFNAME, format!("{name}\0").as_bytes()));
+    /// A link message as the kernel sends it, through the crate's encoder and decoder.
+    fn link(index: u32, name: &str, kind: Option<InfoKind>) -> RouteNetlinkMessage {
+        let mut message = LinkMessage::default();
+        message.header = LinkHeader {
+            index,
+            ..LinkHeader::default()
+        };
+        message.attributes.push(LinkAttribute::Mtu(1500));
+        message.attributes.push(LinkAttribute::IfName(name.into()));
         if let Some(kind) = kind {
-            // The kernel marks nested attributes with NLA_F_NESTED.
-            let info = attr(libc::IFLA_INFO_KIND, format!("{kind}\0").as_bytes());
-            body.extend(attr(libc::IFLA_LINKINFO | 0x8000, &info));
+            message
+                .attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind)]));
         }
-        message(libc::RTM_NEWLINK, 1, &body)
+        round_trip(RouteNetlinkMessage::NewLink(message))
     }
 
-    fn address_message(index: u32, family: u8, prefix: u8, addr: &[u8]) -> Vec<u8> {
-        let mut body = vec![family, prefix, 0, 0];
-        body.extend_from_slice(&index.to_ne_bytes());
-        body.extend(attr(libc::IFA_LOCAL, addr));
-        body.extend(attr(libc::IFA_ADDRESS, addr));
-        body.extend(attr(libc::IFA_LABEL, b"x\0"));
-        message(libc::RTM_NEWADDR, 2, &body)
+    fn address(index: u32, text: &str, local: Option<&str>) -> RouteNetlinkMessage {
+        let subnet = subnet(text);
+        let (addr, prefix) = text.split_once('/').expect("addr/prefix");
+        let addr: IpAddr = addr.parse().expect("address");
+        let mut message = AddressMessage::default();
+        message.header = AddressHeader {
+            family: if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            },
+            prefix_len: prefix.parse().expect("prefix"),
+            index,
+            ..AddressHeader::default()
+        };
+        if let Some(local) = local {
+            message
+                .attributes
+                .push(AddressAttribute::Local(local.parse().expect("local")));
+        }
+        message.attributes.push(AddressAttribute::Address(addr));
+        assert_eq!(subnet.prefix(), message.header.prefix_len);
+        round_trip(RouteNetlinkMessage::NewAddress(message))
+    }
+
+    /// Encodes `message` as one datagram and decodes it again, as the loop does.
+    fn round_trip(message: RouteNetlinkMessage) -> RouteNetlinkMessage {
+        let mut message = NetlinkMessage::new(NetlinkHeader::default(), message.into());
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        let (_, _, whole) = messages(&bytes).next().expect("one message");
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(whole)
+            .expect("decodes")
+            .payload
+        {
+            NetlinkPayload::InnerMessage(inner) => inner,
+            other => panic!("not a route message: {other:?}"),
+        }
     }
 
     #[test]
-    fn netlink_links_and_addresses_decode() {
-        let mut datagram = link_message(1, "lo", None);
-        datagram.extend(link_message(5, "docker0", Some("bridge")));
-        datagram.extend(link_message(7, "veth1a2b", Some("veth")));
-        datagram.extend(message(libc::NLMSG_DONE as u16, 1, &0i32.to_ne_bytes()));
-        let messages = netlink_messages(&datagram);
-        assert_eq!(messages.len(), 4, "three links and DONE");
-        let links: Vec<Link> = messages
-            .iter()
-            .filter(|(kind, _, _)| *kind == libc::RTM_NEWLINK)
-            .filter_map(|(_, _, payload)| parse_link(payload))
-            .collect();
+    fn links_and_addresses_make_bridge_subnets() {
+        let mut links = Links::default();
+        for message in [
+            link(1, "lo", None),
+            link(5, "docker0", Some(InfoKind::Bridge)),
+            link(7, "veth1a2b", Some(InfoKind::Veth)),
+            address(1, "127.0.0.1/8", None),
+            address(5, "172.17.0.1/16", None),
+            address(5, "fd00:17::1/64", None),
+            address(7, "10.1.2.3/24", None),
+        ] {
+            links.apply(&message);
+        }
+        assert_eq!(links.name(5), Some("docker0"));
         assert_eq!(
-            links,
-            vec![
-                Link {
-                    index: 1,
-                    name: "lo".into(),
-                    kind: None
-                },
-                Link {
-                    index: 5,
-                    name: "docker0".into(),
-                    kind: Some("bridge".into())
-                },
-                Link {
-                    index: 7,
-                    name: "veth1a2b".into(),
-                    kind: Some("veth".into())
-                },
-            ]
-        );
-
-        let mut datagram = address_message(1, libc::AF_INET as u8, 8, &[127, 0, 0, 1]);
-        datagram.extend(address_message(
-            5,
-            libc::AF_INET as u8,
-            16,
-            &[172, 17, 0, 1],
-        ));
-        let v6: Ipv6Addr = "fd00:17::1".parse().expect("v6");
-        datagram.extend(address_message(5, libc::AF_INET6 as u8, 64, &v6.octets()));
-        datagram.extend(address_message(7, libc::AF_INET as u8, 24, &[10, 1, 2, 3]));
-        let addresses: Vec<InterfaceAddress> = netlink_messages(&datagram)
-            .iter()
-            .filter_map(|(_, _, payload)| parse_address(payload))
-            .collect();
-        assert_eq!(addresses.len(), 4, "every address decodes");
-        assert_eq!(addresses[1].subnet, subnet("172.17.0.1/16"));
-        assert_eq!(addresses[2].subnet, subnet("fd00:17::1/64"));
-
-        let bridges = bridge_subnets(&links, &addresses);
-        assert_eq!(
-            bridges,
+            links.bridges(),
             vec![
                 BridgeSubnet {
                     bridge: "docker0".into(),
@@ -379,42 +396,49 @@ mod tests {
             ],
             "only the bridge's subnets"
         );
+        // The bridge goes: its name and subnets with it.
+        let mut gone = LinkMessage::default();
+        gone.header.index = 5;
+        links.apply(&RouteNetlinkMessage::DelLink(gone));
+        assert_eq!(links.name(5), None);
+        assert!(links.bridges().is_empty());
     }
 
     #[test]
-    fn truncated_netlink_data_stops_cleanly() {
-        let full = link_message(5, "docker0", Some("bridge"));
-        for cut in [0, 3, NLMSG_HEADER_LEN - 1, full.len() - 1] {
-            assert!(netlink_messages(&full[..cut]).is_empty(), "cut at {cut}");
+    fn the_prefix_applies_to_the_peer_address_on_point_to_point_links() {
+        let mut links = Links::default();
+        links.apply(&link(3, "br-p2p", Some(InfoKind::Bridge)));
+        links.apply(&address(3, "10.9.0.0/30", Some("10.9.0.1")));
+        assert_eq!(
+            links.bridges(),
+            vec![BridgeSubnet {
+                bridge: "br-p2p".into(),
+                subnet: subnet("10.9.0.0/30")
+            }]
+        );
+    }
+
+    #[test]
+    fn cut_datagrams_yield_no_message() {
+        let whole = dump_request(RouteNetlinkMessage::GetLink(LinkMessage::default()), 9);
+        assert_eq!(messages(&whole).count(), 1);
+        let (kind, seq, _) = messages(&whole).next().expect("one message");
+        assert_eq!((kind, seq), (libc::RTM_GETLINK, 9));
+        for cut in [0, 3, 15, whole.len() - 1] {
+            assert_eq!(messages(&whole[..cut]).count(), 0, "cut at {cut}");
         }
-        // A payload too short for ifinfomsg, and attributes with a bad length.
-        assert_eq!(parse_link(&[0u8; 8]), None, "short ifinfomsg");
-        let mut bad = vec![0u8; IFINFOMSG_LEN];
-        bad.extend_from_slice(&[200, 0, 3, 0, b'x']);
-        assert_eq!(parse_link(&bad), None, "attribute longer than the data");
-        assert_eq!(parse_address(&[2, 24, 0, 0]), None, "short ifaddrmsg");
-    }
-
-    #[test]
-    fn the_dump_request_is_a_netlink_header_and_a_zeroed_family_header() {
-        let request = dump_request(libc::RTM_GETADDR, IFADDRMSG_LEN, 9);
-        assert_eq!(request.len(), NLMSG_HEADER_LEN + IFADDRMSG_LEN);
-        let messages = netlink_messages(&request);
-        assert_eq!(messages.len(), 1);
-        let (kind, seq, payload) = messages[0];
-        assert_eq!((kind, seq), (libc::RTM_GETADDR, 9));
-        assert!(payload.iter().all(|&b| b == 0), "AF_UNSPEC: every family");
-        let flags = u16_at(&request, 6).expect("flags");
-        assert_eq!(i32::from(flags), libc::NLM_F_REQUEST | libc::NLM_F_DUMP);
     }
 
     /// Needs only the own namespace (no privileges): lo exists and is no bridge.
     #[test]
     fn the_own_namespace_answers_the_dumps() {
-        let bridges =
-            bridges_in_namespaces(&[(1, "own".into(), PathBuf::from("/proc/self/ns/net"))]);
-        let own = bridges
-            .get(&1)
+        let links = links_here().expect("the own namespace answers rtnetlink");
+        assert_eq!(
+            links.name(1),
+            Some("lo"),
+            "the kernel's link messages decode"
+        );
+        let own = bridges_in("own", Path::new("/proc/self/ns/net"))
             .expect("the own namespace answers rtnetlink");
         assert!(
             own.iter().all(|b| b.bridge != "lo"),
