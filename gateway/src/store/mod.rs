@@ -16,6 +16,7 @@
 //! re-gathering the whole store as upstream does.
 
 mod check;
+mod group_labels;
 mod render;
 mod stored;
 
@@ -36,6 +37,7 @@ use crate::model::{Gauge, Metric, MetricFamily, MetricType};
 use check::{
     apply_grouping_labels, prepare, same_identity, series_hash, suffix_clash, PreparedFamily,
 };
+use group_labels::GroupLabels;
 
 /// Name of the gauge holding the last successful change of a group.
 pub const PUSH_TIME_NAME: &str = "push_time_seconds";
@@ -137,10 +139,12 @@ struct State {
     families: BTreeMap<Arc<str>, FamilyEntry>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
     /// Sorted by name: groups are small, and a map's nodes cost more than they save.
     families: Vec<StoredFamily>,
+    /// The labels every series of the group has, kept once (see `group_labels`).
+    labels: Arc<GroupLabels>,
 }
 
 impl Group {
@@ -241,6 +245,7 @@ impl MetricStore {
         // lock: they take time in proportion to the push, and every other push and
         // scrape would wait for them. Under the lock only the index is consulted and
         // the rendered families are swapped in.
+        let group = Arc::new(GroupLabels::of(&key));
         let prepared = prepare(&key, families, &self.reserved).map(|mut prepared| {
             let stored = StoredFamily::new_all(
                 prepared.iter_mut().map(
@@ -251,6 +256,7 @@ impl MetricStore {
                      }| (family, *kind, hashes.as_slice()),
                 ),
                 now,
+                &group,
             );
             (prepared, stored)
         });
@@ -296,6 +302,7 @@ impl MetricStore {
                 .map(|(family, at)| (family.name.clone().unwrap_or_default(), *at))
                 .collect();
             let families = pushed.into_iter().map(|(family, _)| family).collect();
+            let labels = Arc::new(GroupLabels::of(&group.key));
             let verdict = prepare(&group.key, families, &self.reserved).and_then(|prepared| {
                 if state.groups.contains_key(&group.key) {
                     // Two records for one key: the file was not written by us.
@@ -309,7 +316,7 @@ impl MetricStore {
                     .map(|p| {
                         let name = p.family.name.as_deref().unwrap_or_default();
                         let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
-                        StoredFamily::new(&p.family, p.kind, &p.hashes, pushed_at)
+                        StoredFamily::new(&p.family, p.kind, &p.hashes, pushed_at, &labels)
                     })
                     .collect();
                 state.check(&group.key, &prepared, &stored, true)?;
@@ -587,7 +594,11 @@ impl State {
         }
         let key = Arc::new(key);
         self.identities.insert(ByIdentity(Arc::clone(&key)));
-        self.groups.insert(Arc::clone(&key), Group::default());
+        let group = Group {
+            families: Vec::new(),
+            labels: Arc::new(GroupLabels::of(&key)),
+        };
+        self.groups.insert(Arc::clone(&key), group);
         key
     }
 
@@ -623,7 +634,10 @@ impl State {
             metric: vec![metric],
             unit: None,
         };
-        let stored = StoredFamily::new(&family, MetricType::Gauge, &[hash], at);
+        let Some(group) = self.groups.get(key) else {
+            return;
+        };
+        let stored = StoredFamily::new(&family, MetricType::Gauge, &[hash], at, &group.labels);
         self.insert_member(key, stored);
     }
 

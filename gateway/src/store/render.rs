@@ -8,6 +8,7 @@
 //! has the family, sorted by number of labels then label values, under the HELP of the
 //! first group (in grouping-key order) that has one.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
 
@@ -17,6 +18,7 @@ use crate::exposition::{sort_families, Format};
 use crate::model::MetricFamily;
 use crate::source::MetricSource;
 
+use super::group_labels::GroupLabels;
 use super::stored::{compare_keys, StoredFamily};
 use super::{FamilyEntry, MetricStore};
 
@@ -67,7 +69,8 @@ impl FamilyEntry {
         bytes
     }
 
-    /// Merges the members' pre-rendered metrics: sort the pieces, copy the bytes.
+    /// Merges the members' pre-rendered metrics: sort the pieces, copy the bytes, each
+    /// member's references to its group's labels expanded.
     fn merged_text(&self) -> Bytes {
         let with_metrics = || self.members.values().filter(|m| m.has_metrics());
         let Some(header) = with_metrics()
@@ -77,18 +80,27 @@ impl FamilyEntry {
         else {
             return Bytes::new();
         };
-        let mut pieces: Vec<(&[u8], &[u8])> = self
-            .members
-            .values()
-            .flat_map(StoredFamily::pieces)
-            .collect();
+        // The keys are compared expanded: the group labels' values sort among the
+        // series' own. Expanded once into one buffer, not at each comparison.
+        let mut keys = Vec::new();
+        let mut pieces: Vec<(Range<usize>, &GroupLabels, &[u8])> = Vec::new();
+        for member in self.members.values() {
+            let group = member.group();
+            for (key, text) in member.pieces() {
+                let start = keys.len();
+                group.expand_key(key, &mut keys);
+                pieces.push((start..keys.len(), group, text));
+            }
+        }
         // Stable, so equal keys (impossible after the check) keep grouping-key order.
-        pieces.sort_by(|a, b| compare_keys(a.0, b.0));
-        let len = header.len() + pieces.iter().map(|(_, text)| text.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(len);
+        pieces.sort_by(|a, b| compare_keys(&keys[a.0.clone()], &keys[b.0.clone()]));
+        drop(keys);
+        let mut out = Vec::with_capacity(
+            header.len() + pieces.iter().map(|(_, _, text)| text.len()).sum::<usize>(),
+        );
         out.extend_from_slice(&header);
-        for (_, text) in pieces {
-            out.extend_from_slice(text);
+        for (_, group, text) in pieces {
+            group.expand_text(text, &mut out);
         }
         Bytes::from(out)
     }

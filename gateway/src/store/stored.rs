@@ -20,9 +20,10 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
 
+use super::group_labels::GroupLabels;
 use super::{PUSH_FAILURE_TIME_HELP, PUSH_TIME_HELP};
 use crate::codec::text;
-use crate::exposition::{write_header, write_metric};
+use crate::exposition::{write_header, write_metric_with};
 use crate::model::{LabelPair, MetricFamily, MetricType};
 
 /// A family as stored in one group: immutable and cheap to clone (a reference count),
@@ -33,7 +34,12 @@ use crate::model::{LabelPair, MetricFamily, MetricType};
 /// back, and each metric's text lines and sort key. Small pushes are the common case,
 /// and per-allocation overhead dominated them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredFamily(Arc<[u8]>);
+pub struct StoredFamily {
+    bytes: Arc<[u8]>,
+    /// The group's labels, which the series' text and sort keys refer to (shared by
+    /// every family of the group).
+    group: Arc<GroupLabels>,
+}
 
 /// Layout of the fixed header (little-endian).
 const KIND: usize = 0;
@@ -66,8 +72,9 @@ impl StoredFamily {
         kind: MetricType,
         hashes: &[u64],
         pushed_at: SystemTime,
+        group: &Arc<GroupLabels>,
     ) -> Self {
-        let (text_only, encoded) = Self::text_only(family, kind, hashes, pushed_at);
+        let (text_only, encoded) = Self::text_only(family, kind, hashes, pushed_at, group);
         text_only.keep_encoding_unless_given_back(&encoded)
     }
 
@@ -84,10 +91,11 @@ impl StoredFamily {
     pub(crate) fn new_all<'a>(
         families: impl Iterator<Item = (&'a mut MetricFamily, MetricType, &'a [u64])>,
         pushed_at: SystemTime,
+        group: &Arc<GroupLabels>,
     ) -> Vec<Self> {
         let candidates: Vec<(Self, Vec<u8>)> = families
             .map(|(family, kind, hashes)| {
-                let candidate = Self::text_only(family, kind, hashes, pushed_at);
+                let candidate = Self::text_only(family, kind, hashes, pushed_at, group);
                 family.metric = Vec::new();
                 candidate
             })
@@ -126,6 +134,7 @@ impl StoredFamily {
         kind: MetricType,
         hashes: &[u64],
         pushed_at: SystemTime,
+        group: &Arc<GroupLabels>,
     ) -> (Self, Vec<u8>) {
         let name = family.name.as_deref().unwrap_or_default();
         let mut head = name.as_bytes().to_vec();
@@ -139,10 +148,11 @@ impl StoredFamily {
         });
         let mut pieces = Vec::new();
         let mut table = Vec::with_capacity(family.metric.len() * SERIES_LEN);
+        let reference = |pair: &LabelPair, out: &mut Vec<u8>| group.write_reference(pair, out);
         for (i, metric) in family.metric.iter().enumerate() {
-            write_metric(name, kind, metric, &mut pieces);
+            write_metric_with(name, kind, metric, &mut pieces, &reference);
             table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
-            write_sort_key(&metric.label, &mut pieces);
+            write_sort_key(&metric.label, group, &mut pieces);
             table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
             table.extend_from_slice(&hashes.get(i).copied().unwrap_or_default().to_le_bytes());
         }
@@ -160,7 +170,7 @@ impl StoredFamily {
         header[PUSHED_NANOS..PUSHED_NANOS + 4].copy_from_slice(&since.subsec_nanos().to_le_bytes());
 
         (
-            Self::assemble(header, &table, &head, &[], &pieces),
+            Self::assemble(header, &table, &head, &[], &pieces, group),
             family.encode_to_vec(),
         )
     }
@@ -175,15 +185,16 @@ impl StoredFamily {
             return self;
         }
         let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&self.0[..HEADER_LEN]);
+        header.copy_from_slice(&self.bytes[..HEADER_LEN]);
         let table_end = HEADER_LEN + self.series_count() * SERIES_LEN;
         let head_end = table_end + self.u32_at(HELP_END) as usize;
         Self::assemble(
             header,
-            &self.0[HEADER_LEN..table_end],
-            &self.0[table_end..head_end],
+            &self.bytes[HEADER_LEN..table_end],
+            &self.bytes[table_end..head_end],
             encoded,
-            &self.0[head_end..],
+            &self.bytes[head_end..],
+            &self.group,
         )
     }
 
@@ -195,22 +206,26 @@ impl StoredFamily {
         head: &[u8],
         encoded: &[u8],
         pieces: &[u8],
+        group: &Arc<GroupLabels>,
     ) -> Self {
         header[HAS_ENCODING] = u8::from(!encoded.is_empty());
         header[ENCODED_END..ENCODED_END + 4]
             .copy_from_slice(&to_u32(head.len() + encoded.len()).to_le_bytes());
-        Self([&header[..], table, head, encoded, pieces].concat().into())
+        Self {
+            bytes: [&header[..], table, head, encoded, pieces].concat().into(),
+            group: Arc::clone(group),
+        }
     }
 
     fn u32_at(&self, at: usize) -> u32 {
         let mut bytes = [0; 4];
-        bytes.copy_from_slice(&self.0[at..at + 4]);
+        bytes.copy_from_slice(&self.bytes[at..at + 4]);
         u32::from_le_bytes(bytes)
     }
 
     fn u64_at(&self, at: usize) -> u64 {
         let mut bytes = [0; 8];
-        bytes.copy_from_slice(&self.0[at..at + 8]);
+        bytes.copy_from_slice(&self.bytes[at..at + 8]);
         u64::from_le_bytes(bytes)
     }
 
@@ -220,7 +235,7 @@ impl StoredFamily {
 
     /// The body: name, HELP, encoding, pieces.
     fn body(&self) -> &[u8] {
-        &self.0[HEADER_LEN + self.series_count() * SERIES_LEN..]
+        &self.bytes[HEADER_LEN + self.series_count() * SERIES_LEN..]
     }
 
     /// The family's name.
@@ -232,7 +247,7 @@ impl StoredFamily {
 
     /// The family's HELP text.
     fn help(&self) -> Option<&str> {
-        match self.0[HELP] {
+        match self.bytes[HELP] {
             NO_HELP => None,
             OWN_HELP => {
                 let help =
@@ -247,7 +262,7 @@ impl StoredFamily {
     /// The family's type.
     #[must_use]
     pub fn kind(&self) -> MetricType {
-        MetricType::try_from(i32::from(self.0[KIND])).unwrap_or(MetricType::Untyped)
+        MetricType::try_from(i32::from(self.bytes[KIND])).unwrap_or(MetricType::Untyped)
     }
 
     /// When the write that stored it happened (`time_stamp` in `/api/v1/metrics`).
@@ -276,7 +291,7 @@ impl StoredFamily {
     }
 
     fn stored_encoding(&self) -> Option<&[u8]> {
-        (self.0[HAS_ENCODING] != 0).then(|| {
+        (self.bytes[HAS_ENCODING] != 0).then(|| {
             &self.body()[self.u32_at(HELP_END) as usize..self.u32_at(ENCODED_END) as usize]
         })
     }
@@ -290,15 +305,21 @@ impl StoredFamily {
         families.is_empty().then_some(family)
     }
 
+    /// Bytes the family's own allocation takes (the group's labels are shared).
+    #[cfg(test)]
+    pub(crate) fn stored_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Whether two handles share the same stored family (not just equal content).
     #[must_use]
     pub fn same_as(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.bytes, &other.bytes)
     }
 
     /// Whether the family has a HELP text.
     pub(crate) fn has_help(&self) -> bool {
-        self.0[HELP] != NO_HELP
+        self.bytes[HELP] != NO_HELP
     }
 
     /// Whether the family has at least one metric.
@@ -310,8 +331,13 @@ impl StoredFamily {
     fn write_text(&self, out: &mut Vec<u8>) {
         write_header(self.name(), self.help(), self.kind(), out);
         for (_, lines) in self.pieces() {
-            out.extend_from_slice(lines);
+            self.group.expand_text(lines, out);
         }
+    }
+
+    /// The labels of the group, which [`pieces`](Self::pieces) refer to.
+    pub(crate) fn group(&self) -> &GroupLabels {
+        &self.group
     }
 
     /// The `# HELP`/`# TYPE` lines of the family.
@@ -332,7 +358,8 @@ impl StoredFamily {
         })
     }
 
-    /// Each metric's sort key and text lines.
+    /// Each metric's sort key and text lines, with references to the group's labels
+    /// (expand them with [`group`](Self::group)).
     pub(crate) fn pieces(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let pieces = &self.body()[self.u32_at(ENCODED_END) as usize..];
         let mut start = 0;
@@ -356,7 +383,9 @@ impl StoredFamily {
 /// 255, else `FF` and the count big-endian. Each value follows, ended by `00`, with
 /// the bytes `00` and `01` written as `01 01` and `01 02`: no value byte is then `00`,
 /// so byte order stays Go's string order.
-fn write_sort_key(labels: &[LabelPair], key: &mut Vec<u8>) {
+///
+/// The values of the group's labels are written as references to `group`.
+fn write_sort_key(labels: &[LabelPair], group: &GroupLabels, key: &mut Vec<u8>) {
     match u8::try_from(labels.len()) {
         Ok(count) if count < u8::MAX => key.push(count),
         _ => {
@@ -365,13 +394,20 @@ fn write_sort_key(labels: &[LabelPair], key: &mut Vec<u8>) {
         }
     }
     for pair in labels {
-        for &byte in pair.value.as_deref().unwrap_or_default().as_bytes() {
-            match byte {
-                0 | 1 => key.extend_from_slice(&[1, byte + 1]),
-                _ => key.push(byte),
-            }
+        if !group.write_reference(pair, key) {
+            write_key_value(pair.value.as_deref().unwrap_or_default(), key);
         }
         key.push(0);
+    }
+}
+
+/// One label value in a sort key, escaped (see [`write_sort_key`]).
+pub(crate) fn write_key_value(value: &str, key: &mut Vec<u8>) {
+    for &byte in value.as_bytes() {
+        match byte {
+            0 | 1 => key.extend_from_slice(&[1, byte + 1]),
+            _ => key.push(byte),
+        }
     }
 }
 
@@ -402,7 +438,7 @@ mod tests {
             .map(|(i, v)| LabelPair::new(format!("l{i}"), v.as_str()))
             .collect();
         let mut key = Vec::new();
-        write_sort_key(&labels, &mut key);
+        write_sort_key(&labels, &GroupLabels::default(), &mut key);
         key
     }
 
@@ -469,6 +505,12 @@ mod tests {
         }
     }
 
+    /// A group whose `job` label some test families have: references are exercised.
+    fn group() -> Arc<GroupLabels> {
+        let key = crate::grouping::GroupingKey::from_path("job/j").expect("valid key");
+        Arc::new(GroupLabels::of(&key))
+    }
+
     fn parsed(text: &str) -> MetricFamily {
         let mut families = text::parse(text.as_bytes()).expect("valid test text");
         assert_eq!(families.len(), 1, "one family in {text:?}");
@@ -481,7 +523,7 @@ mod tests {
             Some(kind) => kind.expect("a known type"),
         };
         let hashes: Vec<u64> = (0..family.metric.len() as u64).collect();
-        StoredFamily::new(family, kind, &hashes, SystemTime::UNIX_EPOCH)
+        StoredFamily::new(family, kind, &hashes, SystemTime::UNIX_EPOCH, &group())
     }
 
     /// Whatever is left out of the stored bytes, the protobuf given back (persistence,
@@ -553,6 +595,7 @@ mod tests {
                 (family, kind, hashes.as_slice())
             }),
             SystemTime::UNIX_EPOCH,
+            &group(),
         );
         for ((case, family, text_only), stored) in cases.iter().zip(&all) {
             check(case, stored, family, *text_only);
@@ -569,6 +612,7 @@ mod tests {
                 .iter_mut()
                 .map(|f| (f, MetricType::Gauge, [0].as_slice())),
             SystemTime::UNIX_EPOCH,
+            &group(),
         );
         assert!(all.iter().all(|stored| stored.stored_encoding().is_none()));
     }

@@ -1,6 +1,7 @@
 //! Store semantics: a rejected push changes nothing but the failure gauge, and the
 //! index follows every write (what a group gives up, another may take).
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use super::*;
@@ -227,4 +228,43 @@ fn restore_checks_each_group_and_skips_the_bad_ones() {
         .find(|family| family.name() == "m")
         .expect("m restored");
     assert_eq!(m.pushed_at(), at(5), "push times are kept");
+}
+
+/// Issue 19: a long grouping value is kept once for its group, not in every series'
+/// text and sort key, and the exposition still writes it on every line, sorted among
+/// the series' own labels as before (`b` < `big` < `i`, and a second group's series).
+#[test]
+fn grouping_labels_are_stored_once_per_group_and_exposed_on_every_line() {
+    let store = store();
+    let long = "v".repeat(4_000);
+    let mut series = String::new();
+    for i in 0..1_000 {
+        writeln!(series, "m{{b=\"{i}\",i=\"{i}\"}} 1").expect("into a String");
+    }
+    put(&store, &format!("job/x/big/{long}"), &series).expect("push under a long value");
+    put(&store, "job/x/big/a", "m{b=\"0\",i=\"late\"} 2\n").expect("second group");
+    let stored: usize = store
+        .snapshot()
+        .iter()
+        .flat_map(|group| &group.families)
+        .map(StoredFamily::stored_len)
+        .sum();
+    assert!(
+        stored < 100_000,
+        "the store keeps {stored} bytes for 1,000 short series: the 4 KB value is repeated"
+    );
+    let text = String::from_utf8(exposition(&store, &NoSource, Format::Text)).expect("UTF-8 text");
+    let lines: Vec<&str> = text.lines().filter(|line| line.starts_with("m{")).collect();
+    assert_eq!(lines.len(), 1_001);
+    // Sorted by the expanded values: b="0" first, and there big="a" < "vvv...".
+    assert_eq!(
+        lines[0],
+        "m{b=\"0\",big=\"a\",i=\"late\",instance=\"\",job=\"x\"} 2"
+    );
+    assert!(
+        lines[1] == format!("m{{b=\"0\",big=\"{long}\",i=\"0\",instance=\"\",job=\"x\"}} 1"),
+        "the long group's first series: {:.80}",
+        lines[1]
+    );
+    assert!(lines[2].starts_with("m{b=\"1\",big=\"vvvv"));
 }
