@@ -18,6 +18,7 @@
 mod check;
 mod group_labels;
 mod render;
+mod round_trip;
 mod stored;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -303,7 +304,7 @@ impl MetricStore {
                 .collect();
             let families = pushed.into_iter().map(|(family, _)| family).collect();
             let labels = Arc::new(GroupLabels::of(&group.key));
-            let verdict = prepare(&group.key, families, &self.reserved).and_then(|prepared| {
+            let verdict = prepare(&group.key, families, &self.reserved).and_then(|mut prepared| {
                 if state.groups.contains_key(&group.key) {
                     // Two records for one key: the file was not written by us.
                     return Err(Inconsistency::GroupIdentityClash {
@@ -312,11 +313,11 @@ impl MetricStore {
                     });
                 }
                 let stored: Vec<StoredFamily> = prepared
-                    .iter()
+                    .iter_mut()
                     .map(|p| {
                         let name = p.family.name.as_deref().unwrap_or_default();
                         let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
-                        StoredFamily::new(&p.family, p.kind, &p.hashes, pushed_at, &labels)
+                        StoredFamily::new(&mut p.family, p.kind, &p.hashes, pushed_at, &labels)
                     })
                     .collect();
                 state.check(&group.key, &prepared, &stored, true)?;
@@ -627,7 +628,7 @@ impl State {
         };
         apply_grouping_labels(&mut metric, key);
         let hash = series_hash(&metric.label);
-        let family = MetricFamily {
+        let mut family = MetricFamily {
             name: Some(name.to_owned()),
             help: Some(help.to_owned()),
             r#type: Some(MetricType::Gauge as i32),
@@ -637,7 +638,7 @@ impl State {
         let Some(group) = self.groups.get(key) else {
             return;
         };
-        let stored = StoredFamily::new(&family, MetricType::Gauge, &[hash], at, &group.labels);
+        let stored = StoredFamily::new(&mut family, MetricType::Gauge, &[hash], at, &group.labels);
         self.insert_member(key, stored);
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use prost::Message as _;
 
 use super::group_labels::GroupLabels;
+use super::round_trip;
 use super::{PUSH_FAILURE_TIME_HELP, PUSH_TIME_HELP};
 use crate::codec::text;
 use crate::exposition::{write_header, write_metric_with};
@@ -64,79 +65,75 @@ const OWN_HELP: u8 = 1;
 /// HELP texts every group repeats (the push gauges'), kept once for all.
 const KNOWN_HELP: u8 = 2;
 const KNOWN_HELPS: [&str; 2] = [PUSH_TIME_HELP, PUSH_FAILURE_TIME_HELP];
+/// The protobuf field numbers of `MetricFamily.metric` and `MetricFamily.unit`.
+pub(crate) const METRIC_FIELD: u32 = 4;
+const UNIT_FIELD: u32 = 5;
 
 impl StoredFamily {
     /// Renders `family`; `hashes` are the series hashes, one per metric.
+    ///
+    /// The family's metrics are taken out of `family` (see `text_only`).
     pub(crate) fn new(
-        family: &MetricFamily,
+        family: &mut MetricFamily,
         kind: MetricType,
         hashes: &[u64],
         pushed_at: SystemTime,
         group: &Arc<GroupLabels>,
     ) -> Self {
-        let (text_only, encoded) = Self::text_only(family, kind, hashes, pushed_at, group);
-        text_only.keep_encoding_unless_given_back(&encoded)
+        let candidate = Self::text_only(family, kind, hashes, pushed_at, group);
+        Self::verified(vec![candidate])
+            .pop()
+            .unwrap_or_else(|| unreachable!("one family verified, one given back"))
     }
 
-    /// [`new`](Self::new) for each of the families of one push, checking all their
-    /// texts with one parse: a parse per family was a third of a push's time.
-    ///
-    /// When the joint parse gives back every family, in order, each text alone gives
-    /// its family back too: each starts with its own `# TYPE` line, and a line can only
-    /// land in another family by name, which would show as a difference.
+    /// [`new`](Self::new) for each of the families of one push, their texts checked
+    /// together in batches (`round_trip`): a parse per family was a third of a push's
+    /// time, and a parse of the whole push held ten times its text at once.
     ///
     /// Each family's metrics are dropped as soon as they are rendered (the caller is
     /// done with them), so that a push's decoded structs and the parse of its rendering
-    /// are never held at the same time: each takes ten times the push or more.
+    /// are never held at the same time.
     pub(crate) fn new_all<'a>(
         families: impl Iterator<Item = (&'a mut MetricFamily, MetricType, &'a [u64])>,
         pushed_at: SystemTime,
         group: &Arc<GroupLabels>,
     ) -> Vec<Self> {
         let candidates: Vec<(Self, Vec<u8>)> = families
-            .map(|(family, kind, hashes)| {
-                let candidate = Self::text_only(family, kind, hashes, pushed_at, group);
-                family.metric = Vec::new();
-                candidate
-            })
+            .map(|(family, kind, hashes)| Self::text_only(family, kind, hashes, pushed_at, group))
             .collect();
         Self::verified(candidates)
     }
 
     /// The candidates, each keeping its encoding unless its text gives it back.
     fn verified(candidates: Vec<(Self, Vec<u8>)>) -> Vec<Self> {
-        let mut text = Vec::new();
-        for (stored, _) in &candidates {
-            stored.write_text(&mut text);
-        }
-        let all_given_back = text::parse(&text).is_ok_and(|parsed| {
-            parsed.len() == candidates.len()
-                && parsed
-                    .iter()
-                    .zip(&candidates)
-                    .all(|(parsed, (_, encoded))| parsed.encode_to_vec() == *encoded)
-        });
+        let given_back = round_trip::given_back(&candidates);
         candidates
             .into_iter()
-            .map(|(stored, encoded)| {
-                if all_given_back {
+            .zip(given_back)
+            .map(|((stored, encoded), given_back)| {
+                if given_back {
                     stored
                 } else {
-                    stored.keep_encoding_unless_given_back(&encoded)
+                    stored.with_encoding(&encoded)
                 }
             })
             .collect()
     }
 
     /// The family without its encoding, and the encoding.
+    ///
+    /// The family's metrics are taken out as they are rendered: each is freed once its
+    /// lines and its part of the encoding are written, so a push's decoded structs
+    /// shrink while its rendering grows instead of both being held whole.
     fn text_only(
-        family: &MetricFamily,
+        family: &mut MetricFamily,
         kind: MetricType,
         hashes: &[u64],
         pushed_at: SystemTime,
         group: &Arc<GroupLabels>,
     ) -> (Self, Vec<u8>) {
-        let name = family.name.as_deref().unwrap_or_default();
+        let name = family.name.clone().unwrap_or_default();
+        let name = name.as_str();
         let mut head = name.as_bytes().to_vec();
         let name_end = head.len();
         let help = family.help.as_deref().map_or(NO_HELP, |help| {
@@ -146,16 +143,25 @@ impl StoredFamily {
             head.extend_from_slice(help.as_bytes());
             OWN_HELP
         });
+        let metrics = std::mem::take(&mut family.metric);
+        let unit = family.unit.take();
+        // The encoding in field order: name, help and type, each metric, the unit.
+        let mut encoded = family.encode_to_vec();
         let mut pieces = Vec::new();
-        let mut table = Vec::with_capacity(family.metric.len() * SERIES_LEN);
+        let mut table = Vec::with_capacity(metrics.len() * SERIES_LEN);
         let reference = |pair: &LabelPair, out: &mut Vec<u8>| group.write_reference(pair, out);
-        for (i, metric) in family.metric.iter().enumerate() {
-            write_metric_with(name, kind, metric, &mut pieces, &reference);
+        for (i, metric) in metrics.into_iter().enumerate() {
+            write_metric_with(name, kind, &metric, &mut pieces, &reference);
             table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
             write_sort_key(&metric.label, group, &mut pieces);
             table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
             table.extend_from_slice(&hashes.get(i).copied().unwrap_or_default().to_le_bytes());
+            prost::encoding::message::encode(METRIC_FIELD, &metric, &mut encoded);
         }
+        if let Some(unit) = &unit {
+            prost::encoding::string::encode(UNIT_FIELD, unit, &mut encoded);
+        }
+        family.unit = unit;
         let since = pushed_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -171,19 +177,12 @@ impl StoredFamily {
 
         (
             Self::assemble(header, &table, &head, &[], &pieces, group),
-            family.encode_to_vec(),
+            encoded,
         )
     }
 
-    /// This text-only family, or, if its text does not parse back to `encoded`, the
-    /// same with `encoded` kept.
-    fn keep_encoding_unless_given_back(self, encoded: &[u8]) -> Self {
-        if self
-            .parsed_back()
-            .is_some_and(|parsed| parsed.encode_to_vec() == encoded)
-        {
-            return self;
-        }
+    /// This text-only family with `encoded` kept.
+    fn with_encoding(self, encoded: &[u8]) -> Self {
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&self.bytes[..HEADER_LEN]);
         let table_end = HEADER_LEN + self.series_count() * SERIES_LEN;
@@ -229,7 +228,7 @@ impl StoredFamily {
         u64::from_le_bytes(bytes)
     }
 
-    fn series_count(&self) -> usize {
+    pub(crate) fn series_count(&self) -> usize {
         self.u32_at(SERIES_COUNT) as usize
     }
 
@@ -343,8 +342,13 @@ impl StoredFamily {
     /// The `# HELP`/`# TYPE` lines of the family.
     pub(crate) fn header(&self) -> Vec<u8> {
         let mut text = Vec::new();
-        write_header(self.name(), self.help(), self.kind(), &mut text);
+        self.write_header(&mut text);
         text
+    }
+
+    /// Appends the `# HELP`/`# TYPE` lines of the family.
+    pub(crate) fn write_header(&self, out: &mut Vec<u8>) {
+        write_header(self.name(), self.help(), self.kind(), out);
     }
 
     fn series(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
@@ -518,6 +522,8 @@ mod tests {
     }
 
     fn stored(family: &MetricFamily) -> StoredFamily {
+        let mut family = family.clone();
+        let family = &mut family;
         let kind = match family.r#type.map(MetricType::try_from) {
             None => MetricType::Counter,
             Some(kind) => kind.expect("a known type"),
@@ -704,6 +710,60 @@ mod tests {
                 },
             ),
         ]
+    }
+
+    /// A family larger than one round-trip batch is checked over several: one metric
+    /// that text cannot carry, wherever it is, keeps the encoding; none keeps none.
+    #[test]
+    fn round_trip_spans_batches() {
+        let many = |odd_at: Option<usize>| {
+            let metric = (0..20_000)
+                .map(|i| Metric {
+                    label: vec![
+                        LabelPair::new("i", i.to_string()),
+                        LabelPair::new("job", "j"),
+                    ],
+                    gauge: Some(Gauge {
+                        value: Some(if Some(i) == odd_at { -0.0 } else { 1.0 }),
+                    }),
+                    ..Metric::default()
+                })
+                .collect();
+            MetricFamily {
+                metric,
+                ..gauge(0.0)
+            }
+        };
+        for (case, odd_at, text_only) in [
+            ("all given back", None, true),
+            ("first metric not", Some(0), false),
+            ("a metric in the middle not", Some(9_999), false),
+            ("last metric not", Some(19_999), false),
+        ] {
+            let family = many(odd_at);
+            let expected = family.encode_to_vec();
+            let mut families = [family, many(None)];
+            let all = StoredFamily::new_all(
+                families.iter_mut().enumerate().map(|(i, f)| {
+                    f.name = Some(format!("g{i}"));
+                    (f, MetricType::Gauge, [0].as_slice())
+                }),
+                SystemTime::UNIX_EPOCH,
+                &group(),
+            );
+            assert_eq!(all[0].stored_encoding().is_none(), text_only, "case {case}");
+            assert!(
+                all[1].stored_encoding().is_none(),
+                "case {case}: the next family"
+            );
+            let mut renamed = MetricFamily::decode(expected.as_slice()).expect("encoded above");
+            renamed.name = Some("g0".to_owned());
+            assert_eq!(
+                all[0].encoded().as_ref(),
+                renamed.encode_to_vec(),
+                "case {case}"
+            );
+        }
     }
 
     /// The pieces and header are what the text exposition of the family writes.
