@@ -16,20 +16,22 @@
 //! re-gathering the whole store as upstream does.
 
 mod check;
+mod expiry;
 mod group_labels;
 mod render;
 mod round_trip;
 mod stored;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use check::{go_type_name, Inconsistency, ReservedNames, RESERVED_PREFIX};
+pub use expiry::{run as run_expiry, Expiry, GroupsExpired, Ttl, GROUPS_EXPIRED_TOTAL};
 pub use render::{exposition, exposition_chunks, RenderedFamily};
 pub use stored::StoredFamily;
 
@@ -60,6 +62,8 @@ pub enum WriteCommand {
         key: GroupingKey,
         /// The parsed body.
         families: Vec<MetricFamily>,
+        /// How long the group may then go without a push.
+        ttl: Ttl,
     },
     /// `POST`: the pushed families replace same-named families of the group; the
     /// group's other families stay.
@@ -68,6 +72,8 @@ pub enum WriteCommand {
         key: GroupingKey,
         /// The parsed body.
         families: Vec<MetricFamily>,
+        /// How long the group may then go without a push.
+        ttl: Ttl,
     },
     /// `DELETE`: the group with exactly this key goes away (a no-op if absent).
     Delete {
@@ -94,6 +100,10 @@ pub struct GroupSnapshot {
     pub key: Arc<GroupingKey>,
     /// Its families, push gauges included, sorted by name.
     pub families: Vec<StoredFamily>,
+    /// Its expiry, as persisted.
+    pub expiry: Expiry,
+    /// When it expires, if it does.
+    pub deadline: Option<SystemTime>,
 }
 
 impl GroupSnapshot {
@@ -120,6 +130,8 @@ pub struct RestoredGroup {
     pub key: GroupingKey,
     /// Its families with the time each was stored, push gauges included.
     pub families: Vec<(MetricFamily, SystemTime)>,
+    /// Its expiry (files written before expiry existed: [`Expiry::Default`]).
+    pub expiry: Expiry,
 }
 
 /// The push store. See the module documentation for concurrency and ownership.
@@ -129,6 +141,10 @@ pub struct MetricStore {
     reserved: ReservedNames,
     /// Bumped on every change; persistence waits on it.
     version: watch::Sender<u64>,
+    /// `--push.ttl`, when not zero.
+    default_ttl: Option<Duration>,
+    /// Counts groups removed by expiry.
+    expired: Arc<GroupsExpired>,
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +154,8 @@ struct State {
     /// expose the same push gauges.
     identities: HashSet<ByIdentity>,
     families: BTreeMap<Arc<str>, FamilyEntry>,
+    /// Every group with a deadline, earliest first (see `expiry`).
+    deadlines: BTreeSet<(SystemTime, Arc<GroupingKey>)>,
 }
 
 #[derive(Debug)]
@@ -146,6 +164,10 @@ struct Group {
     families: Vec<StoredFamily>,
     /// The labels every series of the group has, kept once (see `group_labels`).
     labels: Arc<GroupLabels>,
+    /// Its expiry, as the last push asked.
+    expiry: Expiry,
+    /// When it expires (its entry in `State::deadlines`).
+    deadline: Option<SystemTime>,
 }
 
 impl Group {
@@ -200,6 +222,8 @@ impl MetricStore {
             state: RwLock::new(State::default()),
             reserved,
             version: watch::Sender::new(0),
+            default_ttl: None,
+            expired: Arc::default(),
         }
     }
 
@@ -213,8 +237,8 @@ impl MetricStore {
     /// clash with a group exposing the same labels. `Delete` and `Wipe` never fail.
     pub fn apply(&self, command: WriteCommand, now: SystemTime) -> Result<(), StoreError> {
         match command {
-            WriteCommand::Put { key, families } => self.push(key, families, true, now),
-            WriteCommand::Post { key, families } => self.push(key, families, false, now),
+            WriteCommand::Put { key, families, ttl } => self.push(key, families, true, ttl, now),
+            WriteCommand::Post { key, families, ttl } => self.push(key, families, false, ttl, now),
             WriteCommand::Delete { key } => {
                 let removed = self.write().remove_group(&key);
                 if removed {
@@ -240,6 +264,7 @@ impl MetricStore {
         key: GroupingKey,
         families: Vec<MetricFamily>,
         replace: bool,
+        ttl: Ttl,
         now: SystemTime,
     ) -> Result<(), StoreError> {
         // The checks that need only the push, and the rendering, run before taking the
@@ -268,13 +293,14 @@ impl MetricStore {
         });
         match verdict {
             Ok((prepared, stored)) => {
-                state.store_push(key, &prepared, stored, replace, now);
+                let key = state.store_push(key, &prepared, stored, replace, now);
+                state.set_expiry(&key, Expiry::of_push(ttl, now), now, self.default_ttl);
                 drop(state);
                 self.bump();
                 Ok(())
             }
             Err(inconsistency) => {
-                let changed = state.record_failure(key, now);
+                let changed = state.record_failure(key, now, self.default_ttl);
                 drop(state);
                 if changed {
                     self.bump();
@@ -324,7 +350,15 @@ impl MetricStore {
                 Ok(stored)
             });
             match verdict {
-                Ok(stored) => state.store_restored(&group.key, stored, &gauges),
+                Ok(stored) => {
+                    let key = state.store_restored(&group.key, stored, &gauges);
+                    // Expiry counts from the last push, as the push gauge's time says.
+                    let pushed_at = gauges
+                        .iter()
+                        .find(|(family, _)| family.name.as_deref() == Some(PUSH_TIME_NAME))
+                        .map_or(SystemTime::UNIX_EPOCH, |(_, at)| *at);
+                    state.set_expiry(&key, group.expiry, pushed_at, self.default_ttl);
+                }
                 Err(inconsistency) => skipped.push((group.key, inconsistency)),
             }
         }
@@ -343,6 +377,8 @@ impl MetricStore {
             .map(|(key, group)| GroupSnapshot {
                 key: Arc::clone(key),
                 families: group.families.clone(),
+                expiry: group.expiry,
+                deadline: group.deadline,
             })
             .collect()
     }
@@ -489,7 +525,7 @@ impl State {
         stored: Vec<StoredFamily>,
         replace: bool,
         now: SystemTime,
-    ) {
+    ) -> Arc<GroupingKey> {
         let key = self.ensure_group(key);
         if replace {
             // Families the push brings are replaced below; removing them first too would
@@ -528,16 +564,24 @@ impl State {
             // A new group's vector grew by doubling; every group keeps its slack.
             group.families.shrink_to_fit();
         }
+        key
     }
 
     /// Records a rejected push; returns whether anything changed.
-    fn record_failure(&mut self, key: GroupingKey, now: SystemTime) -> bool {
+    fn record_failure(
+        &mut self,
+        key: GroupingKey,
+        now: SystemTime,
+        default_ttl: Option<Duration>,
+    ) -> bool {
         if !self.groups.contains_key(&key) {
             if self.identities.contains(&ByIdentity::of(&key)) {
                 // Creating the group would expose the same push gauges twice.
                 return false;
             }
             let key = self.ensure_group(key);
+            // A group made by a failed push expires like one made by a push.
+            self.set_expiry(&key, Expiry::Default, now, default_ttl);
             self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, 0.0, now);
             self.set_gauge(
                 &key,
@@ -564,7 +608,7 @@ impl State {
         key: &GroupingKey,
         stored: Vec<StoredFamily>,
         gauges: &[(MetricFamily, SystemTime)],
-    ) {
+    ) -> Arc<GroupingKey> {
         let key = self.ensure_group(key.clone());
         for stored in stored {
             self.insert_member(&key, stored);
@@ -586,6 +630,7 @@ impl State {
         if let Some(group) = self.groups.get_mut(&key) {
             group.families.shrink_to_fit();
         }
+        key
     }
 
     /// The group's shared key, creating the group if needed.
@@ -598,6 +643,8 @@ impl State {
         let group = Group {
             families: Vec::new(),
             labels: Arc::new(GroupLabels::of(&key)),
+            expiry: Expiry::Default,
+            deadline: None,
         };
         self.groups.insert(Arc::clone(&key), group);
         key
@@ -610,6 +657,7 @@ impl State {
         for stored in &group.families {
             self.unindex(&key, stored.name(), stored);
         }
+        self.forget_deadline(&key, group.deadline);
         self.identities.remove(&ByIdentity(key));
         true
     }

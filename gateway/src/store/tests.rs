@@ -23,6 +23,7 @@ fn put(store: &MetricStore, path: &str, body: &str) -> Result<(), StoreError> {
         WriteCommand::Put {
             key: key(path),
             families,
+            ttl: Ttl::Default,
         },
         at(1_000),
     )
@@ -34,6 +35,7 @@ fn post(store: &MetricStore, path: &str, body: &str) -> Result<(), StoreError> {
         WriteCommand::Post {
             key: key(path),
             families,
+            ttl: Ttl::Default,
         },
         at(1_000),
     )
@@ -198,6 +200,7 @@ fn restore_checks_each_group_and_skips_the_bad_ones() {
                 .into_iter()
                 .map(|f| (f, at(5)))
                 .collect(),
+            expiry: Expiry::Default,
         },
         RestoredGroup {
             key: key("job/b"),
@@ -205,6 +208,7 @@ fn restore_checks_each_group_and_skips_the_bad_ones() {
                 .into_iter()
                 .map(|f| (f, at(6)))
                 .collect(),
+            expiry: Expiry::Default,
         },
         RestoredGroup {
             key: key("job/c"),
@@ -212,6 +216,7 @@ fn restore_checks_each_group_and_skips_the_bad_ones() {
                 .into_iter()
                 .map(|f| (f, at(7)))
                 .collect(),
+            expiry: Expiry::Default,
         },
     ];
     let skipped = store.restore(restored);
@@ -267,4 +272,144 @@ fn grouping_labels_are_stored_once_per_group_and_exposed_on_every_line() {
         lines[1]
     );
     assert!(lines[2].starts_with("m{b=\"1\",big=\"vvvv"));
+}
+
+fn push_at(store: &MetricStore, path: &str, ttl: Ttl, secs: u64) {
+    let families = parse(b"# TYPE m gauge\nm 1\n").expect("valid test body");
+    store
+        .apply(
+            WriteCommand::Put {
+                key: key(path),
+                families,
+                ttl,
+            },
+            at(secs),
+        )
+        .expect("valid push");
+}
+
+fn groups(store: &MetricStore) -> Vec<String> {
+    store
+        .snapshot()
+        .iter()
+        .map(|group| group.key.to_string())
+        .collect()
+}
+
+fn nanos_after(secs: u64, nanos: u32) -> SystemTime {
+    at(secs) + Duration::new(0, nanos)
+}
+
+/// Issue 14: a group goes at its push time plus `--push.ttl`, to the nanosecond, from
+/// the store, the exposition and the index; a group pushed again in the meantime stays.
+#[test]
+fn groups_expire_at_their_ttl_and_a_repush_moves_the_deadline() {
+    let expired = Arc::new(GroupsExpired::default());
+    let store = store().with_expiry(Duration::from_secs(10), Arc::clone(&expired));
+    push_at(&store, "job/a", Ttl::Default, 1_000);
+    push_at(&store, "job/b", Ttl::Default, 1_005);
+    assert_eq!(store.next_deadline(), Some(at(1_010)));
+    assert_eq!(store.expire(nanos_after(1_009, 999_999_999)), 0);
+    assert_eq!(groups(&store).len(), 2);
+    assert_eq!(store.expire(at(1_010)), 1);
+    assert_eq!(groups(&store), [key("job/b").to_string()]);
+    // Pushed again before its deadline: the old deadline passes without it.
+    push_at(&store, "job/b", Ttl::Default, 1_014);
+    assert_eq!(store.expire(at(1_015)), 0);
+    assert_eq!(store.expire(nanos_after(1_023, 999_999_999)), 0);
+    assert_eq!(store.expire(at(1_024)), 1);
+    assert!(groups(&store).is_empty());
+    assert_eq!(expired.get(), 2);
+    assert_eq!(store.next_deadline(), None);
+    // The index forgot them: a new group may push `m` as another type.
+    put(&store, "job/c", "# TYPE m counter\nm 1\n").expect("m is free again");
+    let text = String::from_utf8(exposition(&store, &NoSource, Format::Text)).expect("UTF-8");
+    assert!(
+        !text.contains("job=\"a\"") && !text.contains("job=\"b\""),
+        "{text}"
+    );
+}
+
+/// A push's own time to live wins over `--push.ttl`, `Never` included; without either
+/// a group stays; deleting a group takes its deadline with it.
+#[test]
+fn a_push_may_ask_for_its_own_ttl() {
+    let store = store().with_expiry(Duration::from_mins(1), Arc::default());
+    push_at(
+        &store,
+        "job/short",
+        Ttl::After(Duration::from_millis(1_500)),
+        100,
+    );
+    push_at(&store, "job/never", Ttl::Never, 100);
+    push_at(&store, "job/default", Ttl::Default, 100);
+    push_at(
+        &store,
+        "job/deleted",
+        Ttl::After(Duration::from_secs(1)),
+        100,
+    );
+    delete(&store, "job/deleted");
+    assert_eq!(store.expire(nanos_after(101, 499_999_999)), 0);
+    assert_eq!(store.expire(nanos_after(101, 500_000_000)), 1);
+    assert_eq!(store.expire(at(160)), 1);
+    assert_eq!(groups(&store), [key("job/never").to_string()]);
+    assert_eq!(store.expire(at(1_000_000)), 0);
+    assert_eq!(store.groups_expired(), 2);
+
+    let no_default = self::store();
+    push_at(&no_default, "job/a", Ttl::Default, 100);
+    assert_eq!(no_default.next_deadline(), None);
+    push_at(
+        &no_default,
+        "job/a",
+        Ttl::After(Duration::from_secs(5)),
+        200,
+    );
+    assert_eq!(no_default.next_deadline(), Some(at(205)));
+    // A later push without its own goes back to the default: here, never.
+    push_at(&no_default, "job/a", Ttl::Default, 201);
+    assert_eq!(no_default.next_deadline(), None);
+}
+
+/// A restored group keeps its deadline: its own time, or `--push.ttl` (today's) after
+/// its last push; a wipe forgets every deadline.
+#[test]
+fn restored_groups_keep_their_deadlines() {
+    let store = store().with_expiry(Duration::from_secs(30), Arc::default());
+    push_at(&store, "job/own", Ttl::After(Duration::from_secs(7)), 100);
+    push_at(&store, "job/default", Ttl::Default, 100);
+    push_at(&store, "job/never", Ttl::Never, 100);
+    let snapshot = store.snapshot();
+    let restored: Vec<RestoredGroup> = snapshot
+        .iter()
+        .map(|group| RestoredGroup {
+            key: (*group.key).clone(),
+            families: group
+                .families
+                .iter()
+                .map(|stored| (stored.family(), stored.pushed_at()))
+                .collect(),
+            expiry: group.expiry,
+        })
+        .collect();
+    let after = self::store().with_expiry(Duration::from_secs(20), Arc::default());
+    assert!(after.restore(restored).is_empty());
+    let deadlines: Vec<(String, Option<SystemTime>)> = after
+        .snapshot()
+        .iter()
+        .map(|group| (group.key.to_string(), group.deadline))
+        .collect();
+    assert_eq!(
+        deadlines,
+        [
+            (key("job/default").to_string(), Some(at(120))),
+            (key("job/never").to_string(), None),
+            (key("job/own").to_string(), Some(at(107))),
+        ]
+    );
+    after
+        .apply(WriteCommand::Wipe, at(101))
+        .expect("wipe never fails");
+    assert_eq!(after.next_deadline(), None);
 }
