@@ -1012,14 +1012,7 @@ async fn a_push_asks_for_its_own_ttl_with_a_header() {
         ..GatewayConfig::default()
     };
     let gw = gateway_with(&config, Arc::new(NoSource));
-    for bad in [
-        "soon",
-        "5d",
-        "",
-        "-1s",
-        "99999999999999999999999h",
-        "1 h",
-    ] {
+    for bad in ["soon", "5d", "", "-1s", "99999999999999999999999h", "1 h"] {
         let answer = gw
             .call(
                 Method::PUT,
