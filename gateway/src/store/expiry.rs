@@ -3,9 +3,10 @@
 //!
 //! Each group with a deadline has one entry in an ordered set of (deadline, key), kept
 //! with the group under the store's lock. A successful push moves its group's entry;
-//! a task sleeps until the earliest deadline (or the next change of the store) and
-//! removes the groups whose deadline has passed, checked again under the writer lock,
-//! so a group pushed to in the meantime is never removed. A scrape does nothing for
+//! a task sleeps until shortly after the earliest deadline ([`SWEEP_DELAY`], so that
+//! close deadlines go together) or the next change of the store, and removes the
+//! groups whose deadline has passed, checked again under the writer lock, so a group
+//! pushed to in the meantime is never removed. A scrape does nothing for
 //! expiry: its cost does not grow with the number of groups that may expire.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -186,20 +187,29 @@ impl State {
     }
 }
 
-/// Expires `store`'s groups at their deadlines, until aborted: sleeps until the
+/// How long after the earliest deadline the task sweeps: every group due by then goes
+/// in the same sweep, so that groups whose deadlines are close together cost the
+/// cached exposition one re-render (each removal invalidates the families the group
+/// had), not one each; and a group goes at most this much after its deadline.
+pub const SWEEP_DELAY: Duration = Duration::from_millis(250);
+
+/// Expires `store`'s groups, until aborted: sleeps until [`SWEEP_DELAY`] after the
 /// earliest deadline, or until the store changes (a push may bring an earlier one).
 pub async fn run(store: Arc<MetricStore>) {
     let mut store_version = store.subscribe();
     loop {
-        store.expire(SystemTime::now());
         store_version.borrow_and_update();
-        let wait = store
-            .next_deadline()
-            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
-        let woken = match wait {
-            Some(wait) => {
+        let sweep_at = store.next_deadline().map(|at| {
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + wait + SWEEP_DELAY
+        });
+        let woken = match sweep_at {
+            Some(sweep_at) => {
                 tokio::select! {
-                    () = tokio::time::sleep(wait) => Ok(()),
+                    () = tokio::time::sleep_until(sweep_at) => {
+                        store.expire(SystemTime::now());
+                        Ok(())
+                    }
                     moved = store_version.changed() => moved,
                 }
             }
