@@ -27,7 +27,6 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use check::{go_type_name, Inconsistency, ReservedNames, RESERVED_PREFIX};
@@ -41,6 +40,7 @@ use check::{
     apply_grouping_labels, prepare, same_identity, series_hash, suffix_clash, PreparedFamily,
 };
 use group_labels::GroupLabels;
+use render::RenderCache;
 
 /// Name of the gauge holding the last successful change of a group.
 pub const PUSH_TIME_NAME: &str = "push_time_seconds";
@@ -206,12 +206,6 @@ struct FamilyEntry {
     series: HashSet<u64>,
     /// The merged family rendered in each format, until the next change to it.
     rendered: Mutex<RenderCache>,
-}
-
-#[derive(Debug, Default)]
-struct RenderCache {
-    text: Option<Bytes>,
-    protobuf: Option<Bytes>,
 }
 
 impl MetricStore {
@@ -737,7 +731,13 @@ impl State {
         if entry.members.is_empty() {
             self.families.remove(name);
         } else {
-            entry.invalidate();
+            // A member leaving takes its lines out of the cached rendering at the next
+            // scrape, without sorting everything again (expiry removes many at once).
+            entry
+                .rendered
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .forget_member(key);
         }
     }
 }

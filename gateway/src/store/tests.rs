@@ -413,3 +413,85 @@ fn restored_groups_keep_their_deadlines() {
         .expect("wipe never fails");
     assert_eq!(after.next_deadline(), None);
 }
+
+/// Members leaving a family are taken out of its cached rendering by copying the rest:
+/// after deletes and expiry (the HELP's group among them, interleaved series, a family
+/// left without series) the scrape is byte for byte a fresh store's with what is left.
+#[test]
+fn members_leaving_are_cut_from_the_cached_rendering_exactly() {
+    let bodies = [
+        (
+            "job/a",
+            "# HELP m First help.\n# TYPE m gauge\nm{k=\"2\"} 1\nm{k=\"5\"} 1\n",
+        ),
+        (
+            "job/b",
+            "# HELP m Second help.\n# TYPE m gauge\nm{k=\"1\"} 2\nm{k=\"3\"} 2\n",
+        ),
+        (
+            "job/c",
+            "# TYPE m gauge\nm{k=\"4\"} 3\n# TYPE only_c counter\nonly_c 1\n",
+        ),
+        ("job/d", "# TYPE m gauge\nm{k=\"0\"} 4\nm 4\n"),
+    ];
+    let load = |store: &MetricStore, keep: &[&str]| {
+        for (path, body) in bodies {
+            if keep.contains(&path) {
+                put(store, path, body).expect("valid push");
+            }
+        }
+    };
+    let all: Vec<&str> = bodies.iter().map(|(path, _)| *path).collect();
+    for gone in [
+        &["job/a"][..],
+        &["job/b"],
+        &["job/c"],
+        &["job/a", "job/d"],
+        &["job/a", "job/b", "job/c"],
+        &["job/a", "job/b", "job/c", "job/d"],
+    ] {
+        let store = store();
+        load(&store, &all);
+        let _ = exposition(&store, &NoSource, Format::Text); // fills the caches
+        for path in gone {
+            delete(&store, path);
+        }
+        let cut = exposition(&store, &NoSource, Format::Text);
+        let fresh = self::store();
+        let left: Vec<&str> = all.iter().copied().filter(|p| !gone.contains(p)).collect();
+        load(&fresh, &left);
+        assert_eq!(
+            String::from_utf8_lossy(&cut),
+            String::from_utf8_lossy(&exposition(&fresh, &NoSource, Format::Text)),
+            "after deleting {gone:?}"
+        );
+    }
+    // The same through expiry, several groups in one sweep.
+    let store = store().with_expiry(Duration::from_secs(5), Arc::default());
+    for (i, (path, body)) in bodies.iter().enumerate() {
+        let families = parse(body.as_bytes()).expect("valid test body");
+        let ttl = if i % 2 == 0 { Ttl::Default } else { Ttl::Never };
+        store
+            .apply(
+                WriteCommand::Put {
+                    key: key(path),
+                    families,
+                    ttl,
+                },
+                at(1_000),
+            )
+            .expect("valid push");
+    }
+    let _ = exposition(&store, &NoSource, Format::Text);
+    assert_eq!(store.expire(at(1_005)), 2);
+    let fresh = self::store();
+    load(&fresh, &["job/b", "job/d"]);
+    let without_times = |store: &MetricStore| {
+        let text = String::from_utf8(exposition(store, &NoSource, Format::Text)).expect("UTF-8");
+        text.lines()
+            .filter(|line| !line.contains("push_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(without_times(&store), without_times(&fresh));
+}
