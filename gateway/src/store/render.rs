@@ -65,7 +65,8 @@ pub(super) struct RenderCache {
 #[derive(Debug)]
 struct CachedText {
     bytes: Bytes,
-    /// The member (by address) whose HELP heads the family: its leaving may change it.
+    /// The member (by address) whose HELP heads the family: its leaving changes the
+    /// header (only: the lines stay in order).
     header_from: usize,
     header_len: usize,
     /// Each series' end in `bytes` and its member, in exposition order.
@@ -78,12 +79,8 @@ impl RenderCache {
     /// The member with key `key` left the family.
     pub(super) fn forget_member(&mut self, key: &GroupingKey) {
         self.protobuf = None;
-        let member = address(key);
-        match &mut self.text {
-            Some(cached) if cached.header_from != member => {
-                cached.gone.insert(member);
-            }
-            _ => self.text = None,
+        if let Some(cached) = &mut self.text {
+            cached.gone.insert(address(key));
         }
     }
 }
@@ -96,15 +93,24 @@ fn address(key: &GroupingKey) -> usize {
 }
 
 impl CachedText {
-    /// Leaves out the lines of the members gone since the text was made.
-    fn without_gone(&mut self) {
+    /// Leaves out the lines of the members gone since the text was made; when the
+    /// member that gave the header is gone, `header` gives the new one (and its member).
+    fn without_gone(&mut self, header: impl FnOnce() -> Option<(usize, Vec<u8>)>) {
         if self.gone.is_empty() {
             return;
         }
         let mut out = Vec::with_capacity(self.bytes.len());
-        out.extend_from_slice(&self.bytes[..self.header_len]);
+        let header_len = self.header_len;
+        if self.gone.contains(&self.header_from) {
+            let (from, text) = header().unwrap_or_default();
+            self.header_from = from;
+            out.extend_from_slice(&text);
+        } else {
+            out.extend_from_slice(&self.bytes[..header_len]);
+        }
+        self.header_len = out.len();
         let mut series = Vec::with_capacity(self.series.len());
-        let mut start = self.header_len;
+        let mut start = header_len;
         for &(end, member) in &self.series {
             if !self.gone.contains(&member) {
                 out.extend_from_slice(&self.bytes[start..end]);
@@ -129,7 +135,7 @@ impl FamilyEntry {
         match format {
             Format::Text => {
                 let cached = cache.text.get_or_insert_with(|| self.merged_text());
-                cached.without_gone();
+                cached.without_gone(|| self.header());
                 cached.bytes.clone()
             }
             Format::DelimitedProtobuf => cache
@@ -141,13 +147,18 @@ impl FamilyEntry {
 
     /// Merges the members' pre-rendered metrics: sort the pieces, copy the bytes, each
     /// member's references to its group's labels expanded.
-    fn merged_text(&self) -> CachedText {
+    /// The `# HELP`/`# TYPE` lines and the member they come from: the first member in
+    /// key order with metrics and a HELP, or else the first with metrics.
+    fn header(&self) -> Option<(usize, Vec<u8>)> {
         let with_metrics = || self.members.iter().filter(|(_, m)| m.has_metrics());
-        let Some((header_from, header)) = with_metrics()
+        with_metrics()
             .find(|(_, member)| member.has_help())
             .or_else(|| with_metrics().next())
             .map(|(key, member)| (address(key), member.header()))
-        else {
+    }
+
+    fn merged_text(&self) -> CachedText {
+        let Some((header_from, header)) = self.header() else {
             return CachedText {
                 bytes: Bytes::new(),
                 header_from: 0,
