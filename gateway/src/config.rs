@@ -100,6 +100,9 @@ pub struct GatewayConfig {
     /// `--push.max-render-factor`: rendered bytes a push may take per byte of its
     /// request (400 past it; see [`crate::codec::limits`]).
     pub max_render_factor: usize,
+    /// `--push.ttl`: a group not pushed to for this long is removed (zero: never,
+    /// unless a push asks with `Dropgate-Push-TTL`).
+    pub push_ttl: Duration,
     /// The running build, for `/api/v1/status` and `dropgate_build_info`.
     pub build_info: BuildInfo,
 }
@@ -129,6 +132,7 @@ impl Default for GatewayConfig {
             max_buckets_per_series: limits::DEFAULT_MAX_BUCKETS_PER_SERIES,
             max_grouping_key_bytes: limits::DEFAULT_MAX_GROUPING_KEY_BYTES,
             max_render_factor: limits::DEFAULT_MAX_RENDER_FACTOR,
+            push_ttl: Duration::ZERO,
             build_info: BuildInfo::default(),
         }
     }
@@ -220,6 +224,42 @@ pub fn normalize_route_prefix(prefix: &str) -> String {
         format!("/{prefix}")
     };
     prefix.strip_suffix('/').unwrap_or(&prefix).to_owned()
+}
+
+/// Parses a Go-style duration as the pushgateway's flags take them: `300ms`, `5s`,
+/// `5m`, `1h`, `1h30m`, or `0`. Also read from push headers, so a value too large for
+/// a `Duration` is an error, never a panic.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration; use e.g. 30s, 5m, 1h30m");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(digits);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(bad()),
+        };
+        total = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(|| format!("`{text}` is too long a duration"))?;
+        rest = tail;
+    }
+    Ok(total)
 }
 
 /// A duration as Go's `time.Duration.String` writes it (`5m0s`, `1h0m0s`, `1.5s`,

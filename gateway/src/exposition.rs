@@ -274,7 +274,24 @@ fn write_family(family: &MetricFamily, out: &mut Vec<u8>) {
 
 /// The sample lines of one metric of a family called `name` of type `kind`.
 pub(crate) fn write_metric(name: &str, kind: MetricType, metric: &Metric, out: &mut Vec<u8>) {
-    let sample = Sample { name, metric };
+    write_metric_with(name, kind, metric, out, &|_, _| false);
+}
+
+/// [`write_metric`], with each label first offered to `replace`: when it returns true it
+/// has written the label's stand-in itself (the store writes a group's labels as
+/// references to the group, see `store::stored`), and the label is not written out.
+pub(crate) fn write_metric_with(
+    name: &str,
+    kind: MetricType,
+    metric: &Metric,
+    out: &mut Vec<u8>,
+    replace: &dyn Fn(&LabelPair, &mut Vec<u8>) -> bool,
+) {
+    let sample = Sample {
+        name,
+        metric,
+        replace,
+    };
     match kind {
         MetricType::Counter => {
             if let Some(counter) = &metric.counter {
@@ -364,13 +381,14 @@ fn count_as_float(count: Option<u64>, count_float: Option<f64>) -> f64 {
 struct Sample<'a> {
     name: &'a str,
     metric: &'a Metric,
+    replace: &'a dyn Fn(&LabelPair, &mut Vec<u8>) -> bool,
 }
 
 impl Sample<'_> {
     fn write(&self, out: &mut Vec<u8>, suffix: &str, extra: Option<(&str, f64)>, value: f64) {
         out.extend_from_slice(self.name.as_bytes());
         out.extend_from_slice(suffix.as_bytes());
-        write_labels(out, &self.metric.label, extra);
+        write_labels(out, &self.metric.label, extra, self.replace);
         out.push(b' ');
         write_float(out, value);
         if let Some(timestamp) = self.metric.timestamp_ms {
@@ -381,18 +399,26 @@ impl Sample<'_> {
     }
 }
 
-fn write_labels(out: &mut Vec<u8>, labels: &[LabelPair], extra: Option<(&str, f64)>) {
+fn write_labels(
+    out: &mut Vec<u8>,
+    labels: &[LabelPair],
+    extra: Option<(&str, f64)>,
+    replace: &dyn Fn(&LabelPair, &mut Vec<u8>) -> bool,
+) {
     if labels.is_empty() && extra.is_none() {
         return;
     }
     let mut separator = b'{';
     for label in labels {
         out.push(separator);
+        separator = b',';
+        if replace(label, out) {
+            continue;
+        }
         out.extend_from_slice(label.name.as_deref().unwrap_or_default().as_bytes());
         out.extend_from_slice(b"=\"");
-        write_escaped(out, label.value.as_deref().unwrap_or_default(), true);
+        write_label_value(out, label.value.as_deref().unwrap_or_default());
         out.push(b'"');
-        separator = b',';
     }
     if let Some((name, value)) = extra {
         out.push(separator);
@@ -402,6 +428,11 @@ fn write_labels(out: &mut Vec<u8>, labels: &[LabelPair], extra: Option<(&str, f6
         out.push(b'"');
     }
     out.push(b'}');
+}
+
+/// A label value as it appears between the quotes of a sample line.
+pub(crate) fn write_label_value(out: &mut Vec<u8>, value: &str) {
+    write_escaped(out, value, true);
 }
 
 /// Escapes `\` and newline (HELP text), and with `quote` also `"` (label values).

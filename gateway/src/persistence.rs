@@ -3,13 +3,18 @@
 //! Our own versioned format, all integers little-endian:
 //!
 //! ```text
-//! "DGSTORE\0"  u32 version (1)  u64 group count
+//! "DGSTORE\0"  u32 version (2)  u64 group count
 //! per group:   u32 record length, then the record:
 //!              u32 label count, per label: u32 len + name, u32 len + value
 //!              u32 family count, per family: u64 seconds + u32 nanos since 1970 (when it was
 //!              stored), u32 len + the io.prometheus.client.MetricFamily protobuf
+//!              (version 2) u8 expiry: 0 `--push.ttl` after the last push, 1 at the time
+//!              that follows (u64 seconds + u32 nanos since 1970), 2 never
 //! u32 CRC-32 (IEEE) of every byte before it
 //! ```
+//!
+//! Version 1 files (before group expiry) are read as well, every group's expiry being
+//! `--push.ttl` after its last push.
 //!
 //! Writes go to a temporary file in the same directory (created exclusively, mode
 //! 0600, never through a symlink), which is synced, renamed over
@@ -32,11 +37,17 @@ use tokio::time::Instant;
 
 use crate::grouping::GroupingKey;
 use crate::model::{Counter, Metric, MetricFamily, MetricType};
-use crate::store::{GroupSnapshot, MetricStore, RestoredGroup};
+use crate::store::{Expiry, GroupSnapshot, MetricStore, RestoredGroup};
 
 const MAGIC: &[u8; 8] = b"DGSTORE\0";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes (it reads this and [`FIRST_VERSION`]).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version, without group expiry.
+pub const FIRST_VERSION: u32 = 1;
+
+const EXPIRY_DEFAULT: u8 = 0;
+const EXPIRY_AT: u8 = 1;
+const EXPIRY_NEVER: u8 = 2;
 
 /// Why the file could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +56,7 @@ pub enum FormatError {
     #[error("not a dropgate persistence file (wrong magic bytes)")]
     BadMagic,
     /// The file was written by a newer (or unknown) format version.
-    #[error("format version {0} is not supported (this dropgate reads version {FORMAT_VERSION})")]
+    #[error("format version {0} is not supported (this dropgate reads versions {FIRST_VERSION} to {FORMAT_VERSION})")]
     UnsupportedVersion(u32),
     /// The file ends early.
     #[error("file is truncated at byte {0}")]
@@ -179,6 +190,18 @@ pub fn encode(groups: &[GroupSnapshot]) -> Vec<u8> {
             record.extend_from_slice(&since.subsec_nanos().to_le_bytes());
             put_bytes(&mut record, &stored.encoded());
         }
+        match group.expiry {
+            Expiry::Default => record.push(EXPIRY_DEFAULT),
+            Expiry::Never => record.push(EXPIRY_NEVER),
+            Expiry::At(at) => {
+                let since = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                record.push(EXPIRY_AT);
+                record.extend_from_slice(&since.as_secs().to_le_bytes());
+                record.extend_from_slice(&since.subsec_nanos().to_le_bytes());
+            }
+        }
         put_bytes(&mut out, &record);
     }
     let crc = crc32fast::hash(&out);
@@ -196,7 +219,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<RestoredGroup>, FormatError> {
         at: MAGIC.len(),
     };
     let version = reader.u32()?;
-    if version != FORMAT_VERSION {
+    if !(FIRST_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion(version));
     }
     let body_end = bytes
@@ -225,7 +248,8 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<RestoredGroup>, FormatError> {
         let offset = reader.at;
         let record = reader.bytes()?;
         groups.push(
-            decode_group(record).map_err(|reason| FormatError::InvalidRecord { offset, reason })?,
+            decode_group(record, version)
+                .map_err(|reason| FormatError::InvalidRecord { offset, reason })?,
         );
     }
     if reader.at != reader.bytes.len() {
@@ -237,7 +261,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<RestoredGroup>, FormatError> {
     Ok(groups)
 }
 
-fn decode_group(record: &[u8]) -> Result<RestoredGroup, String> {
+fn decode_group(record: &[u8], version: u32) -> Result<RestoredGroup, String> {
     let mut reader = Reader {
         bytes: record,
         at: 0,
@@ -265,10 +289,28 @@ fn decode_group(record: &[u8]) -> Result<RestoredGroup, String> {
         check_push_gauges(&family)?;
         families.push((family, at));
     }
+    let expiry = if version == FIRST_VERSION {
+        Expiry::Default
+    } else {
+        match reader.take(1).map_err(|e| e.to_string())?[0] {
+            EXPIRY_DEFAULT => Expiry::Default,
+            EXPIRY_NEVER => Expiry::Never,
+            EXPIRY_AT => {
+                let seconds = reader.u64().map_err(|e| e.to_string())?;
+                let nanos = reader.u32().map_err(|e| e.to_string())?;
+                Expiry::At(stored_time(seconds, nanos)?)
+            }
+            other => return Err(format!("unknown expiry kind {other}")),
+        }
+    };
     if reader.at != record.len() {
-        return Err("bytes after the last family".to_owned());
+        return Err("bytes after the group's expiry".to_owned());
     }
-    Ok(RestoredGroup { key, families })
+    Ok(RestoredGroup {
+        key,
+        families,
+        expiry,
+    })
 }
 
 /// The latest time a file may hold, 9999-12-31T23:59:59Z: far beyond any clock a

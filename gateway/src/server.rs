@@ -24,7 +24,7 @@ use crate::api::{app, AppState};
 use crate::config::{normalize_route_prefix, GatewayConfig};
 use crate::persistence::{self, LoadOutcome, PersistenceError, SaveFailures};
 use crate::source::MetricSource;
-use crate::store::{MetricStore, ReservedNames};
+use crate::store::{self, MetricStore, ReservedNames};
 use crate::web::config_file::{self, Fingerprint, WebConfigError, WebSettings};
 use crate::web::filter::{FilterError, PathFilter, PushAllowList};
 use crate::web::guard::Guard;
@@ -108,8 +108,12 @@ impl Gateway {
         let rejections = Arc::new(Rejections::default());
         let with_own = WithGatewayMetrics::new(Arc::clone(&rejections), &config.build_info, source);
         let save_failures = with_own.save_failures();
+        let groups_expired = with_own.groups_expired();
         let source: Arc<dyn MetricSource> = Arc::new(with_own);
-        let store = Arc::new(MetricStore::new(ReservedNames::of_source(source.as_ref())));
+        let store = Arc::new(
+            MetricStore::new(ReservedNames::of_source(source.as_ref()))
+                .with_expiry(config.push_ttl, groups_expired),
+        );
         if let Some(path) = config.persistence_file.clone() {
             let restoring = Arc::clone(&store);
             let outcome = tokio::task::spawn_blocking(move || persistence::load(&restoring, &path))
@@ -204,6 +208,7 @@ impl Gateway {
                 },
             ))
         });
+        let expiry = tokio::spawn(store::run_expiry(Arc::clone(&store)));
         let quit = state.quit_signal();
         let stop = async move {
             tokio::select! {
@@ -241,6 +246,7 @@ impl Gateway {
         if let Some(watcher) = watcher {
             watcher.abort();
         }
+        expiry.abort();
         let _ = stop_persisting.send(());
         match persister {
             Some(task) => task

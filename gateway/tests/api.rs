@@ -705,6 +705,71 @@ async fn wipe_needs_the_admin_api() {
     assert_eq!(wrong.header("allow"), "OPTIONS, PUT");
 }
 
+/// Issue 14: `Dropgate-Push-TTL` sets the pushed group's time to live (`0`: never),
+/// instead of `--push.ttl`; a value that is not a duration is refused with 400, the
+/// header named, and nothing stored.
+#[tokio::test]
+async fn a_push_asks_for_its_own_ttl_with_a_header() {
+    let config = GatewayConfig {
+        push_ttl: std::time::Duration::from_mins(1),
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(&config, Arc::new(NoSource));
+    for bad in ["soon", "5d", "", "-1s", "99999999999999999999999h", "1 h"] {
+        let answer = gw
+            .call(
+                Method::PUT,
+                "/metrics/job/bad",
+                &[("Dropgate-Push-TTL", bad)],
+                "m 1\n",
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "value {bad:?}");
+        assert!(
+            answer.text().contains("Dropgate-Push-TTL header"),
+            "value {bad:?}: {}",
+            answer.text()
+        );
+    }
+    assert_eq!(gw.state.store().group_count(), 0, "refusals store nothing");
+
+    let before = std::time::SystemTime::now();
+    for (job, ttl) in [
+        ("own", Some("1m30s")),
+        ("never", Some("0")),
+        ("default", None),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            ttl.map(|t| ("Dropgate-Push-TTL", t)).into_iter().collect();
+        let answer = gw
+            .call(
+                Method::PUT,
+                &format!("/metrics/job/{job}"),
+                &headers,
+                "m 1\n",
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{job}: {}", answer.text());
+    }
+    let after = std::time::SystemTime::now();
+    let deadline = |job: &str| {
+        gw.state
+            .store()
+            .snapshot()
+            .into_iter()
+            .find(|group| group.key.label("job") == Some(job))
+            .expect("the group is stored")
+            .deadline
+    };
+    let within = |job: &str, secs: u64| {
+        let ttl = std::time::Duration::from_secs(secs);
+        deadline(job).is_some_and(|at| at >= before + ttl && at <= after + ttl)
+    };
+    assert!(within("own", 90), "own: {:?}", deadline("own"));
+    assert!(within("default", 60), "default: {:?}", deadline("default"));
+    assert_eq!(deadline("never"), None);
+}
+
 fn assert_cors(answer: &Answer) {
     assert_eq!(answer.header("access-control-allow-origin"), "*");
     assert_eq!(

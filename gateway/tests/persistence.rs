@@ -19,7 +19,7 @@ use gateway::model::{Gauge, Metric, MetricFamily, MetricType};
 use gateway::persistence::{self, LoadOutcome};
 use gateway::server::Gateway;
 use gateway::source::NoSource;
-use gateway::store::{exposition, MetricStore, ReservedNames, WriteCommand};
+use gateway::store::{exposition, Expiry, MetricStore, ReservedNames, Ttl, WriteCommand};
 
 /// A fresh directory under the system temp dir, removed when dropped.
 struct TempDir(PathBuf);
@@ -67,9 +67,17 @@ fn push(store: &MetricStore, put: bool, path: &str, body: &str, at_secs: u64) {
     let key = GroupingKey::from_path(path).expect("valid test path");
     let families = parse(body.as_bytes()).expect("valid test body");
     let command = if put {
-        WriteCommand::Put { key, families }
+        WriteCommand::Put {
+            key,
+            families,
+            ttl: Ttl::Default,
+        }
     } else {
-        WriteCommand::Post { key, families }
+        WriteCommand::Post {
+            key,
+            families,
+            ttl: Ttl::Default,
+        }
     };
     let now = SystemTime::UNIX_EPOCH + Duration::new(at_secs, 123_456_789);
     let _ = store.apply(command, now);
@@ -170,7 +178,8 @@ fn round_trip_gives_a_byte_identical_exposition() {
         .apply(
             WriteCommand::Put {
                 key,
-                families: clash
+                families: clash,
+                ttl: Ttl::Default,
             },
             SystemTime::now()
         )
@@ -333,7 +342,8 @@ fn file_with(families: &[(u64, u32, MetricFamily)]) -> Vec<u8> {
         put(&mut record, &family.encode_to_vec());
     }
     let mut out = b"DGSTORE\0".to_vec();
-    out.extend_from_slice(&persistence::FORMAT_VERSION.to_le_bytes());
+    // A version 1 record (no expiry): files written before expiry must still load.
+    out.extend_from_slice(&persistence::FIRST_VERSION.to_le_bytes());
     out.extend_from_slice(&1u64.to_le_bytes());
     put(&mut out, &record);
     let crc = crc32fast::hash(&out);
@@ -696,4 +706,43 @@ async fn save_failures_are_exposed_on_metrics() {
     assert_eq!(status, 200);
     let result = running.await.expect("server task");
     assert!(result.is_err(), "the final save fails too, and says so");
+}
+
+/// Issue 14: each group's expiry is written and read back (version 2), and a file
+/// of version 1 reads as `--push.ttl` after the last push (see `hostile_file`).
+#[test]
+fn expiry_survives_the_file() {
+    let store = MetricStore::new(ReservedNames::default())
+        .with_expiry(Duration::from_secs(30), Arc::default());
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    for (path, ttl) in [
+        ("job/own", Ttl::After(Duration::from_millis(7_250))),
+        ("job/default", Ttl::Default),
+        ("job/never", Ttl::Never),
+    ] {
+        let key = GroupingKey::from_path(path).expect("valid test path");
+        let families = parse(b"m 1\n").expect("valid test body");
+        store
+            .apply(WriteCommand::Put { key, families, ttl }, at)
+            .expect("valid push");
+    }
+    let bytes = persistence::encode(&store.snapshot());
+    assert_eq!(bytes[8..12], 2u32.to_le_bytes());
+    let decoded = persistence::decode(&bytes).expect("our own file decodes");
+    let expiries: Vec<(String, Expiry)> = decoded
+        .iter()
+        .map(|group| (group.key.to_string(), group.expiry))
+        .collect();
+    let name = |path: &str| GroupingKey::from_path(path).expect("valid").to_string();
+    assert_eq!(
+        expiries,
+        [
+            (name("job/default"), Expiry::Default),
+            (name("job/never"), Expiry::Never),
+            (
+                name("job/own"),
+                Expiry::At(at + Duration::from_millis(7_250))
+            ),
+        ]
+    );
 }

@@ -308,6 +308,7 @@ async fn page_survives_push_times_out_of_range() {
                     std::time::SystemTime::UNIX_EPOCH,
                 ),
             ],
+            expiry: gateway::store::Expiry::Default,
         })
         .collect();
     let skipped = state.store().restore(groups);

@@ -300,6 +300,10 @@ pub struct GatewayArgs {
     /// allowed); more: 400.
     #[arg(long = "push.max-render-factor", default_value_t = gateway::codec::limits::DEFAULT_MAX_RENDER_FACTOR)]
     pub max_render_factor: usize,
+    /// Remove a group not pushed to for this long (0: never). A push may ask for its
+    /// group's own with the `Dropgate-Push-TTL` header (`0`: never).
+    #[arg(long = "push.ttl", default_value = "0", value_parser = parse_duration)]
+    pub push_ttl: Duration,
 }
 
 impl GatewayArgs {
@@ -328,6 +332,7 @@ impl GatewayArgs {
             max_buckets_per_series: self.max_buckets_per_series,
             max_grouping_key_bytes: self.max_grouping_key_bytes,
             max_render_factor: self.max_render_factor,
+            push_ttl: self.push_ttl,
             build_info: crate::build_info::BUILD,
             ..gateway::config::GatewayConfig::default()
         }
@@ -424,35 +429,10 @@ fn parse_cache_slots(text: &str) -> Result<u32, String> {
     Ok(slots)
 }
 
-/// Go-style durations as the pushgateway takes them: `300ms`, `5s`, `5m`, `1h`, `1h30m`.
+/// Go-style durations as the pushgateway takes them: `300ms`, `5s`, `5m`, `1h`, `1h30m`
+/// (the gateway's parser, which push headers use too).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("`{text}` is not a duration; use e.g. 30s, 5m, 1h30m");
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let (number, tail) = rest.split_at(digits);
-        let value: f64 = number.parse().map_err(|_| bad())?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_secs_f64(seconds);
-        rest = tail;
-    }
-    Ok(total)
+    gateway::config::parse_duration(text)
 }
 
 #[cfg(test)]

@@ -16,6 +16,11 @@
 //! It is loaded with `--push.disable-consistency-check` instead, saved, and restarted
 //! with the check on from its persistence file (see [`load_pushgateway_fast`]).
 //!
+//! Then group expiry (issue 14), dropgate alone: GET `/metrics` latency with 100,000
+//! groups of which none can expire, against the same while they expire one after the
+//! other (staggered times to live, from `Dropgate-Push-TTL`), so that a scrape's cost
+//! with expiry is measured against its cost without.
+//!
 //! This is a benchmark, not a test: it asserts nothing about time; it prints the table
 //! and records it under "Gateway" in BENCHMARKS.md.
 
@@ -57,6 +62,15 @@ const FAST_LOAD_BUDGET: Duration = Duration::from_mins(5);
 /// Bound on a server becoming ready (restoring 10,000 groups included).
 const READY_TIMEOUT: Duration = Duration::from_mins(2);
 
+/// Groups of the expiry rows.
+const EXPIRY_GROUPS: usize = 100_000;
+/// The shortest time to live of the expiring groups, counted from each push: long
+/// enough for all of them to be loaded first on a slow machine.
+const EXPIRY_TTL_MS: usize = 60_000;
+/// Their times to live are spread over this much more, one millisecond apart, on top of
+/// the spread of their push times.
+const EXPIRY_SPREAD_MS: usize = 5_000;
+
 /// The group the wrk PUT rows push to; not one of the loaded groups.
 const WRK_GROUP: &str = "/metrics/job/bench/instance/wrk";
 /// The group the curve pushes to.
@@ -73,6 +87,7 @@ pub fn run() -> Result<()> {
         );
     }
     let dropgate_bin = cmd::build_dropgate(true)?;
+    let expiry_bin = dropgate_bin.clone();
     let work = WorkDir::create()?;
     let scripts = Scripts::write(&work)?;
     let body = group_body(1).into_bytes();
@@ -149,8 +164,13 @@ pub fn run() -> Result<()> {
         results.curve.push((big, Kind::Pushgateway.name(), None));
         results.upstream_big_cut = true;
     }
+    results.expiry = Some(expiry_rows(&expiry_bin, &work)?);
 
-    crate::bench::publish("Gateway", &report(&results)?)
+    let mut table = report(&results)?;
+    if let Some(expiry) = &results.expiry {
+        expiry_report(&mut table, expiry)?;
+    }
+    crate::bench::publish("Gateway", &table)
 }
 
 /// What was measured; in the `Vec`s dropgate comes first, then the pushgateway.
@@ -164,6 +184,8 @@ struct Results {
     /// (groups stored, server, push latency; `None` when cut).
     curve: Vec<(usize, &'static str, Option<Latency>)>,
     upstream_big_cut: bool,
+    /// GET latency without expiry and while groups expire, and how many did.
+    expiry: Option<ExpiryResults>,
     /// The 1-minute load average before the first measurement.
     load_at_start: String,
 }
@@ -629,8 +651,19 @@ impl KeepAlive {
     /// Sends a request and reads the whole answer (`Content-Length` or chunked); the
     /// answer must be 2xx. Returns the length of its body.
     fn exchange(&mut self, method: &str, path: &str, body: &[u8]) -> Result<usize> {
+        self.exchange_with(method, path, "", body)
+    }
+
+    /// [`exchange`](Self::exchange) with `headers` (each line ended by CRLF) added.
+    fn exchange_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> Result<usize> {
         let mut message = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: {}\r\n\r\n",
             self.addr,
             body.len()
         )
@@ -722,6 +755,103 @@ fn timed_loop(
         samples.push(started.elapsed().as_secs_f64() * 1e3);
     }
     Ok(Latency::of(&mut samples))
+}
+
+/// The expiry rows' measurements.
+struct ExpiryResults {
+    /// GET latency with no group able to expire.
+    without: Latency,
+    /// GET latency while groups expire.
+    during: Latency,
+    /// Groups expired during `during`.
+    expired: usize,
+}
+
+/// Loads [`EXPIRY_GROUPS`] groups into a fresh dropgate, each with a `ttl` header
+/// value made by `ttl(i)` (none when `None`).
+fn load_expiry_groups(server: &Server, ttl: impl Fn(usize) -> Option<String>) -> Result<()> {
+    let mut connection = KeepAlive::connect(server.addr)?;
+    let body = b"# TYPE bench_expiry gauge\nbench_expiry 1\n";
+    for i in 0..EXPIRY_GROUPS {
+        let headers =
+            ttl(i).map_or_else(String::new, |ttl| format!("Dropgate-Push-TTL: {ttl}\r\n"));
+        connection.exchange_with(
+            "PUT",
+            &format!("/metrics/job/expiry/instance/{i}"),
+            &headers,
+            body,
+        )?;
+    }
+    Ok(())
+}
+
+/// GET `/metrics` latency with [`EXPIRY_GROUPS`] groups that never expire, then with as
+/// many whose times to live end one after the other during the measurement.
+fn expiry_rows(bin: &Path, work: &WorkDir) -> Result<ExpiryResults> {
+    let store = work
+        .path
+        .join(format!("{}.store", Kind::Dropgate(PathBuf::new()).name()));
+    let _ = fs::remove_file(&store);
+    eprintln!("xtask: bench: GET /metrics with {EXPIRY_GROUPS} groups, no expiry");
+    let mut plain = Server::start(Kind::Dropgate(bin.to_path_buf()), work, &[])?;
+    load_expiry_groups(&plain, |_| None)?;
+    let without = timed_loop(&plain, "GET", "/metrics", b"", LATENCY_SECONDS)?;
+    plain.stop()?;
+    let _ = fs::remove_file(&store);
+
+    eprintln!("xtask: bench: GET /metrics with {EXPIRY_GROUPS} groups expiring");
+    let mut expiring = Server::start(Kind::Dropgate(bin.to_path_buf()), work, &[])?;
+    let loading = Instant::now();
+    load_expiry_groups(&expiring, |i| {
+        Some(format!("{}ms", EXPIRY_TTL_MS + i % EXPIRY_SPREAD_MS))
+    })?;
+    let loaded = loading.elapsed();
+    let first_deadline = Duration::from_millis(EXPIRY_TTL_MS as u64);
+    ensure!(
+        loaded < first_deadline,
+        "loading {EXPIRY_GROUPS} groups took {loaded:?}, past the first time to live"
+    );
+    std::thread::sleep(first_deadline.saturating_sub(loaded));
+    let before = expired_count(&expiring)?;
+    let during = timed_loop(&expiring, "GET", "/metrics", b"", LATENCY_SECONDS)?;
+    let expired = expired_count(&expiring)? - before;
+    expiring.stop()?;
+    let _ = fs::remove_file(&store);
+    Ok(ExpiryResults {
+        without,
+        during,
+        expired,
+    })
+}
+
+/// `dropgate_gateway_groups_expired_total` of a dropgate.
+fn expired_count(server: &Server) -> Result<usize> {
+    let text = String::from_utf8(server.request("GET", "/metrics", b"")?)?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("dropgate_gateway_groups_expired_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        // A count, exact as a float far beyond what is measured here.
+        .map(|value| value as usize)
+        .context("no dropgate_gateway_groups_expired_total in the exposition")
+}
+
+/// The expiry rows of the report.
+fn expiry_report(out: &mut String, expiry: &ExpiryResults) -> Result<()> {
+    let slower = expiry.during.mean_ms / expiry.without.mean_ms;
+    writeln!(
+        out,
+        "\nGroup expiry (dropgate alone), GET /metrics one at a time for {LATENCY_SECONDS} s:\n\n\
+         | store | latency | |\n|---|---:|---|\n\
+         | {} groups, none can expire | {} | |\n\
+         | {} groups with staggered times to live, {} of them expiring during the measurement | {} | {slower:.2}x the mean without expiry; target: not slower: {} |",
+        thousands(EXPIRY_GROUPS as f64),
+        expiry.without.shown(),
+        thousands(EXPIRY_GROUPS as f64),
+        thousands(expiry.expired as f64),
+        expiry.during.shown(),
+        verdict(slower <= 1.0)
+    )?;
+    Ok(())
 }
 
 /// The table and the verdicts against the issue's targets, as Markdown.

@@ -6,7 +6,7 @@ use gateway::exposition::Format;
 use gateway::grouping::GroupingKey;
 use gateway::model::MetricFamily;
 use gateway::source::NoSource;
-use gateway::store::{exposition, MetricStore, ReservedNames, WriteCommand};
+use gateway::store::{exposition, MetricStore, ReservedNames, Ttl, WriteCommand};
 
 /// Stores `families` as a push would (the check may refuse them), then renders the
 /// store in both formats: whatever parses must never panic further on.
@@ -14,7 +14,12 @@ use gateway::store::{exposition, MetricStore, ReservedNames, WriteCommand};
 pub fn push_and_render(families: Vec<MetricFamily>) {
     let store = Arc::new(MetricStore::new(ReservedNames::default()));
     let key = GroupingKey::from_path("job/fuzz/instance/i").expect("a valid key");
-    let _ = store.apply(WriteCommand::Put { key, families }, SystemTime::now());
+    let command = WriteCommand::Put {
+        key,
+        families,
+        ttl: Ttl::Default,
+    };
+    let _ = store.apply(command, SystemTime::now());
     render(&store);
 }
 

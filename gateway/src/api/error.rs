@@ -58,6 +58,14 @@ pub enum ApiError {
     /// The protobuf body does not decode (400).
     #[error(transparent)]
     Protobuf(ProtobufError),
+    /// The `Dropgate-Push-TTL` header is not a duration (400).
+    #[error("the {header} header is {value:?}, not a duration; use e.g. 90s, 15m, 1h30m, or 0 for never")]
+    BadTtl {
+        /// The header's name.
+        header: &'static str,
+        /// Its value, as far as it is text.
+        value: String,
+    },
     /// The push goes over one of the limits the parsers enforce (400).
     #[error(transparent)]
     Limit(#[from] LimitError),
@@ -121,6 +129,7 @@ impl ApiError {
             | Self::Encoding(_)
             | Self::Text(_)
             | Self::Protobuf(_)
+            | Self::BadTtl { .. }
             | Self::Store(_)
             | Self::Limit(_)
             | Self::TooManyLabels { .. }
@@ -143,7 +152,8 @@ impl ApiError {
             | Self::BodyRead(_)
             | Self::Encoding(_)
             | Self::Text(_)
-            | Self::Protobuf(_) => Some(Reason::InvalidPush),
+            | Self::Protobuf(_)
+            | Self::BadTtl { .. } => Some(Reason::InvalidPush),
             Self::Store(_) => Some(Reason::InconsistentPush),
             Self::BodyTooLarge { .. } => Some(Reason::BodyTooLarge),
             Self::TooManyLabels { .. } => Some(Reason::TooManyLabels),

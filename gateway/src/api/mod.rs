@@ -98,7 +98,10 @@ impl AppState {
     /// State with a new, empty store that reserves `source`'s family names.
     #[must_use]
     pub fn with_empty_store(config: &GatewayConfig, source: Arc<dyn MetricSource>) -> Self {
-        let store = Arc::new(MetricStore::new(ReservedNames::of_source(source.as_ref())));
+        let store = Arc::new(
+            MetricStore::new(ReservedNames::of_source(source.as_ref()))
+                .with_expiry(config.push_ttl, Arc::default()),
+        );
         Self::new(config, store, source)
     }
 

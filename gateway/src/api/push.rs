@@ -20,7 +20,14 @@ use crate::codec::limits::{LimitError, RENDER_FLOOR_BYTES};
 use crate::codec::{self, PushFormat};
 use crate::grouping::GroupingKey;
 use crate::model::{MetricFamily, MetricType};
-use crate::store::WriteCommand;
+use crate::store::{Ttl, WriteCommand};
+
+/// The header a push asks for its group's time to live with (`0`: never), instead of
+/// `--push.ttl`. A header rather than a grouping label: a label would be part of the
+/// group's identity and of every series Prometheus stores, so changing the time to live
+/// would make a new group and new series; a header says how to keep the group, not
+/// what it is, and every push client can add one.
+pub const TTL_HEADER: &str = "dropgate-push-ttl";
 
 /// Handles a push or a delete.
 pub(super) async fn push(
@@ -55,6 +62,7 @@ pub(super) async fn push(
     let encoding = header_str(&headers, header::CONTENT_ENCODING).map(str::to_owned);
     let format = codec::push_format(header_str(&headers, header::CONTENT_TYPE));
     let replace = method == Method::PUT;
+    let ttl = push_ttl(&headers)?;
     let disable_consistency_check = inner.disable_consistency_check;
     let work = {
         let state = state.clone();
@@ -91,9 +99,9 @@ pub(super) async fn push(
             )?;
             check_render_cost(&families, key_bytes, request_bytes, inner.max_render_factor)?;
             let command = if replace {
-                WriteCommand::Put { key, families }
+                WriteCommand::Put { key, families, ttl }
             } else {
-                WriteCommand::Post { key, families }
+                WriteCommand::Post { key, families, ttl }
             };
             if abandoned.load(Ordering::Acquire) {
                 return Err(ApiError::Internal(
@@ -147,6 +155,25 @@ struct AbandonOnDrop(Arc<AtomicBool>);
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The time to live the push asks for, [`Ttl::Default`] without the header.
+fn push_ttl(headers: &HeaderMap) -> Result<Ttl, ApiError> {
+    let Some(value) = headers.get(TTL_HEADER) else {
+        return Ok(Ttl::Default);
+    };
+    let bad = || ApiError::BadTtl {
+        header: "Dropgate-Push-TTL",
+        value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    match crate::config::parse_duration(text).map_err(|_| bad())? {
+        ttl if ttl.is_zero() => Ok(Ttl::Never),
+        ttl => Ok(Ttl::After(ttl)),
     }
 }
 

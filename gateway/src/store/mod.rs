@@ -16,18 +16,21 @@
 //! re-gathering the whole store as upstream does.
 
 mod check;
+mod expiry;
+mod group_labels;
 mod render;
+mod round_trip;
 mod stored;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use check::{go_type_name, Inconsistency, ReservedNames, RESERVED_PREFIX};
+pub use expiry::{run as run_expiry, Expiry, GroupsExpired, Ttl, GROUPS_EXPIRED_TOTAL};
 pub use render::{exposition, exposition_chunks, RenderedFamily};
 pub use stored::StoredFamily;
 
@@ -36,6 +39,8 @@ use crate::model::{Gauge, Metric, MetricFamily, MetricType};
 use check::{
     apply_grouping_labels, prepare, same_identity, series_hash, suffix_clash, PreparedFamily,
 };
+use group_labels::GroupLabels;
+use render::RenderCache;
 
 /// Name of the gauge holding the last successful change of a group.
 pub const PUSH_TIME_NAME: &str = "push_time_seconds";
@@ -57,6 +62,8 @@ pub enum WriteCommand {
         key: GroupingKey,
         /// The parsed body.
         families: Vec<MetricFamily>,
+        /// How long the group may then go without a push.
+        ttl: Ttl,
     },
     /// `POST`: the pushed families replace same-named families of the group; the
     /// group's other families stay.
@@ -65,6 +72,8 @@ pub enum WriteCommand {
         key: GroupingKey,
         /// The parsed body.
         families: Vec<MetricFamily>,
+        /// How long the group may then go without a push.
+        ttl: Ttl,
     },
     /// `DELETE`: the group with exactly this key goes away (a no-op if absent).
     Delete {
@@ -91,6 +100,10 @@ pub struct GroupSnapshot {
     pub key: Arc<GroupingKey>,
     /// Its families, push gauges included, sorted by name.
     pub families: Vec<StoredFamily>,
+    /// Its expiry, as persisted.
+    pub expiry: Expiry,
+    /// When it expires, if it does.
+    pub deadline: Option<SystemTime>,
 }
 
 impl GroupSnapshot {
@@ -117,6 +130,8 @@ pub struct RestoredGroup {
     pub key: GroupingKey,
     /// Its families with the time each was stored, push gauges included.
     pub families: Vec<(MetricFamily, SystemTime)>,
+    /// Its expiry (files written before expiry existed: [`Expiry::Default`]).
+    pub expiry: Expiry,
 }
 
 /// The push store. See the module documentation for concurrency and ownership.
@@ -126,6 +141,10 @@ pub struct MetricStore {
     reserved: ReservedNames,
     /// Bumped on every change; persistence waits on it.
     version: watch::Sender<u64>,
+    /// `--push.ttl`, when not zero.
+    default_ttl: Option<Duration>,
+    /// Counts groups removed by expiry.
+    expired: Arc<GroupsExpired>,
 }
 
 #[derive(Debug, Default)]
@@ -135,12 +154,20 @@ struct State {
     /// expose the same push gauges.
     identities: HashSet<ByIdentity>,
     families: BTreeMap<Arc<str>, FamilyEntry>,
+    /// Every group with a deadline, earliest first (see `expiry`).
+    deadlines: BTreeSet<(SystemTime, Arc<GroupingKey>)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
     /// Sorted by name: groups are small, and a map's nodes cost more than they save.
     families: Vec<StoredFamily>,
+    /// The labels every series of the group has, kept once (see `group_labels`).
+    labels: Arc<GroupLabels>,
+    /// Its expiry, as the last push asked.
+    expiry: Expiry,
+    /// When it expires (its entry in `State::deadlines`).
+    deadline: Option<SystemTime>,
 }
 
 impl Group {
@@ -181,12 +208,6 @@ struct FamilyEntry {
     rendered: Mutex<RenderCache>,
 }
 
-#[derive(Debug, Default)]
-struct RenderCache {
-    text: Option<Bytes>,
-    protobuf: Option<Bytes>,
-}
-
 impl MetricStore {
     /// An empty store that rejects pushes of the `reserved` names.
     #[must_use]
@@ -195,6 +216,8 @@ impl MetricStore {
             state: RwLock::new(State::default()),
             reserved,
             version: watch::Sender::new(0),
+            default_ttl: None,
+            expired: Arc::default(),
         }
     }
 
@@ -208,8 +231,8 @@ impl MetricStore {
     /// clash with a group exposing the same labels. `Delete` and `Wipe` never fail.
     pub fn apply(&self, command: WriteCommand, now: SystemTime) -> Result<(), StoreError> {
         match command {
-            WriteCommand::Put { key, families } => self.push(key, families, true, now),
-            WriteCommand::Post { key, families } => self.push(key, families, false, now),
+            WriteCommand::Put { key, families, ttl } => self.push(key, families, true, ttl, now),
+            WriteCommand::Post { key, families, ttl } => self.push(key, families, false, ttl, now),
             WriteCommand::Delete { key } => {
                 let removed = self.write().remove_group(&key);
                 if removed {
@@ -235,12 +258,14 @@ impl MetricStore {
         key: GroupingKey,
         families: Vec<MetricFamily>,
         replace: bool,
+        ttl: Ttl,
         now: SystemTime,
     ) -> Result<(), StoreError> {
         // The checks that need only the push, and the rendering, run before taking the
         // lock: they take time in proportion to the push, and every other push and
         // scrape would wait for them. Under the lock only the index is consulted and
         // the rendered families are swapped in.
+        let group = Arc::new(GroupLabels::of(&key));
         let prepared = prepare(&key, families, &self.reserved).map(|mut prepared| {
             let stored = StoredFamily::new_all(
                 prepared.iter_mut().map(
@@ -251,6 +276,7 @@ impl MetricStore {
                      }| (family, *kind, hashes.as_slice()),
                 ),
                 now,
+                &group,
             );
             (prepared, stored)
         });
@@ -261,13 +287,14 @@ impl MetricStore {
         });
         match verdict {
             Ok((prepared, stored)) => {
-                state.store_push(key, &prepared, stored, replace, now);
+                let key = state.store_push(key, &prepared, stored, replace, now);
+                state.set_expiry(&key, Expiry::of_push(ttl, now), now, self.default_ttl);
                 drop(state);
                 self.bump();
                 Ok(())
             }
             Err(inconsistency) => {
-                let changed = state.record_failure(key, now);
+                let changed = state.record_failure(key, now, self.default_ttl);
                 drop(state);
                 if changed {
                     self.bump();
@@ -296,7 +323,8 @@ impl MetricStore {
                 .map(|(family, at)| (family.name.clone().unwrap_or_default(), *at))
                 .collect();
             let families = pushed.into_iter().map(|(family, _)| family).collect();
-            let verdict = prepare(&group.key, families, &self.reserved).and_then(|prepared| {
+            let labels = Arc::new(GroupLabels::of(&group.key));
+            let verdict = prepare(&group.key, families, &self.reserved).and_then(|mut prepared| {
                 if state.groups.contains_key(&group.key) {
                     // Two records for one key: the file was not written by us.
                     return Err(Inconsistency::GroupIdentityClash {
@@ -305,18 +333,26 @@ impl MetricStore {
                     });
                 }
                 let stored: Vec<StoredFamily> = prepared
-                    .iter()
+                    .iter_mut()
                     .map(|p| {
                         let name = p.family.name.as_deref().unwrap_or_default();
                         let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
-                        StoredFamily::new(&p.family, p.kind, &p.hashes, pushed_at)
+                        StoredFamily::new(&mut p.family, p.kind, &p.hashes, pushed_at, &labels)
                     })
                     .collect();
                 state.check(&group.key, &prepared, &stored, true)?;
                 Ok(stored)
             });
             match verdict {
-                Ok(stored) => state.store_restored(&group.key, stored, &gauges),
+                Ok(stored) => {
+                    let key = state.store_restored(&group.key, stored, &gauges);
+                    // Expiry counts from the last push, as the push gauge's time says.
+                    let pushed_at = gauges
+                        .iter()
+                        .find(|(family, _)| family.name.as_deref() == Some(PUSH_TIME_NAME))
+                        .map_or(SystemTime::UNIX_EPOCH, |(_, at)| *at);
+                    state.set_expiry(&key, group.expiry, pushed_at, self.default_ttl);
+                }
                 Err(inconsistency) => skipped.push((group.key, inconsistency)),
             }
         }
@@ -335,6 +371,8 @@ impl MetricStore {
             .map(|(key, group)| GroupSnapshot {
                 key: Arc::clone(key),
                 families: group.families.clone(),
+                expiry: group.expiry,
+                deadline: group.deadline,
             })
             .collect()
     }
@@ -481,7 +519,7 @@ impl State {
         stored: Vec<StoredFamily>,
         replace: bool,
         now: SystemTime,
-    ) {
+    ) -> Arc<GroupingKey> {
         let key = self.ensure_group(key);
         if replace {
             // Families the push brings are replaced below; removing them first too would
@@ -520,16 +558,24 @@ impl State {
             // A new group's vector grew by doubling; every group keeps its slack.
             group.families.shrink_to_fit();
         }
+        key
     }
 
     /// Records a rejected push; returns whether anything changed.
-    fn record_failure(&mut self, key: GroupingKey, now: SystemTime) -> bool {
+    fn record_failure(
+        &mut self,
+        key: GroupingKey,
+        now: SystemTime,
+        default_ttl: Option<Duration>,
+    ) -> bool {
         if !self.groups.contains_key(&key) {
             if self.identities.contains(&ByIdentity::of(&key)) {
                 // Creating the group would expose the same push gauges twice.
                 return false;
             }
             let key = self.ensure_group(key);
+            // A group made by a failed push expires like one made by a push.
+            self.set_expiry(&key, Expiry::Default, now, default_ttl);
             self.set_gauge(&key, PUSH_TIME_NAME, PUSH_TIME_HELP, 0.0, now);
             self.set_gauge(
                 &key,
@@ -556,7 +602,7 @@ impl State {
         key: &GroupingKey,
         stored: Vec<StoredFamily>,
         gauges: &[(MetricFamily, SystemTime)],
-    ) {
+    ) -> Arc<GroupingKey> {
         let key = self.ensure_group(key.clone());
         for stored in stored {
             self.insert_member(&key, stored);
@@ -578,6 +624,7 @@ impl State {
         if let Some(group) = self.groups.get_mut(&key) {
             group.families.shrink_to_fit();
         }
+        key
     }
 
     /// The group's shared key, creating the group if needed.
@@ -587,7 +634,13 @@ impl State {
         }
         let key = Arc::new(key);
         self.identities.insert(ByIdentity(Arc::clone(&key)));
-        self.groups.insert(Arc::clone(&key), Group::default());
+        let group = Group {
+            families: Vec::new(),
+            labels: Arc::new(GroupLabels::of(&key)),
+            expiry: Expiry::Default,
+            deadline: None,
+        };
+        self.groups.insert(Arc::clone(&key), group);
         key
     }
 
@@ -598,6 +651,7 @@ impl State {
         for stored in &group.families {
             self.unindex(&key, stored.name(), stored);
         }
+        self.forget_deadline(&key, group.deadline);
         self.identities.remove(&ByIdentity(key));
         true
     }
@@ -616,14 +670,17 @@ impl State {
         };
         apply_grouping_labels(&mut metric, key);
         let hash = series_hash(&metric.label);
-        let family = MetricFamily {
+        let mut family = MetricFamily {
             name: Some(name.to_owned()),
             help: Some(help.to_owned()),
             r#type: Some(MetricType::Gauge as i32),
             metric: vec![metric],
             unit: None,
         };
-        let stored = StoredFamily::new(&family, MetricType::Gauge, &[hash], at);
+        let Some(group) = self.groups.get(key) else {
+            return;
+        };
+        let stored = StoredFamily::new(&mut family, MetricType::Gauge, &[hash], at, &group.labels);
         self.insert_member(key, stored);
     }
 
@@ -674,7 +731,13 @@ impl State {
         if entry.members.is_empty() {
             self.families.remove(name);
         } else {
-            entry.invalidate();
+            // A member leaving takes its lines out of the cached rendering at the next
+            // scrape, without sorting everything again (expiry removes many at once).
+            entry
+                .rendered
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .forget_member(key);
         }
     }
 }

@@ -8,15 +8,19 @@
 //! has the family, sorted by number of labels then label values, under the HELP of the
 //! first group (in grouping-key order) that has one.
 
+use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
 
 use crate::exposition::{sort_families, Format};
+use crate::grouping::GroupingKey;
 use crate::model::MetricFamily;
 use crate::source::MetricSource;
 
+use super::group_labels::GroupLabels;
 use super::stored::{compare_keys, StoredFamily};
 use super::{FamilyEntry, MetricStore};
 
@@ -49,48 +53,155 @@ impl MetricStore {
     }
 }
 
+/// A family's merged renderings, kept until a write changes the family.
+#[derive(Debug, Default)]
+pub(super) struct RenderCache {
+    text: Option<CachedText>,
+    protobuf: Option<Bytes>,
+}
+
+/// The merged text and where each series is in it, so that members leaving can be
+/// taken out by copying the rest, in order, instead of merging everything again.
+#[derive(Debug)]
+struct CachedText {
+    bytes: Bytes,
+    /// The member (by address) whose HELP heads the family: its leaving changes the
+    /// header (only: the lines stay in order).
+    header_from: usize,
+    header_len: usize,
+    /// Each series' end in `bytes` and its member, in exposition order.
+    series: Vec<(usize, usize)>,
+    /// Members gone since `bytes` was made, whose lines the next read leaves out.
+    gone: HashSet<usize>,
+}
+
+impl RenderCache {
+    /// The member with key `key` left the family.
+    pub(super) fn forget_member(&mut self, key: &GroupingKey) {
+        self.protobuf = None;
+        if let Some(cached) = &mut self.text {
+            cached.gone.insert(address(key));
+        }
+    }
+}
+
+/// A member's identity while it is in the family: the address of its shared key. A
+/// member joining invalidates the cache, so a reused address is never taken for a gone
+/// member's.
+fn address(key: &GroupingKey) -> usize {
+    std::ptr::from_ref(key) as usize
+}
+
+impl CachedText {
+    /// Leaves out the lines of the members gone since the text was made; when the
+    /// member that gave the header is gone, `header` gives the new one (and its member).
+    fn without_gone(&mut self, header: impl FnOnce() -> Option<(usize, Vec<u8>)>) {
+        if self.gone.is_empty() {
+            return;
+        }
+        let mut out = Vec::with_capacity(self.bytes.len());
+        let header_len = self.header_len;
+        if self.gone.contains(&self.header_from) {
+            let (from, text) = header().unwrap_or_default();
+            self.header_from = from;
+            out.extend_from_slice(&text);
+        } else {
+            out.extend_from_slice(&self.bytes[..header_len]);
+        }
+        self.header_len = out.len();
+        let mut series = Vec::with_capacity(self.series.len());
+        let mut start = header_len;
+        for &(end, member) in &self.series {
+            if !self.gone.contains(&member) {
+                out.extend_from_slice(&self.bytes[start..end]);
+                series.push((out.len(), member));
+            }
+            start = end;
+        }
+        // No series left: no member has metrics, and the family is not exposed.
+        self.bytes = if series.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from(out)
+        };
+        self.series = series;
+        self.gone.clear();
+    }
+}
+
 impl FamilyEntry {
     fn rendered(&self, name: &str, format: Format) -> Bytes {
         let mut cache = self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = match format {
-            Format::Text => &mut cache.text,
-            Format::DelimitedProtobuf => &mut cache.protobuf,
-        };
-        if let Some(bytes) = slot {
-            return bytes.clone();
+        match format {
+            Format::Text => {
+                let cached = cache.text.get_or_insert_with(|| self.merged_text());
+                cached.without_gone(|| self.header());
+                cached.bytes.clone()
+            }
+            Format::DelimitedProtobuf => cache
+                .protobuf
+                .get_or_insert_with(|| self.merged_protobuf(name))
+                .clone(),
         }
-        let bytes = match format {
-            Format::Text => self.merged_text(),
-            Format::DelimitedProtobuf => self.merged_protobuf(name),
-        };
-        *slot = Some(bytes.clone());
-        bytes
     }
 
-    /// Merges the members' pre-rendered metrics: sort the pieces, copy the bytes.
-    fn merged_text(&self) -> Bytes {
-        let with_metrics = || self.members.values().filter(|m| m.has_metrics());
-        let Some(header) = with_metrics()
-            .find(|member| member.has_help())
+    /// Merges the members' pre-rendered metrics: sort the pieces, copy the bytes, each
+    /// member's references to its group's labels expanded.
+    /// The `# HELP`/`# TYPE` lines and the member they come from: the first member in
+    /// key order with metrics and a HELP, or else the first with metrics.
+    fn header(&self) -> Option<(usize, Vec<u8>)> {
+        let with_metrics = || self.members.iter().filter(|(_, m)| m.has_metrics());
+        with_metrics()
+            .find(|(_, member)| member.has_help())
             .or_else(|| with_metrics().next())
-            .map(StoredFamily::header)
-        else {
-            return Bytes::new();
+            .map(|(key, member)| (address(key), member.header()))
+    }
+
+    fn merged_text(&self) -> CachedText {
+        let Some((header_from, header)) = self.header() else {
+            return CachedText {
+                bytes: Bytes::new(),
+                header_from: 0,
+                header_len: 0,
+                series: Vec::new(),
+                gone: HashSet::new(),
+            };
         };
-        let mut pieces: Vec<(&[u8], &[u8])> = self
-            .members
-            .values()
-            .flat_map(StoredFamily::pieces)
-            .collect();
-        // Stable, so equal keys (impossible after the check) keep grouping-key order.
-        pieces.sort_by(|a, b| compare_keys(a.0, b.0));
-        let len = header.len() + pieces.iter().map(|(_, text)| text.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(len);
-        out.extend_from_slice(&header);
-        for (_, text) in pieces {
-            out.extend_from_slice(text);
+        // The keys are compared expanded: the group labels' values sort among the
+        // series' own. Expanded once into one buffer, not at each comparison.
+        let mut keys = Vec::new();
+        let mut pieces: Vec<(Range<usize>, usize, &GroupLabels, &[u8])> = Vec::new();
+        for (key, member) in &self.members {
+            let group = member.group();
+            for (sort_key, text) in member.pieces() {
+                let start = keys.len();
+                group.expand_key(sort_key, &mut keys);
+                pieces.push((start..keys.len(), address(key), group, text));
+            }
         }
-        Bytes::from(out)
+        // Stable, so equal keys (impossible after the check) keep grouping-key order.
+        pieces.sort_by(|a, b| compare_keys(&keys[a.0.clone()], &keys[b.0.clone()]));
+        drop(keys);
+        let mut out = Vec::with_capacity(
+            header.len()
+                + pieces
+                    .iter()
+                    .map(|(_, _, _, text)| text.len())
+                    .sum::<usize>(),
+        );
+        out.extend_from_slice(&header);
+        let mut series = Vec::with_capacity(pieces.len());
+        for (_, member, group, text) in pieces {
+            group.expand_text(text, &mut out);
+            series.push((out.len(), member));
+        }
+        CachedText {
+            bytes: Bytes::from(out),
+            header_from,
+            header_len: header.len(),
+            series,
+            gone: HashSet::new(),
+        }
     }
 
     /// The protobuf exposition is rare: decode, merge, sort, encode.

@@ -20,9 +20,11 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
 
+use super::group_labels::GroupLabels;
+use super::round_trip;
 use super::{PUSH_FAILURE_TIME_HELP, PUSH_TIME_HELP};
 use crate::codec::text;
-use crate::exposition::{write_header, write_metric};
+use crate::exposition::{write_header, write_metric_with};
 use crate::model::{LabelPair, MetricFamily, MetricType};
 
 /// A family as stored in one group: immutable and cheap to clone (a reference count),
@@ -33,7 +35,12 @@ use crate::model::{LabelPair, MetricFamily, MetricType};
 /// back, and each metric's text lines and sort key. Small pushes are the common case,
 /// and per-allocation overhead dominated them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredFamily(Arc<[u8]>);
+pub struct StoredFamily {
+    bytes: Arc<[u8]>,
+    /// The group's labels, which the series' text and sort keys refer to (shared by
+    /// every family of the group).
+    group: Arc<GroupLabels>,
+}
 
 /// Layout of the fixed header (little-endian).
 const KIND: usize = 0;
@@ -58,76 +65,75 @@ const OWN_HELP: u8 = 1;
 /// HELP texts every group repeats (the push gauges'), kept once for all.
 const KNOWN_HELP: u8 = 2;
 const KNOWN_HELPS: [&str; 2] = [PUSH_TIME_HELP, PUSH_FAILURE_TIME_HELP];
+/// The protobuf field numbers of `MetricFamily.metric` and `MetricFamily.unit`.
+pub(crate) const METRIC_FIELD: u32 = 4;
+const UNIT_FIELD: u32 = 5;
 
 impl StoredFamily {
     /// Renders `family`; `hashes` are the series hashes, one per metric.
+    ///
+    /// The family's metrics are taken out of `family` (see `text_only`).
     pub(crate) fn new(
-        family: &MetricFamily,
+        family: &mut MetricFamily,
         kind: MetricType,
         hashes: &[u64],
         pushed_at: SystemTime,
+        group: &Arc<GroupLabels>,
     ) -> Self {
-        let (text_only, encoded) = Self::text_only(family, kind, hashes, pushed_at);
-        text_only.keep_encoding_unless_given_back(&encoded)
+        let candidate = Self::text_only(family, kind, hashes, pushed_at, group);
+        Self::verified(vec![candidate])
+            .pop()
+            .unwrap_or_else(|| unreachable!("one family verified, one given back"))
     }
 
-    /// [`new`](Self::new) for each of the families of one push, checking all their
-    /// texts with one parse: a parse per family was a third of a push's time.
-    ///
-    /// When the joint parse gives back every family, in order, each text alone gives
-    /// its family back too: each starts with its own `# TYPE` line, and a line can only
-    /// land in another family by name, which would show as a difference.
+    /// [`new`](Self::new) for each of the families of one push, their texts checked
+    /// together in batches (`round_trip`): a parse per family was a third of a push's
+    /// time, and a parse of the whole push held ten times its text at once.
     ///
     /// Each family's metrics are dropped as soon as they are rendered (the caller is
     /// done with them), so that a push's decoded structs and the parse of its rendering
-    /// are never held at the same time: each takes ten times the push or more.
+    /// are never held at the same time.
     pub(crate) fn new_all<'a>(
         families: impl Iterator<Item = (&'a mut MetricFamily, MetricType, &'a [u64])>,
         pushed_at: SystemTime,
+        group: &Arc<GroupLabels>,
     ) -> Vec<Self> {
         let candidates: Vec<(Self, Vec<u8>)> = families
-            .map(|(family, kind, hashes)| {
-                let candidate = Self::text_only(family, kind, hashes, pushed_at);
-                family.metric = Vec::new();
-                candidate
-            })
+            .map(|(family, kind, hashes)| Self::text_only(family, kind, hashes, pushed_at, group))
             .collect();
         Self::verified(candidates)
     }
 
     /// The candidates, each keeping its encoding unless its text gives it back.
     fn verified(candidates: Vec<(Self, Vec<u8>)>) -> Vec<Self> {
-        let mut text = Vec::new();
-        for (stored, _) in &candidates {
-            stored.write_text(&mut text);
-        }
-        let all_given_back = text::parse(&text).is_ok_and(|parsed| {
-            parsed.len() == candidates.len()
-                && parsed
-                    .iter()
-                    .zip(&candidates)
-                    .all(|(parsed, (_, encoded))| parsed.encode_to_vec() == *encoded)
-        });
+        let given_back = round_trip::given_back(&candidates);
         candidates
             .into_iter()
-            .map(|(stored, encoded)| {
-                if all_given_back {
+            .zip(given_back)
+            .map(|((stored, encoded), given_back)| {
+                if given_back {
                     stored
                 } else {
-                    stored.keep_encoding_unless_given_back(&encoded)
+                    stored.with_encoding(&encoded)
                 }
             })
             .collect()
     }
 
     /// The family without its encoding, and the encoding.
+    ///
+    /// The family's metrics are taken out as they are rendered: each is freed once its
+    /// lines and its part of the encoding are written, so a push's decoded structs
+    /// shrink while its rendering grows instead of both being held whole.
     fn text_only(
-        family: &MetricFamily,
+        family: &mut MetricFamily,
         kind: MetricType,
         hashes: &[u64],
         pushed_at: SystemTime,
+        group: &Arc<GroupLabels>,
     ) -> (Self, Vec<u8>) {
-        let name = family.name.as_deref().unwrap_or_default();
+        let name = family.name.clone().unwrap_or_default();
+        let name = name.as_str();
         let mut head = name.as_bytes().to_vec();
         let name_end = head.len();
         let help = family.help.as_deref().map_or(NO_HELP, |help| {
@@ -137,15 +143,25 @@ impl StoredFamily {
             head.extend_from_slice(help.as_bytes());
             OWN_HELP
         });
+        let metrics = std::mem::take(&mut family.metric);
+        let unit = family.unit.take();
+        // The encoding in field order: name, help and type, each metric, the unit.
+        let mut encoded = family.encode_to_vec();
         let mut pieces = Vec::new();
-        let mut table = Vec::with_capacity(family.metric.len() * SERIES_LEN);
-        for (i, metric) in family.metric.iter().enumerate() {
-            write_metric(name, kind, metric, &mut pieces);
+        let mut table = Vec::with_capacity(metrics.len() * SERIES_LEN);
+        let reference = |pair: &LabelPair, out: &mut Vec<u8>| group.write_reference(pair, out);
+        for (i, metric) in metrics.into_iter().enumerate() {
+            write_metric_with(name, kind, &metric, &mut pieces, &reference);
             table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
-            write_sort_key(&metric.label, &mut pieces);
+            write_sort_key(&metric.label, group, &mut pieces);
             table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
             table.extend_from_slice(&hashes.get(i).copied().unwrap_or_default().to_le_bytes());
+            prost::encoding::message::encode(METRIC_FIELD, &metric, &mut encoded);
         }
+        if let Some(unit) = &unit {
+            prost::encoding::string::encode(UNIT_FIELD, unit, &mut encoded);
+        }
+        family.unit = unit;
         let since = pushed_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -160,30 +176,24 @@ impl StoredFamily {
         header[PUSHED_NANOS..PUSHED_NANOS + 4].copy_from_slice(&since.subsec_nanos().to_le_bytes());
 
         (
-            Self::assemble(header, &table, &head, &[], &pieces),
-            family.encode_to_vec(),
+            Self::assemble(header, &table, &head, &[], &pieces, group),
+            encoded,
         )
     }
 
-    /// This text-only family, or, if its text does not parse back to `encoded`, the
-    /// same with `encoded` kept.
-    fn keep_encoding_unless_given_back(self, encoded: &[u8]) -> Self {
-        if self
-            .parsed_back()
-            .is_some_and(|parsed| parsed.encode_to_vec() == encoded)
-        {
-            return self;
-        }
+    /// This text-only family with `encoded` kept.
+    fn with_encoding(self, encoded: &[u8]) -> Self {
         let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&self.0[..HEADER_LEN]);
+        header.copy_from_slice(&self.bytes[..HEADER_LEN]);
         let table_end = HEADER_LEN + self.series_count() * SERIES_LEN;
         let head_end = table_end + self.u32_at(HELP_END) as usize;
         Self::assemble(
             header,
-            &self.0[HEADER_LEN..table_end],
-            &self.0[table_end..head_end],
+            &self.bytes[HEADER_LEN..table_end],
+            &self.bytes[table_end..head_end],
             encoded,
-            &self.0[head_end..],
+            &self.bytes[head_end..],
+            &self.group,
         )
     }
 
@@ -195,32 +205,36 @@ impl StoredFamily {
         head: &[u8],
         encoded: &[u8],
         pieces: &[u8],
+        group: &Arc<GroupLabels>,
     ) -> Self {
         header[HAS_ENCODING] = u8::from(!encoded.is_empty());
         header[ENCODED_END..ENCODED_END + 4]
             .copy_from_slice(&to_u32(head.len() + encoded.len()).to_le_bytes());
-        Self([&header[..], table, head, encoded, pieces].concat().into())
+        Self {
+            bytes: [&header[..], table, head, encoded, pieces].concat().into(),
+            group: Arc::clone(group),
+        }
     }
 
     fn u32_at(&self, at: usize) -> u32 {
         let mut bytes = [0; 4];
-        bytes.copy_from_slice(&self.0[at..at + 4]);
+        bytes.copy_from_slice(&self.bytes[at..at + 4]);
         u32::from_le_bytes(bytes)
     }
 
     fn u64_at(&self, at: usize) -> u64 {
         let mut bytes = [0; 8];
-        bytes.copy_from_slice(&self.0[at..at + 8]);
+        bytes.copy_from_slice(&self.bytes[at..at + 8]);
         u64::from_le_bytes(bytes)
     }
 
-    fn series_count(&self) -> usize {
+    pub(crate) fn series_count(&self) -> usize {
         self.u32_at(SERIES_COUNT) as usize
     }
 
     /// The body: name, HELP, encoding, pieces.
     fn body(&self) -> &[u8] {
-        &self.0[HEADER_LEN + self.series_count() * SERIES_LEN..]
+        &self.bytes[HEADER_LEN + self.series_count() * SERIES_LEN..]
     }
 
     /// The family's name.
@@ -232,7 +246,7 @@ impl StoredFamily {
 
     /// The family's HELP text.
     fn help(&self) -> Option<&str> {
-        match self.0[HELP] {
+        match self.bytes[HELP] {
             NO_HELP => None,
             OWN_HELP => {
                 let help =
@@ -247,7 +261,7 @@ impl StoredFamily {
     /// The family's type.
     #[must_use]
     pub fn kind(&self) -> MetricType {
-        MetricType::try_from(i32::from(self.0[KIND])).unwrap_or(MetricType::Untyped)
+        MetricType::try_from(i32::from(self.bytes[KIND])).unwrap_or(MetricType::Untyped)
     }
 
     /// When the write that stored it happened (`time_stamp` in `/api/v1/metrics`).
@@ -276,7 +290,7 @@ impl StoredFamily {
     }
 
     fn stored_encoding(&self) -> Option<&[u8]> {
-        (self.0[HAS_ENCODING] != 0).then(|| {
+        (self.bytes[HAS_ENCODING] != 0).then(|| {
             &self.body()[self.u32_at(HELP_END) as usize..self.u32_at(ENCODED_END) as usize]
         })
     }
@@ -290,15 +304,21 @@ impl StoredFamily {
         families.is_empty().then_some(family)
     }
 
+    /// Bytes the family's own allocation takes (the group's labels are shared).
+    #[cfg(test)]
+    pub(crate) fn stored_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Whether two handles share the same stored family (not just equal content).
     #[must_use]
     pub fn same_as(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.bytes, &other.bytes)
     }
 
     /// Whether the family has a HELP text.
     pub(crate) fn has_help(&self) -> bool {
-        self.0[HELP] != NO_HELP
+        self.bytes[HELP] != NO_HELP
     }
 
     /// Whether the family has at least one metric.
@@ -310,15 +330,25 @@ impl StoredFamily {
     fn write_text(&self, out: &mut Vec<u8>) {
         write_header(self.name(), self.help(), self.kind(), out);
         for (_, lines) in self.pieces() {
-            out.extend_from_slice(lines);
+            self.group.expand_text(lines, out);
         }
+    }
+
+    /// The labels of the group, which [`pieces`](Self::pieces) refer to.
+    pub(crate) fn group(&self) -> &GroupLabels {
+        &self.group
     }
 
     /// The `# HELP`/`# TYPE` lines of the family.
     pub(crate) fn header(&self) -> Vec<u8> {
         let mut text = Vec::new();
-        write_header(self.name(), self.help(), self.kind(), &mut text);
+        self.write_header(&mut text);
         text
+    }
+
+    /// Appends the `# HELP`/`# TYPE` lines of the family.
+    pub(crate) fn write_header(&self, out: &mut Vec<u8>) {
+        write_header(self.name(), self.help(), self.kind(), out);
     }
 
     fn series(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
@@ -332,7 +362,8 @@ impl StoredFamily {
         })
     }
 
-    /// Each metric's sort key and text lines.
+    /// Each metric's sort key and text lines, with references to the group's labels
+    /// (expand them with [`group`](Self::group)).
     pub(crate) fn pieces(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let pieces = &self.body()[self.u32_at(ENCODED_END) as usize..];
         let mut start = 0;
@@ -356,7 +387,9 @@ impl StoredFamily {
 /// 255, else `FF` and the count big-endian. Each value follows, ended by `00`, with
 /// the bytes `00` and `01` written as `01 01` and `01 02`: no value byte is then `00`,
 /// so byte order stays Go's string order.
-fn write_sort_key(labels: &[LabelPair], key: &mut Vec<u8>) {
+///
+/// The values of the group's labels are written as references to `group`.
+fn write_sort_key(labels: &[LabelPair], group: &GroupLabels, key: &mut Vec<u8>) {
     match u8::try_from(labels.len()) {
         Ok(count) if count < u8::MAX => key.push(count),
         _ => {
@@ -365,13 +398,20 @@ fn write_sort_key(labels: &[LabelPair], key: &mut Vec<u8>) {
         }
     }
     for pair in labels {
-        for &byte in pair.value.as_deref().unwrap_or_default().as_bytes() {
-            match byte {
-                0 | 1 => key.extend_from_slice(&[1, byte + 1]),
-                _ => key.push(byte),
-            }
+        if !group.write_reference(pair, key) {
+            write_key_value(pair.value.as_deref().unwrap_or_default(), key);
         }
         key.push(0);
+    }
+}
+
+/// One label value in a sort key, escaped (see [`write_sort_key`]).
+pub(crate) fn write_key_value(value: &str, key: &mut Vec<u8>) {
+    for &byte in value.as_bytes() {
+        match byte {
+            0 | 1 => key.extend_from_slice(&[1, byte + 1]),
+            _ => key.push(byte),
+        }
     }
 }
 
@@ -402,7 +442,7 @@ mod tests {
             .map(|(i, v)| LabelPair::new(format!("l{i}"), v.as_str()))
             .collect();
         let mut key = Vec::new();
-        write_sort_key(&labels, &mut key);
+        write_sort_key(&labels, &GroupLabels::default(), &mut key);
         key
     }
 
@@ -469,6 +509,12 @@ mod tests {
         }
     }
 
+    /// A group whose `job` label some test families have: references are exercised.
+    fn group() -> Arc<GroupLabels> {
+        let key = crate::grouping::GroupingKey::from_path("job/j").expect("valid key");
+        Arc::new(GroupLabels::of(&key))
+    }
+
     fn parsed(text: &str) -> MetricFamily {
         let mut families = text::parse(text.as_bytes()).expect("valid test text");
         assert_eq!(families.len(), 1, "one family in {text:?}");
@@ -476,12 +522,14 @@ mod tests {
     }
 
     fn stored(family: &MetricFamily) -> StoredFamily {
+        let mut family = family.clone();
+        let family = &mut family;
         let kind = match family.r#type.map(MetricType::try_from) {
             None => MetricType::Counter,
             Some(kind) => kind.expect("a known type"),
         };
         let hashes: Vec<u64> = (0..family.metric.len() as u64).collect();
-        StoredFamily::new(family, kind, &hashes, SystemTime::UNIX_EPOCH)
+        StoredFamily::new(family, kind, &hashes, SystemTime::UNIX_EPOCH, &group())
     }
 
     /// Whatever is left out of the stored bytes, the protobuf given back (persistence,
@@ -553,6 +601,7 @@ mod tests {
                 (family, kind, hashes.as_slice())
             }),
             SystemTime::UNIX_EPOCH,
+            &group(),
         );
         for ((case, family, text_only), stored) in cases.iter().zip(&all) {
             check(case, stored, family, *text_only);
@@ -569,6 +618,7 @@ mod tests {
                 .iter_mut()
                 .map(|f| (f, MetricType::Gauge, [0].as_slice())),
             SystemTime::UNIX_EPOCH,
+            &group(),
         );
         assert!(all.iter().all(|stored| stored.stored_encoding().is_none()));
     }
@@ -660,6 +710,60 @@ mod tests {
                 },
             ),
         ]
+    }
+
+    /// A family larger than one round-trip batch is checked over several: one metric
+    /// that text cannot carry, wherever it is, keeps the encoding; none keeps none.
+    #[test]
+    fn round_trip_spans_batches() {
+        let many = |odd_at: Option<usize>| {
+            let metric = (0..20_000)
+                .map(|i| Metric {
+                    label: vec![
+                        LabelPair::new("i", i.to_string()),
+                        LabelPair::new("job", "j"),
+                    ],
+                    gauge: Some(Gauge {
+                        value: Some(if Some(i) == odd_at { -0.0 } else { 1.0 }),
+                    }),
+                    ..Metric::default()
+                })
+                .collect();
+            MetricFamily {
+                metric,
+                ..gauge(0.0)
+            }
+        };
+        for (case, odd_at, text_only) in [
+            ("all given back", None, true),
+            ("first metric not", Some(0), false),
+            ("a metric in the middle not", Some(9_999), false),
+            ("last metric not", Some(19_999), false),
+        ] {
+            let family = many(odd_at);
+            let expected = family.encode_to_vec();
+            let mut families = [family, many(None)];
+            let all = StoredFamily::new_all(
+                families.iter_mut().enumerate().map(|(i, f)| {
+                    f.name = Some(format!("g{i}"));
+                    (f, MetricType::Gauge, [0].as_slice())
+                }),
+                SystemTime::UNIX_EPOCH,
+                &group(),
+            );
+            assert_eq!(all[0].stored_encoding().is_none(), text_only, "case {case}");
+            assert!(
+                all[1].stored_encoding().is_none(),
+                "case {case}: the next family"
+            );
+            let mut renamed = MetricFamily::decode(expected.as_slice()).expect("encoded above");
+            renamed.name = Some("g0".to_owned());
+            assert_eq!(
+                all[0].encoded().as_ref(),
+                renamed.encode_to_vec(),
+                "case {case}"
+            );
+        }
     }
 
     /// The pieces and header are what the text exposition of the family writes.

@@ -1,6 +1,7 @@
 //! Store semantics: a rejected push changes nothing but the failure gauge, and the
 //! index follows every write (what a group gives up, another may take).
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use super::*;
@@ -22,6 +23,7 @@ fn put(store: &MetricStore, path: &str, body: &str) -> Result<(), StoreError> {
         WriteCommand::Put {
             key: key(path),
             families,
+            ttl: Ttl::Default,
         },
         at(1_000),
     )
@@ -33,6 +35,7 @@ fn post(store: &MetricStore, path: &str, body: &str) -> Result<(), StoreError> {
         WriteCommand::Post {
             key: key(path),
             families,
+            ttl: Ttl::Default,
         },
         at(1_000),
     )
@@ -197,6 +200,7 @@ fn restore_checks_each_group_and_skips_the_bad_ones() {
                 .into_iter()
                 .map(|f| (f, at(5)))
                 .collect(),
+            expiry: Expiry::Default,
         },
         RestoredGroup {
             key: key("job/b"),
@@ -204,6 +208,7 @@ fn restore_checks_each_group_and_skips_the_bad_ones() {
                 .into_iter()
                 .map(|f| (f, at(6)))
                 .collect(),
+            expiry: Expiry::Default,
         },
         RestoredGroup {
             key: key("job/c"),
@@ -211,6 +216,7 @@ fn restore_checks_each_group_and_skips_the_bad_ones() {
                 .into_iter()
                 .map(|f| (f, at(7)))
                 .collect(),
+            expiry: Expiry::Default,
         },
     ];
     let skipped = store.restore(restored);
@@ -227,4 +233,265 @@ fn restore_checks_each_group_and_skips_the_bad_ones() {
         .find(|family| family.name() == "m")
         .expect("m restored");
     assert_eq!(m.pushed_at(), at(5), "push times are kept");
+}
+
+/// Issue 19: a long grouping value is kept once for its group, not in every series'
+/// text and sort key, and the exposition still writes it on every line, sorted among
+/// the series' own labels as before (`b` < `big` < `i`, and a second group's series).
+#[test]
+fn grouping_labels_are_stored_once_per_group_and_exposed_on_every_line() {
+    let store = store();
+    let long = "v".repeat(4_000);
+    let mut series = String::new();
+    for i in 0..1_000 {
+        writeln!(series, "m{{b=\"{i}\",i=\"{i}\"}} 1").expect("into a String");
+    }
+    put(&store, &format!("job/x/big/{long}"), &series).expect("push under a long value");
+    put(&store, "job/x/big/a", "m{b=\"0\",i=\"late\"} 2\n").expect("second group");
+    let stored: usize = store
+        .snapshot()
+        .iter()
+        .flat_map(|group| &group.families)
+        .map(StoredFamily::stored_len)
+        .sum();
+    assert!(
+        stored < 100_000,
+        "the store keeps {stored} bytes for 1,000 short series: the 4 KB value is repeated"
+    );
+    let text = String::from_utf8(exposition(&store, &NoSource, Format::Text)).expect("UTF-8 text");
+    let lines: Vec<&str> = text.lines().filter(|line| line.starts_with("m{")).collect();
+    assert_eq!(lines.len(), 1_001);
+    // Sorted by the expanded values: b="0" first, and there big="a" < "vvv...".
+    assert_eq!(
+        lines[0],
+        "m{b=\"0\",big=\"a\",i=\"late\",instance=\"\",job=\"x\"} 2"
+    );
+    assert!(
+        lines[1] == format!("m{{b=\"0\",big=\"{long}\",i=\"0\",instance=\"\",job=\"x\"}} 1"),
+        "the long group's first series: {:.80}",
+        lines[1]
+    );
+    assert!(lines[2].starts_with("m{b=\"1\",big=\"vvvv"));
+}
+
+fn push_at(store: &MetricStore, path: &str, ttl: Ttl, secs: u64) {
+    let families = parse(b"# TYPE m gauge\nm 1\n").expect("valid test body");
+    store
+        .apply(
+            WriteCommand::Put {
+                key: key(path),
+                families,
+                ttl,
+            },
+            at(secs),
+        )
+        .expect("valid push");
+}
+
+fn groups(store: &MetricStore) -> Vec<String> {
+    store
+        .snapshot()
+        .iter()
+        .map(|group| group.key.to_string())
+        .collect()
+}
+
+fn nanos_after(secs: u64, nanos: u32) -> SystemTime {
+    at(secs) + Duration::new(0, nanos)
+}
+
+/// Issue 14: a group goes at its push time plus `--push.ttl`, to the nanosecond, from
+/// the store, the exposition and the index; a group pushed again in the meantime stays.
+#[test]
+fn groups_expire_at_their_ttl_and_a_repush_moves_the_deadline() {
+    let expired = Arc::new(GroupsExpired::default());
+    let store = store().with_expiry(Duration::from_secs(10), Arc::clone(&expired));
+    push_at(&store, "job/a", Ttl::Default, 1_000);
+    push_at(&store, "job/b", Ttl::Default, 1_005);
+    assert_eq!(store.next_deadline(), Some(at(1_010)));
+    assert_eq!(store.expire(nanos_after(1_009, 999_999_999)), 0);
+    assert_eq!(groups(&store).len(), 2);
+    assert_eq!(store.expire(at(1_010)), 1);
+    assert_eq!(groups(&store), [key("job/b").to_string()]);
+    // Pushed again before its deadline: the old deadline passes without it.
+    push_at(&store, "job/b", Ttl::Default, 1_014);
+    assert_eq!(store.expire(at(1_015)), 0);
+    assert_eq!(store.expire(nanos_after(1_023, 999_999_999)), 0);
+    assert_eq!(store.expire(at(1_024)), 1);
+    assert!(groups(&store).is_empty());
+    assert_eq!(expired.get(), 2);
+    assert_eq!(store.next_deadline(), None);
+    // The index forgot them: a new group may push `m` as another type.
+    put(&store, "job/c", "# TYPE m counter\nm 1\n").expect("m is free again");
+    let text = String::from_utf8(exposition(&store, &NoSource, Format::Text)).expect("UTF-8");
+    assert!(
+        !text.contains("job=\"a\"") && !text.contains("job=\"b\""),
+        "{text}"
+    );
+}
+
+/// A push's own time to live wins over `--push.ttl`, `Never` included; without either
+/// a group stays; deleting a group takes its deadline with it.
+#[test]
+fn a_push_may_ask_for_its_own_ttl() {
+    let store = store().with_expiry(Duration::from_mins(1), Arc::default());
+    push_at(
+        &store,
+        "job/short",
+        Ttl::After(Duration::from_millis(1_500)),
+        100,
+    );
+    push_at(&store, "job/never", Ttl::Never, 100);
+    push_at(&store, "job/default", Ttl::Default, 100);
+    push_at(
+        &store,
+        "job/deleted",
+        Ttl::After(Duration::from_secs(1)),
+        100,
+    );
+    delete(&store, "job/deleted");
+    assert_eq!(store.expire(nanos_after(101, 499_999_999)), 0);
+    assert_eq!(store.expire(nanos_after(101, 500_000_000)), 1);
+    assert_eq!(store.expire(at(160)), 1);
+    assert_eq!(groups(&store), [key("job/never").to_string()]);
+    assert_eq!(store.expire(at(1_000_000)), 0);
+    assert_eq!(store.groups_expired(), 2);
+
+    let no_default = self::store();
+    push_at(&no_default, "job/a", Ttl::Default, 100);
+    assert_eq!(no_default.next_deadline(), None);
+    push_at(
+        &no_default,
+        "job/a",
+        Ttl::After(Duration::from_secs(5)),
+        200,
+    );
+    assert_eq!(no_default.next_deadline(), Some(at(205)));
+    // A later push without its own goes back to the default: here, never.
+    push_at(&no_default, "job/a", Ttl::Default, 201);
+    assert_eq!(no_default.next_deadline(), None);
+}
+
+/// A restored group keeps its deadline: its own time, or `--push.ttl` (today's) after
+/// its last push; a wipe forgets every deadline.
+#[test]
+fn restored_groups_keep_their_deadlines() {
+    let store = store().with_expiry(Duration::from_secs(30), Arc::default());
+    push_at(&store, "job/own", Ttl::After(Duration::from_secs(7)), 100);
+    push_at(&store, "job/default", Ttl::Default, 100);
+    push_at(&store, "job/never", Ttl::Never, 100);
+    let snapshot = store.snapshot();
+    let restored: Vec<RestoredGroup> = snapshot
+        .iter()
+        .map(|group| RestoredGroup {
+            key: (*group.key).clone(),
+            families: group
+                .families
+                .iter()
+                .map(|stored| (stored.family(), stored.pushed_at()))
+                .collect(),
+            expiry: group.expiry,
+        })
+        .collect();
+    let after = self::store().with_expiry(Duration::from_secs(20), Arc::default());
+    assert!(after.restore(restored).is_empty());
+    let deadlines: Vec<(String, Option<SystemTime>)> = after
+        .snapshot()
+        .iter()
+        .map(|group| (group.key.to_string(), group.deadline))
+        .collect();
+    assert_eq!(
+        deadlines,
+        [
+            (key("job/default").to_string(), Some(at(120))),
+            (key("job/never").to_string(), None),
+            (key("job/own").to_string(), Some(at(107))),
+        ]
+    );
+    after
+        .apply(WriteCommand::Wipe, at(101))
+        .expect("wipe never fails");
+    assert_eq!(after.next_deadline(), None);
+}
+
+/// Members leaving a family are taken out of its cached rendering by copying the rest:
+/// after deletes and expiry (the HELP's group among them, interleaved series, a family
+/// left without series) the scrape is byte for byte a fresh store's with what is left.
+#[test]
+fn members_leaving_are_cut_from_the_cached_rendering_exactly() {
+    let bodies = [
+        (
+            "job/a",
+            "# HELP m First help.\n# TYPE m gauge\nm{k=\"2\"} 1\nm{k=\"5\"} 1\n",
+        ),
+        (
+            "job/b",
+            "# HELP m Second help.\n# TYPE m gauge\nm{k=\"1\"} 2\nm{k=\"3\"} 2\n",
+        ),
+        (
+            "job/c",
+            "# TYPE m gauge\nm{k=\"4\"} 3\n# TYPE only_c counter\nonly_c 1\n",
+        ),
+        ("job/d", "# TYPE m gauge\nm{k=\"0\"} 4\nm 4\n"),
+    ];
+    let load = |store: &MetricStore, keep: &[&str]| {
+        for (path, body) in bodies {
+            if keep.contains(&path) {
+                put(store, path, body).expect("valid push");
+            }
+        }
+    };
+    let all: Vec<&str> = bodies.iter().map(|(path, _)| *path).collect();
+    for gone in [
+        &["job/a"][..],
+        &["job/b"],
+        &["job/c"],
+        &["job/a", "job/d"],
+        &["job/a", "job/b", "job/c"],
+        &["job/a", "job/b", "job/c", "job/d"],
+    ] {
+        let store = store();
+        load(&store, &all);
+        let _ = exposition(&store, &NoSource, Format::Text); // fills the caches
+        for path in gone {
+            delete(&store, path);
+        }
+        let cut = exposition(&store, &NoSource, Format::Text);
+        let fresh = self::store();
+        let left: Vec<&str> = all.iter().copied().filter(|p| !gone.contains(p)).collect();
+        load(&fresh, &left);
+        assert_eq!(
+            String::from_utf8_lossy(&cut),
+            String::from_utf8_lossy(&exposition(&fresh, &NoSource, Format::Text)),
+            "after deleting {gone:?}"
+        );
+    }
+    // The same through expiry, several groups in one sweep.
+    let store = store().with_expiry(Duration::from_secs(5), Arc::default());
+    for (i, (path, body)) in bodies.iter().enumerate() {
+        let families = parse(body.as_bytes()).expect("valid test body");
+        let ttl = if i % 2 == 0 { Ttl::Default } else { Ttl::Never };
+        store
+            .apply(
+                WriteCommand::Put {
+                    key: key(path),
+                    families,
+                    ttl,
+                },
+                at(1_000),
+            )
+            .expect("valid push");
+    }
+    let _ = exposition(&store, &NoSource, Format::Text);
+    assert_eq!(store.expire(at(1_005)), 2);
+    let fresh = self::store();
+    load(&fresh, &["job/b", "job/d"]);
+    let without_times = |store: &MetricStore| {
+        let text = String::from_utf8(exposition(store, &NoSource, Format::Text)).expect("UTF-8");
+        text.lines()
+            .filter(|line| !line.contains("push_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(without_times(&store), without_times(&fresh));
 }

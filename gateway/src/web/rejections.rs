@@ -15,6 +15,7 @@ use crate::model::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use crate::persistence::SaveFailures;
 use crate::source::MetricSource;
 use crate::status::StatusSection;
+use crate::store::GroupsExpired;
 
 /// Name of the family.
 pub const REJECTED_TOTAL: &str = "dropgate_gateway_rejected_total";
@@ -153,6 +154,7 @@ impl Rejections {
 pub struct WithGatewayMetrics {
     rejections: Arc<Rejections>,
     save_failures: Arc<SaveFailures>,
+    groups_expired: Arc<GroupsExpired>,
     build_info: MetricFamily,
     inner: Arc<dyn MetricSource>,
 }
@@ -168,6 +170,7 @@ impl WithGatewayMetrics {
         Self {
             rejections,
             save_failures: Arc::default(),
+            groups_expired: Arc::default(),
             build_info: build_info.family(),
             inner,
         }
@@ -178,12 +181,19 @@ impl WithGatewayMetrics {
     pub fn save_failures(&self) -> Arc<SaveFailures> {
         Arc::clone(&self.save_failures)
     }
+
+    /// The expired-groups counter these metrics expose, for the store to count in.
+    #[must_use]
+    pub fn groups_expired(&self) -> Arc<GroupsExpired> {
+        Arc::clone(&self.groups_expired)
+    }
 }
 
 impl MetricSource for WithGatewayMetrics {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.inner.collect();
         families.push(self.save_failures.family());
+        families.push(self.groups_expired.family());
         families.push(self.rejections.family());
         families.push(self.build_info.clone());
         families
