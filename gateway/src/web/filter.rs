@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use axum::http::Method;
-use regex::{Regex, RegexBuilder};
+use regex_lite::{Regex, RegexBuilder};
 
 use super::path::{normalise, strip_route_prefix};
 use crate::grouping::GroupingKey;
