@@ -25,7 +25,9 @@ mod exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     {
-        use tracing_subscriber::{filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+        use tracing_subscriber::{
+            filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+        };
         // `RUST_LOG` as a list of `level` and `target=level` (e.g. `info,tracer::netns=debug`):
         // tracing-subscriber's `Targets`, not its `EnvFilter`, whose span and field filters
         // nobody here uses and whose regex engine added half a megabyte to the binary.

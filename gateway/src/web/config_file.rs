@@ -1072,7 +1072,10 @@ mod tests {
         let other_extension = [tlv(0x06, &[0x55, 0x1d, 0x13]), tlv(0x04, &[0x30, 0x00])].concat();
         let extensions = tlv(
             0xa3,
-            &tlv(0x30, &[tlv(0x30, &other_extension), tlv(0x30, &extension)].concat()),
+            &tlv(
+                0x30,
+                &[tlv(0x30, &other_extension), tlv(0x30, &extension)].concat(),
+            ),
         );
         let tbs = [
             tlv(0xa0, &tlv(0x02, &[2])),
@@ -1081,7 +1084,10 @@ mod tests {
             extensions,
         ]
         .concat();
-        tlv(0x30, &[tlv(0x30, &tbs), tlv(0x30, &[]), tlv(0x03, &[0])].concat())
+        tlv(
+            0x30,
+            &[tlv(0x30, &tbs), tlv(0x30, &[]), tlv(0x03, &[0])].concat(),
+        )
     }
 
     #[test]
@@ -1097,7 +1103,12 @@ mod tests {
             let der = certificate_with_sans(&names, critical);
             assert_eq!(
                 subject_alt_names(&der).unwrap(),
-                ["pusher.example", "ops@example.org", "spiffe://batch/job", "10.0.0.7"]
+                [
+                    "pusher.example",
+                    "ops@example.org",
+                    "spiffe://batch/job",
+                    "10.0.0.7"
+                ]
             );
             // Every truncation is an error or fewer names, never a panic.
             for cut in 0..der.len() {
@@ -1105,7 +1116,10 @@ mod tests {
             }
         }
         let v6: [(u8, &[u8]); 1] = [(0x87, &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7])];
-        assert_eq!(subject_alt_names(&certificate_with_sans(&v6, false)).unwrap(), ["fd00::7"]);
+        assert_eq!(
+            subject_alt_names(&certificate_with_sans(&v6, false)).unwrap(),
+            ["fd00::7"]
+        );
         assert!(subject_alt_names(b"").is_err());
         assert!(subject_alt_names(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
