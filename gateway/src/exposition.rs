@@ -2,7 +2,8 @@
 //!
 //! Text format 0.0.4 byte for byte as Go's `expfmt.MetricFamilyToText` writes it (so
 //! scrapers and diff-based tests see no difference from the pushgateway), or delimited
-//! protobuf when the `Accept` header asks for it, negotiated like Go's `expfmt.Negotiate`.
+//! protobuf or OpenMetrics ([`crate::openmetrics`]) when the `Accept` header asks for it,
+//! negotiated like Go's `expfmt.NegotiateIncludingOpenMetrics`.
 //! Sorting follows `client_golang`'s gatherer. Writing appends to one `Vec<u8>` without
 //! allocating per sample, because a scrape of the whole store is the hot path.
 
@@ -53,18 +54,14 @@ pub struct Negotiated {
 impl Negotiated {
     /// The `Content-Type` header: the format's, with `; escaping=…` as upstream ≥ 1.8.
     #[must_use]
-    pub fn content_type(self) -> &'static str {
-        use Escaping::{AllowUtf8, Dots, Underscores, Values};
-        match (self.format, self.escaping) {
-            (Format::Text, AllowUtf8) => "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8",
-            (Format::Text, Underscores) => "text/plain; version=0.0.4; charset=utf-8; escaping=underscores",
-            (Format::Text, Dots) => "text/plain; version=0.0.4; charset=utf-8; escaping=dots",
-            (Format::Text, Values) => "text/plain; version=0.0.4; charset=utf-8; escaping=values",
-            (Format::DelimitedProtobuf, AllowUtf8) => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=allow-utf-8",
-            (Format::DelimitedProtobuf, Underscores) => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=underscores",
-            (Format::DelimitedProtobuf, Dots) => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=dots",
-            (Format::DelimitedProtobuf, Values) => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=values",
-        }
+    pub fn content_type(self) -> String {
+        let escaping = match self.escaping {
+            Escaping::AllowUtf8 => "allow-utf-8",
+            Escaping::Underscores => "underscores",
+            Escaping::Dots => "dots",
+            Escaping::Values => "values",
+        };
+        format!("{}; escaping={escaping}", self.format.content_type())
     }
 }
 
@@ -75,6 +72,8 @@ pub enum Format {
     Text,
     /// Varint length-delimited protobuf.
     DelimitedProtobuf,
+    /// OpenMetrics text (`version` 1.0.0 or 0.0.1 in the `Content-Type`; the same body).
+    OpenMetrics { version_1_0: bool },
 }
 
 impl Format {
@@ -84,11 +83,16 @@ impl Format {
         match self {
             Format::Text => CONTENT_TYPE_TEXT,
             Format::DelimitedProtobuf => CONTENT_TYPE_PROTOBUF,
+            Format::OpenMetrics { version_1_0: true } => crate::openmetrics::CONTENT_TYPE,
+            Format::OpenMetrics { version_1_0: false } => {
+                "application/openmetrics-text; version=0.0.1; charset=utf-8"
+            }
         }
     }
 
     /// Appends `families` to `out` in this format; families without metrics are left
-    /// out in both, as `client_golang`'s gatherer drops them.
+    /// out in all, as `client_golang`'s gatherer drops them. OpenMetrics' final `# EOF`
+    /// is the caller's (it ends the whole exposition).
     pub fn write(self, families: &[MetricFamily], out: &mut Vec<u8>) {
         match self {
             Format::Text => write_text(families, out),
@@ -97,14 +101,16 @@ impl Format {
                     encode_delimited(std::slice::from_ref(family), out);
                 }
             }
+            Format::OpenMetrics { .. } => crate::openmetrics::write(families, out),
         }
     }
 }
 
-/// Picks the format from an `Accept` header like Go's `expfmt.Negotiate` (v0.54, the
-/// pushgateway 1.9's): the clauses are ranked by `q` and specificity, and the first that
-/// names delimited protobuf or `text/plain` (version 0.0.4 or none) decides; otherwise
-/// text. The escaping is the last valid `escaping=` seen in rank order up to and
+/// Picks the format from an `Accept` header like Go's `expfmt.NegotiateIncludingOpenMetrics`
+/// (v0.54): the clauses are ranked by `q` and specificity, and the first that names
+/// delimited protobuf, OpenMetrics or `text/plain` (version 0.0.4 or none) decides;
+/// otherwise text. (The pushgateway uses plain `Negotiate` and never serves
+/// OpenMetrics.) The escaping is the last valid `escaping=` seen in rank order up to and
 /// including the deciding clause — so a preferred clause that did not match still
 /// passes its escaping on, as upstream's loop does — else `values`.
 ///
@@ -128,6 +134,14 @@ pub fn negotiate(accept: Option<&str>) -> Negotiated {
             }
         }
         let version = clause.param("version").unwrap_or_default();
+        // As prometheus/common's NegotiateIncludingOpenMetrics: 1.0.0, 0.0.1, any 1.x, or
+        // no version (taken as 0.0.1).
+        if clause.media_type == "application/openmetrics-text"
+            && (version.is_empty() || version == "0.0.1" || version.starts_with("1."))
+        {
+            let version_1_0 = version.starts_with("1.");
+            return decided(Format::OpenMetrics { version_1_0 }, escaping);
+        }
         if clause.media_type == "text/plain" && (version.is_empty() || version == "0.0.4") {
             return decided(Format::Text, escaping);
         }
@@ -900,8 +914,18 @@ mod tests {
                 Format::DelimitedProtobuf,
             ),
             (
-                "openmetrics is not offered",
+                "openmetrics 1.0.0",
                 Some("application/openmetrics-text;version=1.0.0".to_owned()),
+                Format::OpenMetrics { version_1_0: true },
+            ),
+            (
+                "openmetrics 0.0.1",
+                Some("application/openmetrics-text; version=0.0.1".to_owned()),
+                Format::OpenMetrics { version_1_0: false },
+            ),
+            (
+                "openmetrics of an unknown version skipped",
+                Some("application/openmetrics-text;version=2.0.0,text/plain;q=0.5".to_owned()),
                 Format::Text,
             ),
         ];
@@ -917,15 +941,19 @@ mod tests {
         let table = [
             (None, "text/plain; version=0.0.4; charset=utf-8; escaping=values"),
             (
-                // Prometheus 3's default scrape Accept: OpenMetrics first (not served
-                // here), its allow-utf-8 carries over to the text clause.
+                // Prometheus 3's default scrape Accept: OpenMetrics 1.0.0 with allow-utf-8.
                 Some("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"),
-                "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=allow-utf-8",
             ),
             (
                 // Prometheus 2's: no escaping anywhere.
                 Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
-                "text/plain; version=0.0.4; charset=utf-8; escaping=values",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=values",
+            ),
+            (
+                // A text 0.0.4 answer still takes the escaping of a preferred clause.
+                Some("text/plain;version=1.0.0;escaping=allow-utf-8;q=0.9,text/plain;version=0.0.4;q=0.2"),
+                "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8",
             ),
             (
                 Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=underscores"),

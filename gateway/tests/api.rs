@@ -1143,3 +1143,136 @@ async fn native_histograms_in_the_metrics_api_as_since_1_8() {
     assert_eq!(metric["count"], "6");
     assert_eq!(metric["sum"], "3.25");
 }
+
+/// A scraper asking for OpenMetrics (Prometheus' default `Accept`) gets it: counters
+/// without `_total` in their metadata, the unit, exemplars and created timestamps that a
+/// protobuf push carried, and `# EOF` at the end; the text scrape is unchanged.
+#[tokio::test]
+async fn openmetrics_for_scrapers_that_ask_for_it() {
+    use gateway::model::{Bucket, Counter, Exemplar, Histogram, Timestamp};
+    let gw = gateway();
+    let exemplar = |trace: &str, value: f64| Exemplar {
+        label: vec![LabelPair::new("trace_id", trace)],
+        value: Some(value),
+        timestamp: Some(Timestamp {
+            seconds: Some(1_700_000_000),
+            nanos: Some(250_000_000),
+        }),
+    };
+    let families = vec![
+        MetricFamily {
+            name: Some("jobs_total".to_owned()),
+            help: Some("Jobs run.".to_owned()),
+            r#type: Some(MetricType::Counter as i32),
+            metric: vec![Metric {
+                counter: Some(Counter {
+                    value: Some(3.0),
+                    exemplar: Some(Box::new(exemplar("abc", 1.0))),
+                    created_timestamp: Some(Timestamp {
+                        seconds: Some(1_700_000_000),
+                        nanos: Some(0),
+                    }),
+                }),
+                ..Default::default()
+            }],
+            unit: None,
+        },
+        MetricFamily {
+            name: Some("duration_seconds".to_owned()),
+            help: Some("How long.".to_owned()),
+            r#type: Some(MetricType::Histogram as i32),
+            metric: vec![Metric {
+                histogram: Some(Box::new(Histogram {
+                    sample_count: Some(2),
+                    sample_sum: Some(0.75),
+                    bucket: vec![Bucket {
+                        cumulative_count: Some(1),
+                        upper_bound: Some(0.5),
+                        exemplar: Some(exemplar("def", 0.25)),
+                        ..Bucket::default()
+                    }],
+                    ..Histogram::default()
+                })),
+                ..Default::default()
+            }],
+            unit: Some("seconds".to_owned()),
+        },
+    ];
+    let mut body = Vec::new();
+    gateway::codec::protobuf::encode_delimited(&families, &mut body);
+    let push = gw
+        .call(
+            Method::PUT,
+            "/metrics/job/om",
+            &[("content-type", PROTOBUF)],
+            body,
+        )
+        .await;
+    assert_eq!(push.status, StatusCode::OK, "{}", push.text());
+    let scrape = gw
+        .call(
+            Method::GET,
+            "/metrics",
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            )],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        scrape.header("content-type"),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=values"
+    );
+    let text = scrape.text();
+    for line in [
+        "# TYPE jobs counter\n",
+        "jobs_total{instance=\"\",job=\"om\"} 3.0 # {trace_id=\"abc\"} 1.0 1700000000.25\n",
+        "jobs_created{instance=\"\",job=\"om\"} 1.7e+09\n",
+        "# UNIT duration_seconds seconds\n",
+        "duration_seconds_bucket{instance=\"\",job=\"om\",le=\"0.5\"} 1 # {trace_id=\"def\"} 0.25 1700000000.25\n",
+        "duration_seconds_bucket{instance=\"\",job=\"om\",le=\"+Inf\"} 2\n",
+        "# TYPE push_time_seconds gauge\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1);
+    // The text format is what it was.
+    let plain = gw.get("/metrics").await.text();
+    assert!(
+        plain.contains("jobs_total{instance=\"\",job=\"om\"} 3\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("# EOF"));
+}
+
+/// A text push may carry `x_created` gauges beside a summary `x` (Python's client
+/// does): in OpenMetrics those names belong to `x`, so they are left out of that format
+/// only.
+#[tokio::test]
+async fn openmetrics_leaves_out_families_that_clash_with_a_typed_family() {
+    let gw = gateway();
+    let body = "# TYPE x summary\nx_sum 1\nx_count 2\n# TYPE x_created gauge\nx_created 1.7e+09\n# TYPE jobs_total counter\njobs_total 3\n# TYPE jobs_created gauge\njobs_created 1.7e+09\n# TYPE other gauge\nother 1\n";
+    assert_eq!(gw.put("/metrics/job/py", body).await.status, StatusCode::OK);
+    let om = gw
+        .call(
+            Method::GET,
+            "/metrics",
+            &[("accept", "application/openmetrics-text;version=1.0.0")],
+            Body::empty(),
+        )
+        .await
+        .text();
+    assert!(!om.contains("x_created"), "{om}");
+    assert!(!om.contains("jobs_created"), "{om}");
+    assert!(
+        om.contains("# TYPE x summary\n") && om.contains("# TYPE other gauge\n"),
+        "{om}"
+    );
+    let text = gw.get("/metrics").await.text();
+    assert!(
+        text.contains("x_created{") && text.contains("jobs_created{"),
+        "{text}"
+    );
+}

@@ -84,6 +84,31 @@ pub fn simple(value: f64) -> Vec<u8> {
     out
 }
 
+/// `Counter` with `value` and an exemplar: `labels`, `exemplar_value`, and a timestamp of
+/// `seconds` since the epoch.
+pub fn counter_with_exemplar(
+    value: f64,
+    labels: &[(&str, &str)],
+    exemplar_value: f64,
+    seconds: u64,
+) -> Vec<u8> {
+    let mut exemplar = Vec::new();
+    for (name, label_value) in labels {
+        let mut pair = Vec::new();
+        bytes(&mut pair, 1, name.as_bytes());
+        bytes(&mut pair, 2, label_value.as_bytes());
+        bytes(&mut exemplar, 1, &pair);
+    }
+    double(&mut exemplar, 2, exemplar_value);
+    let mut timestamp = Vec::new();
+    uint(&mut timestamp, 1, seconds);
+    bytes(&mut exemplar, 3, &timestamp);
+    let mut out = Vec::new();
+    double(&mut out, 1, value);
+    bytes(&mut out, 2, &exemplar);
+    out
+}
+
 /// `Summary` with count, sum and `(quantile, value)` pairs.
 pub fn summary(count: u64, sum: f64, quantiles: &[(f64, f64)]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -565,3 +565,177 @@ fn persistence_survives_a_restart_byte_for_byte() {
         );
     }
 }
+
+const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Python's `prometheus_client` OpenMetrics parser reads dropgate's OpenMetrics answer
+/// for every pushed shape (the Python client's text pushes and the protobuf families,
+/// one with an exemplar); prints `name type samples exemplars` per family.
+const PYTHON_OPENMETRICS: &str = r"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for f in text_string_to_metric_families(sys.stdin.read()):
+    ex = sum(1 for s in f.samples if s.exemplar is not None)
+    print(f.name, f.type, len(f.samples), ex)
+";
+
+/// Pushes every shape: the Python client's families, the protobuf ones, and a counter
+/// with an exemplar stamped now (returned, in seconds).
+fn push_every_shape_with_an_exemplar(gateway: &Server) -> u64 {
+    python_client(gateway, "push");
+    push(
+        gateway,
+        &Request::new("PUT", "/metrics/job/pb")
+            .header("Content-Type", pb::CONTENT_TYPE)
+            .body(lint_clean_protobuf()),
+        "push the protobuf families",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let counter = pb::counter_with_exemplar(5.0, &[("trace_id", "4bf92f3577b34da6")], 1.0, now);
+    push(
+        gateway,
+        &Request::new("PUT", "/metrics/job/traced")
+            .header("Content-Type", pb::CONTENT_TYPE)
+            .body(pb::delimited(&[pb::family(
+                "om_requests_total",
+                Some("Requests with a traced one."),
+                pb::COUNTER,
+                &[pb::metric(&[("path", "/x")], 3, &counter, None)],
+            )])),
+        "push the counter with an exemplar",
+    );
+    now
+}
+
+/// `prometheus_client`'s OpenMetrics parser reads the answer; every family is there.
+fn assert_prometheus_client_parses_openmetrics(gateway: &Server) {
+    let scrape =
+        gateway.send(&Request::new("GET", "/metrics").header("Accept", OPENMETRICS_ACCEPT));
+    assert_eq!(scrape.status, 200);
+    let mut python = Command::new(PYTHON)
+        .args(["-c", PYTHON_OPENMETRICS])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    python
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&scrape.body)
+        .expect("feed the exposition");
+    let out = python.wait_with_output().expect("python3 ends");
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "prometheus_client's OpenMetrics parser refused the answer: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        scrape.text()
+    );
+    for family in [
+        "py_temperature_celsius gauge",
+        "py_jobs counter",
+        "py_duration_seconds summary",
+        "py_size_bytes histogram",
+        "pb_events counter",
+        "pb_queue_length gauge",
+        "pb_latency_seconds summary",
+        "pb_payload_bytes histogram",
+        "pb_flag unknown",
+        "om_requests counter 1 1",
+    ] {
+        assert!(
+            parsed.lines().any(|l| l.starts_with(family)),
+            "{family:?} not parsed:\n{parsed}"
+        );
+    }
+}
+
+/// A real Prometheus with exemplar storage scrapes over OpenMetrics and returns the
+/// pushed exemplar from `query_exemplars`.
+fn assert_prometheus_keeps_the_exemplar(dir: &TempDir, gateway: &Server, now: u64) {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n\
+             scrape_configs:\n  - job_name: dropgate\n    honor_labels: true\n    \
+             static_configs:\n      - targets: ['{}']\n",
+            gateway.addr
+        ),
+    )
+    .expect("write prometheus.yml");
+    let web = loopback_addr();
+    let mut command = Command::new(PROMETHEUS);
+    command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .arg("--enable-feature=exemplar-storage")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut prometheus = Guarded::spawn(command, "prometheus");
+    assert!(
+        http::wait_ok(web, "/-/ready", Duration::from_mins(1)),
+        "prometheus did not become ready on {web}"
+    );
+    let answer = query_until_found(
+        web,
+        r#"om_requests_total{job="traced",path="/x"}"#,
+        Duration::from_mins(1),
+    );
+    assert_eq!(answer["data"]["result"][0]["value"][1], "5", "{answer}");
+    let path = format!(
+        "/api/v1/query_exemplars?query=om_requests_total&start={}&end={}",
+        now - 60,
+        now + 600
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exemplars = loop {
+        let reply = http::get(web, &path).expect("query_exemplars answers");
+        let json: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+        if json["data"][0]["exemplars"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+            || Instant::now() > deadline
+        {
+            break json;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let first = &exemplars["data"][0]["exemplars"][0];
+    assert_eq!(
+        first["labels"]["trace_id"], "4bf92f3577b34da6",
+        "{exemplars}"
+    );
+    assert_eq!(first["value"], "1", "{exemplars}");
+    assert!(
+        prometheus.stop("TERM", Duration::from_secs(20)).is_some(),
+        "prometheus stops on SIGTERM"
+    );
+}
+
+#[test]
+fn openmetrics_parses_with_prometheus_client_and_prometheus_keeps_the_exemplar() {
+    let tools = Path::new(PROMETHEUS).exists() && python_client_installed();
+    if !may_run(
+        "openmetrics_parses_with_prometheus_client_and_prometheus_keeps_the_exemplar",
+        tools,
+        "Debian's prometheus and python3-prometheus-client",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("openmetrics");
+    let gateway = Server::dropgate(&[]);
+    let now = push_every_shape_with_an_exemplar(&gateway);
+    assert_prometheus_client_parses_openmetrics(&gateway);
+    assert_prometheus_keeps_the_exemplar(&dir, &gateway, now);
+}

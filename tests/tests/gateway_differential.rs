@@ -441,6 +441,11 @@ fn script() -> Vec<Step> {
             get("scrape asking for OpenMetrics", "/metrics"),
             "Accept",
             "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .ours(
+            "spec: OpenMetrics served when asked for (upstream #400: text only)",
+            200,
+            "# ",
         ),
         method("wipe: POST without admin API", "POST", "/api/v1/admin/wipe"),
     ];

@@ -35,7 +35,8 @@ pub(super) async fn scrape(
         state.inner.source.as_ref(),
         negotiated.format,
     );
-    let content_type = HeaderValue::from_static(negotiated.content_type());
+    let content_type = HeaderValue::from_str(&negotiated.content_type())
+        .map_err(|error| ApiError::Internal(format!("content type: {error}")))?;
     if !gzip_accepted(&headers) {
         let body = Body::new(Chunks::new(chunks));
         return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());

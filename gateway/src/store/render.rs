@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::exposition::{sort_families, Format};
 use crate::grouping::GroupingKey;
-use crate::model::MetricFamily;
+use crate::model::{MetricFamily, MetricType};
 use crate::source::MetricSource;
 
 use super::group_labels::GroupLabels;
@@ -31,6 +31,8 @@ pub struct RenderedFamily {
     pub name: Arc<str>,
     /// Its text or delimited protobuf rendering (HELP, TYPE and every series).
     pub bytes: Bytes,
+    /// Its type (the store admits one per name).
+    pub kind: MetricType,
 }
 
 impl MetricStore {
@@ -47,6 +49,7 @@ impl MetricStore {
                 (!bytes.is_empty()).then(|| RenderedFamily {
                     name: Arc::clone(name),
                     bytes,
+                    kind: entry.kind,
                 })
             })
             .collect()
@@ -58,6 +61,8 @@ impl MetricStore {
 pub(super) struct RenderCache {
     text: Option<CachedText>,
     protobuf: Option<Bytes>,
+    /// OpenMetrics text, the same for both versions (only the `Content-Type` differs).
+    openmetrics: Option<Bytes>,
 }
 
 /// The merged text and where each series is in it, so that members leaving can be
@@ -79,6 +84,7 @@ impl RenderCache {
     /// The member with key `key` left the family.
     pub(super) fn forget_member(&mut self, key: &GroupingKey) {
         self.protobuf = None;
+        self.openmetrics = None;
         if let Some(cached) = &mut self.text {
             cached.gone.insert(address(key));
         }
@@ -140,7 +146,11 @@ impl FamilyEntry {
             }
             Format::DelimitedProtobuf => cache
                 .protobuf
-                .get_or_insert_with(|| self.merged_protobuf(name))
+                .get_or_insert_with(|| self.merged_encoded(name, format))
+                .clone(),
+            Format::OpenMetrics { .. } => cache
+                .openmetrics
+                .get_or_insert_with(|| self.merged_encoded(name, format))
                 .clone(),
         }
     }
@@ -204,8 +214,10 @@ impl FamilyEntry {
         }
     }
 
-    /// The protobuf exposition is rare: decode, merge, sort, encode.
-    fn merged_protobuf(&self, name: &str) -> Bytes {
+    /// The protobuf and OpenMetrics expositions are rarer than text: decode (exemplars,
+    /// units and created timestamps survive in what a protobuf push stored), merge,
+    /// sort, encode.
+    fn merged_encoded(&self, name: &str, format: Format) -> Bytes {
         let families: Vec<MetricFamily> = self.members.values().map(StoredFamily::family).collect();
         let help = families
             .iter()
@@ -215,15 +227,18 @@ impl FamilyEntry {
             name: Some(name.to_owned()),
             help,
             r#type: Some(self.kind as i32),
+            unit: families
+                .iter()
+                .filter(|family| !family.metric.is_empty())
+                .find_map(|family| family.unit.clone()),
             metric: families
                 .into_iter()
                 .flat_map(|family| family.metric)
                 .collect(),
-            unit: None,
         };
         sort_families(std::slice::from_mut(&mut merged));
         let mut out = Vec::new();
-        Format::DelimitedProtobuf.write(std::slice::from_ref(&merged), &mut out);
+        format.write(std::slice::from_ref(&merged), &mut out);
         Bytes::from(out)
     }
 }
@@ -242,10 +257,31 @@ pub fn exposition_chunks(
 ) -> Vec<Bytes> {
     static WARNED: AtomicBool = AtomicBool::new(false);
 
-    let pushed = store.rendered_families(format);
+    let mut pushed = store.rendered_families(format);
     let mut own = source.collect();
     own.retain(|family| !family.metric.is_empty());
     sort_families(&mut own);
+    if matches!(format, Format::OpenMetrics { .. }) {
+        // In OpenMetrics a counter, summary or histogram owns its `_created`, `_count`,
+        // ... series: a separately pushed family of such a name (a text push of Python's
+        // client carries `x_created` gauges) would make the exposition invalid. Those are
+        // left out of it (the text and protobuf formats still serve them); Prometheus
+        // does not store `_created` lines as samples anyway.
+        let typed = pushed
+            .iter()
+            .map(|p| (&*p.name, p.kind))
+            .chain(own.iter().filter_map(|f| {
+                let kind = MetricType::try_from(f.r#type.unwrap_or_default()).ok()?;
+                Some((f.name.as_deref()?, kind))
+            }));
+        let owned: std::collections::HashSet<String> = typed
+            .flat_map(|(name, kind)| openmetrics_owned(name, kind))
+            .collect();
+        if !owned.is_empty() {
+            pushed.retain(|p| !owned.contains(&*p.name));
+            own.retain(|f| !owned.contains(f.name.as_deref().unwrap_or_default()));
+        }
+    }
 
     let mut chunks = Vec::with_capacity(pushed.len() + own.len());
     let mut pushed = pushed.into_iter().peekable();
@@ -266,7 +302,27 @@ pub fn exposition_chunks(
         chunks.push(Bytes::from(out));
     }
     chunks.extend(pushed.map(|later| later.bytes));
+    if matches!(format, Format::OpenMetrics { .. }) {
+        chunks.push(Bytes::from_static(crate::openmetrics::EOF));
+    }
     chunks
+}
+
+/// The series names an OpenMetrics family of `name` and `kind` writes besides its own.
+fn openmetrics_owned(name: &str, kind: MetricType) -> Vec<String> {
+    let suffixes: &[&str] = match kind {
+        MetricType::Counter => {
+            return name
+                .strip_suffix("_total")
+                .map(|base| vec![format!("{base}_created")])
+                .unwrap_or_default();
+        }
+        MetricType::Summary => &["_count", "_sum", "_created"],
+        MetricType::Histogram => &["_bucket", "_count", "_sum", "_created"],
+        MetricType::GaugeHistogram => &["_bucket", "_gcount", "_gsum"],
+        MetricType::Gauge | MetricType::Untyped => &[],
+    };
+    suffixes.iter().map(|s| format!("{name}{s}")).collect()
 }
 
 /// [`exposition_chunks`] in one buffer.
