@@ -61,3 +61,12 @@ pub fn dropgate_bin() -> PathBuf {
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dropgate")
 }
+
+/// The Python of the test venv that `cargo xtask setup` fills with the pinned PyPI
+/// packages Debian lacks (see `PIP_PACKAGES` in xtask/src/setup.rs), if it exists.
+#[must_use]
+pub fn venv_python() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    let python = home.join(".cache/dropgate/pyenv/bin/python3");
+    python.exists().then_some(python)
+}

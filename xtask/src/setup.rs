@@ -27,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "python3-prometheus-client",
+    "python3-venv",
     "prometheus-pushgateway",
     "prometheus",
     "wrk",
@@ -69,12 +70,22 @@ const DIST_TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-li
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Python packages from PyPI that Debian 12 does not carry in the version the tests
+/// need, pinned, installed into one virtual environment ([`python_venv_dir`]) so the
+/// system's Python stays as Debian ships it. The tests find it through the same path.
+const PIP_PACKAGES: &[&str] = &[
+    // The OTLP push test: the real OpenTelemetry SDK and its OTLP/HTTP exporter.
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-exporter-otlp-proto-http==1.45.2",
+];
+
 pub fn setup() -> Result<()> {
     let started = std::time::Instant::now();
     apt_packages()?;
     dist_tools()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
+    python_venv()?;
     mounts();
     eprintln!(
         "xtask: setup complete in {:.1}s",
@@ -239,6 +250,42 @@ fn bpf_linker() -> Result<()> {
             .env("LLVM_PREFIX", &shim),
     )
     .context("building bpf-linker failed")?;
+    std::fs::write(&stamp, b"").with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+/// `~/.cache/dropgate/pyenv`: the virtual environment holding [`PIP_PACKAGES`].
+pub fn python_venv_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/dropgate/pyenv")
+}
+
+/// Creates the venv and installs the pinned packages, when the stamp of exactly this list
+/// is missing (so a second run costs nothing and a changed pin reinstalls).
+fn python_venv() -> Result<()> {
+    let venv = python_venv_dir();
+    let stamp = venv.join(format!("dropgate-{:016x}", {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        PIP_PACKAGES.hash(&mut h);
+        h.finish()
+    }));
+    if stamp.exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing into {}: {}",
+        venv.display(),
+        PIP_PACKAGES.join(" ")
+    );
+    cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("`python3 -m venv` failed; Debian needs the python3-venv package")?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PIP_PACKAGES),
+    )
+    .context("pip install into the test venv failed (needs https://pypi.org)")?;
     std::fs::write(&stamp, b"").with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }
