@@ -129,6 +129,14 @@ impl Gw {
         self.call(Method::POST, path, &[], body.to_owned()).await
     }
 
+    /// PUT of `families` as delimited protobuf (the Go client's push format).
+    async fn put_protobuf(&self, path: &str, families: &[MetricFamily]) -> Answer {
+        let mut body = Vec::new();
+        gateway::codec::protobuf::encode_delimited(families, &mut body);
+        self.call(Method::PUT, path, &[("content-type", PROTOBUF)], body)
+            .await
+    }
+
     async fn get(&self, path: &str) -> Answer {
         self.call(Method::GET, path, &[], Body::empty()).await
     }
@@ -1016,15 +1024,8 @@ async fn protobuf_push_and_protobuf_and_gzip_scrapes() {
         }],
         unit: None,
     };
-    let mut body = Vec::new();
-    gateway::codec::protobuf::encode_delimited(std::slice::from_ref(&family), &mut body);
     let push = gw
-        .call(
-            Method::PUT,
-            "/metrics/job/p",
-            &[("content-type", PROTOBUF)],
-            body,
-        )
+        .put_protobuf("/metrics/job/p", std::slice::from_ref(&family))
         .await;
     assert_eq!(push.status, StatusCode::OK, "{}", push.text());
     assert!(gw
@@ -1118,15 +1119,8 @@ async fn native_histograms_in_the_metrics_api_as_since_1_8() {
         }],
         unit: None,
     };
-    let mut body = Vec::new();
-    gateway::codec::protobuf::encode_delimited(std::slice::from_ref(&family), &mut body);
     let push = gw
-        .call(
-            Method::PUT,
-            "/metrics/job/native",
-            &[("content-type", PROTOBUF)],
-            body,
-        )
+        .put_protobuf("/metrics/job/native", std::slice::from_ref(&family))
         .await;
     assert_eq!(push.status, StatusCode::OK, "{}", push.text());
     let api = gw.get("/api/v1/metrics").await.json();
@@ -1198,16 +1192,7 @@ async fn openmetrics_for_scrapers_that_ask_for_it() {
             unit: Some("seconds".to_owned()),
         },
     ];
-    let mut body = Vec::new();
-    gateway::codec::protobuf::encode_delimited(&families, &mut body);
-    let push = gw
-        .call(
-            Method::PUT,
-            "/metrics/job/om",
-            &[("content-type", PROTOBUF)],
-            body,
-        )
-        .await;
+    let push = gw.put_protobuf("/metrics/job/om", &families).await;
     assert_eq!(push.status, StatusCode::OK, "{}", push.text());
     let scrape = gw
         .call(
