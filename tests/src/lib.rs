@@ -13,6 +13,7 @@ pub mod hostile;
 pub mod http;
 pub mod netns;
 pub mod process;
+pub mod prometheus;
 pub mod protobuf;
 pub mod tempdir;
 

@@ -16,22 +16,18 @@ use std::{
     io::Write as _,
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use dropgate_tests::{
-    gateway::{
-        loopback_addr, without_families, Reply, Request, Server, TempDir, DROPGATE_OWN_PREFIX,
-    },
-    http, may_run,
-    process::Guarded,
+    gateway::{without_families, Reply, Request, Server, TempDir, DROPGATE_OWN_PREFIX},
+    may_run,
+    prometheus::{self, Prometheus},
     protobuf as pb,
 };
-use serde_json::Value;
 
 const PYTHON: &str = "/usr/bin/python3";
 const PROMTOOL: &str = "/usr/bin/promtool";
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 /// The Python side: builds registries and calls the client's functions; the action and
 /// the gateway's address come from argv.
@@ -340,46 +336,11 @@ fn promtool_accepts_the_exposition() {
     );
 }
 
-/// Polls `query` on Prometheus until it returns a sample or `timeout` passes; returns the
-/// last answer.
-fn query_until_found(prometheus: std::net::SocketAddr, query: &str, timeout: Duration) -> Value {
-    let encoded: String = query
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"_-.~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    let path = format!("/api/v1/query?query={encoded}");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let answer = http::get(prometheus, &path)
-            .ok()
-            .filter(|r| r.status == 200)
-            .and_then(|r| serde_json::from_str::<Value>(&r.body).ok());
-        if let Some(answer) = &answer {
-            if answer["data"]["result"]
-                .as_array()
-                .is_some_and(|r| !r.is_empty())
-            {
-                return answer.clone();
-            }
-        }
-        if Instant::now() >= deadline {
-            return answer.unwrap_or(Value::Null);
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn prometheus_scrapes_the_pushed_value() {
     if !may_run(
         "prometheus_scrapes_the_pushed_value",
-        Path::new(PROMETHEUS).exists(),
+        prometheus::installed(),
         "Debian's prometheus (apt-get install prometheus)",
     ) {
         return;
@@ -394,38 +355,9 @@ fn prometheus_scrapes_the_pushed_value() {
         "push the probe",
     );
 
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: dropgate\n    honor_labels: true\n    \
-             static_configs:\n      - targets: ['{}']\n",
-            gateway.addr
-        ),
-    )
-    .expect("write prometheus.yml");
-    let web = loopback_addr();
-    let mut command = Command::new(PROMETHEUS);
-    command
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut prometheus = Guarded::spawn(command, "prometheus");
-    assert!(
-        http::wait_ok(web, "/-/ready", Duration::from_mins(1)),
-        "prometheus did not become ready on {web} (running: {})",
-        prometheus.is_running()
-    );
+    let mut prometheus = Prometheus::scraping(&dir, gateway.addr, &[]);
 
-    let answer = query_until_found(
-        web,
+    let answer = prometheus.query_until_found(
         r#"e2e_probe_value{job="pushed_job",instance="box1"}"#,
         Duration::from_mins(1),
     );
@@ -445,13 +377,12 @@ fn prometheus_scrapes_the_pushed_value() {
     );
 
     // honor_labels: the pushed job wins over the scrape job's name.
-    let scraped_as = query_until_found(web, r#"up{job="dropgate"}"#, Duration::from_secs(30));
+    let scraped_as = prometheus.query_until_found(r#"up{job="dropgate"}"#, Duration::from_secs(30));
     assert_eq!(
         scraped_as["data"]["result"][0]["value"][1], "1",
         "prometheus scrapes the gateway successfully: {scraped_as}"
     );
-    let stolen = query_until_found(
-        web,
+    let stolen = prometheus.query_until_found(
         r#"e2e_probe_value{job="dropgate"}"#,
         Duration::from_millis(1),
     );
@@ -460,10 +391,7 @@ fn prometheus_scrapes_the_pushed_value() {
         Some(0),
         "with honor_labels the pushed job label is kept: {stolen}"
     );
-    assert!(
-        prometheus.stop("TERM", Duration::from_secs(20)).is_some(),
-        "prometheus stops on SIGTERM"
-    );
+    assert!(prometheus.stop(), "prometheus stops on SIGTERM");
 }
 
 /// Everything a scrape can show of the store: text, protobuf and the JSON API. The text
@@ -658,37 +586,9 @@ fn assert_prometheus_client_parses_openmetrics(gateway: &Server) {
 /// A real Prometheus with exemplar storage scrapes over OpenMetrics and returns the
 /// pushed exemplar from `query_exemplars`.
 fn assert_prometheus_keeps_the_exemplar(dir: &TempDir, gateway: &Server, now: u64) {
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n\
-             scrape_configs:\n  - job_name: dropgate\n    honor_labels: true\n    \
-             static_configs:\n      - targets: ['{}']\n",
-            gateway.addr
-        ),
-    )
-    .expect("write prometheus.yml");
-    let web = loopback_addr();
-    let mut command = Command::new(PROMETHEUS);
-    command
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .arg("--enable-feature=exemplar-storage")
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut prometheus = Guarded::spawn(command, "prometheus");
-    assert!(
-        http::wait_ok(web, "/-/ready", Duration::from_mins(1)),
-        "prometheus did not become ready on {web}"
-    );
-    let answer = query_until_found(
-        web,
+    let mut prometheus =
+        Prometheus::scraping(dir, gateway.addr, &["--enable-feature=exemplar-storage"]);
+    let answer = prometheus.query_until_found(
         r#"om_requests_total{job="traced",path="/x"}"#,
         Duration::from_mins(1),
     );
@@ -698,34 +598,19 @@ fn assert_prometheus_keeps_the_exemplar(dir: &TempDir, gateway: &Server, now: u6
         now - 60,
         now + 600
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exemplars = loop {
-        let reply = http::get(web, &path).expect("query_exemplars answers");
-        let json: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
-        if json["data"][0]["exemplars"]
-            .as_array()
-            .is_some_and(|e| !e.is_empty())
-            || Instant::now() > deadline
-        {
-            break json;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let exemplars = prometheus.poll(&path, Duration::from_secs(30));
     let first = &exemplars["data"][0]["exemplars"][0];
     assert_eq!(
         first["labels"]["trace_id"], "4bf92f3577b34da6",
         "{exemplars}"
     );
     assert_eq!(first["value"], "1", "{exemplars}");
-    assert!(
-        prometheus.stop("TERM", Duration::from_secs(20)).is_some(),
-        "prometheus stops on SIGTERM"
-    );
+    assert!(prometheus.stop(), "prometheus stops on SIGTERM");
 }
 
 #[test]
 fn openmetrics_parses_with_prometheus_client_and_prometheus_keeps_the_exemplar() {
-    let tools = Path::new(PROMETHEUS).exists() && python_client_installed();
+    let tools = prometheus::installed() && python_client_installed();
     if !may_run(
         "openmetrics_parses_with_prometheus_client_and_prometheus_keeps_the_exemplar",
         tools,
