@@ -638,6 +638,17 @@ fn pushgateway_present(test: &str) -> bool {
     )
 }
 
+/// Runs `steps` against both servers with default flags and fails on any difference.
+fn same_as_upstream(test: &str, steps: &[Step]) {
+    if !pushgateway_present(test) {
+        return;
+    }
+    let pair = Pair::start(&[], &[], "");
+    let failures = pair.run(steps);
+    pair.stop();
+    assert_no_differences(&failures);
+}
+
 fn assert_no_differences(failures: &[String]) {
     assert!(
         failures.is_empty(),
@@ -719,10 +730,6 @@ fn dropgate_answers_like_the_pushgateway_with_prefix_admin_and_lifecycle() {
 /// to the cleaned path, for every method, before any route sees it.
 #[test]
 fn unclean_paths_redirect_like_go() {
-    if !pushgateway_present("unclean_paths_redirect_like_go") {
-        return;
-    }
-    let pair = Pair::start(&[], &[], "");
     let steps = [
         put("empty component", "/metrics/job//a/b", "m 1\n"),
         put("dot component", "/metrics/job/a/./b", "m 1\n"),
@@ -730,9 +737,7 @@ fn unclean_paths_redirect_like_go() {
         delete("dot-dot at the end", "/metrics/job/a/b/.."),
         get("double slash in front", "//metrics"),
     ];
-    let failures = pair.run(&steps);
-    pair.stop();
-    assert_no_differences(&failures);
+    same_as_upstream("unclean_paths_redirect_like_go", &steps);
 }
 
 /// `/-/quit` answers other methods like upstream, which registers its `GET` handler (a
@@ -779,10 +784,6 @@ fn quit_methods_like_go() {
 /// Upstream has no HEAD routes: HEAD is a method like any other, 405 with `Allow`.
 #[test]
 fn head_requests_like_go() {
-    if !pushgateway_present("head_requests_like_go") {
-        return;
-    }
-    let pair = Pair::start(&[], &[], "");
     let steps: Vec<Step> = [
         "/metrics",
         "/-/healthy",
@@ -793,26 +794,18 @@ fn head_requests_like_go() {
     .iter()
     .map(|path| method(&format!("HEAD {path}"), "HEAD", path))
     .collect();
-    let failures = pair.run(&steps);
-    pair.stop();
-    assert_no_differences(&failures);
+    same_as_upstream("head_requests_like_go", &steps);
 }
 
 /// A text push of `NaN` stores Go's `math.NaN()` (bits 0x7ff8000000000001), which the
 /// protobuf exposition then carries bit for bit.
 #[test]
 fn nan_in_protobuf_scrape_like_go() {
-    if !pushgateway_present("nan_in_protobuf_scrape_like_go") {
-        return;
-    }
-    let pair = Pair::start(&[], &[], "");
     let steps = [
         put("text NaN", "/metrics/job/nan", "t_nan NaN\n"),
         with_header(get("scrape in protobuf", "/metrics"), "Accept", PROTOBUF),
     ];
-    let failures = pair.run(&steps);
-    pair.stop();
-    assert_no_differences(&failures);
+    same_as_upstream("nan_in_protobuf_scrape_like_go", &steps);
 }
 
 /// Compares the two answers to `step` (or checks ours against the documented fix).
