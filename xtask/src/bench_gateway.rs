@@ -86,7 +86,16 @@ pub fn run() -> Result<()> {
             "{tool} not found; {hint}"
         );
     }
-    let dropgate_bin = cmd::build_dropgate(true)?;
+    // The binary users install (the .deb and the image carry it): static, musl, with
+    // mimalloc. `DROPGATE_BIN` measures another (e.g. `target/release/dropgate`, glibc).
+    let dropgate_bin = match std::env::var_os("DROPGATE_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => crate::dist::static_binary_for(std::env::consts::ARCH)?,
+    };
+    let binary_name = dropgate_bin
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let expiry_bin = dropgate_bin.clone();
     let work = WorkDir::create()?;
     let scripts = Scripts::write(&work)?;
@@ -99,6 +108,7 @@ pub fn run() -> Result<()> {
             .ok()
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .unwrap_or_default(),
+        binary: binary_name,
         ..Results::default()
     };
 
@@ -144,6 +154,11 @@ pub fn run() -> Result<()> {
         results.put_loaded.push(run.requests_per_second());
         server.request("DELETE", WRK_GROUP, b"")?;
     }
+    // In service: after pushes at every store size, scrapes and the wrk pushes, not just
+    // right after loading (what stays resident once buffers have grown and been freed).
+    for server in [&ours, &theirs] {
+        results.rss_served.push(server.rss()?);
+    }
 
     let big = CURVE[2];
     eprintln!("xtask: bench: loading {big} groups into dropgate");
@@ -180,6 +195,8 @@ struct Results {
     put_loaded: Vec<f64>,
     get: Vec<Latency>,
     rss: Vec<Rss>,
+    /// RSS again after the mixed load (pushes, scrapes, wrk).
+    rss_served: Vec<Rss>,
     exposition_bytes: usize,
     /// (groups stored, server, push latency; `None` when cut).
     curve: Vec<(usize, &'static str, Option<Latency>)>,
@@ -188,6 +205,8 @@ struct Results {
     expiry: Option<ExpiryResults>,
     /// The 1-minute load average before the first measurement.
     load_at_start: String,
+    /// Which dropgate binary was measured (file name).
+    binary: String,
 }
 
 /// A scratch directory for scripts, bodies and persistence files, removed on drop.
@@ -854,13 +873,48 @@ fn expiry_report(out: &mut String, expiry: &ExpiryResults) -> Result<()> {
     Ok(())
 }
 
+/// The two RSS rows: right after loading, and in service after the mixed load.
+fn rss_rows(out: &mut String, results: &Results) -> Result<()> {
+    let [ours_rss, theirs_rss] = pair(&results.rss)?;
+    let [ours_served, theirs_served] = pair(&results.rss_served)?;
+    for (when, ours, theirs) in [
+        (
+            format!(
+                "RSS after loading {} × {METRICS_PER_GROUP}",
+                thousands(GROUPS as f64)
+            ),
+            ours_rss,
+            theirs_rss,
+        ),
+        (
+            "RSS in service, after the pushes, scrapes and wrk runs above".to_owned(),
+            ours_served,
+            theirs_served,
+        ),
+    ] {
+        let ratio = ours.total / theirs.total;
+        let mib = |kib: f64| format!("{:.1}", kib / 1024.0);
+        writeln!(
+            out,
+            "| {when} (anonymous + file-backed) | {} MiB ({} + {}) | {} MiB ({} + {}) | {ratio:.2} | ≤ 0.33 | {} |",
+            mib(theirs.total),
+            mib(theirs.anon),
+            mib(theirs.file),
+            mib(ours.total),
+            mib(ours.anon),
+            mib(ours.file),
+            verdict(ratio <= 1.0 / 3.0)
+        )?;
+    }
+    Ok(())
+}
+
 /// The table and the verdicts against the issue's targets, as Markdown.
 fn report(results: &Results) -> Result<String> {
     let [ours_put, theirs_put] = pair(&results.put_empty)?;
     let [ours_loaded, theirs_loaded] = pair(&results.put_loaded)?;
     let [ours_get, theirs_get] = pair(&results.get)?;
-    let [ours_rss, theirs_rss] = pair(&results.rss)?;
-    let mut out = setting(&results.load_at_start);
+    let mut out = setting(&results.load_at_start, &results.binary);
     writeln!(out, "| load | pushgateway | dropgate | ratio | target | |")?;
     writeln!(out, "|---|---:|---:|---:|---|---|")?;
     let put_ratio = ours_put / theirs_put;
@@ -890,20 +944,7 @@ fn report(results: &Results) -> Result<String> {
         ours_get.shown(),
         verdict(get_ratio >= 5.0)
     )?;
-    let rss_ratio = ours_rss.total / theirs_rss.total;
-    let mib = |kib: f64| format!("{:.1}", kib / 1024.0);
-    writeln!(
-        out,
-        "| RSS after loading {} × {METRICS_PER_GROUP} (anonymous + file-backed) | {} MiB ({} + {}) | {} MiB ({} + {}) | {rss_ratio:.2} | ≤ 0.33 | {} |",
-        thousands(GROUPS as f64),
-        mib(theirs_rss.total),
-        mib(theirs_rss.anon),
-        mib(theirs_rss.file),
-        mib(ours_rss.total),
-        mib(ours_rss.anon),
-        mib(ours_rss.file),
-        verdict(rss_ratio <= 1.0 / 3.0)
-    )?;
+    rss_rows(&mut out, results)?;
     let latency = |size: usize, name: &str| {
         results
             .curve
@@ -960,7 +1001,7 @@ fn report(results: &Results) -> Result<String> {
 }
 
 /// The first lines of the report: when, on what, how.
-fn setting(load: &str) -> String {
+fn setting(load: &str, binary: &str) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -988,7 +1029,7 @@ fn setting(load: &str) -> String {
     format!(
         "`cargo xtask bench gateway`, {date}, {cpus} CPUs ({cpu}), kernel {kernel}, load \
          average {load} at the start (the VM is shared). Debian's {upstream} next to \
-         `dropgate gateway` (release build), both on 127.0.0.1 with a persistence file and \
+         `dropgate gateway` ({binary}), both on 127.0.0.1 with a persistence file and \
          the consistency check on. Throughput from `wrk` on the same machine; latencies from \
          a closed loop over one kept-alive connection. Every push is {METRICS_PER_GROUP} \
          gauges with HELP, the same families in every group.\n\n"
