@@ -5,21 +5,18 @@
 //! namespace's own `Ip6InAddrErrors`.
 
 use std::{
-    process::{Command, ExitStatus, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use dropgate_tests::{
+    diagnose::{diagnose, privileged, verdicts, RunInNamespace},
     docker::{docker_available, on_path, ComposeProject, DockerEngine, IMAGE, UPLINK},
     dropgate::{run_diagnose, DropgateRun, Watch},
-    dropgate_bin, http, is_root, may_run,
+    is_root, may_run,
     netns::{DockerLikeHost, Netns},
     process::Guarded,
 };
-
-fn privileged(test: &str) -> bool {
-    may_run(test, is_root(), "root (namespaces, ip6tables, nft, BPF)")
-}
 
 /// The host's address on its uplink, as `ext` sees it.
 const HOST6: &str = "fd31:10::1";
@@ -94,24 +91,6 @@ fn ip6_in_addr_errors(ns: &Netns) -> u64 {
         .find_map(|l| l.strip_prefix("Ip6InAddrErrors"))
         .and_then(|v| v.trim().parse().ok())
         .expect("Ip6InAddrErrors in /proc/net/snmp6")
-}
-
-/// `dropgate diagnose --netns <host>` over a 5 s window (unless `extra` says otherwise)
-/// while `traffic` runs.
-fn diagnose(ns: &Netns, extra: &[&str], traffic: impl FnOnce()) -> (ExitStatus, String) {
-    let mut args = vec!["--netns", &ns.name];
-    if !extra.contains(&"--duration") {
-        args.extend(["--duration", "5s"]);
-    }
-    args.extend(extra);
-    run_diagnose(&args, &[], traffic)
-}
-
-/// The verdict lines (`PROBLEM [...]`/`WARNING [...]`) of a report.
-fn verdicts(text: &str) -> Vec<&str> {
-    text.lines()
-        .filter(|l| l.starts_with("PROBLEM [") || l.starts_with("WARNING ["))
-        .collect()
 }
 
 #[test]
@@ -637,36 +616,6 @@ fn the_ipv6_compose_incident_names_container_and_service() {
     );
 }
 
-/// `dropgate run` inside `ns` (nsenter, so /sys stays the machine's) with findings
-/// rounds of 2 s and `extra` arguments, its gateway on the namespace's loopback; the
-/// process and the port.
-fn run_in(ns: &Netns, extra: &[&str]) -> (Guarded, u16) {
-    let port = http::free_port();
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net=/run/netns/{}", ns.name))
-        .arg(dropgate_bin())
-        .args([
-            "run",
-            "--web.listen-address",
-            &format!("127.0.0.1:{port}"),
-            "--diagnose.interval",
-            "2s",
-            "--docker-host=",
-        ])
-        .args(extra)
-        .stdout(Stdio::null());
-    (Guarded::spawn(command, "dropgate run in a namespace"), port)
-}
-
-/// `GET path` from inside `ns`; the body, `None` when no answer came.
-fn get_in(ns: &Netns, port: u16, path: &str) -> Option<String> {
-    let out = ns.sh_output(&format!("curl -sf -m 5 http://127.0.0.1:{port}{path}"));
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// `diagnose --json`, `dropgate_problem` and the status page of `dropgate run` (inside
 /// the host's namespace, so its findings are that host's) carry the IPv6 finding.
 #[test]
@@ -699,8 +648,8 @@ fn the_ipv6_finding_reaches_json_the_problem_metric_and_the_status_page() {
     );
 
     // `dropgate run` in the namespace, checking every 2 s.
-    let (_run, port) = run_in(&topo.host, &[]);
-    let get = |path: &str| get_in(&topo.host, port, path);
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
+    let get = |path: &str| run.get(path);
     let problem = format!(
         "dropgate_problem{{interface=\"{}\",kind=\"ipv6_forwarding_off\",severity=\"critical\"}} 1",
         DockerLikeHost::HOST_UPLINK
@@ -847,13 +796,13 @@ fn run_rounds_keep_their_own_samples() {
     }
     let topo = dual_stack();
     topo.set_forwarding(true);
-    let (_run, port) = run_in(&topo.host, &["--trace.recent-samples", "0"]);
+    let run = RunInNamespace::start(&topo.host, "2s", &["--trace.recent-samples", "0"]);
     let named = "[fd31:231::2]:80 (bridge br0)";
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut page = String::new();
     while Instant::now() < deadline {
         let _ = curl6_from_ext(&topo, 1);
-        page = get_in(&topo.host, port, "/").unwrap_or_default();
+        page = run.get("/").unwrap_or_default();
         if page.contains(named) {
             break;
         }
