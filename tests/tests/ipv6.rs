@@ -10,7 +10,7 @@ use std::{
 };
 
 use dropgate_tests::{
-    diagnose::{diagnose, privileged, verdicts, RunInNamespace},
+    diagnose::{diagnose, line_starting, only_finding, privileged, verdicts, RunInNamespace},
     docker::{docker_available, on_path, ComposeProject, DockerEngine, IMAGE, UPLINK},
     dropgate::{run_diagnose, DropgateRun, Watch},
     is_root, may_run,
@@ -814,5 +814,75 @@ fn run_rounds_keep_their_own_samples() {
             .filter(|l| l.contains("ipv6"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// Three UDP datagrams of `size` bytes (IPv6 header included) from `ext` to the
+/// container. IPv6 routers never fragment, so each is dropped whole where it does not
+/// fit. `IPV6_PMTUDISC_PROBE` sends at the link's MTU whatever `ext` learnt of the path
+/// from an earlier "packet too big", so that every round sends all three too big.
+fn big_udp6(topo: &DockerLikeHost, size: u32) {
+    topo.ext.sh(&format!(
+        "python3 - <<'EOF'
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, 23, 3)  # IPV6_MTU_DISCOVER = IPV6_PMTUDISC_PROBE
+for _ in range(3):
+    s.sendto(b'x' * {payload}, ('{CTR6}', 9))
+EOF",
+        payload = size - 48,
+    ));
+}
+
+const TOO_BIG_RULE_COMMENT: &str = "no icmpv6 errors out";
+
+/// The container side's link at 1280 (IPv6's minimum) while the uplink carries 1500:
+/// with ICMPv6 "packet too big" filtered on its way back, a PMTU black hole.
+#[test]
+fn ipv6_packets_bigger_than_the_container_link_are_an_mtu_black_hole() {
+    if !privileged("ipv6_packets_bigger_than_the_container_link_are_an_mtu_black_hole") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    topo.host.sh("ip link set vh-ctr mtu 1280");
+    let (out, text) = diagnose(&topo.host, &[], || {
+        let fits = topo
+            .ext
+            .sh_output(&format!("ping -6 -n -M do -s 1152 -c 3 -i 0.3 -W 1 {CTR6}"));
+        assert!(fits.status.success(), "1200 bytes fit");
+    });
+    assert_eq!(out.code(), Some(0), "packets that fit: healthy\n{text}");
+
+    topo.host.sh(&format!(
+        "ip6tables -A OUTPUT -p ipv6-icmp --icmpv6-type packet-too-big -m comment --comment '{TOO_BIG_RULE_COMMENT}' -j DROP"
+    ));
+    let text = only_finding(&topo.host, "packet_too_big", || big_udp6(&topo, 1400));
+    let verdict = line_starting(&text, "PROBLEM [packet_too_big]: ");
+    assert!(
+        verdict.starts_with(&format!(
+            "PROBLEM [packet_too_big]: MTU black hole: 3 packets of up to 1400 bytes to {CTR6} do not fit br0 (MTU 1280; they came in on vh-ext, MTU 1500) and ICMPv6 \"packet too big\" is filtered here"
+        )),
+        "names both MTUs and the filtered ICMPv6:\n{verdict}"
+    );
+    assert!(
+        text.contains("evidence: ICMPv6 \"packet too big\" filtered: 3 packets: -A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type 2")
+            && text.contains(TOO_BIG_RULE_COMMENT),
+        "the filtering rule and its counter:\n{text}"
+    );
+    assert!(
+        text.contains("evidence: /proc/net/snmp6 Ip6InTooBigErrors rose by 3"),
+        "the kernel's own count of the too-big packets:\n{text}"
+    );
+    assert!(
+        text.contains("fix: let ICMPv6 \"packet too big\" (type 2) through")
+            && text.contains("ip link set br0 mtu 1500")
+            && text.contains("ip6tables -t mangle -A FORWARD -p tcp"),
+        "the fixes are IPv6's own:\n{text}"
+    );
+    assert!(
+        !text.contains("note: "),
+        "the filtered ICMPv6 is the finding's evidence, not a note:\n{text}"
     );
 }
