@@ -886,3 +886,54 @@ fn ipv6_packets_bigger_than_the_container_link_are_an_mtu_black_hole() {
         "the filtered ICMPv6 is the finding's evidence, not a note:\n{text}"
     );
 }
+
+/// A published port DNAT-ed by ip6tables to an address on the bridge that nobody
+/// has: neighbour discovery never gets an answer.
+const STALE6: &str = "fd31:231::9";
+const STALE6_PORT: u16 = 9092;
+
+#[test]
+fn ipv6_stale_dnat_to_an_absent_address_is_a_neighbour_failure() {
+    if !privileged("ipv6_stale_dnat_to_an_absent_address_is_a_neighbour_failure") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    topo.host.sh(&format!(
+        "ip6tables -t nat -A PREROUTING -p tcp --dport {STALE6_PORT} -j DNAT --to-destination [{STALE6}]:80"
+    ));
+    let curl_stale = || {
+        let out = topo
+            .ext
+            .sh_output(&format!("curl -s -m 4 http://[{HOST6}]:{STALE6_PORT}/"));
+        assert!(
+            !out.status.success(),
+            "nobody answers behind the stale DNAT"
+        );
+    };
+    let text = only_finding(&topo.host, "neighbour_failed", curl_stale);
+    let verdict = line_starting(&text, "PROBLEM [neighbour_failed]: ");
+    assert!(
+        verdict.contains(&format!(
+            "nobody answers neighbour discovery for {STALE6} on br0; published port {STALE6_PORT} -> [{STALE6}]:80 points there"
+        )) && verdict.contains(" in neigh_invalidate"),
+        "names the address and the published port:\n{verdict}"
+    );
+    assert!(
+        text.contains(&format!(
+            "evidence: DNAT: -A PREROUTING -p tcp -m tcp --dport {STALE6_PORT} -j DNAT --to-destination [{STALE6}]:80"
+        )),
+        "the ip6tables rule is quoted:\n{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "fix: remove the stale DNAT: ip6tables -t nat -D PREROUTING -p tcp -m tcp --dport {STALE6_PORT}"
+        )),
+        "the fix removes it with ip6tables:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("ip -6 neigh show {STALE6}")),
+        "the fix looks at the IPv6 neighbour table:\n{text}"
+    );
+}

@@ -251,11 +251,15 @@ impl RuleHit<'_> {
 }
 
 /// `published port 9091 -> 172.18.0.2:80`.
+/// `published port 9091 -> 172.18.0.2:80`, an IPv6 target in brackets as a URL has it.
 fn published_port(d: &Dnat) -> String {
+    let to = match d.family() {
+        IpFamily::V4 => d.to_addr.clone(),
+        IpFamily::V6 => format!("[{}]", d.to_addr),
+    };
     format!(
-        "published port {} -> {}:{}",
+        "published port {} -> {to}:{}",
         d.dport,
-        d.to_addr,
         d.to_port.map_or("*".into(), |p| p.to_string())
     )
 }
