@@ -937,3 +937,48 @@ fn ipv6_stale_dnat_to_an_absent_address_is_a_neighbour_failure() {
         "the fix looks at the IPv6 neighbour table:\n{text}"
     );
 }
+
+/// `dropgate_forwarding_changes_total` counts flips of each family's global switch
+/// under its own `family` label: IPv6's flips are not lost, nor counted as IPv4's.
+#[test]
+fn ipv6_forwarding_flips_are_counted_by_family() {
+    if !privileged("ipv6_forwarding_flips_are_counted_by_family") {
+        return;
+    }
+    let ns = Netns::create("v6flip");
+    ns.sh("sysctl -qw net.ipv6.conf.all.forwarding=0 net.ipv4.ip_forward=0");
+    let dropgate = DropgateRun::start(&[]);
+    let netns = ns.name.as_str();
+    let known = format!("dropgate_ipv6_forwarding{{interface=\"all\",netns=\"{netns}\"}} 0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dropgate.scrape().contains(&known) {
+        assert!(
+            Instant::now() < deadline,
+            "dropgate never saw the namespace's IPv6 switch"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let changes = |family: &str| {
+        dropgate.value(
+            "dropgate_forwarding_changes_total",
+            &[("netns", netns), ("family", family)],
+        ) as u64
+    };
+    let (v4, v6) = (changes("ipv4"), changes("ipv6"));
+    for on in [1, 0, 1] {
+        ns.sh(&format!("sysctl -qw net.ipv6.conf.all.forwarding={on}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while changes("ipv6") < v6 + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(changes("ipv6"), v6 + 3, "three flips of IPv6 forwarding");
+    assert_eq!(changes("ipv4"), v4, "no IPv4 flip");
+    ns.sh("sysctl -qw net.ipv4.ip_forward=1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while changes("ipv4") < v4 + 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(changes("ipv4"), v4 + 1, "one flip of IPv4 forwarding");
+    assert_eq!(changes("ipv6"), v6 + 3, "IPv6 unchanged by it");
+}
