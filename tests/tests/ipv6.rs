@@ -982,3 +982,73 @@ fn ipv6_forwarding_flips_are_counted_by_family() {
     assert_eq!(changes("ipv4"), v4 + 1, "one flip of IPv4 forwarding");
     assert_eq!(changes("ipv6"), v6 + 3, "IPv6 unchanged by it");
 }
+
+/// A second container on the bridge, `fd31:231::3`, with its own namespace.
+const CTR6_2: &str = "fd31:231::3";
+
+/// br_netfilter with IPv6: bridged IPv6 frames between two containers on br0 pass
+/// ip6tables' FORWARD chain when `net.bridge.bridge-nf-call-ip6tables = 1`, and a rule
+/// there drops them. br_netfilter is built into this machine's kernel (no
+/// `/proc/modules`: no module support to load or unload), and since Linux 5.3 its
+/// `net.bridge.bridge-nf-call-*` switches are per network namespace (a new namespace
+/// starts with 1), so the whole path runs in the test's own namespaces; a kernel with
+/// br_netfilter as a module that is not loaded cannot show this path, and the test
+/// says so rather than loading it.
+#[test]
+fn ipv6_bridged_traffic_dropped_by_ip6tables_through_br_netfilter() {
+    let this = "ipv6_bridged_traffic_dropped_by_ip6tables_through_br_netfilter";
+    if !privileged(this)
+        || !may_run(
+            this,
+            std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-ip6tables").exists(),
+            "br_netfilter (built in, or loaded by the machine's owner)",
+        )
+    {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    let ctr2 = Netns::create("v6ctr2");
+    topo.host.sh(&format!(
+        "ip link add vh-v6ctr2 type veth peer name eth0 netns {} && \
+         ip link set vh-v6ctr2 master br0 up && \
+         sysctl -qw net.bridge.bridge-nf-call-ip6tables=1 && \
+         ip6tables -A FORWARD -p tcp --dport 80 -m comment --comment 'v6 web closed' -j DROP",
+        ctr2.name
+    ));
+    ctr2.sh(&format!(
+        "ip addr add {CTR6_2}/64 dev eth0 nodad && ip link set eth0 up && ip link set lo up"
+    ));
+    let across = || {
+        let out = ctr2.sh_output(&format!("curl -s -m 2 http://[{CTR6}]:80/"));
+        assert!(!out.status.success(), "ip6tables drops the bridged request");
+    };
+    let text = only_finding(&topo.host, "forward_policy_drop", across);
+    let verdict = line_starting(&text, "PROBLEM [forward_policy_drop]: ");
+    assert!(
+        verdict.contains(
+            "-A FORWARD -p tcp -m tcp --dport 80 -m comment --comment \"v6 web closed\" -j DROP"
+        ),
+        "the headline quotes the ip6tables rule:\n{verdict}"
+    );
+    assert!(
+        text.contains("br0 is a bridge and net.bridge.bridge-nf-call-ip6tables = 1"),
+        "the br_netfilter path is named:\n{text}"
+    );
+    assert!(
+        text.contains("sysctl -w net.bridge.bridge-nf-call-ip6tables=0"),
+        "and the switch that takes bridged IPv6 out of ip6tables:\n{text}"
+    );
+
+    // With the switch off, the bridge carries the frames without asking ip6tables.
+    topo.host
+        .sh("sysctl -qw net.bridge.bridge-nf-call-ip6tables=0");
+    let (out, text) = diagnose(&topo.host, &[], || {
+        let out = ctr2.sh_output(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' -m 3 http://[{CTR6}]:80/"
+        ));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+    });
+    assert_eq!(out.code(), Some(0), "bridged IPv6 passes: healthy\n{text}");
+}

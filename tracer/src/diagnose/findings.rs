@@ -11,6 +11,7 @@ use super::{
 use crate::samples::DropEvent;
 
 // Causes beyond forwarding and the firewall's own rules, one module per family.
+mod bridged;
 mod chains;
 mod conntrack;
 mod mtu;
@@ -755,7 +756,13 @@ fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
     evidence.extend(hits.iter().map(RuleHit::line));
     let mut destinations: Vec<String> = through
         .iter()
-        .filter_map(|s| Some(format!("{}:{} ({})", s.dst?, s.dport, s.protocol)))
+        .filter_map(|s| {
+            Some(format!(
+                "{} ({})",
+                host_port(&s.dst?.to_string(), s.dport),
+                s.protocol
+            ))
+        })
         .collect();
     destinations.sort();
     destinations.dedup();
@@ -803,6 +810,22 @@ fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
             format!("netfilter dropped {unexplained} packets that no rule counter accounts for"),
         )
     };
+    let mut fix = forward_drop_fixes(host);
+    let (bridged, bridged_fix) = bridged::br_netfilter_forward(ev);
+    evidence.extend(bridged);
+    fix.extend(bridged_fix);
+    out.push(Finding {
+        kind,
+        severity: Severity::Critical,
+        interface: interfaces_of(&traced).first().cloned(),
+        summary,
+        evidence,
+        fix,
+    });
+}
+
+/// How to find and lift a FORWARD-path drop, Docker's way where Docker is here.
+fn forward_drop_fixes(host: &HostState) -> Vec<String> {
     let mut fix =
         vec!["list the rules with counters: iptables -vnL FORWARD; nft -a list ruleset".to_owned()];
     if host.docker_chains {
@@ -812,14 +835,7 @@ fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
     } else {
         fix.push("accept the traffic before the rule that drops it, or remove that rule".into());
     }
-    out.push(Finding {
-        kind,
-        severity: Severity::Critical,
-        interface: interfaces_of(&traced).first().cloned(),
-        summary,
-        evidence,
-        fix,
-    });
+    fix
 }
 
 /// What the evidence shows that is not a problem but worth a line: netfilter drops

@@ -143,6 +143,9 @@ pub struct HostState {
     pub interfaces: Vec<Interface>,
     /// `None` when br_netfilter is not loaded.
     pub bridge_nf_call_iptables: Option<bool>,
+    /// `net.bridge.bridge-nf-call-ip6tables`: bridged IPv6 passes ip6tables (and nft's
+    /// `ip6`/`inet` hooks); `None` when br_netfilter is not loaded.
+    pub bridge_nf_call_ip6tables: Option<bool>,
     /// Every rule and chain policy that drops, with its hooks and counter.
     pub drop_rules: Vec<Rule>,
     /// Docker's chains or tables exist (iptables `DOCKER*` chains, nft `docker*` tables).
@@ -181,6 +184,8 @@ impl HostState {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             bridge_nf_call_iptables: sysctl("net/bridge/bridge-nf-call-iptables").map(|v| v == "1"),
+            bridge_nf_call_ip6tables: sysctl("net/bridge/bridge-nf-call-ip6tables")
+                .map(|v| v == "1"),
             counters: ip_counters(),
             forwarding_off_sources: sysctl_file_lines(sets_forwarding_off),
             datapath: Datapath::read(),
