@@ -936,6 +936,9 @@ fn ipv6_stale_dnat_to_an_absent_address_is_a_neighbour_failure() {
         text.contains(&format!("ip -6 neigh show {STALE6}")),
         "the fix looks at the IPv6 neighbour table:\n{text}"
     );
+
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
+    run.shows("neighbour_failed", STALE6, curl_stale);
 }
 
 /// `dropgate_forwarding_changes_total` counts flips of each family's global switch

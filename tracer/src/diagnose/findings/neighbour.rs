@@ -174,31 +174,53 @@ mod tests {
     use super::*;
     use crate::diagnose::datapath::{parse_neighbours, parse_routes};
 
-    #[test]
-    fn names_the_address_nobody_answers_for_and_the_dnat_pointing_there() {
+    /// A DNAT `rule` to `addr` that nobody has, the neighbour entry and route `ip`
+    /// prints for it, and 3 drops of `reason` in `neigh_invalidate` of packets from
+    /// `src`, one sampled: the one finding they make.
+    fn stale_dnat_finding(
+        addr: &str,
+        rule: &str,
+        (neighbour, route): (&str, &str),
+        reason: &str,
+        src: &str,
+    ) -> Finding {
         let mut state = host(true);
         state.dnat.push(crate::diagnose::host::Dnat {
             dport: 9092,
-            to_addr: "172.18.0.9".into(),
-            rule: "-A PREROUTING -p tcp -m tcp --dport 9092 -j DNAT --to-destination 172.18.0.9:80"
-                .into(),
+            to_addr: addr.into(),
+            rule: rule.into(),
             ..dnat()
         });
-        state.datapath.neighbours = parse_neighbours("172.18.0.9 dev docker0  FAILED\n");
-        state.datapath.routes = parse_routes("172.18.0.0/16 dev docker0 scope link\n");
+        state.datapath.neighbours = parse_neighbours(neighbour);
+        state.datapath.routes = parse_routes(route);
         let mut s = sample("neigh_invalidate");
-        s.reason = "NEIGH_FAILED".into();
-        s.dst = Some("172.18.0.9".parse().expect("ip"));
-        let drops = [drop("NEIGH_FAILED", "neigh_invalidate", "eth0", 3)];
-        let found = super::super::findings(&Evidence {
+        s.reason = reason.into();
+        s.src = Some(src.parse().expect("ip"));
+        s.dst = Some(addr.parse().expect("ip"));
+        let drops = [drop(reason, "neigh_invalidate", "eth0", 3)];
+        let mut found = super::super::findings(&Evidence {
             before: Some(&state),
             after: &state,
             drops: Some(&drops),
             samples: &[s],
         });
         assert_eq!(found.len(), 1, "{found:?}");
-        let f = &found[0];
-        assert_eq!(f.kind, Kind::NeighbourFailed);
+        assert_eq!(found[0].kind, Kind::NeighbourFailed);
+        found.remove(0)
+    }
+
+    #[test]
+    fn names_the_address_nobody_answers_for_and_the_dnat_pointing_there() {
+        let f = stale_dnat_finding(
+            "172.18.0.9",
+            "-A PREROUTING -p tcp -m tcp --dport 9092 -j DNAT --to-destination 172.18.0.9:80",
+            (
+                "172.18.0.9 dev docker0  FAILED\n",
+                "172.18.0.0/16 dev docker0 scope link\n",
+            ),
+            "NEIGH_FAILED",
+            "10.0.0.9",
+        );
         assert_eq!(f.interface.as_deref(), Some("docker0"));
         assert_eq!(
             f.summary,
@@ -221,31 +243,18 @@ mod tests {
     /// (`ndisc_error_report`): the location alone says it; the fixes speak IPv6.
     #[test]
     fn ipv6_neighbour_discovery_failures_name_the_address_and_the_ip6tables_rule() {
-        let mut state = host(true);
         let rule =
             "-A PREROUTING -p tcp -m tcp --dport 9092 -j DNAT --to-destination [fd31:231::9]:80";
-        state.dnat.push(crate::diagnose::host::Dnat {
-            dport: 9092,
-            to_addr: "fd31:231::9".into(),
-            rule: rule.into(),
-            ..dnat()
-        });
-        state.datapath.neighbours = parse_neighbours("fd31:231::9 dev br0  INCOMPLETE\n");
-        state.datapath.routes = parse_routes("fd31:231::/64 dev br0 proto kernel metric 256\n");
-        let mut s = sample("neigh_invalidate");
-        s.reason = "NOT_SPECIFIED".into();
-        s.src = Some("fd31:10::2".parse().expect("ip"));
-        s.dst = Some("fd31:231::9".parse().expect("ip"));
-        let drops = [drop("NOT_SPECIFIED", "neigh_invalidate", "vh-ext", 3)];
-        let found = super::super::findings(&Evidence {
-            before: Some(&state),
-            after: &state,
-            drops: Some(&drops),
-            samples: &[s],
-        });
-        assert_eq!(found.len(), 1, "{found:?}");
-        let f = &found[0];
-        assert_eq!(f.kind, Kind::NeighbourFailed);
+        let f = stale_dnat_finding(
+            "fd31:231::9",
+            rule,
+            (
+                "fd31:231::9 dev br0  INCOMPLETE\n",
+                "fd31:231::/64 dev br0 proto kernel metric 256\n",
+            ),
+            "NOT_SPECIFIED",
+            "fd31:10::2",
+        );
         assert_eq!(
             f.summary,
             "nobody answers neighbour discovery for fd31:231::9 on br0; published port 9092 -> [fd31:231::9]:80 points there: 3 forwarded packets dropped (NOT_SPECIFIED in neigh_invalidate)"
