@@ -855,6 +855,16 @@ fn ipv6_packets_bigger_than_the_container_link_are_an_mtu_black_hole() {
     });
     assert_eq!(out.code(), Some(0), "packets that fit: healthy\n{text}");
 
+    // Nothing filters "packet too big": the sender is told, a warning.
+    let text = only_finding(&topo.host, "packet_too_big", || big_udp6(&topo, 1400));
+    let verdict = line_starting(&text, "WARNING [packet_too_big]: ");
+    assert!(
+        verdict.contains(&format!(
+            "3 packets of up to 1400 bytes to {CTR6} do not fit br0 (MTU 1280; they came in on vh-ext, MTU 1500); the kernel answers with ICMPv6 \"packet too big\""
+        )),
+        "{verdict}"
+    );
+
     topo.host.sh(&format!(
         "ip6tables -A OUTPUT -p ipv6-icmp --icmpv6-type packet-too-big -m comment --comment '{TOO_BIG_RULE_COMMENT}' -j DROP"
     ));
