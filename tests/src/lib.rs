@@ -6,6 +6,7 @@
 
 pub mod busy;
 pub mod dashboard;
+pub mod diagnose;
 pub mod docker;
 pub mod dropgate;
 pub mod gateway;

@@ -5,145 +5,15 @@
 //! same kind in `--json`, and (for one per family) as `dropgate_problem{kind}` and on
 //! the status page of `dropgate run`.
 
-use std::{
-    process::{Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use dropgate_tests::{
+    diagnose::{diagnose, kinds, line_starting, only_finding, privileged, RunInNamespace},
     docker::{docker_available, DockerEngine, ENGINE_ADDR, IMAGE},
     dropgate::run_diagnose,
-    dropgate_bin, http, is_root, may_run,
-    netns::{DockerLikeHost, Netns},
-    process::Guarded,
+    may_run,
+    netns::DockerLikeHost,
 };
-
-fn privileged(test: &str) -> bool {
-    may_run(test, is_root(), "root (namespaces, iptables, nft, BPF)")
-}
-
-/// `dropgate diagnose --netns <ns>` over a 5 s window while `traffic` runs.
-fn diagnose(ns: &Netns, extra: &[&str], traffic: impl FnOnce()) -> (ExitStatus, String) {
-    let mut args = vec!["--duration", "5s", "--netns", &ns.name, "--docker-host="];
-    args.extend(extra);
-    run_diagnose(&args, &[], traffic)
-}
-
-/// The `[kind]` of every PROBLEM/WARNING line of a text report.
-fn kinds(text: &str) -> Vec<String> {
-    text.lines()
-        .filter(|l| l.starts_with("PROBLEM [") || l.starts_with("WARNING ["))
-        .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_owned()))
-        .collect()
-}
-
-/// The finding kinds of a `--json` report.
-fn json_kinds(text: &str) -> Vec<String> {
-    let report: serde_json::Value = serde_json::from_str(text).expect("diagnose --json is JSON");
-    report["findings"]
-        .as_array()
-        .expect("a findings array")
-        .iter()
-        .map(|f| f["kind"].as_str().expect("a kind").to_owned())
-        .collect()
-}
-
-/// Runs `traffic` under diagnose in text and in `--json`: exit 1, `kind` the only
-/// finding in both; the text report.
-fn only_finding(ns: &Netns, kind: &str, traffic: impl Fn()) -> String {
-    let (out, text) = diagnose(ns, &[], &traffic);
-    assert_eq!(out.code(), Some(1), "a problem: exit 1\n{text}");
-    assert_eq!(kinds(&text), vec![kind.to_owned()], "{kind} alone:\n{text}");
-    let (out, json) = diagnose(ns, &["--json"], &traffic);
-    assert_eq!(out.code(), Some(1), "{json}");
-    assert_eq!(json_kinds(&json), vec![kind.to_owned()], "{json}");
-    text
-}
-
-/// The line of `text` that starts with `prefix`.
-fn line_starting<'t>(text: &'t str, prefix: &str) -> &'t str {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("a line starting with {prefix:?} in:\n{text}"))
-}
-
-/// `dropgate run` inside `ns` (nsenter, so /sys stays the machine's), its gateway on
-/// the namespace's loopback, with short diagnose rounds.
-struct RunInNamespace<'n> {
-    ns: &'n Netns,
-    port: u16,
-    _process: Guarded,
-}
-
-impl<'n> RunInNamespace<'n> {
-    fn start(ns: &'n Netns) -> Self {
-        let port = http::free_port();
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .arg(dropgate_bin())
-            .args([
-                "run",
-                "--web.listen-address",
-                &format!("127.0.0.1:{port}"),
-                "--diagnose.interval",
-                "2s",
-                "--docker-host=",
-            ])
-            .stdout(Stdio::null());
-        let run = Self {
-            ns,
-            port,
-            _process: Guarded::spawn(command, "dropgate run in a namespace"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while run.get("/-/ready").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "dropgate run not ready in {}",
-                ns.name
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        run
-    }
-
-    fn get(&self, path: &str) -> Option<String> {
-        let out = self.ns.sh_output(&format!(
-            "curl -sf -m 5 http://127.0.0.1:{}{path}",
-            self.port
-        ));
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Sends `traffic` until `dropgate_problem{kind}` is 1 and the status page names
-    /// the kind and `words`; fails after 20 s.
-    fn shows(&self, kind: &str, words: &str, traffic: impl Fn()) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            traffic();
-            let metrics = self.get("/metrics").unwrap_or_default();
-            let raised = metrics.lines().any(|l| {
-                l.starts_with("dropgate_problem{")
-                    && l.contains(&format!("kind=\"{kind}\""))
-                    && l.ends_with(" 1")
-            });
-            let page = self.get("/").unwrap_or_default();
-            if raised && page.contains(kind) && page.contains(words) {
-                return;
-            }
-            last = metrics
-                .lines()
-                .filter(|l| l.starts_with("dropgate_problem"))
-                .collect::<Vec<_>>()
-                .join("\n");
-        }
-        panic!("dropgate run never showed {kind} ({words}); problems:\n{last}");
-    }
-}
 
 /// The published port 9092 DNAT-ed to an address on the bridge that nobody has: a
 /// container that was stopped and whose rule stayed.
@@ -212,7 +82,7 @@ fn stale_dnat_to_an_absent_address_is_a_neighbour_failure() {
         "{text}"
     );
 
-    let run = RunInNamespace::start(&topo.host);
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
     run.shows("neighbour_failed", STALE_ADDR, || curl_stale(&topo));
 }
 
@@ -312,7 +182,7 @@ fn df_packets_bigger_than_the_container_link_are_an_mtu_black_hole() {
         "the filtered ICMP is the finding's evidence, not a note:\n{text}"
     );
 
-    let run = RunInNamespace::start(&topo.host);
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
     run.shows("packet_too_big", "MTU black hole", || {
         big_df_datagrams(&topo, 1400);
     });
@@ -373,7 +243,7 @@ fn no_route_for_a_dnat_target_or_for_replies_names_the_destination() {
         )),
         "{verdict}"
     );
-    let run = RunInNamespace::start(&topo.host);
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
     run.shows("no_route", DockerLikeHost::SPOOFED_ADDR, || {
         let _ = topo.ext.sh_output(&format!(
             "curl -s -m 2 --interface {} http://{}:{}/",
@@ -442,7 +312,7 @@ fn conntrack_invalid_drops_name_the_rule_and_the_counter() {
         text.contains("evidence: /proc/net/stat/nf_conntrack invalid rose by 3"),
         "{text}"
     );
-    let run = RunInNamespace::start(&topo.host);
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
     run.shows("conntrack_invalid", "drop invalid", || bare_acks(&topo));
 }
 
@@ -529,7 +399,7 @@ fn firewall_manager_forward_policies_are_named_after_the_manager() {
         "{text}"
     );
     {
-        let run = RunInNamespace::start(&topo.host);
+        let run = RunInNamespace::start(&topo.host, "2s", &[]);
         run.shows("firewall_manager_drop", "ufw dropped", || {
             let _ = topo.curl_from_ext("/", 1);
         });

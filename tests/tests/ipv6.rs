@@ -5,21 +5,18 @@
 //! namespace's own `Ip6InAddrErrors`.
 
 use std::{
-    process::{Command, ExitStatus, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use dropgate_tests::{
+    diagnose::{diagnose, line_starting, only_finding, privileged, verdicts, RunInNamespace},
     docker::{docker_available, on_path, ComposeProject, DockerEngine, IMAGE, UPLINK},
     dropgate::{run_diagnose, DropgateRun, Watch},
-    dropgate_bin, http, is_root, may_run,
+    is_root, may_run,
     netns::{DockerLikeHost, Netns},
     process::Guarded,
 };
-
-fn privileged(test: &str) -> bool {
-    may_run(test, is_root(), "root (namespaces, ip6tables, nft, BPF)")
-}
 
 /// The host's address on its uplink, as `ext` sees it.
 const HOST6: &str = "fd31:10::1";
@@ -94,24 +91,6 @@ fn ip6_in_addr_errors(ns: &Netns) -> u64 {
         .find_map(|l| l.strip_prefix("Ip6InAddrErrors"))
         .and_then(|v| v.trim().parse().ok())
         .expect("Ip6InAddrErrors in /proc/net/snmp6")
-}
-
-/// `dropgate diagnose --netns <host>` over a 5 s window (unless `extra` says otherwise)
-/// while `traffic` runs.
-fn diagnose(ns: &Netns, extra: &[&str], traffic: impl FnOnce()) -> (ExitStatus, String) {
-    let mut args = vec!["--netns", &ns.name];
-    if !extra.contains(&"--duration") {
-        args.extend(["--duration", "5s"]);
-    }
-    args.extend(extra);
-    run_diagnose(&args, &[], traffic)
-}
-
-/// The verdict lines (`PROBLEM [...]`/`WARNING [...]`) of a report.
-fn verdicts(text: &str) -> Vec<&str> {
-    text.lines()
-        .filter(|l| l.starts_with("PROBLEM [") || l.starts_with("WARNING ["))
-        .collect()
 }
 
 #[test]
@@ -637,36 +616,6 @@ fn the_ipv6_compose_incident_names_container_and_service() {
     );
 }
 
-/// `dropgate run` inside `ns` (nsenter, so /sys stays the machine's) with findings
-/// rounds of 2 s and `extra` arguments, its gateway on the namespace's loopback; the
-/// process and the port.
-fn run_in(ns: &Netns, extra: &[&str]) -> (Guarded, u16) {
-    let port = http::free_port();
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net=/run/netns/{}", ns.name))
-        .arg(dropgate_bin())
-        .args([
-            "run",
-            "--web.listen-address",
-            &format!("127.0.0.1:{port}"),
-            "--diagnose.interval",
-            "2s",
-            "--docker-host=",
-        ])
-        .args(extra)
-        .stdout(Stdio::null());
-    (Guarded::spawn(command, "dropgate run in a namespace"), port)
-}
-
-/// `GET path` from inside `ns`; the body, `None` when no answer came.
-fn get_in(ns: &Netns, port: u16, path: &str) -> Option<String> {
-    let out = ns.sh_output(&format!("curl -sf -m 5 http://127.0.0.1:{port}{path}"));
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// `diagnose --json`, `dropgate_problem` and the status page of `dropgate run` (inside
 /// the host's namespace, so its findings are that host's) carry the IPv6 finding.
 #[test]
@@ -699,8 +648,8 @@ fn the_ipv6_finding_reaches_json_the_problem_metric_and_the_status_page() {
     );
 
     // `dropgate run` in the namespace, checking every 2 s.
-    let (_run, port) = run_in(&topo.host, &[]);
-    let get = |path: &str| get_in(&topo.host, port, path);
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
+    let get = |path: &str| run.get(path);
     let problem = format!(
         "dropgate_problem{{interface=\"{}\",kind=\"ipv6_forwarding_off\",severity=\"critical\"}} 1",
         DockerLikeHost::HOST_UPLINK
@@ -847,13 +796,13 @@ fn run_rounds_keep_their_own_samples() {
     }
     let topo = dual_stack();
     topo.set_forwarding(true);
-    let (_run, port) = run_in(&topo.host, &["--trace.recent-samples", "0"]);
+    let run = RunInNamespace::start(&topo.host, "2s", &["--trace.recent-samples", "0"]);
     let named = "[fd31:231::2]:80 (bridge br0)";
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut page = String::new();
     while Instant::now() < deadline {
         let _ = curl6_from_ext(&topo, 1);
-        page = get_in(&topo.host, port, "/").unwrap_or_default();
+        page = run.get("/").unwrap_or_default();
         if page.contains(named) {
             break;
         }
@@ -866,4 +815,253 @@ fn run_rounds_keep_their_own_samples() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Three UDP datagrams of `size` bytes (IPv6 header included) from `ext` to the
+/// container. IPv6 routers never fragment, so each is dropped whole where it does not
+/// fit. `IPV6_PMTUDISC_PROBE` sends at the link's MTU whatever `ext` learnt of the path
+/// from an earlier "packet too big", so that every round sends all three too big.
+fn big_udp6(topo: &DockerLikeHost, size: u32) {
+    topo.ext.sh(&format!(
+        "python3 - <<'EOF'
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, 23, 3)  # IPV6_MTU_DISCOVER = IPV6_PMTUDISC_PROBE
+for _ in range(3):
+    s.sendto(b'x' * {payload}, ('{CTR6}', 9))
+EOF",
+        payload = size - 48,
+    ));
+}
+
+const TOO_BIG_RULE_COMMENT: &str = "no icmpv6 errors out";
+
+/// The container side's link at 1280 (IPv6's minimum) while the uplink carries 1500:
+/// with ICMPv6 "packet too big" filtered on its way back, a PMTU black hole.
+#[test]
+fn ipv6_packets_bigger_than_the_container_link_are_an_mtu_black_hole() {
+    if !privileged("ipv6_packets_bigger_than_the_container_link_are_an_mtu_black_hole") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    topo.host.sh("ip link set vh-ctr mtu 1280");
+    let (out, text) = diagnose(&topo.host, &[], || {
+        let fits = topo
+            .ext
+            .sh_output(&format!("ping -6 -n -M do -s 1152 -c 3 -i 0.3 -W 1 {CTR6}"));
+        assert!(fits.status.success(), "1200 bytes fit");
+    });
+    assert_eq!(out.code(), Some(0), "packets that fit: healthy\n{text}");
+
+    // Nothing filters "packet too big": the sender is told, a warning.
+    let text = only_finding(&topo.host, "packet_too_big", || big_udp6(&topo, 1400));
+    let verdict = line_starting(&text, "WARNING [packet_too_big]: ");
+    assert!(
+        verdict.contains(&format!(
+            "3 packets of up to 1400 bytes to {CTR6} do not fit br0 (MTU 1280; they came in on vh-ext, MTU 1500); the kernel answers with ICMPv6 \"packet too big\""
+        )),
+        "{verdict}"
+    );
+
+    topo.host.sh(&format!(
+        "ip6tables -A OUTPUT -p ipv6-icmp --icmpv6-type packet-too-big -m comment --comment '{TOO_BIG_RULE_COMMENT}' -j DROP"
+    ));
+    let text = only_finding(&topo.host, "packet_too_big", || big_udp6(&topo, 1400));
+    let verdict = line_starting(&text, "PROBLEM [packet_too_big]: ");
+    assert!(
+        verdict.starts_with(&format!(
+            "PROBLEM [packet_too_big]: MTU black hole: 3 packets of up to 1400 bytes to {CTR6} do not fit br0 (MTU 1280; they came in on vh-ext, MTU 1500) and ICMPv6 \"packet too big\" is filtered here"
+        )),
+        "names both MTUs and the filtered ICMPv6:\n{verdict}"
+    );
+    assert!(
+        text.contains("evidence: ICMPv6 \"packet too big\" filtered: 3 packets: -A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type 2")
+            && text.contains(TOO_BIG_RULE_COMMENT),
+        "the filtering rule and its counter:\n{text}"
+    );
+    assert!(
+        text.contains("evidence: /proc/net/snmp6 Ip6InTooBigErrors rose by 3"),
+        "the kernel's own count of the too-big packets:\n{text}"
+    );
+    assert!(
+        text.contains("fix: let ICMPv6 \"packet too big\" (type 2) through")
+            && text.contains("ip link set br0 mtu 1500")
+            && text.contains("ip6tables -t mangle -A FORWARD -p tcp"),
+        "the fixes are IPv6's own:\n{text}"
+    );
+    assert!(
+        !text.contains("note: "),
+        "the filtered ICMPv6 is the finding's evidence, not a note:\n{text}"
+    );
+}
+
+/// A published port DNAT-ed by ip6tables to an address on the bridge that nobody
+/// has: neighbour discovery never gets an answer.
+const STALE6: &str = "fd31:231::9";
+const STALE6_PORT: u16 = 9092;
+
+#[test]
+fn ipv6_stale_dnat_to_an_absent_address_is_a_neighbour_failure() {
+    if !privileged("ipv6_stale_dnat_to_an_absent_address_is_a_neighbour_failure") {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    topo.host.sh(&format!(
+        "ip6tables -t nat -A PREROUTING -p tcp --dport {STALE6_PORT} -j DNAT --to-destination [{STALE6}]:80"
+    ));
+    let curl_stale = || {
+        let out = topo
+            .ext
+            .sh_output(&format!("curl -s -m 4 http://[{HOST6}]:{STALE6_PORT}/"));
+        assert!(
+            !out.status.success(),
+            "nobody answers behind the stale DNAT"
+        );
+    };
+    let text = only_finding(&topo.host, "neighbour_failed", curl_stale);
+    let verdict = line_starting(&text, "PROBLEM [neighbour_failed]: ");
+    assert!(
+        verdict.contains(&format!(
+            "nobody answers neighbour discovery for {STALE6} on br0; published port {STALE6_PORT} -> [{STALE6}]:80 points there"
+        )) && verdict.contains(" in neigh_invalidate"),
+        "names the address and the published port:\n{verdict}"
+    );
+    assert!(
+        text.contains(&format!(
+            "evidence: DNAT: -A PREROUTING -p tcp -m tcp --dport {STALE6_PORT} -j DNAT --to-destination [{STALE6}]:80"
+        )),
+        "the ip6tables rule is quoted:\n{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "fix: remove the stale DNAT: ip6tables -t nat -D PREROUTING -p tcp -m tcp --dport {STALE6_PORT}"
+        )),
+        "the fix removes it with ip6tables:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("ip -6 neigh show {STALE6}")),
+        "the fix looks at the IPv6 neighbour table:\n{text}"
+    );
+
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
+    run.shows("neighbour_failed", STALE6, curl_stale);
+}
+
+/// `dropgate_forwarding_changes_total` counts flips of each family's global switch
+/// under its own `family` label: IPv6's flips are not lost, nor counted as IPv4's.
+#[test]
+fn ipv6_forwarding_flips_are_counted_by_family() {
+    if !privileged("ipv6_forwarding_flips_are_counted_by_family") {
+        return;
+    }
+    let ns = Netns::create("v6flip");
+    ns.sh("sysctl -qw net.ipv6.conf.all.forwarding=0 net.ipv4.ip_forward=0");
+    let dropgate = DropgateRun::start(&[]);
+    let netns = ns.name.as_str();
+    let known = format!("dropgate_ipv6_forwarding{{interface=\"all\",netns=\"{netns}\"}} 0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dropgate.scrape().contains(&known) {
+        assert!(
+            Instant::now() < deadline,
+            "dropgate never saw the namespace's IPv6 switch"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let changes = |family: &str| {
+        dropgate.value(
+            "dropgate_forwarding_changes_total",
+            &[("netns", netns), ("family", family)],
+        ) as u64
+    };
+    let (v4, v6) = (changes("ipv4"), changes("ipv6"));
+    for on in [1, 0, 1] {
+        ns.sh(&format!("sysctl -qw net.ipv6.conf.all.forwarding={on}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while changes("ipv6") < v6 + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(changes("ipv6"), v6 + 3, "three flips of IPv6 forwarding");
+    assert_eq!(changes("ipv4"), v4, "no IPv4 flip");
+    ns.sh("sysctl -qw net.ipv4.ip_forward=1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while changes("ipv4") < v4 + 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(changes("ipv4"), v4 + 1, "one flip of IPv4 forwarding");
+    assert_eq!(changes("ipv6"), v6 + 3, "IPv6 unchanged by it");
+}
+
+/// A second container on the bridge, `fd31:231::3`, with its own namespace.
+const CTR6_2: &str = "fd31:231::3";
+
+/// br_netfilter with IPv6: bridged IPv6 frames between two containers on br0 pass
+/// ip6tables' FORWARD chain when `net.bridge.bridge-nf-call-ip6tables = 1`, and a rule
+/// there drops them. br_netfilter is built into this machine's kernel (no
+/// `/proc/modules`: no module support to load or unload), and since Linux 5.3 its
+/// `net.bridge.bridge-nf-call-*` switches are per network namespace (a new namespace
+/// starts with 1), so the whole path runs in the test's own namespaces; a kernel with
+/// br_netfilter as a module that is not loaded cannot show this path, and the test
+/// says so rather than loading it.
+#[test]
+fn ipv6_bridged_traffic_dropped_by_ip6tables_through_br_netfilter() {
+    let this = "ipv6_bridged_traffic_dropped_by_ip6tables_through_br_netfilter";
+    if !privileged(this)
+        || !may_run(
+            this,
+            std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-ip6tables").exists(),
+            "br_netfilter (built in, or loaded by the machine's owner)",
+        )
+    {
+        return;
+    }
+    let topo = dual_stack();
+    topo.set_forwarding(true);
+    set_ipv6_forwarding(&topo, true);
+    let ctr2 = Netns::create("v6ctr2");
+    topo.host.sh(&format!(
+        "ip link add vh-v6ctr2 type veth peer name eth0 netns {} && \
+         ip link set vh-v6ctr2 master br0 up && \
+         sysctl -qw net.bridge.bridge-nf-call-ip6tables=1 && \
+         ip6tables -A FORWARD -p tcp --dport 80 -m comment --comment 'v6 web closed' -j DROP",
+        ctr2.name
+    ));
+    ctr2.sh(&format!(
+        "ip addr add {CTR6_2}/64 dev eth0 nodad && ip link set eth0 up && ip link set lo up"
+    ));
+    let across = || {
+        let out = ctr2.sh_output(&format!("curl -s -m 2 http://[{CTR6}]:80/"));
+        assert!(!out.status.success(), "ip6tables drops the bridged request");
+    };
+    let text = only_finding(&topo.host, "forward_policy_drop", across);
+    let verdict = line_starting(&text, "PROBLEM [forward_policy_drop]: ");
+    assert!(
+        verdict.contains(
+            "-A FORWARD -p tcp -m tcp --dport 80 -m comment --comment \"v6 web closed\" -j DROP"
+        ),
+        "the headline quotes the ip6tables rule:\n{verdict}"
+    );
+    assert!(
+        text.contains("br0 is a bridge and net.bridge.bridge-nf-call-ip6tables = 1"),
+        "the br_netfilter path is named:\n{text}"
+    );
+    assert!(
+        text.contains("sysctl -w net.bridge.bridge-nf-call-ip6tables=0"),
+        "and the switch that takes bridged IPv6 out of ip6tables:\n{text}"
+    );
+
+    // With the switch off, the bridge carries the frames without asking ip6tables.
+    topo.host
+        .sh("sysctl -qw net.bridge.bridge-nf-call-ip6tables=0");
+    let (out, text) = diagnose(&topo.host, &[], || {
+        let out = ctr2.sh_output(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' -m 3 http://[{CTR6}]:80/"
+        ));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+    });
+    assert_eq!(out.code(), Some(0), "bridged IPv6 passes: healthy\n{text}");
 }

@@ -5,42 +5,16 @@
 
 use std::{
     path::Path,
-    process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
 use dropgate_tests::{
+    diagnose::{diagnose, diagnose_env, privileged, RunInNamespace},
     docker::{docker_available, DockerEngine, ENGINE_ADDR, IMAGE},
-    dropgate::run_diagnose,
-    dropgate_bin, http, is_root, may_run,
+    may_run,
     netns::{DockerLikeHost, Netns},
-    process::Guarded,
     tempdir::TempDir,
 };
-
-fn privileged(test: &str) -> bool {
-    may_run(test, is_root(), "root (namespaces, iptables, nft, BPF)")
-}
-
-/// `dropgate diagnose --netns <ns>` over a 5 s window while `traffic` runs; `path`
-/// replaces `PATH` when given.
-fn diagnose(ns: &Netns, path: Option<&Path>, traffic: impl FnOnce()) -> (ExitStatus, String) {
-    diagnose_with(ns, path, &[], traffic)
-}
-
-/// [`diagnose`] with `extra` arguments.
-fn diagnose_with(
-    ns: &Netns,
-    path: Option<&Path>,
-    extra: &[&str],
-    traffic: impl FnOnce(),
-) -> (ExitStatus, String) {
-    let mut args = vec!["--duration", "5s", "--netns", &ns.name];
-    args.extend(extra);
-    let env: Vec<(&str, &std::ffi::OsStr)> =
-        path.map(|p| ("PATH", p.as_os_str())).into_iter().collect();
-    run_diagnose(&args, &env, traffic)
-}
 
 /// Docker's filter rules for one bridge and one published port, the way dockerd lays
 /// them out: FORWARD policy DROP, DOCKER-USER first, then accepts for the bridge.
@@ -97,69 +71,6 @@ fn legacy_tables(ns: &Netns) -> String {
         .to_owned()
 }
 
-/// `dropgate run` inside `ns` (nsenter, so /sys stays the machine's), its gateway on
-/// the namespace's loopback; scraped with curl from inside the namespace.
-struct RunInNamespace<'n> {
-    ns: &'n Netns,
-    port: u16,
-    _process: Guarded,
-}
-
-impl<'n> RunInNamespace<'n> {
-    fn start(ns: &'n Netns, round: &str) -> Self {
-        let port = http::free_port();
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .arg(dropgate_bin())
-            .args([
-                "run",
-                "--web.listen-address",
-                &format!("127.0.0.1:{port}"),
-                "--diagnose.interval",
-                round,
-                "--docker-host=",
-            ])
-            .stdout(Stdio::null());
-        let process = Guarded::spawn(command, "dropgate run in a namespace");
-        let run = Self {
-            ns,
-            port,
-            _process: process,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while run.get("/-/ready").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "dropgate run did not become ready in {}",
-                ns.name
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        run
-    }
-
-    fn get(&self, path: &str) -> Option<String> {
-        let out = self.ns.sh_output(&format!(
-            "curl -sf -m 5 http://127.0.0.1:{}{path}",
-            self.port
-        ));
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The `dropgate_problem` samples at 1.
-    fn problems(&self) -> Vec<String> {
-        self.get("/metrics")
-            .expect("scrape dropgate run")
-            .lines()
-            .filter(|l| l.starts_with("dropgate_problem{") && l.ends_with(" 1"))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 #[test]
 fn healthy_docker_like_host_with_input_scan_drops_has_no_finding() {
     if !privileged("healthy_docker_like_host_with_input_scan_drops_has_no_finding") {
@@ -170,7 +81,7 @@ fn healthy_docker_like_host_with_input_scan_drops_has_no_finding() {
     topo.set_forwarding(true);
     docker_like_filter(&topo);
     drop_ssh_scans(&topo.host);
-    let (out, text) = diagnose(&topo.host, None, || {
+    let (out, text) = diagnose(&topo.host, &[], || {
         published_port_works(&topo);
         scan_port_22(&topo);
     });
@@ -193,7 +104,7 @@ fn healthy_docker_like_host_with_input_scan_drops_has_no_finding() {
     // The same host watched by `dropgate run`: scraped after every burst of published
     // traffic and scans, across rounds that saw both, no dropgate_problem at 1 (a
     // finding lasts only as long as its round, so it is looked for while traffic flows).
-    let run = RunInNamespace::start(&topo.host, "2s");
+    let run = RunInNamespace::start(&topo.host, "2s", &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut problems = Vec::new();
     let mut noted = false;
@@ -232,7 +143,7 @@ fn third_rule_is_quoted(tool: &str) {
          {tool} -A FORWARD -p udp --dport 80 -m comment --comment 'second: no udp' -j DROP && \
          {tool} -A FORWARD -p tcp --dport 80 -m comment --comment 'third: web closed for maintenance' -j DROP",
     ));
-    let (out, text) = diagnose(&topo.host, None, || {
+    let (out, text) = diagnose(&topo.host, &[], || {
         assert_eq!(topo.curl_from_ext("/", 2), None, "the third rule drops it");
     });
     assert_eq!(out.code(), Some(1), "{text}");
@@ -282,7 +193,7 @@ fn the_finding_quotes_the_nft_inet_rule_that_matched() {
          nft add rule inet dgv fw tcp dport 81 counter drop comment '\"first: old admin port\"' && \
          nft add rule inet dgv fw udp dport 80 counter drop comment '\"second: no udp\"' && \
          nft add rule inet dgv fw tcp dport 80 counter drop comment '\"third: web closed\"'");
-    let (out, text) = diagnose(&topo.host, None, || {
+    let (out, text) = diagnose(&topo.host, &[], || {
         assert_eq!(topo.curl_from_ext("/", 2), None, "the third rule drops it");
     });
     assert_eq!(out.code(), Some(1), "{text}");
@@ -344,10 +255,15 @@ fn nft_only_host_without_iptables_binaries() {
     topo.start_http_service();
     topo.set_forwarding(true);
     let path = nft_only_host(&topo);
-    let (out, text) = diagnose(&topo.host, Some(path.path()), || {
-        published_port_works(&topo);
-        scan_port_22(&topo);
-    });
+    let (out, text) = diagnose_env(
+        &topo.host,
+        &[],
+        &[("PATH", path.path().as_os_str())],
+        || {
+            published_port_works(&topo);
+            scan_port_22(&topo);
+        },
+    );
     assert_eq!(
         out.code(),
         Some(0),
@@ -357,9 +273,14 @@ fn nft_only_host_without_iptables_binaries() {
     assert!(!text.contains("Docker's own FORWARD rules"), "{text}");
 
     topo.set_forwarding(false);
-    let (out, text) = diagnose(&topo.host, Some(path.path()), || {
-        assert_eq!(topo.curl_from_ext("/", 2), None, "forwarding is off");
-    });
+    let (out, text) = diagnose_env(
+        &topo.host,
+        &[],
+        &[("PATH", path.path().as_os_str())],
+        || {
+            assert_eq!(topo.curl_from_ext("/", 2), None, "forwarding is off");
+        },
+    );
     assert_eq!(out.code(), Some(1), "{text}");
     assert!(
         text.starts_with("PROBLEM [forwarding_off]: forwarding is off on vh-ext (net.ipv4.ip_forward = 0); published port 9091 -> 172.31.231.2:80"),
@@ -391,7 +312,7 @@ fn no_forwarding_finding_on_an_l2_bridge_carrying_the_host_address() {
     ));
     ext.sh("ip addr add 10.232.0.2/24 dev ve-ext && ip link set ve-ext up");
     vm.sh("ip addr add 10.232.0.3/24 dev eth0 && ip link set eth0 up");
-    let (out, text) = diagnose(&host, None, || {
+    let (out, text) = diagnose(&host, &[], || {
         ext.sh("ping -c 2 -i 0.2 -W 2 10.232.0.3");
         ext.sh("ping -c 2 -i 0.2 -W 2 10.232.0.1");
     });
@@ -421,7 +342,7 @@ fn no_forwarding_finding_when_ports_are_published_on_loopback_only() {
         c = DockerLikeHost::CTR_ADDR,
         cp = DockerLikeHost::CTR_PORT,
     ));
-    let (out, text) = diagnose(&topo.host, None, || {
+    let (out, text) = diagnose(&topo.host, &[], || {
         let _ = topo.host.sh_output("curl -s -m 1 http://127.0.0.1:9091/");
     });
     assert_eq!(
@@ -482,7 +403,7 @@ fn healthy_real_docker_host_with_input_scan_drops_has_no_finding() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let host = engine.host();
-    let (out, text) = diagnose_with(&engine.netns, None, &["--docker-host", &host], || {
+    let (out, text) = diagnose(&engine.netns, &["--docker-host", &host], || {
         for _ in 0..3 {
             assert_eq!(request(), "200", "the published port answers from remote");
             let scan = remote.sh_output(&format!("curl -s -m 1 http://{ENGINE_ADDR}:22/"));
@@ -527,7 +448,7 @@ fn br_netfilter_with_forwarding_on_names_rp_filter_not_forwarding() {
         "ip neigh add 172.31.231.50 lladdr {} dev eth0",
         mac.trim()
     ));
-    let (out, text) = diagnose(&topo.host, None, || {
+    let (out, text) = diagnose(&topo.host, &[], || {
         let fail = ctr2.sh_output("curl -s -m 2 --interface 192.0.2.77 http://172.31.231.50:9091/");
         assert!(
             !fail.status.success(),

@@ -58,6 +58,8 @@ pub struct NamespaceForwarding {
     pub interfaces: BTreeMap<i32, (String, bool)>,
     /// How often `all` changed while dropgate watched.
     pub changes: u64,
+    /// How often `ipv6_all` changed while dropgate watched.
+    pub ipv6_changes: u64,
     /// `net.ipv6.conf.all.forwarding`, once known. For IPv6 this one switch decides
     /// whether anything is forwarded (with `force_forwarding` per interface from
     /// kernel 6.17); the per-interface value below sets router or host behaviour.
@@ -96,15 +98,20 @@ impl ForwardingWatch {
 }
 
 pub fn apply(ns: &mut NamespaceForwarding, update: NetconfUpdate) {
-    let (all, interfaces) = match update.family {
-        Family::Ipv4 => (&mut ns.all, &mut ns.interfaces),
-        Family::Ipv6 => (&mut ns.ipv6_all, &mut ns.ipv6_interfaces),
+    let (all, interfaces, changes) = match update.family {
+        Family::Ipv4 => (&mut ns.all, &mut ns.interfaces, &mut ns.changes),
+        Family::Ipv6 => (
+            &mut ns.ipv6_all,
+            &mut ns.ipv6_interfaces,
+            &mut ns.ipv6_changes,
+        ),
     };
     match update.ifindex {
         NETCONFA_IFINDEX_ALL => {
-            // `changes` is `dropgate_forwarding_changes_total`: flips of net.ipv4.ip_forward.
-            if update.family == Family::Ipv4 && all.is_some_and(|was| was != update.forwarding) {
-                ns.changes += 1;
+            // `dropgate_forwarding_changes_total{family}`: flips of the family's global
+            // switch; the first reading is the state found, not a change.
+            if all.is_some_and(|was| was != update.forwarding) {
+                *changes += 1;
             }
             *all = Some(update.forwarding);
         }
@@ -214,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_changes_of_the_global_ipv4_switch_only() {
+    fn counts_changes_of_each_family_global_switch() {
         let mut ns = NamespaceForwarding::default();
         for (family, ifindex, on) in [
             (Family::Ipv4, -1, true),
@@ -233,6 +240,10 @@ mod tests {
         assert_eq!(
             ns.changes, 2,
             "on->off and off->on of IPv4; the first reading is not a change"
+        );
+        assert_eq!(
+            ns.ipv6_changes, 1,
+            "on->off of IPv6, counted apart; interfaces are no change"
         );
         assert_eq!(ns.interfaces.get(&2).map(|(_, on)| *on), Some(false));
         assert_eq!(ns.ipv6_all, Some(false), "IPv6 kept apart from IPv4");

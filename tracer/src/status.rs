@@ -213,6 +213,7 @@ fn forwarding_section(forwarding: &[(String, NamespaceForwarding)]) -> StatusSec
                     names(false),
                     ns.changes.to_string().into(),
                     state(ns.ipv6_all).into(),
+                    ns.ipv6_changes.to_string().into(),
                 ],
             )
         })
@@ -230,6 +231,7 @@ fn forwarding_section(forwarding: &[(String, NamespaceForwarding)]) -> StatusSec
             StatusColumn::text("off for"),
             StatusColumn::number("changes seen"),
             StatusColumn::text("net.ipv6.conf.all.forwarding"),
+            StatusColumn::number("IPv6 changes seen"),
         ],
         rows,
         empty: "No namespace's forwarding state is known yet.".into(),
@@ -417,13 +419,14 @@ mod tests {
             ]),
             changes: 2,
             ipv6_all: Some(true),
+            ipv6_changes: 1,
             ..NamespaceForwarding::default()
         };
         let section = forwarding_section(&[("dg-host".into(), ns)]);
         assert_eq!(section.rows[0].tone, Tone::Normal);
         assert_eq!(
             cells(&section.rows[0]),
-            ["dg-host", "off", "br0", "lo, vh-ext", "2", "on"]
+            ["dg-host", "off", "br0", "lo, vh-ext", "2", "on", "1"]
         );
         let on = NamespaceForwarding {
             all: Some(true),

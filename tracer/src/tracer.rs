@@ -327,14 +327,19 @@ impl gateway::MetricSource for TraceMetrics {
             for (name, on) in ns.interfaces.values() {
                 state.push(gauge(name, *on));
             }
-            changes.push(Metric {
-                label: vec![LabelPair::new("netns", &netns)],
-                counter: Some(Counter {
-                    value: Some(ns.changes as f64),
-                    ..Counter::default()
-                }),
-                ..Metric::default()
-            });
+            for (family, count) in [("ipv4", ns.changes), ("ipv6", ns.ipv6_changes)] {
+                changes.push(Metric {
+                    label: vec![
+                        LabelPair::new("family", family),
+                        LabelPair::new("netns", &netns),
+                    ],
+                    counter: Some(Counter {
+                        value: Some(count as f64),
+                        ..Counter::default()
+                    }),
+                    ..Metric::default()
+                });
+            }
         }
         families.push(MetricFamily {
             name: Some("dropgate_ipv4_forwarding".into()),
@@ -371,7 +376,7 @@ impl gateway::MetricSource for TraceMetrics {
         families.push(MetricFamily {
             name: Some("dropgate_forwarding_changes_total".into()),
             help: Some(
-                "Changes of net.ipv4.ip_forward seen while dropgate ran, per namespace.".into(),
+                "Changes of net.ipv4.ip_forward (family=\"ipv4\") and net.ipv6.conf.all.forwarding (family=\"ipv6\") seen while dropgate ran, per namespace.".into(),
             ),
             r#type: Some(MetricType::Counter as i32),
             metric: changes,

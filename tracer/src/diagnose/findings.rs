@@ -11,6 +11,7 @@ use super::{
 use crate::samples::DropEvent;
 
 // Causes beyond forwarding and the firewall's own rules, one module per family.
+mod bridged;
 mod chains;
 mod conntrack;
 mod mtu;
@@ -251,13 +252,57 @@ impl RuleHit<'_> {
 }
 
 /// `published port 9091 -> 172.18.0.2:80`.
+/// `published port 9091 -> 172.18.0.2:80`, an IPv6 target in brackets as a URL has it.
 fn published_port(d: &Dnat) -> String {
     format!(
-        "published port {} -> {}:{}",
+        "published port {} -> {}",
         d.dport,
-        d.to_addr,
-        d.to_port.map_or("*".into(), |p| p.to_string())
+        host_port(&d.to_addr, d.to_port.map_or("*".into(), |p| p.to_string()))
     )
+}
+
+/// `addr:port`, an IPv6 address in brackets.
+fn host_port(addr: &str, port: impl std::fmt::Display) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// Who is behind `addr` as the host and the sample `s` know it, so that a verdict
+/// names the bridge and container the user knows rather than an address they would
+/// have to look up: ` (bridge br0, container web, compose service web)`, or nothing.
+fn behind(host: &HostState, addr: &str, s: &DropEvent) -> String {
+    let known: Vec<String> = [
+        host.bridge_of(addr).map(|b| format!("bridge {b}")),
+        s.target
+            .container
+            .as_ref()
+            .map(|c| format!("container {c}")),
+        s.target
+            .service
+            .as_ref()
+            .map(|c| format!("compose service {c}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", known.join(", "))
+    }
+}
+
+/// The `sampled` targets once each, else every published port of `family`.
+fn sampled_or_published(host: &HostState, mut sampled: Vec<String>, family: IpFamily) -> String {
+    sampled.sort();
+    sampled.dedup();
+    if sampled.is_empty() {
+        sampled = host.published_in(family).map(published_port).collect();
+    }
+    sampled.join(", ")
 }
 
 fn hooks_label(hooks: &[Hook]) -> String {
@@ -317,57 +362,21 @@ fn forwarding(ev: &Evidence, out: &mut Vec<Finding>) {
 
 /// The published ports whose traffic was seen dying in `ip_error`, else all of them.
 fn published_targets(ev: &Evidence) -> String {
-    let host = ev.after;
-    let mut published: Vec<String> = ev
+    let sampled = ev
         .samples
         .iter()
         .filter(|s| s.location == "ip_error")
         .filter_map(|s| {
             let d = ev.dnat_for(s)?;
-            // Who is behind the address, so that the verdict names the container the
-            // user knows rather than an address they would have to look up.
-            let behind: Vec<String> = [
-                host.bridge_of(&d.to_addr).map(|b| format!("bridge {b}")),
-                s.target
-                    .container
-                    .as_ref()
-                    .map(|c| format!("container {c}")),
-                s.target
-                    .service
-                    .as_ref()
-                    .map(|c| format!("compose service {c}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            let behind = if behind.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", behind.join(", "))
-            };
             Some(format!(
-                "published port {} -> {}:{}{behind}",
-                d.dport, d.to_addr, s.dport
+                "published port {} -> {}{}",
+                d.dport,
+                host_port(&d.to_addr, s.dport),
+                behind(ev.after, &d.to_addr, s)
             ))
         })
         .collect();
-    published.sort();
-    published.dedup();
-    if published.is_empty() {
-        host.published_in(IpFamily::V4)
-            .map(|d| {
-                format!(
-                    "published port {} -> {}:{}",
-                    d.dport,
-                    d.to_addr,
-                    d.to_port.map_or("*".into(), |p| p.to_string())
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    } else {
-        published.join(", ")
-    }
+    sampled_or_published(ev.after, sampled, IpFamily::V4)
 }
 
 /// `net.ipv4.ip_forward = 0` where something needs it; true when that was found.
@@ -505,62 +514,27 @@ fn ip6_forward_refused(d: &TracedDrop) -> bool {
 /// container behind it, or (IPv6 is often routed to containers without NAT) the
 /// container the destination belongs to; else every IPv6 published port.
 fn ipv6_targets(ev: &Evidence) -> String {
-    let host = ev.after;
-    let mut targets: Vec<String> = ev
+    let sampled = ev
         .samples
         .iter()
         .filter(|s| s.location == "ip6_forward")
         .filter_map(|s| {
-            let dst = s.dst?;
-            let behind: Vec<String> = [
-                host.bridge_of(&dst.to_string())
-                    .map(|b| format!("bridge {b}")),
-                s.target
-                    .container
-                    .as_ref()
-                    .map(|c| format!("container {c}")),
-                s.target
-                    .service
-                    .as_ref()
-                    .map(|c| format!("compose service {c}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            let behind = if behind.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", behind.join(", "))
-            };
+            let dst = s.dst?.to_string();
+            let behind = behind(ev.after, &dst, s);
             match ev.dnat_for(s) {
                 Some(d) => Some(format!(
-                    "published port {} -> [{}]:{}{behind}",
-                    d.dport, d.to_addr, s.dport
+                    "published port {} -> {}{behind}",
+                    d.dport,
+                    host_port(&d.to_addr, s.dport)
                 )),
                 None if !behind.is_empty() => {
-                    Some(format!("traffic to [{dst}]:{}{behind}", s.dport))
+                    Some(format!("traffic to {}{behind}", host_port(&dst, s.dport)))
                 }
                 None => None,
             }
         })
         .collect();
-    targets.sort();
-    targets.dedup();
-    if targets.is_empty() {
-        host.published_in(IpFamily::V6)
-            .map(|d| {
-                format!(
-                    "published port {} -> [{}]:{}",
-                    d.dport,
-                    d.to_addr,
-                    d.to_port.map_or("*".into(), |p| p.to_string())
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    } else {
-        targets.join(", ")
-    }
+    sampled_or_published(ev.after, sampled, IpFamily::V6)
 }
 
 /// The fix for IPv6 forwarding, `first` before the global switch.
@@ -782,7 +756,13 @@ fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
     evidence.extend(hits.iter().map(RuleHit::line));
     let mut destinations: Vec<String> = through
         .iter()
-        .filter_map(|s| Some(format!("{}:{} ({})", s.dst?, s.dport, s.protocol)))
+        .filter_map(|s| {
+            Some(format!(
+                "{} ({})",
+                host_port(&s.dst?.to_string(), s.dport),
+                s.protocol
+            ))
+        })
         .collect();
     destinations.sort();
     destinations.dedup();
@@ -830,6 +810,22 @@ fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
             format!("netfilter dropped {unexplained} packets that no rule counter accounts for"),
         )
     };
+    let mut fix = forward_drop_fixes(host);
+    let (bridged, bridged_fix) = bridged::br_netfilter_forward(ev);
+    evidence.extend(bridged);
+    fix.extend(bridged_fix);
+    out.push(Finding {
+        kind,
+        severity: Severity::Critical,
+        interface: interfaces_of(&traced).first().cloned(),
+        summary,
+        evidence,
+        fix,
+    });
+}
+
+/// How to find and lift a FORWARD-path drop, Docker's way where Docker is here.
+fn forward_drop_fixes(host: &HostState) -> Vec<String> {
     let mut fix =
         vec!["list the rules with counters: iptables -vnL FORWARD; nft -a list ruleset".to_owned()];
     if host.docker_chains {
@@ -839,14 +835,7 @@ fn netfilter(ev: &Evidence, out: &mut Vec<Finding>) {
     } else {
         fix.push("accept the traffic before the rule that drops it, or remove that rule".into());
     }
-    out.push(Finding {
-        kind,
-        severity: Severity::Critical,
-        interface: interfaces_of(&traced).first().cloned(),
-        summary,
-        evidence,
-        fix,
-    });
+    fix
 }
 
 /// What the evidence shows that is not a problem but worth a line: netfilter drops

@@ -98,6 +98,9 @@ pub struct Ip6Counters {
     pub in_addr_errors: u64,
     pub in_no_routes: u64,
     pub out_forw_datagrams: u64,
+    /// `Ip6InTooBigErrors`: packets `ip6_forward` dropped as too big for their egress
+    /// link (IPv6's counterpart of IPv4's `FragFails` there: routers never fragment).
+    pub in_too_big_errors: u64,
 }
 
 /// An interface's IPv6 forwarding settings.
@@ -140,6 +143,9 @@ pub struct HostState {
     pub interfaces: Vec<Interface>,
     /// `None` when br_netfilter is not loaded.
     pub bridge_nf_call_iptables: Option<bool>,
+    /// `net.bridge.bridge-nf-call-ip6tables`: bridged IPv6 passes ip6tables (and nft's
+    /// `ip6`/`inet` hooks); `None` when br_netfilter is not loaded.
+    pub bridge_nf_call_ip6tables: Option<bool>,
     /// Every rule and chain policy that drops, with its hooks and counter.
     pub drop_rules: Vec<Rule>,
     /// Docker's chains or tables exist (iptables `DOCKER*` chains, nft `docker*` tables).
@@ -178,6 +184,8 @@ impl HostState {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             bridge_nf_call_iptables: sysctl("net/bridge/bridge-nf-call-iptables").map(|v| v == "1"),
+            bridge_nf_call_ip6tables: sysctl("net/bridge/bridge-nf-call-ip6tables")
+                .map(|v| v == "1"),
             counters: ip_counters(),
             forwarding_off_sources: sysctl_file_lines(sets_forwarding_off),
             datapath: Datapath::read(),
@@ -491,6 +499,7 @@ pub fn ip6_counters(text: &str) -> Ip6Counters {
         in_addr_errors: field("Ip6InAddrErrors"),
         in_no_routes: field("Ip6InNoRoutes"),
         out_forw_datagrams: field("Ip6OutForwDatagrams"),
+        in_too_big_errors: field("Ip6InTooBigErrors"),
     }
 }
 
@@ -718,13 +727,14 @@ mod tests {
 
     #[test]
     fn ipv6_counters_from_snmp6() {
-        let text = "Ip6InReceives                   \t12\nIp6InNoRoutes \t3\nIp6InAddrErrors\t7\nIp6OutForwDatagrams  5\nIcmp6InMsgs 1\n";
+        let text = "Ip6InReceives                   \t12\nIp6InNoRoutes \t3\nIp6InAddrErrors\t7\nIp6OutForwDatagrams  5\nIp6InTooBigErrors\t2\nIcmp6InMsgs 1\n";
         assert_eq!(
             ip6_counters(text),
             Ip6Counters {
                 in_addr_errors: 7,
                 in_no_routes: 3,
                 out_forw_datagrams: 5,
+                in_too_big_errors: 2,
             }
         );
         assert_eq!(ip6_counters(""), Ip6Counters::default());

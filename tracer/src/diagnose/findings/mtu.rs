@@ -82,12 +82,7 @@ pub(super) fn packet_too_big(ev: &Evidence, out: &mut Vec<Finding>) {
         .iter()
         .any(|s| s.reason == "PKT_TOO_BIG" && s.dst.is_some_and(|d| d.is_ipv6()));
     let egress = egress_links(ev, &mut evidence);
-    if let Some(before) = ev.before {
-        let fails = data.frag_fails.saturating_sub(before.datapath.frag_fails);
-        if fails > 0 {
-            evidence.push(format!("/proc/net/snmp Ip FragFails rose by {fails}"));
-        }
-    }
+    kernel_counts(ev, &mut evidence);
     let icmp = if ipv6 {
         "ICMPv6 \"packet too big\""
     } else {
@@ -136,7 +131,7 @@ pub(super) fn packet_too_big(ev: &Evidence, out: &mut Vec<Finding>) {
         .map(|h| h.rule)
         .chain(idle.iter().copied())
         .collect();
-    let fix = fixes(icmp, out_dev.as_deref(), out_mtu, in_mtu, &filters);
+    let fix = fixes(ipv6, out_dev.as_deref(), out_mtu, in_mtu, &filters);
     out.push(Finding {
         kind: Kind::PacketTooBig,
         severity: if filtered {
@@ -151,9 +146,31 @@ pub(super) fn packet_too_big(ev: &Evidence, out: &mut Vec<Finding>) {
     });
 }
 
-/// Match the MTUs, let the ICMP through, clamp TCP's MSS.
+/// The kernel's own counts of the too-big drops in the window: IPv4's `FragFails`,
+/// IPv6's `Ip6InTooBigErrors`.
+fn kernel_counts(ev: &Evidence, evidence: &mut Vec<String>) {
+    let (host, data) = (ev.after, &ev.after.datapath);
+    if let Some(before) = ev.before {
+        let fails = data.frag_fails.saturating_sub(before.datapath.frag_fails);
+        if fails > 0 {
+            evidence.push(format!("/proc/net/snmp Ip FragFails rose by {fails}"));
+        }
+        let too_big = host
+            .ipv6
+            .counters
+            .in_too_big_errors
+            .saturating_sub(before.ipv6.counters.in_too_big_errors);
+        if too_big > 0 {
+            evidence.push(format!(
+                "/proc/net/snmp6 Ip6InTooBigErrors rose by {too_big}"
+            ));
+        }
+    }
+}
+
+/// Match the MTUs, let the ICMP through, clamp TCP's MSS, each in the family's words.
 fn fixes(
-    icmp: &str,
+    ipv6: bool,
     out_dev: Option<&str>,
     out_mtu: Option<u32>,
     in_mtu: Option<u32>,
@@ -166,14 +183,19 @@ fn fixes(
         out_dev.unwrap_or("<egress interface>"),
         number(in_mtu)
     )];
+    let (icmp, tool) = if ipv6 {
+        ("ICMPv6 \"packet too big\" (type 2)", "ip6tables")
+    } else {
+        ("ICMP \"fragmentation needed\" (type 3 code 4)", "iptables")
+    };
     for rule in filters {
         fix.push(format!(
-            "let {icmp} through (ICMP type 3 code 4; ICMPv6 type 2): remove or narrow {} ({})",
+            "let {icmp} through: remove or narrow {} ({})",
             rule.text,
             rule.place()
         ));
     }
-    fix.push("for TCP, clamp the MSS of forwarded connections: iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu".into());
+    fix.push(format!("for TCP, clamp the MSS of forwarded connections: {tool} -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"));
     fix
 }
 
@@ -377,6 +399,8 @@ mod tests {
         filter.tool = "ip6tables-nft".into();
         filter.jumps = vec!["DROP".into()];
         state.drop_rules = vec![filter];
+        let mut after = state.clone();
+        after.ipv6.counters.in_too_big_errors = 2;
         let mut s = sample("ip6_forward");
         s.reason = "PKT_TOO_BIG".into();
         s.dst = Some("fd29::2".parse().expect("ip"));
@@ -384,7 +408,7 @@ mod tests {
         let drops = [drop("PKT_TOO_BIG", "ip6_forward", "eth0", 2)];
         let found = super::super::findings(&Evidence {
             before: Some(&state),
-            after: &state,
+            after: &after,
             drops: Some(&drops),
             samples: &[s],
         });
@@ -392,6 +416,21 @@ mod tests {
         assert_eq!(
             found[0].summary,
             "MTU black hole: 2 packets of up to 1400 bytes to fd29::2 do not fit br0 (MTU 1280; they came in on eth0, MTU 1500) and ICMPv6 \"packet too big\" is filtered here, so the senders are never told to send smaller"
+        );
+        assert!(
+            found[0]
+                .evidence
+                .contains(&"/proc/net/snmp6 Ip6InTooBigErrors rose by 2".to_owned()),
+            "the kernel's IPv6 count: {:?}",
+            found[0].evidence
+        );
+        let fix = found[0].fix.join("\n");
+        assert!(
+            fix.contains(
+                "let ICMPv6 \"packet too big\" (type 2) through: remove or narrow -A FORWARD"
+            ) && fix.contains("ip6tables -t mangle -A FORWARD -p tcp")
+                && !fix.contains("ICMP \"fragmentation needed\""),
+            "IPv6's own fixes: {fix}"
         );
     }
 }
