@@ -481,9 +481,13 @@ ffffffffc0001000 t nft_do_chain\t[nf_tables]
             let fresh = SymbolTable::parse(&fresh).len();
             let again = SymbolTable::parse(&reread(&mut file).expect("re-read")).len();
             eprintln!("text symbols: {before} at open, {again} re-read after the drop, {fresh} on a fresh open");
-            assert_eq!(
-                again, before,
-                "the descriptor opened with CAP_SYSLOG still shows every address"
+            // Not an exact count: BPF programs (other tests, other tools on the host)
+            // come and go in /proc/kallsyms between the two reads. Without the
+            // capability a read would show no address at all.
+            assert!(
+                again >= before - before / 100,
+                "the descriptor opened with CAP_SYSLOG still shows the addresses \
+                 ({again} of {before})"
             );
         })
         .join()
