@@ -190,12 +190,17 @@ fn judge(measured: &Measured, has_reason: bool) -> ConntrackReport {
     let delta = |f: fn(&Conntrack) -> u64| f(&measured.full).saturating_sub(f(&measured.before));
     let stat_drop = delta(|c| c.drop);
     let refused = u64::from(REFUSED_CONNECTIONS);
+    // The finding must name the numbers, the fix, and the drops that were traced (on
+    // every kernel: 5.10's have no reason, only netfilter's location).
     let names_numbers = finding.is_some_and(|f| {
         f.summary
             .contains(&format!("full ({} of {})", measured.full.count, TABLE_MAX))
             && f.fix
                 .first()
                 .is_some_and(|fix| fix.contains("net.netfilter.nf_conntrack_max="))
+            && f.evidence
+                .iter()
+                .any(|line| line.starts_with(&format!("{traced} packets dropped by netfilter")))
     });
     ConntrackReport {
         max: measured.full.max,
