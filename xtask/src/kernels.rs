@@ -705,7 +705,8 @@ fn judge(case: &Case, reason: Option<&str>, run: &RunOutput) -> (Option<Measured
             match &measured.conntrack {
                 None => problems.push("no conntrack result".into()),
                 Some(ct) if !ct.pass => problems.push(format!(
-                    "conntrack: {} refused, {} traced (elsewhere: {}), drop +{}, count {} of {}, finding: {}",
+                    "conntrack: {} refused, {} traced (elsewhere: {}), drop +{}, count {} of {}, finding: {} \
+                     (it must name the numbers, the traced drops and the nf_conntrack_max fix)",
                     ct.refused,
                     ct.traced,
                     if ct.elsewhere.is_empty() { "none" } else { &ct.elsewhere },

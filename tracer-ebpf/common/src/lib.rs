@@ -249,9 +249,12 @@ mod user {
 
 /// `skb->network_header` of an skb whose network header was never set: `__alloc_skb`
 /// zeroes the field (`__finalize_skb_around` sets only the mac and transport headers
-/// to `~0`), and only `__netif_receive_skb_core`, GRO, RPS (`get_rps_cpu`) or a driver
-/// set it. A set header is never at offset 0: every skb reserves headroom before its
-/// data. Without this, drops before the stack sets it read the headroom as IP.
+/// to `~0`), and only `__netif_receive_skb_core`, GRO (`dev_gro_receive`), RPS
+/// (`get_rps_cpu`, before hashing) or a driver set it. So it stays 0 on drops between a
+/// driver that hands its skb to `netif_rx` and the stack, with no RPS on that queue:
+/// backlog overflow (`enqueue_to_backlog`, CPU_BACKLOG), e.g. behind ne2k's or
+/// usbnet's `netif_rx`. A set header is never at offset 0: every skb reserves headroom
+/// before its data. Without this, such drops read the headroom as IP.
 pub const NETWORK_HEADER_UNSET: u16 = 0;
 /// `(u16)~0U`: what the mac and transport headers start as, and what the network
 /// header was once wrongly assumed to start as; never a real offset either.
