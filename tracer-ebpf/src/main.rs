@@ -27,9 +27,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use tracer_common::{
-    direction, field, stat, CpuState, DropCounts, DropKey, DropSample, DropSlot, DROP_CACHE_SLOTS,
-    FIELD_LOAD_PLACEHOLDER, MAX_DROP_KEYS, NO_OFFSET, RDONLY_CAST_PLACEHOLDER, REASON_UNKNOWN,
-    SAMPLE_RING_BYTES,
+    direction, field, network_header_is_set, stat, CpuState, DropCounts, DropKey, DropSample,
+    DropSlot, DROP_CACHE_SLOTS, FIELD_LOAD_PLACEHOLDER, HEADER_UNSET_ALL_ONES, MAX_DROP_KEYS,
+    NO_OFFSET, RDONLY_CAST_PLACEHOLDER, REASON_UNKNOWN, SAMPLE_RING_BYTES,
 };
 
 /// Read-only globals the loader fills in before loading (`.rodata`), all of one type
@@ -126,14 +126,6 @@ const WAKE_EVERY: u64 = 64;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// `skb->network_header` of an skb whose network header was never set: `__alloc_skb`
-/// zeroes the field (only the mac and transport headers start as `~0`). A set header
-/// is never at offset 0, as every skb reserves headroom before its data. Drops before
-/// `__netif_receive_skb_core` sets it (backlog overflow, drivers) would otherwise read
-/// the headroom as an IP header.
-const HEADER_UNSET: u16 = 0;
-/// What older code and the mac header use for "unset" (`(u16)~0U`); never a real offset.
-const HEADER_UNSET_ALL_ONES: u16 = 0xffff;
 
 /// Lowest inode a network namespace can have: every namespace inode comes from
 /// `proc_alloc_inum` (from `0xf0000000`) or is a fixed one of the initial namespaces
@@ -641,7 +633,7 @@ struct Ipv6Head {
 fn network_header<M: KernelMemory>(skb: u64) -> Option<u64> {
     let head: u64 = M::field::<u64, { field::SKB_HEAD }>(skb);
     let nh: u16 = M::field::<u16, { field::SKB_NETWORK_HEADER }>(skb);
-    (head != 0 && nh != HEADER_UNSET && nh != HEADER_UNSET_ALL_ONES).then(|| head + u64::from(nh))
+    (head != 0 && network_header_is_set(nh)).then(|| head + u64::from(nh))
 }
 
 #[inline(always)]

@@ -61,6 +61,12 @@ pub enum Command {
         /// only: this loads modules into the running kernel.
         #[arg(long, hide = true, value_delimiter = ':')]
         late_modules: Vec<std::path::PathBuf>,
+        /// Kernel modules (files, `:`-separated, in load order) that make conntrack
+        /// work; then a table of 16 is filled in a namespace of the self-test's own and
+        /// its drops, counters and diagnose finding checked. Kernel matrix guests only:
+        /// it changes the machine-wide nf_conntrack_max (and refuses elsewhere).
+        #[arg(long, hide = true, value_delimiter = ':')]
+        conntrack_modules: Vec<std::path::PathBuf>,
     },
     /// Copy every group of a running pushgateway into a running dropgate (a migration
     /// without losing the last pushes). Exit code 1 if any group failed.

@@ -183,12 +183,14 @@ async fn run(cli: Cli, attached: Option<Attached>) -> anyhow::Result<ExitCode> {
             packets,
             corrupt_offset,
             late_modules,
+            conntrack_modules,
         } => {
             let report = tracer::selftest::run(&tracer::selftest::SelftestOptions {
                 hook: hook.into(),
                 packets,
                 corrupt_offset,
                 late_modules,
+                conntrack_modules,
             })?;
             println!("{}", report.line());
             Ok(if report.pass {

@@ -16,6 +16,11 @@
 //! packets on ipip's fallback device `tunl0`, which only carries IPv4 and MPLS: ipip
 //! frees each in `ipip_tunnel_xmit`. Those drops must be named after that function,
 //! which the symbol table read at start does not have.
+//!
+//! With `--conntrack-modules` (guests only) it last fills a small conntrack table and
+//! checks the drops, conntrack's counters and `diagnose`'s finding: see [`conntrack`].
+
+mod conntrack;
 
 use std::{
     ffi::CString,
@@ -65,6 +70,8 @@ pub struct SelftestOptions {
     pub corrupt_offset: bool,
     /// Module files to load after the probe, in order (ipip last): see the module doc.
     pub late_modules: Vec<PathBuf>,
+    /// Module files that make conntrack work (guests only): see [`conntrack`].
+    pub conntrack_modules: Vec<PathBuf>,
 }
 
 impl Default for SelftestOptions {
@@ -74,9 +81,12 @@ impl Default for SelftestOptions {
             packets: 100,
             corrupt_offset: false,
             late_modules: Vec::new(),
+            conntrack_modules: Vec::new(),
         }
     }
 }
+
+pub use conntrack::ConntrackReport;
 
 /// What the late-module part measured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,8 +130,11 @@ pub struct SelftestReport {
     pub corrupt_offset: bool,
     /// The late-module part, when asked for.
     pub late_module: Option<LateModuleReport>,
+    /// The conntrack part, when asked for.
+    pub conntrack: Option<ConntrackReport>,
     /// Exact, every frame dropped, and the expected reason (and, with late modules,
-    /// every tunnel drop named after the module's function).
+    /// every tunnel drop named after the module's function; with conntrack, its part
+    /// passed).
     pub pass: bool,
 }
 
@@ -156,6 +169,25 @@ impl SelftestReport {
                 "\"late_module_location\":{},\"late_module_count\":{},",
                 json_string(&late.location),
                 late.count
+            );
+        }
+        if let Some(ct) = &self.conntrack {
+            let _ = write!(
+                json,
+                "\"conntrack\":{{\"max\":{},\"count\":{},\"refused\":{},\"traced_as\":{},\"traced\":{},\"elsewhere\":{},\
+                 \"stat_drop\":{},\"stat_early_drop\":{},\"stat_insert_failed\":{},\"finding\":{},\"fix\":{},\"pass\":{}}},",
+                ct.max,
+                ct.count,
+                ct.refused,
+                json_string(&ct.traced_as),
+                ct.traced,
+                json_string(&ct.elsewhere),
+                ct.stat_drop,
+                ct.stat_early_drop,
+                ct.stat_insert_failed,
+                ct.finding.as_deref().map_or_else(|| "null".to_owned(), json_string),
+                ct.fix.as_deref().map_or_else(|| "null".to_owned(), json_string),
+                ct.pass
             );
         }
         let _ = write!(
@@ -213,6 +245,65 @@ pub fn run(options: &SelftestOptions) -> anyhow::Result<SelftestReport> {
     })
     .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))??;
 
+    let (count, ip_error_total, reasons) = ip_error_drops(&collector, &traffic);
+    let late_module = if options.late_modules.is_empty() {
+        None
+    } else {
+        Some(late_module(
+            &options.late_modules,
+            options.packets,
+            &collector,
+        )?)
+    };
+    // Last: it loads conntrack, which stays for the rest of the boot.
+    let conntrack = if options.conntrack_modules.is_empty() {
+        None
+    } else {
+        Some(conntrack::run(
+            &options.conntrack_modules,
+            &collector,
+            probe.has_reason,
+        )?)
+    };
+    drop(probe);
+    let reason = if reasons.is_empty() {
+        "none".to_owned()
+    } else {
+        reasons.join("+")
+    };
+    let exact = count == traffic.in_addr_errors_delta;
+    let pass = exact
+        && traffic.in_addr_errors_delta == u64::from(options.packets)
+        && reason == expected_reason
+        // Other drops may share the namespace (creating tunl0 frees a probe skb per
+        // CPU in napi_get_frags_check on 6.1): what must hold is that every tunnel
+        // drop carries the module's function.
+        && late_module
+            .as_ref()
+            .is_none_or(|late| late.count == u64::from(options.packets))
+        && conntrack.as_ref().is_none_or(|ct| ct.pass);
+    Ok(SelftestReport {
+        kernel,
+        hook,
+        reads,
+        reason,
+        expected_reason: expected_reason.to_owned(),
+        packets: options.packets,
+        count,
+        ip_error_total,
+        in_addr_errors_delta: traffic.in_addr_errors_delta,
+        exact,
+        load_ms,
+        corrupt_offset: options.corrupt_offset,
+        late_module,
+        conntrack,
+        pass,
+    })
+}
+
+/// The probe's `ip_error` drops: those of the traffic's namespace, `lo` and UDP, all
+/// of them, and the reasons of the former.
+fn ip_error_drops(collector: &DropCollector, traffic: &Traffic) -> (u64, u64, Vec<String>) {
     // Labels as the collector itself names this namespace and its `lo`.
     let names = collector.names();
     let netns = names.namespace(traffic.netns);
@@ -232,47 +323,7 @@ pub fn run(options: &SelftestOptions) -> anyhow::Result<SelftestReport> {
             }
         }
     }
-    let late_module = if options.late_modules.is_empty() {
-        None
-    } else {
-        Some(late_module(
-            &options.late_modules,
-            options.packets,
-            &collector,
-        )?)
-    };
-    drop(probe);
-    let reason = if reasons.is_empty() {
-        "none".to_owned()
-    } else {
-        reasons.join("+")
-    };
-    let exact = count == traffic.in_addr_errors_delta;
-    let pass = exact
-        && traffic.in_addr_errors_delta == u64::from(options.packets)
-        && reason == expected_reason
-        // Other drops may share the namespace (creating tunl0 frees a probe skb per
-        // CPU in napi_get_frags_check on 6.1): what must hold is that every tunnel
-        // drop carries the module's function.
-        && late_module
-            .as_ref()
-            .is_none_or(|late| late.count == u64::from(options.packets));
-    Ok(SelftestReport {
-        kernel,
-        hook,
-        reads,
-        reason,
-        expected_reason: expected_reason.to_owned(),
-        packets: options.packets,
-        count,
-        ip_error_total,
-        in_addr_errors_delta: traffic.in_addr_errors_delta,
-        exact,
-        load_ms,
-        corrupt_offset: options.corrupt_offset,
-        late_module,
-        pass,
-    })
+    (count, ip_error_total, reasons)
 }
 
 /// Loads `modules` (the probe, and the symbol table, are already there), drops
@@ -715,6 +766,7 @@ mod tests {
             load_ms: 12,
             corrupt_offset: false,
             late_module: None,
+            conntrack: None,
             pass: true,
         };
         let with_module = SelftestReport {

@@ -11,8 +11,15 @@
 //! must say. The same self-test runs on this machine's kernel when we are root. One run
 //! hands the probe a wrong offset and must fail, so a pass means something.
 //!
+//! On the x86_64 guests one more run fills a conntrack table of 16 (`nf_conntrack_max`
+//! is machine-wide, so it is only ever changed in a guest): the refused connections
+//! must be traced one for one with conntrack's own `drop` counter, and `diagnose`'s
+//! rules must name the full table (a second table shows that run).
+//!
 //! A kernel that cannot be fetched is reported as such and is never a pass; with
-//! `DROPGATE_E2E=require` (CI) it fails the matrix.
+//! `DROPGATE_E2E=require` (CI) it fails the matrix. `DROPGATE_KERNELS` (suites,
+//! `,`-separated; `arm64` for the arm64 guest, `host` for this machine) runs only
+//! those, for development; unset, everything runs.
 
 pub mod fetch;
 mod guest;
@@ -111,6 +118,18 @@ const LATE_MODULE: Case = Case {
     must_fail: false,
 };
 
+/// Fills a conntrack table in the guest (x86_64 guests: they get this machine's `nft`);
+/// its `--conntrack-modules` argument is added per kernel.
+const CONNTRACK: Case = Case {
+    name: "conntrack table full",
+    args: ["--trace.hook=auto", PACKETS],
+    hook: "tp_btf/kfree_skb",
+    must_fail: false,
+};
+
+/// Where the build machine's `nft` is (package nftables, installed by setup).
+const NFT: &str = "/usr/sbin/nft";
+
 const BROKEN: Case = Case {
     name: "broken offset",
     args: ["--corrupt-offset", PACKETS],
@@ -153,8 +172,9 @@ pub fn test_kernels(binary: &Path, aarch64: &Path) -> Result<()> {
     initramfs::build(binary, Path::new(initramfs::BUSYBOX), &initrd, &[])
         .context("building the guests' initramfs")?;
 
+    let selected = Selection::from_env();
     let mut rows = Vec::new();
-    for spec in &MATRIX {
+    for spec in MATRIX.iter().filter(|spec| selected.has(spec.suite)) {
         let x86_64 = Guest {
             machine: &guest::X86_64,
             binary,
@@ -162,10 +182,15 @@ pub fn test_kernels(binary: &Path, aarch64: &Path) -> Result<()> {
         };
         rows.extend(kernel_rows(spec, &x86_64, &initrd, &out));
     }
-    rows.extend(arm64_rows(aarch64, &out));
-    rows.extend(host_rows(binary));
+    if selected.has("arm64") {
+        rows.extend(arm64_rows(aarch64, &out));
+    }
+    if selected.has("host") {
+        rows.extend(host_rows(binary));
+    }
 
     println!("{}", table(&rows));
+    println!("{}", conntrack_table(&rows));
     let failed = rows
         .iter()
         .filter(|row| matches!(row.verdict, Verdict::Fail(_)))
@@ -189,6 +214,34 @@ pub fn test_kernels(binary: &Path, aarch64: &Path) -> Result<()> {
         eprintln!("xtask: kernel matrix INCOMPLETE: {missing} runs not done (see the table)");
     }
     Ok(())
+}
+
+/// The kernels `DROPGATE_KERNELS` names; all without it.
+struct Selection(Option<Vec<String>>);
+
+impl Selection {
+    fn from_env() -> Self {
+        let names = std::env::var("DROPGATE_KERNELS").ok().map(|value| {
+            value
+                .split(',')
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+                .collect::<Vec<_>>()
+        });
+        if let Some(names) = &names {
+            eprintln!(
+                "xtask: DROPGATE_KERNELS: only {} (a partial matrix)",
+                names.join(", ")
+            );
+        }
+        Self(names)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
+    }
 }
 
 fn check_tools() -> Result<()> {
@@ -232,7 +285,52 @@ struct Measured {
     load_ms: u64,
     /// Where the late-module run's drops were named, and how many at ipip's function.
     late_module: Option<(String, u64)>,
+    /// The conntrack run's part.
+    conntrack: Option<ConntrackMeasured>,
     pass: bool,
+}
+
+/// The conntrack part of a self-test's report (see `tracer/src/selftest/conntrack.rs`).
+struct ConntrackMeasured {
+    max: u64,
+    count: u64,
+    refused: u64,
+    traced_as: String,
+    traced: u64,
+    /// Drops added outside the test's namespace meanwhile (where to look on a failure).
+    elsewhere: String,
+    stat_drop: u64,
+    stat_early_drop: u64,
+    stat_insert_failed: u64,
+    finding: Option<String>,
+    fix: Option<String>,
+    pass: bool,
+}
+
+impl ConntrackMeasured {
+    fn parse(value: &serde_json::Value) -> Result<Self> {
+        let number = |key: &str| {
+            value[key]
+                .as_u64()
+                .with_context(|| format!("the conntrack result lacks `{key}`: {value}"))
+        };
+        Ok(Self {
+            max: number("max")?,
+            count: number("count")?,
+            refused: number("refused")?,
+            traced_as: value["traced_as"].as_str().unwrap_or("-").to_owned(),
+            traced: number("traced")?,
+            elsewhere: value["elsewhere"].as_str().unwrap_or("").to_owned(),
+            stat_drop: number("stat_drop")?,
+            stat_early_drop: number("stat_early_drop")?,
+            stat_insert_failed: number("stat_insert_failed")?,
+            finding: value["finding"].as_str().map(str::to_owned),
+            fix: value["fix"].as_str().map(str::to_owned),
+            pass: value["pass"]
+                .as_bool()
+                .with_context(|| format!("the conntrack result lacks `pass`: {value}"))?,
+        })
+    }
 }
 
 impl Measured {
@@ -271,6 +369,10 @@ impl Measured {
                     value["late_module_count"].as_u64().unwrap_or(0),
                 )
             }),
+            conntrack: value
+                .get("conntrack")
+                .map(ConntrackMeasured::parse)
+                .transpose()?,
             pass: flag("pass")?,
         })
     }
@@ -330,38 +432,37 @@ fn kernel_rows(spec: &KernelSpec, guest: &Guest, initrd: &Path, out: &Path) -> V
             }]
         }
     };
-    let mut cases: Vec<&Case> = CASES.iter().collect();
-    if spec.suite == BROKEN_ON {
-        cases.push(&BROKEN);
-    }
-    // The late-module run goes last: the modules it loads stay for the rest of the boot.
+    let KernelRuns {
+        cases,
+        extras,
+        conntrack_trouble,
+    } = cases_for(spec, machine, &kernel);
     let own_initrd = out.join(format!(
         "initramfs-{}-{}.cpio.gz",
         spec.suite, machine.deb_arch
     ));
-    let late =
-        late_module_argument(&kernel.late_modules).and_then(|argument| {
-            match initramfs::build(binary, busybox, &own_initrd, &kernel.late_modules) {
-                Ok(()) => Some(argument),
-                Err(err) => {
-                    eprintln!("xtask: no late-module run on {}: {err:#}", kernel.release);
-                    None
-                }
-            }
-        });
-    if late.is_none() {
-        eprintln!(
-            "xtask: {} has no ipip module (built in?): no late-module run",
-            kernel.release
-        );
+    let initrd = if extras.is_empty() {
+        initrd
     } else {
-        cases.push(&LATE_MODULE);
-    }
-    let initrd = if late.is_some() { &own_initrd } else { initrd };
-    let mut runs: Vec<Vec<&str>> = cases.iter().map(|case| case.args.to_vec()).collect();
-    if let (Some(argument), Some(run)) = (&late, runs.last_mut()) {
-        run.push(argument);
-    }
+        if let Err(err) = initramfs::build(binary, busybox, &own_initrd, &extras) {
+            return vec![Row {
+                kernel: format!("{} ({})", kernel.release, spec.suite),
+                case: "-",
+                boot: None,
+                measured: None,
+                verdict: Verdict::Fail(format!("building its initramfs: {err:#}")),
+            }];
+        }
+        &own_initrd
+    };
+    let runs: Vec<Vec<&str>> = cases
+        .iter()
+        .map(|(case, argument)| {
+            let mut run = case.args.to_vec();
+            run.extend(argument.as_deref());
+            run
+        })
+        .collect();
     let log = out.join(format!("{}-{}.console", spec.suite, machine.deb_arch));
     eprintln!("xtask: booting {} under qemu", kernel.release);
     let started = Instant::now();
@@ -389,7 +490,7 @@ fn kernel_rows(spec: &KernelSpec, guest: &Guest, initrd: &Path, out: &Path) -> V
     let mut outputs = outputs.into_iter();
     cases
         .into_iter()
-        .map(|case| {
+        .map(|(case, _)| {
             let (measured, verdict) = match outputs.next() {
                 Some(output) => judge(case, Some(spec.reason), &output),
                 None => (None, Verdict::Fail(trouble.clone())),
@@ -402,7 +503,102 @@ fn kernel_rows(spec: &KernelSpec, guest: &Guest, initrd: &Path, out: &Path) -> V
                 verdict,
             }
         })
+        .chain(conntrack_trouble.map(|why| Row {
+            kernel: format!("{} ({})", kernel.release, spec.suite),
+            case: CONNTRACK.name,
+            boot: None,
+            measured: None,
+            verdict: Verdict::Fail(format!("not run: {why}")),
+        }))
         .collect()
+}
+
+/// The runs of one kernel; an x86_64 guest without a conntrack run is a failure, as
+/// every x86_64 kernel of the matrix can do it.
+fn cases_for(spec: &KernelSpec, machine: &guest::Machine, kernel: &fetch::Kernel) -> KernelRuns {
+    let mut cases: Vec<(&Case, Option<String>)> = CASES.iter().map(|case| (case, None)).collect();
+    if spec.suite == BROKEN_ON {
+        cases.push((&BROKEN, None));
+    }
+    // The module runs go last, conntrack after ipip: the modules they load stay for the
+    // rest of the boot.
+    let mut extras = Vec::new();
+    match late_module_argument(&kernel.late_modules) {
+        Some(argument) => {
+            extras.extend(initramfs::in_folder(
+                initramfs::LATE_MODULES_DIR,
+                &kernel.late_modules,
+            ));
+            cases.push((&LATE_MODULE, Some(argument)));
+        }
+        None => eprintln!(
+            "xtask: {} has no ipip module (built in?): no late-module run",
+            kernel.release
+        ),
+    }
+    let mut trouble = None;
+    match conntrack_extras(machine, kernel) {
+        Ok(Some((files, argument))) => {
+            extras.extend(files);
+            cases.push((&CONNTRACK, Some(argument)));
+        }
+        Ok(None) => eprintln!(
+            "xtask: no conntrack run on {} {}: the guest gets this machine's x86_64 nft",
+            kernel.release, machine.deb_arch
+        ),
+        Err(why) => trouble = Some(format!("{why:#}")),
+    }
+    KernelRuns {
+        cases,
+        extras,
+        conntrack_trouble: trouble,
+    }
+}
+
+/// What [`cases_for`] gives.
+struct KernelRuns {
+    /// Each case with the argument this kernel adds to it.
+    cases: Vec<(&'static Case, Option<String>)>,
+    /// Files its initramfs needs beyond the common ones.
+    extras: Vec<initramfs::Extra>,
+    /// Why an x86_64 guest has no conntrack run.
+    conntrack_trouble: Option<String>,
+}
+
+/// The files and the argument of the conntrack run; `None` for the arm64 guest, which
+/// would need an arm64 `nft` (the guests get this machine's).
+fn conntrack_extras(
+    machine: &guest::Machine,
+    kernel: &fetch::Kernel,
+) -> Result<Option<(Vec<initramfs::Extra>, String)>> {
+    if machine.deb_arch != guest::X86_64.deb_arch {
+        return Ok(None);
+    }
+    if kernel.conntrack_modules.is_empty() {
+        bail!("its package has none of the conntrack modules");
+    }
+    let mut files = initramfs::program_with_libraries(Path::new(NFT))
+        .context("copying nft (package nftables) into the guest")?;
+    files.extend(initramfs::in_folder(
+        initramfs::CONNTRACK_MODULES_DIR,
+        &kernel.conntrack_modules,
+    ));
+    let names: Vec<String> = kernel
+        .conntrack_modules
+        .iter()
+        .filter_map(|path| path.file_name())
+        .map(|name| {
+            format!(
+                "{}/{}",
+                initramfs::CONNTRACK_MODULES_DIR,
+                name.to_string_lossy()
+            )
+        })
+        .collect();
+    Ok(Some((
+        files,
+        format!("--conntrack-modules={}", names.join(":")),
+    )))
 }
 
 /// `--late-modules=/lib/late/tunnel4.ko:...` for the guest, or `None` without modules.
@@ -505,6 +701,23 @@ fn judge(case: &Case, reason: Option<&str>, run: &RunOutput) -> (Option<Measured
                 ));
             }
         }
+        if case.name == CONNTRACK.name {
+            match &measured.conntrack {
+                None => problems.push("no conntrack result".into()),
+                Some(ct) if !ct.pass => problems.push(format!(
+                    "conntrack: {} refused, {} traced (elsewhere: {}), drop +{}, count {} of {}, finding: {} \
+                     (it must name the numbers, the traced drops and the nf_conntrack_max fix)",
+                    ct.refused,
+                    ct.traced,
+                    if ct.elsewhere.is_empty() { "none" } else { &ct.elsewhere },
+                    ct.stat_drop,
+                    ct.count,
+                    ct.max,
+                    ct.finding.as_deref().unwrap_or("none")
+                )),
+                Some(_) => {}
+            }
+        }
         if problems.is_empty() {
             Verdict::Pass
         } else {
@@ -560,6 +773,46 @@ fn table(rows: &[Row]) -> String {
             "| {} | {} | {hook} | {reads} | {reason} | {counts} | {exact} | {load} | {boot} | {verdict} |",
             row.kernel, row.case
         );
+    }
+    text
+}
+
+/// The conntrack runs as a Markdown table of their own (the main one is about
+/// `ip_error`): what was traced, conntrack's counters, and the finding.
+fn conntrack_table(rows: &[Row]) -> String {
+    let mut text = String::from(
+        "| kernel | count / max | refused | traced (reason@location) | stat drop / early_drop / insert_failed | finding | first fix | verdict |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows.iter().filter(|row| row.case == CONNTRACK.name) {
+        let cells = row
+            .measured
+            .as_ref()
+            .and_then(|m| m.conntrack.as_ref())
+            .map_or_else(
+                || "- | - | - | - | - | -".to_owned(),
+                |ct| {
+                    format!(
+                        "{} / {} | {} | {} ({}) | {} / {} / {} | {} | `{}`",
+                        ct.count,
+                        ct.max,
+                        ct.refused,
+                        ct.traced,
+                        ct.traced_as,
+                        ct.stat_drop,
+                        ct.stat_early_drop,
+                        ct.stat_insert_failed,
+                        ct.finding.as_deref().unwrap_or("**none**"),
+                        ct.fix.as_deref().unwrap_or("-"),
+                    )
+                },
+            );
+        let verdict = match &row.verdict {
+            Verdict::Pass => "pass".to_owned(),
+            Verdict::Fail(why) => format!("**FAIL**: {why}"),
+            Verdict::FailedAsItMust | Verdict::NotFetched(_) | Verdict::Skipped(_) => "-".into(),
+        };
+        let _ = writeln!(text, "| {} | {cells} | {verdict} |", row.kernel);
     }
     text
 }
@@ -657,6 +910,53 @@ mod tests {
             };
             assert_eq!(got, want, "case {name}");
         }
+    }
+
+    #[test]
+    fn conntrack_verdicts() {
+        let with = |conntrack: &str, pass: bool| {
+            format!(
+                r#"{{"kernel":"6.1.0-50-amd64","hook":"tp_btf/kfree_skb","reads":"bpf_probe_read_kernel","reason":"IP_INADDRERRORS","expected_reason":"IP_INADDRERRORS","count":100,"in_addr_errors_delta":100,{conntrack}"exact":true,"load_ms":80,"pass":{pass}}}"#
+            )
+        };
+        let full = r#""conntrack":{"max":16,"count":16,"refused":8,"traced_as":"NETFILTER_DROP@nf_hook_slow","traced":8,"stat_drop":8,"stat_early_drop":0,"stat_insert_failed":0,"finding":"the conntrack table is full (16 of 16): 8 new connections dropped","fix":"sysctl -w net.netfilter.nf_conntrack_max=65536","pass":true},"#;
+        let no_finding = r#""conntrack":{"max":16,"count":16,"refused":8,"traced_as":"none","traced":0,"stat_drop":8,"stat_early_drop":0,"stat_insert_failed":0,"finding":null,"fix":null,"pass":false},"#;
+        let cases = [
+            ("traced and named", with(full, true), 0, "pass"),
+            ("no finding", with(no_finding, false), 1, "fail"),
+            (
+                "the run lacks the conntrack part",
+                with("", true),
+                0,
+                "fail",
+            ),
+        ];
+        for (name, json, exit_code, want) in cases {
+            let (measured, verdict) = judge(
+                &CONNTRACK,
+                Some("IP_INADDRERRORS"),
+                &run(Some(&json), exit_code),
+            );
+            let got = match verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail(_) => "fail",
+                _ => "other",
+            };
+            assert_eq!(got, want, "case {name}");
+            assert!(measured.is_some(), "case {name}: the result line parses");
+        }
+        let row = |json: &str| Row {
+            kernel: "6.1.0-50-amd64 (bookworm)".into(),
+            case: CONNTRACK.name,
+            boot: None,
+            measured: Measured::parse(json).ok(),
+            verdict: Verdict::Pass,
+        };
+        let text = conntrack_table(&[row(&with(full, true))]);
+        assert!(
+            text.contains("| 16 / 16 | 8 | 8 (NETFILTER_DROP@nf_hook_slow) | 8 / 0 / 0 |"),
+            "{text}"
+        );
     }
 
     #[test]

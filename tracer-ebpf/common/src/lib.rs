@@ -247,9 +247,56 @@ mod user {
     unsafe impl aya::Pod for super::CpuState {}
 }
 
+/// `skb->network_header` of an skb whose network header was never set: `__alloc_skb`
+/// zeroes the field (`__finalize_skb_around` sets only the mac and transport headers
+/// to `~0`), and only `__netif_receive_skb_core`, GRO (`dev_gro_receive`), RPS
+/// (`get_rps_cpu`, before hashing) or a driver set it. So it stays 0 on drops between a
+/// driver that hands its skb to `netif_rx` and the stack, with no RPS on that queue:
+/// backlog overflow (`enqueue_to_backlog`, CPU_BACKLOG), e.g. behind ne2k's or
+/// usbnet's `netif_rx`. A set header is never at offset 0: every skb reserves headroom
+/// before its data. Without this, such drops read the headroom as IP.
+pub const NETWORK_HEADER_UNSET: u16 = 0;
+/// `(u16)~0U`: what the mac and transport headers start as, and what the network
+/// header was once wrongly assumed to start as; never a real offset either.
+pub const HEADER_UNSET_ALL_ONES: u16 = 0xffff;
+
+/// Whether `skb->network_header` (an offset from `skb->head`) points at a header:
+/// the one rule the kernel program applies before it reads an IP header, here so the
+/// host's tests check that very rule.
+// Inlined into the kernel program like the helpers above: no calls on the per-drop path.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+#[must_use]
+pub const fn network_header_is_set(offset: u16) -> bool {
+    offset != NETWORK_HEADER_UNSET && offset != HEADER_UNSET_ALL_ONES
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Offsets the kernel really leaves in `skb->network_header`, and whether a header
+    /// is there. The first case is issue 20: an skb a driver allocated and dropped
+    /// before the stack (backlog overflow, generic XDP, the driver itself) has 0 there,
+    /// and reading `head + 0` as IP reports the headroom's bytes as protocol and
+    /// addresses.
+    #[test]
+    fn network_header_offsets() {
+        let cases = [
+            ("never set: __alloc_skb's zero", 0, false),
+            ("all ones, as the mac header starts", 0xffff, false),
+            (
+                "received: NET_SKB_PAD + NET_IP_ALIGN + Ethernet",
+                64 + 2 + 14,
+                true,
+            ),
+            ("loopback: LL_MAX_HEADER-style reserve", 128 + 14, true),
+            ("a small reserve (AF_PACKET on lo)", 16, true),
+        ];
+        for (name, offset, want) in cases {
+            assert_eq!(network_header_is_set(offset), want, "case {name}");
+        }
+    }
 
     #[test]
     fn layouts_shared_with_the_kernel_program_are_fixed() {

@@ -8,7 +8,7 @@
 //! table-tested, and the lookups the findings need (which link a destination leaves
 //! by, what the neighbour table says of it) live here too.
 
-use std::{net::IpAddr, process::Command};
+use std::{net::IpAddr, path::Path, process::Command};
 
 use serde::Serialize;
 
@@ -104,7 +104,7 @@ impl Datapath {
                 "InNoRoutes",
             )
             .unwrap_or(0),
-            conntrack: read_conntrack(),
+            conntrack: read_conntrack(Path::new("/proc/net")),
         }
     }
 
@@ -229,7 +229,11 @@ pub fn conntrack_stat(text: &str, column: &str) -> Option<u64> {
     )
 }
 
-fn read_conntrack() -> Option<Conntrack> {
+/// Conntrack's state as the namespace of `proc_net` (`/proc/net`, or
+/// `/proc/thread-self/net` for a thread in a namespace of its own) and of the calling
+/// thread (whose namespace the `/proc/sys/net` sysctls follow) sees it.
+#[must_use]
+pub fn read_conntrack(proc_net: &Path) -> Option<Conntrack> {
     let sysctl = |name: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
             .ok()?
@@ -238,7 +242,7 @@ fn read_conntrack() -> Option<Conntrack> {
             .ok()
     };
     let count = sysctl("nf_conntrack_count")?;
-    let stat = std::fs::read_to_string("/proc/net/stat/nf_conntrack").unwrap_or_default();
+    let stat = std::fs::read_to_string(proc_net.join("stat/nf_conntrack")).unwrap_or_default();
     let column = |c: &str| conntrack_stat(&stat, c).unwrap_or(0);
     Some(Conntrack {
         count,

@@ -7,9 +7,12 @@
 //! package; from 7.x the image itself is in a `linux-binary-*` package it depends on,
 //! and the modules in a `linux-modules-*` one.
 //! Only the `vmlinuz` is kept, one per suite, with the few modules the late-module
-//! self-test loads (ipip and what it needs); later runs use them without the network.
+//! self-test loads (ipip and what it needs) and those of the conntrack self-test
+//! (conntrack, nf_tables and the dependencies their `.modinfo` names); later runs use
+//! them without the network.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -29,6 +32,15 @@ const METAPACKAGE_PREFIX: &str = "linux-image-";
 /// kernel has built in are not in its package and are simply not loaded.
 pub const LATE_MODULES: [&str; 3] = ["tunnel4", "ip_tunnel", "ipip"];
 
+/// The modules the conntrack self-test needs, before their dependencies are added.
+/// crc32c comes first although nothing names it a dependency: libcrc32c asks the
+/// crypto API for it when it loads, and the guest has no modprobe to answer that.
+/// nft_ct is what makes conntrack hook a namespace at all (a `ct state` rule).
+pub const CONNTRACK_MODULES: [&str; 4] = ["crc32c_generic", "nf_conntrack", "nf_tables", "nft_ct"];
+
+/// The file in a module folder that lists its modules in load order.
+const LOAD_ORDER: &str = "load-order";
+
 /// A kernel ready to boot.
 #[derive(Clone, Debug)]
 pub struct Kernel {
@@ -38,6 +50,9 @@ pub struct Kernel {
     /// Uncompressed files of [`LATE_MODULES`] that this kernel has as modules, in
     /// load order (empty when ipip is built in).
     pub late_modules: Vec<PathBuf>,
+    /// Uncompressed files of [`CONNTRACK_MODULES`] and their dependencies that this
+    /// kernel has as modules, in load order.
+    pub conntrack_modules: Vec<PathBuf>,
 }
 
 /// The files of `dir` named after [`LATE_MODULES`], in load order; none unless ipip is
@@ -53,6 +68,16 @@ fn late_modules_in(dir: &Path) -> Vec<PathBuf> {
     } else {
         Vec::new()
     }
+}
+
+/// The modules a folder's [`LOAD_ORDER`] lists, in that order; none without it.
+fn modules_in_order(dir: &Path) -> Vec<PathBuf> {
+    fs::read_to_string(dir.join(LOAD_ORDER))
+        .unwrap_or_default()
+        .lines()
+        .map(|name| dir.join(format!("{name}.ko")))
+        .filter(|path| path.is_file())
+        .collect()
 }
 
 /// `$XDG_CACHE_HOME/dropgate/kernels`, else `~/.cache/dropgate/kernels`: outside the
@@ -82,16 +107,20 @@ pub fn kernel(suite: &str, series: &str, arch: &str) -> Result<Kernel> {
     let vmlinuz = dir.join("vmlinuz");
     let release_file = dir.join("release");
     let modules = dir.join("late-modules");
-    // A cache from before the late modules (no folder) is fetched again once.
-    if let (true, true, Ok(release)) = (
+    let conntrack = dir.join("conntrack-modules");
+    // A cache from before the late or conntrack modules (no folder, or no load order)
+    // is fetched again once.
+    if let (true, true, true, Ok(release)) = (
         vmlinuz.is_file(),
         modules.is_dir(),
+        conntrack.join(LOAD_ORDER).is_file(),
         fs::read_to_string(&release_file),
     ) {
         return Ok(Kernel {
             release: release.trim().to_owned(),
             vmlinuz,
             late_modules: late_modules_in(&modules),
+            conntrack_modules: modules_in_order(&conntrack),
         });
     }
     // Scratch space per process, so that two runs fetching at once share neither apt's
@@ -99,17 +128,23 @@ pub fn kernel(suite: &str, series: &str, arch: &str) -> Result<Kernel> {
     // is tens of megabytes and cheap to rebuild.
     let scratch = dir.join(format!("fetch.{}", std::process::id()));
     let fetched = fetch(suite, series, arch, &scratch);
-    let kernel = fetched.and_then(|(release, extracted, extracted_modules)| {
+    let kernel = fetched.and_then(|fetched| {
+        let Fetched {
+            release,
+            vmlinuz: extracted,
+            late_modules: extracted_modules,
+            conntrack_modules: extracted_conntrack,
+        } = fetched;
         fs::write(&release_file, format!("{release}\n"))
             .with_context(|| format!("writing {}", release_file.display()))?;
-        let _ = fs::remove_dir_all(&modules);
-        fs::rename(&extracted_modules, &modules).with_context(|| {
-            format!(
-                "moving {} to {}",
-                extracted_modules.display(),
-                modules.display()
-            )
-        })?;
+        for (from, to) in [
+            (&extracted_modules, &modules),
+            (&extracted_conntrack, &conntrack),
+        ] {
+            let _ = fs::remove_dir_all(to);
+            fs::rename(from, to)
+                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
         // The image appearing is what makes the cache entry complete.
         fs::rename(&extracted, &vmlinuz)
             .with_context(|| format!("moving {} to {}", extracted.display(), vmlinuz.display()))?;
@@ -117,6 +152,7 @@ pub fn kernel(suite: &str, series: &str, arch: &str) -> Result<Kernel> {
             release,
             vmlinuz,
             late_modules: late_modules_in(&modules),
+            conntrack_modules: modules_in_order(&conntrack),
         })
     });
     let _ = fs::remove_dir_all(&scratch);
@@ -154,14 +190,18 @@ pub fn busybox(suite: &str, arch: &str) -> Result<PathBuf> {
     fetched.map(|()| busybox)
 }
 
-/// Resolves and downloads `suite`'s kernel in `scratch`; its release, the path of the
-/// extracted image and a folder with the late modules it has.
-fn fetch(
-    suite: &str,
-    series: &str,
-    arch: &str,
-    scratch: &Path,
-) -> Result<(String, PathBuf, PathBuf)> {
+/// What [`fetch`] left in its scratch folder.
+struct Fetched {
+    release: String,
+    vmlinuz: PathBuf,
+    /// A folder with the late modules the kernel has.
+    late_modules: PathBuf,
+    /// A folder with the conntrack modules and their [`LOAD_ORDER`].
+    conntrack_modules: PathBuf,
+}
+
+/// Resolves and downloads `suite`'s kernel in `scratch`.
+fn fetch(suite: &str, series: &str, arch: &str, scratch: &Path) -> Result<Fetched> {
     let apt = PrivateApt::create(&scratch.join("apt"), suite, arch)?;
     let metapackage = format!("{METAPACKAGE_PREFIX}{arch}");
     eprintln!(
@@ -196,7 +236,18 @@ fn fetch(
         &scratch.join("modules-root"),
         &scratch.join("late"),
     )?;
-    Ok((release, extracted, modules))
+    let conntrack_modules = extract_with_dependencies(
+        &modules_deb,
+        &CONNTRACK_MODULES,
+        &scratch.join("conntrack-root"),
+        &scratch.join("conntrack"),
+    )?;
+    Ok(Fetched {
+        release,
+        vmlinuz: extracted,
+        late_modules: modules,
+        conntrack_modules,
+    })
 }
 
 /// `apt-get download package` into the folder `into`; the `.deb` it left.
@@ -256,6 +307,133 @@ fn extract_late_modules(deb: &Path, scratch: &Path, into: &Path) -> Result<PathB
         }
     }
     Ok(into.to_path_buf())
+}
+
+/// Extracts the modules named `wanted` and, before each, the modules it depends on
+/// (their `.modinfo`), uncompressed, into `into`, with their [`LOAD_ORDER`]. Those
+/// the kernel has built in are not in its package and are left out.
+fn extract_with_dependencies(
+    deb: &Path,
+    wanted: &[&str],
+    scratch: &Path,
+    into: &Path,
+) -> Result<PathBuf> {
+    fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
+    // Where netfilter, its libraries and crc32c live; the rest of the tree is hundreds
+    // of megabytes not needed here.
+    for pattern in ["*/kernel/net/*", "*/kernel/lib/*", "*/kernel/crypto/*"] {
+        // A kernel with all of one folder built in has no such folder.
+        let _ = extract(deb, scratch, pattern);
+    }
+    let mut files = BTreeMap::new();
+    index_modules(scratch, &mut files)?;
+    let mut order: Vec<String> = Vec::new();
+    for name in wanted {
+        add_with_dependencies(name, &files, into, &mut order, 0)?;
+    }
+    fs::write(into.join(LOAD_ORDER), order.join("\n") + "\n")
+        .with_context(|| format!("writing {}", into.join(LOAD_ORDER).display()))?;
+    Ok(into.to_path_buf())
+}
+
+/// Module name (dashes as underscores, as `.modinfo` names dependencies) to its file,
+/// for every `.ko`, `.ko.xz` and `.ko.zst` under `dir`.
+fn index_modules(dir: &Path, files: &mut BTreeMap<String, PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            index_modules(&path, files)?;
+            continue;
+        }
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let name = [".ko", ".ko.xz", ".ko.zst"]
+            .iter()
+            .find_map(|suffix| file_name.strip_suffix(suffix));
+        if let Some(name) = name {
+            files.insert(name.replace('-', "_"), path);
+        }
+    }
+    Ok(())
+}
+
+/// Puts `name`'s dependencies, then `name`, uncompressed into `into` and onto `order`.
+fn add_with_dependencies(
+    name: &str,
+    files: &BTreeMap<String, PathBuf>,
+    into: &Path,
+    order: &mut Vec<String>,
+    depth: u32,
+) -> Result<()> {
+    ensure!(
+        depth < 16,
+        "module dependencies of {name} nest too deep (a cycle?)"
+    );
+    if order.iter().any(|known| known == name) {
+        return Ok(());
+    }
+    // Built in (or absent from this kernel): nothing to load.
+    let Some(found) = files.get(name) else {
+        return Ok(());
+    };
+    let target = into.join(format!("{name}.ko"));
+    uncompress_module(found, &target)?;
+    let elf = fs::read(&target).with_context(|| format!("reading {}", target.display()))?;
+    for dependency in module_dependencies(&elf)
+        .with_context(|| format!("reading the dependencies of {}", target.display()))?
+    {
+        add_with_dependencies(&dependency, files, into, order, depth + 1)?;
+    }
+    order.push(name.to_owned());
+    Ok(())
+}
+
+/// The modules a kernel module depends on: the `depends=` entry of its `.modinfo`
+/// section (NUL-separated `key=value` strings), as `modinfo -F depends` prints it.
+fn module_dependencies(elf: &[u8]) -> Result<Vec<String>> {
+    use object::{Object as _, ObjectSection as _};
+    let file = object::File::parse(elf).context("not an ELF file")?;
+    let section = file
+        .section_by_name(".modinfo")
+        .context("no .modinfo section: not a kernel module")?;
+    Ok(depends_in_modinfo(
+        section.data().context("reading .modinfo")?,
+    ))
+}
+
+/// The `depends=` list of a `.modinfo` section's contents.
+fn depends_in_modinfo(modinfo: &[u8]) -> Vec<String> {
+    modinfo
+        .split(|byte| *byte == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok()?.strip_prefix("depends="))
+        .flat_map(|list| list.split(','))
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Copies a module file to `target`, uncompressing `.ko.xz` and `.ko.zst`.
+fn uncompress_module(found: &Path, target: &Path) -> Result<()> {
+    let name = found.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        "xz"
+    } else if name.ends_with(".zst") {
+        "zstd"
+    } else {
+        fs::copy(found, target).with_context(|| format!("copying {}", found.display()))?;
+        return Ok(());
+    };
+    let output = Command::new(tool)
+        .arg("-dc")
+        .arg(found)
+        .output()
+        .with_context(|| format!("cannot run {tool}"))?;
+    ensure!(
+        output.status.success(),
+        "{tool} -dc {} failed",
+        found.display()
+    );
+    fs::write(target, output.stdout).with_context(|| format!("writing {}", target.display()))
 }
 
 /// An apt configuration of our own: nothing read from or written to the machine's.
@@ -514,6 +692,27 @@ mod tests {
                 want,
                 "case {name}"
             );
+        }
+    }
+
+    #[test]
+    fn module_dependencies_from_modinfo() {
+        let cases: [(&str, &[u8], &[&str]); 4] = [
+            (
+                "nf_conntrack on 6.1",
+                b"license=GPL\0depends=nf_defrag_ipv6,nf_defrag_ipv4,libcrc32c\0retpoline=Y\0",
+                &["nf_defrag_ipv6", "nf_defrag_ipv4", "libcrc32c"],
+            ),
+            ("no dependencies", b"depends=\0intree=Y\0", &[]),
+            ("no depends entry", b"license=GPL\0", &[]),
+            (
+                "a value that only contains the key",
+                b"description=depends=x\0depends=nfnetlink\0",
+                &["nfnetlink"],
+            ),
+        ];
+        for (name, modinfo, want) in cases {
+            assert_eq!(depends_in_modinfo(modinfo), want, "case {name}");
         }
     }
 

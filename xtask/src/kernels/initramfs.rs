@@ -1,6 +1,8 @@
 //! The guests' initramfs: static busybox, an `/init` that mounts what the tracer needs
 //! and runs the self-tests the kernel command line names, the static dropgate binary
-//! (the guest has no other userland), and the modules of the late-module self-test.
+//! (the guest has no other userland), and extra files: the modules of the late-module
+//! and conntrack self-tests, and (x86_64 guests) this machine's `nft` with its shared
+//! libraries (Debian 12's glibc runs on every kernel of the matrix).
 //!
 //! The newc cpio is written in memory (the `cpio` crate) rather than by the `cpio` tool,
 //! so that `/dev/console` (without it `/init` has no stdout) needs no `mknod`
@@ -50,11 +52,77 @@ poweroff -f
 
 /// Where the late-module self-test finds its module files in the guest.
 pub const LATE_MODULES_DIR: &str = "/lib/late";
+/// Where the conntrack self-test finds its module files in the guest.
+pub const CONNTRACK_MODULES_DIR: &str = "/lib/conntrack";
+
+/// A file of this machine and where it goes in the guest (an absolute path).
+pub struct Extra {
+    pub inside: String,
+    pub host: PathBuf,
+}
+
+/// `files`, each in the guest's folder `dir` under its own name.
+pub fn in_folder(dir: &str, files: &[PathBuf]) -> Vec<Extra> {
+    files
+        .iter()
+        .filter_map(|host| {
+            let name = host.file_name()?.to_string_lossy().into_owned();
+            Some(Extra {
+                inside: format!("{dir}/{name}"),
+                host: host.clone(),
+            })
+        })
+        .collect()
+}
+
+/// This machine's `program` as `/bin/<name>` and the shared libraries `ldd` names for
+/// it (with the dynamic loader) at their own paths.
+pub fn program_with_libraries(program: &Path) -> Result<Vec<Extra>> {
+    let name = program
+        .file_name()
+        .with_context(|| format!("{} has no file name", program.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let output = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("cannot run ldd")?;
+    ensure!(
+        output.status.success(),
+        "ldd {} failed: {}",
+        program.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let mut extras = vec![Extra {
+        inside: format!("/bin/{name}"),
+        host: program.to_path_buf(),
+    }];
+    extras.extend(
+        libraries_in_ldd(&String::from_utf8_lossy(&output.stdout))
+            .into_iter()
+            .map(|library| Extra {
+                inside: library.clone(),
+                host: PathBuf::from(library),
+            }),
+    );
+    Ok(extras)
+}
+
+/// The absolute paths in `ldd`'s output: `name => /path (0x...)` and the loader's
+/// `/path (0x...)`; the vDSO has none.
+fn libraries_in_ldd(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let path = line.rsplit_once("=>").map_or(line, |(_, right)| right);
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect()
+}
 
 /// Builds the initramfs for the static `binary` and `busybox` (both of the guest's
-/// architecture) into `out` (a `.cpio.gz`), with `modules` (files for the late-module
-/// self-test) in [`LATE_MODULES_DIR`].
-pub fn build(binary: &Path, busybox: &Path, out: &Path, modules: &[PathBuf]) -> Result<()> {
+/// architecture) into `out` (a `.cpio.gz`), with `extras` (module files, programs).
+pub fn build(binary: &Path, busybox: &Path, out: &Path, extras: &[Extra]) -> Result<()> {
     let dropgate = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     ensure!(
         is_static(&dropgate),
@@ -74,17 +142,11 @@ pub fn build(binary: &Path, busybox: &Path, out: &Path, modules: &[PathBuf]) -> 
     archive.file("bin/busybox", 0o755, &busybox);
     archive.symlink("bin/sh", "busybox");
     archive.file("bin/dropgate", 0o755, &dropgate);
-    for module in modules {
-        let data = fs::read(module).with_context(|| format!("reading {}", module.display()))?;
-        let name = module
-            .file_name()
-            .with_context(|| format!("{} has no file name", module.display()))?;
-        let inside = format!(
-            "{}/{}",
-            LATE_MODULES_DIR.trim_start_matches('/'),
-            name.to_string_lossy()
-        );
-        archive.file(&inside, 0o644, &data);
+    for extra in extras {
+        // Follows symlinks: the guest gets the file itself.
+        let data =
+            fs::read(&extra.host).with_context(|| format!("reading {}", extra.host.display()))?;
+        archive.file(extra.inside.trim_start_matches('/'), 0o755, &data);
     }
     let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
     gzip.write_all(&archive.finish())
@@ -236,6 +298,26 @@ mod tests {
             ),
         ];
         assert_eq!(entries, want, "parents first, then each entry as written");
+    }
+
+    #[test]
+    fn libraries_from_ldd() {
+        let nft = "\tlinux-vdso.so.1 (0x00007f382b91f000)\n\
+                   \tlibnftables.so.1 => /lib/x86_64-linux-gnu/libnftables.so.1 (0x00007f382b82b000)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f382b60f000)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f382b921000)\n";
+        assert_eq!(
+            libraries_in_ldd(nft),
+            [
+                "/lib/x86_64-linux-gnu/libnftables.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+        assert!(
+            libraries_in_ldd("\tnot a dynamic executable\n").is_empty(),
+            "a static program needs nothing"
+        );
     }
 
     #[test]

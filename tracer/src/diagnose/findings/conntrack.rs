@@ -4,7 +4,7 @@
 //! packet"). Evidence is the rule's counter, conntrack's own statistics
 //! (`/proc/net/stat/nf_conntrack`) and the table's count against its maximum.
 
-use super::{interfaces_of, sum, Evidence, Finding, Kind, Rule, RuleHit, Severity};
+use super::{interfaces_of, sum, Evidence, Finding, Kind, Rule, RuleHit, Severity, TracedDrop};
 use crate::diagnose::datapath::Conntrack;
 
 /// Whether `rule` matches conntrack's INVALID state.
@@ -14,6 +14,13 @@ pub(super) fn matches_invalid(rule: &Rule) -> bool {
     words.windows(2).any(|w| {
         matches!(w[0], "--ctstate" | "--state" | "state") && w[1].split(',').any(|s| s == "invalid")
     })
+}
+
+/// Whether netfilter freed the packet: its reason, or on kernels without reasons
+/// (5.10, where every drop is `unknown`) the function every netfilter verdict of DROP
+/// is freed in.
+fn netfilter_dropped(d: &TracedDrop) -> bool {
+    d.reason == "NETFILTER_DROP" || (d.reason == "unknown" && d.location == "nf_hook_slow")
 }
 
 /// Conntrack's statistics before and after the window, when both were read.
@@ -34,7 +41,7 @@ pub(super) fn invalid(ev: &Evidence, out: &mut Vec<Finding>) {
     let Some(top) = hits.first() else {
         return;
     };
-    let traced = ev.drops_where(|d| d.reason == "NETFILTER_DROP");
+    let traced = ev.drops_where(netfilter_dropped);
     let mut evidence = Vec::new();
     if !traced.is_empty() {
         evidence.push(format!(
@@ -132,7 +139,7 @@ pub(super) fn table_full(ev: &Evidence, out: &mut Vec<Finding>) {
             ));
         }
     }
-    let traced = ev.drops_where(|d| d.reason == "NETFILTER_DROP");
+    let traced = ev.drops_where(netfilter_dropped);
     if !traced.is_empty() {
         evidence.push(format!(
             "{} packets dropped by netfilter on {}",
@@ -255,6 +262,13 @@ mod tests {
                 vec![Kind::ConntrackFull],
             ),
             (
+                "table full on 5.10: no reasons, netfilter's function",
+                with(vec![], ct(1000, 0, 10)),
+                with(vec![], ct(1000, 0, 14)),
+                vec![drop("unknown", "nf_hook_slow", "none", 4)],
+                vec![Kind::ConntrackFull],
+            ),
+            (
                 "table nearly full, nothing dropped yet",
                 with(vec![], ct(950, 0, 0)),
                 with(vec![], ct(950, 0, 0)),
@@ -278,6 +292,18 @@ mod tests {
             });
             let kinds: Vec<Kind> = found.iter().map(|f| f.kind).collect();
             assert_eq!(kinds, want, "case {name}: {found:?}");
+            // Traced drops are evidence of the finding, whatever the kernel calls them.
+            let traced: u64 = drops.iter().map(|d| d.packets).sum();
+            if let (Some(finding), true) = (found.first(), traced > 0) {
+                assert!(
+                    finding
+                        .evidence
+                        .iter()
+                        .any(|l| l.starts_with(&format!("{traced} packets dropped by netfilter"))),
+                    "case {name}: the traced drops are missing from {:?}",
+                    finding.evidence
+                );
+            }
         }
     }
 }
