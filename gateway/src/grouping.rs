@@ -68,16 +68,18 @@ pub enum GroupingError {
         labels: String,
     },
     /// A label name is not `[a-zA-Z_][a-zA-Z0-9_]*` or starts with `__`.
-    #[error("improper label name {}{}", go_quote(.name.as_bytes()), if *.utf8_names {
-        ": a label name must be non-empty UTF-8 not starting with \"__\" (a \"U__\" name must decode)"
+    /// After Go's text, a hint only where the name would pass with UTF-8 names on, so
+    /// that 1.9's answers stay byte for byte what they were for everything else.
+    #[error("improper label name {}{}", go_quote(.name.as_bytes()), if *.utf8_hint {
+        " (label names beyond [a-zA-Z_][a-zA-Z0-9_]* need --push.enable-utf8-names)"
     } else {
-        ": a label name is [a-zA-Z_][a-zA-Z0-9_]*, not starting with \"__\" (UTF-8 and U__-escaped names need --push.enable-utf8-names)"
+        ""
     })]
     ImproperLabelName {
         /// The name, without a `@base64` suffix.
         name: String,
-        /// Whether UTF-8 names were allowed (the hint differs).
-        utf8_names: bool,
+        /// Whether the name would be accepted with `--push.enable-utf8-names`.
+        utf8_hint: bool,
     },
     /// A `<name>@base64` label value is not valid base64.
     #[error("invalid base64 encoding for label {name}={}: illegal base64 data at input byte {offset}", go_quote(.value.as_bytes()))]
@@ -326,7 +328,9 @@ fn split_labels(
         let trimmed = name.strip_suffix(BASE64_SUFFIX.as_bytes()).unwrap_or(name);
         let improper = || GroupingError::ImproperLabelName {
             name: String::from_utf8_lossy(trimmed).into_owned(),
-            utf8_names: names.utf8(),
+            utf8_hint: !names.utf8()
+                && std::str::from_utf8(trimmed)
+                    .is_ok_and(|name| NameRules::Utf8.allows_label_name(&unescape_values(name))),
         };
         let trimmed_name = std::str::from_utf8(trimmed).map_err(|_| improper())?;
         let label_name = match names {

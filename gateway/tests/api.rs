@@ -336,7 +336,7 @@ async fn bad_push_urls_answer_400_with_upstreams_texts() {
         (
             "bad label name",
             "/metrics/job/x/a-b/c",
-            "improper label name \"a-b\"\n",
+            "improper label name \"a-b\" (label names beyond [a-zA-Z_][a-zA-Z0-9_]* need --push.enable-utf8-names)\n",
         ),
         (
             "bad base64 value",
@@ -1275,4 +1275,99 @@ async fn openmetrics_leaves_out_families_that_clash_with_a_typed_family() {
         text.contains("x_created{") && text.contains("jobs_created{"),
         "{text}"
     );
+}
+
+/// `--push.enable-utf8-names` on: a quoted text push and a `U__` path are stored under
+/// their UTF-8 names; a scrape without `escaping=` sees them with underscores (as from
+/// pushgateway 1.11), one asking for `allow-utf-8` sees them quoted; the JSON API shows
+/// them as pushed.
+#[tokio::test]
+async fn utf8_names_are_stored_and_served_escaped_as_asked() {
+    let config = GatewayConfig {
+        enable_utf8_names: true,
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(&config, Arc::new(NoSource));
+    let pushed = gw
+        .put(
+            "/metrics/job/j/U__zone_2e_name@base64/ZXUtMQ",
+            "# TYPE \"my.metric\" gauge\n{\"my.metric\",\"lbl.x\"=\"v\"} 1\n",
+        )
+        .await;
+    assert_eq!(pushed.status, StatusCode::OK, "{}", pushed.text());
+
+    let plain = gw.get("/metrics").await;
+    assert_eq!(
+        plain.header("content-type"),
+        "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"
+    );
+    assert!(
+        plain
+            .text()
+            .contains("my_metric{instance=\"\",job=\"j\",lbl_x=\"v\",zone_name=\"eu-1\"} 1\n"),
+        "{}",
+        plain.text()
+    );
+    let utf8 = gw
+        .call(
+            Method::GET,
+            "/metrics",
+            &[("accept", "text/plain;version=0.0.4;escaping=allow-utf-8")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        utf8.header("content-type"),
+        "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8"
+    );
+    assert!(
+        utf8.text().contains(
+            "{\"my.metric\",instance=\"\",job=\"j\",\"lbl.x\"=\"v\",\"zone.name\"=\"eu-1\"} 1\n"
+        ),
+        "{}",
+        utf8.text()
+    );
+    let json = gw.get("/api/v1/metrics").await.json();
+    let group = &json["data"][0];
+    assert_eq!(group["labels"]["zone.name"], "eu-1", "{group}");
+    assert!(group.get("my.metric").is_some(), "{group}");
+}
+
+/// Off (the default, as pushgateway 1.9): the same pushes get 400 with Go's text and a
+/// word on the flag, and the store does not change.
+#[tokio::test]
+async fn utf8_names_are_refused_without_the_flag() {
+    let gw = gateway();
+    gw.put("/metrics/job/j", "m 1\n").await;
+    let before = gw.scrape_without_push_times().await;
+    let text = gw
+        .put("/metrics/job/j", "{\"my.metric\",\"lbl.x\"=\"v\"} 1\n")
+        .await;
+    assert_eq!(text.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        text.text(),
+        "text format parsing error in line 1: invalid metric name (quoted UTF-8 metric and label names are accepted only with --push.enable-utf8-names)\n"
+    );
+    let path = gw.put("/metrics/job/j/zone.name/x", "m 1\n").await;
+    assert_eq!(path.status, StatusCode::BAD_REQUEST);
+    assert!(
+        path.text()
+            .starts_with("improper label name \"zone.name\" (")
+            && path.text().contains("--push.enable-utf8-names"),
+        "{}",
+        path.text()
+    );
+    assert_eq!(
+        gw.scrape_without_push_times().await,
+        before,
+        "store unchanged"
+    );
+    // A `U__` name is a legacy name: 1.9 stores it as it is, and so do we.
+    let legacy = gw.put("/metrics/job/j/U__zone_2e_name/x", "m 1\n").await;
+    assert_eq!(legacy.status, StatusCode::OK);
+    assert!(gw
+        .get("/metrics")
+        .await
+        .text()
+        .contains("m{U__zone_2e_name=\"x\",instance=\"\",job=\"j\"} 1\n"));
 }

@@ -32,6 +32,23 @@ pub struct TextParseError {
     pub line: usize,
     /// Go's message text after the line prefix.
     pub message: String,
+    /// Whether the error is at a quoted name, which only `--push.enable-utf8-names`
+    /// reads: the HTTP answer then adds [`TextParseError::hint`] after Go's text (the
+    /// error itself stays Go's, word for word).
+    pub utf8_hint: bool,
+}
+
+impl TextParseError {
+    /// A word on `--push.enable-utf8-names` when it would have made the body parse
+    /// (see `utf8_hint`), else nothing.
+    #[must_use]
+    pub fn hint(&self) -> &'static str {
+        if self.utf8_hint {
+            " (quoted UTF-8 metric and label names are accepted only with --push.enable-utf8-names)"
+        } else {
+            ""
+        }
+    }
 }
 
 /// Why a push body was refused by [`parse_limited`].
@@ -95,6 +112,7 @@ pub fn parse_limited(
                 return Err(TextError::Syntax(TextParseError {
                     line: parser.line,
                     message,
+                    utf8_hint: parser.utf8_hint,
                 }));
             }
         };
@@ -186,6 +204,8 @@ struct Parser<'a> {
     metric: usize,
     /// Whether quoted (UTF-8) names are read.
     utf8: bool,
+    /// Set when the error is at a quoted name that `utf8` would have read.
+    utf8_hint: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -210,6 +230,7 @@ impl<'a> Parser<'a> {
             bound: f64::NAN,
             metric: 0,
             utf8: false,
+            utf8_hint: false,
         }
     }
 
@@ -351,17 +372,11 @@ impl<'a> Parser<'a> {
         Ok(State::ReadingValue)
     }
 
-    /// Go's message, and when the byte at fault opens a quoted name that only
-    /// `--push.enable-utf8-names` reads, a word on that.
-    fn with_utf8_hint(&self, message: &str) -> String {
-        if !self.utf8 && (self.byte == b'"' || self.byte == b'{') {
-            format!(
-                "{message} (quoted UTF-8 metric and label names are accepted only with \
-                 --push.enable-utf8-names)"
-            )
-        } else {
-            message.to_owned()
-        }
+    /// Go's message; notes when the byte at fault opens a quoted name that only
+    /// `--push.enable-utf8-names` reads (see [`TextParseError::hint`]).
+    fn with_utf8_hint(&mut self, message: &str) -> String {
+        self.utf8_hint = !self.utf8 && (self.byte == b'"' || self.byte == b'{');
+        message.to_owned()
     }
 
     fn reading_labels(&mut self) -> State {
@@ -1258,11 +1273,12 @@ mod tests {
             ),
         ];
         for (case, body, want) in table {
-            let error = parse(body.as_bytes()).expect_err(case).to_string();
-            assert!(error.starts_with(want), "{case}: {error}");
+            let error = parse(body.as_bytes()).expect_err(case);
+            let message = error.to_string();
+            assert_eq!(format!("{message} ("), *want, "{case}: Go's words");
             assert!(
-                error.contains("--push.enable-utf8-names"),
-                "{case}: {error}"
+                error.hint().contains("--push.enable-utf8-names"),
+                "{case}: {error:?}"
             );
         }
     }

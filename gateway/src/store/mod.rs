@@ -209,6 +209,9 @@ struct FamilyEntry {
     series: HashSet<u64>,
     /// The merged family rendered in each format, until the next change to it.
     rendered: Mutex<RenderCache>,
+    /// Whether a member has a non-legacy name, so that scrapes see it escaped as they
+    /// negotiated (see `render`); false in every store without UTF-8 names.
+    utf8_names: bool,
 }
 
 impl MetricStore {
@@ -714,6 +717,7 @@ impl State {
                 members: BTreeMap::new(),
                 series: HashSet::new(),
                 rendered: Mutex::new(RenderCache::default()),
+                utf8_names: false,
             };
             self.families.insert(Arc::from(name), entry);
         }
@@ -725,6 +729,7 @@ impl State {
         }
         entry.kind = kind;
         entry.series.extend(stored.hashes());
+        entry.note_utf8_names(stored.has_utf8_names());
         entry.invalidate();
         if let Some(group) = self.groups.get_mut(key) {
             group.insert(stored);
@@ -748,6 +753,7 @@ impl State {
         };
         entry.members.remove(key);
         entry.forget_series(stored);
+        entry.note_utf8_names(false);
         if entry.members.is_empty() {
             self.families.remove(name);
         } else {
@@ -769,6 +775,15 @@ impl FamilyEntry {
     fn forget_series(&mut self, stored: &StoredFamily) {
         for hash in stored.hashes() {
             self.series.remove(&hash);
+        }
+    }
+
+    /// Keeps `utf8_names` true while a member has such a name; `added` says whether
+    /// the member that just joined has one. Members are counted again only in
+    /// families that had one: the others never pay for it.
+    fn note_utf8_names(&mut self, added: bool) {
+        if added || self.utf8_names {
+            self.utf8_names = self.members.values().any(StoredFamily::has_utf8_names);
         }
     }
 
