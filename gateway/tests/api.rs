@@ -1371,3 +1371,77 @@ async fn utf8_names_are_refused_without_the_flag() {
         .text()
         .contains("m{U__zone_2e_name=\"x\",instance=\"\",job=\"j\"} 1\n"));
 }
+
+/// Protobuf pushes may carry any UTF-8 name with the flag (kept as is in a protobuf
+/// scrape asking for `allow-utf-8`, escaped in one asking for nothing), and are refused
+/// without it, as upstream's check refuses them.
+#[tokio::test]
+async fn protobuf_pushes_with_utf8_names() {
+    let family = MetricFamily {
+        name: Some("pb.metric".to_owned()),
+        help: None,
+        r#type: Some(MetricType::Gauge as i32),
+        metric: vec![Metric {
+            label: vec![LabelPair::new("größe", "b")],
+            gauge: Some(Gauge { value: Some(2.0) }),
+            ..Default::default()
+        }],
+        unit: None,
+    };
+    let mut body = Vec::new();
+    gateway::codec::protobuf::encode_delimited(std::slice::from_ref(&family), &mut body);
+    let legacy = gateway();
+    let refused = legacy
+        .call(
+            Method::PUT,
+            "/metrics/job/p",
+            &[("content-type", PROTOBUF)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.text().starts_with(
+            "pushed metrics are invalid or inconsistent with existing metrics: metric family name \"pb.metric\" is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*; UTF-8 names need --push.enable-utf8-names)"
+        ),
+        "{}",
+        refused.text()
+    );
+    assert!(!legacy.get("/metrics").await.text().contains("pb"));
+
+    let config = GatewayConfig {
+        enable_utf8_names: true,
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(&config, Arc::new(NoSource));
+    let accepted = gw
+        .call(
+            Method::PUT,
+            "/metrics/job/p",
+            &[("content-type", PROTOBUF)],
+            body,
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text());
+    let accept = format!("{PROTOBUF};escaping=allow-utf-8");
+    let scrape = gw
+        .call(
+            Method::GET,
+            "/metrics",
+            &[("accept", &accept)],
+            Body::empty(),
+        )
+        .await;
+    let families =
+        gateway::codec::protobuf::decode_delimited(&scrape.body).expect("delimited protobuf");
+    assert_eq!(families[0].name.as_deref(), Some("pb.metric"));
+    assert_eq!(
+        families[0].metric[0].label[0].name.as_deref(),
+        Some("größe")
+    );
+    let text = gw.scrape_without_push_times().await;
+    assert!(
+        text.contains("pb_metric{gr__e=\"b\",instance=\"\",job=\"p\"} 2\n"),
+        "{text}"
+    );
+}
