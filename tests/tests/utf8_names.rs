@@ -6,7 +6,8 @@
 //!   UTF-8 names) pushes a registry with dotted names, its grouping key naming a label
 //!   `U__site_2e_id` whose value it sends as `@base64`;
 //! - scrapes see the names escaped as their `Accept` asks (`underscores` without
-//!   `escaping=`, quoted with `allow-utf-8`, `U__` with `values`);
+//!   `escaping=`, quoted with `allow-utf-8`, `U__` with `values`), and the OpenMetrics
+//!   one with `allow-utf-8` parses with prometheus_client's parser;
 //! - Debian's Prometheus 2.42 (which asks for no escaping) scrapes the gateway and
 //!   stores the underscored names, found with PromQL through its HTTP API;
 //! - without the flag the same pushes get 400 with Go's text and a word on the flag,
@@ -117,6 +118,38 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// `exposition` through prometheus_client's OpenMetrics parser: one line per sample,
+/// `name {labels} value` (labels sorted); panics with the parser's error.
+fn parse_openmetrics(python: &Path, exposition: &str) -> String {
+    const PARSE: &str = r"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        print(s.name, dict(sorted(s.labels.items())), s.value)
+";
+    let mut child = Command::new(python)
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write the exposition");
+    let output = child.wait_with_output().expect("python finishes");
+    assert!(
+        output.status.success(),
+        "OpenMetrics parser refused the exposition: {}\n{exposition}",
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A scrape with `accept` (none: no header); the `Content-Type` and the body.
 fn scrape(gateway: &Server, accept: Option<&str>) -> (String, String) {
     let mut request = Request::new("GET", "/metrics");
@@ -214,10 +247,33 @@ fn utf8_pushes_from_curl_and_python_reach_prometheus_escaped() {
     ] {
         assert!(quoted.lines().any(|l| l == line), "{line} in\n{quoted}");
     }
+    // Prometheus 3's first choice: OpenMetrics with UTF-8 names, as its parser (here
+    // prometheus_client's) reads it.
+    let (content_type, openmetrics) = scrape(
+        &gateway,
+        Some("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"),
+    );
+    assert!(
+        content_type.ends_with("; escaping=allow-utf-8"),
+        "{content_type}"
+    );
+    let parsed = parse_openmetrics(&python, &openmetrics);
+    for sample in [
+        "curl.metric {'instance': '', 'job': 'curl_job', 'lbl.x': 'v', 'zone.name': 'eu'} 3.0",
+        "py.metric {'instance': '', 'job': 'py_job', 'lbl.y': 'w', 'site.id': 'a/b'} 4.5",
+    ] {
+        assert!(parsed.lines().any(|l| l == sample), "{sample} in\n{parsed}");
+    }
     let (_, values) = scrape(&gateway, Some("text/plain;version=0.0.4;escaping=values"));
     let line = "U__curl_2e_metric{instance=\"\",job=\"curl_job\",U__lbl_2e_x=\"v\",U__zone_2e_name=\"eu\"} 3";
     assert!(values.lines().any(|l| l == line), "{line} in\n{values}");
 
+    assert_prometheus_stores_escaped(&dir, &gateway);
+}
+
+/// Debian's Prometheus (2.42: asks for no escaping) scrapes `gateway` and stores the
+/// underscored names.
+fn assert_prometheus_stores_escaped(dir: &TempDir, gateway: &Server) {
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
