@@ -42,6 +42,8 @@ pub const DEFAULT_MAX_LABELS_PER_SERIES: usize = 128;
 pub const DEFAULT_MAX_SERIES_PER_PUSH: usize = 100_000;
 
 /// Everything [`crate::server::serve`] needs to know.
+// Each bool is one of upstream's on/off command-line switches.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
     /// `--web.listen-address` (upstream's default `:9091`, i.e. every address; see
@@ -103,6 +105,10 @@ pub struct GatewayConfig {
     /// `--push.ttl`: a group not pushed to for this long is removed (zero: never,
     /// unless a push asks with `Dropgate-Push-TTL`).
     pub push_ttl: Duration,
+    /// `--push.enable-utf8-names` (upstream 1.11): metric and label names may be any
+    /// UTF-8 (quoted in the text format, `U__`-escaped in the push path); off, pushes
+    /// with such names are refused as upstream 1.9 refuses them. See [`crate::names`].
+    pub enable_utf8_names: bool,
     /// The running build, for `/api/v1/status` and `dropgate_build_info`.
     pub build_info: BuildInfo,
 }
@@ -133,6 +139,7 @@ impl Default for GatewayConfig {
             max_grouping_key_bytes: limits::DEFAULT_MAX_GROUPING_KEY_BYTES,
             max_render_factor: limits::DEFAULT_MAX_RENDER_FACTOR,
             push_ttl: Duration::ZERO,
+            enable_utf8_names: false,
             build_info: BuildInfo::default(),
         }
     }
@@ -150,6 +157,12 @@ pub enum ConfigError {
 }
 
 impl GatewayConfig {
+    /// Which names pushes may use.
+    #[must_use]
+    pub fn name_rules(&self) -> crate::names::NameRules {
+        crate::names::NameRules::new(self.enable_utf8_names)
+    }
+
     /// The limits the push parsers enforce.
     #[must_use]
     pub fn push_limits(&self) -> limits::PushLimits {

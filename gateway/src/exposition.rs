@@ -20,15 +20,19 @@ pub const CONTENT_TYPE_PROTOBUF: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
 /// The name escaping a scrape negotiated (`escaping=` of `Accept`, Prometheus 3), as
-/// the pushgateway ≥ 1.8 names it in its `Content-Type`. Every stored name is a legacy
-/// Prometheus name (pushes with others are refused), so the schemes write the same
-/// bytes; the header tells the scraper which one applied.
+/// the pushgateway ≥ 1.8 names it in its `Content-Type`. Legacy names are the same in
+/// every scheme; names beyond them (`--push.enable-utf8-names`) are escaped as
+/// [`crate::names::escape`] says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Escaping {
+    /// Names as they are, quoted in the text formats when not legacy.
     AllowUtf8,
+    /// Invalid characters become `_` (the default of pushgateway 1.11).
     Underscores,
+    /// `.` becomes `_dot_`, `_` becomes `__`, other invalid characters `__`.
     Dots,
-    /// The default of pushgateway 1.8 and 1.9 (prometheus/common 0.5x).
+    /// `U__` and code points (the default of pushgateway 1.8 and 1.9, prometheus/common
+    /// 0.5x).
     Values,
 }
 
@@ -118,7 +122,14 @@ impl Format {
 /// clients with the text format.
 #[must_use]
 pub fn negotiate(accept: Option<&str>) -> Negotiated {
-    let mut escaping = Escaping::Values;
+    negotiate_defaulting(accept, Escaping::Values)
+}
+
+/// [`negotiate`], with `default` as the escaping when no clause names one (see
+/// [`crate::names::NameRules::default_escaping`]).
+#[must_use]
+pub fn negotiate_defaulting(accept: Option<&str>, default: Escaping) -> Negotiated {
+    let mut escaping = default;
     let decided = |format, escaping| Negotiated { format, escaping };
     for clause in parse_accept(accept.unwrap_or_default()) {
         if let Some(asked) = clause.param("escaping").and_then(Escaping::parse) {
@@ -281,14 +292,35 @@ fn write_family(family: &MetricFamily, out: &mut Vec<u8>) {
         Some(Err(_)) => return,
     };
     write_header(name, family.help.as_deref(), kind, out);
-    for metric in &family.metric {
-        write_metric(name, kind, metric, out);
+    if crate::names::has_utf8_names(family) {
+        for metric in &family.metric {
+            write_metric_quoting(name, kind, metric, out);
+        }
+    } else {
+        for metric in &family.metric {
+            write_metric(name, kind, metric, out);
+        }
     }
 }
 
 /// The sample lines of one metric of a family called `name` of type `kind`.
 pub(crate) fn write_metric(name: &str, kind: MetricType, metric: &Metric, out: &mut Vec<u8>) {
     write_metric_with(name, kind, metric, out, &|_, _| false);
+}
+
+/// [`write_metric`] for a family with non-legacy names, as prometheus/common ≥ 0.61
+/// writes them (`allow-utf-8`): such a metric name goes first inside the braces,
+/// `{"my.metric",a="b"}`, and such a label name is quoted, `"lbl.x"="v"`.
+fn write_metric_quoting(name: &str, kind: MetricType, metric: &Metric, out: &mut Vec<u8>) {
+    let quote_name = !crate::names::is_legacy_name(name);
+    let sample = Sample {
+        name,
+        metric,
+        replace: &|_, _| false,
+    };
+    sample.write_lines(kind, out, &|out, suffix, extra, value| {
+        sample.write_quoting(out, suffix, extra, value, quote_name);
+    });
 }
 
 /// [`write_metric`], with each label first offered to `replace`: when it returns true it
@@ -306,58 +338,82 @@ pub(crate) fn write_metric_with(
         metric,
         replace,
     };
-    match kind {
-        MetricType::Counter => {
-            if let Some(counter) = &metric.counter {
-                sample.write(out, "", None, counter.value.unwrap_or_default());
+    sample.write_lines(kind, out, &|out, suffix, extra, value| {
+        sample.write(out, suffix, extra, value);
+    });
+}
+
+/// Writes one sample line: the name's suffix, an extra label (`quantile`, `le`) and
+/// the value.
+type LineWriter<'a> = dyn Fn(&mut Vec<u8>, &str, Option<(&str, f64)>, f64) + 'a;
+
+impl Sample<'_> {
+    /// The lines of a metric of type `kind`, each written by `line`.
+    fn write_lines(&self, kind: MetricType, out: &mut Vec<u8>, line: &LineWriter<'_>) {
+        let metric = self.metric;
+        let sample = Line(line);
+        match kind {
+            MetricType::Counter => {
+                if let Some(counter) = &metric.counter {
+                    sample.write(out, "", None, counter.value.unwrap_or_default());
+                }
+            }
+            MetricType::Gauge => {
+                if let Some(gauge) = &metric.gauge {
+                    sample.write(out, "", None, gauge.value.unwrap_or_default());
+                }
+            }
+            MetricType::Untyped => {
+                if let Some(untyped) = &metric.untyped {
+                    sample.write(out, "", None, untyped.value.unwrap_or_default());
+                }
+            }
+            MetricType::Summary => {
+                let Some(summary) = &metric.summary else {
+                    return;
+                };
+                for quantile in &summary.quantile {
+                    sample.write(
+                        out,
+                        "",
+                        Some(("quantile", quantile.quantile.unwrap_or_default())),
+                        quantile.value.unwrap_or_default(),
+                    );
+                }
+                sample.write(out, "_sum", None, summary.sample_sum.unwrap_or_default());
+                let count = count_as_float(summary.sample_count, None);
+                sample.write(out, "_count", None, count);
+            }
+            MetricType::Histogram | MetricType::GaugeHistogram => {
+                let Some(histogram) = &metric.histogram else {
+                    return;
+                };
+                let count = count_as_float(histogram.sample_count, histogram.sample_count_float);
+                let mut inf_seen = false;
+                for bucket in &histogram.bucket {
+                    let bound = bucket.upper_bound.unwrap_or_default();
+                    let cumulative =
+                        count_as_float(bucket.cumulative_count, bucket.cumulative_count_float);
+                    sample.write(out, "_bucket", Some(("le", bound)), cumulative);
+                    inf_seen |= bound == f64::INFINITY;
+                }
+                // The +Inf bucket is implied by the count when the pusher left it out.
+                if !inf_seen {
+                    sample.write(out, "_bucket", Some(("le", f64::INFINITY)), count);
+                }
+                sample.write(out, "_sum", None, histogram.sample_sum.unwrap_or_default());
+                sample.write(out, "_count", None, count);
             }
         }
-        MetricType::Gauge => {
-            if let Some(gauge) = &metric.gauge {
-                sample.write(out, "", None, gauge.value.unwrap_or_default());
-            }
-        }
-        MetricType::Untyped => {
-            if let Some(untyped) = &metric.untyped {
-                sample.write(out, "", None, untyped.value.unwrap_or_default());
-            }
-        }
-        MetricType::Summary => {
-            let Some(summary) = &metric.summary else {
-                return;
-            };
-            for quantile in &summary.quantile {
-                sample.write(
-                    out,
-                    "",
-                    Some(("quantile", quantile.quantile.unwrap_or_default())),
-                    quantile.value.unwrap_or_default(),
-                );
-            }
-            sample.write(out, "_sum", None, summary.sample_sum.unwrap_or_default());
-            let count = count_as_float(summary.sample_count, None);
-            sample.write(out, "_count", None, count);
-        }
-        MetricType::Histogram | MetricType::GaugeHistogram => {
-            let Some(histogram) = &metric.histogram else {
-                return;
-            };
-            let count = count_as_float(histogram.sample_count, histogram.sample_count_float);
-            let mut inf_seen = false;
-            for bucket in &histogram.bucket {
-                let bound = bucket.upper_bound.unwrap_or_default();
-                let cumulative =
-                    count_as_float(bucket.cumulative_count, bucket.cumulative_count_float);
-                sample.write(out, "_bucket", Some(("le", bound)), cumulative);
-                inf_seen |= bound == f64::INFINITY;
-            }
-            // The +Inf bucket is implied by the count when the pusher left it out.
-            if !inf_seen {
-                sample.write(out, "_bucket", Some(("le", f64::INFINITY)), count);
-            }
-            sample.write(out, "_sum", None, histogram.sample_sum.unwrap_or_default());
-            sample.write(out, "_count", None, count);
-        }
+    }
+}
+
+/// A [`LineWriter`] with the call shape of [`Sample::write`].
+struct Line<'a, 'b>(&'a LineWriter<'b>);
+
+impl Line<'_, '_> {
+    fn write(&self, out: &mut Vec<u8>, suffix: &str, extra: Option<(&str, f64)>, value: f64) {
+        (self.0)(out, suffix, extra, value);
     }
 }
 
@@ -365,13 +421,13 @@ pub(crate) fn write_metric_with(
 pub(crate) fn write_header(name: &str, help: Option<&str>, kind: MetricType, out: &mut Vec<u8>) {
     if let Some(help) = help {
         out.extend_from_slice(b"# HELP ");
-        out.extend_from_slice(name.as_bytes());
+        write_name(out, name);
         out.push(b' ');
         write_escaped(out, help, false);
         out.push(b'\n');
     }
     out.extend_from_slice(b"# TYPE ");
-    out.extend_from_slice(name.as_bytes());
+    write_name(out, name);
     out.extend_from_slice(match kind {
         MetricType::Counter => b" counter\n".as_slice(),
         MetricType::Gauge => b" gauge\n",
@@ -410,6 +466,69 @@ impl Sample<'_> {
             write_int(out, timestamp);
         }
         out.push(b'\n');
+    }
+}
+
+impl Sample<'_> {
+    /// [`Sample::write`] with non-legacy names quoted (and a quoted metric name inside
+    /// the braces).
+    fn write_quoting(
+        &self,
+        out: &mut Vec<u8>,
+        suffix: &str,
+        extra: Option<(&str, f64)>,
+        value: f64,
+        quote_name: bool,
+    ) {
+        let mut separator = b'{';
+        if quote_name {
+            out.extend_from_slice(b"{\"");
+            write_label_value(out, self.name);
+            write_label_value(out, suffix);
+            out.push(b'"');
+            separator = b',';
+        } else {
+            out.extend_from_slice(self.name.as_bytes());
+            out.extend_from_slice(suffix.as_bytes());
+        }
+        for label in &self.metric.label {
+            out.push(separator);
+            separator = b',';
+            write_name(out, label.name.as_deref().unwrap_or_default());
+            out.extend_from_slice(b"=\"");
+            write_label_value(out, label.value.as_deref().unwrap_or_default());
+            out.push(b'"');
+        }
+        if let Some((name, value)) = extra {
+            out.push(separator);
+            separator = b',';
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"=\"");
+            write_float(out, value);
+            out.push(b'"');
+        }
+        if separator == b',' {
+            out.push(b'}');
+        }
+        out.push(b' ');
+        write_float(out, value);
+        if let Some(timestamp) = self.metric.timestamp_ms {
+            out.push(b' ');
+            write_int(out, timestamp);
+        }
+        out.push(b'\n');
+    }
+}
+
+/// A metric or label name: as it is when legacy, else quoted (prometheus/common's
+/// `writeName`).
+pub(crate) fn write_name(out: &mut Vec<u8>, name: &str) {
+    if crate::names::is_legacy_name(name) {
+        out.extend_from_slice(name.as_bytes());
+    } else {
+        out.push(b'"');
+        write_label_value(out, name);
+        out.push(b'"');
     }
 }
 
@@ -972,6 +1091,28 @@ mod tests {
         ];
         for (accept, want) in table {
             assert_eq!(negotiate(accept).content_type(), want, "{accept:?}");
+        }
+    }
+
+    /// With UTF-8 names on, a scrape that names no escaping gets `underscores`, as
+    /// from pushgateway 1.11; one that names it gets what it asked for.
+    #[test]
+    fn default_escaping_is_the_callers() {
+        let table = [
+            (None, Escaping::Underscores),
+            (Some("text/plain;version=0.0.4"), Escaping::Underscores),
+            (
+                Some("text/plain;version=0.0.4;escaping=allow-utf-8"),
+                Escaping::AllowUtf8,
+            ),
+            (
+                Some("text/plain;version=0.0.4;escaping=values"),
+                Escaping::Values,
+            ),
+        ];
+        for (accept, want) in table {
+            let got = negotiate_defaulting(accept, Escaping::Underscores).escaping;
+            assert_eq!(got, want, "{accept:?}");
         }
     }
 

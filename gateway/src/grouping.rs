@@ -8,9 +8,12 @@
 //! value whose trailing `=` are ignored, a repeated name keeps its last value and the
 //! URL's `job` always wins. It is a pure function, table-tested below.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
+
+use crate::names::{unescape_values, NameRules};
 
 /// Marks a label name (or `job`) in the URL whose value is base64-encoded.
 const BASE64_SUFFIX: &str = "@base64";
@@ -65,10 +68,18 @@ pub enum GroupingError {
         labels: String,
     },
     /// A label name is not `[a-zA-Z_][a-zA-Z0-9_]*` or starts with `__`.
-    #[error("improper label name {}", go_quote(.name.as_bytes()))]
+    /// After Go's text, a hint only where the name would pass with UTF-8 names on, so
+    /// that 1.9's answers stay byte for byte what they were for everything else.
+    #[error("improper label name {}{}", go_quote(.name.as_bytes()), if *.utf8_hint {
+        " (label names beyond [a-zA-Z_][a-zA-Z0-9_]* need --push.enable-utf8-names)"
+    } else {
+        ""
+    })]
     ImproperLabelName {
         /// The name, without a `@base64` suffix.
         name: String,
+        /// Whether the name would be accepted with `--push.enable-utf8-names`.
+        utf8_hint: bool,
     },
     /// A `<name>@base64` label value is not valid base64.
     #[error("invalid base64 encoding for label {name}={}: illegal base64 data at input byte {offset}", go_quote(.value.as_bytes()))]
@@ -100,6 +111,14 @@ impl GroupingKey {
     /// Checks run in Go's order: the base64 job, then the label components, then the
     /// empty job.
     pub fn from_path(raw: &str) -> Result<Self, GroupingError> {
+        Self::from_path_with(raw, NameRules::Legacy)
+    }
+
+    /// [`from_path`](Self::from_path) under `names`: with UTF-8 names, a label name
+    /// starting `U__` is value-decoded (`U__my_2e_label` is `my.label`, see
+    /// [`crate::names::unescape_values`]), also with `@base64` after it, as upstream
+    /// 1.11 does, and any other UTF-8 name is taken as it is.
+    pub fn from_path_with(raw: &str, names: NameRules) -> Result<Self, GroupingError> {
         let decoded = percent_decode(raw).ok_or_else(|| GroupingError::BadPercentEncoding {
             raw: raw.to_owned(),
         })?;
@@ -123,7 +142,7 @@ impl GroupingKey {
         } else {
             job.to_vec()
         };
-        let mut map = split_labels(labels)?;
+        let mut map = split_labels(labels, names)?;
         if job.is_empty() {
             return Err(GroupingError::JobRequired);
         }
@@ -139,9 +158,13 @@ impl GroupingKey {
     /// filter judges exactly the group the handler would write: `@base64`,
     /// percent-decoding and `;` are read the same way by both, by construction.
     #[must_use]
-    pub fn of_request_path(path: &str, route_prefix: &str) -> Option<Result<Self, GroupingError>> {
+    pub fn of_request_path(
+        path: &str,
+        route_prefix: &str,
+        names: NameRules,
+    ) -> Option<Result<Self, GroupingError>> {
         let rest = path.strip_prefix(route_prefix)?.strip_prefix("/metrics/")?;
-        Some(Self::from_path(rest))
+        Some(Self::from_path_with(rest, names))
     }
 
     /// The key written as a plain push path, `/metrics/job/<job>{/<name>/<value>}`,
@@ -190,11 +213,12 @@ impl GroupingKey {
 
     /// A key from labels already known to be valid (restored state, tests).
     ///
-    /// Returns `None` when `job` is missing or empty or a label name is improper.
+    /// Returns `None` when `job` is missing or empty or a label name is improper
+    /// under `names`.
     #[must_use]
-    pub fn from_labels(labels: BTreeMap<String, String>) -> Option<Self> {
+    pub fn from_labels(labels: BTreeMap<String, String>, names: NameRules) -> Option<Self> {
         let job_ok = labels.get("job").is_some_and(|job| !job.is_empty());
-        let names_ok = labels.keys().all(|name| is_proper_label_name(name));
+        let names_ok = labels.keys().all(|name| names.allows_label_name(name));
         (job_ok && names_ok).then(|| Self::from_map(labels))
     }
 
@@ -285,7 +309,10 @@ impl fmt::Display for GroupingKey {
 }
 
 /// Go's `splitLabels`: `labels` is empty or starts with `/`; `/` alone means no labels.
-fn split_labels(labels: &[u8]) -> Result<BTreeMap<String, String>, GroupingError> {
+fn split_labels(
+    labels: &[u8],
+    names: NameRules,
+) -> Result<BTreeMap<String, String>, GroupingError> {
     let mut result = BTreeMap::new();
     if labels.len() <= 1 {
         return Ok(result);
@@ -299,12 +326,24 @@ fn split_labels(labels: &[u8]) -> Result<BTreeMap<String, String>, GroupingError
     for pair in components.chunks_exact(2) {
         let (name, value) = (pair[0], pair[1]);
         let trimmed = name.strip_suffix(BASE64_SUFFIX.as_bytes()).unwrap_or(name);
-        let trimmed_name = std::str::from_utf8(trimmed)
-            .ok()
-            .filter(|name| is_proper_label_name(name))
-            .ok_or_else(|| GroupingError::ImproperLabelName {
-                name: String::from_utf8_lossy(trimmed).into_owned(),
-            })?;
+        let improper = || GroupingError::ImproperLabelName {
+            name: String::from_utf8_lossy(trimmed).into_owned(),
+            utf8_hint: !names.utf8()
+                && std::str::from_utf8(trimmed)
+                    .is_ok_and(|name| NameRules::Utf8.allows_label_name(&unescape_values(name))),
+        };
+        let trimmed_name = std::str::from_utf8(trimmed).map_err(|_| improper())?;
+        let label_name = match names {
+            NameRules::Legacy => Cow::Borrowed(trimmed_name),
+            // Upstream checks the `__` prefix on the name as written; the decoded name
+            // is checked too, so that `U_____x` cannot set a reserved `__x`.
+            NameRules::Utf8 if trimmed_name.starts_with("__") => return Err(improper()),
+            NameRules::Utf8 => unescape_values(trimmed_name),
+        };
+        if !names.allows_label_name(&label_name) {
+            return Err(improper());
+        }
+        let trimmed_name = &*label_name;
         let value = if trimmed.len() == name.len() {
             value.to_vec()
         } else {
@@ -587,7 +626,10 @@ mod tests {
             let got = GroupingKey::from_path(path);
             match (want, got) {
                 (Ok(pairs), Ok(got)) => assert_eq!(got, key(pairs), "{name}"),
-                (Err(text), Err(err)) => assert_eq!(err.to_string(), *text, "{name}"),
+                (Err(text), Err(err)) => {
+                    let err = err.to_string();
+                    assert!(err.starts_with(text), "{name}: {err}");
+                }
                 (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
             }
         }
@@ -644,13 +686,13 @@ mod tests {
             ("not a push path", "/api/v1/metrics", "", None),
         ];
         for (name, path, prefix, want) in table {
-            let got = GroupingKey::of_request_path(path, prefix)
+            let got = GroupingKey::of_request_path(path, prefix, NameRules::Legacy)
                 .map(|key| key.expect("valid key").to_push_path());
             assert_eq!(got.as_deref(), *want, "case {name}");
         }
         assert!(
             matches!(
-                GroupingKey::of_request_path("/metrics/job/x/a", ""),
+                GroupingKey::of_request_path("/metrics/job/x/a", "", NameRules::Legacy),
                 Some(Err(_))
             ),
             "an invalid push path is still a push path"
@@ -703,10 +745,114 @@ mod tests {
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect::<BTreeMap<_, _>>()
         };
-        assert!(GroupingKey::from_labels(labels(&[("job", "j")])).is_some());
-        assert!(GroupingKey::from_labels(labels(&[("job", "")])).is_none());
-        assert!(GroupingKey::from_labels(labels(&[("instance", "i")])).is_none());
-        assert!(GroupingKey::from_labels(labels(&[("job", "j"), ("__x", "")])).is_none());
+        assert!(GroupingKey::from_labels(labels(&[("job", "j")]), NameRules::Legacy).is_some());
+        assert!(GroupingKey::from_labels(labels(&[("job", "")]), NameRules::Legacy).is_none());
+        assert!(
+            GroupingKey::from_labels(labels(&[("instance", "i")]), NameRules::Legacy).is_none()
+        );
+        assert!(
+            GroupingKey::from_labels(labels(&[("job", "j"), ("__x", "")]), NameRules::Legacy)
+                .is_none()
+        );
+    }
+
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    #[test]
+    fn utf8_label_names_in_push_paths() {
+        let utf8 = |path: &str| GroupingKey::from_path_with(path, NameRules::Utf8);
+        let table: &[(&str, &str, Result<Pairs<'_>, &str>)] = &[
+            (
+                "U__ name decoded",
+                "job/j/U__my_2e_label/v",
+                Ok(&[("job", "j"), ("my.label", "v")]),
+            ),
+            (
+                "double underscore",
+                "job/j/U__a__b_2e_c/v",
+                Ok(&[("a_b.c", "v"), ("job", "j")]),
+            ),
+            (
+                "emoji",
+                "job/j/U__hi_1f600_/v",
+                Ok(&[("hi\u{1f600}", "v"), ("job", "j")]),
+            ),
+            (
+                "with @base64 value",
+                "job/j/U__my_2e_label@base64/L3Zhcg",
+                Ok(&[("job", "j"), ("my.label", "/var")]),
+            ),
+            (
+                "base64 job and U__ label",
+                "job@base64/YmFja3Vw/U__x_2e_y/1",
+                Ok(&[("job", "backup"), ("x.y", "1")]),
+            ),
+            (
+                "plain UTF-8 name",
+                "job/j/my.label/v",
+                Ok(&[("job", "j"), ("my.label", "v")]),
+            ),
+            (
+                "percent-encoded UTF-8",
+                "job/j/gr%C3%B6%C3%9Fe/v",
+                Ok(&[("größe", "v"), ("job", "j")]),
+            ),
+            (
+                "legacy name unchanged",
+                "job/j/U_x/v",
+                Ok(&[("U_x", "v"), ("job", "j")]),
+            ),
+            // Go returns a name it cannot decode as it is; it is a valid name then.
+            (
+                "undecodable U__ kept",
+                "job/j/U__a_zz_/v",
+                Ok(&[("U__a_zz_", "v"), ("job", "j")]),
+            ),
+            (
+                "reserved prefix",
+                "job/j/__x/v",
+                Err("improper label name \"__x\""),
+            ),
+            (
+                "decodes to reserved",
+                "job/j/U______x/v",
+                Err("improper label name \"U______x\""),
+            ),
+            ("empty name", "job/j//v", Err("improper label name \"\"")),
+        ];
+        for (name, path, want) in table {
+            match (want, utf8(path)) {
+                (Ok(pairs), Ok(got)) => assert_eq!(got, key(pairs), "{name}"),
+                (Err(text), Err(err)) => {
+                    let err = err.to_string();
+                    assert!(err.starts_with(text), "{name}: {err}");
+                }
+                (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        // Without the flag, as upstream 1.9 (and 1.11 without it): `U__` names are
+        // plain legacy names, other UTF-8 names refused with a word on the flag.
+        assert_eq!(
+            GroupingKey::from_path("job/j/U__my_2e_label/v").expect("legacy name"),
+            key(&[("U__my_2e_label", "v"), ("job", "j")])
+        );
+        let refused = GroupingKey::from_path("job/j/my.label/v").expect_err("dot");
+        assert!(
+            refused
+                .to_string()
+                .starts_with("improper label name \"my.label\"")
+                && refused.to_string().contains("--push.enable-utf8-names"),
+            "{refused}"
+        );
+        assert!(GroupingKey::from_labels(
+            [
+                ("job".to_owned(), "j".to_owned()),
+                ("a.b".to_owned(), String::new())
+            ]
+            .into(),
+            NameRules::Utf8
+        )
+        .is_some());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod exposition;
 pub mod grouping;
 pub mod model;
+pub mod names;
 pub mod native_histogram;
 pub mod openmetrics;
 pub mod persistence;

@@ -13,8 +13,9 @@
 //! - gauge histograms with `_gcount`/`_gsum`;
 //! - the caller ends the exposition with [`EOF`].
 
-use crate::exposition::{write_escaped, write_float, write_uint};
+use crate::exposition::{write_escaped, write_float, write_name, write_uint};
 use crate::model::{Exemplar, LabelPair, Metric, MetricFamily, MetricType, Timestamp};
+use crate::names::is_legacy_name;
 
 /// The `Content-Type` of an OpenMetrics 1.0 answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -48,19 +49,19 @@ fn write_family(family: &MetricFamily, out: &mut Vec<u8>) {
     };
     if let Some(help) = &family.help {
         out.extend_from_slice(b"# HELP ");
-        out.extend_from_slice(family_name.as_bytes());
+        write_name(out, family_name);
         out.push(b' ');
         write_escaped(out, help, true);
         out.push(b'\n');
     }
     out.extend_from_slice(b"# TYPE ");
-    out.extend_from_slice(family_name.as_bytes());
+    write_name(out, family_name);
     out.push(b' ');
     out.extend_from_slice(type_name.as_bytes());
     out.push(b'\n');
     if let Some(unit) = family.unit.as_deref().filter(|u| !u.is_empty()) {
         out.extend_from_slice(b"# UNIT ");
-        out.extend_from_slice(family_name.as_bytes());
+        write_name(out, family_name);
         out.push(b' ');
         write_escaped(out, unit, true);
         out.push(b'\n');
@@ -92,9 +93,8 @@ impl Line<'_> {
         exemplar: Option<&Exemplar>,
     ) {
         let out = &mut *self.out;
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(suffix.as_bytes());
-        write_labels(out, &self.metric.label, extra);
+        let opened = write_series_name(out, name, suffix);
+        write_labels(out, &self.metric.label, extra, opened);
         out.push(b' ');
         match value {
             Value::Float(x) => write_om_float(out, x),
@@ -106,7 +106,7 @@ impl Line<'_> {
         }
         if let Some(e) = exemplar.filter(|e| !e.label.is_empty()) {
             out.extend_from_slice(b" # ");
-            write_labels(out, &e.label, None);
+            write_labels(out, &e.label, None, false);
             out.push(b' ');
             write_om_float(out, e.value.unwrap_or_default());
             if let Some(ts) = &e.timestamp {
@@ -120,9 +120,8 @@ impl Line<'_> {
     fn created(&mut self, family_name: &str, created: Option<&Timestamp>) {
         let Some(ts) = created else { return };
         let out = &mut *self.out;
-        out.extend_from_slice(family_name.as_bytes());
-        out.extend_from_slice(b"_created");
-        write_labels(out, &self.metric.label, None);
+        let opened = write_series_name(out, family_name, "_created");
+        write_labels(out, &self.metric.label, None, opened);
         out.push(b' ');
         write_om_float(out, seconds(ts));
         out.push(b'\n');
@@ -250,14 +249,33 @@ fn write_histogram(
     }
 }
 
-fn write_labels(out: &mut Vec<u8>, labels: &[LabelPair], extra: Option<(&str, f64)>) {
+/// A series' name, `name` + `suffix`: as it is when legacy, else quoted as the first
+/// item inside the braces (`{"my.metric_total"`); says whether it opened the braces.
+fn write_series_name(out: &mut Vec<u8>, name: &str, suffix: &str) -> bool {
+    if is_legacy_name(name) {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(suffix.as_bytes());
+        return false;
+    }
+    out.extend_from_slice(b"{\"");
+    write_escaped(out, name, true);
+    write_escaped(out, suffix, true);
+    out.push(b'"');
+    true
+}
+
+/// The label set; `opened`: the braces are open already (after a quoted name).
+fn write_labels(out: &mut Vec<u8>, labels: &[LabelPair], extra: Option<(&str, f64)>, opened: bool) {
     if labels.is_empty() && extra.is_none() {
+        if opened {
+            out.push(b'}');
+        }
         return;
     }
-    let mut separator = b'{';
+    let mut separator = if opened { b',' } else { b'{' };
     for label in labels {
         out.push(separator);
-        out.extend_from_slice(label.name.as_deref().unwrap_or_default().as_bytes());
+        write_name(out, label.name.as_deref().unwrap_or_default());
         out.extend_from_slice(b"=\"");
         write_escaped(out, label.value.as_deref().unwrap_or_default(), true);
         out.push(b'"');

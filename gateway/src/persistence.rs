@@ -276,7 +276,9 @@ fn decode_group(record: &[u8], version: u32) -> Result<RestoredGroup, String> {
         let value = text(reader.bytes().map_err(|e| e.to_string())?)?;
         labels.insert(name, value);
     }
-    let key = GroupingKey::from_labels(labels)
+    // Whatever names a store may hold; the store's own rules judge the group again
+    // when it is restored (with UTF-8 names off, such a group is left out).
+    let key = GroupingKey::from_labels(labels, crate::names::NameRules::Utf8)
         .ok_or("grouping key without job or with an improper label name")?;
     let family_count = reader.u32().map_err(|e| e.to_string())?;
     let mut families = Vec::new();

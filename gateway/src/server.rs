@@ -95,7 +95,8 @@ impl Gateway {
         let filter = PathFilter::new(
             &config.deny_paths,
             &normalize_route_prefix(&config.route_prefix),
-        )?;
+        )?
+        .with_names(config.name_rules());
         let allow = PushAllowList::parse(&config.allow_push_from)?;
         let (settings, web_config) = match &config.web_config_file {
             Some(file) => {
@@ -112,7 +113,8 @@ impl Gateway {
         let source: Arc<dyn MetricSource> = Arc::new(with_own);
         let store = Arc::new(
             MetricStore::new(ReservedNames::of_source(source.as_ref()))
-                .with_expiry(config.push_ttl, groups_expired),
+                .with_expiry(config.push_ttl, groups_expired)
+                .with_names(config.name_rules()),
         );
         if let Some(path) = config.persistence_file.clone() {
             let restoring = Arc::clone(&store);

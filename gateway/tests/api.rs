@@ -344,7 +344,7 @@ async fn bad_push_urls_answer_400_with_upstreams_texts() {
         (
             "bad label name",
             "/metrics/job/x/a-b/c",
-            "improper label name \"a-b\"\n",
+            "improper label name \"a-b\" (label names beyond [a-zA-Z_][a-zA-Z0-9_]* need --push.enable-utf8-names)\n",
         ),
         (
             "bad base64 value",
@@ -1258,6 +1258,175 @@ async fn openmetrics_leaves_out_families_that_clash_with_a_typed_family() {
     let text = gw.get("/metrics").await.text();
     assert!(
         text.contains("x_created{") && text.contains("jobs_created{"),
+        "{text}"
+    );
+}
+
+/// `--push.enable-utf8-names` on: a quoted text push and a `U__` path are stored under
+/// their UTF-8 names; a scrape without `escaping=` sees them with underscores (as from
+/// pushgateway 1.11), one asking for `allow-utf-8` sees them quoted; the JSON API shows
+/// them as pushed.
+#[tokio::test]
+async fn utf8_names_are_stored_and_served_escaped_as_asked() {
+    let config = GatewayConfig {
+        enable_utf8_names: true,
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(&config, Arc::new(NoSource));
+    let pushed = gw
+        .put(
+            "/metrics/job/j/U__zone_2e_name@base64/ZXUtMQ",
+            "# TYPE \"my.metric\" gauge\n{\"my.metric\",\"lbl.x\"=\"v\"} 1\n",
+        )
+        .await;
+    assert_eq!(pushed.status, StatusCode::OK, "{}", pushed.text());
+
+    let plain = gw.get("/metrics").await;
+    assert_eq!(
+        plain.header("content-type"),
+        "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"
+    );
+    assert!(
+        plain
+            .text()
+            .contains("my_metric{instance=\"\",job=\"j\",lbl_x=\"v\",zone_name=\"eu-1\"} 1\n"),
+        "{}",
+        plain.text()
+    );
+    let utf8 = gw
+        .call(
+            Method::GET,
+            "/metrics",
+            &[("accept", "text/plain;version=0.0.4;escaping=allow-utf-8")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        utf8.header("content-type"),
+        "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8"
+    );
+    assert!(
+        utf8.text().contains(
+            "{\"my.metric\",instance=\"\",job=\"j\",\"lbl.x\"=\"v\",\"zone.name\"=\"eu-1\"} 1\n"
+        ),
+        "{}",
+        utf8.text()
+    );
+    let json = gw.get("/api/v1/metrics").await.json();
+    let group = &json["data"][0];
+    assert_eq!(group["labels"]["zone.name"], "eu-1", "{group}");
+    assert!(group.get("my.metric").is_some(), "{group}");
+}
+
+/// Off (the default, as pushgateway 1.9): the same pushes get 400 with Go's text and a
+/// word on the flag, and the store does not change.
+#[tokio::test]
+async fn utf8_names_are_refused_without_the_flag() {
+    let gw = gateway();
+    gw.put("/metrics/job/j", "m 1\n").await;
+    let before = gw.scrape_without_push_times().await;
+    let text = gw
+        .put("/metrics/job/j", "{\"my.metric\",\"lbl.x\"=\"v\"} 1\n")
+        .await;
+    assert_eq!(text.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        text.text(),
+        "text format parsing error in line 1: invalid metric name (quoted UTF-8 metric and label names are accepted only with --push.enable-utf8-names)\n"
+    );
+    let path = gw.put("/metrics/job/j/zone.name/x", "m 1\n").await;
+    assert_eq!(path.status, StatusCode::BAD_REQUEST);
+    assert!(
+        path.text()
+            .starts_with("improper label name \"zone.name\" (")
+            && path.text().contains("--push.enable-utf8-names"),
+        "{}",
+        path.text()
+    );
+    assert_eq!(
+        gw.scrape_without_push_times().await,
+        before,
+        "store unchanged"
+    );
+    // A `U__` name is a legacy name: 1.9 stores it as it is, and so do we.
+    let legacy = gw.put("/metrics/job/j/U__zone_2e_name/x", "m 1\n").await;
+    assert_eq!(legacy.status, StatusCode::OK);
+    assert!(gw
+        .get("/metrics")
+        .await
+        .text()
+        .contains("m{U__zone_2e_name=\"x\",instance=\"\",job=\"j\"} 1\n"));
+}
+
+/// Protobuf pushes may carry any UTF-8 name with the flag (kept as is in a protobuf
+/// scrape asking for `allow-utf-8`, escaped in one asking for nothing), and are refused
+/// without it, as upstream's check refuses them.
+#[tokio::test]
+async fn protobuf_pushes_with_utf8_names() {
+    let family = MetricFamily {
+        name: Some("pb.metric".to_owned()),
+        help: None,
+        r#type: Some(MetricType::Gauge as i32),
+        metric: vec![Metric {
+            label: vec![LabelPair::new("größe", "b")],
+            gauge: Some(Gauge { value: Some(2.0) }),
+            ..Default::default()
+        }],
+        unit: None,
+    };
+    let mut body = Vec::new();
+    gateway::codec::protobuf::encode_delimited(std::slice::from_ref(&family), &mut body);
+    let legacy = gateway();
+    let refused = legacy
+        .call(
+            Method::PUT,
+            "/metrics/job/p",
+            &[("content-type", PROTOBUF)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.text().starts_with(
+            "pushed metrics are invalid or inconsistent with existing metrics: metric family name \"pb.metric\" is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*; UTF-8 names need --push.enable-utf8-names)"
+        ),
+        "{}",
+        refused.text()
+    );
+    assert!(!legacy.get("/metrics").await.text().contains("pb"));
+
+    let config = GatewayConfig {
+        enable_utf8_names: true,
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(&config, Arc::new(NoSource));
+    let accepted = gw
+        .call(
+            Method::PUT,
+            "/metrics/job/p",
+            &[("content-type", PROTOBUF)],
+            body,
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text());
+    let accept = format!("{PROTOBUF};escaping=allow-utf-8");
+    let scrape = gw
+        .call(
+            Method::GET,
+            "/metrics",
+            &[("accept", &accept)],
+            Body::empty(),
+        )
+        .await;
+    let families =
+        gateway::codec::protobuf::decode_delimited(&scrape.body).expect("delimited protobuf");
+    assert_eq!(families[0].name.as_deref(), Some("pb.metric"));
+    assert_eq!(
+        families[0].metric[0].label[0].name.as_deref(),
+        Some("größe")
+    );
+    let text = gw.scrape_without_push_times().await;
+    assert!(
+        text.contains("pb_metric{gr__e=\"b\",instance=\"\",job=\"p\"} 2\n"),
         "{text}"
     );
 }

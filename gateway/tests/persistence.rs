@@ -145,8 +145,18 @@ fn round_trip_gives_a_byte_identical_exposition() {
     );
     for format in [Format::Text, Format::DelimitedProtobuf] {
         assert_eq!(
-            exposition(&after, &NoSource, format),
-            exposition(&before, &NoSource, format),
+            exposition(
+                &after,
+                &NoSource,
+                format,
+                gateway::exposition::Escaping::Values
+            ),
+            exposition(
+                &before,
+                &NoSource,
+                format,
+                gateway::exposition::Escaping::Values
+            ),
             "{format:?} exposition is byte-identical after a restart"
         );
     }
@@ -744,5 +754,81 @@ fn expiry_survives_the_file() {
                 Expiry::At(at + Duration::from_millis(7_250))
             ),
         ]
+    );
+}
+
+/// UTF-8 names (`--push.enable-utf8-names`) survive a restart: the group's label from
+/// the path and the family's names come back as they were pushed.
+#[test]
+fn utf8_names_survive_a_restart() {
+    use gateway::names::NameRules;
+    let dir = TempDir::new("utf8");
+    let file = dir.file("store");
+    let before = MetricStore::new(ReservedNames::default()).with_names(NameRules::Utf8);
+    let key = GroupingKey::from_path_with("job/j/U__zone_2e_name/eu", NameRules::Utf8)
+        .expect("valid path");
+    let families = gateway::codec::text::parse_limited(
+        b"# HELP \"my.metric\" Help.\n# TYPE \"my.metric\" gauge\n{\"my.metric\",\"lbl.x\"=\"v\"} 1\n",
+        gateway::codec::limits::PushLimits::UNLIMITED,
+        NameRules::Utf8,
+    )
+    .expect("valid body");
+    before
+        .apply(
+            WriteCommand::Put {
+                key,
+                families,
+                ttl: Ttl::Default,
+            },
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )
+        .expect("accepted");
+    persistence::save(&before, &file).expect("save works");
+
+    let after = MetricStore::new(ReservedNames::default()).with_names(NameRules::Utf8);
+    let outcome = persistence::load(&after, &file).expect("load works");
+    assert!(
+        matches!(
+            outcome,
+            LoadOutcome::Restored {
+                groups: 1,
+                skipped: 0
+            }
+        ),
+        "{outcome:?}"
+    );
+    for format in [Format::Text, Format::DelimitedProtobuf] {
+        for escaping in [
+            gateway::exposition::Escaping::AllowUtf8,
+            gateway::exposition::Escaping::Underscores,
+        ] {
+            let text = exposition(&after, &NoSource, format, escaping);
+            assert_eq!(
+                text,
+                exposition(&before, &NoSource, format, escaping),
+                "{format:?} {escaping:?}"
+            );
+        }
+    }
+    let text = String::from_utf8(exposition(
+        &after,
+        &NoSource,
+        Format::Text,
+        gateway::exposition::Escaping::AllowUtf8,
+    ))
+    .expect("UTF-8");
+    assert!(
+        text.contains(
+            "{\"my.metric\",instance=\"\",job=\"j\",\"lbl.x\"=\"v\",\"zone.name\"=\"eu\"} 1\n"
+        ),
+        "{text}"
+    );
+
+    // With the flag off, the group fails the check and is left out, the file kept.
+    let legacy = MetricStore::new(ReservedNames::default());
+    let outcome = persistence::load(&legacy, &file).expect("load works");
+    assert!(
+        matches!(outcome, LoadOutcome::Restored { groups: 0, .. }),
+        "{outcome:?}"
     );
 }

@@ -806,6 +806,7 @@ async fn shutdown_finishes_the_push_in_flight_saves_it_and_accepts_no_more() {
         &store,
         &NoSource,
         gateway::exposition::negotiate(None).format,
+        gateway::exposition::negotiate(None).escaping,
     );
     let text = String::from_utf8(exposition).expect("text");
     assert!(

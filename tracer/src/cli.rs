@@ -238,6 +238,8 @@ impl WatchFilter {
     }
 }
 
+// Each bool is one of upstream's on/off command-line switches.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
     /// Address to listen on, `host:port` or `:port` (all interfaces).
@@ -310,6 +312,11 @@ pub struct GatewayArgs {
     /// group's own with the `Dropgate-Push-TTL` header (`0`: never).
     #[arg(long = "push.ttl", default_value = "0", value_parser = parse_duration)]
     pub push_ttl: Duration,
+    /// Allow any UTF-8 in metric and label names (as pushgateway 1.11): quoted names in
+    /// the text format, `U__`-escaped label names in the push path; scrapes see them
+    /// escaped as their `Accept` asks (`underscores` when it does not say).
+    #[arg(long = "push.enable-utf8-names")]
+    pub enable_utf8_names: bool,
 }
 
 impl GatewayArgs {
@@ -339,6 +346,7 @@ impl GatewayArgs {
             max_grouping_key_bytes: self.max_grouping_key_bytes,
             max_render_factor: self.max_render_factor,
             push_ttl: self.push_ttl,
+            enable_utf8_names: self.enable_utf8_names,
             build_info: crate::build_info::BUILD,
             ..gateway::config::GatewayConfig::default()
         }

@@ -77,6 +77,9 @@ const PIP_PACKAGES: &[&str] = &[
     // The OTLP push test: the real OpenTelemetry SDK and its OTLP/HTTP exporter.
     "opentelemetry-sdk==1.45.2",
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    // The UTF-8 names push test: Debian's python3-prometheus-client (0.16) cannot make
+    // UTF-8 names; 0.22 quotes them in the text it pushes.
+    "prometheus-client==0.22.1",
 ];
 
 pub fn setup() -> Result<()> {

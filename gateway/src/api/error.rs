@@ -52,8 +52,8 @@ pub enum ApiError {
     /// The `Content-Encoding` (gzip, snappy) could not be decoded (400).
     #[error(transparent)]
     Encoding(BodyError),
-    /// The text format body does not parse (400).
-    #[error(transparent)]
+    /// The text format body does not parse (400): Go's text, then any hint.
+    #[error("{0}{hint}", hint = .0.hint())]
     Text(#[from] TextParseError),
     /// The protobuf body does not decode (400).
     #[error(transparent)]

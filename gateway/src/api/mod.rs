@@ -34,6 +34,7 @@ pub use v1::rfc3339_nano;
 use crate::build_info::BuildInfo;
 use crate::codec::limits::PushLimits;
 use crate::config::{normalize_route_prefix, GatewayConfig};
+use crate::names::NameRules;
 use crate::source::MetricSource;
 use crate::store::{MetricStore, ReservedNames};
 
@@ -53,6 +54,8 @@ struct Inner {
     disable_consistency_check: bool,
     body_limit: usize,
     push_limits: PushLimits,
+    /// Which names pushes may use (the store's rules, for the URL and the parsers).
+    names: NameRules,
     max_grouping_key_bytes: usize,
     max_render_factor: usize,
     /// Pushes parsed at once: one core fewer than the machine has (at least one), so
@@ -74,6 +77,7 @@ impl AppState {
         store: Arc<MetricStore>,
         source: Arc<dyn MetricSource>,
     ) -> Self {
+        let names = store.name_rules();
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -84,6 +88,7 @@ impl AppState {
                 disable_consistency_check: config.disable_consistency_check,
                 body_limit: config.body_limit,
                 push_limits: config.push_limits(),
+                names,
                 max_grouping_key_bytes: config.max_grouping_key_bytes,
                 max_render_factor: config.max_render_factor,
                 parse_permits: Arc::new(Semaphore::new(parse_permits())),
@@ -100,7 +105,8 @@ impl AppState {
     pub fn with_empty_store(config: &GatewayConfig, source: Arc<dyn MetricSource>) -> Self {
         let store = Arc::new(
             MetricStore::new(ReservedNames::of_source(source.as_ref()))
-                .with_expiry(config.push_ttl, Arc::default()),
+                .with_expiry(config.push_ttl, Arc::default())
+                .with_names(config.name_rules()),
         );
         Self::new(config, store, source)
     }

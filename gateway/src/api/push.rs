@@ -39,7 +39,7 @@ pub(super) async fn push(
 ) -> Result<StatusCode, ApiError> {
     let inner = &state.inner;
     // The same function the path filter judged this request with.
-    let key = GroupingKey::of_request_path(uri.path(), &inner.route_prefix)
+    let key = GroupingKey::of_request_path(uri.path(), &inner.route_prefix, inner.names)
         .ok_or(ApiError::NotFound)??;
     let key_bytes = grouping_bytes(&key);
     if key_bytes > inner.max_grouping_key_bytes {
@@ -85,7 +85,9 @@ pub(super) async fn push(
                 decoded => decoded?,
             };
             let families = match format {
-                PushFormat::Text => codec::text::parse_limited(&decoded, inner.push_limits)?,
+                PushFormat::Text => {
+                    codec::text::parse_limited(&decoded, inner.push_limits, inner.names)?
+                }
                 PushFormat::DelimitedProtobuf => {
                     codec::protobuf::decode_delimited_limited(&decoded, inner.push_limits)?
                 }

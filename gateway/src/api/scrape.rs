@@ -20,7 +20,7 @@ use flate2::Compression;
 use http_body::{Frame, SizeHint};
 
 use super::{ApiError, AppState};
-use crate::exposition::negotiate;
+use crate::exposition::negotiate_defaulting;
 use crate::store::exposition_chunks;
 
 /// Handles a scrape.
@@ -29,11 +29,12 @@ pub(super) async fn scrape(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let negotiated = negotiate(accept);
+    let negotiated = negotiate_defaulting(accept, state.inner.names.default_escaping());
     let chunks = exposition_chunks(
         &state.inner.store,
         state.inner.source.as_ref(),
         negotiated.format,
+        negotiated.escaping,
     );
     let content_type = HeaderValue::from_str(&negotiated.content_type())
         .map_err(|error| ApiError::Internal(format!("content type: {error}")))?;

@@ -8,6 +8,12 @@
 //! `h_bucket` without `le` adds an empty histogram) come out identical. Families are
 //! returned in order of first appearance (Go returns a map), and families that end up
 //! without samples are dropped, as in Go.
+//!
+//! With UTF-8 names allowed ([`NameRules::Utf8`], `--push.enable-utf8-names`), names
+//! may also be quoted as in prometheus/common ≥ 0.61 (pushgateway 1.11):
+//! `{"my.metric", "lbl.x"="v"} 1`, `"my.metric"{a="b"} 1`, `# TYPE "my.metric" gauge`;
+//! inside the braces the metric name comes first. Without, those bodies get 1.9's
+//! verdicts, with a hint at the flag after Go's message.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher as _, RandomState};
@@ -16,6 +22,7 @@ use super::limits::{LimitError, PushLimits};
 use crate::model::{
     Bucket, Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Quantile, Untyped,
 };
+use crate::names::NameRules;
 
 /// A text format error, displayed exactly as Go's parser words it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +32,23 @@ pub struct TextParseError {
     pub line: usize,
     /// Go's message text after the line prefix.
     pub message: String,
+    /// Whether the error is at a quoted name, which only `--push.enable-utf8-names`
+    /// reads: the HTTP answer then adds [`TextParseError::hint`] after Go's text (the
+    /// error itself stays Go's, word for word).
+    pub utf8_hint: bool,
+}
+
+impl TextParseError {
+    /// A word on `--push.enable-utf8-names` when it would have made the body parse
+    /// (see `utf8_hint`), else nothing.
+    #[must_use]
+    pub fn hint(&self) -> &'static str {
+        if self.utf8_hint {
+            " (quoted UTF-8 metric and label names are accepted only with --push.enable-utf8-names)"
+        } else {
+            ""
+        }
+    }
 }
 
 /// Why a push body was refused by [`parse_limited`].
@@ -44,22 +68,29 @@ pub enum TextError {
 /// from their `_sum`, `_count`, `_bucket` and `quantile`/`le` samples. Timestamps are
 /// kept in `timestamp_ms` (rejecting them is the store's business, not the parser's).
 pub fn parse(body: &[u8]) -> Result<Vec<MetricFamily>, TextParseError> {
-    parse_limited(body, PushLimits::UNLIMITED).map_err(|error| match error {
+    parse_limited(body, PushLimits::UNLIMITED, NameRules::Legacy).map_err(|error| match error {
         TextError::Syntax(error) => error,
         TextError::Limit(_) => unreachable!("no limit to go over"),
     })
 }
 
 /// [`parse`], stopping at the first series, label, bucket or family over `limits`, so
-/// that a hostile body never turns into more structs than the limits allow.
-pub fn parse_limited(body: &[u8], limits: PushLimits) -> Result<Vec<MetricFamily>, TextError> {
+/// that a hostile body never turns into more structs than the limits allow; `names`
+/// says whether quoted (UTF-8) names are read.
+pub fn parse_limited(
+    body: &[u8],
+    limits: PushLimits,
+    names: NameRules,
+) -> Result<Vec<MetricFamily>, TextError> {
     let mut parser = Parser::new(body, limits);
+    parser.utf8 = names.utf8();
     let mut state = State::StartOfLine;
     loop {
         let next = match state {
             State::StartOfLine => Ok(parser.start_of_line()),
             State::StartComment => parser.start_comment(),
             State::ReadingMetricName => parser.reading_metric_name(),
+            State::ReadingBracedName => parser.reading_braced_name(),
             State::ReadingLabels => Ok(parser.reading_labels()),
             State::StartLabelName => parser.start_label_name(),
             State::StartLabelValue => parser.start_label_value(),
@@ -81,6 +112,7 @@ pub fn parse_limited(body: &[u8], limits: PushLimits) -> Result<Vec<MetricFamily
                 return Err(TextError::Syntax(TextParseError {
                     line: parser.line,
                     message,
+                    utf8_hint: parser.utf8_hint,
                 }));
             }
         };
@@ -96,6 +128,8 @@ enum State {
     StartOfLine,
     StartComment,
     ReadingMetricName,
+    /// The metric name as the first item inside the braces (UTF-8 names only).
+    ReadingBracedName,
     ReadingLabels,
     StartLabelName,
     StartLabelValue,
@@ -168,6 +202,10 @@ struct Parser<'a> {
     bound: f64,
     /// Index into the current family's metrics of the metric the value goes to.
     metric: usize,
+    /// Whether quoted (UTF-8) names are read.
+    utf8: bool,
+    /// Set when the error is at a quoted name that `utf8` would have read.
+    utf8_hint: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -191,6 +229,8 @@ impl<'a> Parser<'a> {
             role: SampleRole::Plain,
             bound: f64::NAN,
             metric: 0,
+            utf8: false,
+            utf8_hint: false,
         }
     }
 
@@ -230,6 +270,7 @@ impl<'a> Parser<'a> {
         match self.byte {
             b'#' => State::StartComment,
             b'\n' => State::StartOfLine,
+            b'{' if self.utf8 => State::ReadingBracedName,
             _ => State::ReadingMetricName,
         }
     }
@@ -260,7 +301,9 @@ impl<'a> Parser<'a> {
             return Ok(State::StartOfLine);
         }
         if !is_blank_or_tab(self.byte) {
-            return Err(invalid("invalid metric name in comment".to_owned()));
+            return Err(invalid(
+                self.with_utf8_hint("invalid metric name in comment"),
+            ));
         }
         self.set_or_create_current_family()?;
         self.skip_blank_tab()?;
@@ -273,8 +316,15 @@ impl<'a> Parser<'a> {
     fn reading_metric_name(&mut self) -> Step {
         self.read_token_as_metric_name()?;
         if self.token.is_empty() {
-            return Err(invalid("invalid metric name".to_owned()));
+            return Err(invalid(self.with_utf8_hint("invalid metric name")));
         }
+        self.start_metric()?;
+        self.skip_blank_tab_if_current_blank_tab()?;
+        Ok(State::ReadingLabels)
+    }
+
+    /// The family of the name in `token` becomes current, with a new sample line.
+    fn start_metric(&mut self) -> Step<()> {
         self.set_or_create_current_family()?;
         let family = &mut self.families[self.family];
         if family.r#type.is_none() {
@@ -282,8 +332,51 @@ impl<'a> Parser<'a> {
         }
         self.labels.clear();
         self.label_names.clear();
+        Ok(())
+    }
+
+    /// `{"name"` or `{name` at the start of a line, then `,` and the labels or `}`.
+    /// Go's parser would also take the name after some labels; here it comes first,
+    /// as every writer puts it (and the error says so).
+    fn reading_braced_name(&mut self) -> Step {
+        self.skip_blank_tab()?;
+        self.read_token_as_metric_name()?;
+        if self.token.is_empty() {
+            return Err(invalid(
+                "invalid metric name: inside braces, the metric name must come first, \
+                 e.g. {\"my.metric\", label=\"value\"}"
+                    .to_owned(),
+            ));
+        }
         self.skip_blank_tab_if_current_blank_tab()?;
-        Ok(State::ReadingLabels)
+        if self.byte == b'=' {
+            return Err(invalid(format!(
+                "inside braces, the metric name must come first; found label {} before it",
+                quote_str(&self.token)
+            )));
+        }
+        if self.byte != b',' && self.byte != b'}' {
+            return Err(invalid(format!(
+                "unexpected end of metric name {}",
+                quote_rune(self.byte)
+            )));
+        }
+        self.start_metric()?;
+        if self.is_compound() {
+            self.bound = f64::NAN;
+        }
+        if self.byte == b',' {
+            return Ok(State::StartLabelName);
+        }
+        self.skip_blank_tab()?;
+        Ok(State::ReadingValue)
+    }
+
+    /// Go's message; notes when the byte at fault opens a quoted name that only
+    /// `--push.enable-utf8-names` reads (see [`TextParseError::hint`]).
+    fn with_utf8_hint(&mut self, message: &str) -> String {
+        self.utf8_hint = !self.utf8 && (self.byte == b'"' || self.byte == b'{');
+        message.to_owned()
     }
 
     fn reading_labels(&mut self) -> State {
@@ -305,12 +398,14 @@ impl<'a> Parser<'a> {
         }
         self.read_token_as_label_name()?;
         if self.token.is_empty() {
-            return Err(invalid(format!(
+            let message = format!(
                 "invalid label name for metric {}",
                 quote_str(self.family_name().as_bytes())
-            )));
+            );
+            return Err(invalid(self.with_utf8_hint(&message)));
         }
-        // Label names are ASCII by construction of the token.
+        // Unquoted label names are ASCII by construction of the token; quoted ones
+        // were checked to be UTF-8.
         let name = String::from_utf8_lossy(&self.token).into_owned();
         if name == "__name__" {
             return Err(invalid(r#"label name "__name__" is reserved"#.to_owned()));
@@ -567,7 +662,8 @@ impl<'a> Parser<'a> {
     /// `_count`, `_sum` (or `_bucket`) name joins an existing summary (or histogram).
     fn set_or_create_current_family(&mut self) -> Step<()> {
         self.role = SampleRole::Plain;
-        // Metric names are ASCII by construction of the token.
+        // Unquoted metric names are ASCII by construction of the token; quoted ones
+        // were checked to be UTF-8.
         let name = String::from_utf8_lossy(&self.token);
         if let Some(&index) = self.by_name.get(name.as_ref()) {
             self.family = index;
@@ -666,6 +762,9 @@ impl<'a> Parser<'a> {
 
     fn read_token_as_metric_name(&mut self) -> Step<()> {
         self.token.clear();
+        if self.utf8 && self.byte == b'"' {
+            return self.read_quoted_name("metric name");
+        }
         if !is_metric_name_start(self.byte) {
             return Ok(());
         }
@@ -679,6 +778,9 @@ impl<'a> Parser<'a> {
 
     fn read_token_as_label_name(&mut self) -> Step<()> {
         self.token.clear();
+        if self.utf8 && self.byte == b'"' {
+            return self.read_quoted_name("label name");
+        }
         if !is_label_name_start(self.byte) {
             return Ok(());
         }
@@ -688,6 +790,45 @@ impl<'a> Parser<'a> {
                 return Ok(());
             }
         }
+    }
+
+    /// Reads a quoted name (the current byte is its opening quote), unescaping `\\`,
+    /// `\"` and `\n` as in a label value; the byte after the closing quote is left in
+    /// `byte`. `what` names it in errors.
+    fn read_quoted_name(&mut self, what: &str) -> Step<()> {
+        self.token.clear();
+        let mut escaped = false;
+        loop {
+            let byte = self.read_byte()?;
+            if escaped {
+                match byte {
+                    b'"' | b'\\' => self.token.push(byte),
+                    b'n' => self.token.push(b'\n'),
+                    other => return Err(invalid_escape(other)),
+                }
+                escaped = false;
+                continue;
+            }
+            match byte {
+                b'"' => break,
+                b'\n' => {
+                    return Err(invalid(format!(
+                        "{what} {} contains unescaped new-line",
+                        quote_str(&self.token)
+                    )))
+                }
+                b'\\' => escaped = true,
+                other => self.token.push(other),
+            }
+        }
+        if std::str::from_utf8(&self.token).is_err() {
+            return Err(invalid(format!(
+                "invalid {what} {}: names must be UTF-8",
+                quote_str(&self.token)
+            )));
+        }
+        self.read_byte()?;
+        Ok(())
     }
 
     /// Reads a quoted label value starting after the opening quote, unescaping
@@ -932,7 +1073,7 @@ mod tests {
             ("limit before a later syntax error", "m{a=\"1\",b=\"2\",c=\"3\"} x\n", Some("at least 3 labels")),
         ];
         for (name, body, want) in table {
-            let result = parse_limited(body.as_bytes(), limits);
+            let result = parse_limited(body.as_bytes(), limits, NameRules::Legacy);
             match want {
                 None => assert!(result.is_ok(), "{name}: {result:?}"),
                 Some(want) => {
@@ -941,6 +1082,204 @@ mod tests {
                     assert!(error.to_string().contains(want), "{name}: {error}");
                 }
             }
+        }
+    }
+
+    /// Each series' label pairs.
+    type Series = Vec<Vec<(String, String)>>;
+
+    fn parse_utf8(body: &str) -> Result<Vec<MetricFamily>, TextError> {
+        parse_limited(body.as_bytes(), PushLimits::UNLIMITED, NameRules::Utf8)
+    }
+
+    /// Family name, then each series' labels, of a parse.
+    fn shape(families: &[MetricFamily]) -> Vec<(String, Series)> {
+        families
+            .iter()
+            .map(|family| {
+                let series = family
+                    .metric
+                    .iter()
+                    .map(|metric| {
+                        metric
+                            .label
+                            .iter()
+                            .map(|l| {
+                                (
+                                    l.name.clone().unwrap_or_default(),
+                                    l.value.clone().unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect();
+                (family.name.clone().unwrap_or_default(), series)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quoted_names_with_utf8_names() {
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let table: &[(&str, &str, &str, Series)] = &[
+            (
+                "name in braces",
+                "{\"my.metric\"} 1\n",
+                "my.metric",
+                vec![pairs(&[])],
+            ),
+            (
+                "name and quoted label",
+                "{\"my.metric\", \"lbl.x\"=\"v\"} 1\n",
+                "my.metric",
+                vec![pairs(&[("lbl.x", "v")])],
+            ),
+            (
+                "quoted name before braces",
+                "\"my.metric\"{a=\"b\"} 1\n",
+                "my.metric",
+                vec![pairs(&[("a", "b")])],
+            ),
+            (
+                "legacy name in braces, quoted label",
+                "{m,\"größe\"=\"1\"} 1\n",
+                "m",
+                vec![pairs(&[("größe", "1")])],
+            ),
+            (
+                "escapes in names",
+                "{\"a\\\"b\\\\c\"} 1\n",
+                "a\"b\\c",
+                vec![pairs(&[])],
+            ),
+            ("trailing comma", "{\"x.y\",} 1\n", "x.y", vec![pairs(&[])]),
+            (
+                "HELP and TYPE of a quoted name",
+                "# HELP \"my.metric\" the help\n# TYPE \"my.metric\" gauge\n{\"my.metric\"} 2\n",
+                "my.metric",
+                vec![pairs(&[])],
+            ),
+            (
+                "legacy body unchanged",
+                "m{a=\"b\"} 1\n",
+                "m",
+                vec![pairs(&[("a", "b")])],
+            ),
+        ];
+        for (case, body, name, series) in table {
+            let families = parse_utf8(body).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(
+                shape(&families),
+                [((*name).to_owned(), series.clone())],
+                "{case}"
+            );
+        }
+        let typed =
+            parse_utf8("# TYPE \"my.metric\" gauge\n# HELP \"my.metric\" h\n{\"my.metric\"} 2\n")
+                .expect("typed");
+        assert_eq!(typed[0].r#type, Some(MetricType::Gauge as i32));
+        assert_eq!(typed[0].help.as_deref(), Some("h"));
+        let summary = parse_utf8(
+            "# TYPE \"s.x\" summary\n{\"s.x\",quantile=\"0.5\"} 1\n{\"s.x_sum\"} 3\n{\"s.x_count\"} 2\n",
+        )
+        .expect("summary");
+        let summary = summary[0].metric[0].summary.as_ref().expect("one summary");
+        assert_eq!(
+            (summary.sample_count, summary.sample_sum),
+            (Some(2), Some(3.0))
+        );
+    }
+
+    #[test]
+    fn bad_quoted_names_are_refused_clearly() {
+        let table: &[(&str, &[u8], &str)] = &[
+            (
+                "empty name",
+                b"{\"\"} 1\n",
+                "line 1: invalid metric name: inside braces",
+            ),
+            (
+                "label before name",
+                b"{a=\"b\"} 1\n",
+                "found label \"a\" before it",
+            ),
+            (
+                "unterminated",
+                b"{\"my.metric} 1\n",
+                "metric name \"my.metric} 1\" contains unescaped new-line",
+            ),
+            (
+                "newline in label name",
+                b"{m,\"a\nb\"=\"v\"} 1\n",
+                "label name \"a\" contains unescaped new-line",
+            ),
+            (
+                "bad escape",
+                b"{\"a\\tb\"} 1\n",
+                "invalid escape sequence '\\t'",
+            ),
+            (
+                "not UTF-8",
+                b"{\"a\xffb\"} 1\n",
+                "invalid metric name \"a\\xffb\": names must be UTF-8",
+            ),
+            (
+                "two names",
+                b"{\"a.b\" \"c\"} 1\n",
+                "unexpected end of metric name",
+            ),
+            (
+                "empty label name",
+                b"{m,\"\"=\"v\"} 1\n",
+                "invalid label name for metric \"m\"",
+            ),
+            ("missing value", b"{\"a.b\"}\n", "line 1:"),
+        ];
+        for (case, body, want) in table {
+            let error = parse_limited(body, PushLimits::UNLIMITED, NameRules::Utf8)
+                .expect_err(case)
+                .to_string();
+            assert!(error.contains(want), "{case}: {error}");
+        }
+    }
+
+    /// Without the flag, Go 1.9's verdicts (its message first), and a word on the flag.
+    #[test]
+    fn quoted_names_without_utf8_names_fail_as_in_go() {
+        let table: &[(&str, &str, &str)] = &[
+            (
+                "name in braces",
+                "{\"my.metric\"} 1\n",
+                "text format parsing error in line 1: invalid metric name (",
+            ),
+            (
+                "quoted name",
+                "\"my.metric\" 1\n",
+                "text format parsing error in line 1: invalid metric name (",
+            ),
+            (
+                "quoted label",
+                "m{\"lbl.x\"=\"v\"} 1\n",
+                "text format parsing error in line 1: invalid label name for metric \"m\" (",
+            ),
+            (
+                "quoted name in TYPE",
+                "# TYPE \"my.metric\" gauge\n",
+                "text format parsing error in line 1: invalid metric name in comment (",
+            ),
+        ];
+        for (case, body, want) in table {
+            let error = parse(body.as_bytes()).expect_err(case);
+            let message = error.to_string();
+            assert_eq!(format!("{message} ("), *want, "{case}: Go's words");
+            assert!(
+                error.hint().contains("--push.enable-utf8-names"),
+                "{case}: {error:?}"
+            );
         }
     }
 

@@ -18,8 +18,9 @@ use std::hash::{BuildHasher as _, Hash as _, Hasher as _, RandomState};
 use std::sync::OnceLock;
 
 use crate::exposition::format_float;
-use crate::grouping::{go_quote, is_proper_label_name, GroupingKey};
+use crate::grouping::{go_quote, GroupingKey};
 use crate::model::{LabelPair, Metric, MetricFamily, MetricType};
+use crate::names::NameRules;
 use crate::source::MetricSource;
 
 use super::{PUSH_FAILURE_TIME_NAME, PUSH_TIME_NAME};
@@ -39,10 +40,16 @@ pub enum Inconsistency {
     #[error("pushed metrics must not have timestamps")]
     Timestamps,
     /// A family name is not a valid Prometheus metric name.
-    #[error("metric family name {} is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)", go_quote(.name.as_bytes()))]
+    #[error("metric family name {} is not a valid metric name ({})", go_quote(.name.as_bytes()), if *.utf8_names {
+        "any non-empty UTF-8"
+    } else {
+        "[a-zA-Z_:][a-zA-Z0-9_:]*; UTF-8 names need --push.enable-utf8-names"
+    })]
     InvalidMetricName {
         /// The family name.
         name: String,
+        /// Whether UTF-8 names were allowed (the hint differs).
+        utf8_names: bool,
     },
     /// A family's type is not one of the known `MetricType` values.
     #[error("metric family {} has unknown type number {value}", go_quote(.name.as_bytes()))]
@@ -200,6 +207,7 @@ pub(crate) fn prepare(
     key: &GroupingKey,
     families: Vec<MetricFamily>,
     reserved: &ReservedNames,
+    names: NameRules,
 ) -> Result<Vec<PreparedFamily>, Inconsistency> {
     let mut by_name: BTreeMap<String, MetricFamily> = BTreeMap::new();
     for family in families {
@@ -218,8 +226,11 @@ pub(crate) fn prepare(
     }
     let mut prepared = Vec::with_capacity(by_name.len());
     for (name, mut family) in by_name {
-        if !is_metric_name(&name) {
-            return Err(Inconsistency::InvalidMetricName { name });
+        if !names.allows_metric_name(&name) {
+            return Err(Inconsistency::InvalidMetricName {
+                name,
+                utf8_names: names.utf8(),
+            });
         }
         if reserved.contains(&name) {
             return Err(Inconsistency::ReservedName { name });
@@ -239,7 +250,7 @@ pub(crate) fn prepare(
         for i in 0..family.metric.len() {
             let metric = &mut family.metric[i];
             apply_grouping_labels(metric, key);
-            check_metric(&name, kind, metric)?;
+            check_metric(&name, kind, metric, names)?;
             let hash = series_hash(&metric.label);
             if let Some(&earlier) = seen.get(&hash) {
                 let metric = &family.metric[i];
@@ -288,7 +299,12 @@ pub(crate) fn apply_grouping_labels(metric: &mut Metric, key: &GroupingKey) {
 }
 
 /// The checks of `client_golang`'s `checkMetricConsistency` that do not need the store.
-fn check_metric(family: &str, kind: MetricType, metric: &Metric) -> Result<(), Inconsistency> {
+fn check_metric(
+    family: &str,
+    kind: MetricType,
+    metric: &Metric,
+    names: NameRules,
+) -> Result<(), Inconsistency> {
     let has_value = match kind {
         MetricType::Counter => metric.counter.is_some(),
         MetricType::Gauge => metric.gauge.is_some(),
@@ -313,7 +329,7 @@ fn check_metric(family: &str, kind: MetricType, metric: &Metric) -> Result<(), I
                 label: label.to_owned(),
             });
         }
-        if !is_proper_label_name(label) {
+        if !names.allows_label_name(label) {
             return Err(Inconsistency::InvalidLabelName {
                 family: family.to_owned(),
                 metric: go_metric_text(metric),
@@ -429,15 +445,6 @@ fn identity_pairs(labels: &[LabelPair]) -> impl Iterator<Item = (&str, &str)> {
             )
         })
         .filter(|(_, value)| !value.is_empty())
-}
-
-/// `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-fn is_metric_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b':')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
 /// The type as Go's `MetricType.String()` names it.
@@ -630,7 +637,8 @@ mod tests {
                 .collect(),
             ..untyped("m", &[], 0.0)
         };
-        let err = prepare(&grouping, vec![twice], &reserved).expect_err("same series twice");
+        let err = prepare(&grouping, vec![twice], &reserved, NameRules::Legacy)
+            .expect_err("same series twice");
         assert!(
             err.to_string().starts_with(
                 "collected metric \"m\" { label:<name:\"instance\" value:\"\" > label:<name:\"job\" value:\"j\" > untyped:<value:2 > } was collected before"
@@ -641,6 +649,7 @@ mod tests {
             &grouping,
             vec![untyped("m", &[("__x", "b")], 1.0)],
             &reserved,
+            NameRules::Legacy,
         )
         .expect_err("reserved label prefix");
         assert!(
@@ -650,7 +659,8 @@ mod tests {
         );
         let mut stamped = untyped("m", &[], 1.0);
         stamped.metric[0].timestamp_ms = Some(0);
-        let err = prepare(&grouping, vec![stamped], &reserved).expect_err("timestamp of 0");
+        let err = prepare(&grouping, vec![stamped], &reserved, NameRules::Legacy)
+            .expect_err("timestamp of 0");
         assert_eq!(err, Inconsistency::Timestamps);
     }
 
@@ -724,7 +734,7 @@ mod tests {
             ),
         ];
         for (name, families, want) in table {
-            let err = prepare(&grouping, families, &reserved).expect_err(name);
+            let err = prepare(&grouping, families, &reserved, NameRules::Legacy).expect_err(name);
             assert!(err.to_string().contains(want), "{name}: {err}");
         }
     }

@@ -36,6 +36,7 @@ pub use stored::StoredFamily;
 
 use crate::grouping::GroupingKey;
 use crate::model::{Gauge, Metric, MetricFamily, MetricType};
+use crate::names::NameRules;
 use check::{
     apply_grouping_labels, prepare, same_identity, series_hash, suffix_clash, PreparedFamily,
 };
@@ -145,6 +146,8 @@ pub struct MetricStore {
     default_ttl: Option<Duration>,
     /// Counts groups removed by expiry.
     expired: Arc<GroupsExpired>,
+    /// Which metric and label names pushes may use.
+    names: NameRules,
 }
 
 #[derive(Debug, Default)]
@@ -206,6 +209,9 @@ struct FamilyEntry {
     series: HashSet<u64>,
     /// The merged family rendered in each format, until the next change to it.
     rendered: Mutex<RenderCache>,
+    /// Whether a member has a non-legacy name, so that scrapes see it escaped as they
+    /// negotiated (see `render`); false in every store without UTF-8 names.
+    utf8_names: bool,
 }
 
 impl MetricStore {
@@ -218,7 +224,21 @@ impl MetricStore {
             version: watch::Sender::new(0),
             default_ttl: None,
             expired: Arc::default(),
+            names: NameRules::Legacy,
         }
+    }
+
+    /// The store with `names` as the rules for pushed names (legacy by default).
+    #[must_use]
+    pub fn with_names(mut self, names: NameRules) -> Self {
+        self.names = names;
+        self
+    }
+
+    /// The rules for pushed names.
+    #[must_use]
+    pub fn name_rules(&self) -> NameRules {
+        self.names
     }
 
     /// Applies one write at `now`.
@@ -266,7 +286,7 @@ impl MetricStore {
         // scrape would wait for them. Under the lock only the index is consulted and
         // the rendered families are swapped in.
         let group = Arc::new(GroupLabels::of(&key));
-        let prepared = prepare(&key, families, &self.reserved).map(|mut prepared| {
+        let prepared = prepare(&key, families, &self.reserved, self.names).map(|mut prepared| {
             let stored = StoredFamily::new_all(
                 prepared.iter_mut().map(
                     |PreparedFamily {
@@ -324,25 +344,28 @@ impl MetricStore {
                 .collect();
             let families = pushed.into_iter().map(|(family, _)| family).collect();
             let labels = Arc::new(GroupLabels::of(&group.key));
-            let verdict = prepare(&group.key, families, &self.reserved).and_then(|mut prepared| {
-                if state.groups.contains_key(&group.key) {
-                    // Two records for one key: the file was not written by us.
-                    return Err(Inconsistency::GroupIdentityClash {
-                        key: group.key.to_string(),
-                        existing: group.key.to_string(),
-                    });
-                }
-                let stored: Vec<StoredFamily> = prepared
-                    .iter_mut()
-                    .map(|p| {
-                        let name = p.family.name.as_deref().unwrap_or_default();
-                        let pushed_at = times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
-                        StoredFamily::new(&mut p.family, p.kind, &p.hashes, pushed_at, &labels)
-                    })
-                    .collect();
-                state.check(&group.key, &prepared, &stored, true)?;
-                Ok(stored)
-            });
+            let verdict = prepare(&group.key, families, &self.reserved, self.names).and_then(
+                |mut prepared| {
+                    if state.groups.contains_key(&group.key) {
+                        // Two records for one key: the file was not written by us.
+                        return Err(Inconsistency::GroupIdentityClash {
+                            key: group.key.to_string(),
+                            existing: group.key.to_string(),
+                        });
+                    }
+                    let stored: Vec<StoredFamily> = prepared
+                        .iter_mut()
+                        .map(|p| {
+                            let name = p.family.name.as_deref().unwrap_or_default();
+                            let pushed_at =
+                                times.get(name).copied().unwrap_or(SystemTime::UNIX_EPOCH);
+                            StoredFamily::new(&mut p.family, p.kind, &p.hashes, pushed_at, &labels)
+                        })
+                        .collect();
+                    state.check(&group.key, &prepared, &stored, true)?;
+                    Ok(stored)
+                },
+            );
             match verdict {
                 Ok(stored) => {
                     let key = state.store_restored(&group.key, stored, &gauges);
@@ -694,6 +717,7 @@ impl State {
                 members: BTreeMap::new(),
                 series: HashSet::new(),
                 rendered: Mutex::new(RenderCache::default()),
+                utf8_names: false,
             };
             self.families.insert(Arc::from(name), entry);
         }
@@ -705,6 +729,7 @@ impl State {
         }
         entry.kind = kind;
         entry.series.extend(stored.hashes());
+        entry.note_utf8_names(stored.has_utf8_names());
         entry.invalidate();
         if let Some(group) = self.groups.get_mut(key) {
             group.insert(stored);
@@ -728,6 +753,7 @@ impl State {
         };
         entry.members.remove(key);
         entry.forget_series(stored);
+        entry.note_utf8_names(false);
         if entry.members.is_empty() {
             self.families.remove(name);
         } else {
@@ -749,6 +775,15 @@ impl FamilyEntry {
     fn forget_series(&mut self, stored: &StoredFamily) {
         for hash in stored.hashes() {
             self.series.remove(&hash);
+        }
+    }
+
+    /// Keeps `utf8_names` true while a member has such a name; `added` says whether
+    /// the member that just joined has one. Members are counted again only in
+    /// families that had one: the others never pay for it.
+    fn note_utf8_names(&mut self, added: bool) {
+        if added || self.utf8_names {
+            self.utf8_names = self.members.values().any(StoredFamily::has_utf8_names);
         }
     }
 

@@ -7,6 +7,11 @@
 //! cached bytes. The merge of a family follows upstream: the series of every group that
 //! has the family, sorted by number of labels then label values, under the HELP of the
 //! first group (in grouping-key order) that has one.
+//!
+//! Names are escaped as the scrape negotiated (`escaping=`, see [`crate::names`]) only
+//! in families that have a non-legacy name: every scheme leaves legacy names alone, so
+//! the other families keep one rendering per format whatever the scrape asked, and
+//! cost nothing more. A family with UTF-8 names is rendered per format and escaping.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -15,9 +20,10 @@ use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
 
-use crate::exposition::{sort_families, Format};
+use crate::exposition::{sort_families, Escaping, Format};
 use crate::grouping::GroupingKey;
 use crate::model::{MetricFamily, MetricType};
+use crate::names::escape_family;
 use crate::source::MetricSource;
 
 use super::group_labels::GroupLabels;
@@ -37,15 +43,16 @@ pub struct RenderedFamily {
 
 impl MetricStore {
     /// Every family of the store with at least one series, merged across groups and
-    /// rendered in `format`, sorted by name.
+    /// rendered in `format` with names escaped by `escaping`, sorted by (unescaped)
+    /// name.
     #[must_use]
-    pub fn rendered_families(&self, format: Format) -> Vec<RenderedFamily> {
+    pub fn rendered_families(&self, format: Format, escaping: Escaping) -> Vec<RenderedFamily> {
         let state = self.read();
         state
             .families
             .iter()
             .filter_map(|(name, entry)| {
-                let bytes = entry.rendered(name, format);
+                let bytes = entry.rendered(name, format, escaping);
                 (!bytes.is_empty()).then(|| RenderedFamily {
                     name: Arc::clone(name),
                     bytes,
@@ -63,6 +70,8 @@ pub(super) struct RenderCache {
     protobuf: Option<Bytes>,
     /// OpenMetrics text, the same for both versions (only the `Content-Type` differs).
     openmetrics: Option<Bytes>,
+    /// Families with UTF-8 names: each format and escaping asked for so far.
+    escaped: Vec<(Format, Escaping, Bytes)>,
 }
 
 /// The merged text and where each series is in it, so that members leaving can be
@@ -85,6 +94,7 @@ impl RenderCache {
     pub(super) fn forget_member(&mut self, key: &GroupingKey) {
         self.protobuf = None;
         self.openmetrics = None;
+        self.escaped.clear();
         if let Some(cached) = &mut self.text {
             cached.gone.insert(address(key));
         }
@@ -136,8 +146,25 @@ impl CachedText {
 }
 
 impl FamilyEntry {
-    fn rendered(&self, name: &str, format: Format) -> Bytes {
+    fn rendered(&self, name: &str, format: Format, escaping: Escaping) -> Bytes {
         let mut cache = self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.utf8_names {
+            // Both OpenMetrics versions have the same body.
+            let format = match format {
+                Format::OpenMetrics { .. } => Format::OpenMetrics { version_1_0: true },
+                other => other,
+            };
+            if let Some((_, _, bytes)) = cache
+                .escaped
+                .iter()
+                .find(|(f, e, _)| *f == format && *e == escaping)
+            {
+                return bytes.clone();
+            }
+            let bytes = self.merged_encoded(name, format, escaping);
+            cache.escaped.push((format, escaping, bytes.clone()));
+            return bytes;
+        }
         match format {
             Format::Text => {
                 let cached = cache.text.get_or_insert_with(|| self.merged_text());
@@ -146,11 +173,11 @@ impl FamilyEntry {
             }
             Format::DelimitedProtobuf => cache
                 .protobuf
-                .get_or_insert_with(|| self.merged_encoded(name, format))
+                .get_or_insert_with(|| self.merged_encoded(name, format, escaping))
                 .clone(),
             Format::OpenMetrics { .. } => cache
                 .openmetrics
-                .get_or_insert_with(|| self.merged_encoded(name, format))
+                .get_or_insert_with(|| self.merged_encoded(name, format, escaping))
                 .clone(),
         }
     }
@@ -216,8 +243,9 @@ impl FamilyEntry {
 
     /// The protobuf and OpenMetrics expositions are rarer than text: decode (exemplars,
     /// units and created timestamps survive in what a protobuf push stored), merge,
-    /// sort, encode.
-    fn merged_encoded(&self, name: &str, format: Format) -> Bytes {
+    /// sort, escape the names, encode. (Families with UTF-8 names take this way in
+    /// text too.)
+    fn merged_encoded(&self, name: &str, format: Format, escaping: Escaping) -> Bytes {
         let families: Vec<MetricFamily> = self.members.values().map(StoredFamily::family).collect();
         let help = families
             .iter()
@@ -237,6 +265,9 @@ impl FamilyEntry {
                 .collect(),
         };
         sort_families(std::slice::from_mut(&mut merged));
+        if self.utf8_names {
+            merged = escape_family(merged, escaping);
+        }
         let mut out = Vec::new();
         format.write(std::slice::from_ref(&merged), &mut out);
         Bytes::from(out)
@@ -254,10 +285,12 @@ pub fn exposition_chunks(
     store: &MetricStore,
     source: &dyn MetricSource,
     format: Format,
+    escaping: Escaping,
 ) -> Vec<Bytes> {
     static WARNED: AtomicBool = AtomicBool::new(false);
 
-    let mut pushed = store.rendered_families(format);
+    // The source's own families have legacy names (dropgate makes them): no escaping.
+    let mut pushed = store.rendered_families(format, escaping);
     let mut own = source.collect();
     own.retain(|family| !family.metric.is_empty());
     sort_families(&mut own);
@@ -327,6 +360,11 @@ fn openmetrics_owned(name: &str, kind: MetricType) -> Vec<String> {
 
 /// [`exposition_chunks`] in one buffer.
 #[must_use]
-pub fn exposition(store: &MetricStore, source: &dyn MetricSource, format: Format) -> Vec<u8> {
-    exposition_chunks(store, source, format).concat()
+pub fn exposition(
+    store: &MetricStore,
+    source: &dyn MetricSource,
+    format: Format,
+    escaping: Escaping,
+) -> Vec<u8> {
+    exposition_chunks(store, source, format, escaping).concat()
 }

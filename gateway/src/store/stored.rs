@@ -26,6 +26,7 @@ use super::{PUSH_FAILURE_TIME_HELP, PUSH_TIME_HELP};
 use crate::codec::text;
 use crate::exposition::{write_header, write_metric_with};
 use crate::model::{LabelPair, MetricFamily, MetricType};
+use crate::names::is_legacy_name;
 
 /// A family as stored in one group: immutable and cheap to clone (a reference count),
 /// so readers share it with the store.
@@ -48,6 +49,9 @@ const KIND: usize = 0;
 const HELP: usize = 1;
 /// Whether the protobuf encoding is stored (1) or parsed back from the text (0).
 const HAS_ENCODING: usize = 2;
+/// Whether a name of the family (its own or a label's) is not a legacy name (1): the
+/// scrape then escapes it as negotiated instead of copying the lines made at push time.
+const UTF8_NAMES: usize = 3;
 const NAME_END: usize = 4;
 const HELP_END: usize = 8;
 const ENCODED_END: usize = 12;
@@ -150,7 +154,13 @@ impl StoredFamily {
         let mut pieces = Vec::new();
         let mut table = Vec::with_capacity(metrics.len() * SERIES_LEN);
         let reference = |pair: &LabelPair, out: &mut Vec<u8>| group.write_reference(pair, out);
+        let mut utf8_names = !is_legacy_name(name);
         for (i, metric) in metrics.into_iter().enumerate() {
+            utf8_names = utf8_names
+                || metric
+                    .label
+                    .iter()
+                    .any(|label| !is_legacy_name(label.name.as_deref().unwrap_or_default()));
             write_metric_with(name, kind, &metric, &mut pieces, &reference);
             table.extend_from_slice(&to_u32(pieces.len()).to_le_bytes());
             write_sort_key(&metric.label, group, &mut pieces);
@@ -168,6 +178,7 @@ impl StoredFamily {
         let mut header = [0u8; HEADER_LEN];
         header[KIND] = u8::try_from(kind as i32).unwrap_or_default();
         header[HELP] = help;
+        header[UTF8_NAMES] = u8::from(utf8_names);
         header[NAME_END..NAME_END + 4].copy_from_slice(&to_u32(name_end).to_le_bytes());
         header[HELP_END..HELP_END + 4].copy_from_slice(&to_u32(head.len()).to_le_bytes());
         header[SERIES_COUNT..SERIES_COUNT + 4]
@@ -319,6 +330,11 @@ impl StoredFamily {
     /// Whether the family has a HELP text.
     pub(crate) fn has_help(&self) -> bool {
         self.bytes[HELP] != NO_HELP
+    }
+
+    /// Whether a name of the family (its own, a label's) is not a legacy name.
+    pub(crate) fn has_utf8_names(&self) -> bool {
+        self.bytes[UTF8_NAMES] != 0
     }
 
     /// Whether the family has at least one metric.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::codec::text::parse;
-use crate::exposition::Format;
+use crate::exposition::{Escaping, Format};
 use crate::source::NoSource;
 
 fn at(secs: u64) -> SystemTime {
@@ -157,7 +157,13 @@ fn pushed_push_gauges_are_replaced_by_the_gateways() {
     let store = store();
     put(&store, "job/a", "push_time_seconds 5\n# TYPE push_failure_time_seconds counter\npush_failure_time_seconds 9\n")
         .expect("accepted, gauges ignored");
-    let text = String::from_utf8(exposition(&store, &NoSource, Format::Text)).expect("UTF-8");
+    let text = String::from_utf8(exposition(
+        &store,
+        &NoSource,
+        Format::Text,
+        Escaping::Values,
+    ))
+    .expect("UTF-8");
     assert!(
         text.contains("push_time_seconds{instance=\"\",job=\"a\"} 1000\n"),
         "{text}"
@@ -186,7 +192,7 @@ fn deletes_of_absent_groups_and_empty_wipes_are_no_changes() {
         .apply(WriteCommand::Wipe, at(1))
         .expect("wipe never fails");
     assert_eq!(store.group_count(), 0);
-    assert!(exposition(&store, &NoSource, Format::Text).is_empty());
+    assert!(exposition(&store, &NoSource, Format::Text, Escaping::Values).is_empty());
 }
 
 #[test]
@@ -258,7 +264,13 @@ fn grouping_labels_are_stored_once_per_group_and_exposed_on_every_line() {
         stored < 100_000,
         "the store keeps {stored} bytes for 1,000 short series: the 4 KB value is repeated"
     );
-    let text = String::from_utf8(exposition(&store, &NoSource, Format::Text)).expect("UTF-8 text");
+    let text = String::from_utf8(exposition(
+        &store,
+        &NoSource,
+        Format::Text,
+        Escaping::Values,
+    ))
+    .expect("UTF-8 text");
     let lines: Vec<&str> = text.lines().filter(|line| line.starts_with("m{")).collect();
     assert_eq!(lines.len(), 1_001);
     // Sorted by the expanded values: b="0" first, and there big="a" < "vvv...".
@@ -323,7 +335,13 @@ fn groups_expire_at_their_ttl_and_a_repush_moves_the_deadline() {
     assert_eq!(store.next_deadline(), None);
     // The index forgot them: a new group may push `m` as another type.
     put(&store, "job/c", "# TYPE m counter\nm 1\n").expect("m is free again");
-    let text = String::from_utf8(exposition(&store, &NoSource, Format::Text)).expect("UTF-8");
+    let text = String::from_utf8(exposition(
+        &store,
+        &NoSource,
+        Format::Text,
+        Escaping::Values,
+    ))
+    .expect("UTF-8");
     assert!(
         !text.contains("job=\"a\"") && !text.contains("job=\"b\""),
         "{text}"
@@ -452,17 +470,22 @@ fn members_leaving_are_cut_from_the_cached_rendering_exactly() {
     ] {
         let store = store();
         load(&store, &all);
-        let _ = exposition(&store, &NoSource, Format::Text); // fills the caches
+        let _ = exposition(&store, &NoSource, Format::Text, Escaping::Values); // fills the caches
         for path in gone {
             delete(&store, path);
         }
-        let cut = exposition(&store, &NoSource, Format::Text);
+        let cut = exposition(&store, &NoSource, Format::Text, Escaping::Values);
         let fresh = self::store();
         let left: Vec<&str> = all.iter().copied().filter(|p| !gone.contains(p)).collect();
         load(&fresh, &left);
         assert_eq!(
             String::from_utf8_lossy(&cut),
-            String::from_utf8_lossy(&exposition(&fresh, &NoSource, Format::Text)),
+            String::from_utf8_lossy(&exposition(
+                &fresh,
+                &NoSource,
+                Format::Text,
+                Escaping::Values
+            )),
             "after deleting {gone:?}"
         );
     }
@@ -482,16 +505,223 @@ fn members_leaving_are_cut_from_the_cached_rendering_exactly() {
             )
             .expect("valid push");
     }
-    let _ = exposition(&store, &NoSource, Format::Text);
+    let _ = exposition(&store, &NoSource, Format::Text, Escaping::Values);
     assert_eq!(store.expire(at(1_005)), 2);
     let fresh = self::store();
     load(&fresh, &["job/b", "job/d"]);
     let without_times = |store: &MetricStore| {
-        let text = String::from_utf8(exposition(store, &NoSource, Format::Text)).expect("UTF-8");
+        let text = String::from_utf8(exposition(store, &NoSource, Format::Text, Escaping::Values))
+            .expect("UTF-8");
         text.lines()
             .filter(|line| !line.contains("push_"))
             .collect::<Vec<_>>()
             .join("\n")
     };
     assert_eq!(without_times(&store), without_times(&fresh));
+}
+
+/// A store with UTF-8 names and one push in text, parsed as `--push.enable-utf8-names`
+/// parses it.
+fn utf8_store(pushes: &[(&str, &str)]) -> MetricStore {
+    let store = store().with_names(NameRules::Utf8);
+    for (path, body) in pushes {
+        let families = crate::codec::text::parse_limited(
+            body.as_bytes(),
+            crate::codec::limits::PushLimits::UNLIMITED,
+            NameRules::Utf8,
+        )
+        .expect("valid UTF-8 test body");
+        let key = GroupingKey::from_path_with(path, NameRules::Utf8).expect("valid path");
+        store
+            .apply(
+                WriteCommand::Put {
+                    key,
+                    families,
+                    ttl: Ttl::Default,
+                },
+                at(1_000),
+            )
+            .expect("accepted");
+    }
+    store
+}
+
+/// The pushed series lines (push gauges left out) of a scrape in `format` and `escaping`.
+fn series_lines(store: &MetricStore, format: Format, escaping: Escaping) -> Vec<String> {
+    let body = exposition(store, &NoSource, format, escaping);
+    let text = match format {
+        Format::DelimitedProtobuf => {
+            let families = crate::codec::protobuf::decode_delimited(&body).expect("decodes");
+            let mut out = Vec::new();
+            crate::exposition::write_text(&families, &mut out);
+            String::from_utf8(out).expect("UTF-8")
+        }
+        _ => String::from_utf8(body).expect("UTF-8"),
+    };
+    text.lines()
+        .filter(|line| !line.contains("push_") && !line.starts_with("# EOF"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn utf8_names_are_escaped_as_each_scrape_negotiated() {
+    let store = utf8_store(&[(
+        "job/j/U__zone_2e_name/eu",
+        "# HELP \"my.metric\" Help.\n# TYPE \"my.metric\" gauge\n{\"my.metric\",\"lbl.x\"=\"v\"} 1\n# TYPE legacy_metric gauge\nlegacy_metric{a=\"b\"} 2\n",
+    )]);
+    let table: &[(&str, Format, Escaping, &[&str])] = &[
+        (
+            "text, underscores",
+            Format::Text,
+            Escaping::Underscores,
+            &[
+                "# TYPE legacy_metric gauge",
+                "legacy_metric{a=\"b\",instance=\"\",job=\"j\",zone_name=\"eu\"} 2",
+                "# HELP my_metric Help.",
+                "# TYPE my_metric gauge",
+                "my_metric{instance=\"\",job=\"j\",lbl_x=\"v\",zone_name=\"eu\"} 1",
+            ],
+        ),
+        (
+            "text, allow-utf-8: quoted",
+            Format::Text,
+            Escaping::AllowUtf8,
+            &[
+                "# TYPE legacy_metric gauge",
+                "legacy_metric{a=\"b\",instance=\"\",job=\"j\",\"zone.name\"=\"eu\"} 2",
+                "# HELP \"my.metric\" Help.",
+                "# TYPE \"my.metric\" gauge",
+                "{\"my.metric\",instance=\"\",job=\"j\",\"lbl.x\"=\"v\",\"zone.name\"=\"eu\"} 1",
+            ],
+        ),
+        (
+            "text, dots",
+            Format::Text,
+            Escaping::Dots,
+            &[
+                "# TYPE legacy_metric gauge",
+                "legacy_metric{a=\"b\",instance=\"\",job=\"j\",zone_dot_name=\"eu\"} 2",
+                "# HELP my_dot_metric Help.",
+                "# TYPE my_dot_metric gauge",
+                "my_dot_metric{instance=\"\",job=\"j\",lbl_dot_x=\"v\",zone_dot_name=\"eu\"} 1",
+            ],
+        ),
+        (
+            "protobuf, values",
+            Format::DelimitedProtobuf,
+            Escaping::Values,
+            &[
+                "# TYPE legacy_metric gauge",
+                "legacy_metric{a=\"b\",instance=\"\",job=\"j\",U__zone_2e_name=\"eu\"} 2",
+                "# HELP U__my_2e_metric Help.",
+                "# TYPE U__my_2e_metric gauge",
+                "U__my_2e_metric{instance=\"\",job=\"j\",U__lbl_2e_x=\"v\",U__zone_2e_name=\"eu\"} 1",
+            ],
+        ),
+        (
+            "protobuf, allow-utf-8: names kept",
+            Format::DelimitedProtobuf,
+            Escaping::AllowUtf8,
+            &[
+                "# TYPE legacy_metric gauge",
+                "legacy_metric{a=\"b\",instance=\"\",job=\"j\",\"zone.name\"=\"eu\"} 2",
+                "# HELP \"my.metric\" Help.",
+                "# TYPE \"my.metric\" gauge",
+                "{\"my.metric\",instance=\"\",job=\"j\",\"lbl.x\"=\"v\",\"zone.name\"=\"eu\"} 1",
+            ],
+        ),
+        (
+            "OpenMetrics, allow-utf-8",
+            Format::OpenMetrics { version_1_0: true },
+            Escaping::AllowUtf8,
+            &[
+                "# TYPE legacy_metric gauge",
+                "legacy_metric{a=\"b\",instance=\"\",job=\"j\",\"zone.name\"=\"eu\"} 2.0",
+                "# HELP \"my.metric\" Help.",
+                "# TYPE \"my.metric\" gauge",
+                "{\"my.metric\",instance=\"\",job=\"j\",\"lbl.x\"=\"v\",\"zone.name\"=\"eu\"} 1.0",
+            ],
+        ),
+        (
+            "OpenMetrics, underscores",
+            Format::OpenMetrics { version_1_0: true },
+            Escaping::Underscores,
+            &[
+                "# TYPE legacy_metric gauge",
+                "legacy_metric{a=\"b\",instance=\"\",job=\"j\",zone_name=\"eu\"} 2.0",
+                "# HELP my_metric Help.",
+                "# TYPE my_metric gauge",
+                "my_metric{instance=\"\",job=\"j\",lbl_x=\"v\",zone_name=\"eu\"} 1.0",
+            ],
+        ),
+    ];
+    for (case, format, escaping, want) in table {
+        // Twice: the second answer comes from the cache, keyed by the escaping too.
+        for round in ["fresh", "cached"] {
+            assert_eq!(
+                series_lines(&store, *format, *escaping),
+                *want,
+                "{case}, {round}"
+            );
+        }
+    }
+}
+
+/// As upstream (escaping is applied family by family after the merge, by name), two
+/// families that escape to one name are both served, each under its own HELP/TYPE;
+/// the scraper then sees the name twice (Prometheus keeps the first sample of a series
+/// and reports the others as duplicates). `allow-utf-8` keeps them apart.
+#[test]
+fn families_that_escape_alike_are_both_served() {
+    let store = utf8_store(&[("job/j", "{\"a.b\"} 1\na_b 2\n")]);
+    assert_eq!(
+        series_lines(&store, Format::Text, Escaping::Underscores),
+        [
+            "# TYPE a_b untyped",
+            "a_b{instance=\"\",job=\"j\"} 1",
+            "# TYPE a_b untyped",
+            "a_b{instance=\"\",job=\"j\"} 2",
+        ]
+    );
+    assert_eq!(
+        series_lines(&store, Format::Text, Escaping::AllowUtf8),
+        [
+            "# TYPE \"a.b\" untyped",
+            "{\"a.b\",instance=\"\",job=\"j\"} 1",
+            "# TYPE a_b untyped",
+            "a_b{instance=\"\",job=\"j\"} 2",
+        ]
+    );
+}
+
+/// A store without UTF-8 names renders each family once per format, whatever the
+/// escaping: the cached bytes are shared, not made again.
+#[test]
+fn legacy_families_share_one_rendering_across_escapings() {
+    let store = utf8_store(&[("job/j", "m{a=\"b\"} 1\n")]);
+    let first = store.rendered_families(Format::Text, Escaping::Underscores);
+    let second = store.rendered_families(Format::Text, Escaping::AllowUtf8);
+    let m = |families: &[RenderedFamily]| {
+        families
+            .iter()
+            .find(|f| &*f.name == "m")
+            .expect("m rendered")
+            .bytes
+            .clone()
+    };
+    assert_eq!(
+        m(&first).as_ptr(),
+        m(&second).as_ptr(),
+        "one cached rendering"
+    );
+    // The member with a UTF-8 label leaving makes the family legacy again.
+    let store = utf8_store(&[
+        ("job/a", "m{\"a.b\"=\"1\"} 1\n"),
+        ("job/b", "m{c=\"2\"} 2\n"),
+    ]);
+    let utf8 = |store: &MetricStore| store.read().families.get("m").expect("m").utf8_names;
+    assert!(utf8(&store), "group a has a UTF-8 label");
+    delete(&store, "job/a");
+    assert!(!utf8(&store), "only group b left");
 }

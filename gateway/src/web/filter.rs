@@ -16,6 +16,7 @@ use regex_lite::{Regex, RegexBuilder};
 
 use super::path::{normalise, strip_route_prefix};
 use crate::grouping::GroupingKey;
+use crate::names::NameRules;
 
 /// The rule that is always on: what the seed's nginx denied.
 pub const DEFAULT_DENY_PATH: &str = "^/(debug|pprof)";
@@ -47,6 +48,8 @@ pub struct PathFilter {
     route_prefix: String,
     /// In normal form, to compare with normal paths (`""` for none).
     normal_prefix: String,
+    /// The push handler's name rules, so that a `U__` label is read as it reads it.
+    names: NameRules,
 }
 
 impl PathFilter {
@@ -68,7 +71,15 @@ impl PathFilter {
             rules,
             route_prefix: route_prefix.to_owned(),
             normal_prefix,
+            names: NameRules::Legacy,
         })
+    }
+
+    /// The filter reading push paths under `names`, as the push handler does.
+    #[must_use]
+    pub fn with_names(mut self, names: NameRules) -> Self {
+        self.names = names;
+        self
     }
 
     /// Whether a request for `raw_path` (as received) must be answered 404.
@@ -96,8 +107,8 @@ impl PathFilter {
     /// prefix are read too, though the router does not route them: a rule should not
     /// depend on that.
     fn pushed_group(&self, raw_path: &str) -> Option<(String, String)> {
-        let key = GroupingKey::of_request_path(raw_path, &self.route_prefix)
-            .or_else(|| GroupingKey::of_request_path(raw_path, ""))?
+        let key = GroupingKey::of_request_path(raw_path, &self.route_prefix, self.names)
+            .or_else(|| GroupingKey::of_request_path(raw_path, "", self.names))?
             .ok()?;
         let bare = key.to_push_path();
         let prefixed = format!("{}{bare}", self.normal_prefix);
