@@ -16,6 +16,7 @@ pub mod grouping;
 pub mod model;
 pub mod native_histogram;
 pub mod openmetrics;
+pub mod otlp;
 pub mod persistence;
 pub mod server;
 pub mod source;

@@ -377,6 +377,16 @@ impl MetricStore {
             .collect()
     }
 
+    /// The families of one group as stored (grouping labels applied, push gauges
+    /// included), or `None` without such a group. For writers that build on what a
+    /// group holds (OTLP delta exports).
+    #[must_use]
+    pub fn group_families(&self, key: &GroupingKey) -> Option<Vec<MetricFamily>> {
+        let state = self.read();
+        let group = state.groups.get(key)?;
+        Some(group.families.iter().map(StoredFamily::family).collect())
+    }
+
     /// Number of groups.
     #[must_use]
     pub fn group_count(&self) -> usize {
