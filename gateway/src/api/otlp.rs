@@ -132,7 +132,7 @@ async fn accept(
                 let families = group.families;
                 inner
                     .store
-                    .apply(WriteCommand::Put { key, families, ttl }, SystemTime::now())?;
+                    .apply_or_leave(WriteCommand::Put { key, families, ttl }, SystemTime::now())?;
                 continue;
             }
             let _one_at_a_time = inner
@@ -146,7 +146,7 @@ async fn accept(
             let families = group.families;
             inner
                 .store
-                .apply(WriteCommand::Post { key, families, ttl }, SystemTime::now())?;
+                .apply_or_leave(WriteCommand::Post { key, families, ttl }, SystemTime::now())?;
         }
         messages.truncate(5);
         Ok((rejected_points, messages.join("; ")))

@@ -173,3 +173,103 @@ fn decode_buckets(spans: &[crate::model::BucketSpan], deltas: &[i64]) -> Vec<(i6
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{Bucket, MetricType};
+
+    fn native(schema: i32, buckets: &[(i64, u64)]) -> Histogram {
+        let (positive_span, positive_delta) =
+            encode_buckets(buckets.iter().copied().collect::<BTreeMap<_, _>>());
+        Histogram {
+            sample_count: Some(buckets.iter().map(|(_, c)| c).sum()),
+            sample_sum: Some(1.0),
+            schema: Some(schema),
+            zero_threshold: Some(1e-128),
+            zero_count: Some(0),
+            positive_span,
+            positive_delta,
+            ..Histogram::default()
+        }
+    }
+
+    fn group_of(histogram: Histogram) -> OtlpGroup {
+        OtlpGroup {
+            delta_families: vec!["h".to_owned()],
+            families: vec![family(histogram)],
+        }
+    }
+
+    fn family(histogram: Histogram) -> MetricFamily {
+        MetricFamily {
+            name: Some("h".to_owned()),
+            r#type: Some(MetricType::Histogram as i32),
+            metric: vec![Metric {
+                label: vec![LabelPair::new("job", "j")],
+                histogram: Some(Box::new(histogram)),
+                ..Metric::default()
+            }],
+            ..MetricFamily::default()
+        }
+    }
+
+    #[test]
+    fn native_buckets_add_at_the_coarser_schema() {
+        let key = GroupingKey::from_labels(BTreeMap::from([("job".to_owned(), "j".to_owned())]))
+            .expect("valid key");
+        // Schema 1 indexes 1, 2 and 5 are schema 0 indexes 1, 1 and 3.
+        let mut group = group_of(native(1, &[(1, 1), (2, 2), (5, 4)]));
+        let stored = [family(native(0, &[(1, 10), (2, 20)]))];
+        let (refused, why) = accumulate(&mut group, &key, &stored);
+        assert_eq!(refused, 0, "{why:?}");
+        let sum = group.families[0].metric[0]
+            .histogram
+            .as_deref()
+            .expect("histogram");
+        assert_eq!(sum.schema, Some(0));
+        assert_eq!(
+            decode_buckets(&sum.positive_span, &sum.positive_delta),
+            [(1, 13), (2, 20), (3, 4)]
+        );
+        assert_eq!((sum.sample_count, sum.sample_sum), (Some(37), Some(2.0)));
+    }
+
+    #[test]
+    fn classic_buckets_must_keep_their_bounds() {
+        let key = GroupingKey::from_labels(BTreeMap::from([("job".to_owned(), "j".to_owned())]))
+            .expect("valid key");
+        let classic = |bound: f64, count: u64| Histogram {
+            sample_count: Some(count),
+            sample_sum: Some(1.0),
+            bucket: vec![Bucket {
+                cumulative_count: Some(count),
+                upper_bound: Some(bound),
+                ..Bucket::default()
+            }],
+            ..Histogram::default()
+        };
+        let mut same = group_of(classic(1.0, 2));
+        assert_eq!(accumulate(&mut same, &key, &[family(classic(1.0, 3))]).0, 0);
+        let added = same.families[0].metric[0]
+            .histogram
+            .as_deref()
+            .expect("histogram");
+        assert_eq!(added.bucket[0].cumulative_count, Some(5));
+        let mut moved = group_of(classic(2.0, 2));
+        let (refused, why) = accumulate(&mut moved, &key, &[family(classic(1.0, 3))]);
+        assert_eq!(refused, 1);
+        assert!(why[0].contains("bounds changed"), "{why:?}");
+        let kept = moved.families[0].metric[0]
+            .histogram
+            .as_deref()
+            .expect("histogram");
+        assert_eq!(
+            kept.bucket[0].cumulative_count,
+            Some(3),
+            "the stored series stays"
+        );
+    }
+}
