@@ -412,3 +412,61 @@ async fn only_post_is_an_export() {
     let (status, _, _) = call(&router, Method::GET, ROUTE, &[], Vec::new()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn exported_groups_expire_like_pushed_ones() {
+    let config = GatewayConfig {
+        push_ttl: std::time::Duration::from_mins(10),
+        ..GatewayConfig::default()
+    };
+    let state = AppState::with_empty_store(&config, Arc::new(NoSource));
+    let router = app(state.clone());
+    let body = |service: &str| cumulative(service, 1).encode_to_vec();
+    let (status, _, _) = export(&router, PROTOBUF, body("by-flag")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(
+        &router,
+        Method::POST,
+        ROUTE,
+        &[("content-type", PROTOBUF), ("dropgate-push-ttl", "1h")],
+        body("by-header"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, answer) = call(
+        &router,
+        Method::POST,
+        ROUTE,
+        &[("content-type", PROTOBUF), ("dropgate-push-ttl", "soon")],
+        body("bad-header"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let rpc = RpcStatus::decode(&answer[..]).expect("a google.rpc.Status");
+    assert!(rpc.message.contains("Dropgate-Push-TTL"), "{rpc:?}");
+    let now = std::time::SystemTime::now();
+    let left = |job: &str| {
+        state
+            .store()
+            .snapshot()
+            .into_iter()
+            .find(|group| group.key.job() == job)
+            .and_then(|group| group.deadline)
+            .and_then(|deadline| deadline.duration_since(now).ok())
+            .map(|left| left.as_secs())
+    };
+    assert!(
+        left("by-flag").is_some_and(|s| (590..=600).contains(&s)),
+        "--push.ttl applies: {:?}",
+        left("by-flag")
+    );
+    assert!(
+        left("by-header").is_some_and(|s| (3590..=3600).contains(&s)),
+        "the header wins: {:?}",
+        left("by-header")
+    );
+    assert!(
+        left("bad-header").is_none(),
+        "nothing stored for a bad header"
+    );
+}
