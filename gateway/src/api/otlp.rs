@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::push::{
     check_limits, check_render_cost, grouping_bytes, header_str, push_ttl, read_body,
+    INLINE_PUSH_BYTES,
 };
 use super::{ApiError, AppState};
 use crate::codec::body::BodyError;
@@ -75,6 +76,7 @@ async fn accept(
     let ttl = push_ttl(&headers)?;
     let content_encoding = header_str(&headers, header::CONTENT_ENCODING).map(str::to_owned);
     let permits = Arc::clone(&state.inner.parse_permits);
+    let inline = raw.len() <= INLINE_PUSH_BYTES;
     let work = move |abandoned: &AtomicBool| {
         let inner = &state.inner;
         let wire = raw.len();
@@ -151,6 +153,10 @@ async fn accept(
         messages.truncate(5);
         Ok((rejected_points, messages.join("; ")))
     };
+    if inline {
+        // As for pushes: a small export costs less than a hop to the blocking pool.
+        return work(&AtomicBool::new(false));
+    }
     // Decoding and translating take time in proportion to the body: off the async
     // workers, as large pushes are, and bounded by the same parse permits.
     let permit = permits

@@ -147,7 +147,7 @@ pub(super) async fn push(
 /// Pushes up to this size (URL and body on the wire) are parsed on the async worker
 /// that read them; larger ones on the blocking pool. At 64 KiB the whole push takes
 /// about a millisecond.
-const INLINE_PUSH_BYTES: usize = 64 * 1024;
+pub(super) const INLINE_PUSH_BYTES: usize = 64 * 1024;
 
 /// Marks a push abandoned when the handler's future is dropped.
 struct AbandonOnDrop(Arc<AtomicBool>);
