@@ -5,7 +5,7 @@
 //! | resource `service.namespace` + `service.name` | `job` (`namespace/name`, or `name`) |
 //! | resource `service.instance.id` | `instance` |
 //! | other resource attributes | labels of `target_info` (gauge 1) |
-//! | scope name, version, attributes | `otel_scope_name`, `otel_scope_version`, `otel_scope_<key>` |
+//! | scope name, version, attributes | `otel_scope_name`, `otel_scope_version`, `otel_scope_<key>` (as the Collector's Prometheus exporter and `promote_scope_metadata: true` do: two scopes with one metric stay two series) |
 //! | point attributes | labels (names sanitised, see [`super::names`]) |
 //! | gauge | gauge |
 //! | sum, monotonic | counter, `_total` |
