@@ -6,10 +6,11 @@
 //!   (so runs of `_` collapse), the unit's Prometheus word is added unless already a
 //!   word of the name (`s` → `seconds`, `By` → `bytes`, `ms` → `milliseconds`, ...;
 //!   units in braces like `{request}` add nothing), a per-unit adds `per_<word>`
-//!   (`1/s` → `per_second`), monotonic sums end in `total`, gauges of unit `1` in
-//!   `ratio`, the words are joined with `_`, and a leading digit gets a `_` before it;
-//! - an attribute name has every character other than `[a-zA-Z0-9_]` replaced by `_`,
-//!   `key_` before a leading digit and `key` before a single leading `_`.
+//!   (`1/s` → `per_second`, always), monotonic sums end in `total`, gauges of unit `1`
+//!   in `ratio`, the words are joined with `_`, and a leading digit gets a `_` before it;
+//! - an attribute name has each run of characters other than `[a-zA-Z0-9]` replaced by
+//!   one `_` (a reserved `__x__` keeps its frame), `key_` before a leading digit and
+//!   `key` before a single leading `_`.
 //!
 //! With `--push.enable-utf8-names` Prometheus keeps names as they are (suffixes still
 //! added); [`NameMode`] is the one switch for that.
@@ -54,7 +55,9 @@ pub fn metric_name(name: &str, unit: &str, kind: NameKind, mode: NameMode) -> St
     if let Some(main) = main.filter(|main| !words.iter().any(|word| word == main)) {
         words.push(main);
     }
-    if let Some(per) = per.filter(|per| !has_run(&words, &["per", per])) {
+    // Prometheus looks for `per_<unit>` among the words, which a name split at `_`
+    // never has: the per-unit is always added.
+    if let Some(per) = per {
         words.push("per".to_owned());
         words.push(per);
     }
@@ -75,13 +78,6 @@ pub fn metric_name(name: &str, unit: &str, kind: NameKind, mode: NameMode) -> St
     } else {
         joined
     }
-}
-
-/// Whether `words` contains `run` as consecutive words.
-fn has_run(words: &[String], run: &[&str]) -> bool {
-    words
-        .windows(run.len())
-        .any(|window| window.iter().zip(run).all(|(word, want)| word == want))
 }
 
 /// The Prometheus words of an OTLP (UCUM) unit: the main unit and the per-unit.
@@ -164,16 +160,11 @@ pub fn label_name(key: &str, mode: NameMode) -> String {
     if key.is_empty() || mode == NameMode::Utf8 {
         return key.to_owned();
     }
-    let sanitized: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    // `__name__`-style reserved names keep their frame; only the inside is cleaned.
+    if key.len() >= 4 && key.starts_with("__") && key.ends_with("__") {
+        return format!("__{}__", collapse_invalid(&key[2..key.len() - 2]));
+    }
+    let sanitized = collapse_invalid(key);
     if sanitized.starts_with(|c: char| c.is_ascii_digit()) {
         format!("key_{sanitized}")
     } else if sanitized.starts_with('_') && !sanitized.starts_with("__") {
@@ -181,6 +172,24 @@ pub fn label_name(key: &str, mode: NameMode) -> String {
     } else {
         sanitized
     }
+}
+
+/// Every run of characters outside `[a-zA-Z0-9]` (underscores included) as one `_`,
+/// as the specification asks ("multiple consecutive underscores are replaced with a
+/// single underscore").
+fn collapse_invalid(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_run = false;
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+            in_run = false;
+        } else if !in_run {
+            out.push('_');
+            in_run = true;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -294,7 +303,8 @@ mod tests {
             ("kept", "status_code", "status_code"),
             ("leading digit", "5xx", "key_5xx"),
             ("single underscore", "_private", "key_private"),
-            ("double underscore kept", "__reserved", "__reserved"),
+            ("runs collapse", "a__b..c", "a_b_c"),
+            ("reserved frame kept", "__meta.x__", "__meta_x__"),
             ("non-ASCII", "région", "r_gion"),
         ];
         for (name, key, want) in table {
