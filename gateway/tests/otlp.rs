@@ -338,6 +338,35 @@ async fn bad_exports_get_otlp_errors_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn a_gzip_bomb_is_too_large_and_stores_nothing() {
+    let config = GatewayConfig {
+        body_limit: 64 * 1024 * 1024,
+        ..GatewayConfig::default()
+    };
+    let router = gateway_with(&config);
+    // 8 MiB of zeros gzip to a few KB: far past the decoded-size factor of the body.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(&vec![0_u8; 8 << 20]).expect("in memory");
+    let bomb = encoder.finish().expect("in memory");
+    let (status, content_type, body) = call(
+        &router,
+        Method::POST,
+        ROUTE,
+        &[("content-type", PROTOBUF), ("content-encoding", "gzip")],
+        bomb,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(content_type, PROTOBUF);
+    let rpc = RpcStatus::decode(&body[..]).expect("a google.rpc.Status");
+    assert!(rpc.message.contains("gzip"), "{rpc:?}");
+    assert!(
+        !scrape_all(&router).await.contains("job="),
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
 async fn untranslatable_points_are_a_partial_success() {
     let router = gateway_with(&GatewayConfig::default());
     let mut export_request = cumulative("billing", 7);
