@@ -367,6 +367,39 @@ async fn a_gzip_bomb_is_too_large_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn tiny_messages_that_decode_into_much_memory_are_refused_before_decoding() {
+    let router = gateway_with(&GatewayConfig::default());
+    // 100,000 empty ResourceMetrics: 200 KB on the wire, each a struct of ~100 bytes.
+    let body: Vec<u8> = std::iter::repeat_n([0x0a_u8, 0x00], 100_000)
+        .flatten()
+        .collect();
+    for (content_type, body) in [
+        (PROTOBUF, body),
+        (
+            JSON,
+            format!("{{\"resourceMetrics\":[{}{{}}]}}", "{},".repeat(100_000)).into_bytes(),
+        ),
+    ] {
+        let (status, _, answer) = export(&router, content_type, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{content_type}");
+        let message = if content_type == PROTOBUF {
+            RpcStatus::decode(&answer[..])
+                .expect("a google.rpc.Status")
+                .message
+        } else {
+            serde_json::from_slice::<serde_json::Value>(&answer).expect("JSON")["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            message.contains("max-render-factor"),
+            "{content_type}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn untranslatable_points_are_a_partial_success() {
     let router = gateway_with(&GatewayConfig::default());
     let mut export_request = cumulative("billing", 7);

@@ -94,6 +94,10 @@ async fn accept(
                 }
                 decoded => decoded?,
             };
+        // Counted on the bytes before prost or serde turn them into structs.
+        if let Some(structs) = otlp::budget::decoded_bytes(encoding, &decoded) {
+            inner.push_limits.check_decoded(structs, decoded.len())?;
+        }
         let request = encoding.decode(&decoded)?;
         let request_bytes = decoded.len();
         drop(decoded);

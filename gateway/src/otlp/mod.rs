@@ -9,6 +9,7 @@
 //! group holds so that Prometheus sees cumulative series. The HTTP route lives in
 //! [`crate::api`]; the store sees ordinary `PUT`s.
 
+pub mod budget;
 pub mod delta;
 pub mod names;
 pub mod translate;
