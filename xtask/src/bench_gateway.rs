@@ -1179,7 +1179,7 @@ fn otlp_report(bin: &Path, rows: &[OtlpRow]) -> Result<String> {
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut out = format!(
         "`cargo xtask bench gateway-otlp` (also the end of `bench gateway`), {} CPUs, load \
-         average {} at the end (the VM is shared). `{}` gateway (release build) \
+         average {} at the end (the VM is shared). `{}` gateway ({}) \
          alone, a fresh one per row, persistence on, consistency check on. Each push is \
          the same {METRICS_PER_GROUP} gauges of one group (the OTLP export translates to \
          exactly the series of the text push); {GROUPS} groups loaded over one kept-alive \
@@ -1190,6 +1190,11 @@ fn otlp_report(bin: &Path, rows: &[OtlpRow]) -> Result<String> {
         bin.file_name()
             .map_or(std::borrow::Cow::Borrowed("dropgate"), |name| name
                 .to_string_lossy()),
+        if std::env::var_os("DROPGATE_BIN").is_some() {
+            "the binary DROPGATE_BIN names"
+        } else {
+            "release build"
+        },
     );
     writeln!(out, "| push format | body | loading {GROUPS} groups | pushes/s, one group, {GROUPS} stored | latency | RSS after loading (anon) |")?;
     writeln!(out, "|---|---:|---:|---:|---|---:|")?;
