@@ -17,6 +17,7 @@ pub mod model;
 pub mod names;
 pub mod native_histogram;
 pub mod openmetrics;
+pub mod otlp;
 pub mod persistence;
 pub mod server;
 pub mod source;

@@ -45,8 +45,9 @@ pub fn bench(what: &str, footprint_only: bool) -> Result<()> {
         "tracer" if footprint_only => footprint(),
         "tracer" => tracer().and_then(|()| footprint()),
         "gateway" => crate::bench_gateway::run(),
+        "gateway-otlp" => crate::bench_gateway::run_otlp(),
         "hostile" => crate::bench_hostile::run(),
-        other => bail!("unknown bench {other:?}; known: tracer, gateway, hostile"),
+        other => bail!("unknown bench {other:?}; known: tracer, gateway, gateway-otlp, hostile"),
     }
 }
 

@@ -21,8 +21,14 @@
 //! other (staggered times to live, from `Dropgate-Push-TTL`), so that a scrape's cost
 //! with expiry is measured against its cost without.
 //!
-//! This is a benchmark, not a test: it asserts nothing about time; it prints the table
-//! and records it under "Gateway" in BENCHMARKS.md.
+//! Then OTLP pushes (issue 15), dropgate alone: the same ten gauges per group pushed as
+//! text (`PUT`), as an OTLP protobuf export and as an OTLP/JSON export (`POST
+//! /otlp/v1/metrics`), each on a fresh gateway: pushes per second into a store of 1,000
+//! groups loaded in that format, and RSS after loading them. `cargo xtask bench
+//! gateway-otlp` runs these rows alone.
+//!
+//! This is a benchmark, not a test: it asserts nothing about time; it prints the tables
+//! and records them under "Gateway" and "Gateway: OTLP" in BENCHMARKS.md.
 
 use std::{
     fmt::Write as _,
@@ -185,7 +191,19 @@ pub fn run() -> Result<()> {
     if let Some(expiry) = &results.expiry {
         expiry_report(&mut table, expiry)?;
     }
-    crate::bench::publish("Gateway", &table)
+    crate::bench::publish("Gateway", &table)?;
+    otlp_bench(&expiry_bin, &work)
+}
+
+/// `cargo xtask bench gateway-otlp`: the OTLP rows alone; `DROPGATE_BIN=path` measures
+/// that binary (e.g. the static one of `cargo xtask dist`) instead of building one.
+pub fn run_otlp() -> Result<()> {
+    let dropgate_bin = match std::env::var_os("DROPGATE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => cmd::build_dropgate(true)?,
+    };
+    let work = WorkDir::create()?;
+    otlp_bench(&dropgate_bin, &work)
 }
 
 /// What was measured; in the `Vec`s dropgate comes first, then the pushgateway.
@@ -763,13 +781,25 @@ fn timed_loop(
     body: &[u8],
     seconds: u32,
 ) -> Result<Latency> {
+    timed_loop_with(server, method, path, "", body, seconds)
+}
+
+/// [`timed_loop`] with `headers` (each line ended by CRLF) on every request.
+fn timed_loop_with(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+    seconds: u32,
+) -> Result<Latency> {
     let mut connection = KeepAlive::connect(server.addr)?;
     let mut samples = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(seconds.into());
     while Instant::now() < deadline {
         let started = Instant::now();
         connection
-            .exchange(method, path, body)
+            .exchange_with(method, path, headers, body)
             .with_context(|| format!("{method} {path} on {}", server.kind.name()))?;
         samples.push(started.elapsed().as_secs_f64() * 1e3);
     }
@@ -1034,6 +1064,195 @@ fn setting(load: &str, binary: &str) -> String {
          a closed loop over one kept-alive connection. Every push is {METRICS_PER_GROUP} \
          gauges with HELP, the same families in every group.\n\n"
     )
+}
+
+/// How the OTLP rows push a group.
+#[derive(Clone, Copy)]
+enum PushFormat {
+    Text,
+    OtlpProtobuf,
+    OtlpJson,
+}
+
+impl PushFormat {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text, `PUT /metrics/job/bench/instance/<i>`",
+            Self::OtlpProtobuf => "OTLP protobuf, `POST /otlp/v1/metrics`",
+            Self::OtlpJson => "OTLP/JSON, `POST /otlp/v1/metrics`",
+        }
+    }
+
+    /// Method, path, headers and body of the push of group `instance`.
+    fn request(
+        self,
+        instance: &str,
+        value: usize,
+    ) -> (&'static str, String, &'static str, Vec<u8>) {
+        use otlp_prost::Message as _;
+        match self {
+            Self::Text => (
+                "PUT",
+                format!("/metrics/job/bench/instance/{instance}"),
+                "",
+                group_body(value).into_bytes(),
+            ),
+            Self::OtlpProtobuf => (
+                "POST",
+                "/otlp/v1/metrics".to_owned(),
+                "Content-Type: application/x-protobuf\r\n",
+                otlp_request(instance, value).encode_to_vec(),
+            ),
+            Self::OtlpJson => (
+                "POST",
+                "/otlp/v1/metrics".to_owned(),
+                "Content-Type: application/json\r\n",
+                serde_json::to_vec(&otlp_request(instance, value)).unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// The OTLP export with the series of [`group_body`]: service `bench`, instance
+/// `instance`, [`METRICS_PER_GROUP`] gauges `bench_metric_<k>{shard="<k>"}`.
+fn otlp_request(
+    instance: &str,
+    value: usize,
+) -> opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
+    use opentelemetry_proto::tonic::{
+        collector::metrics::v1::ExportMetricsServiceRequest,
+        common::v1::{any_value, AnyValue, KeyValue},
+        metrics::v1::{
+            metric::Data, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics,
+            ScopeMetrics,
+        },
+        resource::v1::Resource,
+    };
+    let text = |key: &str, value: String| KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        }),
+        ..KeyValue::default()
+    };
+    let metrics = (0..METRICS_PER_GROUP)
+        .map(|k| Metric {
+            name: format!("bench_metric_{k}"),
+            description: format!("Benchmark metric number {k}."),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    attributes: vec![text("shard", k.to_string())],
+                    value: Some(number_data_point::Value::AsDouble(
+                        format!("{value}.{k}").parse().unwrap_or_default(),
+                    )),
+                    ..NumberDataPoint::default()
+                }],
+            })),
+            ..Metric::default()
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    text("service.name", "bench".to_owned()),
+                    text("service.instance.id", instance.to_owned()),
+                ],
+                ..Resource::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..ScopeMetrics::default()
+            }],
+            ..ResourceMetrics::default()
+        }],
+    }
+}
+
+/// One OTLP row: the format, the load of 1,000 groups (groups/s), the closed-loop
+/// pushes to one more group, and RSS after loading.
+struct OtlpRow {
+    format: PushFormat,
+    body_bytes: usize,
+    load_per_second: f64,
+    latency: Latency,
+    rss: Rss,
+}
+
+/// The OTLP rows: each format on a fresh gateway (no persistence file left from the
+/// one before), loaded with [`GROUPS`] groups, then a closed loop to one more group.
+fn otlp_bench(bin: &Path, work: &WorkDir) -> Result<()> {
+    let mut rows = Vec::new();
+    for format in [
+        PushFormat::Text,
+        PushFormat::OtlpProtobuf,
+        PushFormat::OtlpJson,
+    ] {
+        // Server::start names the file after the kind: the row before must not be restored.
+        let _ = fs::remove_file(work.path.join("dropgate.store"));
+        let mut server = Server::start(Kind::Dropgate(bin.to_owned()), work, &[])?;
+        eprintln!("xtask: bench: loading {GROUPS} groups as {}", format.name());
+        let mut connection = KeepAlive::connect(server.addr)?;
+        let started = Instant::now();
+        for i in 0..GROUPS {
+            let (method, path, headers, body) = format.request(&format!("group-{i}"), i);
+            connection
+                .exchange_with(method, &path, headers, &body)
+                .with_context(|| format!("loading group {i} as {}", format.name()))?;
+        }
+        let load_per_second = GROUPS as f64 / started.elapsed().as_secs_f64();
+        let rss = server.rss()?;
+        let (method, path, headers, body) = format.request("wrk", 1);
+        let latency = timed_loop_with(&server, method, &path, headers, &body, LATENCY_SECONDS)?;
+        server.stop()?;
+        rows.push(OtlpRow {
+            format,
+            body_bytes: body.len(),
+            load_per_second,
+            latency,
+            rss,
+        });
+    }
+    crate::bench::publish("Gateway: OTLP", &otlp_report(bin, &rows)?)
+}
+
+fn otlp_report(bin: &Path, rows: &[OtlpRow]) -> Result<String> {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut out = format!(
+        "`cargo xtask bench gateway-otlp` (also the end of `bench gateway`), {} CPUs, load \
+         average {} at the end (the VM is shared). `{}` gateway ({}) \
+         alone, a fresh one per row, persistence on, consistency check on. Each push is \
+         the same {METRICS_PER_GROUP} gauges of one group (the OTLP export translates to \
+         exactly the series of the text push); {GROUPS} groups loaded over one kept-alive \
+         connection, then pushes to one more group in a closed loop for \
+         {LATENCY_SECONDS} s.\n\n",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        load.split_whitespace().next().unwrap_or("?"),
+        bin.file_name()
+            .map_or(std::borrow::Cow::Borrowed("dropgate"), |name| name
+                .to_string_lossy()),
+        if std::env::var_os("DROPGATE_BIN").is_some() {
+            "the binary DROPGATE_BIN names"
+        } else {
+            "release build"
+        },
+    );
+    writeln!(out, "| push format | body | loading {GROUPS} groups | pushes/s, one group, {GROUPS} stored | latency | RSS after loading (anon) |")?;
+    writeln!(out, "|---|---:|---:|---:|---|---:|")?;
+    for row in rows {
+        writeln!(
+            out,
+            "| {} | {} B | {} groups/s | {} | {} | {:.1} MB ({:.1} MB) |",
+            row.format.name(),
+            row.body_bytes,
+            thousands(row.load_per_second),
+            thousands(row.latency.count as f64 / f64::from(LATENCY_SECONDS)),
+            row.latency.shown(),
+            row.rss.total / 1024.0,
+            row.rss.anon / 1024.0,
+        )?;
+    }
+    Ok(out)
 }
 
 fn pair<T: Copy>(values: &[T]) -> Result<[T; 2]> {

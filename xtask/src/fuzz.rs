@@ -28,6 +28,7 @@ const TARGETS: &[(&str, &str)] = &[
     ("gateway", "body_decoder"),
     ("gateway", "persistence_decoder"),
     ("gateway", "web_config"),
+    ("gateway", "otlp_export"),
     ("tracer", "btf_reader"),
     ("tracer", "netlink_framing"),
 ];

@@ -58,10 +58,12 @@ enum Task {
     TestKernels,
     /// Run a benchmark (as root) and record its table in BENCHMARKS.md; `tracer`: the
     /// kernel program's cost per drop next to an empty program and bpftrace; `gateway`:
-    /// dropgate gateway next to Debian's pushgateway (needs no root); `hostile`: the
-    /// hostile-request corpus against both (time, memory growth, answer).
+    /// dropgate gateway next to Debian's pushgateway (needs no root), then the OTLP rows;
+    /// `gateway-otlp`: only the OTLP rows (text, OTLP protobuf and OTLP/JSON pushes of
+    /// the same data); `hostile`: the hostile-request corpus against both (time, memory
+    /// growth, answer).
     Bench {
-        /// What to benchmark: `tracer`, `gateway` or `hostile`.
+        /// What to benchmark: `tracer`, `gateway`, `gateway-otlp` or `hostile`.
         what: String,
         /// With `tracer`: only the footprint table (threads, memory and idle CPU of
         /// `dropgate run` with 0, 100 and 1,000 extra namespaces, and how fast a new one

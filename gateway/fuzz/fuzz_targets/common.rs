@@ -10,7 +10,7 @@ use gateway::store::{exposition, MetricStore, ReservedNames, Ttl, WriteCommand};
 
 /// Stores `families` as a push would (the check may refuse them), then renders the
 /// store in both formats: whatever parses must never panic further on.
-#[allow(dead_code)] // The persistence target restores rather than pushes.
+#[allow(dead_code)] // The persistence and OTLP targets store in their own ways.
 pub fn push_and_render(families: Vec<MetricFamily>) {
     let store = Arc::new(MetricStore::new(ReservedNames::default()));
     let key = GroupingKey::from_path("job/fuzz/instance/i").expect("a valid key");

@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The protobuf body does not decode (400).
     #[error(transparent)]
     Protobuf(ProtobufError),
+    /// The OTLP body does not decode (400).
+    #[error(transparent)]
+    Otlp(#[from] crate::otlp::WireError),
     /// The `Dropgate-Push-TTL` header is not a duration (400).
     #[error("the {header} header is {value:?}, not a duration; use e.g. 90s, 15m, 1h30m, or 0 for never")]
     BadTtl {
@@ -129,6 +132,7 @@ impl ApiError {
             | Self::Encoding(_)
             | Self::Text(_)
             | Self::Protobuf(_)
+            | Self::Otlp(_)
             | Self::BadTtl { .. }
             | Self::Store(_)
             | Self::Limit(_)
@@ -153,6 +157,7 @@ impl ApiError {
             | Self::Encoding(_)
             | Self::Text(_)
             | Self::Protobuf(_)
+            | Self::Otlp(_)
             | Self::BadTtl { .. } => Some(Reason::InvalidPush),
             Self::Store(_) => Some(Reason::InconsistentPush),
             Self::BodyTooLarge { .. } => Some(Reason::BodyTooLarge),

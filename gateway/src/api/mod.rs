@@ -12,6 +12,7 @@
 mod clean;
 mod error;
 mod lifecycle;
+mod otlp;
 mod page;
 mod push;
 mod scrape;
@@ -62,6 +63,9 @@ struct Inner {
     /// that however many large pushes arrive, a core is left for the async workers
     /// (`/-/healthy`, scrapes, small pushes) and memory holds that many at most.
     parse_permits: Arc<Semaphore>,
+    /// Held while an OTLP export with delta points reads its group and writes the sum
+    /// back, so that two such exports of one job cannot both add to the same old value.
+    otlp_delta: std::sync::Mutex<()>,
     status_flags: BTreeMap<String, String>,
     build_info: BuildInfo,
     start_time: SystemTime,
@@ -92,6 +96,7 @@ impl AppState {
                 max_grouping_key_bytes: config.max_grouping_key_bytes,
                 max_render_factor: config.max_render_factor,
                 parse_permits: Arc::new(Semaphore::new(parse_permits())),
+                otlp_delta: std::sync::Mutex::new(()),
                 status_flags: config.status_flags(),
                 build_info: config.build_info,
                 start_time: SystemTime::now(),
@@ -186,6 +191,10 @@ pub fn app(state: AppState) -> Router {
         .route(&p("/metrics"), get_only(get(scrape::scrape)))
         .route(&p("/metrics/job/{*rest}"), push())
         .route(&p("/metrics/job@base64/{*rest}"), push())
+        .route(
+            &p("/otlp/v1/metrics"),
+            with_allow("OPTIONS, POST", axum::routing::post(otlp::export)),
+        )
         .route(&p("/-/healthy"), get_only(get(lifecycle::ok)))
         .route(&p("/-/ready"), get_only(get(lifecycle::ok)))
         .route(

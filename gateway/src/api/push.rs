@@ -149,7 +149,7 @@ pub(super) async fn push(
 /// Pushes up to this size (URL and body on the wire) are parsed on the async worker
 /// that read them; larger ones on the blocking pool. At 64 KiB the whole push takes
 /// about a millisecond.
-const INLINE_PUSH_BYTES: usize = 64 * 1024;
+pub(super) const INLINE_PUSH_BYTES: usize = 64 * 1024;
 
 /// Marks a push abandoned when the handler's future is dropped.
 struct AbandonOnDrop(Arc<AtomicBool>);
@@ -161,7 +161,7 @@ impl Drop for AbandonOnDrop {
 }
 
 /// The time to live the push asks for, [`Ttl::Default`] without the header.
-fn push_ttl(headers: &HeaderMap) -> Result<Ttl, ApiError> {
+pub(super) fn push_ttl(headers: &HeaderMap) -> Result<Ttl, ApiError> {
     let Some(value) = headers.get(TTL_HEADER) else {
         return Ok(Ttl::Default);
     };
@@ -180,7 +180,7 @@ fn push_ttl(headers: &HeaderMap) -> Result<Ttl, ApiError> {
 }
 
 /// Bytes of the grouping key: its names and decoded values.
-fn grouping_bytes(key: &GroupingKey) -> usize {
+pub(super) fn grouping_bytes(key: &GroupingKey) -> usize {
     key.labels()
         .map(|(name, value)| name.len() + value.len())
         .sum()
@@ -197,7 +197,7 @@ const FAMILY_OVERHEAD: usize = 256;
 /// `factor` times its request (but never below [`RENDER_FLOOR_BYTES`]). Every line of
 /// the exposition repeats its series' labels and the grouping labels, so this is where
 /// a few bytes on the wire can turn into much memory in the store.
-fn check_render_cost(
+pub(super) fn check_render_cost(
     families: &[MetricFamily],
     key_bytes: usize,
     request_bytes: usize,
@@ -246,7 +246,7 @@ fn check_render_cost(
 
 /// `--push.max-series-per-push` and `--push.max-labels-per-series`, checked before the
 /// store sees the push, so a push over them changes nothing (not even the failure time).
-fn check_limits(
+pub(super) fn check_limits(
     key: &GroupingKey,
     families: &[MetricFamily],
     max_labels: usize,
@@ -293,7 +293,11 @@ fn check_limits(
 
 /// Reads the whole body, refusing more than `limit` bytes (early when the
 /// `Content-Length` already says so).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let announced =
         header_str(headers, header::CONTENT_LENGTH).and_then(|len| len.parse::<u64>().ok());
     if announced.is_some_and(|len| len > limit as u64) {
@@ -306,6 +310,6 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+pub(super) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }

@@ -251,8 +251,12 @@ impl MetricStore {
     /// clash with a group exposing the same labels. `Delete` and `Wipe` never fail.
     pub fn apply(&self, command: WriteCommand, now: SystemTime) -> Result<(), StoreError> {
         match command {
-            WriteCommand::Put { key, families, ttl } => self.push(key, families, true, ttl, now),
-            WriteCommand::Post { key, families, ttl } => self.push(key, families, false, ttl, now),
+            WriteCommand::Put { key, families, ttl } => {
+                self.push(key, families, true, ttl, now, true)
+            }
+            WriteCommand::Post { key, families, ttl } => {
+                self.push(key, families, false, ttl, now, true)
+            }
             WriteCommand::Delete { key } => {
                 let removed = self.write().remove_group(&key);
                 if removed {
@@ -273,6 +277,23 @@ impl MetricStore {
         }
     }
 
+    /// Like [`apply`](Self::apply) for `Put` and `Post`, but a write that fails the
+    /// check leaves the store exactly as it was (no `push_failure_time_seconds`): for
+    /// OTLP exports, whose senders learn of the failure from the answer and whose
+    /// specification wants a refused export to change nothing. `Delete` and `Wipe` are
+    /// applied as by `apply`.
+    pub fn apply_or_leave(&self, command: WriteCommand, now: SystemTime) -> Result<(), StoreError> {
+        match command {
+            WriteCommand::Put { key, families, ttl } => {
+                self.push(key, families, true, ttl, now, false)
+            }
+            WriteCommand::Post { key, families, ttl } => {
+                self.push(key, families, false, ttl, now, false)
+            }
+            other => self.apply(other, now),
+        }
+    }
+
     fn push(
         &self,
         key: GroupingKey,
@@ -280,6 +301,7 @@ impl MetricStore {
         replace: bool,
         ttl: Ttl,
         now: SystemTime,
+        record_failure: bool,
     ) -> Result<(), StoreError> {
         // The checks that need only the push, and the rendering, run before taking the
         // lock: they take time in proportion to the push, and every other push and
@@ -312,6 +334,10 @@ impl MetricStore {
                 drop(state);
                 self.bump();
                 Ok(())
+            }
+            Err(inconsistency) if !record_failure => {
+                drop(state);
+                Err(StoreError::Inconsistent(inconsistency))
             }
             Err(inconsistency) => {
                 let changed = state.record_failure(key, now, self.default_ttl);
@@ -398,6 +424,16 @@ impl MetricStore {
                 deadline: group.deadline,
             })
             .collect()
+    }
+
+    /// The families of one group as stored (grouping labels applied, push gauges
+    /// included), or `None` without such a group. For writers that build on what a
+    /// group holds (OTLP delta exports).
+    #[must_use]
+    pub fn group_families(&self, key: &GroupingKey) -> Option<Vec<MetricFamily>> {
+        let state = self.read();
+        let group = state.groups.get(key)?;
+        Some(group.families.iter().map(StoredFamily::family).collect())
     }
 
     /// Number of groups.
