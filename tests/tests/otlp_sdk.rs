@@ -21,13 +21,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dropgate_tests::gateway::{loopback_addr, Server, TempDir};
-use dropgate_tests::{http, may_run, process::Guarded, venv_python};
-use serde_json::Value;
-
-const PROMETHEUS: &str = "/usr/bin/prometheus";
+use dropgate_tests::gateway::{Server, TempDir};
+use dropgate_tests::prometheus::{self, Prometheus};
+use dropgate_tests::{may_run, venv_python};
 
 fn job_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/otlp_job.py")
@@ -64,46 +62,12 @@ fn sdk_available() -> Option<PathBuf> {
         .then_some(python)
 }
 
-/// Polls `query` until it returns a sample or `timeout` passes; the last answer.
-fn query_until_found(prometheus: std::net::SocketAddr, query: &str, timeout: Duration) -> Value {
-    let encoded: String = query
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"_-.~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    let path = format!("/api/v1/query?query={encoded}");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let answer = http::get(prometheus, &path)
-            .ok()
-            .filter(|reply| reply.status == 200)
-            .and_then(|reply| serde_json::from_str::<Value>(&reply.body).ok());
-        if let Some(answer) = &answer {
-            if answer["data"]["result"]
-                .as_array()
-                .is_some_and(|result| !result.is_empty())
-            {
-                return answer.clone();
-            }
-        }
-        if Instant::now() >= deadline {
-            return answer.unwrap_or(Value::Null);
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn sdk_exports_are_scraped_by_prometheus_as_its_otlp_translation() {
     let python = sdk_available();
     if !may_run(
         "sdk_exports_are_scraped_by_prometheus_as_its_otlp_translation",
-        python.is_some() && Path::new(PROMETHEUS).exists(),
+        python.is_some() && prometheus::installed(),
         "the OpenTelemetry SDK venv (cargo xtask setup) and Debian's prometheus",
     ) {
         return;
@@ -118,35 +82,8 @@ fn sdk_exports_are_scraped_by_prometheus_as_its_otlp_translation() {
     let scraped = gateway.scrape();
     println!("dropgate's exposition after the SDK jobs:\n{scraped}");
 
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n\
-             scrape_configs:\n  - job_name: dropgate\n    honor_labels: true\n    \
-             static_configs:\n      - targets: ['{}']\n",
-            gateway.addr
-        ),
-    )
-    .expect("write prometheus.yml");
-    let web = loopback_addr();
-    let mut command = Command::new(PROMETHEUS);
-    command
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .arg("--enable-feature=native-histograms")
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut prometheus = Guarded::spawn(command, "prometheus");
-    assert!(
-        http::wait_ok(web, "/-/ready", Duration::from_mins(1)),
-        "prometheus did not become ready on {web}"
-    );
+    let mut prometheus =
+        Prometheus::scraping(&dir, gateway.addr, &["--enable-feature=native-histograms"]);
 
     let series = r#"job="nightly/report-pb",instance="runner-7",otel_scope_name="nightly",otel_scope_version="1.0""#;
     let json_series = series.replace("report-pb", "report-json");
@@ -173,7 +110,7 @@ fn sdk_exports_are_scraped_by_prometheus_as_its_otlp_translation() {
     ];
     let mut failures = Vec::new();
     for (name, query, want) in &table {
-        let answer = query_until_found(web, query, Duration::from_secs(30));
+        let answer = prometheus.query_until_found(query, Duration::from_secs(30));
         let result = &answer["data"]["result"];
         let got = result[0]["value"][1].as_str().unwrap_or("<none>");
         let count = result.as_array().map_or(0, Vec::len);
@@ -185,8 +122,5 @@ fn sdk_exports_are_scraped_by_prometheus_as_its_otlp_translation() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(
-        prometheus.stop("TERM", Duration::from_secs(20)).is_some(),
-        "prometheus stops on SIGTERM"
-    );
+    assert!(prometheus.stop(), "prometheus stops on SIGTERM");
 }

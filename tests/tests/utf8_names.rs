@@ -20,19 +20,17 @@ use std::{
     io::Write as _,
     path::Path,
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use dropgate_tests::{
-    gateway::{loopback_addr, Request, Server, TempDir},
-    http, may_run,
-    process::Guarded,
+    gateway::{Request, Server, TempDir},
+    may_run,
+    prometheus::{self, Prometheus},
     venv_python,
 };
-use serde_json::Value;
 
 const CURL: &str = "/usr/bin/curl";
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 /// The quoted-name text body `curl` pushes.
 const CURL_BODY: &str = "# HELP \"curl.metric\" Pushed by curl.\n# TYPE \"curl.metric\" gauge\n{\"curl.metric\",\"lbl.x\"=\"v\"} 3\n";
@@ -162,46 +160,12 @@ fn scrape(gateway: &Server, accept: Option<&str>) -> (String, String) {
     (content_type, reply.text())
 }
 
-/// Polls `query` on Prometheus until it returns a sample or `timeout` passes.
-fn query_until_found(prometheus: std::net::SocketAddr, query: &str, timeout: Duration) -> Value {
-    let encoded: String = query
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"_-.~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    let path = format!("/api/v1/query?query={encoded}");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let answer = http::get(prometheus, &path)
-            .ok()
-            .filter(|r| r.status == 200)
-            .and_then(|r| serde_json::from_str::<Value>(&r.body).ok());
-        if let Some(answer) = &answer {
-            if answer["data"]["result"]
-                .as_array()
-                .is_some_and(|r| !r.is_empty())
-            {
-                return answer.clone();
-            }
-        }
-        if Instant::now() >= deadline {
-            return answer.unwrap_or(Value::Null);
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn utf8_pushes_from_curl_and_python_reach_prometheus_escaped() {
     let python = python_with_utf8_client();
     if !may_run(
         "utf8_pushes_from_curl_and_python_reach_prometheus_escaped",
-        python.is_some() && Path::new(PROMETHEUS).exists() && Path::new(CURL).exists(),
+        python.is_some() && prometheus::installed() && Path::new(CURL).exists(),
         "curl, Debian's prometheus and prometheus-client 0.22 in the test venv (cargo xtask setup)",
     ) {
         return;
@@ -274,35 +238,7 @@ fn utf8_pushes_from_curl_and_python_reach_prometheus_escaped() {
 /// Debian's Prometheus (2.42: asks for no escaping) scrapes `gateway` and stores the
 /// underscored names.
 fn assert_prometheus_stores_escaped(dir: &TempDir, gateway: &Server) {
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: dropgate\n    honor_labels: true\n    \
-             static_configs:\n      - targets: ['{}']\n",
-            gateway.addr
-        ),
-    )
-    .expect("write prometheus.yml");
-    let web = loopback_addr();
-    let mut command = Command::new(PROMETHEUS);
-    command
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut prometheus = Guarded::spawn(command, "prometheus");
-    assert!(
-        http::wait_ok(web, "/-/ready", Duration::from_mins(1)),
-        "prometheus did not become ready on {web} (running: {})",
-        prometheus.is_running()
-    );
+    let mut prometheus = Prometheus::scraping(dir, gateway.addr, &[]);
     for (query, value) in [
         (
             r#"curl_metric{job="curl_job",zone_name="eu",lbl_x="v"}"#,
@@ -310,7 +246,7 @@ fn assert_prometheus_stores_escaped(dir: &TempDir, gateway: &Server) {
         ),
         (r#"py_metric{job="py_job",site_id="a/b",lbl_y="w"}"#, "4.5"),
     ] {
-        let answer = query_until_found(web, query, Duration::from_mins(1));
+        let answer = prometheus.query_until_found(query, Duration::from_mins(1));
         let result = &answer["data"]["result"];
         assert_eq!(
             result.as_array().map(Vec::len),
@@ -319,10 +255,7 @@ fn assert_prometheus_stores_escaped(dir: &TempDir, gateway: &Server) {
         );
         assert_eq!(result[0]["value"][1], value, "{query}: {answer}");
     }
-    assert!(
-        prometheus.stop("TERM", Duration::from_secs(20)).is_some(),
-        "prometheus stops on SIGTERM"
-    );
+    assert!(prometheus.stop(), "prometheus stops on SIGTERM");
 }
 
 #[test]
