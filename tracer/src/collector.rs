@@ -351,6 +351,22 @@ impl DropCollector {
         series
     }
 
+    /// Reads the maps only to evict the keys of namespaces and interfaces that are gone:
+    /// no series are named or built.
+    pub fn evict(&self) {
+        let _ = self.maps.lock().expect("maps lock").read(&self.names);
+    }
+
+    /// Whether keys judged dead at the last read wait for their grace to end, so that
+    /// a read soon evicts them.
+    pub fn eviction_pending(&self) -> bool {
+        self.maps
+            .lock()
+            .expect("maps lock")
+            .evictions
+            .pending(Instant::now())
+    }
+
     /// Whether the maps can be read with the process's current privileges.
     pub fn can_read_maps(&self) -> bool {
         let maps = self.maps.lock().expect("maps lock");

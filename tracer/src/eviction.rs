@@ -35,6 +35,11 @@ pub const GRACE: Duration = Duration::from_secs(1);
 /// How often the interfaces behind keys of living namespaces are checked.
 const INTERFACES_CHECKED_EVERY: Duration = Duration::from_secs(1);
 
+/// A key's interface is judged only once the key has been known this long: the link
+/// tables learn a new interface from an event, which the namespace loop may not have
+/// read yet when the first packets through it are counted.
+const INTERFACE_JUDGED_AFTER: Duration = Duration::from_secs(2);
+
 /// What became of the namespace or interface of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fate {
@@ -153,7 +158,12 @@ impl Evictions {
         let mut wanted: HashMap<(u32, u64), Vec<u32>> = HashMap::new();
         for key in keys {
             let ns = (key.netns, key.netns_cookie);
-            if key.netns != 0
+            let settled = self
+                .first_seen
+                .get(key)
+                .is_some_and(|first| now.duration_since(*first) >= INTERFACE_JUDGED_AFTER);
+            if settled
+                && key.netns != 0
                 && key.ifindex != 0
                 && namespaces[&ns]
                 && !self
@@ -193,6 +203,19 @@ impl Evictions {
         self.dead_since
             .get(key)
             .is_some_and(|since| now.duration_since(*since) >= GRACE)
+    }
+
+    /// Whether a read soon has work to do: a key judged dead is within its grace, or a
+    /// new key's interface is not judged yet (each plus a second for the read after).
+    #[must_use]
+    pub fn pending(&self, now: Instant) -> bool {
+        let recent =
+            |at: &Instant, wait: Duration| now.duration_since(*at) <= wait + Duration::from_secs(1);
+        self.dead_since.values().any(|since| recent(since, GRACE))
+            || self
+                .first_seen
+                .values()
+                .any(|first| recent(first, INTERFACE_JUDGED_AFTER))
     }
 
     /// Keeps `counts` of an evicted key under its folded key.
@@ -313,6 +336,20 @@ mod tests {
         let mut evictions = Evictions::default();
         // ifindexes count up from 1; this one is far beyond any interface made here.
         let ghost = key(own, 0, 0x7fff_fff0);
+        let fates = evictions.judge(&names, &HashSet::from([ghost]));
+        assert_eq!(
+            fates[&ghost],
+            Fate::Alive,
+            "a key just seen: its interface may not be in the link tables yet"
+        );
+        assert!(evictions.pending(Instant::now()), "to be judged soon");
+        evictions.first_seen.insert(
+            ghost,
+            Instant::now()
+                .checked_sub(INTERFACE_JUDGED_AFTER)
+                .expect("uptime over 2 s"),
+        );
+        evictions.interfaces_checked.clear();
         let fates = evictions.judge(&names, &HashSet::from([ghost]));
         assert_eq!(fates[&ghost], Fate::InterfaceGone);
     }

@@ -4,8 +4,11 @@
 //! A namespace is named after its bind mount (`ip netns` in `/run/netns`, Docker's in
 //! `/run/docker/netns`), else after a process living in it, else by its inode. Interface
 //! names are asked from inside the namespace they belong to (an ifindex means nothing
-//! outside it): a short-lived thread enters the namespace, asks the kernel with
-//! `SIOCGIFNAME`, and ends, so the rest of the process never changes namespace.
+//! outside it). The namespace loop keeps every watched namespace's links from its
+//! netlink events and answers from them ([`Names::use_links`]); only for a namespace it
+//! does not watch (no loop: `diagnose`, `watch`) a short-lived thread enters the
+//! namespace, asks the kernel with `SIOCGIFNAME`, and ends, so the rest of the process
+//! never changes namespace.
 //!
 //! Inodes are not identities: a new namespace may get a dead one's inode. The kernel
 //! program also reports the namespace's `net_cookie`, which is never reused; here each
@@ -17,7 +20,7 @@ use std::{
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -77,10 +80,17 @@ pub enum NamespaceState {
     Missing { scanned: Instant },
 }
 
+/// The names of interfaces `ifindexes` of namespace `inode` (`None` for one that does not
+/// exist there), as an event-fed table knows them; `None` when it does not know that
+/// namespace's interfaces (not watched, or its first dump of links not complete yet).
+pub type LinkNames = Box<dyn Fn(u32, &[u32]) -> Option<Vec<Option<String>>> + Send + Sync>;
+
 /// Resolves namespace inodes and (namespace, ifindex) pairs to names; caches both.
 pub struct Names {
     own: u32,
     state: Mutex<State>,
+    /// The namespace loop's link tables, when it runs.
+    links: RwLock<Option<LinkNames>>,
 }
 
 impl Default for Names {
@@ -96,7 +106,21 @@ impl Names {
         Self {
             own,
             state: Mutex::new(State::default()),
+            links: RwLock::new(None),
         }
+    }
+
+    /// Answers interface questions from `links` (the namespace loop's tables) for every
+    /// namespace it knows, instead of entering the namespace to ask: on a host with many
+    /// namespaces that is a thread and two `setns` per question.
+    pub fn use_links(&self, links: LinkNames) {
+        *self.links.write().expect("link names lock") = Some(links);
+    }
+
+    /// What the link tables say about `ifindexes` of namespace `inode`, if they know it.
+    fn link_names(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<Option<String>>> {
+        let links = self.links.read().expect("link names lock");
+        links.as_ref().and_then(|links| links(inode, ifindexes))
     }
 
     /// Inode of the namespace dropgate runs in.
@@ -127,6 +151,13 @@ impl Names {
     pub fn interface(&self, inode: u32, ifindex: u32) -> String {
         if ifindex == 0 {
             return "none".into();
+        }
+        if let Some(mut names) = self.link_names(inode, &[ifindex]) {
+            // Not there (yet, or any more): the number, as when it cannot be asked.
+            return names
+                .pop()
+                .flatten()
+                .unwrap_or_else(|| format!("if{ifindex}"));
         }
         let mut state = self.state.lock().expect("names lock");
         if let Some(name) = state.interfaces.get(&(inode, ifindex)) {
@@ -209,9 +240,19 @@ impl Names {
         }
     }
 
-    /// Which of `ifindexes` exist in the namespace with this inode (asked from inside
-    /// it); `None` when it cannot be entered. Forgets the cached names of the others.
+    /// Which of `ifindexes` exist in the namespace with this inode (from the link tables,
+    /// else asked from inside it); `None` when it cannot be told. Forgets the cached
+    /// names of the others.
     pub fn existing_interfaces(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<u32>> {
+        if let Some(names) = self.link_names(inode, ifindexes) {
+            return Some(
+                ifindexes
+                    .iter()
+                    .zip(names)
+                    .filter_map(|(ifindex, name)| name.map(|_| *ifindex))
+                    .collect(),
+            );
+        }
         let path = if inode == self.own {
             PathBuf::from("/proc/self/ns/net")
         } else {
@@ -545,6 +586,32 @@ mod tests {
             names.namespace_state(names.own_inode(), 0),
             NamespaceState::Alive,
             "without a cookie (kernels < 5.14) the inode decides"
+        );
+    }
+
+    #[test]
+    fn interfaces_of_a_namespace_in_the_link_tables_are_answered_from_them() {
+        let names = Names::new();
+        // Inode 7 is no namespace here: only the tables can name its interfaces.
+        names.use_links(Box::new(|inode, ifindexes| {
+            (inode == 7).then(|| {
+                ifindexes
+                    .iter()
+                    .map(|i| (*i == 3).then(|| "veth-a".to_owned()))
+                    .collect()
+            })
+        }));
+        assert_eq!(names.interface(7, 3), "veth-a");
+        assert_eq!(
+            names.interface(7, 4),
+            "if4",
+            "not in the tables: its number"
+        );
+        assert_eq!(names.existing_interfaces(7, &[3, 4]), Some(vec![3]));
+        assert_eq!(
+            names.interface(names.own_inode(), 1),
+            "lo",
+            "a namespace the tables do not know is still asked"
         );
     }
 

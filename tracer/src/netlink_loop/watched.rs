@@ -32,6 +32,8 @@ const RTM_DELNSID: u16 = 89;
 pub struct Outcome {
     /// A namespace got or lost an id in this one: look for namespaces again.
     pub namespaces_changed: bool,
+    /// An interface went away: drop keys may name it.
+    pub links_removed: bool,
 }
 
 /// A dump still to ask for, in order; a netlink socket serves one dump at a time.
@@ -49,6 +51,9 @@ pub struct View {
     pub name: String,
     pub forwarding: NamespaceForwarding,
     pub links: Links,
+    /// Whether `links` holds every interface: the dump of links is complete (and no
+    /// event was lost since). Until then, a missing interface may just not be told yet.
+    pub links_complete: bool,
 }
 
 impl View {
@@ -75,8 +80,8 @@ impl View {
 pub struct Watched {
     pub socket: Socket,
     dumps: VecDeque<Dump>,
-    /// Sequence number of the dump in flight.
-    in_flight: Option<u32>,
+    /// Sequence number and kind of the dump in flight.
+    in_flight: Option<(u32, Dump)>,
     next_seq: u32,
 }
 
@@ -115,6 +120,7 @@ impl Watched {
     /// for the global switch and its count of changes).
     pub fn resync(&mut self, view: &mut View) -> io::Result<()> {
         view.links = Links::default();
+        view.links_complete = false;
         view.forwarding.interfaces.clear();
         view.forwarding.ipv6_interfaces.clear();
         self.dumps = forwarding::NETCONF_DUMP_FAMILIES
@@ -144,7 +150,7 @@ impl Watched {
             ),
         };
         self.socket.send(&request, 0)?;
-        self.in_flight = Some(seq);
+        self.in_flight = Some((seq, dump));
         Ok(())
     }
 
@@ -165,6 +171,7 @@ impl Watched {
                         ..
                     }) => {
                         if let RouteNetlinkMessage::DelLink(link) = &inner {
+                            outcome.links_removed = true;
                             // Its forwarding entry goes with it.
                             if let Ok(index) = i32::try_from(link.header.index) {
                                 view.forwarding.interfaces.remove(&index);
@@ -176,9 +183,12 @@ impl Watched {
                     Ok(NetlinkMessage {
                         payload: NetlinkPayload::Done(_) | NetlinkPayload::Error(_),
                         ..
-                    }) if Some(seq) == self.in_flight => {
+                    }) if self.in_flight.is_some_and(|(s, _)| s == seq) => {
                         // The end of a dump (or its refusal: a kernel without that
                         // family): ask for the next one.
+                        if self.in_flight.is_some_and(|(_, dump)| dump == Dump::Links) {
+                            view.links_complete = true;
+                        }
                         self.next_dump()?;
                     }
                     _ => {}
