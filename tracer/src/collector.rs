@@ -317,6 +317,11 @@ impl DropCollector {
     pub fn drops(&self) -> BTreeMap<DropLabels, DropCounts> {
         let (raw, retained) = self.maps.lock().expect("maps lock").read(&self.names);
         let mut series: BTreeMap<DropLabels, DropCounts> = BTreeMap::new();
+        self.kallsyms.learn(
+            raw.iter()
+                .map(|(key, _, _)| key.location)
+                .chain(retained.iter().map(|(key, _)| key.location)),
+        );
         let live = raw
             .into_iter()
             .map(|(key, fate, counts)| (fate.folded(&key), counts));

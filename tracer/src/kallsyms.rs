@@ -118,6 +118,34 @@ impl SymbolTable {
             .checked_sub(1)
     }
 
+    /// Reads the names of every symbol of `indexes` not known yet in one pass over
+    /// `input` (one read of the file for a whole scrape's new functions).
+    fn learn<'a>(&self, indexes: &[usize], input: impl FnOnce() -> Option<Box<dyn BufRead + 'a>>) {
+        let mut names = self.names.lock().expect("symbol names lock");
+        let wanted: HashMap<u32, usize> = indexes
+            .iter()
+            .filter(|index| !names.contains_key(&(**index as u32)))
+            .map(|index| (self.ordinals[*index], *index))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let Some(input) = input() else {
+            return;
+        };
+        let (mut ordinal, mut left) = (0, wanted.len());
+        let _ = text_symbols(input, |at, name| {
+            if let Some(index) = wanted.get(&ordinal) {
+                if self.addresses[*index] == at {
+                    names.insert(*index as u32, Arc::from(name));
+                }
+                left -= 1;
+            }
+            ordinal += 1;
+            left > 0
+        });
+    }
+
     /// The name of symbol `index`, read from `input` (the text the table was read
     /// from) unless known; `None` when the text no longer has that symbol there.
     fn name<'a>(
@@ -336,6 +364,31 @@ impl Kallsyms {
         })
     }
 
+    /// Reads the names of the functions of all these addresses that are not known yet,
+    /// in one pass over the file: a scrape that meets many new functions reads it once.
+    pub fn learn(&self, addresses: impl Iterator<Item = u64>) {
+        self.refresh_if_modules_changed();
+        let table = Arc::clone(&self.table.read().expect("kallsyms lock"));
+        let mut indexes: Vec<usize> = addresses.filter_map(|a| table.index_at(a)).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        if let Some(text) = &self.text {
+            table.learn(&indexes, || Some(Box::new(text.as_bytes())));
+            return;
+        }
+        let Some(source) = &self.source else {
+            return;
+        };
+        let mut source = source.lock().expect("kallsyms source lock");
+        table.learn(&indexes, || {
+            source.kallsyms.seek(SeekFrom::Start(0)).ok()?;
+            Some(Box::new(BufReader::with_capacity(
+                64 * 1024,
+                &mut source.kallsyms,
+            )))
+        });
+    }
+
     /// The label for `address`: its function, or the address in hex if it is in none.
     #[must_use]
     pub fn name_at(&self, address: u64) -> String {
@@ -374,6 +427,27 @@ ffffffffc0001000 t nft_do_chain\t[nf_tables]
         ];
         for (name, address, want) in cases {
             assert_eq!(table.function_at(address).as_deref(), want, "case {name}");
+        }
+        let learned = Kallsyms::parse(SAMPLE);
+        learned.learn(cases.iter().map(|(_, address, _)| *address));
+        let known = learned
+            .table
+            .read()
+            .expect("lock")
+            .names
+            .lock()
+            .expect("lock")
+            .len();
+        assert_eq!(
+            known, 3,
+            "one pass learned every function asked for (three)"
+        );
+        for (name, address, want) in cases {
+            assert_eq!(
+                learned.function_at(address).as_deref(),
+                want,
+                "learned: case {name}"
+            );
         }
     }
 
