@@ -35,9 +35,10 @@ pub const GRACE: Duration = Duration::from_secs(1);
 /// How often the interfaces behind keys of living namespaces are checked.
 const INTERFACES_CHECKED_EVERY: Duration = Duration::from_secs(1);
 
-/// A key's interface is judged only once the key has been known this long: the link
-/// tables learn a new interface from an event, which the namespace loop may not have
-/// read yet when the first packets through it are counted.
+/// An interface newer than any its namespace's link table has seen is judged gone only
+/// once its key has been known this long: the table learns a new interface from an
+/// event, which the namespace loop may not have read yet when the first packets through
+/// it are counted.
 const INTERFACE_JUDGED_AFTER: Duration = Duration::from_secs(2);
 
 /// What became of the namespace or interface of a key.
@@ -156,14 +157,17 @@ impl Evictions {
         now: Instant,
     ) {
         let mut wanted: HashMap<(u32, u64), Vec<u32>> = HashMap::new();
+        let mut settled: HashSet<(u32, u64, u32)> = HashSet::new();
         for key in keys {
             let ns = (key.netns, key.netns_cookie);
-            let settled = self
+            if self
                 .first_seen
                 .get(key)
-                .is_some_and(|first| now.duration_since(*first) >= INTERFACE_JUDGED_AFTER);
-            if settled
-                && key.netns != 0
+                .is_some_and(|first| now.duration_since(*first) >= INTERFACE_JUDGED_AFTER)
+            {
+                settled.insert((key.netns, key.netns_cookie, key.ifindex));
+            }
+            if key.netns != 0
                 && key.ifindex != 0
                 && namespaces[&ns]
                 && !self
@@ -186,13 +190,14 @@ impl Evictions {
             self.interfaces_checked.insert(ns, now);
             ifindexes.sort_unstable();
             ifindexes.dedup();
-            let Some(existing) = names.existing_interfaces(ns.0, &ifindexes) else {
+            let Some((gone, not_seen)) = names.gone_interfaces(ns.0, &ifindexes) else {
                 continue;
             };
-            for ifindex in ifindexes {
-                if !existing.contains(&ifindex) {
-                    self.gone_interfaces.insert((ns.0, ns.1, ifindex));
-                }
+            let old_enough = not_seen
+                .into_iter()
+                .filter(|ifindex| settled.contains(&(ns.0, ns.1, *ifindex)));
+            for ifindex in gone.into_iter().chain(old_enough) {
+                self.gone_interfaces.insert((ns.0, ns.1, ifindex));
             }
         }
     }
@@ -335,6 +340,28 @@ mod tests {
         let own = names.own_inode();
         let mut evictions = Evictions::default();
         // ifindexes count up from 1; this one is far beyond any interface made here.
+        let ghost = key(own, 0, 0x7fff_fff0);
+        let fates = evictions.judge(&names, &HashSet::from([ghost]));
+        assert_eq!(
+            fates[&ghost],
+            Fate::InterfaceGone,
+            "asked in the namespace: gone at once"
+        );
+    }
+
+    #[test]
+    fn an_interface_newer_than_the_link_table_is_gone_only_once_its_key_is_old() {
+        let names = Names::new();
+        let own = names.own_inode();
+        names.use_links(Box::new(|_, ifindexes| {
+            Some(
+                ifindexes
+                    .iter()
+                    .map(|_| crate::netns::LinkState::NotSeenYet)
+                    .collect(),
+            )
+        }));
+        let mut evictions = Evictions::default();
         let ghost = key(own, 0, 0x7fff_fff0);
         let fates = evictions.judge(&names, &HashSet::from([ghost]));
         assert_eq!(

@@ -85,7 +85,7 @@ impl NetlinkLoop {
                 Some(
                     ifindexes
                         .iter()
-                        .map(|index| view.links.name(*index).map(str::to_owned))
+                        .map(|index| view.link_state(*index))
                         .collect(),
                 )
             })

@@ -80,10 +80,22 @@ pub enum NamespaceState {
     Missing { scanned: Instant },
 }
 
-/// The names of interfaces `ifindexes` of namespace `inode` (`None` for one that does not
-/// exist there), as an event-fed table knows them; `None` when it does not know that
-/// namespace's interfaces (not watched, or its first dump of links not complete yet).
-pub type LinkNames = Box<dyn Fn(u32, &[u32]) -> Option<Vec<Option<String>>> + Send + Sync>;
+/// What an event-fed link table says of one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// It exists, with this name.
+    Named(String),
+    /// It does not exist (any more).
+    Gone,
+    /// Not in the table, and newer than every interface the table has seen: it may
+    /// exist with its event not read yet.
+    NotSeenYet,
+}
+
+/// What the link tables say of interfaces `ifindexes` of namespace `inode`; `None` when
+/// they do not know that namespace's interfaces (not watched, or its first dump of links
+/// not complete yet).
+pub type LinkNames = Box<dyn Fn(u32, &[u32]) -> Option<Vec<LinkState>> + Send + Sync>;
 
 /// Resolves namespace inodes and (namespace, ifindex) pairs to names; caches both.
 pub struct Names {
@@ -118,7 +130,7 @@ impl Names {
     }
 
     /// What the link tables say about `ifindexes` of namespace `inode`, if they know it.
-    fn link_names(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<Option<String>>> {
+    fn link_names(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<LinkState>> {
         let links = self.links.read().expect("link names lock");
         links.as_ref().and_then(|links| links(inode, ifindexes))
     }
@@ -153,11 +165,11 @@ impl Names {
             return "none".into();
         }
         if let Some(mut names) = self.link_names(inode, &[ifindex]) {
-            // Not there (yet, or any more): the number, as when it cannot be asked.
-            return names
-                .pop()
-                .flatten()
-                .unwrap_or_else(|| format!("if{ifindex}"));
+            return match names.pop() {
+                Some(LinkState::Named(name)) => name,
+                // Not there (yet, or any more): the number, as when it cannot be asked.
+                _ => format!("if{ifindex}"),
+            };
         }
         let mut state = self.state.lock().expect("names lock");
         if let Some(name) = state.interfaces.get(&(inode, ifindex)) {
@@ -240,19 +252,34 @@ impl Names {
         }
     }
 
-    /// Which of `ifindexes` exist in the namespace with this inode (from the link tables,
-    /// else asked from inside it); `None` when it cannot be told. Forgets the cached
-    /// names of the others.
-    pub fn existing_interfaces(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<u32>> {
-        if let Some(names) = self.link_names(inode, ifindexes) {
-            return Some(
-                ifindexes
-                    .iter()
-                    .zip(names)
-                    .filter_map(|(ifindex, name)| name.map(|_| *ifindex))
-                    .collect(),
-            );
+    /// Which of `ifindexes` are gone from the namespace with this inode, and which are
+    /// not in its link table but may just not be told yet (see [`LinkState`]); from the
+    /// link tables, else asked from inside the namespace. `None` when it cannot be told.
+    pub fn gone_interfaces(&self, inode: u32, ifindexes: &[u32]) -> Option<(Vec<u32>, Vec<u32>)> {
+        if let Some(states) = self.link_names(inode, ifindexes) {
+            let mut gone = Vec::new();
+            let mut not_seen = Vec::new();
+            for (ifindex, state) in ifindexes.iter().zip(states) {
+                match state {
+                    LinkState::Named(_) => {}
+                    LinkState::Gone => gone.push(*ifindex),
+                    LinkState::NotSeenYet => not_seen.push(*ifindex),
+                }
+            }
+            return Some((gone, not_seen));
         }
+        let existing = self.existing_interfaces(inode, ifindexes)?;
+        let gone = ifindexes
+            .iter()
+            .copied()
+            .filter(|i| !existing.contains(i))
+            .collect();
+        Some((gone, Vec::new()))
+    }
+
+    /// Which of `ifindexes` exist in the namespace with this inode (asked from inside
+    /// it); `None` when it cannot be entered. Forgets the cached names of the others.
+    fn existing_interfaces(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<u32>> {
         let path = if inode == self.own {
             PathBuf::from("/proc/self/ns/net")
         } else {
@@ -597,7 +624,11 @@ mod tests {
             (inode == 7).then(|| {
                 ifindexes
                     .iter()
-                    .map(|i| (*i == 3).then(|| "veth-a".to_owned()))
+                    .map(|i| match i {
+                        3 => LinkState::Named("veth-a".to_owned()),
+                        4 => LinkState::Gone,
+                        _ => LinkState::NotSeenYet,
+                    })
                     .collect()
             })
         }));
@@ -607,7 +638,11 @@ mod tests {
             "if4",
             "not in the tables: its number"
         );
-        assert_eq!(names.existing_interfaces(7, &[3, 4]), Some(vec![3]));
+        assert_eq!(
+            names.gone_interfaces(7, &[3, 4, 9]),
+            Some((vec![4], vec![9])),
+            "4 is gone, 9 may be too new to be told"
+        );
         assert_eq!(
             names.interface(names.own_inode(), 1),
             "lo",

@@ -14,6 +14,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use crate::{
     enrich::rtnetlink::{dump_request, messages, Links},
     forwarding::{self, NamespaceForwarding},
+    netns::LinkState,
 };
 
 /// `RTNLGRP_*` groups every namespace socket joins (besides the forwarding ones).
@@ -54,9 +55,21 @@ pub struct View {
     /// Whether `links` holds every interface: the dump of links is complete (and no
     /// event was lost since). Until then, a missing interface may just not be told yet.
     pub links_complete: bool,
+    /// The highest interface index the table has seen. Indexes count up in a namespace,
+    /// so a missing one at or below it is gone; above it, its event may be unread yet.
+    pub highest_index: u32,
 }
 
 impl View {
+    /// What the table says of interface `index`.
+    pub fn link_state(&self, index: u32) -> LinkState {
+        match self.links.name(index) {
+            Some(name) => LinkState::Named(name.to_owned()),
+            None if index <= self.highest_index => LinkState::Gone,
+            None => LinkState::NotSeenYet,
+        }
+    }
+
     /// The namespace's forwarding state with every interface named from its own links
     /// (an ifindex means nothing outside its namespace).
     pub fn named_forwarding(&self) -> NamespaceForwarding {
@@ -177,6 +190,9 @@ impl Watched {
                                 view.forwarding.interfaces.remove(&index);
                                 view.forwarding.ipv6_interfaces.remove(&index);
                             }
+                        }
+                        if let RouteNetlinkMessage::NewLink(link) = &inner {
+                            view.highest_index = view.highest_index.max(link.header.index);
                         }
                         view.links.apply(&inner);
                     }
