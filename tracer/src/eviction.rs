@@ -32,7 +32,8 @@ use crate::netns::{Names, NamespaceState};
 /// meanwhile may still be counted under its key.
 pub const GRACE: Duration = Duration::from_secs(1);
 
-/// How often the interfaces behind keys of living namespaces are checked.
+/// How often the interfaces behind keys of living namespaces are checked by entering the
+/// namespace (those in the namespace loop's link tables are checked at every read).
 const INTERFACES_CHECKED_EVERY: Duration = Duration::from_secs(1);
 
 /// An interface newer than any its namespace's link table has seen is judged gone only
@@ -180,10 +181,11 @@ impl Evictions {
         self.interfaces_checked
             .retain(|ns, _| wanted.contains_key(ns));
         for (ns, mut ifindexes) in wanted {
-            if self
-                .interfaces_checked
-                .get(&ns)
-                .is_some_and(|at| now.duration_since(*at) < INTERFACES_CHECKED_EVERY)
+            if !names.knows_links(ns.0)
+                && self
+                    .interfaces_checked
+                    .get(&ns)
+                    .is_some_and(|at| now.duration_since(*at) < INTERFACES_CHECKED_EVERY)
             {
                 continue;
             }

@@ -129,6 +129,12 @@ impl Names {
         *self.links.write().expect("link names lock") = Some(links);
     }
 
+    /// Whether the link tables answer for namespace `inode` (a question costs a lookup,
+    /// not a thread).
+    pub fn knows_links(&self, inode: u32) -> bool {
+        self.link_names(inode, &[]).is_some()
+    }
+
     /// What the link tables say about `ifindexes` of namespace `inode`, if they know it.
     fn link_names(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<LinkState>> {
         let links = self.links.read().expect("link names lock");
