@@ -173,7 +173,10 @@ impl Names {
         if let Some(mut names) = self.link_names(inode, &[ifindex]) {
             return match names.pop() {
                 Some(LinkState::Named(name)) => name,
-                // Not there (yet, or any more): the number, as when it cannot be asked.
+                // Where its counts go once the key is judged (it may have gone since
+                // this read's judgement): no series in between.
+                Some(LinkState::Gone) => crate::collector::GONE.into(),
+                // Maybe not told yet: the number, as when it cannot be asked.
                 _ => format!("if{ifindex}"),
             };
         }
@@ -639,11 +642,8 @@ mod tests {
             })
         }));
         assert_eq!(names.interface(7, 3), "veth-a");
-        assert_eq!(
-            names.interface(7, 4),
-            "if4",
-            "not in the tables: its number"
-        );
+        assert_eq!(names.interface(7, 4), "gone", "gone from the tables");
+        assert_eq!(names.interface(7, 9), "if9", "not seen yet: its number");
         assert_eq!(
             names.gone_interfaces(7, &[3, 4, 9]),
             Some((vec![4], vec![9])),
