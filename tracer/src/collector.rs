@@ -317,6 +317,11 @@ impl DropCollector {
     pub fn drops(&self) -> BTreeMap<DropLabels, DropCounts> {
         let (raw, retained) = self.maps.lock().expect("maps lock").read(&self.names);
         let mut series: BTreeMap<DropLabels, DropCounts> = BTreeMap::new();
+        self.kallsyms.learn(
+            raw.iter()
+                .map(|(key, _, _)| key.location)
+                .chain(retained.iter().map(|(key, _)| key.location)),
+        );
         let live = raw
             .into_iter()
             .map(|(key, fate, counts)| (fate.folded(&key), counts));
@@ -349,6 +354,22 @@ impl DropCollector {
             entry.bytes += counts.bytes;
         }
         series
+    }
+
+    /// Reads the maps only to evict the keys of namespaces and interfaces that are gone:
+    /// no series are named or built.
+    pub fn evict(&self) {
+        let _ = self.maps.lock().expect("maps lock").read(&self.names);
+    }
+
+    /// Whether keys judged dead at the last read wait for their grace to end, so that
+    /// a read soon evicts them.
+    pub fn eviction_pending(&self) -> bool {
+        self.maps
+            .lock()
+            .expect("maps lock")
+            .evictions
+            .pending(Instant::now())
     }
 
     /// Whether the maps can be read with the process's current privileges.

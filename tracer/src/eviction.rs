@@ -32,8 +32,15 @@ use crate::netns::{Names, NamespaceState};
 /// meanwhile may still be counted under its key.
 pub const GRACE: Duration = Duration::from_secs(1);
 
-/// How often the interfaces behind keys of living namespaces are checked.
+/// How often the interfaces behind keys of living namespaces are checked by entering the
+/// namespace (those in the namespace loop's link tables are checked at every read).
 const INTERFACES_CHECKED_EVERY: Duration = Duration::from_secs(1);
+
+/// An interface newer than any its namespace's link table has seen is judged gone only
+/// once its key has been known this long: the table learns a new interface from an
+/// event, which the namespace loop may not have read yet when the first packets through
+/// it are counted.
+const INTERFACE_JUDGED_AFTER: Duration = Duration::from_secs(2);
 
 /// What became of the namespace or interface of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,8 +158,16 @@ impl Evictions {
         now: Instant,
     ) {
         let mut wanted: HashMap<(u32, u64), Vec<u32>> = HashMap::new();
+        let mut settled: HashSet<(u32, u64, u32)> = HashSet::new();
         for key in keys {
             let ns = (key.netns, key.netns_cookie);
+            if self
+                .first_seen
+                .get(key)
+                .is_some_and(|first| now.duration_since(*first) >= INTERFACE_JUDGED_AFTER)
+            {
+                settled.insert((key.netns, key.netns_cookie, key.ifindex));
+            }
             if key.netns != 0
                 && key.ifindex != 0
                 && namespaces[&ns]
@@ -166,23 +181,25 @@ impl Evictions {
         self.interfaces_checked
             .retain(|ns, _| wanted.contains_key(ns));
         for (ns, mut ifindexes) in wanted {
-            if self
-                .interfaces_checked
-                .get(&ns)
-                .is_some_and(|at| now.duration_since(*at) < INTERFACES_CHECKED_EVERY)
+            if !names.knows_links(ns.0)
+                && self
+                    .interfaces_checked
+                    .get(&ns)
+                    .is_some_and(|at| now.duration_since(*at) < INTERFACES_CHECKED_EVERY)
             {
                 continue;
             }
             self.interfaces_checked.insert(ns, now);
             ifindexes.sort_unstable();
             ifindexes.dedup();
-            let Some(existing) = names.existing_interfaces(ns.0, &ifindexes) else {
+            let Some((gone, not_seen)) = names.gone_interfaces(ns.0, &ifindexes) else {
                 continue;
             };
-            for ifindex in ifindexes {
-                if !existing.contains(&ifindex) {
-                    self.gone_interfaces.insert((ns.0, ns.1, ifindex));
-                }
+            let old_enough = not_seen
+                .into_iter()
+                .filter(|ifindex| settled.contains(&(ns.0, ns.1, *ifindex)));
+            for ifindex in gone.into_iter().chain(old_enough) {
+                self.gone_interfaces.insert((ns.0, ns.1, ifindex));
             }
         }
     }
@@ -193,6 +210,19 @@ impl Evictions {
         self.dead_since
             .get(key)
             .is_some_and(|since| now.duration_since(*since) >= GRACE)
+    }
+
+    /// Whether a read soon has work to do: a key judged dead is within its grace, or a
+    /// new key's interface is not judged yet (each plus a second for the read after).
+    #[must_use]
+    pub fn pending(&self, now: Instant) -> bool {
+        let recent =
+            |at: &Instant, wait: Duration| now.duration_since(*at) <= wait + Duration::from_secs(1);
+        self.dead_since.values().any(|since| recent(since, GRACE))
+            || self
+                .first_seen
+                .values()
+                .any(|first| recent(first, INTERFACE_JUDGED_AFTER))
     }
 
     /// Keeps `counts` of an evicted key under its folded key.
@@ -313,6 +343,42 @@ mod tests {
         let mut evictions = Evictions::default();
         // ifindexes count up from 1; this one is far beyond any interface made here.
         let ghost = key(own, 0, 0x7fff_fff0);
+        let fates = evictions.judge(&names, &HashSet::from([ghost]));
+        assert_eq!(
+            fates[&ghost],
+            Fate::InterfaceGone,
+            "asked in the namespace: gone at once"
+        );
+    }
+
+    #[test]
+    fn an_interface_newer_than_the_link_table_is_gone_only_once_its_key_is_old() {
+        let names = Names::new();
+        let own = names.own_inode();
+        names.use_links(Box::new(|_, ifindexes| {
+            Some(
+                ifindexes
+                    .iter()
+                    .map(|_| crate::netns::LinkState::NotSeenYet)
+                    .collect(),
+            )
+        }));
+        let mut evictions = Evictions::default();
+        let ghost = key(own, 0, 0x7fff_fff0);
+        let fates = evictions.judge(&names, &HashSet::from([ghost]));
+        assert_eq!(
+            fates[&ghost],
+            Fate::Alive,
+            "a key just seen: its interface may not be in the link tables yet"
+        );
+        assert!(evictions.pending(Instant::now()), "to be judged soon");
+        evictions.first_seen.insert(
+            ghost,
+            Instant::now()
+                .checked_sub(INTERFACE_JUDGED_AFTER)
+                .expect("uptime over 2 s"),
+        );
+        evictions.interfaces_checked.clear();
         let fates = evictions.judge(&names, &HashSet::from([ghost]));
         assert_eq!(fates[&ghost], Fate::InterfaceGone);
     }

@@ -12,8 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    field, DROP_CACHE_SLOTS, FIELD_LOAD_PLACEHOLDER, MAX_DROP_CACHE_SLOTS, MAX_DROP_KEYS,
-    NO_OFFSET, RDONLY_CAST_PLACEHOLDER,
+    field, DropSample, DROP_CACHE_SLOTS, FIELD_LOAD_PLACEHOLDER, MAX_DROP_CACHE_SLOTS,
+    MAX_DROP_KEYS, NO_OFFSET, RDONLY_CAST_PLACEHOLDER, SAMPLE_RING_BYTES,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -493,6 +493,10 @@ fn load_object(
     // An array map cannot be empty: off is one slot nobody uses.
     loader.map_max_entries("DROP_CACHE", options.cache_slots.max(1));
     loader.map_max_entries("DROPS", options.max_keys);
+    loader.map_max_entries(
+        "SAMPLES",
+        sample_ring_bytes(options.samples_per_sec, possible_cpus()),
+    );
     let mut ebpf = loader.load(&object).map_err(|e| load_error(e.into()))?;
 
     let tp_btf_result = if choice == HookChoice::Tracepoint {
@@ -567,8 +571,41 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The sample ring's size: a second of samples at the full rate of every CPU, as a
+/// power of two between 64 KiB and [`SAMPLE_RING_BYTES`]. The ring is mapped into the
+/// process and stays resident: `run`'s default rate needs a quarter of the largest one
+/// (1.5 MB less resident memory), `watch`'s the largest.
+#[must_use]
+pub fn sample_ring_bytes(samples_per_sec: u32, cpus: u32) -> u32 {
+    // Each record: the sample and the ring's 8-byte header, rounded to 8 bytes.
+    let record = (std::mem::size_of::<DropSample>() as u64 + 8).next_multiple_of(8);
+    let second = u64::from(samples_per_sec) * u64::from(cpus.max(1)) * record;
+    let bytes = second
+        .next_power_of_two()
+        .clamp(64 * 1024, u64::from(SAMPLE_RING_BYTES));
+    u32::try_from(bytes).unwrap_or(SAMPLE_RING_BYTES)
+}
+
+/// CPUs the kernel may run the program on (`/sys/devices/system/cpu/possible`).
+fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |cpus| u32::try_from(cpus).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_sample_ring_holds_a_second_of_samples_within_bounds() {
+        let cases = [
+            ("no samples", 0, 2, 64 * 1024),
+            ("run's default on 2 CPUs", 1000, 2, 256 * 1024),
+            ("watch's default on 2 CPUs", 10_000, 2, SAMPLE_RING_BYTES),
+            ("many CPUs", 10_000, 256, SAMPLE_RING_BYTES),
+        ];
+        for (name, rate, cpus, want) in cases {
+            assert_eq!(sample_ring_bytes(rate, cpus), want, "case {name}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -21,7 +21,10 @@ use std::{
     fs::File,
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -60,6 +63,9 @@ pub struct NetlinkLoop {
 /// What the thread and the readers share.
 struct Shared {
     views: Mutex<HashMap<u32, View>>,
+    /// Counts namespaces that came or went and interfaces that went: what can make
+    /// drop keys evictable.
+    changes: AtomicU64,
 }
 
 impl NetlinkLoop {
@@ -68,6 +74,21 @@ impl NetlinkLoop {
     pub fn start(names: Arc<Names>) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             views: Mutex::default(),
+            changes: AtomicU64::new(0),
+        });
+        names.use_links({
+            let shared = Arc::downgrade(&shared);
+            Box::new(move |inode, ifindexes| {
+                let shared = shared.upgrade()?;
+                let views = shared.views.lock().expect("namespace views lock");
+                let view = views.get(&inode).filter(|view| view.links_complete)?;
+                Some(
+                    ifindexes
+                        .iter()
+                        .map(|index| view.link_state(*index))
+                        .collect(),
+                )
+            })
         });
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -122,6 +143,12 @@ impl NetlinkLoop {
         drop(views);
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// A number that grows whenever a namespace came or went or an interface went away
+    /// (what can make drop keys evictable): unchanged, there is nothing new to evict.
+    pub fn changes(&self) -> u64 {
+        self.shared.changes.load(Ordering::Relaxed)
     }
 
     /// The subnets on the bridges of the namespace with this inode.
@@ -296,6 +323,9 @@ impl LoopState {
             .copied()
             .filter(|inode| !present.iter().any(|(i, _, _)| i == inode))
             .collect();
+        if !gone.is_empty() {
+            shared.changes.fetch_add(1, Ordering::Relaxed);
+        }
         for inode in gone {
             if let Some(watched) = self.watched.remove(&inode) {
                 let _ = self.poll.registry().deregister(&mut SourceFd(
@@ -331,6 +361,7 @@ impl LoopState {
                         Interest::READABLE,
                     )?;
                     self.watched.insert(inode, watched);
+                    shared.changes.fetch_add(1, Ordering::Relaxed);
                     shared.views.lock().expect("namespace views lock").insert(
                         inode,
                         View {
@@ -366,7 +397,12 @@ impl LoopState {
                         return namespaces_changed;
                     };
                     match watched.receive(&self.buffer[..n], view) {
-                        Ok(outcome) => namespaces_changed |= outcome.namespaces_changed,
+                        Ok(outcome) => {
+                            namespaces_changed |= outcome.namespaces_changed;
+                            if outcome.links_removed {
+                                shared.changes.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         Err(err) => {
                             tracing::debug!("namespace {}: {err}", view.name);
                         }

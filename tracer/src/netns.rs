@@ -4,8 +4,11 @@
 //! A namespace is named after its bind mount (`ip netns` in `/run/netns`, Docker's in
 //! `/run/docker/netns`), else after a process living in it, else by its inode. Interface
 //! names are asked from inside the namespace they belong to (an ifindex means nothing
-//! outside it): a short-lived thread enters the namespace, asks the kernel with
-//! `SIOCGIFNAME`, and ends, so the rest of the process never changes namespace.
+//! outside it). The namespace loop keeps every watched namespace's links from its
+//! netlink events and answers from them ([`Names::use_links`]); only for a namespace it
+//! does not watch (no loop: `diagnose`, `watch`) a short-lived thread enters the
+//! namespace, asks the kernel with `SIOCGIFNAME`, and ends, so the rest of the process
+//! never changes namespace.
 //!
 //! Inodes are not identities: a new namespace may get a dead one's inode. The kernel
 //! program also reports the namespace's `net_cookie`, which is never reused; here each
@@ -17,7 +20,7 @@ use std::{
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -77,10 +80,29 @@ pub enum NamespaceState {
     Missing { scanned: Instant },
 }
 
+/// What an event-fed link table says of one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// It exists, with this name.
+    Named(String),
+    /// It does not exist (any more).
+    Gone,
+    /// Not in the table, and newer than every interface the table has seen: it may
+    /// exist with its event not read yet.
+    NotSeenYet,
+}
+
+/// What the link tables say of interfaces `ifindexes` of namespace `inode`; `None` when
+/// they do not know that namespace's interfaces (not watched, or its first dump of links
+/// not complete yet).
+pub type LinkNames = Box<dyn Fn(u32, &[u32]) -> Option<Vec<LinkState>> + Send + Sync>;
+
 /// Resolves namespace inodes and (namespace, ifindex) pairs to names; caches both.
 pub struct Names {
     own: u32,
     state: Mutex<State>,
+    /// The namespace loop's link tables, when it runs.
+    links: RwLock<Option<LinkNames>>,
 }
 
 impl Default for Names {
@@ -96,7 +118,27 @@ impl Names {
         Self {
             own,
             state: Mutex::new(State::default()),
+            links: RwLock::new(None),
         }
+    }
+
+    /// Answers interface questions from `links` (the namespace loop's tables) for every
+    /// namespace it knows, instead of entering the namespace to ask: on a host with many
+    /// namespaces that is a thread and two `setns` per question.
+    pub fn use_links(&self, links: LinkNames) {
+        *self.links.write().expect("link names lock") = Some(links);
+    }
+
+    /// Whether the link tables answer for namespace `inode` (a question costs a lookup,
+    /// not a thread).
+    pub fn knows_links(&self, inode: u32) -> bool {
+        self.link_names(inode, &[]).is_some()
+    }
+
+    /// What the link tables say about `ifindexes` of namespace `inode`, if they know it.
+    fn link_names(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<LinkState>> {
+        let links = self.links.read().expect("link names lock");
+        links.as_ref().and_then(|links| links(inode, ifindexes))
     }
 
     /// Inode of the namespace dropgate runs in.
@@ -127,6 +169,16 @@ impl Names {
     pub fn interface(&self, inode: u32, ifindex: u32) -> String {
         if ifindex == 0 {
             return "none".into();
+        }
+        if let Some(mut names) = self.link_names(inode, &[ifindex]) {
+            return match names.pop() {
+                Some(LinkState::Named(name)) => name,
+                // Where its counts go once the key is judged (it may have gone since
+                // this read's judgement): no series in between.
+                Some(LinkState::Gone) => crate::collector::GONE.into(),
+                // Maybe not told yet: the number, as when it cannot be asked.
+                _ => format!("if{ifindex}"),
+            };
         }
         let mut state = self.state.lock().expect("names lock");
         if let Some(name) = state.interfaces.get(&(inode, ifindex)) {
@@ -209,9 +261,34 @@ impl Names {
         }
     }
 
+    /// Which of `ifindexes` are gone from the namespace with this inode, and which are
+    /// not in its link table but may just not be told yet (see [`LinkState`]); from the
+    /// link tables, else asked from inside the namespace. `None` when it cannot be told.
+    pub fn gone_interfaces(&self, inode: u32, ifindexes: &[u32]) -> Option<(Vec<u32>, Vec<u32>)> {
+        if let Some(states) = self.link_names(inode, ifindexes) {
+            let mut gone = Vec::new();
+            let mut not_seen = Vec::new();
+            for (ifindex, state) in ifindexes.iter().zip(states) {
+                match state {
+                    LinkState::Named(_) => {}
+                    LinkState::Gone => gone.push(*ifindex),
+                    LinkState::NotSeenYet => not_seen.push(*ifindex),
+                }
+            }
+            return Some((gone, not_seen));
+        }
+        let existing = self.existing_interfaces(inode, ifindexes)?;
+        let gone = ifindexes
+            .iter()
+            .copied()
+            .filter(|i| !existing.contains(i))
+            .collect();
+        Some((gone, Vec::new()))
+    }
+
     /// Which of `ifindexes` exist in the namespace with this inode (asked from inside
     /// it); `None` when it cannot be entered. Forgets the cached names of the others.
-    pub fn existing_interfaces(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<u32>> {
+    fn existing_interfaces(&self, inode: u32, ifindexes: &[u32]) -> Option<Vec<u32>> {
         let path = if inode == self.own {
             PathBuf::from("/proc/self/ns/net")
         } else {
@@ -545,6 +622,37 @@ mod tests {
             names.namespace_state(names.own_inode(), 0),
             NamespaceState::Alive,
             "without a cookie (kernels < 5.14) the inode decides"
+        );
+    }
+
+    #[test]
+    fn interfaces_of_a_namespace_in_the_link_tables_are_answered_from_them() {
+        let names = Names::new();
+        // Inode 7 is no namespace here: only the tables can name its interfaces.
+        names.use_links(Box::new(|inode, ifindexes| {
+            (inode == 7).then(|| {
+                ifindexes
+                    .iter()
+                    .map(|i| match i {
+                        3 => LinkState::Named("veth-a".to_owned()),
+                        4 => LinkState::Gone,
+                        _ => LinkState::NotSeenYet,
+                    })
+                    .collect()
+            })
+        }));
+        assert_eq!(names.interface(7, 3), "veth-a");
+        assert_eq!(names.interface(7, 4), "gone", "gone from the tables");
+        assert_eq!(names.interface(7, 9), "if9", "not seen yet: its number");
+        assert_eq!(
+            names.gone_interfaces(7, &[3, 4, 9]),
+            Some((vec![4], vec![9])),
+            "4 is gone, 9 may be too new to be told"
+        );
+        assert_eq!(
+            names.interface(names.own_inode(), 1),
+            "lo",
+            "a namespace the tables do not know is still asked"
         );
     }
 

@@ -113,7 +113,10 @@ impl Attached {
                 }
             }
         });
-        let evictor = tokio::spawn(evict_regularly(Arc::clone(&self.collector)));
+        let evictor = tokio::spawn(evict_regularly(
+            Arc::clone(&self.collector),
+            namespaces.clone(),
+        ));
         let forwarding = ForwardingWatch::new(namespaces);
         tracing::info!(hook = %self.probe.hook, reasons = self.probe.has_reason, "tracing kernel drops");
         Tracer {
@@ -198,17 +201,33 @@ impl Tracer {
     }
 }
 
-/// Reads the maps every second whether or not anyone scrapes, so that keys of
-/// namespaces and interfaces that are gone leave the kernel's table before churn fills
-/// it (a read is what evicts them).
-async fn evict_regularly(collector: Arc<DropCollector>) {
+/// Reads the maps whether or not anyone scrapes, so that keys of namespaces and
+/// interfaces that are gone leave the kernel's table before churn fills it (a read is
+/// what evicts them). A read costs a system call or two per key: with the namespace
+/// loop it is made only when the loop saw namespaces come or go or an interface go,
+/// while keys wait for their grace, and every [`EVICT_SAFETY`] (namespaces no event
+/// announces); without the loop, every second.
+async fn evict_regularly(collector: Arc<DropCollector>, namespaces: Option<Arc<NetlinkLoop>>) {
     let mut every = tokio::time::interval(EVICT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_changes = None;
+    let mut last_read: Option<std::time::Instant> = None;
     loop {
         every.tick().await;
+        let changes = namespaces.as_ref().map(|n| n.changes());
+        let due = changes.is_none()
+            || changes != seen_changes
+            || last_read.is_none_or(|at| at.elapsed() >= EVICT_SAFETY)
+            || collector.eviction_pending();
+        if !due {
+            continue;
+        }
+        seen_changes = changes;
+        last_read = Some(std::time::Instant::now());
         let collector = Arc::clone(&collector);
-        // Blocking: map reads, and threads that enter namespaces to ask them.
-        if tokio::task::spawn_blocking(move || collector.drops())
+        // Blocking: map reads, and (namespaces the loop does not know) threads that
+        // enter namespaces to ask them.
+        if tokio::task::spawn_blocking(move || collector.evict())
             .await
             .is_err()
         {
@@ -217,8 +236,10 @@ async fn evict_regularly(collector: Arc<DropCollector>) {
     }
 }
 
-/// How often the maps are read for eviction when nobody scrapes.
+/// How often the evictor looks whether a read is due.
 const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// A read at least this often, whatever the events say.
+const EVICT_SAFETY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A descriptor of the program that is attached (the other one of the object is never
 /// loaded), for the kernel's counters of it.

@@ -6,7 +6,10 @@
 //! bench's pid, all deleted at the end also when the bench fails): the process's threads
 //! and resident memory once every namespace is named on `/metrics`, its CPU time over a
 //! quiet window, and how long a namespace made then takes to show up on `/metrics` with
-//! its name and its forwarding state. Threads and memory come from
+//! its name and its forwarding state. Measured in service, not just after start: every
+//! namespace of a row first has a drop traced in it (a datagram to a closed port on its
+//! loopback) and shown on `/metrics` with its names, so the keys, names and eviction
+//! checks of a working host are in place while the process idles. Threads and memory come from
 //! `/proc/<pid>/status`, CPU time from `/proc/<pid>/stat` (whole process, threads that
 //! ended included). Nothing is asserted: the table is printed and recorded.
 
@@ -36,6 +39,8 @@ const PROBES: usize = 5;
 const NAMED_WITHIN: Duration = Duration::from_mins(2);
 /// The thread that serves every namespace's netlink socket (tracer/src/netlink_loop.rs).
 const NAMESPACE_LOOP_THREAD: &str = "dropgate-netns";
+/// Upper bound for every namespace's drop to show up on /metrics.
+const DROPS_WITHIN: Duration = Duration::from_mins(2);
 /// Upper bound for one probe namespace to show up.
 const PROBE_WITHIN: Duration = Duration::from_mins(1);
 
@@ -45,6 +50,8 @@ struct Row {
     /// Of the row's namespaces (dropgate's own not counted), how many were on /metrics
     /// within [`NAMED_WITHIN`].
     named: usize,
+    /// Of those, how many showed a drop of their own on /metrics.
+    with_drops: usize,
     threads: u64,
     rss_kib: u64,
     cpu_percent: f64,
@@ -65,8 +72,11 @@ pub fn run(dropgate: &Path, log: &Path) -> Result<String> {
     let mut rows = Vec::new();
     for extra in ROWS {
         eprintln!("xtask: footprint with {extra} extra namespaces");
+        let before = namespaces.made.borrow().len();
         let names = namespaces.grow_to(extra)?;
         let missing = process.wait_named(&names, NAMED_WITHIN)?;
+        drop_in(&names[before..])?;
+        let without_drops = process.wait_dropped(&names, DROPS_WITHIN)?;
         std::thread::sleep(SETTLE);
         let (threads, rss_kib) = process.status()?;
         let cpu_before = process.cpu_ticks()?;
@@ -87,6 +97,7 @@ pub fn run(dropgate: &Path, log: &Path) -> Result<String> {
         rows.push(Row {
             extra,
             named: names.len() - missing,
+            with_drops: names.len() - without_drops,
             threads,
             rss_kib,
             cpu_percent,
@@ -112,8 +123,8 @@ fn report(rows: &[Row]) -> String {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let _ = writeln!(
         out,
-        "`cargo xtask bench tracer --footprint`, {}: kernel {}, {} CPUs; idle `dropgate run` \
-         (no traffic made by the bench), CPU over {} s, creation-to-`/metrics` over {PROBES} \
+        "`cargo xtask bench tracer --footprint`, {}: kernel {}, {} CPUs; `dropgate run` idle \
+         after a drop was traced in every namespace, CPU over {} s, creation-to-`/metrics` over {PROBES} \
          namespaces made one at a time.\n",
         crate::cmd::stdout_of(Command::new("date").arg("-u").arg("+%Y-%m-%d"))
             .unwrap_or_default()
@@ -123,8 +134,8 @@ fn report(rows: &[Row]) -> String {
         CPU_WINDOW.as_secs(),
     );
     out.push_str(
-        "| extra namespaces | named on /metrics | threads | RSS | RSS per extra namespace | idle CPU (% of a core) | of which the namespace loop | creation to name + forwarding on /metrics (median, max) |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| extra namespaces | named on /metrics | with a drop on /metrics | threads | RSS | RSS per extra namespace | idle CPU (% of a core) | of which the namespace loop | creation to name + forwarding on /metrics (median, max) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let base = rows.first().map_or(0, |r| r.rss_kib);
     for row in rows {
@@ -142,9 +153,10 @@ fn report(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} MB | {per_ns} | {:.3} | {} | {} ms, {} ms |",
+            "| {} | {} | {} | {} | {:.1} MB | {per_ns} | {:.3} | {} | {} ms, {} ms |",
             crate::bench::thousands(row.extra as f64),
             crate::bench::thousands(row.named as f64),
+            crate::bench::thousands(row.with_drops as f64),
             row.threads,
             row.rss_kib as f64 * 1.024 / 1000.0,
             row.cpu_percent,
@@ -264,6 +276,19 @@ fn batch(lines: impl Iterator<Item = String>) -> Result<()> {
     Ok(())
 }
 
+/// In each namespace: loopback up and one datagram to a closed port on it, which the
+/// kernel drops (`NO_SOCKET`) under the namespace and `lo`.
+fn drop_in(names: &[String]) -> Result<()> {
+    batch(names.iter().map(|name| {
+        format!("netns exec {name} bash -c 'ip link set lo up && echo drop >/dev/udp/127.0.0.1/9'")
+    }))
+}
+
+/// The `/metrics` text that shows a drop counted under a namespace's name.
+fn dropped_label(name: &str) -> String {
+    format!("netns=\"{name}\",protocol=\"udp\"")
+}
+
 /// The `/metrics` line prefix that shows a namespace named, with its forwarding state.
 fn forwarding_line(name: &str) -> String {
     format!("dropgate_ipv4_forwarding{{interface=\"all\",netns=\"{name}\"}}")
@@ -323,6 +348,34 @@ impl Dropgate {
                 bail!("dropgate's /metrics did not answer within {within:?}");
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every namespace in `names` shows a drop of its own on /metrics; how
+    /// many did not within `within`.
+    fn wait_dropped(&mut self, names: &[String], within: Duration) -> Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("dropgate exited with {status}");
+            }
+            let metrics = self.metrics()?;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|n| !metrics.contains(&dropped_label(n)))
+                .collect();
+            if missing.is_empty() {
+                return Ok(0);
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "xtask: {} without a drop on /metrics after {within:?}, e.g. {:?}",
+                    missing.len(),
+                    &missing[..missing.len().min(5)]
+                );
+                return Ok(missing.len());
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

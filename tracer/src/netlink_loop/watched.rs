@@ -14,6 +14,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use crate::{
     enrich::rtnetlink::{dump_request, messages, Links},
     forwarding::{self, NamespaceForwarding},
+    netns::LinkState,
 };
 
 /// `RTNLGRP_*` groups every namespace socket joins (besides the forwarding ones).
@@ -32,6 +33,8 @@ const RTM_DELNSID: u16 = 89;
 pub struct Outcome {
     /// A namespace got or lost an id in this one: look for namespaces again.
     pub namespaces_changed: bool,
+    /// An interface went away: drop keys may name it.
+    pub links_removed: bool,
 }
 
 /// A dump still to ask for, in order; a netlink socket serves one dump at a time.
@@ -49,9 +52,24 @@ pub struct View {
     pub name: String,
     pub forwarding: NamespaceForwarding,
     pub links: Links,
+    /// Whether `links` holds every interface: the dump of links is complete (and no
+    /// event was lost since). Until then, a missing interface may just not be told yet.
+    pub links_complete: bool,
+    /// The highest interface index the table has seen. Indexes count up in a namespace,
+    /// so a missing one at or below it is gone; above it, its event may be unread yet.
+    pub highest_index: u32,
 }
 
 impl View {
+    /// What the table says of interface `index`.
+    pub fn link_state(&self, index: u32) -> LinkState {
+        match self.links.name(index) {
+            Some(name) => LinkState::Named(name.to_owned()),
+            None if index <= self.highest_index => LinkState::Gone,
+            None => LinkState::NotSeenYet,
+        }
+    }
+
     /// The namespace's forwarding state with every interface named from its own links
     /// (an ifindex means nothing outside its namespace).
     pub fn named_forwarding(&self) -> NamespaceForwarding {
@@ -75,8 +93,8 @@ impl View {
 pub struct Watched {
     pub socket: Socket,
     dumps: VecDeque<Dump>,
-    /// Sequence number of the dump in flight.
-    in_flight: Option<u32>,
+    /// Sequence number and kind of the dump in flight.
+    in_flight: Option<(u32, Dump)>,
     next_seq: u32,
 }
 
@@ -115,6 +133,7 @@ impl Watched {
     /// for the global switch and its count of changes).
     pub fn resync(&mut self, view: &mut View) -> io::Result<()> {
         view.links = Links::default();
+        view.links_complete = false;
         view.forwarding.interfaces.clear();
         view.forwarding.ipv6_interfaces.clear();
         self.dumps = forwarding::NETCONF_DUMP_FAMILIES
@@ -144,7 +163,7 @@ impl Watched {
             ),
         };
         self.socket.send(&request, 0)?;
-        self.in_flight = Some(seq);
+        self.in_flight = Some((seq, dump));
         Ok(())
     }
 
@@ -165,20 +184,27 @@ impl Watched {
                         ..
                     }) => {
                         if let RouteNetlinkMessage::DelLink(link) = &inner {
+                            outcome.links_removed = true;
                             // Its forwarding entry goes with it.
                             if let Ok(index) = i32::try_from(link.header.index) {
                                 view.forwarding.interfaces.remove(&index);
                                 view.forwarding.ipv6_interfaces.remove(&index);
                             }
                         }
+                        if let RouteNetlinkMessage::NewLink(link) = &inner {
+                            view.highest_index = view.highest_index.max(link.header.index);
+                        }
                         view.links.apply(&inner);
                     }
                     Ok(NetlinkMessage {
                         payload: NetlinkPayload::Done(_) | NetlinkPayload::Error(_),
                         ..
-                    }) if Some(seq) == self.in_flight => {
+                    }) if self.in_flight.is_some_and(|(s, _)| s == seq) => {
                         // The end of a dump (or its refusal: a kernel without that
                         // family): ask for the next one.
+                        if self.in_flight.is_some_and(|(_, dump)| dump == Dump::Links) {
+                            view.links_complete = true;
+                        }
                         self.next_dump()?;
                     }
                     _ => {}
