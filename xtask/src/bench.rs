@@ -189,10 +189,12 @@ fn footprint() -> Result<()> {
     if !cmd::is_root() {
         bail!("the footprint bench runs `dropgate run` and creates namespaces: run it as root");
     }
+    // Resident memory depends on the allocator and the linking: measure the binary users
+    // install (static, musl, mimalloc), unless `DROPGATE_BIN` names another.
     let dropgate = if let Some(path) = std::env::var_os("DROPGATE_BIN") {
         PathBuf::from(path)
     } else {
-        cmd::build_dropgate(true)?
+        crate::dist::static_binary_for(std::env::consts::ARCH)?
     };
     let log = cmd::target_dir().join("bench-footprint.log");
     let report = crate::bench_footprint::run(&dropgate, &log)

@@ -107,7 +107,7 @@ pub fn run(dropgate: &Path, log: &Path) -> Result<String> {
     }
     process.stop();
     drop(namespaces);
-    Ok(report(&rows))
+    Ok(report(&rows, dropgate))
 }
 
 fn ticks_to_seconds(ticks: u64) -> f64 {
@@ -118,12 +118,12 @@ fn ticks_to_seconds(ticks: u64) -> f64 {
     ticks as f64 / hz
 }
 
-fn report(rows: &[Row]) -> String {
+fn report(rows: &[Row], dropgate: &Path) -> String {
     let mut out = String::new();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let _ = writeln!(
         out,
-        "`cargo xtask bench tracer --footprint`, {}: kernel {}, {} CPUs; `dropgate run` idle \
+        "`cargo xtask bench tracer --footprint`, {}: kernel {}, {} CPUs; `dropgate run` ({}) idle \
          after a drop was traced in every namespace, CPU over {} s, creation-to-`/metrics` over {PROBES} \
          namespaces made one at a time.\n",
         crate::cmd::stdout_of(Command::new("date").arg("-u").arg("+%Y-%m-%d"))
@@ -131,6 +131,9 @@ fn report(rows: &[Row]) -> String {
             .trim(),
         kernel.trim(),
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        dropgate
+            .file_name()
+            .map_or(std::borrow::Cow::Borrowed("?"), |name| name.to_string_lossy()),
         CPU_WINDOW.as_secs(),
     );
     out.push_str(

@@ -92,12 +92,7 @@ pub fn run() -> Result<()> {
             "{tool} not found; {hint}"
         );
     }
-    // The binary users install (the .deb and the image carry it): static, musl, with
-    // mimalloc. `DROPGATE_BIN` measures another (e.g. `target/release/dropgate`, glibc).
-    let dropgate_bin = match std::env::var_os("DROPGATE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => crate::dist::static_binary_for(std::env::consts::ARCH)?,
-    };
+    let dropgate_bin = dropgate_under_test()?;
     let binary_name = dropgate_bin
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -195,15 +190,20 @@ pub fn run() -> Result<()> {
     otlp_bench(&expiry_bin, &work)
 }
 
-/// `cargo xtask bench gateway-otlp`: the OTLP rows alone; `DROPGATE_BIN=path` measures
-/// that binary (e.g. the static one of `cargo xtask dist`) instead of building one.
+/// `cargo xtask bench gateway-otlp`: the OTLP rows alone, of [`dropgate_under_test`].
 pub fn run_otlp() -> Result<()> {
-    let dropgate_bin = match std::env::var_os("DROPGATE_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => cmd::build_dropgate(true)?,
-    };
+    let dropgate_bin = dropgate_under_test()?;
     let work = WorkDir::create()?;
     otlp_bench(&dropgate_bin, &work)
+}
+
+/// The binary users install (the .deb and the image carry it): static, musl, with
+/// mimalloc; `DROPGATE_BIN` measures another (e.g. `target/release/dropgate`, glibc).
+fn dropgate_under_test() -> Result<PathBuf> {
+    match std::env::var_os("DROPGATE_BIN") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => crate::dist::static_binary_for(std::env::consts::ARCH),
+    }
 }
 
 /// What was measured; in the `Vec`s dropgate comes first, then the pushgateway.
@@ -1234,7 +1234,7 @@ fn otlp_report(bin: &Path, rows: &[OtlpRow]) -> Result<String> {
         if std::env::var_os("DROPGATE_BIN").is_some() {
             "the binary DROPGATE_BIN names"
         } else {
-            "release build"
+            "the static build of `cargo xtask dist`"
         },
     );
     writeln!(out, "| push format | body | loading {GROUPS} groups | pushes/s, one group, {GROUPS} stored | latency | RSS after loading (anon) |")?;
