@@ -796,31 +796,7 @@ impl<'a> Parser<'a> {
     /// `\"` and `\n` as in a label value; the byte after the closing quote is left in
     /// `byte`. `what` names it in errors.
     fn read_quoted_name(&mut self, what: &str) -> Step<()> {
-        self.token.clear();
-        let mut escaped = false;
-        loop {
-            let byte = self.read_byte()?;
-            if escaped {
-                match byte {
-                    b'"' | b'\\' => self.token.push(byte),
-                    b'n' => self.token.push(b'\n'),
-                    other => return Err(invalid_escape(other)),
-                }
-                escaped = false;
-                continue;
-            }
-            match byte {
-                b'"' => break,
-                b'\n' => {
-                    return Err(invalid(format!(
-                        "{what} {} contains unescaped new-line",
-                        quote_str(&self.token)
-                    )))
-                }
-                b'\\' => escaped = true,
-                other => self.token.push(other),
-            }
-        }
+        self.read_quoted(what)?;
         if std::str::from_utf8(&self.token).is_err() {
             return Err(invalid(format!(
                 "invalid {what} {}: names must be UTF-8",
@@ -834,6 +810,12 @@ impl<'a> Parser<'a> {
     /// Reads a quoted label value starting after the opening quote, unescaping
     /// `\\`, `\"` and `\n`; the closing quote is left in `byte`.
     fn read_token_as_label_value(&mut self) -> Step<()> {
+        self.read_quoted("label value")
+    }
+
+    /// The quoted string after an opening quote into `token`, unescaped; stops on the
+    /// closing quote (left in `byte`). `what` names it in errors, as Go's parser does.
+    fn read_quoted(&mut self, what: &str) -> Step<()> {
         self.token.clear();
         let mut escaped = false;
         loop {
@@ -851,7 +833,7 @@ impl<'a> Parser<'a> {
                 b'"' => return Ok(()),
                 b'\n' => {
                     return Err(invalid(format!(
-                        "label value {} contains unescaped new-line",
+                        "{what} {} contains unescaped new-line",
                         quote_str(&self.token)
                     )))
                 }
