@@ -20,8 +20,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::push::{
-    check_limits, check_render_cost, grouping_bytes, header_str, push_ttl, read_body,
-    INLINE_PUSH_BYTES,
+    check_limits, check_render_cost, grouping_bytes, header_str, push_ttl, read_body, run_push_work,
 };
 use super::{ApiError, AppState};
 use crate::codec::body::BodyError;
@@ -76,7 +75,7 @@ async fn accept(
     let ttl = push_ttl(&headers)?;
     let content_encoding = header_str(&headers, header::CONTENT_ENCODING).map(str::to_owned);
     let permits = Arc::clone(&state.inner.parse_permits);
-    let inline = raw.len() <= INLINE_PUSH_BYTES;
+    let wire_bytes = raw.len();
     let work = move |abandoned: &AtomicBool| {
         let inner = &state.inner;
         let wire = raw.len();
@@ -144,25 +143,7 @@ async fn accept(
         messages.truncate(5);
         Ok((rejected_points, messages.join("; ")))
     };
-    if inline {
-        // As for pushes: a small export costs less than a hop to the blocking pool.
-        return work(&AtomicBool::new(false));
-    }
-    // Decoding and translating take time in proportion to the body: off the async
-    // workers, as large pushes are, and bounded by the same parse permits.
-    let permit = permits
-        .acquire_owned()
-        .await
-        .map_err(|error| ApiError::Internal(format!("parse permits closed: {error}")))?;
-    // Set when the handler is dropped (timeout, client gone): nothing stored after.
-    let abandoned = Arc::new(AtomicBool::new(false));
-    let _abandon_on_drop = AbandonOnDrop(Arc::clone(&abandoned));
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        work(&abandoned)
-    })
-    .await
-    .map_err(|error| ApiError::Internal(format!("export task failed: {error}")))?
+    run_push_work(&permits, wire_bytes, "export", work).await
 }
 
 /// Every limit a push of the same groups would meet: the export's totals, then per group
@@ -236,15 +217,6 @@ fn buckets(metric: &crate::model::Metric) -> usize {
     });
     let summary = metric.summary.as_deref().map_or(0, |s| s.quantile.len());
     histogram + summary
-}
-
-/// Marks an export abandoned when the handler's future is dropped.
-struct AbandonOnDrop(Arc<AtomicBool>);
-
-impl Drop for AbandonOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
 }
 
 fn answer(encoding: Encoding, status: StatusCode, body: Vec<u8>) -> Response {

@@ -114,30 +114,7 @@ pub(super) async fn push(
             Ok::<_, ApiError>(())
         }
     };
-    if request_bytes <= INLINE_PUSH_BYTES {
-        // Small pushes, nearly all of them, cost well under a millisecond: a thread
-        // hop and a queue would cost them more than they could hold up a worker.
-        work(&AtomicBool::new(false))?;
-    } else {
-        // Decoding, parsing, checking and rendering take time in proportion to the
-        // body: off the async workers, so that other requests (and `/-/healthy`) keep
-        // being answered and the request timeout can answer this one. Waiting for a
-        // permit is asynchronous: the request timeout still applies.
-        let permit = Arc::clone(&inner.parse_permits)
-            .acquire_owned()
-            .await
-            .map_err(|error| ApiError::Internal(format!("parse permits closed: {error}")))?;
-        // Set when this handler is dropped (the request timed out, or the client went
-        // away) before the work is done: a push answered 408 must not be stored after.
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let _abandon_on_drop = AbandonOnDrop(Arc::clone(&abandoned));
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work(&abandoned)
-        })
-        .await
-        .map_err(|error| ApiError::Internal(format!("push task failed: {error}")))??;
-    }
+    run_push_work(&inner.parse_permits, request_bytes, "push", work).await?;
     Ok(if disable_consistency_check {
         // Upstream answers before storing when the check is off.
         StatusCode::ACCEPTED
@@ -150,6 +127,37 @@ pub(super) async fn push(
 /// that read them; larger ones on the blocking pool. At 64 KiB the whole push takes
 /// about a millisecond.
 pub(super) const INLINE_PUSH_BYTES: usize = 64 * 1024;
+
+/// Runs a push's (or an export's) decode-check-store `work`: on this async worker when
+/// the request is at most [`INLINE_PUSH_BYTES`] (nearly all are, well under a
+/// millisecond: a thread hop and a queue would cost more than they could hold up a
+/// worker), else on the blocking pool under one of the parse `permits`, so that other
+/// requests (and `/-/healthy`) keep being answered and the request timeout can answer
+/// this one. `work` gets a flag set when the handler is dropped (timed out, client
+/// gone) before it is done: a request answered 408 must store nothing after.
+pub(super) async fn run_push_work<T: Send + 'static>(
+    permits: &Arc<tokio::sync::Semaphore>,
+    request_bytes: usize,
+    what: &str,
+    work: impl FnOnce(&AtomicBool) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if request_bytes <= INLINE_PUSH_BYTES {
+        return work(&AtomicBool::new(false));
+    }
+    // Waiting for a permit is asynchronous: the request timeout still applies.
+    let permit = Arc::clone(permits)
+        .acquire_owned()
+        .await
+        .map_err(|error| ApiError::Internal(format!("parse permits closed: {error}")))?;
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let _abandon_on_drop = AbandonOnDrop(Arc::clone(&abandoned));
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work(&abandoned)
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("{what} task failed: {error}")))?
+}
 
 /// Marks a push abandoned when the handler's future is dropped.
 struct AbandonOnDrop(Arc<AtomicBool>);
