@@ -547,7 +547,8 @@ fn send_sample(cpu: &mut CpuState, network: Option<u64>, key: &DropKey, len: u32
     entry.write(sample);
     // Waking the reader is an interrupt (an expensive one in a VM), which a flood would
     // pay for every sample. The first sample of a window and every 64th after it wake
-    // it; the rest wait for the next wake-up or for the reader's own poll (100 ms).
+    // it; the rest are picked up by the reader's polls, which go on for a while after
+    // every find (`LINGER` in tracer/src/samples.rs relies on this rule).
     let wake = cpu.window_taken & (WAKE_EVERY - 1) == 1;
     entry.submit(if wake { 0 } else { BPF_RB_NO_WAKEUP });
     cpu.stats[stat::SAMPLES_SENT as usize] += 1;

@@ -258,8 +258,19 @@ impl SampleHub {
     }
 }
 
-/// How often the reader looks into the ring without being woken.
+/// How often the reader looks into the ring without being woken, while it lingers.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the reader keeps polling after it last found samples.
+///
+/// The probe wakes the reader only for the first sample of a CPU's one-second sampling
+/// window and every 64th after it (see tracer-ebpf's `send_sample`); the others are
+/// submitted silently. Every silent sample is therefore submitted less than a second
+/// (plus one clock tick, which ends a window) after a waking one, and a waking sample
+/// that found unread samples before it is found together with them. Polling for this
+/// long after the last find thus picks up every silent sample; after that the reader
+/// sleeps until the kernel wakes it: an idle host costs no wake-ups at all.
+const LINGER: Duration = Duration::from_millis(1500);
 
 /// Copies every sample in `ring` into `batch`. Raw samples are copied out first, and
 /// named later: naming may block briefly (namespace entry).
@@ -283,17 +294,27 @@ pub async fn read_samples(
     // whole life, and the AsyncFd owns the RingBuf.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
+    // Samples may have come before the reader was registered: look once, then linger.
+    let mut linger_until = Some(tokio::time::Instant::now() + LINGER);
     loop {
-        // Under a flood the kernel wakes this reader only now and then (see
-        // tracer-ebpf's `send_sample`): a poll every 100 ms picks up the rest.
         let mut batch = Vec::new();
-        match tokio::time::timeout(POLL_INTERVAL, fd.readable_mut()).await {
-            Ok(guard) => {
+        let lingering = linger_until.filter(|until| tokio::time::Instant::now() < *until);
+        let guard = match lingering {
+            Some(_) => tokio::time::timeout(POLL_INTERVAL, fd.readable_mut())
+                .await
+                .ok(),
+            None => Some(fd.readable_mut().await),
+        };
+        match guard {
+            Some(guard) => {
                 let mut guard = guard?;
                 take_samples(guard.get_inner_mut(), &mut batch);
                 guard.clear_ready();
             }
-            Err(_elapsed) => take_samples(fd.get_mut(), &mut batch),
+            None => take_samples(fd.get_mut(), &mut batch),
+        }
+        if !batch.is_empty() {
+            linger_until = Some(tokio::time::Instant::now() + LINGER);
         }
         for (i, sample) in batch.iter().enumerate() {
             let event = namer.event(sample);
