@@ -66,6 +66,15 @@ struct Shared {
     /// Counts namespaces that came or went and interfaces that went: what can make
     /// drop keys evictable.
     changes: AtomicU64,
+    /// Told with every change, so that the evictor sleeps until there is one.
+    changed: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn count_change(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
 }
 
 impl NetlinkLoop {
@@ -75,6 +84,7 @@ impl NetlinkLoop {
         let shared = Arc::new(Shared {
             views: Mutex::default(),
             changes: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         });
         names.use_links({
             let shared = Arc::downgrade(&shared);
@@ -149,6 +159,19 @@ impl NetlinkLoop {
     /// (what can make drop keys evictable): unchanged, there is nothing new to evict.
     pub fn changes(&self) -> u64 {
         self.shared.changes.load(Ordering::Relaxed)
+    }
+
+    /// Returns once [`Self::changes`] has grown (at once if it grew since the last
+    /// call returned).
+    pub async fn changed(&self) {
+        self.shared.changed.notified().await;
+    }
+
+    /// A number that grows whenever a link, address or forwarding setting of the
+    /// namespace with this inode may have changed; `None` while it is not watched.
+    pub fn datagrams_of(&self, inode: u32) -> Option<u64> {
+        let views = self.shared.views.lock().expect("namespace views lock");
+        views.get(&inode).map(|view| view.datagrams)
     }
 
     /// The subnets on the bridges of the namespace with this inode.
@@ -324,7 +347,7 @@ impl LoopState {
             .filter(|inode| !present.iter().any(|(i, _, _)| i == inode))
             .collect();
         if !gone.is_empty() {
-            shared.changes.fetch_add(1, Ordering::Relaxed);
+            shared.count_change();
         }
         for inode in gone {
             if let Some(watched) = self.watched.remove(&inode) {
@@ -361,7 +384,7 @@ impl LoopState {
                         Interest::READABLE,
                     )?;
                     self.watched.insert(inode, watched);
-                    shared.changes.fetch_add(1, Ordering::Relaxed);
+                    shared.count_change();
                     shared.views.lock().expect("namespace views lock").insert(
                         inode,
                         View {
@@ -396,11 +419,12 @@ impl LoopState {
                     let Some(view) = views.get_mut(&inode) else {
                         return namespaces_changed;
                     };
+                    view.datagrams += 1;
                     match watched.receive(&self.buffer[..n], view) {
                         Ok(outcome) => {
                             namespaces_changed |= outcome.namespaces_changed;
                             if outcome.links_removed {
-                                shared.changes.fetch_add(1, Ordering::Relaxed);
+                                shared.count_change();
                             }
                         }
                         Err(err) => {
@@ -415,6 +439,7 @@ impl LoopState {
                         // Events were lost: ask for the whole state again.
                         let mut views = shared.views.lock().expect("namespace views lock");
                         if let Some(view) = views.get_mut(&inode) {
+                            view.datagrams += 1;
                             tracing::debug!("namespace {}: events lost, asking again", view.name);
                             if let Err(err) = watched.resync(view) {
                                 tracing::debug!("namespace {}: {err}", view.name);

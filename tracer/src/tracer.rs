@@ -43,6 +43,8 @@ pub struct Tracer {
     pub collector: Arc<DropCollector>,
     pub samples: Arc<SampleHub>,
     pub forwarding: Arc<ForwardingWatch>,
+    /// Every namespace's netlink view (`None` when the loop could not start).
+    pub namespaces: Option<Arc<NetlinkLoop>>,
     pub hook: Hook,
     /// The kernel's counters of the attached program (`None` if its descriptor could
     /// not be duplicated).
@@ -117,12 +119,13 @@ impl Attached {
             Arc::clone(&self.collector),
             namespaces.clone(),
         ));
-        let forwarding = ForwardingWatch::new(namespaces);
+        let forwarding = ForwardingWatch::new(namespaces.clone());
         tracing::info!(hook = %self.probe.hook, reasons = self.probe.has_reason, "tracing kernel drops");
         Tracer {
             collector: self.collector,
             samples: hub,
             forwarding,
+            namespaces,
             hook: self.probe.hook,
             program: self.program,
             reader,
@@ -206,24 +209,26 @@ impl Tracer {
 /// what evicts them). A read costs a system call or two per key: with the namespace
 /// loop it is made only when the loop saw namespaces come or go or an interface go,
 /// while keys wait for their grace, and every [`EVICT_SAFETY`] (namespaces no event
-/// announces); without the loop, every second.
+/// announces); without the loop, every second. In between the task sleeps: an idle
+/// host wakes it only for the safety read.
 async fn evict_regularly(collector: Arc<DropCollector>, namespaces: Option<Arc<NetlinkLoop>>) {
-    let mut every = tokio::time::interval(EVICT_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen_changes = None;
-    let mut last_read: Option<std::time::Instant> = None;
+    use tokio::time::{sleep_until, Instant};
+    let mut last_read: Option<Instant> = None;
     loop {
-        every.tick().await;
-        let changes = namespaces.as_ref().map(|n| n.changes());
-        let due = changes.is_none()
-            || changes != seen_changes
-            || last_read.is_none_or(|at| at.elapsed() >= EVICT_SAFETY)
-            || collector.eviction_pending();
-        if !due {
-            continue;
+        if let Some(at) = last_read {
+            // At most one read per EVICT_EVERY: a burst of changes is read once.
+            sleep_until(at + EVICT_EVERY).await;
+            match &namespaces {
+                Some(namespaces) if !collector.eviction_pending() => {
+                    tokio::select! {
+                        () = namespaces.changed() => {}
+                        () = sleep_until(at + EVICT_SAFETY) => {}
+                    }
+                }
+                _ => {}
+            }
         }
-        seen_changes = changes;
-        last_read = Some(std::time::Instant::now());
+        last_read = Some(Instant::now());
         let collector = Arc::clone(&collector);
         // Blocking: map reads, and (namespaces the loop does not know) threads that
         // enter namespaces to ask them.
@@ -236,7 +241,7 @@ async fn evict_regularly(collector: Arc<DropCollector>, namespaces: Option<Arc<N
     }
 }
 
-/// How often the evictor looks whether a read is due.
+/// The least time between two reads.
 const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// A read at least this often, whatever the events say.
 const EVICT_SAFETY: std::time::Duration = std::time::Duration::from_secs(30);

@@ -2,21 +2,36 @@
 //! so that the next sysctl reset shows up in minutes as `dropgate_problem` and on the
 //! status page. Each round compares the host and the traced drops with the previous
 //! round, exactly like a diagnose window.
+//!
+//! Reading the host runs `ip`, `iptables-save` and `nft` (a dozen processes): a round
+//! does it only when something it reads may have changed — drops traced in dropgate's
+//! namespace, a link, address or forwarding event there, a changed nf_tables ruleset, a
+//! changed sysctl — and at least every [`FULL_READ_EVERY`] (legacy iptables announces
+//! nothing). Otherwise the round judges the last state again, which is what a read
+//! would find: an idle host costs no processes.
 
 use std::{
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::{
     findings::{self, Evidence, Finding, TracedDrop},
     host::HostState,
     own_drops,
 };
-use crate::{drop_class::DropClass, netns::OWN_NAMESPACE, samples::DropEvent, tracer::Tracer};
+use crate::{
+    drop_class::DropClass, netlink_loop::NetlinkLoop, netns::OWN_NAMESPACE, samples::DropEvent,
+    tracer::Tracer,
+};
 
 /// At most this many samples of dropgate's own namespace are kept per round.
 const ROUND_SAMPLES_MAX: usize = 1000;
+
+/// The host is read at least this often, whatever the events say.
+const FULL_READ_EVERY: Duration = Duration::from_mins(2);
 
 /// The latest findings; cheap to read from scrapes and page renders.
 #[derive(Default)]
@@ -42,10 +57,13 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
     let collector = Arc::clone(&tracer.collector);
     let samples = Arc::clone(&tracer.samples);
     let shared = Arc::clone(&findings);
+    let mut host = HostChanges::new(tracer.namespaces.clone());
     let task = tokio::spawn(async move {
         let mut before = tokio::task::spawn_blocking(HostState::read)
             .await
             .unwrap_or_default();
+        let mut read_at = Instant::now();
+        host.seen();
         let mut baseline: Vec<TracedDrop> = own_drops(&collector);
         // This round's own samples, gathered as they are published: the hub keeps the
         // newest samples of every namespace for the API (or none, with
@@ -53,11 +71,23 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
         let mut feed = samples.subscribe();
         loop {
             let recent = round_samples(&mut feed, round).await;
-            let Ok(after) = tokio::task::spawn_blocking(HostState::read).await else {
-                continue;
-            };
             let now = own_drops(&collector);
             let delta = super::subtract(&now, &baseline);
+            // Asked every round, so that the events are taken in whatever happens.
+            let changed = host.seen();
+            let after = if changed
+                || !delta.is_empty()
+                || !recent.is_empty()
+                || read_at.elapsed() >= FULL_READ_EVERY
+            {
+                let Ok(after) = tokio::task::spawn_blocking(HostState::read).await else {
+                    continue;
+                };
+                read_at = Instant::now();
+                after
+            } else {
+                before.clone()
+            };
             let evidence = Evidence {
                 before: Some(&before),
                 after: &after,
@@ -75,6 +105,96 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
         }
     });
     (findings, task)
+}
+
+/// Whether what the host read sees may have changed since the last look: cheap to ask
+/// (a lock, a few sysctl files, a non-blocking read of a netlink socket).
+struct HostChanges {
+    namespaces: Option<Arc<NetlinkLoop>>,
+    own: u32,
+    /// The last look's count of the namespace loop's datagrams for dropgate's own
+    /// namespace.
+    datagrams: Option<u64>,
+    /// Joined to nf_tables' change notifications (`nft monitor`'s source, also told of
+    /// iptables-nft's changes); `None` where it cannot be (no nf_tables).
+    ruleset: Option<Socket>,
+    sysctls: Vec<Option<String>>,
+}
+
+/// Settings a read sees that no netlink event announces.
+const UNANNOUNCED_SYSCTLS: [&str; 4] = [
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+    "net/ipv4/ip_forward",
+    "net/ipv6/conf/all/forwarding",
+];
+
+/// `NFNLGRP_NFTABLES` (linux/netfilter/nfnetlink.h).
+const NFNLGRP_NFTABLES: u32 = 7;
+
+impl HostChanges {
+    fn new(namespaces: Option<Arc<NetlinkLoop>>) -> Self {
+        let own = crate::netns::inode_of(std::path::Path::new("/proc/self/ns/net")).unwrap_or(0);
+        let ruleset = ruleset_events()
+            .map_err(|err| {
+                tracing::debug!("no nf_tables change events ({err}): the host is read every round");
+            })
+            .ok();
+        Self {
+            namespaces,
+            own,
+            datagrams: None,
+            ruleset,
+            sysctls: Vec::new(),
+        }
+    }
+
+    /// Whether anything changed since the last call; true when it cannot be told.
+    fn seen(&mut self) -> bool {
+        let mut changed = false;
+        let datagrams = self
+            .namespaces
+            .as_ref()
+            .and_then(|n| n.datagrams_of(self.own));
+        changed |= datagrams.is_none() || datagrams != self.datagrams;
+        self.datagrams = datagrams;
+        match &self.ruleset {
+            Some(socket) => changed |= drain(socket),
+            None => changed = true,
+        }
+        let sysctls: Vec<Option<String>> = UNANNOUNCED_SYSCTLS
+            .iter()
+            .map(|path| std::fs::read_to_string(std::path::Path::new("/proc/sys").join(path)).ok())
+            .collect();
+        changed |= sysctls != self.sysctls;
+        self.sysctls = sysctls;
+        changed
+    }
+}
+
+/// A non-blocking socket joined to nf_tables' change notifications.
+fn ruleset_events() -> std::io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind(&SocketAddr::new(0, 0))?;
+    socket.add_membership(NFNLGRP_NFTABLES)?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+/// Reads everything waiting on `socket`; whether there was anything (or events were
+/// lost: the socket's buffer overflowed).
+fn drain(socket: &Socket) -> bool {
+    let mut buffer = vec![0; 16 * 1024];
+    let mut any = false;
+    loop {
+        match socket.recv(&mut &mut buffer[..], 0) {
+            Ok(_) => any = true,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return any,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            // ENOBUFS: notifications were lost, which means there were some.
+            Err(_) => return true,
+        }
+    }
 }
 
 /// The samples of dropgate's own namespace published during the next `round`; socket

@@ -58,6 +58,9 @@ pub struct View {
     /// The highest interface index the table has seen. Indexes count up in a namespace,
     /// so a missing one at or below it is gone; above it, its event may be unread yet.
     pub highest_index: u32,
+    /// Datagrams received and overflows seen: grows whenever a link, address or
+    /// forwarding setting of the namespace may have changed.
+    pub datagrams: u64,
 }
 
 impl View {
