@@ -7,6 +7,9 @@
 //! The machine's own namespace is never touched: docker0, Docker's iptables chains and
 //! the forwarding switch all live in the test's namespace. The test installs nothing
 //! (`cargo xtask setup` installs docker.io and busybox-static).
+//!
+//! Renaming the container must show in the samples within seconds: dropgate asks the
+//! engine again when its event stream tells of a change, not only every minute.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,10 @@ use dropgate_tests::{
 
 const PUBLISHED_PORT: u16 = 9091;
 const CONTAINER: &str = "web";
+const RENAMED: &str = "web-renamed";
+/// A rename must reach the samples well before the minute between refreshes that
+/// nothing asked for.
+const RENAME_SEEN_WITHIN: Duration = Duration::from_secs(10);
 
 /// Starts the web container publishing `PUBLISHED_PORT`; its address.
 fn run_web(engine: &DockerEngine) -> String {
@@ -56,20 +63,30 @@ fn curl(ns: &Netns, addr: &str, timeout_s: u32) -> Option<u16> {
     (out.status.success() && code != 0).then_some(code)
 }
 
-/// Sends failing requests from `remote` (a few, bounded) until `watch` prints a sample
-/// to `want_dst` that names a container; that line.
-fn sample_naming_a_container(watch: &Watch, remote: &Netns, want_dst: &str) -> String {
+/// Sends failing requests from `remote` (bounded) until `watch` prints a sample to
+/// `want_dst` that names container `container` (any container: `None`); that line.
+fn sample_naming_a_container(
+    watch: &Watch,
+    remote: &Netns,
+    want_dst: &str,
+    container: Option<&str>,
+    within: Duration,
+) -> String {
+    let names = |line: &str| match container {
+        Some(name) => line.contains(&format!("\"container\":\"{name}\"")),
+        None => line.contains("\"container\""),
+    };
     // Each failed request drops its SYN and the retransmissions.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + within;
     let mut seen = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..10 {
         assert_eq!(
             curl(remote, ENGINE_ADDR, 2),
             None,
             "forwarding off: the request from the remote host fails"
         );
         while let Some(line) = watch.next_line(Duration::from_millis(500)) {
-            if line.contains(want_dst) && line.contains("\"container\"") {
+            if line.contains(want_dst) && names(&line) {
                 return line;
             }
             seen.push(line);
@@ -82,7 +99,8 @@ fn sample_naming_a_container(watch: &Watch, remote: &Netns, want_dst: &str) -> S
         }
     }
     panic!(
-        "no sample of the dropped request named a container; lines seen:\n{}",
+        "no sample of the dropped request named container {container:?} within {within:?}; \
+         lines seen:\n{}",
         seen.join("\n")
     )
 }
@@ -138,7 +156,7 @@ fn a_dropped_request_to_a_published_port_names_the_container() {
         "from inside the engine's namespace the port still answers"
     );
     let want_dst = format!("\"dst\":\"{container_ip}\"");
-    let line = sample_naming_a_container(&watch, &remote, &want_dst);
+    let line = sample_naming_a_container(&watch, &remote, &want_dst, None, Duration::from_secs(30));
     eprintln!("docker e2e sample: {line}");
     for want in [
         want_dst,
@@ -158,6 +176,21 @@ fn a_dropped_request_to_a_published_port_names_the_container() {
     assert!(
         !line.contains("\"service\""),
         "a container started without compose has no service: {line}"
+    );
+
+    // Same address, new name: no lookup misses, so only the engine's event says to ask.
+    engine.docker(&["rename", CONTAINER, RENAMED]);
+    let renamed = Instant::now();
+    let line = sample_naming_a_container(
+        &watch,
+        &remote,
+        &format!("\"dst\":\"{container_ip}\""),
+        Some(RENAMED),
+        RENAME_SEEN_WITHIN,
+    );
+    eprintln!(
+        "docker e2e: the new name in a sample {:.1}s after the rename: {line}",
+        renamed.elapsed().as_secs_f64()
     );
     drop(watch);
     drop(remote);

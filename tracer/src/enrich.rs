@@ -5,9 +5,11 @@
 //! Enrichment never fails a sample: anything unknown is left out. The bridges of the
 //! drop's namespace are read at once from what the namespace loop keeps of its link and
 //! address events (see `netlink_loop`); the Docker engine's networks and containers come
-//! from a cache that a background thread fills every few seconds (sooner after a miss,
-//! at most once a second) through its HTTP API over the unix socket (hyper's client: see
-//! `http_client`).
+//! from a cache that a background thread fills through its HTTP API over the unix socket
+//! (hyper's client: see `http_client`): again whenever the engine's event stream tells
+//! of a container or network change or a lookup misses (at most once a second), and
+//! every minute in any case. A host with a thousand containers is not asked for all of
+//! them every few seconds.
 
 mod docker;
 pub mod rtnetlink;
@@ -16,10 +18,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::PathBuf,
-    sync::{
-        mpsc::{self, RecvTimeoutError, SyncSender},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,8 +26,11 @@ use serde::Serialize;
 
 use self::{docker::DockerView, rtnetlink::BridgeSubnet};
 
-/// How often the caches are refreshed when nothing asks for it.
-const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// How often the caches are refreshed when nothing asks for it, while the engine's
+/// event stream is open.
+const REFRESH_EVERY: Duration = Duration::from_mins(1);
+/// The same without an event stream (no engine yet, or it does not answer `/events`).
+const REFRESH_WITHOUT_EVENTS_EVERY: Duration = Duration::from_secs(5);
 /// A miss refreshes sooner, but never more often than this.
 const MISS_REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 /// A Docker engine that stops answering keeps its names this long (a busy engine may
@@ -210,6 +212,9 @@ struct Shared {
     cache: Mutex<Cache>,
     /// When a miss last asked for an early refresh.
     last_nudge: Mutex<Option<Instant>>,
+    /// Whether the engine's event stream is open: then it tells of every change, and a
+    /// miss is no reason to ask the engine again.
+    docker_events: std::sync::atomic::AtomicBool,
 }
 
 /// Looks destinations up; cheap to call per sample (answers come from caches).
@@ -219,7 +224,7 @@ struct Shared {
 pub struct Enricher {
     shared: Arc<Shared>,
     /// Asks the refresher for an early refresh; capacity 1, so requests coalesce.
-    nudge: SyncSender<()>,
+    nudge: tokio::sync::mpsc::Sender<()>,
     docker: bool,
     bridges: BridgeSource,
 }
@@ -239,8 +244,9 @@ impl Enricher {
         let shared = Arc::new(Shared {
             cache: Mutex::new(Cache::default()),
             last_nudge: Mutex::new(None),
+            docker_events: std::sync::atomic::AtomicBool::new(false),
         });
-        let (nudge, nudges) = mpsc::sync_channel(1);
+        let (nudge, nudges) = tokio::sync::mpsc::channel(1);
         let has_docker = docker.is_some();
         let refresher = Refresher {
             shared: Arc::downgrade(&shared),
@@ -250,7 +256,7 @@ impl Enricher {
         };
         let spawned = std::thread::Builder::new()
             .name("dropgate-enrich".into())
-            .spawn(move || refresher.run(&nudges));
+            .spawn(move || refresher.run(nudges));
         if let Err(err) = spawned {
             tracing::warn!("cannot start the enrichment thread, samples stay unnamed: {err}");
         }
@@ -269,7 +275,16 @@ impl Enricher {
         cache.bridges.insert(netns, bridges);
         let found = cache.lookup(netns, addr);
         drop(cache);
-        if found.bridge.is_none() || (self.docker && found.container.is_none()) {
+        // Bridges come from the namespace loop, fresh with every lookup. A destination
+        // that is no container (most drops: other hosts, the host's own addresses) asks
+        // the engine again only while no event stream says when something changed.
+        if self.docker
+            && found.container.is_none()
+            && !self
+                .shared
+                .docker_events
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             self.ask_for_refresh();
         }
         found
@@ -301,13 +316,38 @@ struct Refresher {
 }
 
 impl Refresher {
-    fn run(mut self, nudges: &mpsc::Receiver<()>) {
+    /// Serves refreshes on a runtime of this thread's own (the Docker calls and the
+    /// event stream are hyper's) until the enricher is dropped.
+    fn run(self, nudges: tokio::sync::mpsc::Receiver<()>) {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(self.serve(nudges)),
+            Err(err) => tracing::warn!("cannot start the enrichment thread's runtime: {err}"),
+        }
+    }
+
+    async fn serve(mut self, mut nudges: tokio::sync::mpsc::Receiver<()>) {
+        let mut events: Option<docker::Events> = None;
         loop {
-            let started = Instant::now();
-            let docker = self.docker_view();
+            let started = tokio::time::Instant::now();
+            // Opened before the query, so that no change after it goes untold.
+            if events.is_none() {
+                if let Some(socket) = &self.docker {
+                    events = docker::Events::open(socket)
+                        .await
+                        .inspect_err(|err| tracing::debug!("no Docker events: {err}"))
+                        .ok();
+                }
+            }
+            let docker = self.docker_view().await;
             let Some(shared) = self.shared.upgrade() else {
                 return;
             };
+            shared
+                .docker_events
+                .store(events.is_some(), std::sync::atomic::Ordering::Relaxed);
             {
                 let mut cache = shared.cache.lock().expect("enrichment cache lock");
                 // Filled again by each lookup, from the namespace loop: only keep it
@@ -318,24 +358,46 @@ impl Refresher {
                 }
             }
             drop(shared);
-            match nudges.recv_timeout(REFRESH_EVERY.saturating_sub(started.elapsed())) {
-                Ok(()) => {
-                    std::thread::sleep(
-                        MISS_REFRESH_AT_MOST_EVERY.saturating_sub(started.elapsed()),
-                    );
+            let every = if events.is_some() {
+                REFRESH_EVERY
+            } else {
+                REFRESH_WITHOUT_EVENTS_EVERY
+            };
+            let told = async {
+                match events.as_mut() {
+                    Some(stream) => stream.next().await,
+                    None => std::future::pending().await,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            tokio::select! {
+                nudge = nudges.recv() => {
+                    if nudge.is_none() {
+                        return;
+                    }
+                }
+                open = told => {
+                    if !open {
+                        events = None;
+                        if let Some(shared) = self.shared.upgrade() {
+                            shared
+                                .docker_events
+                                .store(false, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(started + every) => {}
             }
+            // However many misses and events: at most one refresh a second.
+            tokio::time::sleep_until(started + MISS_REFRESH_AT_MOST_EVERY).await;
         }
     }
 
     /// The engine's networks and containers; `None` to keep the cached view (no engine
     /// configured, or it missed an answer but did answer recently), an empty view once
     /// it has been silent for long (a vanished engine takes its names with it).
-    fn docker_view(&mut self) -> Option<DockerView> {
+    async fn docker_view(&mut self) -> Option<DockerView> {
         let socket = self.docker.as_deref()?;
-        match docker::query(socket) {
+        match docker::query(socket).await {
             Ok(view) => {
                 if self.docker_up != Some(true) {
                     tracing::debug!(

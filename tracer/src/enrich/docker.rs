@@ -1,8 +1,9 @@
 //! The Docker Engine API, as far as naming a destination needs it: `GET /networks` and
-//! `GET /containers/json` over the engine's unix socket, turned into a [`DockerView`].
+//! `GET /containers/json` over the engine's unix socket, turned into a [`DockerView`],
+//! and `GET /events`, which tells when to ask again.
 //!
-//! Two GET requests, one connection each, through hyper (see [`crate::http_client`]); they
-//! run on the enricher's own thread, off the sample path.
+//! Requests go one per connection through hyper (see [`crate::http_client`]), on the
+//! enricher's own thread, off the sample path.
 
 use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
@@ -16,6 +17,15 @@ use tokio::{net::UnixStream, time::timeout};
 
 use super::{EnrichError, Subnet};
 use crate::http_client;
+
+/// `GET /events` for what changes names and addresses: containers started, stopped,
+/// removed or renamed, networks made, removed, joined or left (not exec or health
+/// checks, which a busy host has many of). The JSON filter, percent-encoded:
+/// `{"type":["container","network"],"event":["create","start","die","destroy","rename",
+/// "connect","disconnect"]}`.
+const EVENTS: &str = "/events?filters=%7B%22type%22%3A%5B%22container%22%2C%22network%22%5D%2C\
+%22event%22%3A%5B%22create%22%2C%22start%22%2C%22die%22%2C%22destroy%22%2C%22rename%22%2C\
+%22connect%22%2C%22disconnect%22%5D%7D";
 
 /// Bound on one Docker API call (connect, request, whole response).
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,13 +62,73 @@ pub struct DockerView {
     pub endpoints: HashMap<IpAddr, Endpoint>,
 }
 
-/// Networks and containers from the engine at `socket`.
-pub(super) fn query(socket: &Path) -> Result<DockerView, EnrichError> {
+/// Networks and containers from the engine at `socket` (inside a runtime with timers).
+pub(super) async fn query(socket: &Path) -> Result<DockerView, EnrichError> {
     const NETWORKS: &str = "/networks";
     const CONTAINERS: &str = "/containers/json";
-    let networks = http_get(socket, NETWORKS)?;
-    let containers = http_get(socket, CONTAINERS)?;
+    let networks = http_get(socket, NETWORKS).await?;
+    let containers = http_get(socket, CONTAINERS).await?;
     docker_view(&networks, &containers)
+}
+
+/// The engine's open answer to [`EVENTS`]: a JSON line per event, for as long as the
+/// engine runs. Only that something came matters (it is read and thrown away, so an
+/// event costs no memory that stays).
+pub(super) struct Events {
+    body: hyper::body::Incoming,
+}
+
+impl Events {
+    /// Asks the engine at `socket` for its events (inside a runtime: the connection is
+    /// a task of it).
+    pub(super) async fn open(socket: &Path) -> Result<Self, EnrichError> {
+        let http = |what: String| EnrichError::DockerHttp {
+            path: socket.to_owned(),
+            uri: "/events",
+            what,
+        };
+        let call = async {
+            let stream =
+                UnixStream::connect(socket)
+                    .await
+                    .map_err(|source| EnrichError::DockerIo {
+                        path: socket.to_owned(),
+                        source,
+                    })?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|error| http(error.to_string()))?;
+            tokio::spawn(connection);
+            let request = Request::get(EVENTS)
+                .header(HOST, "docker")
+                .header(USER_AGENT, "dropgate")
+                .header(ACCEPT, "application/json")
+                .body(Full::<bytes::Bytes>::default())
+                .expect("a request of constant, valid parts");
+            sender
+                .send_request(request)
+                .await
+                .map_err(|error| http(error.to_string()))
+        };
+        // Only the head is waited for: the body is open for as long as the engine runs.
+        let answer = timeout(DOCKER_TIMEOUT, call)
+            .await
+            .map_err(|_| http(format!("no answer within {DOCKER_TIMEOUT:?}")))??;
+        if answer.status() != 200 {
+            return Err(http(format!("status {}", answer.status())));
+        }
+        Ok(Self {
+            body: answer.into_body(),
+        })
+    }
+
+    /// Waits for the next piece of the stream: `true` for events, `false` once the
+    /// stream ended (the engine stopped or restarted).
+    pub(super) async fn next(&mut self) -> bool {
+        use http_body_util::BodyExt as _;
+        matches!(self.body.frame().await, Some(Ok(_)))
+    }
 }
 
 /// Builds the view from the bodies of `GET /networks` and `GET /containers/json`.
@@ -176,7 +246,7 @@ struct EndpointJson {
 }
 
 /// `GET uri` on the Docker socket; the body of a 200 answer.
-fn http_get(socket: &Path, uri: &'static str) -> Result<Vec<u8>, EnrichError> {
+async fn http_get(socket: &Path, uri: &'static str) -> Result<Vec<u8>, EnrichError> {
     let http = |what: String| EnrichError::DockerHttp {
         path: socket.to_owned(),
         uri,
@@ -200,9 +270,8 @@ fn http_get(socket: &Path, uri: &'static str) -> Result<Vec<u8>, EnrichError> {
             .await
             .map_err(|error| http(error.to_string()))
     };
-    // The deadline's timer needs the runtime: made inside the call.
-    let response = http_client::block_on(async { timeout(DOCKER_TIMEOUT, call).await })
-        .map_err(|error| http(error.to_string()))?
+    let response = timeout(DOCKER_TIMEOUT, call)
+        .await
         .map_err(|_| http(format!("no complete answer within {DOCKER_TIMEOUT:?}")))??;
     if response.status != 200 {
         return Err(http(format!(
@@ -328,9 +397,35 @@ mod tests {
     /// `GET /networks` on a socket whose server answers `raw`.
     fn docker_get(name: &str, raw: &'static [u8]) -> Result<Vec<u8>, EnrichError> {
         let (socket, server) = crate::http_client::test_server::unix(name, raw);
-        let result = http_get(&socket, "/networks");
+        let result = crate::http_client::block_on(http_get(&socket, "/networks"))
+            .expect("a runtime for the call");
         server.join().expect("the test server ends");
         result
+    }
+
+    /// [`Events`] from a socket whose server answers `raw` and closes: whether it
+    /// opened, then what each of two waits said.
+    fn events_from(name: &str, raw: &'static [u8]) -> Result<(bool, bool), EnrichError> {
+        let (socket, server) = crate::http_client::test_server::unix(name, raw);
+        let result = crate::http_client::block_on(async {
+            let mut events = Events::open(&socket).await?;
+            let first = events.next().await;
+            let second = events.next().await;
+            Ok((first, second))
+        })
+        .expect("a runtime for the call");
+        server.join().expect("the test server ends");
+        result
+    }
+
+    #[test]
+    fn the_event_stream_tells_of_events_and_of_its_end() {
+        let event = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            2f\r\n{\"Type\":\"container\",\"Action\":\"start\",\"id\":\"a\"}\n\r\n0\r\n\r\n";
+        assert_eq!(events_from("event", event).expect("opens"), (true, false));
+        let refused = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        let err = events_from("refused", refused).expect_err("a 404 opens nothing");
+        assert!(err.to_string().contains("status 404"), "{err}");
     }
 
     #[test]
@@ -396,7 +491,9 @@ mod tests {
     fn a_missing_socket_is_an_io_error_naming_it() {
         let socket =
             std::env::temp_dir().join(format!("dropgate-no-docker-{}.sock", std::process::id()));
-        let err = http_get(&socket, "/networks").expect_err("nothing listens");
+        let err = crate::http_client::block_on(http_get(&socket, "/networks"))
+            .expect("a runtime for the call")
+            .expect_err("nothing listens");
         assert!(matches!(err, EnrichError::DockerIo { .. }), "{err}");
         assert!(
             err.to_string().contains(&*socket.to_string_lossy()),
