@@ -46,6 +46,10 @@ const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 /// Events come in bursts (a file, then its mount; a hundred containers at once): one
 /// rescan at most this often serves a whole burst.
 const RESCAN_AT_MOST_EVERY: Duration = Duration::from_millis(100);
+/// Process events are read in batches this far apart: a busy host (a build, probes that
+/// exec every second) starts many programs, and a wake-up for each would cost more than
+/// the look at it.
+const PROCESS_EVENTS_EVERY: Duration = Duration::from_millis(250);
 
 const WAKER: Token = Token(0);
 const FILES: Token = Token(1);
@@ -135,6 +139,7 @@ impl NetlinkLoop {
             last_scan: None,
             last_full_scan: None,
             scan_due: Some(Instant::now()),
+            process_batch_due: None,
             buffer: vec![0; 64 * 1024],
         };
         std::thread::Builder::new()
@@ -209,6 +214,9 @@ struct LoopState {
     last_full_scan: Option<Instant>,
     /// When the namespaces are to be looked for next.
     scan_due: Option<Instant>,
+    /// When the process events that woke the loop are to be read; until then their
+    /// socket is out of the poll, so that further events do not wake it.
+    process_batch_due: Option<Instant>,
     /// One receive buffer for every socket (a dump's datagram is at most 32 KiB).
     buffer: Vec<u8>,
 }
@@ -222,7 +230,10 @@ impl LoopState {
                 .last_full_scan
                 .map_or(now, |at| at + SAFETY_RESCAN)
                 .max(now);
-            let next = self.scan_due.map_or(safety, |due| due.min(safety));
+            let next = [self.scan_due, self.process_batch_due]
+                .into_iter()
+                .flatten()
+                .fold(safety, Instant::min);
             if let Err(err) = self.poll.poll(&mut events, Some(next - now)) {
                 if err.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("namespace loop stopped: {err}");
@@ -246,7 +257,7 @@ impl LoopState {
                         }
                     }
                     MOUNTS => self.rescan_soon(),
-                    PROCESSES => self.process_events(),
+                    PROCESSES => self.batch_process_events(),
                     Token(token) => {
                         let Some(inode) = token
                             .checked_sub(FIRST_NAMESPACE)
@@ -269,6 +280,11 @@ impl LoopState {
                 }
             }
             let now = Instant::now();
+            if self.process_batch_due.is_some_and(|due| due <= now) {
+                self.process_batch_due = None;
+                self.process_events();
+                self.resume_process_events();
+            }
             let full = self
                 .last_full_scan
                 .is_none_or(|at| now >= at + SAFETY_RESCAN);
@@ -284,6 +300,32 @@ impl LoopState {
                     tracing::error!("namespace loop stopped: {err}");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Process events are waiting: read them [`PROCESS_EVENTS_EVERY`] from now, with
+    /// whatever else comes until then.
+    fn batch_process_events(&mut self) {
+        if self.process_batch_due.is_some() {
+            return;
+        }
+        if let Some(processes) = &self.processes {
+            if let Err(err) = processes.deregister(self.poll.registry()) {
+                // Still in the poll: read them now, one wake-up each.
+                tracing::debug!("process events stay in the poll: {err}");
+                self.process_events();
+                return;
+            }
+        }
+        self.process_batch_due = Some(Instant::now() + PROCESS_EVENTS_EVERY);
+    }
+
+    fn resume_process_events(&mut self) {
+        if let Some(processes) = &self.processes {
+            if let Err(err) = processes.register(self.poll.registry(), PROCESSES) {
+                tracing::warn!("process events no longer followed: {err}");
+                self.processes = None;
             }
         }
     }

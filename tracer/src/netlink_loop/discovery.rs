@@ -175,6 +175,11 @@ impl ProcessEvents {
         )
     }
 
+    /// Takes the socket out of the poll; events queue in it meanwhile.
+    pub fn deregister(&self, registry: &Registry) -> io::Result<()> {
+        registry.deregister(&mut SourceFd(&self.socket.as_raw_fd()))
+    }
+
     /// Every event waiting, in order.
     pub fn drain(&mut self) -> Vec<ProcessEvent> {
         let mut events = Vec::new();
