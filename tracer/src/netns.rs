@@ -2,7 +2,9 @@
 //! by number (netns inode, ifindex).
 //!
 //! A namespace is named after its bind mount (`ip netns` in `/run/netns`, Docker's in
-//! `/run/docker/netns`), else after a process living in it, else by its inode. Interface
+//! `/run/docker/netns`), else after a process living in it, else after a process one of
+//! whose other threads lives in it or that holds it open (found by a walk made only when a
+//! drop names a namespace nothing else refers to), else by its inode. Interface
 //! names are asked from inside the namespace they belong to (an ifindex means nothing
 //! outside it). The namespace loop keeps every watched namespace's links from its
 //! netlink events and answers from them ([`Names::use_links`]); only for a namespace it
@@ -37,6 +39,14 @@ pub const NAMED_NAMESPACE_DIRS: [&str; 3] =
 /// Re-scanning is cheap but not free: at most this often when a name is missing.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
+/// Bounds on the time between two walks of every thread and descriptor; in between, the
+/// walk's own cost times [`WALK_COST_FACTOR`]: quick answers on a small host, at most
+/// about 1 % of a core on a Docker host with 100k descriptors even while drops keep
+/// naming a namespace nothing refers to.
+const WALK_GAP_MIN: Duration = Duration::from_secs(1);
+const WALK_GAP_MAX: Duration = Duration::from_secs(10);
+const WALK_COST_FACTOR: u32 = 100;
+
 #[derive(Clone, Debug)]
 struct Namespace {
     name: String,
@@ -67,6 +77,16 @@ struct State {
     entries: HashMap<PathBuf, u32>,
     /// Every process's namespace inode as of the last look.
     pids: HashMap<u32, u32>,
+    /// Namespaces the last walk found held by a thread that is not its process's main
+    /// one, or by an open descriptor; every look checks that each is still held there.
+    held: HashMap<u32, Namespace>,
+    /// When the last walk started (it is rate-limited), and the gap it earned.
+    last_walk: Option<Instant>,
+    walk_gap: Duration,
+    /// Since when no namespace found held has been let go: a namespace missing from a
+    /// look then was referred to by nothing at that time. `None` while the last walk is
+    /// out of date (a holder let one go after it: it may hold it elsewhere now).
+    walk_covers: Option<Instant>,
 }
 
 /// Whether the namespace a drop key names still exists.
@@ -76,7 +96,7 @@ pub enum NamespaceState {
     Alive,
     /// Gone for certain: another namespace holds its inode now (its cookie differs).
     Replaced,
-    /// No file or process refers to it in the scan made at `scanned`.
+    /// No file, process, thread or descriptor refers to it in the look made at `scanned`.
     Missing { scanned: Instant },
 }
 
@@ -156,9 +176,7 @@ impl Names {
             return OWN_NAMESPACE.into();
         }
         let mut state = self.state.lock().expect("names lock");
-        if !state.namespaces.contains_key(&inode) {
-            Self::rescan(&mut state);
-        }
+        Self::look_for(&mut state, inode);
         state
             .namespaces
             .get(&inode)
@@ -187,9 +205,7 @@ impl Names {
         let path = if inode == self.own {
             Some(PathBuf::from("/proc/self/ns/net"))
         } else {
-            if !state.namespaces.contains_key(&inode) {
-                Self::rescan(&mut state);
-            }
+            Self::look_for(&mut state, inode);
             state.namespaces.get(&inode).map(|ns| ns.path.clone())
         };
         match path.and_then(|path| interface_name_in(&path, ifindex)) {
@@ -211,15 +227,18 @@ impl Names {
         let path = if inode == self.own {
             PathBuf::from("/proc/self/ns/net")
         } else {
-            if !state.namespaces.contains_key(&inode) {
-                Self::rescan(&mut state);
-            }
+            Self::look_for(&mut state, inode);
             match state.namespaces.get(&inode) {
                 Some(ns) => ns.path.clone(),
                 None => {
-                    return state.last_scan.map_or(NamespaceState::Alive, |scanned| {
-                        NamespaceState::Missing { scanned }
-                    })
+                    // Only a walk sees every holder: missing since the last one that is
+                    // still up to date, else not judged yet (the next walk will tell).
+                    return match (state.walk_covers, state.last_scan) {
+                        (Some(walked), Some(scanned)) => NamespaceState::Missing {
+                            scanned: walked.min(scanned),
+                        },
+                        _ => NamespaceState::Alive,
+                    };
                 }
             }
         };
@@ -373,6 +392,65 @@ impl Names {
             .collect()
     }
 
+    /// Makes sure `inode` is looked for: the usual look (bind mounts, processes) if the
+    /// last is old enough, then, if that does not know it, the walk of every thread and
+    /// descriptor if the last is old enough.
+    fn look_for(state: &mut State, inode: u32) {
+        if state.namespaces.contains_key(&inode) {
+            return;
+        }
+        Self::rescan(state);
+        if !state.namespaces.contains_key(&inode) {
+            Self::walk(state);
+        }
+    }
+
+    /// Walks every thread and open descriptor of every process for namespaces held only
+    /// there, if the last walk is old enough. On demand, not in every look: a Docker host
+    /// has ~100k descriptors (a readlink each), and the look runs every 30 s and on every
+    /// burst of events, whereas a namespace held this way matters only once a drop (or a
+    /// key judged for eviction) names it. One walk keeps every such namespace, so the
+    /// namespace loop follows them all and later looks just check each with one stat.
+    fn walk(state: &mut State) {
+        if state
+            .last_walk
+            .is_some_and(|at| at.elapsed() < state.walk_gap)
+        {
+            return;
+        }
+        let started = Instant::now();
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+        state.held = walk_holders(std::process::id(), nsfs, &state.pids);
+        // Threads of others visiting ours are no news.
+        if let Some(own) = inode_of(Path::new("/proc/self/ns/net")) {
+            state.held.remove(&own);
+        }
+        state.walk_gap = (started.elapsed() * WALK_COST_FACTOR).clamp(WALK_GAP_MIN, WALK_GAP_MAX);
+        state.last_walk = Some(started);
+        state.walk_covers = Some(started);
+        tracing::debug!(
+            "walked threads and descriptors in {:?}; namespaces held there: {:?}",
+            started.elapsed(),
+            state
+                .held
+                .iter()
+                .map(|(inode, ns)| (inode, &ns.name, &ns.path))
+                .collect::<Vec<_>>()
+        );
+        let mut changed = false;
+        for (inode, ns) in &state.held {
+            if !state.namespaces.contains_key(inode) {
+                state.namespaces.insert(*inode, ns.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            if let Some(changed) = &state.on_change {
+                changed();
+            }
+        }
+    }
+
     fn rescan(state: &mut State) {
         if state
             .last_scan
@@ -459,6 +537,18 @@ impl Names {
             }
         }
         state.pids = pids_seen;
+        // Namespaces a walk found held by a thread or a descriptor, while they still are
+        // (the holder may have let go or ended): one stat each.
+        let held_before = state.held.len();
+        state
+            .held
+            .retain(|inode, ns| still_held(&ns.path, *inode, nsfs));
+        if state.held.len() != held_before {
+            state.walk_covers = None;
+        }
+        for (inode, ns) in &state.held {
+            found.entry(*inode).or_insert_with(|| ns.clone());
+        }
         // A namespace that is gone takes its interface names with it: a later one with
         // the same inode has interfaces of its own.
         state
@@ -507,6 +597,130 @@ pub fn enter(name: &str) -> std::io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Namespaces held by a thread that lives elsewhere than its process's main thread
+/// (`setns`, `unshare`), or by an open descriptor of a namespace file, in every process
+/// but `own_pid` (dropgate's own holds, its sockets and short visits, must not keep a
+/// namespace named); by inode, each with a path to enter it and the holder's name.
+/// `leaders` are the main threads' namespaces as the last look found them.
+fn walk_holders(
+    own_pid: u32,
+    nsfs: Option<u64>,
+    leaders: &HashMap<u32, u32>,
+) -> HashMap<u32, Namespace> {
+    let mut held: HashMap<u32, Namespace> = HashMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return held;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own_pid {
+            continue;
+        }
+        let leader = leaders
+            .get(&pid)
+            .copied()
+            .or_else(|| inode_of(Path::new(&format!("/proc/{pid}/ns/net"))));
+        let mut found: Vec<(u32, PathBuf)> = Vec::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let Some(tid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if tid == pid {
+                    continue;
+                }
+                let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net"));
+                let Ok(metadata) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                let inode = metadata.ino() as u32;
+                if Some(inode) != leader && nsfs.is_none_or(|dev| dev == metadata.dev()) {
+                    found.push((inode, path));
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                let path = fd.path();
+                let Ok(target) = std::fs::read_link(&path) else {
+                    continue;
+                };
+                let inode = match net_namespace_link(target.as_os_str()) {
+                    Some(inode) => inode,
+                    // Opened through a bind mount, the link shows that path (or `/` once
+                    // unmounted): only the file itself tells. Sockets, pipes and the
+                    // like show no path and cost no more than the readlink.
+                    None if target.is_absolute() => {
+                        let Some(inode) = net_namespace_file(&path, nsfs) else {
+                            continue;
+                        };
+                        inode
+                    }
+                    None => continue,
+                };
+                if Some(inode) != leader {
+                    found.push((inode, path));
+                }
+            }
+        }
+        if found.is_empty() {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let name = format!("pid:{pid}:{}", comm.trim());
+        for (inode, path) in found {
+            held.entry(inode).or_insert_with(|| Namespace {
+                name: name.clone(),
+                path,
+            });
+        }
+    }
+    held
+}
+
+/// The inode of a network namespace from the target of a `/proc/<pid>/fd/<n>` link
+/// (`net:[4026532000]`); `None` for any other file.
+fn net_namespace_link(target: &std::ffi::OsStr) -> Option<u32> {
+    target
+        .to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The inode of the network namespace `path` is a file of (on the namespace filesystem
+/// `nsfs`, of type network); `None` for any other file.
+fn net_namespace_file(path: &Path, nsfs: Option<u64>) -> Option<u32> {
+    let metadata = std::fs::metadata(path).ok()?;
+    if nsfs.is_some_and(|dev| dev != metadata.dev()) {
+        return None;
+    }
+    let file = File::open(path).ok()?;
+    // SAFETY: NS_GET_NSTYPE takes no argument and only asks the type of the namespace
+    // file we hold open for the call; on any other file it fails.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    (kind == libc::CLONE_NEWNET).then_some(metadata.ino() as u32)
+}
+
+/// Whether `path` (a thread's namespace or a descriptor) still refers to namespace
+/// `inode`: the holder may have closed it, moved, or ended (and its pid or descriptor
+/// number be someone else's now).
+fn still_held(path: &Path, inode: u32, nsfs: Option<u64>) -> bool {
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.ino() as u32 == inode && nsfs.is_none_or(|dev| dev == m.dev()))
 }
 
 /// The inode of a namespace file (what the kernel program reports as `netns`).
@@ -653,6 +867,75 @@ mod tests {
             names.interface(names.own_inode(), 1),
             "lo",
             "a namespace the tables do not know is still asked"
+        );
+    }
+
+    #[test]
+    fn descriptor_targets_name_network_namespaces_only() {
+        for (case, target, want) in [
+            (
+                "a network namespace",
+                "net:[4026532000]",
+                Some(4_026_532_000),
+            ),
+            ("the smallest inode", "net:[1]", Some(1)),
+            ("another kind of namespace", "mnt:[4026531841]", None),
+            ("a socket", "socket:[123456]", None),
+            ("a file", "/run/netns/net:[4026532000]", None),
+            ("no closing bracket", "net:[4026532000", None),
+            ("not a number", "net:[abc]", None),
+            ("too big for an inode", "net:[4294967296]", None),
+            ("empty", "", None),
+        ] {
+            assert_eq!(
+                net_namespace_link(std::ffi::OsStr::new(target)),
+                want,
+                "{case}: {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_network_namespace_files_are_network_namespaces() {
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+        let own = inode_of(Path::new("/proc/self/ns/net"));
+        assert_eq!(
+            net_namespace_file(Path::new("/proc/self/ns/net"), nsfs),
+            own,
+            "our network namespace"
+        );
+        assert_eq!(
+            net_namespace_file(Path::new("/proc/self/ns/uts"), nsfs),
+            None,
+            "a namespace of another type"
+        );
+        assert_eq!(
+            net_namespace_file(Path::new("/dev/null"), nsfs),
+            None,
+            "not a namespace"
+        );
+        assert_eq!(
+            net_namespace_file(Path::new("/nonexistent/dropgate"), nsfs),
+            None,
+            "no such file"
+        );
+    }
+
+    #[test]
+    fn a_descriptor_held_namespace_is_held_while_the_descriptor_is_open() {
+        // Our own namespace through a descriptor of ours: the same check as for any
+        // holder's, with no root needed.
+        let own = inode_of(Path::new("/proc/self/ns/net")).expect("own namespace");
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+        let file = File::open("/proc/self/ns/net").expect("open own namespace");
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let target = std::fs::read_link(&path).expect("read the descriptor's link");
+        assert_eq!(net_namespace_link(target.as_os_str()), Some(own));
+        assert!(still_held(&path, own, nsfs), "open: held");
+        assert!(!still_held(&path, own + 1, nsfs), "another inode: not held");
+        assert!(
+            !still_held(Path::new("/proc/self/fd/999999"), own, nsfs),
+            "no such descriptor: not held"
         );
     }
 
