@@ -39,10 +39,11 @@ pub const NAMED_NAMESPACE_DIRS: [&str; 3] =
 /// Re-scanning is cheap but not free: at most this often when a name is missing.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
-/// Bounds on the time between two walks of every thread and descriptor; in between, the
-/// walk's own cost times [`WALK_COST_FACTOR`]: quick answers on a small host, at most
-/// about 1 % of a core on a Docker host with 100k descriptors even while drops keep
-/// naming a namespace nothing refers to.
+/// Time between two walks of every thread and descriptor: the last walk's cost times
+/// [`WALK_COST_FACTOR`] (at most 1 % of a core while walks are asked for), within these
+/// bounds: a new namespace is named within a second on a small host (a walk of 80
+/// processes takes ~4 ms), and on a host with 100k descriptors (a walk of ~0.4 s) one
+/// walk per 10 s at most, however many namespaces ask.
 const WALK_GAP_MIN: Duration = Duration::from_secs(1);
 const WALK_GAP_MAX: Duration = Duration::from_secs(10);
 const WALK_COST_FACTOR: u32 = 100;
@@ -420,7 +421,10 @@ impl Names {
         }
         let started = Instant::now();
         let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
-        state.held = walk_holders(std::process::id(), nsfs, &state.pids);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|table| net_namespace_mounts(&table))
+            .unwrap_or_default();
+        state.held = walk_holders(std::process::id(), nsfs, &state.pids, &mounts);
         // Threads of others visiting ours are no news.
         if let Some(own) = inode_of(Path::new("/proc/self/ns/net")) {
             state.held.remove(&own);
@@ -603,11 +607,13 @@ pub fn enter(name: &str) -> std::io::Result<()> {
 /// (`setns`, `unshare`), or by an open descriptor of a namespace file, in every process
 /// but `own_pid` (dropgate's own holds, its sockets and short visits, must not keep a
 /// namespace named); by inode, each with a path to enter it and the holder's name.
-/// `leaders` are the main threads' namespaces as the last look found them.
+/// `leaders` are the main threads' namespaces as the last look found them, `mounts` the
+/// bind mounts of network namespaces.
 fn walk_holders(
     own_pid: u32,
     nsfs: Option<u64>,
     leaders: &HashMap<u32, u32>,
+    mounts: &HashMap<PathBuf, u32>,
 ) -> HashMap<u32, Namespace> {
     let mut held: HashMap<u32, Namespace> = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -657,18 +663,22 @@ fn walk_holders(
                 let Ok(target) = std::fs::read_link(&path) else {
                     continue;
                 };
-                let inode = match net_namespace_link(target.as_os_str()) {
-                    Some(inode) => inode,
-                    // Opened through a bind mount, the link shows that path (or `/` once
-                    // unmounted): only the file itself tells. Sockets, pipes and the
-                    // like show no path and cost no more than the readlink.
-                    None if target.is_absolute() => {
-                        let Some(inode) = net_namespace_file(&path, nsfs) else {
-                            continue;
-                        };
-                        inode
-                    }
-                    None => continue,
+                // Opened through `/proc/<pid>/ns/net` the link names the namespace;
+                // through a bind mount it shows the mount's path, and `/` once that is
+                // unmounted (which only the file itself can tell from the root folder).
+                // Every other descriptor costs the readlink alone: a Docker host has
+                // ~100k of them, mostly sockets, pipes and files.
+                let inode = if let Some(inode) = net_namespace_link(target.as_os_str()) {
+                    inode
+                } else if let Some(inode) = mounts.get(&target) {
+                    *inode
+                } else if target == Path::new("/") {
+                    let Some(inode) = net_namespace_file(&path, nsfs) else {
+                        continue;
+                    };
+                    inode
+                } else {
+                    continue;
                 };
                 if Some(inode) != leader {
                     found.push((inode, path));
@@ -699,6 +709,47 @@ fn net_namespace_link(target: &std::ffi::OsStr) -> Option<u32> {
         .strip_suffix(']')?
         .parse()
         .ok()
+}
+
+/// Bind mounts of network namespace files in a mount table (`/proc/self/mountinfo`): mount
+/// point to namespace inode. A line reads `id parent dev root mountpoint options... -
+/// fstype source options`, and the root of an nsfs mount is `net:[<inode>]`.
+fn net_namespace_mounts(mountinfo: &str) -> HashMap<PathBuf, u32> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            if filesystem.split(' ').next()? != "nsfs" {
+                return None;
+            }
+            let mut fields = mount.split(' ').skip(3);
+            let inode = net_namespace_link(std::ffi::OsStr::new(fields.next()?))?;
+            Some((PathBuf::from(unescape_mount_path(fields.next()?)), inode))
+        })
+        .collect()
+}
+
+/// A path of the mount table, where space, tab, newline and backslash are written as
+/// octal escapes (`\040`).
+fn unescape_mount_path(escaped: &str) -> String {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        if let Some(byte) = octal {
+            out.push(byte);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The inode of the network namespace `path` is a file of (on the namespace filesystem
@@ -892,6 +943,36 @@ mod tests {
                 want,
                 "{case}: {target}"
             );
+        }
+    }
+
+    #[test]
+    fn network_namespace_mounts_are_read_from_the_mount_table() {
+        let table = "\
+22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+48 47 0:4 net:[4026532175] /run/netns/dg-ext-1 rw shared:2 - nsfs nsfs rw
+49 47 0:4 net:[4026532438] /var/lib/cni/net\\040ns/a rw shared:3 - nsfs nsfs rw
+50 47 0:4 mnt:[4026532501] /run/mnt-ns rw shared:4 - nsfs nsfs rw
+51 47 0:4 net:[4026532502] /run/not-nsfs rw - tmpfs tmpfs rw
+52 47 0:4 net:[4026532503]
+";
+        let mounts = net_namespace_mounts(table);
+        assert_eq!(
+            mounts,
+            HashMap::from([
+                (PathBuf::from("/run/netns/dg-ext-1"), 4_026_532_175),
+                (PathBuf::from("/var/lib/cni/net ns/a"), 4_026_532_438),
+            ]),
+            "only nsfs mounts of network namespaces, escapes undone"
+        );
+        for (case, escaped, want) in [
+            ("plain", "/run/netns/a", "/run/netns/a"),
+            ("space", "/a\\040b", "/a b"),
+            ("backslash", "/a\\134b", "/a\\b"),
+            ("a lone backslash", "/a\\b", "/a\\b"),
+            ("cut short at the end", "/a\\04", "/a\\04"),
+        ] {
+            assert_eq!(unescape_mount_path(escaped), want, "{case}");
         }
     }
 
