@@ -86,7 +86,7 @@ struct State {
     walk_gap: Duration,
     /// Since when no namespace found held has been let go: a namespace missing from a
     /// look then was referred to by nothing at that time. `None` while the last walk is
-    /// out of date (a holder let one go after it: it may hold it elsewhere now).
+    /// out of date (a holder let one go after it).
     walk_covers: Option<Instant>,
 }
 
@@ -548,7 +548,12 @@ impl Names {
             .held
             .retain(|inode, ns| still_held(&ns.path, *inode, nsfs));
         if state.held.len() != held_before {
+            // The holder may hold it elsewhere now (a child it forked, another
+            // descriptor): only a walk can tell it is gone, so the next one that is
+            // asked for runs at once. Each of these follows a walk that found the
+            // namespace, so walks stay at most twice as frequent as the gap says.
             state.walk_covers = None;
+            state.last_walk = None;
         }
         for (inode, ns) in &state.held {
             found.entry(*inode).or_insert_with(|| ns.clone());
