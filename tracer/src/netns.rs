@@ -22,7 +22,7 @@ use std::{
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
-    sync::{Mutex, RwLock},
+    sync::{Mutex, MutexGuard, RwLock},
     time::{Duration, Instant},
 };
 
@@ -84,6 +84,8 @@ struct State {
     /// When the last walk started (it is rate-limited), and the gap it earned.
     last_walk: Option<Instant>,
     walk_gap: Duration,
+    /// A walk runs (without the lock): no second one meanwhile.
+    walking: bool,
     /// Since when no namespace found held has been let go: a namespace missing from a
     /// look then was referred to by nothing at that time. `None` while the last walk is
     /// out of date (a holder let one go after it).
@@ -176,8 +178,7 @@ impl Names {
         if inode == self.own {
             return OWN_NAMESPACE.into();
         }
-        let mut state = self.state.lock().expect("names lock");
-        Self::look_for(&mut state, inode);
+        let state = self.look_for(self.state.lock().expect("names lock"), inode);
         state
             .namespaces
             .get(&inode)
@@ -206,7 +207,7 @@ impl Names {
         let path = if inode == self.own {
             Some(PathBuf::from("/proc/self/ns/net"))
         } else {
-            Self::look_for(&mut state, inode);
+            state = self.look_for(state, inode);
             state.namespaces.get(&inode).map(|ns| ns.path.clone())
         };
         match path.and_then(|path| interface_name_in(&path, ifindex)) {
@@ -228,7 +229,7 @@ impl Names {
         let path = if inode == self.own {
             PathBuf::from("/proc/self/ns/net")
         } else {
-            Self::look_for(&mut state, inode);
+            state = self.look_for(state, inode);
             match state.namespaces.get(&inode) {
                 Some(ns) => ns.path.clone(),
                 None => {
@@ -395,52 +396,47 @@ impl Names {
 
     /// Makes sure `inode` is looked for: the usual look (bind mounts, processes) if the
     /// last is old enough, then, if that does not know it, the walk of every thread and
-    /// descriptor if the last is old enough.
-    fn look_for(state: &mut State, inode: u32) {
+    /// descriptor if the last is old enough. The walk runs without the lock (it may take
+    /// a good part of a second on a host with very many descriptors, and drop samples and
+    /// scrapes need names meanwhile), so the guard is handed back, taken anew.
+    fn look_for<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        inode: u32,
+    ) -> MutexGuard<'a, State> {
         if state.namespaces.contains_key(&inode) {
-            return;
+            return state;
         }
-        Self::rescan(state);
-        if !state.namespaces.contains_key(&inode) {
-            Self::walk(state);
-        }
-    }
-
-    /// Walks every thread and open descriptor of every process for namespaces held only
-    /// there, if the last walk is old enough. On demand, not in every look: a Docker host
-    /// has ~100k descriptors (a readlink each), and the look runs every 30 s and on every
-    /// burst of events, whereas a namespace held this way matters only once a drop (or a
-    /// key judged for eviction) names it. One walk keeps every such namespace, so the
-    /// namespace loop follows them all and later looks just check each with one stat.
-    fn walk(state: &mut State) {
-        if state
-            .last_walk
-            .is_some_and(|at| at.elapsed() < state.walk_gap)
-        {
-            return;
+        Self::rescan(&mut state);
+        let due = !state.walking
+            && state
+                .last_walk
+                .is_none_or(|at| at.elapsed() >= state.walk_gap);
+        if state.namespaces.contains_key(&inode) || !due {
+            return state;
         }
         let started = Instant::now();
-        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|table| net_namespace_mounts(&table))
-            .unwrap_or_default();
-        state.held = walk_holders(std::process::id(), nsfs, &state.pids, &mounts);
-        // Threads of others visiting ours are no news.
-        if let Some(own) = inode_of(Path::new("/proc/self/ns/net")) {
-            state.held.remove(&own);
-        }
-        state.walk_gap = (started.elapsed() * WALK_COST_FACTOR).clamp(WALK_GAP_MIN, WALK_GAP_MAX);
+        state.walking = true;
         state.last_walk = Some(started);
-        state.walk_covers = Some(started);
-        tracing::debug!(
-            "walked threads and descriptors in {:?}; namespaces held there: {:?}",
-            started.elapsed(),
-            state
-                .held
-                .iter()
-                .map(|(inode, ns)| (inode, &ns.name, &ns.path))
-                .collect::<Vec<_>>()
-        );
+        let leaders = state.pids.clone();
+        drop(state);
+        let held = walk(&leaders);
+        let mut state = self.state.lock().expect("names lock");
+        state.walking = false;
+        state.walk_gap = (started.elapsed() * WALK_COST_FACTOR).clamp(WALK_GAP_MIN, WALK_GAP_MAX);
+        if state.last_walk == Some(started) {
+            state.walk_covers = Some(started);
+        }
+        // else a holder let go meanwhile: the walk may have seen it before; the next
+        // look drops it again and the next ask walks at once.
+        Self::take_held(&mut state, held);
+        state
+    }
+
+    /// Keeps what a walk found: the namespace loop is told of the ones nothing else
+    /// refers to.
+    fn take_held(state: &mut State, held: HashMap<u32, Namespace>) {
+        state.held = held;
         let mut changed = false;
         for (inode, ns) in &state.held {
             if !state.namespaces.contains_key(inode) {
@@ -606,6 +602,33 @@ pub fn enter(name: &str) -> std::io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Walks every thread and open descriptor of every process for network namespaces held
+/// only there. On demand, not in every look: a Docker host has ~100k descriptors (a
+/// readlink each), and the look runs every 30 s and on every burst of events, whereas a
+/// namespace held this way matters only once a drop (or a key judged for eviction) names
+/// it. One walk keeps every such namespace, so the namespace loop follows them all and
+/// later looks just check each with one stat.
+fn walk(leaders: &HashMap<u32, u32>) -> HashMap<u32, Namespace> {
+    let started = Instant::now();
+    let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|table| net_namespace_mounts(&table))
+        .unwrap_or_default();
+    let mut held = walk_holders(std::process::id(), nsfs, leaders, &mounts);
+    // Threads of others visiting ours are no news.
+    if let Some(own) = inode_of(Path::new("/proc/self/ns/net")) {
+        held.remove(&own);
+    }
+    tracing::debug!(
+        "walked threads and descriptors in {:?}; namespaces held there: {:?}",
+        started.elapsed(),
+        held.iter()
+            .map(|(inode, ns)| (inode, &ns.name, &ns.path))
+            .collect::<Vec<_>>()
+    );
+    held
 }
 
 /// Namespaces held by a thread that lives elsewhere than its process's main thread
