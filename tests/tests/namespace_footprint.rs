@@ -283,12 +283,24 @@ enum Hold {
     Thread,
 }
 
+/// How a holder stops holding its namespace.
+#[derive(Clone, Copy)]
+enum End {
+    /// Its process ends (killed).
+    Exit,
+    /// It lets go while its process lives on: the descriptor is closed, the thread ends.
+    LetGo,
+}
+
 /// Python for each [`Hold`]: takes the namespace file as its argument, prints the path
-/// through which the namespace can be entered once it is held, then sleeps (bounded).
+/// through which the namespace can be entered once it is held, lets go of it at a line
+/// on stdin, and sleeps (bounded).
 const HOLD_BY_DESCRIPTOR: &str = r#"
 import os, sys, time
 fd = os.open(sys.argv[1], os.O_RDONLY)
 print(f"/proc/{os.getpid()}/fd/{fd}", flush=True)
+sys.stdin.readline()
+os.close(fd)
 time.sleep(120)
 "#;
 const HOLD_BY_THREAD: &str = r#"
@@ -301,7 +313,7 @@ def hold():
         raise OSError(ctypes.get_errno(), "setns")
     os.close(fd)
     print(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net", flush=True)
-    time.sleep(120)
+    sys.stdin.readline()
 threading.Thread(target=hold, daemon=True).start()
 time.sleep(120)
 "#;
@@ -312,6 +324,8 @@ time.sleep(120)
 struct Held {
     bind_name: String,
     holder: std::process::Child,
+    /// A line here makes the holder let go.
+    let_go: Option<std::process::ChildStdin>,
     /// Where the namespace can be entered while the holder lives.
     path: String,
 }
@@ -331,14 +345,15 @@ impl Held {
             Hold::Descriptor => HOLD_BY_DESCRIPTOR,
             Hold::Thread => HOLD_BY_THREAD,
         };
-        let holder = Command::new("python3")
+        let mut holder = Command::new("python3")
             .args(["-c", script, &format!("/run/netns/{bind_name}")])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the python holder");
         let mut held = Self {
             bind_name,
+            let_go: holder.stdin.take(),
             holder,
             path: String::new(),
         };
@@ -391,9 +406,17 @@ impl Held {
         );
     }
 
-    fn end_holder(&mut self) {
-        self.holder.kill().expect("kill the holder");
-        self.holder.wait().expect("reap the holder");
+    fn end(&mut self, how: End) {
+        match how {
+            End::Exit => {
+                self.holder.kill().expect("kill the holder");
+                self.holder.wait().expect("reap the holder");
+            }
+            End::LetGo => {
+                let mut stdin = self.let_go.take().expect("the holder's stdin");
+                stdin.write_all(b"\n").expect("tell the holder to let go");
+            }
+        }
     }
 }
 
@@ -418,7 +441,7 @@ fn lines_with<'a>(metrics: &'a str, label: &str) -> Vec<&'a str> {
     metrics.lines().filter(|l| l.contains(label)).collect()
 }
 
-fn held_namespace_is_named_while_held(test: &str, how: Hold) {
+fn held_namespace_is_named_while_held(test: &str, how: Hold, end: End) {
     if !may_run(test, is_root(), "root (BPF, network namespaces)") {
         return;
     }
@@ -456,18 +479,24 @@ fn held_namespace_is_named_while_held(test: &str, how: Hold) {
         "series under the bare inode while the namespace is named: {:?}",
         lines_with(&metrics, &by_inode)
     );
-    held.end_holder();
+    held.end(end);
     let (metrics, forgotten) = scrape_for(&dropgate, HELD_WITHIN, |m| {
         !m.contains(&named) && !m.contains(&by_inode)
     });
     assert!(
         forgotten,
-        "the namespace is still on /metrics {HELD_WITHIN:?} after its holder ended: {:?}",
+        "the namespace is still on /metrics {HELD_WITHIN:?} after its holder let go: {:?}",
         lines_with(&metrics, &named)
             .into_iter()
             .chain(lines_with(&metrics, &by_inode))
             .collect::<Vec<_>>()
     );
+    if matches!(end, End::LetGo) {
+        assert!(
+            matches!(held.holder.try_wait(), Ok(None)),
+            "the holder ended, so this did not test a holder that lets go and lives on"
+        );
+    }
 }
 
 #[test]
@@ -475,6 +504,16 @@ fn a_namespace_only_a_descriptor_holds_is_named_while_it_is_held() {
     held_namespace_is_named_while_held(
         "a_namespace_only_a_descriptor_holds_is_named_while_it_is_held",
         Hold::Descriptor,
+        End::Exit,
+    );
+}
+
+#[test]
+fn a_namespace_is_forgotten_once_its_holder_closes_the_descriptor() {
+    held_namespace_is_named_while_held(
+        "a_namespace_is_forgotten_once_its_holder_closes_the_descriptor",
+        Hold::Descriptor,
+        End::LetGo,
     );
 }
 
@@ -483,5 +522,15 @@ fn a_namespace_only_a_thread_holds_is_named_while_it_is_held() {
     held_namespace_is_named_while_held(
         "a_namespace_only_a_thread_holds_is_named_while_it_is_held",
         Hold::Thread,
+        End::Exit,
+    );
+}
+
+#[test]
+fn a_namespace_is_forgotten_once_the_thread_holding_it_ends() {
+    held_namespace_is_named_while_held(
+        "a_namespace_is_forgotten_once_the_thread_holding_it_ends",
+        Hold::Thread,
+        End::LetGo,
     );
 }

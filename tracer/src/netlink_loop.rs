@@ -47,10 +47,6 @@ const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 /// Events come in bursts (a file, then its mount; a hundred containers at once): one
 /// rescan at most this often serves a whole burst.
 const RESCAN_AT_MOST_EVERY: Duration = Duration::from_millis(100);
-/// The kernel tells a process's end when its main thread ends; its other threads (one
-/// may hold a namespace, see [`Names`]) may still be on their way out: look once more
-/// this much later.
-const LOOK_AGAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 const WAKER: Token = Token(0);
 const FILES: Token = Token(1);
@@ -130,7 +126,6 @@ impl NetlinkLoop {
             last_scan: None,
             last_full_scan: None,
             scan_due: Some(Instant::now()),
-            look_again: None,
             buffer: vec![0; 64 * 1024],
         };
         std::thread::Builder::new()
@@ -192,8 +187,6 @@ struct LoopState {
     last_full_scan: Option<Instant>,
     /// When the namespaces are to be looked for next.
     scan_due: Option<Instant>,
-    /// When to look once more after a process a namespace is named after ended.
-    look_again: Option<Instant>,
     /// One receive buffer for every socket (a dump's datagram is at most 32 KiB).
     buffer: Vec<u8>,
 }
@@ -207,10 +200,7 @@ impl LoopState {
                 .last_full_scan
                 .map_or(now, |at| at + SAFETY_RESCAN)
                 .max(now);
-            let next = [self.scan_due, self.look_again]
-                .into_iter()
-                .flatten()
-                .fold(safety, Instant::min);
+            let next = self.scan_due.map_or(safety, |due| due.min(safety));
             if let Err(err) = self.poll.poll(&mut events, Some(next - now)) {
                 if err.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("namespace loop stopped: {err}");
@@ -257,10 +247,6 @@ impl LoopState {
                 }
             }
             let now = Instant::now();
-            if self.look_again.is_some_and(|at| at <= now) {
-                self.look_again = None;
-                self.rescan_soon();
-            }
             let full = self
                 .last_full_scan
                 .is_none_or(|at| now >= at + SAFETY_RESCAN);
@@ -287,7 +273,6 @@ impl LoopState {
             return;
         };
         let mut look = false;
-        let mut ended_naming = false;
         for event in processes.drain() {
             look |= match event {
                 ProcessEvent::Exec(pid) => {
@@ -300,18 +285,11 @@ impl LoopState {
                     }
                     elsewhere
                 }
-                ProcessEvent::Exit(pid) => {
-                    let naming = self.naming_pids.contains(&pid);
-                    ended_naming |= naming;
-                    naming
-                }
+                ProcessEvent::Exit(pid) => self.naming_pids.contains(&pid),
             };
         }
         if look {
             self.rescan_soon();
-        }
-        if ended_naming {
-            self.look_again = Some(Instant::now() + LOOK_AGAIN_AFTER_EXIT);
         }
     }
 

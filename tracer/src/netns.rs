@@ -48,6 +48,9 @@ const WALK_GAP_MIN: Duration = Duration::from_secs(1);
 const WALK_GAP_MAX: Duration = Duration::from_secs(10);
 const WALK_COST_FACTOR: u32 = 100;
 
+/// A namespace found held and asked for is checked to be still held at most this often.
+const HELD_CHECKED_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 struct Namespace {
     name: String,
@@ -86,6 +89,8 @@ struct State {
     walk_gap: Duration,
     /// A walk runs (without the lock): no second one meanwhile.
     walking: bool,
+    /// When the namespaces found held were last checked.
+    held_checked: Option<Instant>,
     /// Since when no namespace found held has been let go: a namespace missing from a
     /// look then was referred to by nothing at that time. `None` while the last walk is
     /// out of date (a holder let one go after it).
@@ -261,7 +266,7 @@ impl Names {
             };
             if known.as_ref().is_some_and(|k| k.cookie != learned) {
                 // Another namespace has the inode now: its interfaces are not the old ones.
-                state.interfaces.retain(|(ns, _), _| *ns != inode);
+                state.interfaces.retain(|(netns, _), _| *netns != inode);
             }
             state.cookies.insert(
                 inode,
@@ -404,6 +409,7 @@ impl Names {
         mut state: MutexGuard<'a, State>,
         inode: u32,
     ) -> MutexGuard<'a, State> {
+        Self::recheck_held(&mut state, inode);
         if state.namespaces.contains_key(&inode) {
             return state;
         }
@@ -441,6 +447,63 @@ impl Names {
         for (inode, ns) in &state.held {
             if !state.namespaces.contains_key(inode) {
                 state.namespaces.insert(*inode, ns.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            if let Some(changed) = &state.on_change {
+                changed();
+            }
+        }
+    }
+
+    /// Keeps of the namespaces a walk found held by a thread or a descriptor those that
+    /// still are (the holder may have let go or ended): one stat each. Returns the others.
+    fn check_held(state: &mut State, nsfs: Option<u64>) -> Vec<(u32, Namespace)> {
+        state.held_checked = Some(Instant::now());
+        let mut let_go = Vec::new();
+        state.held.retain(|inode, ns| {
+            let held = still_held(&ns.path, *inode, nsfs);
+            if !held {
+                let_go.push((*inode, ns.clone()));
+            }
+            held
+        });
+        if !let_go.is_empty() {
+            // The holder may hold it elsewhere now (a child it forked, another
+            // descriptor): only a walk can tell it is gone, so the next one that is
+            // asked for runs at once. Each of these follows a walk that found the
+            // namespace, so walks stay at most twice as frequent as the gap says.
+            state.walk_covers = None;
+            state.last_walk = None;
+        }
+        let_go
+    }
+
+    /// Checks again (at most every [`HELD_CHECKED_EVERY`]) that the namespaces found
+    /// held still are, when one of them is asked for, and forgets those let go. The
+    /// look that the end of a holder's process sets off may come before the holder's
+    /// other threads have ended, and the next full one is up to 30 s away.
+    fn recheck_held(state: &mut State, inode: u32) {
+        if !state.held.contains_key(&inode)
+            || state
+                .held_checked
+                .is_some_and(|at| at.elapsed() < HELD_CHECKED_EVERY)
+        {
+            return;
+        }
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+        let let_go = Self::check_held(state, nsfs);
+        let mut changed = false;
+        for (inode, ns) in let_go {
+            if state
+                .namespaces
+                .get(&inode)
+                .is_some_and(|known| known.path == ns.path)
+            {
+                state.namespaces.remove(&inode);
+                state.interfaces.retain(|(netns, _), _| *netns != inode);
+                state.cookies.remove(&inode);
                 changed = true;
             }
         }
@@ -537,20 +600,7 @@ impl Names {
             }
         }
         state.pids = pids_seen;
-        // Namespaces a walk found held by a thread or a descriptor, while they still are
-        // (the holder may have let go or ended): one stat each.
-        let held_before = state.held.len();
-        state
-            .held
-            .retain(|inode, ns| still_held(&ns.path, *inode, nsfs));
-        if state.held.len() != held_before {
-            // The holder may hold it elsewhere now (a child it forked, another
-            // descriptor): only a walk can tell it is gone, so the next one that is
-            // asked for runs at once. Each of these follows a walk that found the
-            // namespace, so walks stay at most twice as frequent as the gap says.
-            state.walk_covers = None;
-            state.last_walk = None;
-        }
+        Self::check_held(state, nsfs);
         for (inode, ns) in &state.held {
             found.entry(*inode).or_insert_with(|| ns.clone());
         }
