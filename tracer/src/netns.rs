@@ -266,7 +266,7 @@ impl Names {
             };
             if known.as_ref().is_some_and(|k| k.cookie != learned) {
                 // Another namespace has the inode now: its interfaces are not the old ones.
-                state.interfaces.retain(|(netns, _), _| *netns != inode);
+                state.interfaces.retain(|(ns, _), _| *ns != inode);
             }
             state.cookies.insert(
                 inode,
