@@ -11,7 +11,8 @@
 //!
 //! Namespaces are learned from events ([`discovery`]) with a slow rescan behind them. A
 //! socket keeps its namespace alive, so once a namespace is no longer referred to by any
-//! file or process (see [`Names`]) its socket is closed at once, and it can end.
+//! file, process, thread or descriptor (see [`Names`]) its socket is closed at once, and it
+//! can end.
 
 mod discovery;
 pub mod watched;

@@ -2,7 +2,9 @@
 //! by number (netns inode, ifindex).
 //!
 //! A namespace is named after its bind mount (`ip netns` in `/run/netns`, Docker's in
-//! `/run/docker/netns`), else after a process living in it, else by its inode. Interface
+//! `/run/docker/netns`), else after a process living in it, else after a process one of
+//! whose other threads lives in it or that holds it open (found by a walk made only when a
+//! drop names a namespace nothing else refers to), else by its inode. Interface
 //! names are asked from inside the namespace they belong to (an ifindex means nothing
 //! outside it). The namespace loop keeps every watched namespace's links from its
 //! netlink events and answers from them ([`Names::use_links`]); only for a namespace it
@@ -20,7 +22,7 @@ use std::{
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
-    sync::{Mutex, RwLock},
+    sync::{Mutex, MutexGuard, RwLock},
     time::{Duration, Instant},
 };
 
@@ -36,6 +38,18 @@ pub const NAMED_NAMESPACE_DIRS: [&str; 3] =
 
 /// Re-scanning is cheap but not free: at most this often when a name is missing.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// Time between two walks of every thread and descriptor: the last walk's cost times
+/// [`WALK_COST_FACTOR`] (at most 1 % of a core while walks are asked for), within these
+/// bounds: a new namespace is named within a second on a small host (a walk of 80
+/// processes takes ~4 ms), and on a host with 100k descriptors (a walk of ~0.4 s) one
+/// walk per 10 s at most, however many namespaces ask.
+const WALK_GAP_MIN: Duration = Duration::from_secs(1);
+const WALK_GAP_MAX: Duration = Duration::from_secs(10);
+const WALK_COST_FACTOR: u32 = 100;
+
+/// A namespace found held and asked for is checked to be still held at most this often.
+const HELD_CHECKED_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 struct Namespace {
@@ -67,6 +81,20 @@ struct State {
     entries: HashMap<PathBuf, u32>,
     /// Every process's namespace inode as of the last look.
     pids: HashMap<u32, u32>,
+    /// Namespaces the last walk found held by a thread that is not its process's main
+    /// one, or by an open descriptor; every look checks that each is still held there.
+    held: HashMap<u32, Namespace>,
+    /// When the last walk started (it is rate-limited), and the gap it earned.
+    last_walk: Option<Instant>,
+    walk_gap: Duration,
+    /// A walk runs (without the lock): no second one meanwhile.
+    walking: bool,
+    /// When the namespaces found held were last checked.
+    held_checked: Option<Instant>,
+    /// Since when no namespace found held has been let go: a namespace missing from a
+    /// look then was referred to by nothing at that time. `None` while the last walk is
+    /// out of date (a holder let one go after it).
+    walk_covers: Option<Instant>,
 }
 
 /// Whether the namespace a drop key names still exists.
@@ -76,7 +104,7 @@ pub enum NamespaceState {
     Alive,
     /// Gone for certain: another namespace holds its inode now (its cookie differs).
     Replaced,
-    /// No file or process refers to it in the scan made at `scanned`.
+    /// No file, process, thread or descriptor refers to it in the look made at `scanned`.
     Missing { scanned: Instant },
 }
 
@@ -155,10 +183,7 @@ impl Names {
         if inode == self.own {
             return OWN_NAMESPACE.into();
         }
-        let mut state = self.state.lock().expect("names lock");
-        if !state.namespaces.contains_key(&inode) {
-            Self::rescan(&mut state);
-        }
+        let state = self.look_for(self.state.lock().expect("names lock"), inode);
         state
             .namespaces
             .get(&inode)
@@ -187,9 +212,7 @@ impl Names {
         let path = if inode == self.own {
             Some(PathBuf::from("/proc/self/ns/net"))
         } else {
-            if !state.namespaces.contains_key(&inode) {
-                Self::rescan(&mut state);
-            }
+            state = self.look_for(state, inode);
             state.namespaces.get(&inode).map(|ns| ns.path.clone())
         };
         match path.and_then(|path| interface_name_in(&path, ifindex)) {
@@ -211,15 +234,18 @@ impl Names {
         let path = if inode == self.own {
             PathBuf::from("/proc/self/ns/net")
         } else {
-            if !state.namespaces.contains_key(&inode) {
-                Self::rescan(&mut state);
-            }
+            state = self.look_for(state, inode);
             match state.namespaces.get(&inode) {
                 Some(ns) => ns.path.clone(),
                 None => {
-                    return state.last_scan.map_or(NamespaceState::Alive, |scanned| {
-                        NamespaceState::Missing { scanned }
-                    })
+                    // Only a walk sees every holder: missing since the last one that is
+                    // still up to date, else not judged yet (the next walk will tell).
+                    return match (state.walk_covers, state.last_scan) {
+                        (Some(walked), Some(scanned)) => NamespaceState::Missing {
+                            scanned: walked.min(scanned),
+                        },
+                        _ => NamespaceState::Alive,
+                    };
                 }
             }
         };
@@ -373,6 +399,121 @@ impl Names {
             .collect()
     }
 
+    /// Makes sure `inode` is looked for: the usual look (bind mounts, processes) if the
+    /// last is old enough, then, if that does not know it, the walk of every thread and
+    /// descriptor if the last is old enough. The walk runs without the lock (it may take
+    /// a good part of a second on a host with very many descriptors, and drop samples and
+    /// scrapes need names meanwhile), so the guard is handed back, taken anew.
+    fn look_for<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        inode: u32,
+    ) -> MutexGuard<'a, State> {
+        Self::recheck_held(&mut state, inode);
+        if state.namespaces.contains_key(&inode) {
+            return state;
+        }
+        Self::rescan(&mut state);
+        let due = !state.walking
+            && state
+                .last_walk
+                .is_none_or(|at| at.elapsed() >= state.walk_gap);
+        if state.namespaces.contains_key(&inode) || !due {
+            return state;
+        }
+        let started = Instant::now();
+        state.walking = true;
+        state.last_walk = Some(started);
+        let leaders = state.pids.clone();
+        drop(state);
+        let held = walk(&leaders);
+        let mut state = self.state.lock().expect("names lock");
+        state.walking = false;
+        state.walk_gap = (started.elapsed() * WALK_COST_FACTOR).clamp(WALK_GAP_MIN, WALK_GAP_MAX);
+        if state.last_walk == Some(started) {
+            state.walk_covers = Some(started);
+        }
+        // else a holder let go meanwhile: the walk may have seen it before; the next
+        // look drops it again and the next ask walks at once.
+        Self::take_held(&mut state, held);
+        state
+    }
+
+    /// Keeps what a walk found: the namespace loop is told of the ones nothing else
+    /// refers to.
+    fn take_held(state: &mut State, held: HashMap<u32, Namespace>) {
+        state.held = held;
+        let mut changed = false;
+        for (inode, ns) in &state.held {
+            if !state.namespaces.contains_key(inode) {
+                state.namespaces.insert(*inode, ns.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            if let Some(changed) = &state.on_change {
+                changed();
+            }
+        }
+    }
+
+    /// Keeps of the namespaces a walk found held by a thread or a descriptor those that
+    /// still are (the holder may have let go or ended): one stat each. Returns the others.
+    fn check_held(state: &mut State, nsfs: Option<u64>) -> Vec<(u32, Namespace)> {
+        state.held_checked = Some(Instant::now());
+        let mut let_go = Vec::new();
+        state.held.retain(|inode, ns| {
+            let held = still_held(&ns.path, *inode, nsfs);
+            if !held {
+                let_go.push((*inode, ns.clone()));
+            }
+            held
+        });
+        if !let_go.is_empty() {
+            // The holder may hold it elsewhere now (a child it forked, another
+            // descriptor): only a walk can tell it is gone, so the next one that is
+            // asked for runs at once. Each of these follows a walk that found the
+            // namespace, so walks stay at most twice as frequent as the gap says.
+            state.walk_covers = None;
+            state.last_walk = None;
+        }
+        let_go
+    }
+
+    /// Checks again (at most every [`HELD_CHECKED_EVERY`]) that the namespaces found
+    /// held still are, when one of them is asked for, and forgets those let go. The
+    /// look that the end of a holder's process sets off may come before the holder's
+    /// other threads have ended, and the next full one is up to 30 s away.
+    fn recheck_held(state: &mut State, inode: u32) {
+        if !state.held.contains_key(&inode)
+            || state
+                .held_checked
+                .is_some_and(|at| at.elapsed() < HELD_CHECKED_EVERY)
+        {
+            return;
+        }
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+        let let_go = Self::check_held(state, nsfs);
+        let mut changed = false;
+        for (inode, ns) in let_go {
+            if state
+                .namespaces
+                .get(&inode)
+                .is_some_and(|known| known.path == ns.path)
+            {
+                state.namespaces.remove(&inode);
+                state.interfaces.retain(|(netns, _), _| *netns != inode);
+                state.cookies.remove(&inode);
+                changed = true;
+            }
+        }
+        if changed {
+            if let Some(changed) = &state.on_change {
+                changed();
+            }
+        }
+    }
+
     fn rescan(state: &mut State) {
         if state
             .last_scan
@@ -459,6 +600,10 @@ impl Names {
             }
         }
         state.pids = pids_seen;
+        Self::check_held(state, nsfs);
+        for (inode, ns) in &state.held {
+            found.entry(*inode).or_insert_with(|| ns.clone());
+        }
         // A namespace that is gone takes its interface names with it: a later one with
         // the same inode has interfaces of its own.
         state
@@ -507,6 +652,204 @@ pub fn enter(name: &str) -> std::io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Walks every thread and open descriptor of every process for network namespaces held
+/// only there. On demand, not in every look: a Docker host has ~100k descriptors (a
+/// readlink each), and the look runs every 30 s and on every burst of events, whereas a
+/// namespace held this way matters only once a drop (or a key judged for eviction) names
+/// it. One walk keeps every such namespace, so the namespace loop follows them all and
+/// later looks just check each with one stat.
+fn walk(leaders: &HashMap<u32, u32>) -> HashMap<u32, Namespace> {
+    let started = Instant::now();
+    let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|table| net_namespace_mounts(&table))
+        .unwrap_or_default();
+    let mut held = walk_holders(std::process::id(), nsfs, leaders, &mounts);
+    // Threads of others visiting ours are no news.
+    if let Some(own) = inode_of(Path::new("/proc/self/ns/net")) {
+        held.remove(&own);
+    }
+    tracing::debug!(
+        "walked threads and descriptors in {:?}; namespaces held there: {:?}",
+        started.elapsed(),
+        held.iter()
+            .map(|(inode, ns)| (inode, &ns.name, &ns.path))
+            .collect::<Vec<_>>()
+    );
+    held
+}
+
+/// Namespaces held by a thread that lives elsewhere than its process's main thread
+/// (`setns`, `unshare`), or by an open descriptor of a namespace file, in every process
+/// but `own_pid` (dropgate's own holds, its sockets and short visits, must not keep a
+/// namespace named); by inode, each with a path to enter it and the holder's name.
+/// `leaders` are the main threads' namespaces as the last look found them, `mounts` the
+/// bind mounts of network namespaces.
+fn walk_holders(
+    own_pid: u32,
+    nsfs: Option<u64>,
+    leaders: &HashMap<u32, u32>,
+    mounts: &HashMap<PathBuf, u32>,
+) -> HashMap<u32, Namespace> {
+    let mut held: HashMap<u32, Namespace> = HashMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return held;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own_pid {
+            continue;
+        }
+        let leader = leaders
+            .get(&pid)
+            .copied()
+            .or_else(|| inode_of(Path::new(&format!("/proc/{pid}/ns/net"))));
+        let mut found: Vec<(u32, PathBuf)> = Vec::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let Some(tid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if tid == pid {
+                    continue;
+                }
+                let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net"));
+                let Ok(metadata) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                let inode = metadata.ino() as u32;
+                if Some(inode) != leader && nsfs.is_none_or(|dev| dev == metadata.dev()) {
+                    found.push((inode, path));
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                let path = fd.path();
+                let Ok(target) = std::fs::read_link(&path) else {
+                    continue;
+                };
+                // Opened through `/proc/<pid>/ns/net` the link names the namespace;
+                // through a bind mount it shows the mount's path, and `/` once that is
+                // unmounted (which only the file itself can tell from the root folder).
+                // Every other descriptor costs the readlink alone: a Docker host has
+                // ~100k of them, mostly sockets, pipes and files.
+                let inode = if let Some(inode) = net_namespace_link(target.as_os_str()) {
+                    inode
+                } else if let Some(inode) = mounts.get(&target) {
+                    *inode
+                } else if target == Path::new("/") {
+                    let Some(inode) = net_namespace_file(&path, nsfs) else {
+                        continue;
+                    };
+                    inode
+                } else {
+                    continue;
+                };
+                if Some(inode) != leader {
+                    found.push((inode, path));
+                }
+            }
+        }
+        if found.is_empty() {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let name = format!("pid:{pid}:{}", comm.trim());
+        for (inode, path) in found {
+            held.entry(inode).or_insert_with(|| Namespace {
+                name: name.clone(),
+                path,
+            });
+        }
+    }
+    held
+}
+
+/// The inode of a network namespace from the target of a `/proc/<pid>/fd/<n>` link
+/// (`net:[4026532000]`); `None` for any other file.
+fn net_namespace_link(target: &std::ffi::OsStr) -> Option<u32> {
+    target
+        .to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Bind mounts of network namespace files in a mount table (`/proc/self/mountinfo`): mount
+/// point to namespace inode. A line reads `id parent dev root mountpoint options... -
+/// fstype source options`, and the root of an nsfs mount is `net:[<inode>]`.
+fn net_namespace_mounts(mountinfo: &str) -> HashMap<PathBuf, u32> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            if filesystem.split(' ').next()? != "nsfs" {
+                return None;
+            }
+            let mut fields = mount.split(' ').skip(3);
+            let inode = net_namespace_link(std::ffi::OsStr::new(fields.next()?))?;
+            Some((PathBuf::from(unescape_mount_path(fields.next()?)), inode))
+        })
+        .collect()
+}
+
+/// A path of the mount table, where space, tab, newline and backslash are written as
+/// octal escapes (`\040`).
+fn unescape_mount_path(escaped: &str) -> String {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        if let Some(byte) = octal {
+            out.push(byte);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The inode of the network namespace `path` is a file of (on the namespace filesystem
+/// `nsfs`, of type network); `None` for any other file.
+fn net_namespace_file(path: &Path, nsfs: Option<u64>) -> Option<u32> {
+    let metadata = std::fs::metadata(path).ok()?;
+    if nsfs.is_some_and(|dev| dev != metadata.dev()) {
+        return None;
+    }
+    let file = File::open(path).ok()?;
+    // SAFETY: NS_GET_NSTYPE takes no argument and only asks the type of the namespace
+    // file we hold open for the call; on any other file it fails.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    (kind == libc::CLONE_NEWNET).then_some(metadata.ino() as u32)
+}
+
+/// Whether `path` (a thread's namespace or a descriptor) still refers to namespace
+/// `inode`: the holder may have closed it, moved, or ended (and its pid or descriptor
+/// number be someone else's now).
+fn still_held(path: &Path, inode: u32, nsfs: Option<u64>) -> bool {
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.ino() as u32 == inode && nsfs.is_none_or(|dev| dev == m.dev()))
 }
 
 /// The inode of a namespace file (what the kernel program reports as `netns`).
@@ -653,6 +996,105 @@ mod tests {
             names.interface(names.own_inode(), 1),
             "lo",
             "a namespace the tables do not know is still asked"
+        );
+    }
+
+    #[test]
+    fn descriptor_targets_name_network_namespaces_only() {
+        for (case, target, want) in [
+            (
+                "a network namespace",
+                "net:[4026532000]",
+                Some(4_026_532_000),
+            ),
+            ("the smallest inode", "net:[1]", Some(1)),
+            ("another kind of namespace", "mnt:[4026531841]", None),
+            ("a socket", "socket:[123456]", None),
+            ("a file", "/run/netns/net:[4026532000]", None),
+            ("no closing bracket", "net:[4026532000", None),
+            ("not a number", "net:[abc]", None),
+            ("too big for an inode", "net:[4294967296]", None),
+            ("empty", "", None),
+        ] {
+            assert_eq!(
+                net_namespace_link(std::ffi::OsStr::new(target)),
+                want,
+                "{case}: {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn network_namespace_mounts_are_read_from_the_mount_table() {
+        let table = "\
+22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+48 47 0:4 net:[4026532175] /run/netns/dg-ext-1 rw shared:2 - nsfs nsfs rw
+49 47 0:4 net:[4026532438] /var/lib/cni/net\\040ns/a rw shared:3 - nsfs nsfs rw
+50 47 0:4 mnt:[4026532501] /run/mnt-ns rw shared:4 - nsfs nsfs rw
+51 47 0:4 net:[4026532502] /run/not-nsfs rw - tmpfs tmpfs rw
+52 47 0:4 net:[4026532503]
+";
+        let mounts = net_namespace_mounts(table);
+        assert_eq!(
+            mounts,
+            HashMap::from([
+                (PathBuf::from("/run/netns/dg-ext-1"), 4_026_532_175),
+                (PathBuf::from("/var/lib/cni/net ns/a"), 4_026_532_438),
+            ]),
+            "only nsfs mounts of network namespaces, escapes undone"
+        );
+        for (case, escaped, want) in [
+            ("plain", "/run/netns/a", "/run/netns/a"),
+            ("space", "/a\\040b", "/a b"),
+            ("backslash", "/a\\134b", "/a\\b"),
+            ("a lone backslash", "/a\\b", "/a\\b"),
+            ("cut short at the end", "/a\\04", "/a\\04"),
+        ] {
+            assert_eq!(unescape_mount_path(escaped), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn only_network_namespace_files_are_network_namespaces() {
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+        let own = inode_of(Path::new("/proc/self/ns/net"));
+        assert_eq!(
+            net_namespace_file(Path::new("/proc/self/ns/net"), nsfs),
+            own,
+            "our network namespace"
+        );
+        assert_eq!(
+            net_namespace_file(Path::new("/proc/self/ns/uts"), nsfs),
+            None,
+            "a namespace of another type"
+        );
+        assert_eq!(
+            net_namespace_file(Path::new("/dev/null"), nsfs),
+            None,
+            "not a namespace"
+        );
+        assert_eq!(
+            net_namespace_file(Path::new("/nonexistent/dropgate"), nsfs),
+            None,
+            "no such file"
+        );
+    }
+
+    #[test]
+    fn a_descriptor_held_namespace_is_held_while_the_descriptor_is_open() {
+        // Our own namespace through a descriptor of ours: the same check as for any
+        // holder's, with no root needed.
+        let own = inode_of(Path::new("/proc/self/ns/net")).expect("own namespace");
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+        let file = File::open("/proc/self/ns/net").expect("open own namespace");
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let target = std::fs::read_link(&path).expect("read the descriptor's link");
+        assert_eq!(net_namespace_link(target.as_os_str()), Some(own));
+        assert!(still_held(&path, own, nsfs), "open: held");
+        assert!(!still_held(&path, own + 1, nsfs), "another inode: not held");
+        assert!(
+            !still_held(Path::new("/proc/self/fd/999999"), own, nsfs),
+            "no such descriptor: not held"
         );
     }
 
