@@ -405,3 +405,43 @@ fn the_dist_image_runs_with_the_documented_docker_flags() {
         engine.docker(&["logs", &name])
     );
 }
+
+/// Stderr of `dropgate run` for its first seconds, started with `RUST_LOG=rust_log`.
+fn run_log(rust_log: &str) -> String {
+    let port = dropgate_tests::http::free_port();
+    let out = Command::new("timeout")
+        .args(["5", &dropgate_bin().to_string_lossy()])
+        .args(["run", "--docker-host=", "--web.listen-address"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", rust_log)
+        .output()
+        .expect("run dropgate");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn rust_log_debug_shows_debug_lines_and_info_does_not() {
+    if !may_run(
+        "rust_log_debug_shows_debug_lines_and_info_does_not",
+        is_root(),
+        "root (dropgate run loads its probe)",
+    ) {
+        return;
+    }
+    // The loader says at debug level how it fitted the probe to this kernel.
+    let debug = run_log("debug");
+    assert!(
+        debug.contains(" DEBUG tracer::loader"),
+        "RUST_LOG=debug (the README's replacement for --log.level=debug) shows no debug line:\n{debug}"
+    );
+    let scoped = run_log("info,tracer::loader=debug");
+    assert!(
+        scoped.contains(" DEBUG tracer::loader") && !scoped.contains(" DEBUG tracer::privileges"),
+        "RUST_LOG=info,tracer::loader=debug:\n{scoped}"
+    );
+    let info = run_log("info");
+    assert!(
+        info.contains(" INFO ") && !info.contains(" DEBUG "),
+        "RUST_LOG=info:\n{info}"
+    );
+}

@@ -60,7 +60,9 @@ fn main() -> ExitCode {
             .ok()
             .and_then(|directives| directives.parse::<Targets>().ok())
             .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+        // `fmt()` alone stops at INFO before `filter` is asked: let the filter decide.
         tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .finish()
