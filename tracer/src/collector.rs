@@ -138,6 +138,8 @@ struct Maps {
     drops: PerCpuHashMap<MapData, DropKey, DropCounts>,
     cpu: PerCpuArray<MapData, CpuState>,
     evictions: Evictions,
+    /// When every key was last read (and judged for eviction).
+    last_read: Option<std::time::Instant>,
 }
 
 /// Counts read from the kernel with the fate of their key, and the retained counts of
@@ -148,6 +150,7 @@ impl Maps {
     /// Reads every key, judges it, evicts the dead ones that are due (see
     /// [`crate::eviction`]), and returns what is left with the retained counts.
     fn read(&mut self, names: &Names) -> Reading {
+        self.last_read = Some(Instant::now());
         // Each CPU's cache slot holds its own key; the same key may sit in the cache on
         // one CPU and in the hash map on another. The label map adds them up.
         let cached: Vec<(u32, Vec<DropSlot>)> = (0..self.cache_slots)
@@ -284,6 +287,7 @@ impl DropCollector {
                 drops,
                 cpu,
                 evictions: Evictions::default(),
+                last_read: None,
             }),
             reasons: Arc::new(ReasonNames::from_btf(btf)),
             kallsyms: Arc::new(kallsyms),
@@ -376,6 +380,16 @@ impl DropCollector {
     pub fn can_read_maps(&self) -> bool {
         let maps = self.maps.lock().expect("maps lock");
         maps.cpu.get(&0, 0).is_ok()
+    }
+
+    /// When every key was last read (by a scrape, a diagnose round or the evictor).
+    pub fn last_read(&self) -> Option<Instant> {
+        self.maps.lock().expect("maps lock").last_read
+    }
+
+    /// Whether drops of the namespace labelled `netns` are reported (`--trace.netns`).
+    pub fn reports(&self, netns: &str) -> bool {
+        self.view.reports(netns)
     }
 
     /// A counter of the programs' per-CPU state (a `stat` index), summed over CPUs.

@@ -45,6 +45,8 @@ pub struct Tracer {
     pub forwarding: Arc<ForwardingWatch>,
     /// Every namespace's netlink view (`None` when the loop could not start).
     pub namespaces: Option<Arc<NetlinkLoop>>,
+    /// Whether the probe sends samples (`--trace.samples-per-sec` above 0).
+    pub sampling: bool,
     pub hook: Hook,
     /// The kernel's counters of the attached program (`None` if its descriptor could
     /// not be duplicated).
@@ -65,6 +67,7 @@ pub struct Attached {
     probe: Probe,
     recent_samples: usize,
     docker_host: Option<String>,
+    sampling: bool,
 }
 
 impl Attached {
@@ -126,6 +129,7 @@ impl Attached {
             samples: hub,
             forwarding,
             namespaces,
+            sampling: self.sampling,
             hook: self.probe.hook,
             program: self.program,
             reader,
@@ -174,6 +178,7 @@ impl Tracer {
             probe,
             recent_samples: options.recent_samples,
             docker_host: options.docker_host.clone(),
+            sampling: options.load.samples_per_sec > 0,
         })
     }
 
@@ -208,9 +213,9 @@ impl Tracer {
 /// interfaces that are gone leave the kernel's table before churn fills it (a read is
 /// what evicts them). A read costs a system call or two per key: with the namespace
 /// loop it is made only when the loop saw namespaces come or go or an interface go,
-/// while keys wait for their grace, and every [`EVICT_SAFETY`] (namespaces no event
-/// announces); without the loop, every second. In between the task sleeps: an idle
-/// host wakes it only for the safety read.
+/// while keys wait for their grace, and when no read (a scrape's, a diagnose round's)
+/// was made for [`EVICT_SAFETY`] (namespaces no event announces); without the loop,
+/// every second. In between the task sleeps.
 async fn evict_regularly(collector: Arc<DropCollector>, namespaces: Option<Arc<NetlinkLoop>>) {
     use tokio::time::{sleep_until, Instant};
     let mut last_read: Option<Instant> = None;
@@ -218,14 +223,20 @@ async fn evict_regularly(collector: Arc<DropCollector>, namespaces: Option<Arc<N
         if let Some(at) = last_read {
             // At most one read per EVICT_EVERY: a burst of changes is read once.
             sleep_until(at + EVICT_EVERY).await;
-            match &namespaces {
-                Some(namespaces) if !collector.eviction_pending() => {
+            if let Some(namespaces) = namespaces.as_ref() {
+                while !collector.eviction_pending() {
+                    let read = collector.last_read().map_or(at, Instant::from_std);
                     tokio::select! {
-                        () = namespaces.changed() => {}
-                        () = sleep_until(at + EVICT_SAFETY) => {}
+                        () = namespaces.changed() => break,
+                        () = sleep_until(read.max(at) + EVICT_SAFETY) => {
+                            // Another read may have come meanwhile: wait from that one.
+                            let read = collector.last_read().map_or(at, Instant::from_std);
+                            if read.max(at).elapsed() >= EVICT_SAFETY {
+                                break;
+                            }
+                        }
                     }
                 }
-                _ => {}
             }
         }
         last_read = Some(Instant::now());
@@ -244,7 +255,7 @@ async fn evict_regularly(collector: Arc<DropCollector>, namespaces: Option<Arc<N
 /// The least time between two reads.
 const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// A read at least this often, whatever the events say.
-const EVICT_SAFETY: std::time::Duration = std::time::Duration::from_secs(30);
+const EVICT_SAFETY: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// A descriptor of the program that is attached (the other one of the object is never
 /// loaded), for the kernel's counters of it.

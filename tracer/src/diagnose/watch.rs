@@ -57,6 +57,7 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
     let collector = Arc::clone(&tracer.collector);
     let samples = Arc::clone(&tracer.samples);
     let shared = Arc::clone(&findings);
+    let sampling = tracer.sampling;
     let mut host = HostChanges::new(tracer.namespaces.clone());
     let task = tokio::spawn(async move {
         let mut before = tokio::task::spawn_blocking(HostState::read)
@@ -69,10 +70,20 @@ pub fn start(tracer: &Tracer, round: Duration) -> (Arc<Findings>, tokio::task::J
         // newest samples of every namespace for the API (or none, with
         // `--trace.recent-samples 0`), and other namespaces' would push ours out.
         let mut feed = samples.subscribe();
+        let mut completeness = SamplesTell::new(&collector, sampling);
         loop {
-            let recent = round_samples(&mut feed, round).await;
-            let now = own_drops(&collector);
-            let delta = super::subtract(&now, &baseline);
+            let (recent, lagged) = round_samples(&mut feed, round).await;
+            // Reading every drop key costs a few system calls each (a thousand keys on a
+            // host with a thousand namespaces): skipped when the samples alone show that
+            // dropgate's namespace had no drop that counts.
+            let (now, delta) = if completeness.none_missed(&collector, lagged) && recent.is_empty()
+            {
+                (baseline.clone(), Vec::new())
+            } else {
+                let now = own_drops(&collector);
+                let delta = super::subtract(&now, &baseline);
+                (now, delta)
+            };
             // Asked every round, so that the events are taken in whatever happens.
             let changed = host.seen();
             let after = if changed
@@ -197,18 +208,55 @@ fn drain(socket: &Socket) -> bool {
     }
 }
 
+/// Whether the samples a round saw are every drop of dropgate's namespace that counts
+/// (not socket housekeeping): the probe samples each drop unless sampling is off, the
+/// namespace is not reported, or samples were suppressed (a CPU's window used up), lost
+/// (the ring full) or missed by the round (it lagged).
+struct SamplesTell {
+    possible: bool,
+    /// Suppressed and lost samples as of the last round.
+    missing: (u64, u64),
+}
+
+impl SamplesTell {
+    fn new(collector: &crate::collector::DropCollector, sampling: bool) -> Self {
+        Self {
+            possible: sampling && collector.reports(OWN_NAMESPACE),
+            missing: Self::missing(collector),
+        }
+    }
+
+    fn missing(collector: &crate::collector::DropCollector) -> (u64, u64) {
+        use tracer_common::stat;
+        (
+            collector.stat(stat::SAMPLES_SUPPRESSED),
+            collector.stat(stat::SAMPLES_LOST),
+        )
+    }
+
+    /// True when this round's samples are complete; asks the counters every round.
+    fn none_missed(&mut self, collector: &crate::collector::DropCollector, lagged: bool) -> bool {
+        let missing = Self::missing(collector);
+        let complete = self.possible && !lagged && missing == self.missing;
+        self.missing = missing;
+        complete
+    }
+}
+
 /// The samples of dropgate's own namespace published during the next `round`; socket
-/// housekeeping is left out, it is not evidence of lost traffic.
+/// housekeeping is left out, it is not evidence of lost traffic. Also whether some
+/// samples went by unseen (the round fell behind the feed).
 async fn round_samples(
     feed: &mut tokio::sync::broadcast::Receiver<Arc<DropEvent>>,
     round: Duration,
-) -> Vec<DropEvent> {
+) -> (Vec<DropEvent>, bool) {
     use tokio::sync::broadcast::error::RecvError;
     let end = tokio::time::Instant::now() + round;
     let mut kept = Vec::new();
+    let mut lagged = false;
     loop {
         match tokio::time::timeout_at(end, feed.recv()).await {
-            Err(_) => return kept,
+            Err(_) => return (kept, lagged),
             Ok(Ok(event)) => {
                 if event.netns == OWN_NAMESPACE
                     && event.class != DropClass::Local
@@ -218,10 +266,10 @@ async fn round_samples(
                 }
             }
             // Missed some while busy: the ones that follow still count.
-            Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Err(RecvError::Lagged(_))) => lagged = true,
             Ok(Err(RecvError::Closed)) => {
                 tokio::time::sleep_until(end).await;
-                return kept;
+                return (kept, true);
             }
         }
     }
