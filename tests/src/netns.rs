@@ -169,18 +169,31 @@ impl DockerLikeHost {
             ctr = Self::CTR_ADDR,
             br = Self::BRIDGE_ADDR
         ));
-        // Docker's port publishing: DNAT in PREROUTING for traffic from other hosts and
-        // in OUTPUT for the host's own (non-loopback) traffic.
-        host.sh(&format!(
-            "iptables -t nat -A PREROUTING -p tcp --dport {p} -j DNAT --to-destination {c}:{cp} && \
-             iptables -t nat -A OUTPUT -p tcp -d {h} --dport {p} -j DNAT --to-destination {c}:{cp} && \
-             iptables -t nat -A POSTROUTING -s {c}/24 ! -o br0 -j MASQUERADE",
+        let topo = Self { ext, host, ctr };
+        topo.host.sh(&Self::publishing("-A"));
+        topo
+    }
+
+    /// Docker's port publishing, added (`-A`) or deleted (`-D`): DNAT in PREROUTING for
+    /// traffic from other hosts and in OUTPUT for the host's own (non-loopback) traffic,
+    /// and source NAT for the container.
+    fn publishing(action: &str) -> String {
+        format!(
+            "iptables -t nat {a} PREROUTING -p tcp --dport {p} -j DNAT --to-destination {c}:{cp} && \
+             iptables -t nat {a} OUTPUT -p tcp -d {h} --dport {p} -j DNAT --to-destination {c}:{cp} && \
+             iptables -t nat {a} POSTROUTING -s {c}/24 ! -o br0 -j MASQUERADE",
+            a = action,
             p = Self::PUBLISHED_PORT,
             c = Self::CTR_ADDR,
             cp = Self::CTR_PORT,
             h = Self::HOST_ADDR,
-        ));
-        Self { ext, host, ctr }
+        )
+    }
+
+    /// Deletes the port publishing [`Self::build`] added (with iptables, iptables-nft
+    /// on Debian).
+    pub fn unpublish(&self) {
+        self.host.sh(&Self::publishing("-D"));
     }
 
     /// Starts a small HTTP service on the container's port 80.

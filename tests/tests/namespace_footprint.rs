@@ -135,13 +135,8 @@ fn hundreds_of_namespaces_are_named_and_forgotten_without_a_thread_each() {
     ) {
         return;
     }
-    let dropgate = DropgateRun::start(&[]);
+    let dropgate = dropgate_with_its_own_namespace();
     let pid = dropgate.process.child.id();
-    let (_, ready) = scrape_until(&dropgate, |m| m.contains(&forwarding_line("root")));
-    assert!(
-        ready,
-        "dropgate's own namespace never showed its forwarding state"
-    );
     // Let start-up work settle (the first map reads, the blocking pool's first thread).
     for _ in 0..5 {
         dropgate.scrape();
@@ -242,12 +237,7 @@ fn a_namespace_only_a_process_holds_is_named_while_the_process_lives() {
     ) {
         return;
     }
-    let dropgate = DropgateRun::start(&[]);
-    let (_, ready) = scrape_until(&dropgate, |m| m.contains(&forwarding_line("root")));
-    assert!(
-        ready,
-        "dropgate's own namespace never showed its forwarding state"
-    );
+    let dropgate = dropgate_with_its_own_namespace();
     // No bind mount and no veth: only the process refers to the namespace, so only its
     // start (and end) can tell dropgate; the safety rescan is 30 s away.
     let mut process = Unshared(
@@ -437,6 +427,17 @@ impl Drop for Held {
 const HELD_WITHIN: Duration = Duration::from_secs(15);
 
 /// The lines of `metrics` that carry `label`, for failure messages.
+/// `dropgate run`, once its own namespace shows its forwarding state.
+fn dropgate_with_its_own_namespace() -> DropgateRun {
+    let dropgate = DropgateRun::start(&[]);
+    let (_, ready) = scrape_until(&dropgate, |m| m.contains(&forwarding_line("root")));
+    assert!(
+        ready,
+        "dropgate's own namespace never showed its forwarding state"
+    );
+    dropgate
+}
+
 fn lines_with<'a>(metrics: &'a str, label: &str) -> Vec<&'a str> {
     metrics.lines().filter(|l| l.contains(label)).collect()
 }
@@ -445,12 +446,7 @@ fn held_namespace_is_named_while_held(test: &str, how: Hold, end: End) {
     if !may_run(test, is_root(), "root (BPF, network namespaces)") {
         return;
     }
-    let dropgate = DropgateRun::start(&[]);
-    let (_, ready) = scrape_until(&dropgate, |m| m.contains(&forwarding_line("root")));
-    assert!(
-        ready,
-        "dropgate's own namespace never showed its forwarding state"
-    );
+    let dropgate = dropgate_with_its_own_namespace();
     let mut held = Held::new(how);
     let name = held.name();
     let inode = held.inode();

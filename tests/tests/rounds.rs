@@ -69,15 +69,7 @@ fn rounds_follow_sysctl_and_ruleset_changes_without_traffic() {
 
     // The published port and source NAT removed (iptables-nft: only nf_tables'
     // notification tells of it): nothing needs forwarding any more.
-    topo.host.sh(&format!(
-        "iptables -t nat -D PREROUTING -p tcp --dport {p} -j DNAT --to-destination {c}:{cp} && \
-         iptables -t nat -D OUTPUT -p tcp -d {h} --dport {p} -j DNAT --to-destination {c}:{cp} && \
-         iptables -t nat -D POSTROUTING -s {c}/24 ! -o br0 -j MASQUERADE",
-        p = DockerLikeHost::PUBLISHED_PORT,
-        c = DockerLikeHost::CTR_ADDR,
-        cp = DockerLikeHost::CTR_PORT,
-        h = DockerLikeHost::HOST_ADDR,
-    ));
+    topo.unpublish();
     let took = until_raised(&run, false, "the published port removed");
     eprintln!("cleared after the ruleset change after {took:?}");
 
