@@ -697,14 +697,7 @@ fn walk_holders(
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return held;
     };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in procs.flatten().filter_map(|entry| numbered(&entry)) {
         if pid == own_pid {
             continue;
         }
@@ -714,14 +707,7 @@ fn walk_holders(
             .or_else(|| inode_of(Path::new(&format!("/proc/{pid}/ns/net"))));
         let mut found: Vec<(u32, PathBuf)> = Vec::new();
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-            for task in tasks.flatten() {
-                let Some(tid) = task
-                    .file_name()
-                    .to_str()
-                    .and_then(|t| t.parse::<u32>().ok())
-                else {
-                    continue;
-                };
+            for tid in tasks.flatten().filter_map(|task| numbered(&task)) {
                 if tid == pid {
                     continue;
                 }
@@ -776,6 +762,11 @@ fn walk_holders(
         }
     }
     held
+}
+
+/// The number a `/proc` entry is named (a process or a thread id); `None` for the rest.
+fn numbered(entry: &std::fs::DirEntry) -> Option<u32> {
+    entry.file_name().to_str()?.parse().ok()
 }
 
 /// The inode of a network namespace from the target of a `/proc/<pid>/fd/<n>` link

@@ -169,7 +169,8 @@ pub struct HostState {
     pub unchecked: BTreeMap<String, String>,
 }
 
-fn sysctl(path: &str) -> Option<String> {
+/// The value of the sysctl at `path` under `/proc/sys` (`net/ipv4/ip_forward`), trimmed.
+pub(super) fn sysctl(path: &str) -> Option<String> {
     std::fs::read_to_string(Path::new("/proc/sys").join(path))
         .ok()
         .map(|s| s.trim().to_owned())

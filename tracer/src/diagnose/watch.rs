@@ -175,7 +175,7 @@ impl HostChanges {
         }
         let sysctls: Vec<Option<String>> = UNANNOUNCED_SYSCTLS
             .iter()
-            .map(|path| std::fs::read_to_string(std::path::Path::new("/proc/sys").join(path)).ok())
+            .map(|path| super::host::sysctl(path))
             .collect();
         changed |= sysctls != self.sysctls;
         self.sysctls = sysctls;
