@@ -22,10 +22,7 @@ use std::{
     fs::File,
     io,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, Weak,
-    },
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -68,16 +65,13 @@ pub struct NetlinkLoop {
 /// What the thread and the readers share.
 struct Shared {
     views: Mutex<HashMap<u32, View>>,
-    /// Counts namespaces that came or went and interfaces that went: what can make
-    /// drop keys evictable.
-    changes: AtomicU64,
-    /// Told with every change, so that the evictor sleeps until there is one.
+    /// Told whenever a namespace came or went or an interface went (what can make drop
+    /// keys evictable), so that the evictor sleeps until there is one.
     changed: tokio::sync::Notify,
 }
 
 impl Shared {
-    fn count_change(&self) {
-        self.changes.fetch_add(1, Ordering::Relaxed);
+    fn tell_change(&self) {
         self.changed.notify_one();
     }
 }
@@ -88,7 +82,6 @@ impl NetlinkLoop {
     pub fn start(names: Arc<Names>) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             views: Mutex::default(),
-            changes: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
         });
         names.use_links({
@@ -161,14 +154,8 @@ impl NetlinkLoop {
         out
     }
 
-    /// A number that grows whenever a namespace came or went or an interface went away
-    /// (what can make drop keys evictable): unchanged, there is nothing new to evict.
-    pub fn changes(&self) -> u64 {
-        self.shared.changes.load(Ordering::Relaxed)
-    }
-
-    /// Returns once [`Self::changes`] has grown (at once if it grew since the last
-    /// call returned).
+    /// Returns once a namespace came or went or an interface went away (at once if one
+    /// did since the last call returned).
     pub async fn changed(&self) {
         self.shared.changed.notified().await;
     }
@@ -390,7 +377,7 @@ impl LoopState {
             .filter(|inode| !present.iter().any(|(i, _, _)| i == inode))
             .collect();
         if !gone.is_empty() {
-            shared.count_change();
+            shared.tell_change();
         }
         for inode in gone {
             if let Some(watched) = self.watched.remove(&inode) {
@@ -427,7 +414,7 @@ impl LoopState {
                         Interest::READABLE,
                     )?;
                     self.watched.insert(inode, watched);
-                    shared.count_change();
+                    shared.tell_change();
                     shared.views.lock().expect("namespace views lock").insert(
                         inode,
                         View {
@@ -467,7 +454,7 @@ impl LoopState {
                         Ok(outcome) => {
                             namespaces_changed |= outcome.namespaces_changed;
                             if outcome.links_removed {
-                                shared.count_change();
+                                shared.tell_change();
                             }
                         }
                         Err(err) => {
